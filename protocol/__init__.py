@@ -1,0 +1,1 @@
+"""What crosses the wire between Parley's processes: models, keys, Redis scripts and the hub."""

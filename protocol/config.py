@@ -1,0 +1,34 @@
+"""Settings shared by every Parley process."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Settings that the server and the worker must agree on.
+
+    Read from the environment and from a ``.env`` file in the working directory.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6380/0",
+        description="Redis with RedisJSON and RediSearch (the embedded one by default).",
+    )
+    session_ttl_seconds: int = Field(
+        default=3600, gt=0, description="A session lives this long (s) after its last activity."
+    )
+    message_stream_maxlen: int = Field(
+        default=100_000,
+        gt=0,
+        description="Approximate bound (entries) of the message stream (XADD MAXLEN ~).",
+    )
+    events_maxlen: int = Field(
+        default=1000,
+        gt=0,
+        description="Approximate bound (entries) of each session's event stream, kept for resume.",
+    )
+    log_level: str = Field(default="INFO", description="Python logging level name.")

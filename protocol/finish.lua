@@ -1,0 +1,25 @@
+-- Close a user message: record its reply (if any) and emit the closing event, once.
+-- Replies are recorded in seq order, so "seq <= replied_seq" means this one already was:
+-- a retried or re-claimed message then changes nothing and emits nothing.
+-- KEYS[1] session document, KEYS[2] session event stream
+-- ARGV[1] seq, ARGV[2] reply message JSON or "" for none, ARGV[3] event JSON without
+-- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~)
+-- Returns the event id; 0 if already recorded; -1 if the session does not exist.
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl == -2 then
+  return -1
+end
+local seq = tonumber(ARGV[1])
+if seq <= tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq')) then
+  return 0
+end
+if ARGV[2] ~= '' then
+  redis.call('JSON.ARRAPPEND', KEYS[1], '.messages', ARGV[2])
+end
+redis.call('JSON.SET', KEYS[1], '.replied_seq', seq)
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[3])
+if pttl > 0 then
+  redis.call('PEXPIRE', KEYS[2], pttl)
+end
+redis.call('PUBLISH', ARGV[4], '{"event_id":"' .. id .. '",' .. string.sub(ARGV[3], 2))
+return id

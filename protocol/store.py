@@ -1,0 +1,253 @@
+"""Parley's reads and atomic writes in Redis, shared by the server and the worker.
+
+The writes that must be atomic and idempotent are Lua scripts over the RedisJSON and
+stream commands (``enqueue.lua``, ``emit.lua``, ``finish.lua`` beside this module);
+redis-om's models cannot express them. Each script touches one session's keys only
+(one hash slot) plus, for ``enqueue``, the message stream.
+
+Event payloads on a session's channel are the event's JSON object with
+``"event_id"`` as its first member: :func:`with_event_id` builds that form and
+:func:`event_id_of` reads it back without parsing the whole JSON.
+"""
+
+from __future__ import annotations
+
+import uuid
+from importlib.resources import files
+from typing import Any
+
+from aredis_om import Migrator, NotFoundError
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from protocol import keys
+from protocol.config import CommonSettings
+from protocol.models import Session, StoredMessage
+from protocol.wire import MessageEntry, ServerEvent, utc_now
+
+
+class SessionExpired(Exception):
+    """The session does not exist (never did, or its TTL ran out)."""
+
+
+class TooManyPending(Exception):
+    """The session already has the maximum number of messages waiting for a reply."""
+
+
+def _script(name: str) -> str:
+    return files("protocol").joinpath(name).read_text(encoding="utf-8")
+
+
+def with_event_id(payload: str, event_id: str) -> str:
+    """Insert ``event_id`` as the first member of a JSON object ``payload`` (as the scripts do)."""
+    return f'{{"event_id":"{event_id}",{payload[1:]}'
+
+
+_EVENT_ID_PREFIX = '{"event_id":"'
+
+
+def event_id_of(payload: str) -> str | None:
+    """The ``event_id`` of a payload built by :func:`with_event_id`, else None."""
+    if not payload.startswith(_EVENT_ID_PREFIX):
+        return None
+    end = payload.find('"', len(_EVENT_ID_PREFIX))
+    return payload[len(_EVENT_ID_PREFIX) : end] if end > 0 else None
+
+
+def stream_id_key(event_id: str) -> tuple[int, int]:
+    """A stream entry id ``"<ms>-<n>"`` as a sortable pair.
+
+    Raises:
+        ValueError: ``event_id`` is not a stream id.
+    """
+    ms, _, n = event_id.partition("-")
+    return int(ms), int(n or 0)
+
+
+def valid_stream_id(value: str) -> bool:
+    """Whether ``value`` is a complete stream entry id such as ``1700000000000-0``."""
+    ms, sep, n = value.partition("-")
+    return bool(sep) and ms.isdigit() and n.isdigit()
+
+
+class Store:
+    """Sessions, the message stream and session events in one Redis.
+
+    Args:
+        redis: a redis-py asyncio client built with ``decode_responses=True``.
+        settings: TTLs and stream bounds.
+    """
+
+    def __init__(self, redis: Redis[str], settings: CommonSettings) -> None:
+        self.redis = redis
+        self.settings = settings
+        # redis-om binds a model to one connection per process; this process's is ours.
+        Session._meta.database = redis
+        self._enqueue = redis.register_script(_script("enqueue.lua"))
+        self._emit = redis.register_script(_script("emit.lua"))
+        self._finish = redis.register_script(_script("finish.lua"))
+
+    async def migrate(self) -> None:
+        """Create the RediSearch index of sessions (redis-om's Migrator) if it is missing."""
+        await Migrator().run()  # type: ignore[no-untyped-call]
+
+    async def ensure_group(self) -> None:
+        """Create the workers' consumer group (and the stream) if missing.
+
+        The group starts at id 0 so messages queued before any worker ever ran are read.
+
+        Raises:
+            redis.exceptions.ResponseError: any error but ``BUSYGROUP`` (already exists).
+        """
+        try:
+            await self.redis.xgroup_create(
+                keys.MESSAGE_STREAM, keys.CONSUMER_GROUP, id="0", mkstream=True
+            )
+        except ResponseError as e:
+            if not str(e).startswith("BUSYGROUP"):
+                raise
+
+    async def group_exists(self) -> bool:
+        """Whether the message stream and its consumer group exist."""
+        try:
+            groups = await self.redis.xinfo_groups(keys.MESSAGE_STREAM)  # type: ignore[no-untyped-call]
+        except ResponseError:
+            return False
+        return any(g["name"] == keys.CONSUMER_GROUP for g in groups)
+
+    async def create_session(self, name: str) -> Session:
+        """Create a session with a new UUID4 token; it lives ``session_ttl_seconds``."""
+        session = Session(token=str(uuid.uuid4()), name=name, session_start=utc_now())
+        await session.save()
+        await session.expire(self.settings.session_ttl_seconds)
+        return session
+
+    async def get_session(self, token: str, *, touch: bool = True) -> Session:
+        """Load a session; with ``touch``, renew its TTL (and its event stream's).
+
+        Raises:
+            SessionExpired: no such session.
+        """
+        try:
+            session: Session = await Session.get(token)
+        except NotFoundError as e:
+            raise SessionExpired(token) from e
+        if touch:
+            await self.touch(token)
+        return session
+
+    async def touch(self, token: str) -> bool:
+        """Renew a session's TTL; False if it no longer exists."""
+        ttl = self.settings.session_ttl_seconds
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.expire(keys.session_key(token), ttl)
+            pipe.expire(keys.events_key(token), ttl)
+            alive, _ = await pipe.execute()
+        return bool(alive)
+
+    async def exists(self, token: str) -> bool:
+        """Whether the session still exists."""
+        return bool(await self.redis.exists(keys.session_key(token)))
+
+    async def enqueue(self, token: str, content: str, max_pending: int) -> StoredMessage:
+        """Record a user message in history and queue it for a reply, atomically.
+
+        Returns:
+            The stored message, with its ``seq``.
+
+        Raises:
+            SessionExpired: no such session.
+            TooManyPending: ``max_pending`` messages already wait for a reply.
+        """
+        message = StoredMessage(
+            id=str(uuid.uuid4()), role="user", content=content, timestamp=utc_now()
+        )
+        body = message.model_dump_json(include={"id", "role", "content", "timestamp"})
+        result = await self._enqueue(
+            keys=[keys.session_key(token), keys.MESSAGE_STREAM],
+            args=[
+                body,
+                self.settings.session_ttl_seconds,
+                max_pending,
+                self.settings.message_stream_maxlen,
+                token,
+                message.id,
+            ],
+        )
+        if result[0] == -1:
+            raise SessionExpired(token)
+        if result[0] == -2:
+            raise TooManyPending(token)
+        message.seq = int(result[0])
+        return message
+
+    async def emit(self, token: str, event: ServerEvent) -> str | None:
+        """Publish a reply event to the session's sockets, durably.
+
+        Returns:
+            The event id, or None if the session no longer exists.
+        """
+        event_id = await self._emit(
+            keys=[keys.session_key(token), keys.events_key(token)],
+            args=[
+                event.model_dump_json(exclude_none=True),
+                keys.channel(token),
+                self.settings.events_maxlen,
+            ],
+        )
+        return str(event_id) if event_id else None
+
+    async def finish(
+        self, entry: MessageEntry, reply: StoredMessage | None, event: ServerEvent
+    ) -> str | None:
+        """Record the reply of a user message (None: it failed) and emit ``event``, once.
+
+        Returns:
+            The event id; None if the reply was already recorded (nothing changed).
+
+        Raises:
+            SessionExpired: the session no longer exists.
+        """
+        result = await self._finish(
+            keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
+            args=[
+                entry.seq,
+                reply.model_dump_json() if reply is not None else "",
+                event.model_dump_json(exclude_none=True),
+                keys.channel(entry.token),
+                self.settings.events_maxlen,
+            ],
+        )
+        if result == -1:
+            raise SessionExpired(entry.token)
+        return None if result == 0 else str(result)
+
+    async def replied_seq(self, token: str) -> int:
+        """The ``seq`` of the session's last answered (or failed) message.
+
+        Raises:
+            SessionExpired: no such session.
+        """
+        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "JSON.GET", keys.session_key(token), ".replied_seq"
+        )
+        if value is None:
+            raise SessionExpired(token)
+        return int(value)
+
+    async def events_after(self, token: str, after: str, count: int = 1000) -> list[str]:
+        """The session's events after ``after`` (exclusive), oldest first, as channel payloads.
+
+        Args:
+            after: an event id, or ``"0"`` for every stored event.
+            count: at most this many events.
+        """
+        entries = await self.redis.xrange(
+            keys.events_key(token), min=f"({after}" if after != "0" else "-", count=count
+        )
+        return [with_event_id(fields["event"], event_id) for event_id, fields in entries]
+
+    async def last_event_id(self, token: str) -> str:
+        """The id of the session's newest event, or ``"0"`` if it has none."""
+        entries = await self.redis.xrevrange(keys.events_key(token), count=1)
+        return str(entries[0][0]) if entries else "0"

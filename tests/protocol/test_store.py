@@ -1,0 +1,113 @@
+"""The store's scripts and the hub, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from redis.asyncio import Redis
+
+from protocol import keys
+from protocol.config import CommonSettings
+from protocol.hub import RESYNC, Hub
+from protocol.models import StoredMessage
+from protocol.store import SessionExpired, Store, TooManyPending, event_id_of
+from protocol.wire import ChatMessage, DoneEvent, MessageEntry, TokenEvent, utc_now
+
+
+@pytest.fixture
+async def store(redis: Redis) -> Store:
+    store = Store(redis, CommonSettings(session_ttl_seconds=60, events_maxlen=50))
+    await store.migrate()
+    await store.ensure_group()
+    return store
+
+
+def reply_to(user: StoredMessage, text: str) -> StoredMessage:
+    return StoredMessage(
+        id=f"r-{user.id}", role="assistant", content=text, timestamp=utc_now(), reply_to=user.id
+    )
+
+
+async def test_enqueue_numbers_records_and_queues(store: Store, redis: Redis) -> None:
+    session = await store.create_session("ada")
+    first = await store.enqueue(session.token, "one", max_pending=10)
+    second = await store.enqueue(session.token, "two", max_pending=10)
+    assert (first.seq, second.seq) == (1, 2)
+    entries = await redis.xrange(keys.MESSAGE_STREAM)
+    assert [MessageEntry.from_fields(f).message_id for _, f in entries] == [first.id, second.id]
+    view = (await store.get_session(session.token)).view()
+    assert [m.content for m in view.messages] == ["one", "two"]
+    assert 0 < await redis.ttl(keys.session_key(session.token)) <= 60
+
+
+async def test_enqueue_refuses_unknown_session_and_too_many_pending(store: Store) -> None:
+    with pytest.raises(SessionExpired):
+        await store.enqueue("00000000-0000-4000-8000-000000000000", "x", max_pending=10)
+    session = await store.create_session("ada")
+    await store.enqueue(session.token, "a", max_pending=2)
+    await store.enqueue(session.token, "b", max_pending=2)
+    with pytest.raises(TooManyPending):
+        await store.enqueue(session.token, "c", max_pending=2)
+    assert len((await store.get_session(session.token)).messages) == 2
+
+
+async def test_finish_records_once_in_conversation_order(store: Store, redis: Redis) -> None:
+    session = await store.create_session("ada")
+    u1 = await store.enqueue(session.token, "one", max_pending=10)
+    u2 = await store.enqueue(session.token, "two", max_pending=10)
+    r1 = reply_to(u1, "reply one")
+    entry = MessageEntry(token=session.token, seq=1, message_id=u1.id)
+    done = DoneEvent(message_id=u1.id, reply=r1.public())
+    assert await store.finish(entry, r1, done) is not None
+    assert await store.finish(entry, r1, done) is None  # a retry changes nothing
+    view = (await store.get_session(session.token)).view()
+    assert [m.content for m in view.messages] == ["one", "reply one", "two"]
+    assert await store.replied_seq(session.token) == 1
+    assert await redis.xlen(keys.events_key(session.token)) == 1
+    # u2 is still waiting and comes last.
+    assert view.messages[-1] == ChatMessage(
+        id=u2.id, role="user", content="two", timestamp=u2.timestamp
+    )
+
+
+async def test_emit_is_durable_and_published_with_its_id(store: Store, redis: Redis) -> None:
+    session = await store.create_session("ada")
+    hub = Hub(redis, queue_size=4, control_channel="parley:test:control")
+    await hub.start()
+    try:
+        async with hub.subscribe(keys.channel(session.token)) as sub:
+            await asyncio.wait_for(sub.ready.wait(), 5)
+            event_id = await store.emit(session.token, TokenEvent(message_id="m", content="hi"))
+            assert event_id is not None
+            payload = await asyncio.wait_for(sub.queue.get(), 5)
+            assert event_id_of(payload) == event_id
+            assert json.loads(payload) == {
+                "event_id": event_id,
+                "type": "token",
+                "message_id": "m",
+                "content": "hi",
+            }
+            assert await store.events_after(session.token, "0") == [payload]
+            assert await store.events_after(session.token, event_id) == []
+            # A subscriber that falls behind is told to resync instead of growing.
+            for n in range(6):
+                await store.emit(session.token, TokenEvent(message_id="m", content=str(n)))
+
+            async def drained() -> list[str]:
+                seen: list[str] = []
+                while RESYNC not in seen:
+                    seen.append(await sub.queue.get())
+                return seen
+
+            assert RESYNC in await asyncio.wait_for(drained(), 5)
+        assert hub.channel_count == 0
+    finally:
+        await hub.aclose()
+
+
+async def test_emit_on_expired_session_writes_nothing(store: Store, redis: Redis) -> None:
+    token = "00000000-0000-4000-8000-000000000000"
+    assert await store.emit(token, TokenEvent(message_id="m", content="x")) is None
+    assert await redis.exists(keys.events_key(token)) == 0
