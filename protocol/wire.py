@@ -26,7 +26,7 @@ class ErrorCode(StrEnum):
     LLM_UNAVAILABLE = "llm_unavailable"
     LLM_REJECTED = "llm_rejected"
     DELIVERY_FAILED = "delivery_failed"
-    SLOW_CONSUMER = "slow_consumer"
+    UNAVAILABLE = "unavailable"
     INTERNAL_ERROR = "internal_error"
 
 

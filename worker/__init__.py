@@ -1,0 +1,1 @@
+"""Parley worker: consumes user messages and streams model replies."""

@@ -1,0 +1,57 @@
+"""Builds a worker from its settings and runs it until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from redis.asyncio import Redis
+
+from worker.config import WorkerSettings
+from worker.consumer import Worker
+from worker.llm import LLMClient, LLMConfig
+
+logger = logging.getLogger(__name__)
+
+
+def llm_config(settings: WorkerSettings) -> LLMConfig:
+    """The model client's configuration, with the API chosen as the README says."""
+    base_url, model, api_key = settings.resolved_llm()
+    return LLMConfig(
+        base_url=base_url,
+        model=model,
+        api_key=api_key,
+        connect_timeout_s=settings.llm_connect_timeout_s,
+        read_timeout_s=settings.llm_read_timeout_s,
+        max_retries=settings.llm_max_retries,
+        max_tokens=settings.llm_max_tokens,
+        temperature=settings.llm_temperature,
+    )
+
+
+async def serve(settings: WorkerSettings) -> None:
+    """Run one worker until SIGTERM/SIGINT, then drain in-flight replies and return."""
+    redis: Redis[str] = Redis.from_url(settings.redis_url, decode_responses=True)
+    llm = LLMClient(llm_config(settings))
+    worker = Worker(settings, redis, llm)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    base_url, model, _ = settings.resolved_llm()
+    logger.info("model %s at %s", model, base_url)
+    try:
+        await worker.run(drain_timeout_s=settings.drain_timeout_s)
+    finally:
+        await llm.aclose()
+        await redis.aclose()  # type: ignore[attr-defined]  # stale stubs
+
+
+def main() -> None:
+    """Entry point of ``python -m worker``."""
+    settings = WorkerSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    asyncio.run(serve(settings))

@@ -1,0 +1,85 @@
+"""Settings of ``python -m worker``."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+
+from protocol.config import CommonSettings
+
+HF_ROUTER_URL = "https://router.huggingface.co/v1"
+LOCAL_MODEL_URL = "http://127.0.0.1:8081/v1"
+LOCAL_MODEL_NAME = "gemma-3-270m"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Parley, a friendly and concise assistant. Answer the user's last message "
+    "in a few sentences."
+)
+
+
+class WorkerSettings(CommonSettings):
+    """Settings of a worker process (environment variables, or a ``.env`` file)."""
+
+    llm_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible API base URL (TGI, vLLM, llama.cpp). Unset: the "
+        "Hugging Face router if HF_TOKEN is set, else the embedded local model.",
+    )
+    llm_model: str | None = Field(
+        default=None, description="Model name sent to the API (default depends on the API)."
+    )
+    hf_token: str | None = Field(default=None, description="Hugging Face access token.")
+    hf_model: str = Field(
+        default="meta-llama/Llama-3.1-8B-Instruct",
+        description="Model asked of the Hugging Face router when LLM_MODEL is unset.",
+    )
+    llm_connect_timeout_s: float = Field(default=5.0, gt=0, description="Connect timeout (s).")
+    llm_read_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest silence (s) allowed between two chunks."
+    )
+    llm_max_retries: int = Field(default=3, ge=0, description="Retries of 429/5xx/timeouts.")
+    llm_max_tokens: int = Field(default=256, gt=0, description="Longest reply (tokens).")
+    llm_temperature: float = Field(default=0.7, ge=0, description="Sampling temperature.")
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt.")
+    memory_max_messages: int = Field(
+        default=20, ge=1, description="Most history messages (user and assistant) in a prompt."
+    )
+    memory_max_tokens: int = Field(
+        default=1500, ge=1, description="Most history tokens (estimated) in a prompt."
+    )
+    claim_idle_ms: int = Field(
+        default=5000, gt=0, description="Pending entries idle this long (ms) are taken over."
+    )
+    max_deliveries: int = Field(
+        default=3, ge=1, description="Tries of an entry before it goes to the dead-letter stream."
+    )
+    worker_concurrency: int = Field(
+        default=32, ge=1, description="Replies generated at once by one worker process."
+    )
+    worker_max_in_flight: int = Field(
+        default=512, ge=1, description="Entries read and not yet acked (incl. waiting their turn)."
+    )
+    stream_flush_ms: float = Field(
+        default=10.0, ge=0, description="Token deltas are coalesced over this window (ms)."
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, in-flight replies get this long (s)."
+    )
+    consumer_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="This worker's name in the consumer group.",
+    )
+
+    def resolved_llm(self) -> tuple[str, str, str | None]:
+        """``(base_url, model, api_key)`` as the contract selects them.
+
+        ``LLM_BASE_URL`` if set; else the Hugging Face router if ``HF_TOKEN`` is set;
+        else the embedded local model.
+        """
+        if self.llm_base_url:
+            return self.llm_base_url, self.llm_model or LOCAL_MODEL_NAME, self.hf_token
+        if self.hf_token:
+            return HF_ROUTER_URL, self.llm_model or self.hf_model, self.hf_token
+        return LOCAL_MODEL_URL, self.llm_model or LOCAL_MODEL_NAME, None

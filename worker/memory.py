@@ -1,0 +1,74 @@
+"""Short-term memory: the prompt of one reply, built from the session's history."""
+
+from __future__ import annotations
+
+import math
+
+from protocol.models import StoredMessage, conversation
+from worker.llm import ChatMessage
+
+#: Tokens counted per message for the role and the chat template's separators.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """An upper estimate of the tokens in ``text``: one per 3 UTF-8 bytes, rounded up.
+
+    Subword tokenizers average about 4 bytes per token on English text and fewer on
+    code or other scripts, so 3 leaves headroom without shipping a tokenizer per model.
+    """
+    return math.ceil(len(text.encode("utf-8")) / 3)
+
+
+def _cost(message: StoredMessage) -> int:
+    return estimate_tokens(message.content) + MESSAGE_OVERHEAD_TOKENS
+
+
+def build_prompt(
+    history: list[StoredMessage],
+    seq: int,
+    *,
+    system_prompt: str,
+    max_messages: int,
+    max_tokens: int,
+) -> list[ChatMessage]:
+    """The chat messages sent to the model for the reply to user message ``seq``.
+
+    The prompt is the system prompt, then the newest earlier turns (a user message and
+    its reply, whole) that fit in ``max_messages`` messages and ``max_tokens`` estimated
+    tokens, then user message ``seq`` itself. The turn just before is always kept, even
+    over budget, so the model sees what it is answering after. Messages sent after
+    ``seq``, and earlier messages that got no reply (they failed), are left out.
+
+    Args:
+        history: the session's stored messages, in any order.
+        seq: the number of the user message to answer.
+
+    Raises:
+        LookupError: ``history`` has no user message numbered ``seq``.
+    """
+    ordered = conversation(history)
+    index = next((i for i, m in enumerate(ordered) if m.role == "user" and m.seq == seq), None)
+    if index is None:
+        raise LookupError(f"no user message with seq {seq}")
+    current = ordered[index]
+    turns: list[tuple[StoredMessage, StoredMessage]] = [
+        (m, ordered[i + 1])
+        for i, m in enumerate(ordered[:index])
+        if m.role == "user" and ordered[i + 1].role == "assistant"
+    ]
+    kept: list[tuple[StoredMessage, StoredMessage]] = []
+    used_messages, used_tokens = 0, 0
+    for user, reply in reversed(turns):
+        cost = _cost(user) + _cost(reply)
+        if kept and (used_messages + 2 > max_messages or used_tokens + cost > max_tokens):
+            break
+        kept.append((user, reply))
+        used_messages += 2
+        used_tokens += cost
+    prompt = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
+    for user, reply in reversed(kept):
+        prompt.append(ChatMessage(role="user", content=user.content))
+        prompt.append(ChatMessage(role="assistant", content=reply.content))
+    prompt.append(ChatMessage(role="user", content=current.content))
+    return prompt
