@@ -1,0 +1,1 @@
+"""The Parley server: REST and WebSocket API over Redis."""

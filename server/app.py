@@ -1,0 +1,90 @@
+"""The server's app factory and lifespan: one Redis pool, one store, one hub per process."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypedDict
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from protocol import keys
+from protocol.hub import Hub
+from protocol.store import Store
+from server.config import ServerSettings
+from server.routes import chat, health, sessions
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Parley</title></head>
+<body><h1>Parley is running</h1>
+<p>The web client is not built. Chat from a terminal with <code>make chat</code>,
+or open a WebSocket to <code>/chat?token=...</code> after <code>POST /token?name=...</code>.
+The API is described at <a href="/docs">/docs</a>.</p></body></html>
+"""
+
+
+class State(TypedDict):
+    """What the lifespan yields; routes reach it as ``request.state``."""
+
+    settings: ServerSettings
+    redis: Redis[str]
+    store: Store
+    hub: Hub
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """Build the server's ASGI app; nothing connects to Redis until the lifespan starts.
+
+    Args:
+        settings: the server's settings (default: read from the environment).
+    """
+    settings = settings or ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
+        # A blocking pool: a burst of requests waits for a connection instead of
+        # opening more, so the connections held stay bounded whatever the load.
+        pool: BlockingConnectionPool[Any] = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=10,
+            decode_responses=True,
+        )
+        redis: Redis[str] = Redis(connection_pool=pool)  # type: ignore[assignment]  # decode_responses is on the pool
+        store = Store(redis, settings)
+        await store.migrate()
+        await store.ensure_group()
+        hub = Hub(
+            redis,
+            queue_size=settings.socket_queue_size,
+            control_channel=f"{keys.PREFIX}:server:{uuid.uuid4()}",
+        )
+        await hub.start()
+        logger.info("server ready (redis %s)", pool.connection_kwargs.get("host"))
+        try:
+            yield {"settings": settings, "redis": redis, "store": store, "hub": hub}
+        finally:
+            await hub.aclose()
+            await redis.aclose()  # type: ignore[attr-defined]  # stale stubs
+            await pool.disconnect()
+
+    app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
+    app.include_router(sessions.router)
+    app.include_router(health.router)
+    app.include_router(chat.router)
+    if (settings.web_dist / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=settings.web_dist, html=True), name="web")
+    else:
+
+        @app.get("/", include_in_schema=False)
+        async def placeholder() -> HTMLResponse:
+            return HTMLResponse(PLACEHOLDER_PAGE)
+
+    return app

@@ -1,0 +1,76 @@
+"""FastAPI dependencies: the lifespan's state, and the session token checks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Query, Request, WebSocket, WebSocketException, status
+
+from protocol.hub import Hub
+from protocol.store import Store
+from server.config import ServerSettings
+
+SESSION_GONE = "Session expired or does not exist"
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.state.store
+    return store
+
+
+def _ws_store(websocket: WebSocket) -> Store:
+    store: Store = websocket.state.store
+    return store
+
+
+def _settings(request: Request) -> ServerSettings:
+    settings: ServerSettings = request.state.settings
+    return settings
+
+
+def _ws_settings(websocket: WebSocket) -> ServerSettings:
+    settings: ServerSettings = websocket.state.settings
+    return settings
+
+
+def _ws_hub(websocket: WebSocket) -> Hub:
+    hub: Hub = websocket.state.hub
+    return hub
+
+
+StoreDep = Annotated[Store, Depends(_store)]
+SettingsDep = Annotated[ServerSettings, Depends(_settings)]
+WsStoreDep = Annotated[Store, Depends(_ws_store)]
+WsSettingsDep = Annotated[ServerSettings, Depends(_ws_settings)]
+WsHubDep = Annotated[Hub, Depends(_ws_hub)]
+
+
+def well_formed(token: str) -> bool:
+    """Whether ``token`` is a UUID in its canonical text form, as ``POST /token`` issues."""
+    try:
+        return str(uuid.UUID(token)) == token.lower()
+    except ValueError:
+        return False
+
+
+async def _ws_token(store: WsStoreDep, token: Annotated[str | None, Query()] = None) -> str:
+    """The WebSocket's session token, checked before the handshake completes.
+
+    Raises:
+        WebSocketException: 1008 (policy violation) for a missing, malformed, unknown or
+            expired token; the handshake is then refused with HTTP 403.
+    """
+    if token is None or not well_formed(token):
+        raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason=SESSION_GONE)
+    if not await store.touch(token):
+        raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason=SESSION_GONE)
+    return token
+
+
+ChatTokenDep = Annotated[str, Depends(_ws_token)]
+
+
+def session_gone() -> HTTPException:
+    """The REST error for a bad, unknown or expired token: 400."""
+    return HTTPException(status.HTTP_400_BAD_REQUEST, detail=SESSION_GONE)

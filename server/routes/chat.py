@@ -1,0 +1,254 @@
+"""``WS /chat``: a person's messages in, their session's reply events out.
+
+One connection runs three tasks in a task group (as Starlette's broadcaster example
+does): the receive loop (commands and messages), the send loop (the session's events
+from the hub) and the expiry watch. When any of them ends, the others are cancelled.
+
+Events are relayed in ``event_id`` order with no duplicate: the connection keeps a
+cursor (the last event id sent), replays from the session's event stream what lies
+after it (on connect, on ``resume``, and when the hub says to resync), and drops live
+events at or before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocketState
+
+from protocol import keys
+from protocol.hub import RESYNC, Hub, Subscription
+from protocol.store import (
+    SessionExpired,
+    Store,
+    TooManyPending,
+    event_id_of,
+    stream_id_key,
+    valid_stream_id,
+)
+from protocol.wire import (
+    CLIENT_COMMAND,
+    ErrorCode,
+    ErrorEvent,
+    MessageCommand,
+    QueuedEvent,
+    ResumeCommand,
+)
+from server.config import ServerSettings
+from server.deps import SESSION_GONE, ChatTokenDep, WsHubDep, WsSettingsDep, WsStoreDep
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["chat"])
+
+
+class _Closed(Exception):
+    """The connection must close with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@router.websocket("/chat")
+async def chat(
+    websocket: WebSocket,
+    token: ChatTokenDep,
+    store: WsStoreDep,
+    hub: WsHubDep,
+    settings: WsSettingsDep,
+    after: Annotated[str | None, Query(description="Resume after this event_id.")] = None,
+) -> None:
+    """Chat over one WebSocket; see the README for the frames both ways."""
+    await websocket.accept()
+    connection = ChatConnection(websocket, token, store, hub, settings)
+    await connection.run(after)
+
+
+class ChatConnection:
+    """One accepted WebSocket of one session."""
+
+    def __init__(
+        self, websocket: WebSocket, token: str, store: Store, hub: Hub, settings: ServerSettings
+    ) -> None:
+        self.websocket = websocket
+        self.token = token
+        self.store = store
+        self.hub = hub
+        self.settings = settings
+        self._send_lock = asyncio.Lock()
+        self._cursor: tuple[int, int] = (0, 0)
+
+    async def run(self, after: str | None) -> None:
+        """Serve the connection until the client leaves or it must close."""
+        close: _Closed | None = None
+        try:
+            async with self.hub.subscribe(keys.channel(self.token)) as sub:
+                start = after if after and valid_stream_id(after) else None
+                if start is None:
+                    start = await self.store.last_event_id(self.token)
+                await asyncio.wait_for(sub.ready.wait(), timeout=10)
+                await self._replay(start)
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._receive_loop(tasks))
+                    tasks.create_task(self._send_loop(sub))
+                    tasks.create_task(self._watch_expiry())
+        except* WebSocketDisconnect:
+            pass
+        except* _Closed as group:
+            close = group.exceptions[0]  # type: ignore[assignment]
+        except* (RedisError, OSError, TimeoutError) as group:
+            logger.warning("token=%s connection failed: %s", self.token, group.exceptions[0])
+            close = _Closed(status.WS_1011_INTERNAL_ERROR, "Redis unavailable; reconnect")
+        if close is not None and self.websocket.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.websocket.close(close.code, close.reason)
+
+    # -- outgoing ------------------------------------------------------------------
+
+    async def _send(self, text: str) -> None:
+        async with self._send_lock:
+            await self.websocket.send_text(text)
+
+    async def _send_error(self, message_id: str | None, code: ErrorCode, detail: str) -> None:
+        event = ErrorEvent(message_id=message_id, code=code, detail=detail)
+        await self._send(event.model_dump_json())
+
+    async def _replay(self, after: str) -> None:
+        """Send the stored events after ``after`` (an event id or "0"), then move the cursor."""
+        async with self._send_lock:
+            self._cursor = max(self._cursor, stream_id_key(after) if after != "0" else (0, 0))
+            while True:
+                cursor = f"{self._cursor[0]}-{self._cursor[1]}" if self._cursor != (0, 0) else "0"
+                payloads = await self.store.events_after(self.token, cursor, count=500)
+                for payload in payloads:
+                    await self.websocket.send_text(payload)
+                    event_id = event_id_of(payload)
+                    if event_id is not None:
+                        self._cursor = stream_id_key(event_id)
+                if len(payloads) < 500:
+                    return
+
+    async def _send_loop(self, sub: Subscription) -> None:
+        while True:
+            payload = await sub.queue.get()
+            if payload == RESYNC:
+                await self._replay("0")
+                continue
+            event_id = event_id_of(payload)
+            async with self._send_lock:
+                if event_id is not None:
+                    key = stream_id_key(event_id)
+                    if key <= self._cursor:
+                        continue  # already sent by a replay
+                    self._cursor = key
+                await self.websocket.send_text(payload)
+
+    async def _watch_expiry(self) -> None:
+        """Close the socket (error ``session_expired``, then 1008) when the session expires."""
+        session_key = keys.session_key(self.token)
+        while True:
+            pttl = await self.store.redis.pttl(session_key)
+            if pttl == -2:
+                await self._send_error(None, ErrorCode.SESSION_EXPIRED, SESSION_GONE)
+                raise _Closed(status.WS_1008_POLICY_VIOLATION, SESSION_GONE)
+            # The TTL only grows with activity, so nothing can expire before it runs out.
+            await asyncio.sleep(min(max(pttl, 0) / 1000 + 0.05, 60.0) if pttl > 0 else 60.0)
+
+    # -- incoming ------------------------------------------------------------------
+
+    async def _receive_loop(self, tasks: asyncio.TaskGroup) -> None:
+        while True:
+            frame = await self.websocket.receive()
+            if frame["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(frame.get("code", 1000))
+            text = frame.get("text")
+            if text is None:
+                await self._send_error(
+                    None, ErrorCode.INVALID_FRAME, "binary frames are not accepted; send text"
+                )
+                continue
+            await self._on_text(text)
+
+    async def _on_text(self, text: str) -> None:
+        command = self._parse(text)
+        if isinstance(command, ErrorEvent):
+            await self._send(command.model_dump_json())
+        elif isinstance(command, ResumeCommand):
+            if not valid_stream_id(command.after):
+                await self._send_error(
+                    None, ErrorCode.INVALID_FRAME, "resume.after must be an event_id"
+                )
+                return
+            await self._replay(command.after)
+        else:
+            await self._on_message(command.content)
+
+    def _parse(self, text: str) -> MessageCommand | ResumeCommand | ErrorEvent:
+        """A text frame as a command; plain text (anything but a JSON object with a
+        ``type``) is the message content itself."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return MessageCommand(content=text)
+        if not isinstance(data, dict) or "type" not in data:
+            return MessageCommand(content=text)
+        try:
+            return CLIENT_COMMAND.validate_python(data)
+        except ValidationError as e:
+            if any(err["type"] == "union_tag_invalid" for err in e.errors()):
+                return ErrorEvent(
+                    code=ErrorCode.UNKNOWN_COMMAND,
+                    detail=f"unknown command type {data['type']!r}; known: message, resume",
+                )
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors()
+            )
+            return ErrorEvent(code=ErrorCode.INVALID_FRAME, detail=f"invalid command: {detail}")
+
+    async def _on_message(self, content: str) -> None:
+        if not content.strip():
+            await self._send_error(None, ErrorCode.EMPTY_MESSAGE, "the message is empty")
+            return
+        limit = self.settings.max_message_chars
+        if len(content) > limit:
+            await self._send_error(
+                None,
+                ErrorCode.MESSAGE_TOO_LONG,
+                f"the message has {len(content)} characters; at most {limit} are accepted",
+            )
+            return
+        try:
+            message = await self.store.enqueue(
+                self.token, content, self.settings.max_pending_messages
+            )
+        except SessionExpired as e:
+            await self._send_error(None, ErrorCode.SESSION_EXPIRED, SESSION_GONE)
+            raise _Closed(status.WS_1008_POLICY_VIOLATION, SESSION_GONE) from e
+        except TooManyPending:
+            await self._send_error(
+                None,
+                ErrorCode.TOO_MANY_PENDING,
+                f"{self.settings.max_pending_messages} messages already wait for a reply; "
+                "wait for one before sending more",
+            )
+            return
+        except (RedisError, OSError) as e:
+            logger.warning("token=%s could not queue a message: %s", self.token, e)
+            await self._send_error(
+                None, ErrorCode.UNAVAILABLE, "the message could not be stored; send it again"
+            )
+            return
+        logger.info("message_id=%s token=%s seq=%d queued", message.id, self.token, message.seq)
+        await self._send(
+            QueuedEvent(message_id=message.id, message=message.public()).model_dump_json(
+                exclude_none=True
+            )
+        )

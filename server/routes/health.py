@@ -1,0 +1,29 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from server.deps import StoreDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive (no dependency is checked)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(store: StoreDep) -> dict[str, str] | JSONResponse:
+    """Ready to serve: Redis answers and the workers' consumer group exists; else 503."""
+    try:
+        await store.redis.ping()
+        if not await store.group_exists():
+            return JSONResponse({"detail": "consumer group missing"}, status_code=503)
+    except (RedisError, OSError) as e:
+        return JSONResponse({"detail": f"redis unavailable: {e}"}, status_code=503)
+    return {"status": "ready"}
