@@ -1,0 +1,237 @@
+"""``python -m stack``: start Redis, the local model, the workers and a server; stop them in order.
+
+Redis and llama-server log to files under ``<data dir>/logs``; the server and workers
+log to this terminal. Ctrl-C or SIGTERM stops the server, the workers, the model, then
+Redis, and exits 0. If any of them dies on its own, everything stops and we exit 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Self
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stack.model import EmbeddedModel
+from stack.process import die_with_parent
+
+logger = logging.getLogger(__name__)
+
+Poll = Callable[[], int | None]
+
+
+class StackSettings(BaseSettings):
+    """Settings of ``python -m stack``, from the environment and ``.env`` (see .env.example)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
+
+    parley_port: int = Field(8000, ge=1, le=65535)
+    parley_workers: int = Field(1, ge=1)
+    parley_data_dir: Path = Path("data")
+    parley_redis_port: int = Field(6380, ge=1, le=65535)
+    parley_model_port: int = Field(8081, ge=1, le=65535)
+    parley_model_parallel: int = Field(4, ge=1)
+    parley_model_ctx_size: int = Field(4096, ge=256)
+    parley_model_max_tokens: int = Field(512, ge=1)
+    parley_model_start_timeout: float = Field(120.0, gt=0)
+    parley_ready_timeout: float = Field(60.0, gt=0)
+    parley_stop_grace: float = Field(10.0, gt=0)
+    redis_url: str | None = None
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    hf_token: SecretStr | None = None
+
+
+class StackError(RuntimeError):
+    """A process of the stack failed to start or died."""
+
+
+class StopRequested(BaseException):
+    """SIGINT or SIGTERM arrived: unwind and stop everything (a BaseException, like ^C)."""
+
+
+class ChildProcess:
+    """A Python module run as a child process, stopped with SIGTERM then SIGKILL on exit."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], env: dict[str, str], stop_grace: float
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = env
+        self.stop_grace = stop_grace
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def poll(self) -> int | None:
+        """Exit code once it has exited, else None."""
+        return self._proc.poll() if self._proc is not None else None
+
+    def __enter__(self) -> Self:
+        logger.info("starting %s: %s", self.name, " ".join(self.argv))
+        self._proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # the terminal's ^C reaches us only; we stop children in order
+            preexec_fn=die_with_parent,
+        )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        logger.info("stopping %s (pid %d)", self.name, proc.pid)
+        proc.terminate()
+        try:
+            proc.wait(self.stop_grace)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s ignored SIGTERM for %.0f s; killing it", self.name, self.stop_grace)
+            proc.kill()
+            proc.wait()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    # Later signals are ignored so they cannot interrupt the orderly shutdown; every
+    # stop is bounded by the SIGKILL grace period anyway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logger.info("received %s; stopping", signal.Signals(signum).name)
+    raise StopRequested
+
+
+def _check_alive(watched: dict[str, Poll]) -> None:
+    for name, poll in watched.items():
+        code = poll()
+        if code is not None:
+            how = f"signal {-code}: {signal.strsignal(-code)}" if code < 0 else f"code {code}"
+            raise StackError(f"{name} exited unexpectedly ({how}); stopping everything")
+
+
+def _wait_ready(url: str, watched: dict[str, Poll], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _check_alive(watched)
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass  # not listening yet, or 503 until Redis and the consumer group are there
+        time.sleep(0.25)
+    raise StackError(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
+def _start(settings: StackSettings, stack: contextlib.ExitStack) -> dict[str, Poll]:
+    """Start every process, in dependency order, registering each on ``stack``."""
+    data_dir = settings.parley_data_dir.resolve()
+    log_dir = data_dir / "logs"
+    watched: dict[str, Poll] = {}
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    if settings.redis_url:
+        env["REDIS_URL"] = settings.redis_url
+        logger.info("using Redis at REDIS_URL")
+    else:
+        # Imported here: a stack on an external Redis needs nothing from the embedded extra.
+        from stack.redis import EmbeddedRedis
+
+        redis = stack.enter_context(
+            EmbeddedRedis(
+                port=settings.parley_redis_port,
+                data_dir=data_dir / "redis",
+                log_file=log_dir / "redis.log",
+            )
+        )
+        env["REDIS_URL"] = redis.url
+        if redis.process is not None:
+            watched["redis"] = redis.process.poll
+
+    if settings.llm_base_url or settings.hf_token:
+        logger.info("using the model at %s", settings.llm_base_url or "the Hugging Face router")
+    else:
+        model = stack.enter_context(
+            EmbeddedModel(
+                port=settings.parley_model_port,
+                model_dir=data_dir / "models",
+                log_dir=log_dir,
+                parallel=settings.parley_model_parallel,
+                ctx_size=settings.parley_model_ctx_size,
+                max_tokens=settings.parley_model_max_tokens,
+                start_timeout=settings.parley_model_start_timeout,
+                stop_grace=settings.parley_stop_grace,
+            )
+        )
+        env["LLM_BASE_URL"] = model.base_url
+        env["LLM_MODEL"] = model.model
+        watched["llama-server"] = model.poll
+
+    # Entered before the server so that the server stops first, then the workers.
+    for i in range(1, settings.parley_workers + 1):
+        name = f"worker-{i}"
+        argv = [sys.executable, "-m", "worker"]
+        worker = stack.enter_context(ChildProcess(name, argv, env, settings.parley_stop_grace))
+        watched[name] = worker.poll
+    argv = [sys.executable, "-m", "server", "--host", "127.0.0.1"]
+    argv += ["--port", str(settings.parley_port)]
+    server = stack.enter_context(ChildProcess("server", argv, env, settings.parley_stop_grace))
+    watched["server"] = server.poll
+    return watched
+
+
+def _serve(settings: StackSettings, stack: contextlib.ExitStack) -> int:
+    url = f"http://127.0.0.1:{settings.parley_port}"
+    try:
+        watched = _start(settings, stack)
+        _wait_ready(f"{url}/readyz", watched, settings.parley_ready_timeout)
+        print(f"Parley is running at {url}", flush=True)
+        while True:
+            _check_alive(watched)
+            time.sleep(0.5)
+    except StopRequested:
+        return 0
+    except (RuntimeError, OSError) as e:
+        # StackError, EmbeddedModelError, EmbeddedRedisError: say what failed, then stop.
+        logger.error("%s", e)
+        return 1
+
+
+def run(settings: StackSettings) -> int:
+    """Run the stack until a signal (exit code 0) or a failure (exit code 1)."""
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    with contextlib.ExitStack() as stack:
+        code = _serve(settings, stack)
+        logger.info("stopping the stack")
+    logger.info("stopped")
+    return code
+
+
+def main() -> int:
+    """Entry point of ``python -m stack``; returns the process exit code."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = StackSettings()
+    except ValidationError as e:
+        print(f"invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    return run(settings)
