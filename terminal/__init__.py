@@ -1,0 +1,1 @@
+"""The terminal chat client: ``python -m terminal`` (``make chat``)."""

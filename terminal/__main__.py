@@ -1,0 +1,5 @@
+"""``python -m terminal``: chat with Parley from a terminal."""
+
+from terminal.cli import main
+
+raise SystemExit(main())

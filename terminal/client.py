@@ -1,0 +1,332 @@
+"""A Parley chat client: REST for the session, one WebSocket that reconnects and resumes.
+
+:class:`ChatClient` creates or loads a session, then :meth:`ChatClient.send` sends
+messages while :meth:`ChatClient.events` yields the server's events. When the socket
+drops, ``events`` reconnects with backoff and sends ``{"type": "resume", "after": <last
+event id>}`` as the first frame, so a reply in progress continues where it stopped;
+events seen before are dropped (:class:`ResumeCursor`), so nothing prints twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+from pydantic import ValidationError
+
+from protocol.wire import (
+    SERVER_EVENT,
+    DoneEvent,
+    ErrorEvent,
+    MessageCommand,
+    ResumeCommand,
+    ServerEvent,
+    SessionView,
+)
+
+logger = logging.getLogger(__name__)
+
+_POLICY_VIOLATION = 1008  # the server closes with this code when the session is gone
+_ENDS = frozenset(
+    {
+        aiohttp.WSMsgType.CLOSE,
+        aiohttp.WSMsgType.CLOSING,
+        aiohttp.WSMsgType.CLOSED,
+        aiohttp.WSMsgType.ERROR,
+    }
+)
+
+
+class ChatClientError(Exception):
+    """Base of the errors this client raises."""
+
+
+class ApiError(ChatClientError):
+    """A REST call failed; ``detail`` is the server's ``{"detail": ...}``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class SessionGone(ChatClientError):
+    """The server refused the session's socket (expired or unknown token)."""
+
+
+class ConnectionLost(ChatClientError):
+    """The socket dropped and every reconnect attempt failed."""
+
+
+class ClientClosed(ChatClientError):
+    """The client was closed."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between reconnect attempts: ``initial`` doubling up to ``maximum``, jittered."""
+
+    initial: float = 0.5
+    maximum: float = 10.0
+    attempts: int = 10
+
+    def delay(self, attempt: int) -> float:
+        """The delay (s) before attempt ``attempt`` (from 0)."""
+        base: float = min(self.maximum, self.initial * 2**attempt)
+        return base * random.uniform(0.8, 1.2)  # jitter, not cryptography
+
+
+def _stream_order(event_id: str) -> tuple[int, int]:
+    """A stream entry id ``"<ms>-<n>"`` as a sortable pair (malformed ids sort first)."""
+    ms, _, n = event_id.partition("-")
+    try:
+        return int(ms), int(n or 0)
+    except ValueError:
+        return -1, -1
+
+
+@dataclass
+class ResumeCursor:
+    """Where the client is in the session's event stream, and which replies it has seen.
+
+    ``last_event_id`` is what a resume asks to continue after. ``finished`` holds the
+    user-message ids whose reply ended (``done`` or ``error``); a resume from the start
+    of the stream ("0") replays them, and they are dropped.
+    """
+
+    last_event_id: str | None = None
+    finished: set[str] = field(default_factory=set)
+
+    def after(self) -> str:
+        """The ``after`` of the next resume: the last event seen, or the stream's start."""
+        return self.last_event_id or "0-0"
+
+    def accept(self, event: ServerEvent) -> bool:
+        """Record ``event``; False if it was seen before and must be dropped."""
+        event_id = getattr(event, "event_id", None)
+        if event_id is None:
+            return True  # not from the event stream (``queued``, refusals): never replayed
+        last = self.last_event_id
+        if last is not None and _stream_order(event_id) <= _stream_order(last):
+            return False
+        if event.message_id in self.finished:
+            return False
+        self.last_event_id = event_id
+        if isinstance(event, DoneEvent | ErrorEvent) and event.message_id is not None:
+            self.finished.add(event.message_id)
+        return True
+
+    def seed(self, view: SessionView) -> None:
+        """Mark the user messages answered in ``view``'s history as finished."""
+        for message, following in zip(view.messages, view.messages[1:], strict=False):
+            if message.role == "user" and following.role == "assistant":
+                self.finished.add(message.id)
+
+
+class ChatClient:
+    """One Parley session: REST calls, a self-healing WebSocket, ``send`` and ``events``.
+
+    Args:
+        base_url: the server, e.g. ``http://127.0.0.1:8000``.
+        http: an aiohttp session to use (the client makes and closes its own if None).
+        backoff: reconnect policy.
+        heartbeat: WebSocket ping interval (s), to notice a dead connection.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        http: aiohttp.ClientSession | None = None,
+        backoff: Backoff | None = None,
+        heartbeat: float = 20.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.backoff = backoff or Backoff()
+        self.heartbeat = heartbeat
+        self.token: str | None = None
+        self.cursor = ResumeCursor()
+        self._http = http
+        self._owns_http = http is None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connected = asyncio.Event()
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The aiohttp session (created on first use)."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    # --- REST -------------------------------------------------------------------------
+
+    async def create_session(self, name: str) -> SessionView:
+        """Start a new session (``POST /token``) and make it this client's.
+
+        Raises:
+            ApiError: the server refused (e.g. 400 for a blank or too long name).
+        """
+        view = await self._request("POST", "/token", name=name)
+        self.token = view.token
+        return view
+
+    async def load_session(self, token: str) -> SessionView:
+        """Load an existing session with its history (``GET /refresh_token``).
+
+        Raises:
+            ApiError: 400 if the session expired or does not exist.
+        """
+        view = await self._request("GET", "/refresh_token", token=token)
+        self.token = view.token
+        self.cursor.seed(view)
+        return view
+
+    async def _request(self, method: str, path: str, **params: str) -> SessionView:
+        url = self.base_url + path
+        try:
+            async with self.http.request(method, url, params=params) as response:
+                body: Any = await response.json(content_type=None)
+                if response.status != 200:
+                    detail = body.get("detail") if isinstance(body, dict) else body
+                    raise ApiError(response.status, str(detail))
+                return SessionView.model_validate(body)
+        except (aiohttp.ClientError, ValueError) as e:
+            raise ApiError(0, f"{method} {url} failed: {e}") from e
+
+    # --- WebSocket --------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the session's socket.
+
+        Raises:
+            SessionGone: the server refused the token.
+            aiohttp.ClientError, OSError: the server could not be reached.
+        """
+        self._ws = await self._open()
+        self._connected.set()
+
+    async def _open(self, after: str | None = None) -> aiohttp.ClientWebSocketResponse:
+        if self.token is None:
+            raise ChatClientError("no session: call create_session or load_session first")
+        url = self.base_url.replace("http", "ws", 1) + "/chat"
+        params = {"token": self.token} | ({"after": after} if after else {})
+        try:
+            return await self.http.ws_connect(url, params=params, heartbeat=self.heartbeat)
+        except aiohttp.WSServerHandshakeError as e:
+            if e.status in (400, 403):
+                raise SessionGone(f"the server refused the session (HTTP {e.status})") from e
+            raise
+
+    async def _reconnect(self) -> None:
+        """Open a new socket and resume after the last event seen, with backoff."""
+        for attempt in range(self.backoff.attempts):
+            delay = self.backoff.delay(attempt)
+            logger.warning("connection lost; reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)
+            if self._closed:
+                raise ClientClosed
+            try:
+                # ``?after=`` has the server replay what we missed before it goes live, so
+                # no live event overtakes the replay; the resume command (the public
+                # contract's way) follows as the first frame for servers without it.
+                # Events seen twice are dropped by the cursor. Sends wait on _connected.
+                after = self.cursor.after()
+                ws = await self._open(after)
+                await ws.send_str(ResumeCommand(after=after).model_dump_json())
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                logger.info("reconnect attempt %d failed: %s", attempt + 1, e)
+                continue
+            self._ws = ws
+            self._connected.set()
+            logger.warning("reconnected")
+            return
+        raise ConnectionLost(f"no connection after {self.backoff.attempts} attempts")
+
+    async def reconnect(self) -> None:
+        """Drop the current socket; :meth:`events` opens a new one and resumes."""
+        self._connected.clear()
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def send(self, content: str) -> None:
+        """Send a user message, waiting for the socket if it is reconnecting.
+
+        Raises:
+            ClientClosed: the client was closed.
+        """
+        frame = MessageCommand(content=content).model_dump_json()
+        while True:
+            await self._connected.wait()
+            ws = self._ws
+            if self._closed or ws is None:
+                raise ClientClosed
+            try:
+                await ws.send_str(frame)
+                return
+            except ConnectionError:
+                # A socket that is closing cannot have sent the frame: send it again on
+                # the next one. The receive side (events) notices the drop and reconnects.
+                if self._ws is ws:
+                    self._connected.clear()
+
+    async def events(self) -> AsyncIterator[ServerEvent]:
+        """The server's events, new ones only, across reconnects, until :meth:`aclose`.
+
+        Raises:
+            SessionGone: the server closed the socket because the session is gone.
+            ConnectionLost: the socket dropped and could not be re-established.
+        """
+        while not self._closed:
+            ws = self._ws
+            if ws is None:
+                raise ChatClientError("not connected: call connect() first")
+            while True:
+                frame = await ws.receive()
+                if frame.type is aiohttp.WSMsgType.TEXT:
+                    event = self._parse(frame.data)
+                    if event is not None and self.cursor.accept(event):
+                        yield event
+                elif frame.type in _ENDS:
+                    break
+            if self._closed:
+                return
+            self._connected.clear()
+            if ws.close_code == _POLICY_VIOLATION:
+                reason = frame.extra if frame.type is aiohttp.WSMsgType.CLOSE else None
+                raise SessionGone(reason or "session expired or does not exist")
+            await self._reconnect()
+
+    @staticmethod
+    def _parse(data: str) -> ServerEvent | None:
+        try:
+            return SERVER_EVENT.validate_json(data)
+        except ValidationError:
+            logger.warning("ignoring a frame that is not a server event: %.200s", data)
+            return None
+
+    async def aclose(self) -> None:
+        """Close the socket (and the aiohttp session if the client made it)."""
+        self._closed = True
+        self._connected.set()  # wake senders: they see _closed
+        if self._ws is not None:
+            await self._ws.close()
+        if self._owns_http and self._http is not None:
+            await self._http.close()

@@ -1,0 +1,261 @@
+"""The terminal client: rendering and bookkeeping alone, then end to end on the real stack.
+
+The end-to-end tests use the ``parley_url`` fixture (``tests/conftest.py``): a running
+server, worker, Redis and stand-in model whose reply to "X" begins with "Reply to: X".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from protocol.wire import (
+    ChatMessage,
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    QueuedEvent,
+    RestartEvent,
+    ServerEvent,
+    SessionView,
+    TokenEvent,
+)
+from terminal.cli import Conversation
+from terminal.client import Backoff, ChatClient, ResumeCursor
+from terminal.render import REPLY_PREFIX, RESTART_MARKER, render_event, render_session
+from tests.conftest import Parley
+
+ROOT = Path(__file__).resolve().parents[2]
+TS = "2026-01-01T12:00:00.000Z"
+
+
+def reply(content: str, message_id: str = "m1") -> DoneEvent:
+    message = ChatMessage(id=f"r-{message_id}", role="assistant", content=content, timestamp=TS)
+    return DoneEvent(message_id=message_id, reply=message, event_id="5-0")
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+def test_queued_prints_nothing() -> None:
+    assert render_event(QueuedEvent(message_id="m1")) == ""
+
+
+def test_tokens_print_as_is_without_newline_the_first_after_a_prefix() -> None:
+    assert render_event(TokenEvent(message_id="m1", content="Hel")) == REPLY_PREFIX + "Hel"
+    assert render_event(TokenEvent(message_id="m1", content="lo"), streamed="Hel") == "lo"
+
+
+def test_restart_prints_a_marker_on_its_own_line() -> None:
+    text = render_event(RestartEvent(message_id="m1"), streamed="Hel")
+    assert text == f"\n{RESTART_MARKER}\n"
+
+
+def test_done_ends_the_streamed_line() -> None:
+    assert render_event(reply("Hello"), streamed="Hello") == "\n"
+
+
+def test_done_completes_a_reply_whose_last_pieces_were_missed() -> None:
+    assert render_event(reply("Hello there"), streamed="Hello") == " there\n"
+
+
+def test_done_shows_the_whole_reply_when_nothing_or_something_else_was_streamed() -> None:
+    assert render_event(reply("Hello")) == f"{REPLY_PREFIX}Hello\n"
+    assert render_event(reply("Hello"), streamed="Bye") == f"\n{REPLY_PREFIX}Hello\n"
+
+
+def test_errors_are_readable_lines_never_json() -> None:
+    event = ErrorEvent(
+        message_id=None, code=ErrorCode.SESSION_EXPIRED, detail="Session expired or does not exist"
+    )
+    assert render_event(event) == "! session_expired: Session expired or does not exist\n"
+    failed = ErrorEvent(message_id="m1", code=ErrorCode.LLM_UNAVAILABLE, detail="model down")
+    assert render_event(failed, streamed="Hel") == "\n! llm_unavailable: model down\n"
+
+
+def test_session_history_one_message_a_line() -> None:
+    view = SessionView(
+        token="t",
+        name="Ada",
+        session_start=TS,
+        messages=[
+            ChatMessage(id="u1", role="user", content="hi", timestamp=TS),
+            ChatMessage(id="a1", role="assistant", content="Reply to: hi", timestamp=TS),
+        ],
+    )
+    text = render_session(view)
+    assert "Ada" in text
+    assert text.endswith(f"you: hi\n{REPLY_PREFIX}Reply to: hi\n")
+
+
+# --- bookkeeping ----------------------------------------------------------------------
+
+
+def test_cursor_drops_events_at_or_before_the_last_one_seen() -> None:
+    cursor = ResumeCursor()
+    assert cursor.after() == "0-0"
+    assert cursor.accept(TokenEvent(message_id="m1", content="a", event_id="10-0"))
+    assert cursor.accept(TokenEvent(message_id="m1", content="b", event_id="10-1"))
+    assert not cursor.accept(TokenEvent(message_id="m1", content="a", event_id="10-0"))
+    assert not cursor.accept(TokenEvent(message_id="m1", content="b", event_id="10-1"))
+    assert not cursor.accept(TokenEvent(message_id="m1", content="c", event_id="9-5"))
+    assert cursor.accept(TokenEvent(message_id="m1", content="c", event_id="11-0"))
+    assert cursor.after() == "11-0"
+    assert cursor.accept(QueuedEvent(message_id="m2"))  # not in the stream: always new
+
+
+def test_cursor_drops_replayed_events_of_finished_replies() -> None:
+    view = SessionView(
+        token="t",
+        name="Ada",
+        session_start=TS,
+        messages=[
+            ChatMessage(id="u1", role="user", content="hi", timestamp=TS),
+            ChatMessage(id="a1", role="assistant", content="Reply to: hi", timestamp=TS),
+            ChatMessage(id="u2", role="user", content="pending", timestamp=TS),
+        ],
+    )
+    cursor = ResumeCursor()
+    cursor.seed(view)
+    # A resume from "0" replays the whole stream: u1's reply is old, u2's is new.
+    assert not cursor.accept(TokenEvent(message_id="u1", content="R", event_id="1-0"))
+    assert cursor.accept(TokenEvent(message_id="u2", content="R", event_id="2-0"))
+    assert cursor.accept(reply("R", message_id="u2").model_copy(update={"event_id": "3-0"}))
+    assert "u2" in cursor.finished
+
+
+def test_conversation_is_idle_once_every_message_is_answered_or_refused() -> None:
+    conversation = Conversation()
+    conversation.sent()
+    conversation.sent()
+    assert not conversation.idle.is_set()
+    refused = ErrorEvent(code=ErrorCode.MESSAGE_TOO_LONG, detail="too long")
+    assert conversation.show(refused) == "! message_too_long: too long\n"
+    conversation.show(QueuedEvent(message_id="m1"))
+    assert conversation.show(TokenEvent(message_id="m1", content="Hel")) == REPLY_PREFIX + "Hel"
+    assert conversation.show(TokenEvent(message_id="m1", content="lo")) == "lo"
+    assert not conversation.idle.is_set()
+    assert conversation.show(reply("Hello")) == "\n"
+    assert conversation.idle.is_set()
+
+
+# --- end to end, on the real stack ----------------------------------------------------
+
+
+async def run_cli(*args: str, stdin: str) -> tuple[int, str]:
+    """Run ``python -m terminal ARGS`` with ``stdin`` as what is typed; (status, stdout)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "terminal",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode() + err.decode()
+
+
+def token_in(output: str) -> str:
+    """The session token the CLI prints (``-- token T (...) --``)."""
+    for line in output.splitlines():
+        if line.startswith("-- token "):
+            return line.split()[2]
+    raise AssertionError(f"no token in output:\n{output}")
+
+
+@pytest.mark.system
+async def test_cli_chats_then_continues_the_session_with_its_history(parley_url: str) -> None:
+    status, output = await run_cli("--url", parley_url, "--name", "Ada", stdin="hello\n")
+    assert status == 0, output
+    assert f"{REPLY_PREFIX}Reply to: hello" in output
+    assert '"type"' not in output  # readable text, never raw JSON
+    token = token_in(output)
+
+    status, output = await run_cli("--url", parley_url, "--token", token, stdin="again\n")
+    assert status == 0, output
+    history, _, live = output.partition(f"-- token {token}")
+    assert "you: hello\n" in history
+    assert f"{REPLY_PREFIX}Reply to: hello" in history
+    assert f"{REPLY_PREFIX}Reply to: again" in live
+
+
+@pytest.mark.system
+async def test_cli_reports_an_unknown_session(parley_url: str) -> None:
+    status, output = await run_cli(
+        "--url", parley_url, "--token", "00000000-0000-4000-8000-000000000000", stdin=""
+    )
+    assert status == 1
+    assert "! Session expired or does not exist" in output
+
+
+async def collect_reply(events: AsyncIterator[ServerEvent]) -> tuple[str, list[ServerEvent]]:
+    """Events up to the first ``done`` or ``error``; the text streamed for the reply."""
+    seen: list[ServerEvent] = []
+    streamed = ""
+    async for event in events:
+        seen.append(event)
+        if isinstance(event, TokenEvent):
+            streamed += event.content
+        elif isinstance(event, RestartEvent):
+            streamed = ""
+        elif isinstance(event, DoneEvent | ErrorEvent):
+            break
+    return streamed, seen
+
+
+@pytest.mark.system
+async def test_client_resumes_a_reply_after_the_socket_drops(parley: Parley) -> None:
+    parley.standin.tokens = 30
+    parley.standin.delay_ms = 10  # about 300 ms a reply: the drop lands mid-reply
+    async with ChatClient(parley.url, backoff=Backoff(initial=0.05)) as client:
+        await client.create_session("Ada")
+        await client.connect()
+        events = client.events()
+        await client.send("first")
+        _, seen = await asyncio.wait_for(collect_reply(events), 30)
+        assert isinstance(seen[-1], DoneEvent)
+
+        await client.send("second")
+        first: ServerEvent | None = None
+        while not isinstance(first, TokenEvent | DoneEvent):
+            first = await asyncio.wait_for(anext(events), 30)
+        assert isinstance(first, TokenEvent)
+        await client.reconnect()  # the socket drops; the reply goes on meanwhile
+        rest, seen = await asyncio.wait_for(collect_reply(events), 30)
+
+    done = seen[-1]
+    assert isinstance(done, DoneEvent)
+    assert done.message_id == first.message_id
+    assert rest, "the socket dropped mid-reply"
+    assert first.content + rest == done.reply.content  # nothing lost, nothing twice
+    assert done.reply.content.startswith("Reply to: second")
+    ids = [first.event_id, *(getattr(e, "event_id", None) for e in seen)]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.system
+async def test_client_gets_an_error_event_for_a_refused_message(parley_url: str) -> None:
+    async with ChatClient(parley_url) as client:
+        await client.create_session("Ada")
+        await client.connect()
+        events = client.events()
+        await client.send("x" * 100_000)
+        event = await asyncio.wait_for(anext(events), 30)
+        assert isinstance(event, ErrorEvent)
+        assert event.code is ErrorCode.MESSAGE_TOO_LONG
+        assert render_event(event).startswith("! message_too_long: ")

@@ -1,0 +1,208 @@
+"""docker-compose.yml and the Dockerfile, checked statically (no Docker engine needed).
+
+Each service's environment must name settings its process reads, its URLs must point
+at the services and ports that exist, and the worker must stay scalable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from server.config import ServerSettings
+from worker.config import WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+#: Images that ship RedisJSON and RediSearch (from Redis 8 the official image does).
+MODULE_IMAGES = re.compile(r"^(redis:(8|9|[1-9]\d)(\.\d+)*(-\w+)?|redis/redis-stack(-server)?:.+)$")
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    result: dict[str, dict[str, Any]] = compose["services"]
+    return result
+
+
+def interpolate(value: str) -> str:
+    """``value`` with ``${VAR:-default}`` / ``${VAR}`` replaced by their defaults (or "")."""
+    return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's ``environment`` (mapping or list form) as a dict."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): interpolate(str(v)) for k, v in env.items()}
+
+
+def command(service: dict[str, Any]) -> list[str]:
+    """A service's command as a list of arguments, interpolated."""
+    value = service["command"]
+    args = value.split() if isinstance(value, str) else value
+    return [interpolate(str(a)) for a in args]
+
+
+def option(args: list[str], name: str, default: str | None = None) -> str:
+    """The value following ``name`` in ``args``."""
+    if name in args:
+        return args[args.index(name) + 1]
+    assert default is not None, f"{name} missing from {args}"
+    return default
+
+
+def settings_names(settings: type[ServerSettings] | type[WorkerSettings]) -> set[str]:
+    """The environment variables a settings class reads."""
+    return {name.upper() for name in settings.model_fields}
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"), [("server", ServerSettings), ("worker", WorkerSettings)]
+)
+def test_environment_names_are_settings_of_the_process(
+    services: dict[str, dict[str, Any]],
+    name: str,
+    settings: type[ServerSettings] | type[WorkerSettings],
+) -> None:
+    unknown = set(environment(services[name])) - settings_names(settings)
+    assert not unknown, f"{name} sets variables its settings do not read: {unknown}"
+
+
+def test_server_publishes_the_port_it_listens_on(services: dict[str, dict[str, Any]]) -> None:
+    server = services["server"]
+    args = command(server)
+    assert args[:3] == ["python", "-m", "server"]
+    assert option(args, "--host") == "0.0.0.0"
+    container_ports = [interpolate(str(p)).rsplit(":", 1)[-1] for p in server["ports"]]
+    assert container_ports == [option(args, "--port")]
+    assert str(server["ports"][0]).startswith("${PARLEY_PORT:-8000}:")
+
+
+@pytest.mark.parametrize("name", ["server", "worker"])
+def test_redis_url_points_at_the_redis_service(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    url = urlparse(environment(services[name])["REDIS_URL"])
+    assert url.scheme == "redis"
+    assert url.hostname == "redis"
+    assert str(url.port or 6379) == option(command(services["redis"]), "--port", "6379")
+
+
+def test_redis_keeps_its_data(services: dict[str, dict[str, Any]]) -> None:
+    redis = services["redis"]
+    assert MODULE_IMAGES.match(redis["image"]), f"{redis['image']} lacks JSON and search"
+    assert option(command(redis), "--appendonly") == "yes"
+    assert any(str(v).split(":")[1] == "/data" for v in redis["volumes"])
+    assert "redis-cli" in redis["healthcheck"]["test"]
+
+
+def test_llm_base_url_points_at_the_model_service(services: dict[str, dict[str, Any]]) -> None:
+    env = environment(services["worker"])
+    url = urlparse(env["LLM_BASE_URL"])
+    model_args = command(services["model"])
+    assert url.hostname == "model"
+    assert str(url.port) == option(model_args, "--port")
+    assert option(model_args, "--host") == "0.0.0.0"
+    assert option(model_args, "-m").startswith("/models/")
+    assert any(str(v).split(":")[1] == "/models" for v in services["model"]["volumes"])
+    assert "HF_TOKEN" in env and "LLM_MODEL" in env
+
+
+def test_worker_is_scalable(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert command(worker) == ["python", "-m", "worker"]
+
+
+@pytest.mark.parametrize(("name", "needs"), [("server", {"redis"}), ("worker", {"redis", "model"})])
+def test_processes_wait_for_healthy_dependencies(
+    services: dict[str, dict[str, Any]], name: str, needs: set[str]
+) -> None:
+    depends_on = services[name]["depends_on"]
+    assert set(depends_on) == needs
+    for dependency in needs:
+        assert depends_on[dependency]["condition"] == "service_healthy"
+        assert "healthcheck" in services[dependency]
+
+
+def test_env_file_is_optional(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("server", "worker"):
+        assert services[name]["env_file"] == [{"path": ".env", "required": False}]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_dockerfile_runs_an_existing_module_as_a_non_root_user() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    entry = [args for op, args in instructions if op in ("CMD", "ENTRYPOINT")][-1]
+    argv = json.loads(entry)  # exec form, so signals reach Python
+    module = argv[argv.index("-m") + 1]
+    assert (ROOT / module / "__main__.py").is_file()
+    users = [args for op, args in instructions if op == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    runs = " ".join(args for op, args in instructions if op == "RUN")
+    assert "pip install" in runs
+    assert "embedded" not in runs
+
+
+def compose_cli() -> list[str] | None:
+    """A Docker Compose v2 command line (``docker compose`` or ``docker-compose``), or None."""
+    candidates: list[list[str]] = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    standalone = shutil.which("docker-compose") or shutil.which(
+        "docker-compose", path=str(Path(sys.executable).parent)
+    )
+    if standalone:
+        candidates.append([standalone])
+    for cli in candidates:
+        result = subprocess.run(
+            [*cli, "version", "--short"], capture_output=True, text=True, check=False
+        )
+        major = result.stdout.strip().lstrip("v").split(".")[0]
+        if result.returncode == 0 and major.isdigit() and int(major) >= 2:
+            return cli  # v1 (Python) lacks the compose spec features used here
+    return None
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    """``compose config -q`` only parses and validates: it needs no engine."""
+    cli = compose_cli()
+    if cli is None:
+        pytest.skip("no Docker Compose v2 CLI (docker compose plugin or docker-compose)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PARLEY_PORT", "COMPOSE_FILE")}
+    result = subprocess.run(
+        [*cli, "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
