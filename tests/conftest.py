@@ -84,6 +84,7 @@ async def running_parley(
             "llm_base_url": base_url,
             "llm_model": "standin",
             "claim_idle_ms": 1000,
+            "read_block_ms": 100,
             "consumer_name": f"test-worker-{uuid.uuid4().hex[:6]}",
             **{k: v for k, v in common.items() if k in WorkerSettings.model_fields},
         }
@@ -105,7 +106,7 @@ async def running_parley(
     worker_task = asyncio.create_task(worker.run(drain_timeout_s=1))
     try:
         async with asyncio.timeout(10):
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110  (uvicorn offers no event)
                 await asyncio.sleep(0.01)
         yield Parley(
             url=f"http://127.0.0.1:{port}",

@@ -13,9 +13,10 @@ HF_ROUTER_URL = "https://router.huggingface.co/v1"
 LOCAL_MODEL_URL = "http://127.0.0.1:8081/v1"
 LOCAL_MODEL_NAME = "gemma-3-270m"
 
+# Phrased as the opening of a transcript, which small base models (the embedded Gemma 3
+# 270M) continue well, and instruction-tuned models read as a plain system prompt.
 DEFAULT_SYSTEM_PROMPT = (
-    "You are Parley, a friendly and concise assistant. Answer the user's last message "
-    "in a few sentences."
+    "A conversation between a User and Parley, a friendly and helpful Assistant."
 )
 
 
@@ -63,6 +64,9 @@ class WorkerSettings(CommonSettings):
     )
     stream_flush_ms: float = Field(
         default=10.0, ge=0, description="Token deltas are coalesced over this window (ms)."
+    )
+    read_block_ms: int = Field(
+        default=1000, gt=0, description="XREADGROUP BLOCK time (ms); also how fast a stop is seen."
     )
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, in-flight replies get this long (s)."

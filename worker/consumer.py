@@ -47,6 +47,13 @@ from worker.memory import build_prompt
 
 logger = logging.getLogger(__name__)
 
+
+class EmptyReply(LLMError):
+    """The model's reply held nothing but whitespace."""
+
+    code = "llm_unavailable"
+
+
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 #: How long (s) a waiting message sleeps between checks when no event wakes it.
 _TURN_RECHECK_S = 1.0
@@ -82,6 +89,8 @@ class Worker:
         self._room = asyncio.Event()
         self._room.set()
         self._stopping = asyncio.Event()
+        #: Set once :meth:`run` has returned.
+        self.stopped = asyncio.Event()
 
     @property
     def in_flight(self) -> int:
@@ -98,6 +107,7 @@ class Worker:
         In-flight replies get ``drain_timeout_s`` (s) to finish; what is left unfinished
         stays in the pending entries list for another worker to take over.
         """
+        self.stopped.clear()
         await self.store.ensure_group()
         await self.hub.start()
         loops = [
@@ -123,6 +133,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
             await self.hub.aclose()
+            self.stopped.set()
             logger.info("worker %s stopped", self.consumer)
 
     # -- reading and claiming ------------------------------------------------------
@@ -141,7 +152,7 @@ class Worker:
                     self.consumer,
                     {keys.MESSAGE_STREAM: ">"},
                     count=min(room, 100),
-                    block=200 if self.burst else 1000,
+                    block=self.settings.read_block_ms,
                 )
                 backoff = 0.1
             except ResponseError as e:
@@ -386,7 +397,13 @@ class Worker:
         await self.store.finish(
             entry,
             None,
-            ErrorEvent(message_id=entry.message_id, code=ErrorCode(error.code), detail=str(error)),
+            ErrorEvent(
+                message_id=entry.message_id,
+                code=ErrorCode(error.code)
+                if error.code in ErrorCode.__members__.values()
+                else ErrorCode.LLM_UNAVAILABLE,
+                detail=str(error),
+            ),
         )
 
     async def _stream(
@@ -396,6 +413,11 @@ class Worker:
 
         The first delta is published at once; after each publication, deltas that
         arrive within ``stream_flush_ms`` are joined into the next ``token`` event.
+
+        Raises:
+            EmptyReply: the model sent nothing but whitespace.
+            LLMError: from the model client.
+            SessionExpired: the session ended meanwhile.
         """
         queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
 
@@ -409,6 +431,10 @@ class Worker:
 
         reader = asyncio.create_task(read())
         parts: list[str] = []
+        # Whitespace at either end of a reply is noise (models often open with a space
+        # and close with a newline). Held-back whitespace is sent only once text follows
+        # it, so the token events still join to exactly the recorded reply.
+        held = ""
         first_token_s = 0.0
         window = self.settings.stream_flush_ms / 1000
         try:
@@ -426,21 +452,26 @@ class Worker:
                     if queue.empty():
                         break
                     item = queue.get_nowait()
-                if not batch:
+                text = held + "".join(batch)
+                if not parts:
+                    text = text.lstrip()
+                body = text.rstrip()
+                held = text[len(body) :]
+                if not body:
                     continue
                 if not parts:
                     first_token_s = time.perf_counter() - started
-                parts.extend(batch)
+                parts.append(body)
                 sent_at = time.perf_counter()
-                await self._emit(
-                    entry, TokenEvent(message_id=entry.message_id, content="".join(batch))
-                )
+                await self._emit(entry, TokenEvent(message_id=entry.message_id, content=body))
                 if window and not finished:
                     await asyncio.sleep(max(0.0, window - (time.perf_counter() - sent_at)))
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        if not parts:
+            raise EmptyReply("the model returned an empty reply")
         return "".join(parts), first_token_s
 
     async def _emit(self, entry: MessageEntry, event: TokenEvent | RestartEvent) -> None:

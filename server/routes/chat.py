@@ -1,8 +1,8 @@
 """``WS /chat``: a person's messages in, their session's reply events out.
 
-One connection runs three tasks in a task group (as Starlette's broadcaster example
-does): the receive loop (commands and messages), the send loop (the session's events
-from the hub) and the expiry watch. When any of them ends, the others are cancelled.
+One connection runs three tasks (as encode/broadcaster's example does): the receive
+loop (commands and messages), the send loop (the session's events from the hub) and
+the expiry watch. When any of them ends, the others are cancelled.
 
 Events are relayed in ``event_id`` order with no duplicate: the connection keeps a
 cursor (the last event id sent), replays from the session's event stream what lies
@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
 from pydantic import ValidationError
@@ -72,6 +73,27 @@ async def chat(
     await connection.run(after)
 
 
+async def _first_of(*loops: Coroutine[Any, Any, None]) -> None:
+    """Run ``loops`` until the first one ends; cancel the others; re-raise its error.
+
+    The others are cancelled again until they are done: a cancellation that lands
+    inside a Redis call can be absorbed by the client's reconnect logic, and a task
+    group would then wait on that task for good.
+    """
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        pending = {t for t in tasks if not t.done()}
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
 class ChatConnection:
     """One accepted WebSocket of one session."""
 
@@ -96,16 +118,13 @@ class ChatConnection:
                     start = await self.store.last_event_id(self.token)
                 await asyncio.wait_for(sub.ready.wait(), timeout=10)
                 await self._replay(start)
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._receive_loop(tasks))
-                    tasks.create_task(self._send_loop(sub))
-                    tasks.create_task(self._watch_expiry())
-        except* WebSocketDisconnect:
+                await _first_of(self._receive_loop(), self._send_loop(sub), self._watch_expiry())
+        except WebSocketDisconnect:
             pass
-        except* _Closed as group:
-            close = group.exceptions[0]  # type: ignore[assignment]
-        except* (RedisError, OSError, TimeoutError) as group:
-            logger.warning("token=%s connection failed: %s", self.token, group.exceptions[0])
+        except _Closed as e:
+            close = e
+        except (RedisError, OSError, TimeoutError) as e:
+            logger.warning("token=%s connection failed: %s", self.token, e)
             close = _Closed(status.WS_1011_INTERNAL_ERROR, "Redis unavailable; reconnect")
         if close is not None and self.websocket.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
@@ -119,12 +138,18 @@ class ChatConnection:
 
     async def _send_error(self, message_id: str | None, code: ErrorCode, detail: str) -> None:
         event = ErrorEvent(message_id=message_id, code=code, detail=detail)
-        await self._send(event.model_dump_json())
+        await self._send(event.model_dump_json(exclude={"event_id"}))
 
-    async def _replay(self, after: str) -> None:
-        """Send the stored events after ``after`` (an event id or "0"), then move the cursor."""
+    async def _replay(self, after: str | None = None) -> None:
+        """Send the stored events after the cursor, moving it as they go.
+
+        Args:
+            after: move the cursor to this event id first (``"0"``: the beginning);
+                None keeps it (a resync after missed live events).
+        """
         async with self._send_lock:
-            self._cursor = max(self._cursor, stream_id_key(after) if after != "0" else (0, 0))
+            if after is not None:
+                self._cursor = stream_id_key(after) if after != "0" else (0, 0)
             while True:
                 cursor = f"{self._cursor[0]}-{self._cursor[1]}" if self._cursor != (0, 0) else "0"
                 payloads = await self.store.events_after(self.token, cursor, count=500)
@@ -140,7 +165,7 @@ class ChatConnection:
         while True:
             payload = await sub.queue.get()
             if payload == RESYNC:
-                await self._replay("0")
+                await self._replay()
                 continue
             event_id = event_id_of(payload)
             async with self._send_lock:
@@ -164,7 +189,7 @@ class ChatConnection:
 
     # -- incoming ------------------------------------------------------------------
 
-    async def _receive_loop(self, tasks: asyncio.TaskGroup) -> None:
+    async def _receive_loop(self) -> None:
         while True:
             frame = await self.websocket.receive()
             if frame["type"] == "websocket.disconnect":
@@ -180,7 +205,7 @@ class ChatConnection:
     async def _on_text(self, text: str) -> None:
         command = self._parse(text)
         if isinstance(command, ErrorEvent):
-            await self._send(command.model_dump_json())
+            await self._send(command.model_dump_json(exclude={"event_id"}))
         elif isinstance(command, ResumeCommand):
             if not valid_stream_id(command.after):
                 await self._send_error(
