@@ -25,6 +25,8 @@ def llm_config(settings: WorkerSettings) -> LLMConfig:
         connect_timeout_s=settings.llm_connect_timeout_s,
         read_timeout_s=settings.llm_read_timeout_s,
         max_retries=settings.llm_max_retries,
+        backoff_base_s=settings.llm_backoff_base_s,
+        backoff_max_s=settings.llm_backoff_max_s,
         max_tokens=settings.llm_max_tokens,
         temperature=settings.llm_temperature,
     )

@@ -41,6 +41,10 @@ class WorkerSettings(CommonSettings):
         default=60.0, gt=0, description="Longest silence (s) allowed between two chunks."
     )
     llm_max_retries: int = Field(default=3, ge=0, description="Retries of 429/5xx/timeouts.")
+    llm_backoff_base_s: float = Field(
+        default=0.5, gt=0, description="First retry waits up to this long (s), doubling."
+    )
+    llm_backoff_max_s: float = Field(default=8.0, gt=0, description="Longest retry wait (s).")
     llm_max_tokens: int = Field(default=256, gt=0, description="Longest reply (tokens).")
     llm_temperature: float = Field(default=0.7, ge=0, description="Sampling temperature.")
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt.")
