@@ -31,4 +31,7 @@ class CommonSettings(BaseSettings):
         gt=0,
         description="Approximate bound (entries) of each session's event stream, kept for resume.",
     )
+    redis_max_connections: int = Field(
+        default=32, gt=1, description="Redis connections of one process, at most."
+    )
     log_level: str = Field(default="INFO", description="Python logging level name.")

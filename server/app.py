@@ -6,14 +6,15 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from protocol import keys
+from protocol.connection import connect, disconnect
 from protocol.hub import Hub
 from protocol.store import Store
 from server.config import ServerSettings
@@ -49,15 +50,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
-        # A blocking pool: a burst of requests waits for a connection instead of
-        # opening more, so the connections held stay bounded whatever the load.
-        pool: BlockingConnectionPool[Any] = BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
-            timeout=10,
-            decode_responses=True,
-        )
-        redis: Redis[str] = Redis(connection_pool=pool)  # type: ignore[assignment]  # decode_responses is on the pool
+        redis = connect(settings, "server")
         store = Store(redis, settings)
         await store.migrate()
         await store.ensure_group()
@@ -67,13 +60,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             control_channel=f"{keys.PREFIX}:server:{uuid.uuid4()}",
         )
         await hub.start()
-        logger.info("server ready (redis %s)", pool.connection_kwargs.get("host"))
+        logger.info("server ready")
         try:
             yield {"settings": settings, "redis": redis, "store": store, "hub": hub}
         finally:
             await hub.aclose()
-            await redis.aclose()  # type: ignore[attr-defined]  # stale stubs
-            await pool.disconnect()
+            await disconnect(redis)
 
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
     app.include_router(sessions.router)

@@ -19,9 +19,6 @@ class ServerSettings(CommonSettings):
         default=20, gt=0, description="Messages of one session waiting for a reply, at most."
     )
     max_name_chars: int = Field(default=100, gt=0, description="Longest session name.")
-    redis_max_connections: int = Field(
-        default=32, gt=1, description="Redis connections of one server process, at most."
-    )
     socket_queue_size: int = Field(
         default=1024, gt=0, description="Events buffered per socket before it resyncs."
     )

@@ -37,21 +37,21 @@ class StackSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
-    parley_port: int = Field(8000, ge=1, le=65535)
-    parley_workers: int = Field(1, ge=1)
-    parley_data_dir: Path = Path("data")
-    parley_redis_port: int = Field(6380, ge=1, le=65535)
-    parley_model_port: int = Field(8081, ge=1, le=65535)
-    parley_model_parallel: int = Field(4, ge=1)
-    parley_model_ctx_size: int = Field(4096, ge=256)
-    parley_model_max_tokens: int = Field(512, ge=1)
-    parley_model_start_timeout: float = Field(120.0, gt=0)
-    parley_ready_timeout: float = Field(60.0, gt=0)
-    parley_stop_grace: float = Field(10.0, gt=0)
-    redis_url: str | None = None
-    llm_base_url: str | None = None
-    llm_model: str | None = None
-    hf_token: SecretStr | None = None
+    parley_port: int = Field(8000, ge=1, le=65535, description="Port of the web UI and API.")
+    parley_workers: int = Field(1, ge=1, description="Worker processes started.")
+    parley_data_dir: Path = Field(Path("data"), description="Redis data, model file, logs.")
+    parley_redis_port: int = Field(6380, ge=1, le=65535, description="Embedded Redis port.")
+    parley_model_port: int = Field(8081, ge=1, le=65535, description="Embedded model port.")
+    parley_model_parallel: int = Field(4, ge=1, description="Replies the model runs at once.")
+    parley_model_ctx_size: int = Field(4096, ge=256, description="Context per reply (tokens).")
+    parley_model_max_tokens: int = Field(512, ge=1, description="Model's own reply cap (tokens).")
+    parley_model_start_timeout: float = Field(120.0, gt=0, description="Model start wait (s).")
+    parley_ready_timeout: float = Field(60.0, gt=0, description="Server /readyz wait (s).")
+    parley_stop_grace: float = Field(10.0, gt=0, description="SIGTERM to SIGKILL grace (s).")
+    redis_url: str | None = Field(None, description="Use this Redis, start none.")
+    llm_base_url: str | None = Field(None, description="Use this model API, start none.")
+    llm_model: str | None = Field(None, description="Model name for LLM_BASE_URL.")
+    hf_token: SecretStr | None = Field(None, description="Use the HF router, start no model.")
 
 
 class StackError(RuntimeError):

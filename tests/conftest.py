@@ -15,8 +15,10 @@ import pytest
 import uvicorn
 from redis.asyncio import Redis
 
+from protocol.connection import connect, disconnect
 from server.app import create_app
 from server.config import ServerSettings
+from stack.model import EmbeddedModel
 from stack.redis import EmbeddedRedis, free_port
 from stack.standin import StandinModel
 from worker.app import llm_config
@@ -31,6 +33,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     data_dir: Path = tmp_path_factory.mktemp("redis")
     with EmbeddedRedis(port=free_port(), data_dir=data_dir) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedModel]:
+    """The real embedded model (llama.cpp + Gemma 3 270M), started once per run."""
+    with EmbeddedModel(
+        port=free_port(),
+        model_dir=tmp_path_factory.mktemp("models"),
+        log_dir=tmp_path_factory.mktemp("model-logs"),
+        parallel=2,
+        ctx_size=2048,
+    ) as model:
+        yield model
 
 
 @pytest.fixture
@@ -101,7 +116,7 @@ async def running_parley(
     )
     server_task = asyncio.create_task(server.serve())
     llm = LLMClient(llm_config(worker_settings))
-    worker_redis: Redis[str] = Redis.from_url(redis_url, decode_responses=True)
+    worker_redis = connect(worker_settings, "worker")
     worker = Worker(worker_settings, worker_redis, llm)
     worker_task = asyncio.create_task(worker.run(drain_timeout_s=1))
     try:
@@ -123,7 +138,7 @@ async def running_parley(
         server.should_exit = True
         await asyncio.wait_for(server_task, 10)
         await llm.aclose()
-        await worker_redis.aclose()
+        await disconnect(worker_redis)
         await standin.stop()
 
 

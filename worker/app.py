@@ -6,8 +6,7 @@ import asyncio
 import logging
 import signal
 
-from redis.asyncio import Redis
-
+from protocol.connection import connect, disconnect
 from worker.config import WorkerSettings
 from worker.consumer import Worker
 from worker.llm import LLMClient, LLMConfig
@@ -34,7 +33,7 @@ def llm_config(settings: WorkerSettings) -> LLMConfig:
 
 async def serve(settings: WorkerSettings) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain in-flight replies and return."""
-    redis: Redis[str] = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = connect(settings, "worker")
     llm = LLMClient(llm_config(settings))
     worker = Worker(settings, redis, llm)
     loop = asyncio.get_running_loop()
@@ -46,7 +45,7 @@ async def serve(settings: WorkerSettings) -> None:
         await worker.run(drain_timeout_s=settings.drain_timeout_s)
     finally:
         await llm.aclose()
-        await redis.aclose()  # type: ignore[attr-defined]  # stale stubs
+        await disconnect(redis)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ class WorkerSettings(CommonSettings):
     )
     hf_token: str | None = Field(default=None, description="Hugging Face access token.")
     hf_model: str = Field(
-        default="meta-llama/Llama-3.1-8B-Instruct",
+        default="Qwen/Qwen2.5-7B-Instruct",
         description="Model asked of the Hugging Face router when LLM_MODEL is unset.",
     )
     llm_connect_timeout_s: float = Field(default=5.0, gt=0, description="Connect timeout (s).")

@@ -44,7 +44,7 @@ from redis.exceptions import ResponseError
 
 from protocol import keys
 from server.config import ServerSettings
-from stack.model import die_with_parent
+from stack.process import die_with_parent
 from stack.redis import free_port
 from stack.standin import REPLY_PREFIX
 from worker.config import WorkerSettings
@@ -192,7 +192,7 @@ class Cluster:
         finally:
             if exc is not None:
                 print(self.log_tails(), file=sys.stderr)
-            await self.redis.aclose()
+            await self.redis.aclose()  # type: ignore[attr-defined]  # stale stubs
 
     async def start(self, servers: int, workers: int) -> None:
         """Flush Redis, then start ``servers`` servers and ``workers`` workers; wait until
@@ -251,7 +251,7 @@ class Cluster:
     async def _wait_worker_ready(self, proc: Proc) -> None:
         async def registered() -> bool:
             try:
-                consumers = await self.redis.xinfo_consumers(
+                consumers = await self.redis.xinfo_consumers(  # type: ignore[no-untyped-call]
                     keys.MESSAGE_STREAM, keys.CONSUMER_GROUP
                 )
             except ResponseError:  # no stream or group yet
@@ -725,8 +725,8 @@ def check_prompts(
                     findings.prompt_problems.append(
                         f"prompt of s{s} m{k} holds {found.group(0)!r} ({m['role']})"
                     )
-            if m["role"] == "user" and (found := _MARKER.fullmatch(m["content"])):
-                user_ks.append(int(found.group(2)))
+            if m["role"] == "user" and (user := _MARKER.fullmatch(m["content"])):
+                user_ks.append(int(user.group(2)))
         if user_ks != sorted(set(user_ks)):
             findings.prompt_problems.append(f"prompt of s{s} m{k}: user messages {user_ks}")
         if k > 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from tests.system.harness import (
     ChatDriver,
     Cluster,
     Findings,
+    SessionTrace,
     check_deliveries,
     check_histories,
     check_prompts,
@@ -77,6 +78,11 @@ async def peak_connections(cluster: Cluster) -> AsyncIterator[list[int]]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def streaming(trace: SessionTrace) -> Callable[[], bool]:
+    """Whether ``trace`` has received a token event (for ``SessionTrace.wait_until``)."""
+    return lambda: bool(trace.events("token"))
 
 
 SERVERS, WORKERS, SESSIONS, MESSAGES = 2, 3, 50, 5
@@ -160,7 +166,7 @@ async def test_worker_killed_mid_reply_is_taken_over(
             await driver.send(2)
             async with asyncio.timeout(30):  # every first reply is streaming
                 for t in sessions:
-                    await t.wait_until(lambda t=t: bool(t.events("token")))
+                    await t.wait_until(streaming(t))
 
             pending = await cluster.redis.xpending_range(
                 keys.MESSAGE_STREAM, keys.CONSUMER_GROUP, min="-", max="+", count=100
@@ -215,7 +221,9 @@ async def test_worker_killed_mid_reply_is_taken_over(
         # The survivor acks right after recording a reply: poll briefly for the last acks.
         deadline = time.monotonic() + 10
         while True:
-            summary = await cluster.redis.xpending(keys.MESSAGE_STREAM, keys.CONSUMER_GROUP)
+            summary = await cluster.redis.xpending(  # type: ignore[no-untyped-call]
+                keys.MESSAGE_STREAM, keys.CONSUMER_GROUP
+            )
             if not summary["pending"] or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)

@@ -1,0 +1,55 @@
+"""End to end with the real embedded model: llama.cpp serving Gemma 3 270M."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from stack.model import EmbeddedModel
+from tests.chat_client import count, of_type, read_until
+from tests.conftest import running_parley
+
+
+@pytest.mark.model
+@pytest.mark.timeout(300)
+async def test_a_real_reply_streams_and_is_recorded(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession, embedded_model: EmbeddedModel
+) -> None:
+    async with running_parley(
+        redis_url,
+        redis,
+        llm_base_url=embedded_model.base_url,
+        llm_model=embedded_model.model,
+        llm_max_tokens=48,
+        llm_temperature=0.0,
+    ) as parley:
+        token = await parley.create_session(http)
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await ws.send_str("What is the capital of France?")
+            events = await read_until(
+                ws, lambda ev: count("done", 1)(ev) or count("error", 1)(ev), 120
+            )
+            assert not of_type(events, "error"), events
+            await ws.send_str("And of Italy?")
+            events += await read_until(
+                ws, lambda ev: count("done", 1)(ev) or count("error", 1)(ev), 120
+            )
+        assert not of_type(events, "error"), events
+        done = of_type(events, "done")
+        assert len(done) == 2
+        for reply in done:
+            assert reply["reply"]["content"].strip(), "a reply with content"
+        streamed = "".join(
+            e["content"]
+            for e in events
+            if e["type"] == "token" and e["message_id"] == done[0]["message_id"]
+        )
+        assert streamed == done[0]["reply"]["content"]
+        async with http.get(f"{parley.url}/refresh_token", params={"token": token}) as r:
+            history = (await r.json())["messages"]
+        assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+        assert [history[1]["content"], history[3]["content"]] == [
+            d["reply"]["content"] for d in done
+        ]
+        print("real model replies:", [d["reply"]["content"] for d in done])
