@@ -27,7 +27,6 @@ class ErrorCode(StrEnum):
     LLM_REJECTED = "llm_rejected"
     DELIVERY_FAILED = "delivery_failed"
     UNAVAILABLE = "unavailable"
-    INTERNAL_ERROR = "internal_error"
 
 
 def utc_now() -> str:
