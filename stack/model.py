@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from stack.process import die_with_parent
+from stack.process import die_with_parent, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -250,15 +250,7 @@ class EmbeddedModel:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``stop_grace`` s); idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            logger.info("stopping llama-server (pid %d)", proc.pid)
-            proc.terminate()
-            try:
-                proc.wait(self.stop_grace)
-            except subprocess.TimeoutExpired:
-                logger.warning("llama-server ignored SIGTERM for %.0f s; killing", self.stop_grace)
-                proc.kill()
-                proc.wait()
+        stop_process(proc, "llama-server", self.stop_grace)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import signal
+import subprocess
 from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -31,3 +35,20 @@ def die_with_parent() -> None:
     """
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, name: str, grace_s: float) -> None:
+    """Stop ``proc``: SIGTERM, then SIGKILL if it is still running after ``grace_s`` (s).
+
+    Does nothing if it is None or already exited; returns once it has exited.
+    """
+    if proc is None or proc.poll() is not None:
+        return
+    logger.info("stopping %s (pid %d)", name, proc.pid)
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s ignored SIGTERM for %.0f s; killing it", name, grace_s)
+        proc.kill()
+        proc.wait()

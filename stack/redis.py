@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from stack.process import die_with_parent, stop_process
+
 logger = logging.getLogger(__name__)
 
 
@@ -117,29 +119,33 @@ class EmbeddedRedis:
             args += ["--loadmodule", str(module)]
         args += self.extra_args
         logger.info("starting embedded Redis on port %d (data in %s)", self.port, self.data_dir)
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise EmbeddedRedisError(f"redis-server exited: {self._log_tail()}")
-            if self._ping():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise EmbeddedRedisError(
-            f"redis-server did not answer in {timeout_s} s: {self._log_tail()}"
+        # Its own session, so a terminal's Ctrl-C reaches the stack, which stops the
+        # children in order; and it dies with its parent rather than hold the port.
+        self.process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise EmbeddedRedisError(f"redis-server exited: {self._log_tail()}")
+                if self._ping():
+                    return
+                time.sleep(0.05)
+            raise EmbeddedRedisError(
+                f"redis-server did not answer in {timeout_s} s: {self._log_tail()}"
+            )
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server (SIGTERM: it flushes the AOF), SIGKILL after ``timeout_s``."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, "redis-server", timeout_s)
 
     def _ping(self) -> bool:
         try:

@@ -25,7 +25,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stack.model import EmbeddedModel
-from stack.process import die_with_parent
+from stack.process import die_with_parent, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -96,16 +96,7 @@ class ChildProcess:
         tb: TracebackType | None,
     ) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        logger.info("stopping %s (pid %d)", self.name, proc.pid)
-        proc.terminate()
-        try:
-            proc.wait(self.stop_grace)
-        except subprocess.TimeoutExpired:
-            logger.warning("%s ignored SIGTERM for %.0f s; killing it", self.name, self.stop_grace)
-            proc.kill()
-            proc.wait()
+        stop_process(proc, self.name, self.stop_grace)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
