@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 
+from prometheus_client import start_http_server
+
 from protocol.connection import connect, disconnect
 from worker.config import WorkerSettings
 from worker.consumer import Worker
@@ -39,6 +41,8 @@ async def serve(settings: WorkerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
     base_url, model, _ = settings.resolved_llm()
     logger.info("model %s at %s", model, base_url)
     try:

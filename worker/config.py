@@ -75,6 +75,9 @@ class WorkerSettings(CommonSettings):
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, in-flight replies get this long (s)."
     )
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0: off)."
+    )
     consumer_name: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="This worker's name in the consumer group.",

@@ -44,6 +44,7 @@ from protocol.wire import (
 from worker.config import WorkerSettings
 from worker.llm import ChatMessage, LLMClient, LLMError, LLMStreamInterrupted
 from worker.memory import build_prompt
+from worker.metrics import GENERATING, REPLIES, REPLY_SECONDS, TAKEOVERS, TIME_TO_FIRST_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class Worker:
                     continue
                 deliveries = await self._deliveries(entry_id)
                 logger.info("took over entry %s (delivery %d)", entry_id, deliveries)
+                TAKEOVERS.inc()
                 self._spawn(entry_id, fields, deliveries=deliveries)
                 claimed += 1
             if next_start == "0-0":
@@ -292,10 +294,12 @@ class Worker:
                         detail="The reply could not be generated; please send it again.",
                     ),
                 )
+                REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
                 await self._ack(entry_id)
                 return
             async with self._slots:
-                await self._reply(entry, restart=deliveries > 1)
+                with GENERATING.track_inprogress():
+                    await self._reply(entry, restart=deliveries > 1)
             await self._ack(entry_id)
         except SessionExpired:
             logger.info("message_id=%s token=%s seq=%d: session expired", *log_ctx)
@@ -381,6 +385,11 @@ class Worker:
         event_id = await self.store.finish(
             entry, reply, DoneEvent(message_id=entry.message_id, reply=reply.public())
         )
+        total_s = time.perf_counter() - started
+        if event_id:
+            REPLIES.labels("done").inc()
+            TIME_TO_FIRST_TOKEN.observe(first_token_s)
+            REPLY_SECONDS.observe(total_s)
         logger.info(
             "message_id=%s token=%s seq=%d done chars=%d ttft_ms=%.1f total_ms=%.1f%s",
             entry.message_id,
@@ -388,22 +397,22 @@ class Worker:
             entry.seq,
             len(text),
             first_token_s * 1000,
-            (time.perf_counter() - started) * 1000,
+            total_s * 1000,
             "" if event_id else " (already recorded)",
         )
 
     async def _fail(self, entry: MessageEntry, error: LLMError) -> None:
         logger.warning("message_id=%s model error %s: %s", entry.message_id, error.code, error)
+        code = (
+            ErrorCode(error.code)
+            if error.code in ErrorCode.__members__.values()
+            else ErrorCode.LLM_UNAVAILABLE
+        )
+        REPLIES.labels(code.value).inc()
         await self.store.finish(
             entry,
             None,
-            ErrorEvent(
-                message_id=entry.message_id,
-                code=ErrorCode(error.code)
-                if error.code in ErrorCode.__members__.values()
-                else ErrorCode.LLM_UNAVAILABLE,
-                detail=str(error),
-            ),
+            ErrorEvent(message_id=entry.message_id, code=code, detail=str(error)),
         )
 
     async def _stream(

@@ -44,6 +44,7 @@ from protocol.wire import (
 )
 from server.config import ServerSettings
 from server.deps import SESSION_GONE, ChatTokenDep, WsHubDep, WsSettingsDep, WsStoreDep
+from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED, MESSAGES_ACCEPTED, SOCKETS
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
@@ -70,7 +71,8 @@ async def chat(
     """Chat over one WebSocket; see the README for the frames both ways."""
     await websocket.accept()
     connection = ChatConnection(websocket, token, store, hub, settings)
-    await connection.run(after)
+    with SOCKETS.track_inprogress():
+        await connection.run(after)
 
 
 async def _first_of(*loops: Coroutine[Any, Any, None]) -> None:
@@ -138,6 +140,7 @@ class ChatConnection:
 
     async def _send_error(self, message_id: str | None, code: ErrorCode, detail: str) -> None:
         event = ErrorEvent(message_id=message_id, code=code, detail=detail)
+        CLIENT_ERRORS.labels(code.value).inc()
         await self._send(event.model_dump_json(exclude={"event_id"}))
 
     async def _replay(self, after: str | None = None) -> None:
@@ -153,6 +156,7 @@ class ChatConnection:
             while True:
                 cursor = f"{self._cursor[0]}-{self._cursor[1]}" if self._cursor != (0, 0) else "0"
                 payloads = await self.store.events_after(self.token, cursor, count=500)
+                EVENTS_RELAYED.inc(len(payloads))
                 for payload in payloads:
                     await self.websocket.send_text(payload)
                     event_id = event_id_of(payload)
@@ -175,6 +179,7 @@ class ChatConnection:
                         continue  # already sent by a replay
                     self._cursor = key
                 await self.websocket.send_text(payload)
+            EVENTS_RELAYED.inc()
 
     async def _watch_expiry(self) -> None:
         """Close the socket (error ``session_expired``, then 1008) when the session expires."""
@@ -205,6 +210,7 @@ class ChatConnection:
     async def _on_text(self, text: str) -> None:
         command = self._parse(text)
         if isinstance(command, ErrorEvent):
+            CLIENT_ERRORS.labels(command.code.value).inc()
             await self._send(command.model_dump_json(exclude={"event_id"}))
         elif isinstance(command, ResumeCommand):
             if not valid_stream_id(command.after):
@@ -271,6 +277,7 @@ class ChatConnection:
                 None, ErrorCode.UNAVAILABLE, "the message could not be stored; send it again"
             )
             return
+        MESSAGES_ACCEPTED.inc()
         logger.info("message_id=%s token=%s seq=%d queued", message.id, self.token, message.seq)
         await self._send(
             QueuedEvent(message_id=message.id, message=message.public()).model_dump_json(

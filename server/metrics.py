@@ -1,0 +1,14 @@
+"""Prometheus metrics of a server process, served at ``GET /metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+SOCKETS = Gauge("parley_sockets", "WebSockets connected to this process.")
+MESSAGES_ACCEPTED = Counter("parley_messages_accepted", "User messages recorded and queued.")
+EVENTS_RELAYED = Counter(
+    "parley_events_relayed", "Reply events sent to sockets (live or replayed)."
+)
+CLIENT_ERRORS = Counter(
+    "parley_client_errors", "Error events sent by the server itself, by code.", ["code"]
+)
