@@ -18,13 +18,14 @@ export LLAMA_CPP_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # Things `make run` builds before starting (the web client, once it exists).
 RUN_DEPS :=
 
-.PHONY: help install run test lint chat clean distclean
+.PHONY: help install run test lint chat bench clean distclean
 
 help:
 	@echo "make run    start the whole stack (Redis, model, worker, server) at http://127.0.0.1:8000"
 	@echo "make test   run every test"
 	@echo "make lint   ruff check, ruff format --check, mypy"
 	@echo "make chat   the terminal client (ARGS='...' passes arguments)"
+	@echo "make bench  the benchmark, bench/results/*.json (ARGS='--scenario latency ...')"
 	@echo "make clean  remove caches and build files; distclean also removes .venv and data/"
 
 # The venv. Debian's own python3 needs python3-venv (ensurepip) for `-m venv`: install
@@ -66,6 +67,9 @@ lint: $(STAMP)
 
 chat: $(STAMP)
 	$(BIN)/python -m terminal $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info test-artifacts

@@ -1,7 +1,7 @@
 """The invariants of ARCHITECTURE.md section 2, shown on real server and worker processes.
 
 Each test starts an in-process stand-in model (so it can read the prompts it was sent),
-then server and worker processes through :class:`tests.system.harness.Cluster`.
+then server and worker processes through :class:`stack.cluster.Cluster`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import pytest
 from redis.asyncio import Redis
 
 from protocol import keys
+from stack.cluster import ChatDriver, Cluster, SessionTrace
 from stack.standin import StandinModel
 from tests.system.harness import (
-    ChatDriver,
-    Cluster,
     Findings,
-    SessionTrace,
     check_deliveries,
     check_histories,
     check_prompts,

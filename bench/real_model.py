@@ -1,0 +1,293 @@
+"""The ``real-model`` scenario: the real model asked directly, and through Parley.
+
+The embedded model (llama.cpp's ``llama-server`` serving Gemma 3 270M, 4 slots) is asked
+the same kind of question two ways, in alternating rounds so that machine noise hits
+both alike:
+
+- direct: ``POST /v1/chat/completions`` with ``stream: true``, the body Parley's worker
+  sends for a session's first message (its system prompt, the user message,
+  ``max_tokens``, temperature 0);
+- through Parley (1 server, 1 worker on that model): the message is sent on a new
+  session's WebSocket.
+
+Each round asks ``sessions`` questions at once. Measured per question, at the client:
+time to the first non-blank content (the worker drops leading whitespace, so a blank
+delta would flatter the direct path) and time to the end of the reply.
+
+Every question is new to the model (``"... the number <n>."``), so llama.cpp's prompt
+cache reuses the same shared prefix on both paths, and never a whole prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.stats import Distribution, ms, ratio
+from stack.cluster import REPO_ROOT, ChatDriver, Cluster
+from stack.model import EmbeddedModel
+from stack.redis import EmbeddedRedis, free_port
+from worker.config import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+FLUSH_MS_DEFAULT: float = WorkerSettings.model_fields["stream_flush_ms"].default
+"""The workers' own ``STREAM_FLUSH_MS`` default (ms)."""
+
+MODEL_DIR = REPO_ROOT / "data" / "models"
+"""Where the GGUF is assembled on first use: the same place as ``make run``'s."""
+
+
+@dataclass(frozen=True)
+class RealModelOptions:
+    """What the ``real-model`` scenario runs.
+
+    Attributes:
+        sessions: questions asked at once in each round (the model has 4 slots).
+        rounds: rounds per path; the paths alternate, direct first.
+        max_tokens: longest reply (tokens), both paths.
+        flush_ms: the workers' ``STREAM_FLUSH_MS`` (ms): deltas coalesced over this window.
+        reply_timeout_s: a round's replies must all end within this long (s).
+    """
+
+    sessions: int = 4
+    rounds: int = 5
+    max_tokens: int = 32
+    flush_ms: float = FLUSH_MS_DEFAULT
+    reply_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class PathResult:
+    """One way of asking the model, over every round.
+
+    Attributes:
+        first_token_ms: question sent -> first non-blank content (ms).
+        done_ms: question sent -> end of the reply (ms): the end of the SSE stream
+            directly, the ``done`` event through Parley.
+        reply_chars: the replies' lengths (characters), to check both paths generated
+            alike.
+        replies: questions answered.
+        failures: questions without a whole reply (HTTP or ``error`` event, timeout).
+    """
+
+    first_token_ms: Distribution
+    done_ms: Distribution
+    reply_chars: Distribution
+    replies: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class RealModelResult:
+    """Both paths, and how much slower Parley is (medians, Parley / direct)."""
+
+    options: RealModelOptions
+    model: str
+    direct: PathResult
+    parley: PathResult
+    first_token_ratio: float | None
+    done_ratio: float | None
+
+    @property
+    def failures(self) -> int:
+        """Questions that got no whole reply, both paths."""
+        return self.direct.failures + self.parley.failures
+
+    def line(self) -> str:
+        """One line to compare runs by."""
+        o, d, p = self.options, self.direct, self.parley
+        return (
+            f"real-model: {o.sessions} sessions x {o.rounds} rounds, max {o.max_tokens} tokens: "
+            f"first token direct {ms(d.first_token_ms.median)} ms, "
+            f"Parley {ms(p.first_token_ms.median)} ms, ratio {_ratio(self.first_token_ratio)}; "
+            f"done direct {ms(d.done_ms.median, 0)} ms, Parley {ms(p.done_ms.median, 0)} ms, "
+            f"ratio {_ratio(self.done_ratio)}; failures {d.failures}/{p.failures}"
+        )
+
+    def table(self) -> str:
+        """Both paths' distributions as a small table (ms)."""
+        rows = [f"  {'ms':<20}{'median':>9}{'p95':>9}{'p99':>9}{'n':>5}"]
+        for name, d in (
+            ("direct first token", self.direct.first_token_ms),
+            ("Parley first token", self.parley.first_token_ms),
+            ("direct done", self.direct.done_ms),
+            ("Parley done", self.parley.done_ms),
+        ):
+            rows.append(f"  {name:<20}{ms(d.median):>9}{ms(d.p95):>9}{ms(d.p99):>9}{d.n:>5}")
+        chars = f"{ms(self.direct.reply_chars.median, 0)}/{ms(self.parley.reply_chars.median, 0)}"
+        rows.append(f"  reply length, median chars (direct/Parley): {chars}")
+        return "\n".join(rows)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+@dataclass
+class _Samples:
+    first_token_ms: list[float]
+    done_ms: list[float]
+    reply_chars: list[float]
+    failures: int = 0
+
+    def result(self) -> PathResult:
+        return PathResult(
+            first_token_ms=Distribution.of(self.first_token_ms),
+            done_ms=Distribution.of(self.done_ms),
+            reply_chars=Distribution.of(self.reply_chars),
+            replies=len(self.done_ms),
+            failures=self.failures,
+        )
+
+
+def run(options: RealModelOptions, work_dir: Path) -> RealModelResult:
+    """Start Redis, the embedded model, 1 server and 1 worker; measure; stop them all.
+
+    ``work_dir`` receives Redis's data and every process's log.
+
+    Raises:
+        stack.model.EmbeddedModelError: the model is not installed or did not start.
+    """
+    with (
+        EmbeddedRedis(port=free_port(), data_dir=work_dir / "redis") as redis,
+        EmbeddedModel(
+            port=free_port(), model_dir=MODEL_DIR, log_dir=work_dir / "logs", parallel=4
+        ) as model,
+    ):
+        return asyncio.run(_measure(options, redis.url, model, work_dir / "logs"))
+
+
+async def _measure(
+    options: RealModelOptions, redis_url: str, model: EmbeddedModel, log_dir: Path
+) -> RealModelResult:
+    # Passed to the worker too: WorkerSettings() may read a .env, which Cluster ignores.
+    system_prompt = WorkerSettings().system_prompt
+    env = {
+        "LLM_MODEL": model.model,
+        "LLM_MAX_TOKENS": str(options.max_tokens),
+        "LLM_TEMPERATURE": "0",
+        "SYSTEM_PROMPT": system_prompt,
+        "STREAM_FLUSH_MS": str(options.flush_ms),
+    }
+    body = {
+        "model": model.model,
+        "stream": True,
+        "max_tokens": options.max_tokens,
+        "temperature": 0.0,
+    }
+    url = f"{model.base_url}/chat/completions"
+    questions = _questions()
+    direct = _Samples([], [], [])
+    parley = _Samples([], [], [])
+    timeout = options.reply_timeout_s
+
+    async with (
+        Cluster(redis_url, model.base_url, log_dir, env=env) as cluster,
+        aiohttp.ClientSession() as http,
+    ):
+        await cluster.start(servers=1, workers=1)
+        async with ChatDriver([cluster.servers[0].url]) as driver:
+
+            async def direct_round(samples: _Samples, count: int) -> None:
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(
+                        *(
+                            _ask_directly(http, url, system_prompt, body, next(questions), samples)
+                            for _ in range(count)
+                        )
+                    )
+
+            async def parley_round(samples: _Samples, count: int) -> None:
+                traces = await driver.open(count)
+                await asyncio.gather(*(t.say(next(questions)) for t in traces))
+                await driver.wait_replies(timeout, traces)
+                for t in traces:
+                    token = next((r for r in t.received if r.event["type"] == "token"), None)
+                    done = next((r for r in t.received if r.event["type"] == "done"), None)
+                    if token is None or done is None:
+                        samples.failures += 1
+                        continue
+                    samples.first_token_ms.append((token.at - t.sent[0].at) * 1000)
+                    samples.done_ms.append((done.at - t.sent[0].at) * 1000)
+                    samples.reply_chars.append(len(done.event["reply"]["content"]))
+
+            # One question each way first, so the model and connections are warm; not counted.
+            await direct_round(_Samples([], [], []), 1)
+            await parley_round(_Samples([], [], []), 1)
+            for round_ in range(1, options.rounds + 1):
+                await direct_round(direct, options.sessions)
+                await parley_round(parley, options.sessions)
+                logger.info("round %d of %d done", round_, options.rounds)
+    d, p = direct.result(), parley.result()
+    return RealModelResult(
+        options=options,
+        model=model.model,
+        direct=d,
+        parley=p,
+        first_token_ratio=ratio(p.first_token_ms.median, d.first_token_ms.median),
+        done_ratio=ratio(p.done_ms.median, d.done_ms.median),
+    )
+
+
+def _questions() -> Iterator[str]:
+    """Questions of one shape, each new to the model."""
+    for n in itertools.count(101):
+        yield f"Tell me one fact about the number {n}."
+
+
+async def _ask_directly(
+    http: aiohttp.ClientSession,
+    url: str,
+    system_prompt: str,
+    body: dict[str, Any],
+    question: str,
+    samples: _Samples,
+) -> None:
+    """Ask ``question`` with a streamed chat completion; record its timings in ``samples``."""
+    messages = [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": question},
+    ]
+    first_token_at: float | None = None
+    parts: list[str] = []
+    started = time.perf_counter()
+    try:
+        async with http.post(url, json={**body, "messages": messages}) as response:
+            if response.status != 200:
+                logger.warning("direct: HTTP %d: %s", response.status, await response.text())
+                samples.failures += 1
+                return
+            async for raw in response.content:
+                line = raw.decode().strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line.removeprefix("data:").strip()
+                if data == "[DONE]":
+                    break
+                choices = json.loads(data).get("choices") or [{}]
+                content = (choices[0].get("delta") or {}).get("content") or ""
+                if first_token_at is None and content.strip():
+                    first_token_at = time.perf_counter()
+                parts.append(content)
+    except aiohttp.ClientError as e:
+        logger.warning("direct: %s", e)
+        samples.failures += 1
+        return
+    ended = time.perf_counter()
+    if first_token_at is None:
+        logger.warning("direct: empty reply to %r", question)
+        samples.failures += 1
+        return
+    samples.first_token_ms.append((first_token_at - started) * 1000)
+    samples.done_ms.append((ended - started) * 1000)
+    samples.reply_chars.append(len("".join(parts).strip()))

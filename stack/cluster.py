@@ -1,0 +1,526 @@
+"""Real Parley processes and WebSocket clients, for the system tests and the benchmark.
+
+- :class:`Cluster` starts ``python -m server`` and ``python -m worker`` processes against
+  one Redis and one model URL, waits until they are ready, kills (SIGKILL), terminates
+  (SIGTERM) and replaces them, and stops them all on exit. Each process logs to a file;
+  the tails of the logs are printed when the ``async with`` block fails.
+- :class:`ChatDriver` opens sessions (``POST /token`` then ``WS /chat``, spread over the
+  servers), sends messages, and records every event each socket receives, with its
+  arrival time (``time.perf_counter()``, s).
+
+Message contents sent by :meth:`ChatDriver.send` are ``s<session>-m<k>-<8 hex digits>``,
+unique in a run, so any text found in a reply or a prompt names the session and the
+message it came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import aiohttp
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from protocol import keys
+from server.config import ServerSettings
+from stack.process import die_with_parent
+from stack.redis import free_port
+from worker.config import WorkerSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# -- processes --------------------------------------------------------------------------
+
+
+def _setting_names() -> set[str]:
+    return {name.upper() for name in (*ServerSettings.model_fields, *WorkerSettings.model_fields)}
+
+
+def pinned_environment(overrides: dict[str, str]) -> dict[str, str]:
+    """The environment of a child process: ours, without any Parley setting, then every
+    Parley setting set explicitly (``overrides``, else its default).
+
+    pydantic-settings lets environment variables win over the ``.env`` file, so with
+    every setting set, a ``.env`` in the repo root cannot change a run.
+    """
+    names = _setting_names()
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    for settings_class in (ServerSettings, WorkerSettings):
+        for name, info in settings_class.model_fields.items():
+            if info.default_factory is None and not info.is_required():
+                default = info.default
+                env[name.upper()] = "" if default is None else str(default)
+    env.update(overrides)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Proc:
+    """One server or worker process of a :class:`Cluster`."""
+
+    role: Literal["server", "worker"]
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int | None = None
+    consumer: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>`` (servers only)."""
+        assert self.port is not None, f"{self.name} is not a server"
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            text = ["(no log)"]
+        return "\n".join(text)
+
+
+class ClusterError(RuntimeError):
+    """A process of the cluster failed to start or become ready."""
+
+
+class Cluster:
+    """Server and worker processes of one Parley, on one Redis and one model URL.
+
+    Args:
+        redis_url: the Redis; :meth:`start` flushes it.
+        llm_base_url: the OpenAI-compatible model, e.g. a :class:`StandinModel`'s URL.
+        log_dir: where each process writes ``<name>.log``.
+        claim_idle_ms: the workers' ``CLAIM_IDLE_MS``.
+        env: more settings for every process (e.g. ``{"REDIS_MAX_CONNECTIONS": "8"}``).
+        stop_grace_s: on stop, SIGKILL what is still running this long (s) after SIGTERM.
+        ready_timeout_s: a process must be ready within this long (s).
+
+    Use as ``async with Cluster(...) as cluster: await cluster.start(servers=2, workers=3)``.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        llm_base_url: str,
+        log_dir: Path,
+        *,
+        claim_idle_ms: int = 5000,
+        env: dict[str, str] | None = None,
+        stop_grace_s: float = 10.0,
+        ready_timeout_s: float = 60.0,
+    ) -> None:
+        self.redis_url = redis_url
+        self.llm_base_url = llm_base_url
+        self.log_dir = log_dir
+        self.stop_grace_s = stop_grace_s
+        self.ready_timeout_s = ready_timeout_s
+        self._env = pinned_environment(
+            {
+                "REDIS_URL": redis_url,
+                "LLM_BASE_URL": llm_base_url,
+                "LLM_MODEL": "standin",
+                "CLAIM_IDLE_MS": str(claim_idle_ms),
+                "LOG_LEVEL": "WARNING",
+                # Below stop_grace_s, so a terminated worker drains before it is killed.
+                "DRAIN_TIMEOUT_S": str(stop_grace_s / 2),
+                **(env or {}),
+            }
+        )
+        self.redis: Redis[str] = Redis.from_url(redis_url, decode_responses=True)
+        self.procs: list[Proc] = []
+        self._numbers = {"server": itertools.count(1), "worker": itertools.count(1)}
+        self._run_id = uuid.uuid4().hex[:6]
+
+    @property
+    def servers(self) -> list[Proc]:
+        """Servers started so far (alive or not), in start order."""
+        return [p for p in self.procs if p.role == "server"]
+
+    @property
+    def workers(self) -> list[Proc]:
+        """Workers started so far (alive or not), in start order."""
+        return [p for p in self.procs if p.role == "worker"]
+
+    def worker_by_consumer(self, consumer: str) -> Proc:
+        """The worker whose ``CONSUMER_NAME`` is ``consumer``."""
+        return next(p for p in self.workers if p.consumer == consumer)
+
+    async def __aenter__(self) -> Self:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.stop()
+        finally:
+            if exc is not None:
+                print(self.log_tails(), file=sys.stderr)
+            await self.redis.aclose()  # type: ignore[attr-defined]  # stale stubs
+
+    async def start(self, servers: int, workers: int) -> None:
+        """Flush Redis, then start ``servers`` servers and ``workers`` workers; wait until
+        every server answers ``/readyz`` and every worker reads the message stream."""
+        await self.redis.flushall()
+        await asyncio.gather(
+            *(self.start_server() for _ in range(servers)),
+            *(self.start_worker() for _ in range(workers)),
+        )
+
+    async def start_server(self, port: int | None = None) -> Proc:
+        """Start one server (on ``port``, else a free one) and wait for ``/readyz`` = 200."""
+        port = port or free_port()
+        name = f"server-{next(self._numbers['server'])}"
+        argv = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)]
+        proc = self._spawn("server", name, argv, self._env, port=port)
+        await self._wait_server_ready(proc)
+        return proc
+
+    async def start_worker(self) -> Proc:
+        """Start one worker with a unique consumer name; wait until it reads the stream."""
+        name = f"worker-{next(self._numbers['worker'])}"
+        consumer = f"sys-{self._run_id}-{name}"
+        env = {**self._env, "CONSUMER_NAME": consumer}
+        proc = self._spawn("worker", name, [sys.executable, "-m", "worker"], env, consumer=consumer)
+        await self._wait_worker_ready(proc)
+        return proc
+
+    def _spawn(
+        self,
+        role: Literal["server", "worker"],
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        **extra: Any,
+    ) -> Proc:
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # no orphans if the test run itself is killed
+            )
+        proc = Proc(role, name, popen, log_path, **extra)
+        self.procs.append(proc)
+        return proc
+
+    async def _wait_server_ready(self, proc: Proc) -> None:
+        async with aiohttp.ClientSession() as http:
+            await self._poll_ready(proc, lambda: _answers_200(http, f"{proc.url}/readyz"))
+
+    async def _wait_worker_ready(self, proc: Proc) -> None:
+        async def registered() -> bool:
+            try:
+                consumers = await self.redis.xinfo_consumers(  # type: ignore[no-untyped-call]
+                    keys.MESSAGE_STREAM, keys.CONSUMER_GROUP
+                )
+            except ResponseError:  # no stream or group yet
+                return False
+            return any(c["name"] == proc.consumer for c in consumers)
+
+        await self._poll_ready(proc, registered)
+
+    async def _poll_ready(self, proc: Proc, ready: Callable[[], Any]) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not await ready():
+            if not proc.alive:
+                raise ClusterError(
+                    f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{proc.name} not ready in {self.ready_timeout_s} s")
+            await asyncio.sleep(0.05)
+
+    def kill(self, proc: Proc) -> None:
+        """SIGKILL ``proc`` (a crash: no cleanup, its pending entries stay pending)."""
+        proc.popen.send_signal(signal.SIGKILL)
+
+    def terminate(self, proc: Proc) -> None:
+        """SIGTERM ``proc`` (a graceful stop: a worker drains its in-flight replies)."""
+        proc.popen.send_signal(signal.SIGTERM)
+
+    async def wait_exit(self, proc: Proc, timeout_s: float = 30.0) -> int:
+        """Wait until ``proc`` exits; return its exit code (``-9`` after SIGKILL)."""
+        return await asyncio.to_thread(proc.popen.wait, timeout_s)
+
+    async def replace(self, proc: Proc) -> Proc:
+        """Start a process of ``proc``'s role in its place (a server on the same port)."""
+        if proc.alive:
+            self.kill(proc)
+        await self.wait_exit(proc)
+        if proc.role == "server":
+            return await self.start_server(port=proc.port)
+        return await self.start_worker()
+
+    async def stop(self) -> None:
+        """SIGTERM every live process, SIGKILL those still running after the grace period."""
+        live = [p for p in self.procs if p.alive]
+        for proc in live:
+            self.terminate(proc)
+        deadline = time.monotonic() + self.stop_grace_s
+        for proc in live:
+            try:
+                await self.wait_exit(proc, max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill(proc)
+                await self.wait_exit(proc)
+
+    def log_errors(self) -> list[str]:
+        """Every ``ERROR``/``CRITICAL`` line and traceback start in the processes' logs."""
+        found = []
+        for proc in self.procs:
+            with contextlib.suppress(OSError):
+                for line in proc.log_path.read_text(errors="replace").splitlines():
+                    if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
+                        found.append(f"{proc.name}: {line}")
+        return found
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of every process's log."""
+        return "\n".join(
+            f"----- {p.name} (pid {p.pid}, exit {p.popen.returncode}) -----\n{p.log_tail(lines)}"
+            for p in self.procs
+        )
+
+    async def redis_connections(self, proc: Proc) -> int:
+        """How many Redis connections ``proc`` holds, as Redis sees them.
+
+        Redis's ``CLIENT LIST`` names each client by its address only. A client belongs
+        to ``proc`` if its address's port is the local port of a TCP socket that
+        ``proc`` owns (Linux: ``/proc/<pid>/fd`` and ``/proc/net/tcp``).
+        """
+        clients = await self.redis.client_list()
+        ports = _local_ports(proc.pid)
+        owned = 0
+        for client in clients:
+            port = client["addr"].rpartition(":")[2]
+            if port.isdigit() and int(port) in ports:
+                owned += 1
+        return owned
+
+
+async def _answers_200(http: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+def _local_ports(pid: int) -> set[int]:
+    """Local TCP ports of the sockets that process ``pid`` has open."""
+    inodes: set[str] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/net/{table}") as f:
+            next(f)  # header
+            for line in f:
+                parts = line.split()
+                if parts[9] in inodes:
+                    ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+# -- clients ----------------------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    """A message a client sent."""
+
+    content: str
+    at: float  # time.perf_counter() once the frame was written
+
+
+@dataclass
+class Received:
+    """An event a client received."""
+
+    at: float  # time.perf_counter()
+    event: dict[str, Any]
+
+
+@dataclass
+class SessionTrace:
+    """One session's socket: what it sent and every event it received, in order."""
+
+    index: int
+    token: str
+    server: int
+    ws: aiohttp.ClientWebSocketResponse
+    sent: list[Sent] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+    closed: bool = False
+    history: dict[str, Any] | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def events(self, *types: str) -> list[dict[str, Any]]:
+        """The events received, of the given types (all if none given), in order."""
+        return [r.event for r in self.received if not types or r.event.get("type") in types]
+
+    def closing_count(self) -> int:
+        """How many replies closed: ``done`` events and ``error`` events with a message id."""
+        return sum(
+            1
+            for e in self.events("done", "error")
+            if e["type"] == "done" or e.get("message_id") is not None
+        )
+
+    def message_ids(self) -> list[str]:
+        """The ids of this socket's messages, from its ``queued`` events, in order."""
+        return [e["message_id"] for e in self.events("queued")]
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds, re-checked on each event (bound it yourself)."""
+        while not predicate():
+            changed = self._changed
+            await changed.wait()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def say(self, content: str) -> None:
+        """Send one message with ``content`` on this socket; record it in ``sent``."""
+        await self.ws.send_str(json.dumps({"type": "message", "content": content}))
+        self.sent.append(Sent(content, time.perf_counter()))
+
+
+class ChatDriver:
+    """WebSocket clients of a cluster: ``n`` sessions, socket ``i`` on server ``i % S``.
+
+    Args:
+        server_urls: the servers' base URLs (``http://host:port``).
+    """
+
+    def __init__(self, server_urls: Sequence[str]) -> None:
+        self.server_urls = list(server_urls)
+        self.sessions: list[SessionTrace] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._readers: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        # No connection limit: each open socket holds one of the connector's connections.
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        assert self._http is not None, "use ChatDriver in `async with`"
+        return self._http
+
+    async def open(self, count: int) -> list[SessionTrace]:
+        """Open ``count`` more sessions at once (a token and a socket each)."""
+        first = len(self.sessions)
+        opened = await asyncio.gather(*(self._open_one(i) for i in range(first, first + count)))
+        self.sessions.extend(opened)
+        return list(opened)
+
+    async def _open_one(self, index: int) -> SessionTrace:
+        server = index % len(self.server_urls)
+        url = self.server_urls[server]
+        async with self.http.post(f"{url}/token", params={"name": f"s{index}"}) as response:
+            assert response.status == 200, await response.text()
+            token: str = (await response.json())["token"]
+        ws = await self.http.ws_connect(f"{url}/chat", params={"token": token}, heartbeat=None)
+        trace = SessionTrace(index, token, server, ws)
+        self._readers.append(asyncio.create_task(self._read(trace)))
+        return trace
+
+    async def _read(self, trace: SessionTrace) -> None:
+        async for message in trace.ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+            trace.received.append(Received(time.perf_counter(), json.loads(message.data)))
+            trace.notify()
+        trace.closed = True
+        trace.notify()
+
+    async def send(self, messages: int, sessions: Sequence[SessionTrace] | None = None) -> None:
+        """Each session sends ``messages`` messages back to back, without waiting for
+        replies; the sessions send concurrently."""
+
+        async def send_all(trace: SessionTrace) -> None:
+            for _ in range(messages):
+                k = len(trace.sent) + 1
+                await trace.say(f"s{trace.index}-m{k}-{uuid.uuid4().hex[:8]}")
+
+        await asyncio.gather(*(send_all(t) for t in sessions or self.sessions))
+
+    async def wait_replies(
+        self, timeout_s: float, sessions: Sequence[SessionTrace] | None = None
+    ) -> bool:
+        """Wait until each session has a closing event (``done``, or ``error`` with a
+        message id) per message sent, or its socket closed; False on timeout."""
+
+        async def one(trace: SessionTrace) -> None:
+            await trace.wait_until(lambda: trace.closed or trace.closing_count() >= len(trace.sent))
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(one(t) for t in sessions or self.sessions))
+        except TimeoutError:
+            return False
+        return True
+
+    async def fetch_histories(self) -> None:
+        """Fill each session's ``history`` from ``GET /refresh_token`` on its server."""
+
+        async def one(trace: SessionTrace) -> None:
+            url = f"{self.server_urls[trace.server]}/refresh_token"
+            async with self.http.get(url, params={"token": trace.token}) as response:
+                assert response.status == 200, await response.text()
+                trace.history = await response.json()
+
+        await asyncio.gather(*(one(t) for t in self.sessions))
+
+    async def close(self) -> None:
+        """Close every socket and the HTTP session."""
+        for trace in self.sessions:
+            await trace.ws.close()
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
