@@ -473,7 +473,9 @@ class Worker:
                 parts.append(body)
                 sent_at = time.perf_counter()
                 await self._emit(entry, TokenEvent(message_id=entry.message_id, content=body))
-                if window and not finished:
+                # Wait out the window only while the model is still sending: once the
+                # whole reply is queued, the rest goes out at once.
+                if window and not finished and not reader.done():
                     await asyncio.sleep(max(0.0, window - (time.perf_counter() - sent_at)))
         finally:
             reader.cancel()
