@@ -82,6 +82,7 @@ class Proc:
 
     @property
     def pid(self) -> int:
+        """The process id."""
         return self.popen.pid
 
     @property
@@ -92,9 +93,11 @@ class Proc:
 
     @property
     def alive(self) -> bool:
+        """Whether the process is still running."""
         return self.popen.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the process's log file."""
         try:
             text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
@@ -414,6 +417,7 @@ class SessionTrace:
             await changed.wait()
 
     def notify(self) -> None:
+        """Wake whoever waits for a change of this trace."""
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -446,6 +450,7 @@ class ChatDriver:
 
     @property
     def http(self) -> aiohttp.ClientSession:
+        """The driver's HTTP and WebSocket client session."""
         assert self._http is not None, "use ChatDriver in `async with`"
         return self._http
 

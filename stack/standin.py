@@ -204,6 +204,7 @@ class StandinModel:
         self._notify()
 
     def stats(self) -> dict[str, Any]:
+        """Counters: requests, in flight, completed, cancelled and cut streams."""
         return {
             "requests": len(self.requests),
             "in_flight": self.in_flight,
@@ -234,6 +235,7 @@ class StandinModel:
     # -- lifecycle ----------------------------------------------------------------------
 
     def app(self) -> web.Application:
+        """The aiohttp application (routes bound to this stand-in)."""
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)

@@ -77,6 +77,7 @@ class LLMConfig:
 
     @property
     def completions_url(self) -> str:
+        """``{base_url}/chat/completions``."""
         return self.base_url.rstrip("/") + "/chat/completions"
 
 
