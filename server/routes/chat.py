@@ -115,10 +115,14 @@ class ChatConnection:
         close: _Closed | None = None
         try:
             async with self.hub.subscribe(keys.channel(self.token)) as sub:
-                start = after if after and valid_stream_id(after) else None
+                start = after if after is not None and valid_stream_id(after) else None
                 if start is None:
                     start = await self.store.last_event_id(self.token)
                 await asyncio.wait_for(sub.ready.wait(), timeout=10)
+                if after is not None and start != after:
+                    await self._send_error(
+                        None, ErrorCode.INVALID_FRAME, "after must be an event_id; live events only"
+                    )
                 await self._replay(start)
                 await _first_of(self._receive_loop(), self._send_loop(sub), self._watch_expiry())
         except WebSocketDisconnect:

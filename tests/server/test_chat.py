@@ -242,3 +242,14 @@ async def test_two_sockets_of_one_session_both_see_the_reply(
         bobs = await read_until(bob, count("done", 1))
     assert of_type(bobs, "done")[0]["reply"]["content"].startswith("Reply to: bob here")
     assert all(e["message_id"] != of_type(bobs, "done")[0]["message_id"] for e in one + two)
+
+
+async def test_malformed_after_is_reported_and_live_events_still_flow(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    token = await parley.create_session(http)
+    async with http.ws_connect(parley.ws_url, params={"token": token, "after": "yesterday"}) as ws:
+        (error,) = await read_until(ws, count("error", 1))
+        assert error["code"] == "invalid_frame" and "after" in error["detail"]
+        await ws.send_str("hello")
+        await read_until(ws, count("done", 1))
