@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -40,6 +41,8 @@ from server.config import ServerSettings
 from stack.process import die_with_parent
 from stack.redis import free_port
 from worker.config import WorkerSettings
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,7 +188,7 @@ class Cluster:
             await self.stop()
         finally:
             if exc is not None:
-                print(self.log_tails(), file=sys.stderr)
+                logger.error("logs of the cluster's processes:\n%s", self.log_tails())
             await self.redis.aclose()  # type: ignore[attr-defined]  # stale stubs
 
     async def start(self, servers: int, workers: int) -> None:
