@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request, WebSocket, WebSocketException, status
+from fastapi import Depends, HTTPException, Query, WebSocketException, status
+from fastapi.requests import HTTPConnection
 
 from protocol.hub import Hub
 from protocol.store import Store
@@ -14,36 +15,27 @@ from server.config import ServerSettings
 SESSION_GONE = "Session expired or does not exist"
 
 
-def _store(request: Request) -> Store:
-    store: Store = request.state.store
+# HTTPConnection is what Request and WebSocket share: one dependency serves both.
+
+
+def _store(connection: HTTPConnection) -> Store:
+    store: Store = connection.state.store
     return store
 
 
-def _ws_store(websocket: WebSocket) -> Store:
-    store: Store = websocket.state.store
-    return store
-
-
-def _settings(request: Request) -> ServerSettings:
-    settings: ServerSettings = request.state.settings
+def _settings(connection: HTTPConnection) -> ServerSettings:
+    settings: ServerSettings = connection.state.settings
     return settings
 
 
-def _ws_settings(websocket: WebSocket) -> ServerSettings:
-    settings: ServerSettings = websocket.state.settings
-    return settings
-
-
-def _ws_hub(websocket: WebSocket) -> Hub:
-    hub: Hub = websocket.state.hub
+def _hub(connection: HTTPConnection) -> Hub:
+    hub: Hub = connection.state.hub
     return hub
 
 
 StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[ServerSettings, Depends(_settings)]
-WsStoreDep = Annotated[Store, Depends(_ws_store)]
-WsSettingsDep = Annotated[ServerSettings, Depends(_ws_settings)]
-WsHubDep = Annotated[Hub, Depends(_ws_hub)]
+HubDep = Annotated[Hub, Depends(_hub)]
 
 
 def well_formed(token: str) -> bool:
@@ -54,7 +46,7 @@ def well_formed(token: str) -> bool:
         return False
 
 
-async def _ws_token(store: WsStoreDep, token: Annotated[str | None, Query()] = None) -> str:
+async def _ws_token(store: StoreDep, token: Annotated[str | None, Query()] = None) -> str:
     """The WebSocket's session token, checked before the handshake completes.
 
     Raises:

@@ -43,7 +43,7 @@ from protocol.wire import (
     ResumeCommand,
 )
 from server.config import ServerSettings
-from server.deps import SESSION_GONE, ChatTokenDep, WsHubDep, WsSettingsDep, WsStoreDep
+from server.deps import SESSION_GONE, ChatTokenDep, HubDep, SettingsDep, StoreDep
 from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED, MESSAGES_ACCEPTED, SOCKETS
 
 logger = logging.getLogger(__name__)
@@ -63,9 +63,9 @@ class _Closed(Exception):
 async def chat(
     websocket: WebSocket,
     token: ChatTokenDep,
-    store: WsStoreDep,
-    hub: WsHubDep,
-    settings: WsSettingsDep,
+    store: StoreDep,
+    hub: HubDep,
+    settings: SettingsDep,
     after: Annotated[str | None, Query(description="Resume after this event_id.")] = None,
 ) -> None:
     """Chat over one WebSocket; see the README for the frames both ways."""
