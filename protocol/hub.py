@@ -7,7 +7,8 @@ cost of relaying one event is a dictionary lookup, whatever the number of sessio
 
 Pub/Sub delivers at most once. A subscriber that may have missed messages (its queue
 overflowed, or the connection to Redis was re-established) receives :data:`RESYNC`
-instead, and reads what it missed from the session's durable event stream.
+instead, and reads what it missed from the session's durable event stream. When the
+connection is lost, every subscriber first receives :data:`UNAVAILABLE`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 #: Put on a subscriber's queue in place of messages it may have missed.
 RESYNC: Final = "\x00resync"
+#: Put on every subscriber's queue when the connection to Redis is lost (once per
+#: outage); :data:`RESYNC` follows once it is back.
+UNAVAILABLE: Final = "\x00unavailable"
 
 
 class Subscription:
@@ -68,6 +72,7 @@ class Hub:
         self._sent: dict[str, int] = {}
         self._confirmed: dict[str, int] = {}
         self._lock = asyncio.Lock()
+        self._down = False
 
     @property
     def channel_count(self) -> int:
@@ -106,7 +111,12 @@ class Hub:
             subs.add(sub)
             if len(subs) == 1:
                 self._sent[channel] = self._sent.get(channel, 0) + 1
-                await self._pubsub.subscribe(channel)
+                try:
+                    await self._pubsub.subscribe(channel)
+                except BaseException:
+                    subs.discard(sub)
+                    self._subs.pop(channel, None)
+                    raise
             sub._needs = self._sent[channel]
             if self._confirmed.get(channel, 0) >= sub._needs:
                 sub.ready.set()
@@ -125,6 +135,7 @@ class Hub:
         # redis-py re-subscribes every channel on reconnect; what was published while
         # the connection was down is lost to Pub/Sub, so every subscriber resyncs.
         logger.warning("pubsub reconnected; %d channels resync", len(self._subs))
+        self._down = False
         for subs in self._subs.values():
             for sub in subs:
                 sub.deliver(RESYNC)
@@ -138,6 +149,11 @@ class Hub:
                 backoff = 0.1
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                 logger.warning("pubsub connection lost (%s); retrying in %.1f s", e, backoff)
+                if not self._down:
+                    self._down = True
+                    for subs in self._subs.values():
+                        for sub in subs:
+                            sub.deliver(UNAVAILABLE)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue

@@ -1,44 +1,60 @@
 """Redis key and channel names.
 
-Every per-session key carries the session token as a hash tag (``{token}``), so a
-session's document, its event stream and its channel map to one hash slot and the
-scripts that touch them stay legal on a Redis Cluster.
+Sessions are spread over :data:`PARTITIONS` partitions by the first hex digit of their
+token (a UUID4, so the spread is uniform). A partition's digit is the hash tag of every
+key of its sessions and of its message stream: ``parley:session:{7}:<token>``,
+``parley:events:{7}:<token>`` and ``parley:messages:{7}`` share one hash slot. The
+scripts that append a message to a session's history and queue it in the same step stay
+legal on a Redis Cluster, and the 16 message streams spread writes over its nodes.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 PREFIX = "parley"
 
-#: The stream of user messages that workers read in a consumer group.
-MESSAGE_STREAM = f"{PREFIX}:messages"
+#: The partition names: a session's partition is the first hex digit of its token.
+PARTITIONS: Final = tuple("0123456789abcdef")
+
 #: Entries that could not be processed after ``MAX_DELIVERIES`` tries, or not decoded.
 DEAD_LETTER_STREAM = f"{PREFIX}:messages:dead"
-#: The consumer group of the workers on :data:`MESSAGE_STREAM`.
+#: Where servers announce stop commands to every worker (rare: one per click on Stop).
+STOP_CHANNEL = f"{PREFIX}:stop"
+#: The consumer group of the workers on every message stream.
 CONSUMER_GROUP = "workers"
+
+
+def partition(token: str) -> str:
+    """The partition of a session: the first hex digit of its token (``"0"`` if none)."""
+    first = token[:1].lower()
+    return first if first in PARTITIONS else "0"
+
+
+def message_stream(part: str) -> str:
+    """The stream of user messages of one partition, read by the workers' group."""
+    return f"{PREFIX}:messages:{{{part}}}"
+
+
+#: Every partition's message stream, in partition order.
+MESSAGE_STREAMS: Final = tuple(message_stream(p) for p in PARTITIONS)
+
+
+def message_stream_of(token: str) -> str:
+    """The message stream that queues a session's messages."""
+    return message_stream(partition(token))
 
 
 def session_key(token: str) -> str:
     """The RedisJSON document of a session (written by :class:`protocol.models.Session`)."""
-    return f"{PREFIX}:session:{{{token}}}"
+    return f"{PREFIX}:session:{{{partition(token)}}}:{token}"
 
 
 def events_key(token: str) -> str:
     """The bounded stream of a session's reply events, kept for resume."""
-    return f"{PREFIX}:events:{{{token}}}"
+    return f"{PREFIX}:events:{{{partition(token)}}}:{token}"
 
 
 def channel(token: str) -> str:
     """The Pub/Sub channel on which a session's events are announced to servers."""
-    return f"{PREFIX}:chan:{{{token}}}"
-
-
-def token_of_channel(name: str) -> str:
-    """The session token inside a channel name from :func:`channel`.
-
-    Raises:
-        ValueError: ``name`` is not a session channel.
-    """
-    start, end = name.find("{"), name.rfind("}")
-    if start < 0 or end <= start:
-        raise ValueError(f"not a session channel: {name!r}")
-    return name[start + 1 : end]
+    return f"{PREFIX}:chan:{{{partition(token)}}}:{token}"

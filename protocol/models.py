@@ -26,6 +26,7 @@ class StoredMessage(EmbeddedJsonModel):
     timestamp: str
     seq: int | None = None
     reply_to: str | None = None
+    stopped: bool = False
 
     def public(self) -> ChatMessage:
         """The message as clients see it."""
@@ -34,6 +35,7 @@ class StoredMessage(EmbeddedJsonModel):
             role="assistant" if self.role == "assistant" else "user",
             content=self.content,
             timestamp=self.timestamp,
+            stopped=self.stopped,
         )
 
 
@@ -44,6 +46,7 @@ class Session(JsonModel, index=True):
     :meth:`view` gives the conversation order. ``seq`` is the number of the last
     accepted user message and ``replied_seq`` that of the last one answered (or failed);
     replies are recorded strictly in ``seq`` order, which makes recording idempotent.
+    ``stop_seq`` is the last message whose reply a client asked to stop.
     """
 
     token: str = Field(primary_key=True)
@@ -51,6 +54,7 @@ class Session(JsonModel, index=True):
     session_start: str
     seq: int = 0
     replied_seq: int = 0
+    stop_seq: int = 0
     messages: list[StoredMessage] = []  # noqa: RUF012  (pydantic copies defaults)
 
     class Meta:

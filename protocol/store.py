@@ -3,7 +3,7 @@
 The writes that must be atomic and idempotent are Lua scripts over the RedisJSON and
 stream commands (``enqueue.lua``, ``emit.lua``, ``finish.lua`` beside this module);
 redis-om's models cannot express them. Each script touches one session's keys only
-(one hash slot) plus, for ``enqueue``, the message stream.
+plus, for ``enqueue``, its partition's message stream: one hash slot (:mod:`protocol.keys`).
 
 Event payloads on a session's channel are the event's JSON object with
 ``"event_id"`` as its first member: :func:`with_event_id` builds that form and
@@ -12,6 +12,7 @@ Event payloads on a session's channel are the event's JSON object with
 
 from __future__ import annotations
 
+import json
 import uuid
 from importlib.resources import files
 from typing import Any
@@ -22,6 +23,7 @@ from redis.exceptions import ResponseError
 
 from protocol import keys
 from protocol.config import CommonSettings
+from protocol.connection import is_cluster
 from protocol.models import Session, StoredMessage
 from protocol.wire import MessageEntry, ServerEvent, utc_now
 
@@ -86,34 +88,52 @@ class Store:
         self._enqueue = redis.register_script(_script("enqueue.lua"))
         self._emit = redis.register_script(_script("emit.lua"))
         self._finish = redis.register_script(_script("finish.lua"))
+        self._stop = redis.register_script(_script("stop.lua"))
 
     async def migrate(self) -> None:
-        """Create the RediSearch index of sessions (redis-om's Migrator) if it is missing."""
+        """Create the RediSearch index of sessions (redis-om's Migrator) if it is missing.
+
+        Not on a Redis Cluster: RediSearch without its coordinator indexes one shard
+        only, and redis-om's Migrator needs a single-node client. Parley itself reads
+        sessions by key and never searches the index.
+        """
+        if is_cluster(self.redis):
+            return
         await Migrator().run()  # type: ignore[no-untyped-call]
 
     async def ensure_group(self) -> None:
-        """Create the workers' consumer group (and the stream) if missing.
+        """Create the workers' consumer group (and the stream) of every partition if missing.
 
-        The group starts at id 0 so messages queued before any worker ever ran are read.
+        A group starts at id 0 so messages queued before any worker ever ran are read.
 
         Raises:
             redis.exceptions.ResponseError: any error but ``BUSYGROUP`` (already exists).
         """
-        try:
-            await self.redis.xgroup_create(
-                keys.MESSAGE_STREAM, keys.CONSUMER_GROUP, id="0", mkstream=True
-            )
-        except ResponseError as e:
-            if not str(e).startswith("BUSYGROUP"):
-                raise
+        for stream in keys.MESSAGE_STREAMS:
+            try:
+                await self.redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if not str(e).startswith("BUSYGROUP"):
+                    raise
 
     async def group_exists(self) -> bool:
-        """Whether the message stream and its consumer group exist."""
-        try:
-            groups = await self.redis.xinfo_groups(keys.MESSAGE_STREAM)  # type: ignore[no-untyped-call]
-        except ResponseError:
-            return False
-        return any(g["name"] == keys.CONSUMER_GROUP for g in groups)
+        """Whether every partition's message stream and its consumer group exist."""
+        for stream in keys.MESSAGE_STREAMS:
+            try:
+                groups = await self.redis.xinfo_groups(stream)  # type: ignore[no-untyped-call]
+            except ResponseError:
+                return False
+            if not any(g["name"] == keys.CONSUMER_GROUP for g in groups):
+                return False
+        return True
+
+    async def pending_count(self) -> int:
+        """How many entries, over every partition, are read but not yet acked."""
+        total = 0
+        for stream in keys.MESSAGE_STREAMS:
+            summary = await self.redis.xpending(stream, keys.CONSUMER_GROUP)  # type: ignore[no-untyped-call]
+            total += int(summary["pending"])
+        return total
 
     async def create_session(self, name: str) -> Session:
         """Create a session with a new UUID4 token; it lives ``session_ttl_seconds``."""
@@ -164,7 +184,7 @@ class Store:
         )
         body = message.model_dump_json(include={"id", "role", "content", "timestamp"})
         result = await self._enqueue(
-            keys=[keys.session_key(token), keys.MESSAGE_STREAM],
+            keys=[keys.session_key(token), keys.message_stream_of(token)],
             args=[
                 body,
                 self.settings.session_ttl_seconds,
@@ -221,6 +241,39 @@ class Store:
         if result == -1:
             raise SessionExpired(entry.token)
         return None if result == 0 else str(result)
+
+    async def stop(self, token: str) -> int:
+        """Stop the reply of the session's oldest unanswered message, wherever it runs.
+
+        The stop is recorded in the session (a worker that starts the reply later sees
+        it) and announced on :data:`keys.STOP_CHANNEL` as ``{"token": ..., "seq": ...}``
+        (for the worker generating it now).
+
+        Returns:
+            The ``seq`` of the message stopped, or 0 if no message waits for a reply.
+
+        Raises:
+            SessionExpired: no such session.
+        """
+        seq = int(await self._stop(keys=[keys.session_key(token)]))
+        if seq == -1:
+            raise SessionExpired(token)
+        if seq:
+            await self.redis.publish(keys.STOP_CHANNEL, json.dumps({"token": token, "seq": seq}))
+        return seq
+
+    async def stop_seq(self, token: str) -> int:
+        """The ``seq`` of the last message whose reply a client asked to stop (0: none).
+
+        Raises:
+            SessionExpired: no such session.
+        """
+        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "JSON.GET", keys.session_key(token), ".stop_seq"
+        )
+        if value is None:
+            raise SessionExpired(token)
+        return int(value)
 
     async def replied_seq(self, token: str) -> int:
         """The ``seq`` of the session's last answered (or failed) message.

@@ -45,6 +45,9 @@ class ChatMessage(_Wire):
     role: Literal["user", "assistant"]
     content: str
     timestamp: str = Field(description="ISO 8601 UTC")
+    stopped: bool = Field(
+        default=False, description="a reply cut short by a stop command: content is partial"
+    )
 
 
 class SessionView(_Wire):
@@ -127,7 +130,17 @@ class ResumeCommand(_Wire):
     after: str
 
 
-ClientCommand = Annotated[MessageCommand | ResumeCommand, Field(discriminator="type")]
+class StopCommand(_Wire):
+    """Stop the reply being generated for the session (the oldest unanswered message).
+
+    The reply ends with a ``done`` event whose ``reply`` has ``stopped: true`` and the
+    text generated so far; with nothing unanswered, the command does nothing.
+    """
+
+    type: Literal["stop"] = "stop"
+
+
+ClientCommand = Annotated[MessageCommand | ResumeCommand | StopCommand, Field(discriminator="type")]
 CLIENT_COMMAND: TypeAdapter[ClientCommand] = TypeAdapter(ClientCommand)
 
 

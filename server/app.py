@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from protocol import keys
 from protocol.connection import connect, disconnect
@@ -68,6 +69,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await disconnect(redis)
 
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
+    app.state.chat_sockets = chat.ChatSockets()
+
+    @app.exception_handler(RedisError)
+    async def redis_unavailable(_request: Request, exc: RedisError) -> JSONResponse:
+        logger.warning("request failed, Redis unavailable: %s", exc)
+        return JSONResponse({"detail": "Redis unavailable; retry shortly"}, status_code=503)
+
     app.include_router(sessions.router)
     app.include_router(health.router)
     app.include_router(chat.router)

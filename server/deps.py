@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, WebSocketException, status
 from fastapi.requests import HTTPConnection
+from redis.exceptions import RedisError
 
 from protocol.hub import Hub
 from protocol.store import Store
@@ -51,11 +52,18 @@ async def _ws_token(store: StoreDep, token: Annotated[str | None, Query()] = Non
 
     Raises:
         WebSocketException: 1008 (policy violation) for a missing, malformed, unknown or
-            expired token; the handshake is then refused with HTTP 403.
+            expired token, 1011 if Redis is unreachable; the handshake is then refused
+            with HTTP 403.
     """
     if token is None or not well_formed(token):
         raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason=SESSION_GONE)
-    if not await store.touch(token):
+    try:
+        alive = await store.touch(token)
+    except (RedisError, OSError) as e:
+        raise WebSocketException(
+            status.WS_1011_INTERNAL_ERROR, reason="Redis unavailable; retry shortly"
+        ) from e
+    if not alive:
         raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason=SESSION_GONE)
     return token
 

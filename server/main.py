@@ -4,11 +4,38 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 
 import uvicorn
+from fastapi import FastAPI, status
 
 from server.app import create_app
 from server.config import ServerSettings
+from server.routes.chat import ChatSockets
+
+logger = logging.getLogger(__name__)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, closing chat sockets with 1001 (going away) when it shuts down.
+
+    uvicorn itself closes WebSockets with 1012 after its listeners; Parley's contract
+    is 1001, which tells clients to reconnect (to another server) and resume.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._sockets: ChatSockets = app.state.chat_sockets
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting connections, close chat sockets with 1001, then uvicorn's shutdown."""
+        for server in self.servers:
+            server.close()
+        closed = await self._sockets.close_all(
+            status.WS_1001_GOING_AWAY, "server shutting down; reconnect and resume"
+        )
+        logger.info("closed %d chat sockets with 1001", closed)
+        await super().shutdown(sockets)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,8 +49,9 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host,
         port=args.port,
         ws_max_size=settings.ws_max_frame_bytes,
@@ -31,3 +59,4 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,
         access_log=False,
     )
+    GracefulServer(config, app).run()

@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from protocol import keys
+from protocol.connection import client_for_url
 from server.config import ServerSettings
 from stack.process import die_with_parent
 from stack.redis import free_port
@@ -155,7 +156,7 @@ class Cluster:
                 **(env or {}),
             }
         )
-        self.redis: Redis[str] = Redis.from_url(redis_url, decode_responses=True)
+        self.redis: Redis[str] = client_for_url(redis_url, max_connections=16)
         self.procs: list[Proc] = []
         self._numbers = {"server": itertools.count(1), "worker": itertools.count(1)}
         self._run_id = uuid.uuid4().hex[:6]
@@ -249,7 +250,7 @@ class Cluster:
         async def registered() -> bool:
             try:
                 consumers = await self.redis.xinfo_consumers(  # type: ignore[no-untyped-call]
-                    keys.MESSAGE_STREAM, keys.CONSUMER_GROUP
+                    keys.MESSAGE_STREAMS[0], keys.CONSUMER_GROUP
                 )
             except ResponseError:  # no stream or group yet
                 return False
@@ -394,6 +395,8 @@ class SessionTrace:
     sent: list[Sent] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     closed: bool = False
+    #: Close codes of the sockets this session lost (with ``reconnect``), in order.
+    close_codes: list[int | None] = field(default_factory=list)
     history: dict[str, Any] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -408,6 +411,13 @@ class SessionTrace:
             for e in self.events("done", "error")
             if e["type"] == "done" or e.get("message_id") is not None
         )
+
+    def last_event_id(self) -> str:
+        """The ``event_id`` of the last event received that has one, else ``"0-0"``."""
+        for r in reversed(self.received):
+            if "event_id" in r.event:
+                return str(r.event["event_id"])
+        return "0-0"
 
     def message_ids(self) -> list[str]:
         """The ids of this socket's messages, from its ``queued`` events, in order."""
@@ -435,10 +445,22 @@ class ChatDriver:
 
     Args:
         server_urls: the servers' base URLs (``http://host:port``).
+        reconnect: when a socket closes (say, its server shut down with 1001), connect
+            again to the next server that accepts, with ``?after=<last event_id>``, as a
+            real client does; give up after ``reconnect_timeout_s`` (s).
     """
 
-    def __init__(self, server_urls: Sequence[str]) -> None:
+    def __init__(
+        self,
+        server_urls: Sequence[str],
+        *,
+        reconnect: bool = False,
+        reconnect_timeout_s: float = 30.0,
+    ) -> None:
         self.server_urls = list(server_urls)
+        self.reconnect = reconnect
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self._closing = False
         self.sessions: list[SessionTrace] = []
         self._http: aiohttp.ClientSession | None = None
         self._readers: list[asyncio.Task[None]] = []
@@ -476,13 +498,39 @@ class ChatDriver:
         return trace
 
     async def _read(self, trace: SessionTrace) -> None:
-        async for message in trace.ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
+        while True:
+            async for message in trace.ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                trace.received.append(Received(time.perf_counter(), json.loads(message.data)))
+                trace.notify()
+            if self._closing:
                 break
-            trace.received.append(Received(time.perf_counter(), json.loads(message.data)))
-            trace.notify()
+            trace.close_codes.append(trace.ws.close_code)
+            if not self.reconnect or not await self._reconnect(trace):
+                break
         trace.closed = True
         trace.notify()
+
+    async def _reconnect(self, trace: SessionTrace) -> bool:
+        """Connect ``trace`` again, trying the servers after its own in turn, with backoff."""
+        deadline = time.monotonic() + self.reconnect_timeout_s
+        backoff = 0.05
+        for attempt in itertools.count(1):
+            server = (trace.server + attempt) % len(self.server_urls)
+            url = f"{self.server_urls[server]}/chat"
+            params = {"token": trace.token, "after": trace.last_event_id()}
+            try:
+                trace.ws = await self.http.ws_connect(url, params=params, heartbeat=None)
+            except (aiohttp.ClientError, OSError):
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            trace.server = server
+            return True
+        return False  # pragma: no cover  (itertools.count never ends)
 
     async def send(self, messages: int, sessions: Sequence[SessionTrace] | None = None) -> None:
         """Each session sends ``messages`` messages back to back, without waiting for
@@ -524,6 +572,7 @@ class ChatDriver:
 
     async def close(self) -> None:
         """Close every socket and the HTTP session."""
+        self._closing = True
         for trace in self.sessions:
             await trace.ws.close()
         for task in self._readers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -15,11 +16,11 @@ import pytest
 import uvicorn
 from redis.asyncio import Redis
 
-from protocol.connection import connect, disconnect
+from protocol.connection import client_for_url, connect, disconnect
 from server.app import create_app
 from server.config import ServerSettings
 from stack.model import EmbeddedModel
-from stack.redis import EmbeddedRedis, free_port
+from stack.redis import EmbeddedRedis, EmbeddedRedisCluster, free_port
 from stack.standin import StandinModel
 from worker.app import llm_config
 from worker.config import WorkerSettings
@@ -28,10 +29,21 @@ from worker.llm import LLMClient
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    """One embedded Redis for the whole run, on a free port, data in a temp folder."""
+def redis_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[EmbeddedRedis | EmbeddedRedisCluster]:
+    """One embedded Redis for the whole run, on a free port, data in a temp folder.
+
+    With ``PARLEY_TEST_REDIS=cluster`` in the environment, a 3-node Redis Cluster
+    instead: every test that uses the fixtures then runs against the cluster.
+    """
     data_dir: Path = tmp_path_factory.mktemp("redis")
-    with EmbeddedRedis(port=free_port(), data_dir=data_dir) as server:
+    server: EmbeddedRedis | EmbeddedRedisCluster
+    if os.environ.get("PARLEY_TEST_REDIS") == "cluster":
+        server = EmbeddedRedisCluster(data_dir=data_dir)
+    else:
+        server = EmbeddedRedis(port=free_port(), data_dir=data_dir)
+    with server:
         yield server
 
 
@@ -49,7 +61,7 @@ def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedde
 
 
 @pytest.fixture
-def redis_url(redis_server: EmbeddedRedis) -> str:
+def redis_url(redis_server: EmbeddedRedis | EmbeddedRedisCluster) -> str:
     """The URL of the test Redis."""
     return redis_server.url
 
@@ -57,7 +69,7 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis[str]]:
     """A client of the test Redis, flushed before each test so every test starts empty."""
-    client = Redis.from_url(redis_url, decode_responses=True)
+    client = client_for_url(redis_url, max_connections=16)
     await client.flushall()
     yield client
     await client.aclose()

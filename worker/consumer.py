@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -29,9 +30,11 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol import keys
-from protocol.hub import RESYNC, Hub
+from protocol.connection import is_cluster
+from protocol.hub import RESYNC, UNAVAILABLE, Hub
 from protocol.models import StoredMessage
 from protocol.store import SessionExpired, Store
+from protocol.tasks import cancel_and_wait
 from protocol.wire import (
     DoneEvent,
     ErrorCode,
@@ -53,6 +56,10 @@ class EmptyReply(LLMError):
     """The model's reply held nothing but whitespace."""
 
     code = "llm_unavailable"
+
+
+class _StopRequested(Exception):
+    """Put on a reply's delta queue when a client asks to stop it."""
 
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -86,7 +93,10 @@ class Worker:
             files("worker").joinpath("heartbeat.lua").read_text(encoding="utf-8")
         )
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        #: Entries read or claimed and not yet acked, by (stream, entry id).
+        self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: Replies being generated, by (token, seq): set to stop one.
+        self._stops: dict[tuple[str, int], asyncio.Event] = {}
         self._room = asyncio.Event()
         self._room.set()
         self._stopping = asyncio.Event()
@@ -114,32 +124,37 @@ class Worker:
         loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._stop_loop(), name="stop"),
         ]
-        logger.info("worker %s consuming %s", self.consumer, keys.MESSAGE_STREAM)
+        logger.info("worker %s consuming %d partitions", self.consumer, len(keys.MESSAGE_STREAMS))
         try:
-            await self._read_loop()
+            await asyncio.gather(*(self._read_loop(streams) for streams in self._read_sets()))
             if self._in_flight:
                 logger.info("draining %d in-flight entries", len(self._in_flight))
                 _, pending = await asyncio.wait(
                     list(self._in_flight.values()), timeout=drain_timeout_s
                 )
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await cancel_and_wait(list(pending))
         finally:
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            for task in list(self._in_flight.values()):
-                task.cancel()
-            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+            await cancel_and_wait(loops)
+            await cancel_and_wait(list(self._in_flight.values()))
             await self.hub.aclose()
             self.stopped.set()
             logger.info("worker %s stopped", self.consumer)
 
     # -- reading and claiming ------------------------------------------------------
 
-    async def _read_loop(self) -> None:
+    def _read_sets(self) -> list[tuple[str, ...]]:
+        """The message streams read together by one blocking ``XREADGROUP``.
+
+        One Redis reads them all in one call; on a cluster, a command's keys must share
+        a hash slot, so each stream gets its own reader.
+        """
+        if is_cluster(self.redis):
+            return [(stream,) for stream in keys.MESSAGE_STREAMS]
+        return [keys.MESSAGE_STREAMS]
+
+    async def _read_loop(self, streams: tuple[str, ...]) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
             room = self.settings.worker_max_in_flight - len(self._in_flight)
@@ -151,7 +166,7 @@ class Worker:
                 response = await self.redis.xreadgroup(
                     keys.CONSUMER_GROUP,
                     self.consumer,
-                    {keys.MESSAGE_STREAM: ">"},
+                    dict.fromkeys(streams, ">"),
                     count=min(room, 100),
                     block=self.settings.read_block_ms,
                 )
@@ -167,10 +182,12 @@ class Worker:
                 await self._wait_or_stop(asyncio.sleep(backoff), limit_s=backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            entries = [entry for _stream, batch in response for entry in batch]
-            for entry_id, fields in entries:
-                self._spawn(entry_id, fields, deliveries=1)
-            if self.burst and not entries and not self._in_flight:
+            read = 0
+            for stream, batch in response:
+                for entry_id, fields in batch:
+                    self._spawn(stream, entry_id, fields, deliveries=1)
+                    read += 1
+            if self.burst and not read and not self._in_flight:
                 return
 
     async def _claim_loop(self) -> None:
@@ -191,33 +208,35 @@ class Worker:
             How many entries were taken over.
         """
         claimed = 0
-        start = "0-0"
-        while True:
-            next_start, entries, deleted = await self.redis.xautoclaim(
-                keys.MESSAGE_STREAM,
-                keys.CONSUMER_GROUP,
-                self.consumer,
-                min_idle_time=self.settings.claim_idle_ms,
-                start_id=start,
-                count=100,
-            )
-            if deleted:
-                logger.warning("pending entries trimmed from the stream: %s", deleted)
-            for entry_id, fields in entries:
-                if entry_id in self._in_flight:
-                    continue
-                deliveries = await self._deliveries(entry_id)
-                logger.info("took over entry %s (delivery %d)", entry_id, deliveries)
-                TAKEOVERS.inc()
-                self._spawn(entry_id, fields, deliveries=deliveries)
-                claimed += 1
-            if next_start == "0-0":
-                return claimed
-            start = next_start
+        for stream in keys.MESSAGE_STREAMS:
+            start = "0-0"
+            while True:
+                next_start, entries, deleted = await self.redis.xautoclaim(
+                    stream,
+                    keys.CONSUMER_GROUP,
+                    self.consumer,
+                    min_idle_time=self.settings.claim_idle_ms,
+                    start_id=start,
+                    count=100,
+                )
+                if deleted:
+                    logger.warning("pending entries trimmed from %s: %s", stream, deleted)
+                for entry_id, fields in entries:
+                    if (stream, entry_id) in self._in_flight:
+                        continue
+                    deliveries = await self._deliveries(stream, entry_id)
+                    logger.info("took over %s %s (delivery %d)", stream, entry_id, deliveries)
+                    TAKEOVERS.inc()
+                    self._spawn(stream, entry_id, fields, deliveries=deliveries)
+                    claimed += 1
+                if next_start == "0-0":
+                    break
+                start = next_start
+        return claimed
 
-    async def _deliveries(self, entry_id: str) -> int:
+    async def _deliveries(self, stream: str, entry_id: str) -> int:
         info = await self.redis.xpending_range(
-            keys.MESSAGE_STREAM, keys.CONSUMER_GROUP, min=entry_id, max=entry_id, count=1
+            stream, keys.CONSUMER_GROUP, min=entry_id, max=entry_id, count=1
         )
         return int(info[0]["times_delivered"]) if info else 1
 
@@ -225,32 +244,68 @@ class Worker:
         interval = self.settings.claim_idle_ms / 3000
         while True:
             await asyncio.sleep(interval)
-            ids = list(self._in_flight)
-            if not ids:
-                continue
-            try:
-                mine = set(
-                    await self._heartbeat(
-                        keys=[keys.MESSAGE_STREAM],
-                        args=[keys.CONSUMER_GROUP, self.consumer, *ids],
+            by_stream: dict[str, list[str]] = {}
+            for stream, entry_id in self._in_flight:
+                by_stream.setdefault(stream, []).append(entry_id)
+            for stream, ids in by_stream.items():
+                try:
+                    mine = set(
+                        await self._heartbeat(
+                            keys=[stream], args=[keys.CONSUMER_GROUP, self.consumer, *ids]
+                        )
                     )
-                )
-            except (*_REDIS_ERRORS, ResponseError) as e:
-                logger.warning("heartbeat of in-flight entries failed: %s", e)
-                continue
-            for entry_id in ids:
-                task = self._in_flight.get(entry_id)
-                if entry_id not in mine and task is not None:
-                    logger.warning("entry %s was taken over by another worker", entry_id)
-                    task.cancel()
+                except (*_REDIS_ERRORS, ResponseError) as e:
+                    logger.warning("heartbeat of in-flight entries failed: %s", e)
+                    continue
+                for entry_id in ids:
+                    task = self._in_flight.get((stream, entry_id))
+                    if entry_id not in mine and task is not None:
+                        logger.warning("%s %s was taken over by another worker", stream, entry_id)
+                        task.cancel()
 
-    def _spawn(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
-        task = asyncio.create_task(self._handle(entry_id, fields, deliveries))
-        self._in_flight[entry_id] = task
+    async def _stop_loop(self) -> None:
+        """Stop the replies that clients ask to stop (announced on the stop channel)."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._listen_for_stops()
+            except (*_REDIS_ERRORS, ResponseError) as e:
+                logger.warning("stop channel failed (%s); retrying in %.1f s", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _listen_for_stops(self) -> None:
+        async with self.hub.subscribe(keys.STOP_CHANNEL) as sub:
+            while True:
+                payload = await sub.queue.get()
+                if payload == UNAVAILABLE:
+                    continue
+                if payload == RESYNC:
+                    # Stops announced while the connection was down were missed: ask
+                    # Redis about every reply being generated.
+                    for (token, seq), event in list(self._stops.items()):
+                        with contextlib.suppress(*_REDIS_ERRORS, ResponseError, SessionExpired):
+                            if await self.store.stop_seq(token) >= seq:
+                                event.set()
+                    continue
+                try:
+                    notice = json.loads(payload)
+                    stop = self._stops.get((str(notice["token"]), int(notice["seq"])))
+                except (ValueError, TypeError, KeyError):
+                    logger.warning("ignoring a malformed stop notice: %.200r", payload)
+                    continue
+                if stop is not None:
+                    logger.info("token=%s seq=%s stopping", notice["token"], notice["seq"])
+                    stop.set()
+
+    def _spawn(self, stream: str, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
+        key = (stream, entry_id)
+        task = asyncio.create_task(self._handle(key, fields, deliveries))
+        self._in_flight[key] = task
 
         def forget(_: asyncio.Task[None]) -> None:
-            if self._in_flight.get(entry_id) is task:
-                del self._in_flight[entry_id]
+            if self._in_flight.get(key) is task:
+                del self._in_flight[key]
             self._room.set()
 
         task.add_done_callback(forget)
@@ -264,11 +319,14 @@ class Worker:
 
     # -- one entry -----------------------------------------------------------------
 
-    async def _handle(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
+    async def _handle(
+        self, entry_id: tuple[str, str], fields: dict[str, str], deliveries: int
+    ) -> None:
+        """Answer one entry; ``entry_id`` is (stream, id)."""
         try:
             entry = MessageEntry.from_fields(fields)
         except ValidationError as e:
-            logger.error("undecodable entry %s: %s", entry_id, e.errors(include_url=False))
+            logger.error("undecodable entry %s %s: %s", *entry_id, e.errors(include_url=False))
             await self._dead_letter(entry_id, fields, "undecodable")
             await self._ack(entry_id)
             return
@@ -306,6 +364,11 @@ class Worker:
             await self._ack(entry_id)
         except asyncio.CancelledError:
             raise
+        except _REDIS_ERRORS as e:
+            # Left pending, as below; Redis is unreachable, which every loop reports.
+            logger.warning(
+                "message_id=%s token=%s seq=%d: Redis error %s; left pending", *log_ctx, e
+            )
         except Exception:
             # Left pending: after CLAIM_IDLE_MS a worker takes it over, at most
             # MAX_DELIVERIES times in all.
@@ -347,7 +410,18 @@ class Worker:
                                 break
 
     async def _reply(self, entry: MessageEntry, *, restart: bool) -> None:
+        # Registered before the session is read: a stop recorded before that read is
+        # seen in ``stop_seq``, one announced after it finds the event.
+        stop = self._stops[(entry.token, entry.seq)] = asyncio.Event()
+        try:
+            await self._generate(entry, stop, restart=restart)
+        finally:
+            del self._stops[(entry.token, entry.seq)]
+
+    async def _generate(self, entry: MessageEntry, stop: asyncio.Event, *, restart: bool) -> None:
         session = await self.store.get_session(entry.token, touch=False)
+        if session.stop_seq >= entry.seq:
+            stop.set()
         prompt = build_prompt(
             session.messages,
             entry.seq,
@@ -361,7 +435,7 @@ class Worker:
             if restart:
                 await self._emit(entry, RestartEvent(message_id=entry.message_id))
             try:
-                text, first_token_s = await self._stream(entry, prompt, started)
+                text, first_token_s = await self._stream(entry, prompt, started, stop)
                 break
             except LLMStreamInterrupted as e:
                 attempts += 1
@@ -381,20 +455,22 @@ class Worker:
             content=text,
             timestamp=utc_now(),
             reply_to=entry.message_id,
+            stopped=stop.is_set(),
         )
         event_id = await self.store.finish(
             entry, reply, DoneEvent(message_id=entry.message_id, reply=reply.public())
         )
         total_s = time.perf_counter() - started
         if event_id:
-            REPLIES.labels("done").inc()
+            REPLIES.labels("stopped" if reply.stopped else "done").inc()
             TIME_TO_FIRST_TOKEN.observe(first_token_s)
             REPLY_SECONDS.observe(total_s)
         logger.info(
-            "message_id=%s token=%s seq=%d done chars=%d ttft_ms=%.1f total_ms=%.1f%s",
+            "message_id=%s token=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
             entry.message_id,
             entry.token,
             entry.seq,
+            "stopped" if reply.stopped else "done",
             len(text),
             first_token_s * 1000,
             total_s * 1000,
@@ -416,12 +492,14 @@ class Worker:
         )
 
     async def _stream(
-        self, entry: MessageEntry, prompt: list[ChatMessage], started: float
+        self, entry: MessageEntry, prompt: list[ChatMessage], started: float, stop: asyncio.Event
     ) -> tuple[str, float]:
         """Stream one reply to the session, coalescing deltas; return it and its TTFT (s).
 
         The first delta is published at once; after each publication, deltas that
         arrive within ``stream_flush_ms`` are joined into the next ``token`` event.
+        When ``stop`` is set, the model request is aborted and the text published so
+        far is the reply (possibly empty).
 
         Raises:
             EmptyReply: the model sent nothing but whitespace.
@@ -438,7 +516,13 @@ class Worker:
             except Exception as e:
                 queue.put_nowait(e)
 
+        async def stop_reading() -> None:
+            await stop.wait()
+            reader.cancel()
+            queue.put_nowait(_StopRequested())
+
         reader = asyncio.create_task(read())
+        stopper = asyncio.create_task(stop_reading())
         parts: list[str] = []
         # Whitespace at either end of a reply is noise (models often open with a space
         # and close with a newline). Held-back whitespace is sent only once text follows
@@ -452,7 +536,7 @@ class Worker:
                 batch: list[str] = []
                 item = await queue.get()
                 while True:
-                    if item is None:
+                    if item is None or isinstance(item, _StopRequested):
                         finished = True
                         break
                     if isinstance(item, BaseException):
@@ -478,10 +562,11 @@ class Worker:
                 if window and not finished and not reader.done():
                     await asyncio.sleep(max(0.0, window - (time.perf_counter() - sent_at)))
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        if not parts:
+            for task in (reader, stopper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if not parts and not stop.is_set():
             raise EmptyReply("the model returned an empty reply")
         return "".join(parts), first_token_s
 
@@ -489,13 +574,24 @@ class Worker:
         if await self.store.emit(entry.token, event) is None:
             raise SessionExpired(entry.token)
 
-    async def _ack(self, entry_id: str) -> None:
-        await self.redis.xack(keys.MESSAGE_STREAM, keys.CONSUMER_GROUP, entry_id)  # type: ignore[no-untyped-call]
+    async def _ack(self, entry_id: tuple[str, str]) -> None:
+        stream, id_ = entry_id
+        await self.redis.xack(stream, keys.CONSUMER_GROUP, id_)  # type: ignore[no-untyped-call]
 
-    async def _dead_letter(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
+    async def _dead_letter(
+        self, entry_id: tuple[str, str], fields: dict[str, str], reason: str
+    ) -> None:
+        stream, id_ = entry_id
+        record: dict[str, str] = {
+            **fields,
+            "stream": stream,
+            "entry_id": id_,
+            "reason": reason,
+            "consumer": self.consumer,
+        }
         await self.redis.xadd(
             keys.DEAD_LETTER_STREAM,
-            {**fields, "entry_id": entry_id, "reason": reason, "consumer": self.consumer},  # type: ignore[dict-item]
+            record,
             maxlen=DEAD_LETTER_MAXLEN,
             approximate=True,
         )

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocketState
 
 from protocol import keys
-from protocol.hub import RESYNC, Hub, Subscription
+from protocol.hub import RESYNC, UNAVAILABLE, Hub, Subscription
 from protocol.store import (
     SessionExpired,
     Store,
@@ -34,6 +34,7 @@ from protocol.store import (
     stream_id_key,
     valid_stream_id,
 )
+from protocol.tasks import cancel_and_wait
 from protocol.wire import (
     CLIENT_COMMAND,
     ErrorCode,
@@ -41,6 +42,7 @@ from protocol.wire import (
     MessageCommand,
     QueuedEvent,
     ResumeCommand,
+    StopCommand,
 )
 from server.config import ServerSettings
 from server.deps import SESSION_GONE, ChatTokenDep, HubDep, SettingsDep, StoreDep
@@ -48,6 +50,14 @@ from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED, MESSAGES_ACCEPTED, SOC
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
+
+UNAVAILABLE_DETAIL = (
+    "Parley cannot reach its store right now; messages already queued will be answered "
+    "when it is back, and new ones must be sent again then"
+)
+#: Bounds (s) of the exponential backoff while Redis is unreachable.
+_BACKOFF_MIN_S = 0.2
+_BACKOFF_MAX_S = 5.0
 
 
 class _Closed(Exception):
@@ -57,6 +67,33 @@ class _Closed(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class ChatSockets:
+    """The accepted chat sockets of one server process, to close them all on shutdown."""
+
+    def __init__(self) -> None:
+        self._sockets: set[WebSocket] = set()
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    @contextlib.contextmanager
+    def track(self, websocket: WebSocket) -> Iterator[None]:
+        """Hold ``websocket`` in the set while the block runs."""
+        self._sockets.add(websocket)
+        try:
+            yield
+        finally:
+            self._sockets.discard(websocket)
+
+    async def close_all(self, code: int, reason: str) -> int:
+        """Close every socket with ``code`` and ``reason``; returns how many were open."""
+        sockets = [ws for ws in self._sockets if ws.client_state == WebSocketState.CONNECTED]
+        for websocket in sockets:
+            with contextlib.suppress(Exception):
+                await websocket.close(code, reason)
+        return len(sockets)
 
 
 @router.websocket("/chat")
@@ -71,26 +108,22 @@ async def chat(
     """Chat over one WebSocket; see the README for the frames both ways."""
     await websocket.accept()
     connection = ChatConnection(websocket, token, store, hub, settings)
-    with SOCKETS.track_inprogress():
+    sockets: ChatSockets = websocket.app.state.chat_sockets
+    with SOCKETS.track_inprogress(), sockets.track(websocket):
         await connection.run(after)
 
 
 async def _first_of(*loops: Coroutine[Any, Any, None]) -> None:
     """Run ``loops`` until the first one ends; cancel the others; re-raise its error.
 
-    The others are cancelled again until they are done: a cancellation that lands
-    inside a Redis call can be absorbed by the client's reconnect logic, and a task
-    group would then wait on that task for good.
+    The others are cancelled with :func:`cancel_and_wait` rather than in a task group,
+    which could wait for good on a task that absorbed its cancellation.
     """
     tasks = [asyncio.create_task(loop) for loop in loops]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        pending = {t for t in tasks if not t.done()}
-        while pending:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.5)
+        await cancel_and_wait(tasks)
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
@@ -109,6 +142,7 @@ class ChatConnection:
         self.settings = settings
         self._send_lock = asyncio.Lock()
         self._cursor: tuple[int, int] = (0, 0)
+        self._told_unavailable = False
 
     async def run(self, after: str | None) -> None:
         """Serve the connection until the client leaves or it must close."""
@@ -173,7 +207,11 @@ class ChatConnection:
         while True:
             payload = await sub.queue.get()
             if payload == RESYNC:
-                await self._replay()
+                self._told_unavailable = False
+                await self._resync()
+                continue
+            if payload == UNAVAILABLE:
+                await self._tell_unavailable()
                 continue
             event_id = event_id_of(payload)
             async with self._send_lock:
@@ -185,11 +223,44 @@ class ChatConnection:
                 await self.websocket.send_text(payload)
             EVENTS_RELAYED.inc()
 
-    async def _watch_expiry(self) -> None:
-        """Close the socket (error ``session_expired``, then 1008) when the session expires."""
-        session_key = keys.session_key(self.token)
+    async def _tell_unavailable(self) -> None:
+        """Send one ``unavailable`` error per outage (the hub and the expiry watch both notice)."""
+        if not self._told_unavailable:
+            self._told_unavailable = True
+            await self._send_error(None, ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL)
+
+    async def _resync(self) -> None:
+        """Replay what live delivery may have missed, retrying while Redis is unreachable."""
+        backoff = _BACKOFF_MIN_S
         while True:
-            pttl = await self.store.redis.pttl(session_key)
+            try:
+                await self._replay()
+                return
+            except (RedisError, OSError) as e:
+                logger.warning(
+                    "token=%s resync failed (%s); retrying in %.1f s", self.token, e, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+    async def _watch_expiry(self) -> None:
+        """Close the socket (error ``session_expired``, then 1008) when the session expires.
+
+        While Redis is unreachable the client gets one ``unavailable`` error and the
+        socket stays open; the check is retried with exponential backoff.
+        """
+        session_key = keys.session_key(self.token)
+        backoff = _BACKOFF_MIN_S
+        while True:
+            try:
+                pttl = await self.store.redis.pttl(session_key)
+            except (RedisError, OSError) as e:
+                logger.warning("token=%s Redis unreachable: %s", self.token, e)
+                await self._tell_unavailable()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            backoff = _BACKOFF_MIN_S
             if pttl == -2:
                 await self._send_error(None, ErrorCode.SESSION_EXPIRED, SESSION_GONE)
                 raise _Closed(status.WS_1008_POLICY_VIOLATION, SESSION_GONE)
@@ -222,11 +293,17 @@ class ChatConnection:
                     None, ErrorCode.INVALID_FRAME, "resume.after must be an event_id"
                 )
                 return
-            await self._replay(command.after)
+            try:
+                await self._replay(command.after)
+            except (RedisError, OSError) as e:
+                logger.warning("token=%s resume failed: %s", self.token, e)
+                await self._send_error(None, ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL)
+        elif isinstance(command, StopCommand):
+            await self._on_stop()
         else:
             await self._on_message(command.content)
 
-    def _parse(self, text: str) -> MessageCommand | ResumeCommand | ErrorEvent:
+    def _parse(self, text: str) -> MessageCommand | ResumeCommand | StopCommand | ErrorEvent:
         """A text frame as a command; plain text (anything but a JSON object with a
         ``type``) is the message content itself."""
         try:
@@ -241,12 +318,24 @@ class ChatConnection:
             if any(err["type"] == "union_tag_invalid" for err in e.errors()):
                 return ErrorEvent(
                     code=ErrorCode.UNKNOWN_COMMAND,
-                    detail=f"unknown command type {data['type']!r}; known: message, resume",
+                    detail=f"unknown command type {data['type']!r}; known: message, resume, stop",
                 )
             detail = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors()
             )
             return ErrorEvent(code=ErrorCode.INVALID_FRAME, detail=f"invalid command: {detail}")
+
+    async def _on_stop(self) -> None:
+        try:
+            seq = await self.store.stop(self.token)
+        except SessionExpired as e:
+            await self._send_error(None, ErrorCode.SESSION_EXPIRED, SESSION_GONE)
+            raise _Closed(status.WS_1008_POLICY_VIOLATION, SESSION_GONE) from e
+        except (RedisError, OSError) as e:
+            logger.warning("token=%s could not stop the reply: %s", self.token, e)
+            await self._send_error(None, ErrorCode.UNAVAILABLE, "the stop could not be sent; retry")
+            return
+        logger.info("token=%s seq=%d stop requested", self.token, seq)
 
     async def _on_message(self, content: str) -> None:
         if not content.strip():

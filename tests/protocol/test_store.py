@@ -35,7 +35,7 @@ async def test_enqueue_numbers_records_and_queues(store: Store, redis: Redis) ->
     first = await store.enqueue(session.token, "one", max_pending=10)
     second = await store.enqueue(session.token, "two", max_pending=10)
     assert (first.seq, second.seq) == (1, 2)
-    entries = await redis.xrange(keys.MESSAGE_STREAM)
+    entries = await redis.xrange(keys.message_stream_of(session.token))
     assert [MessageEntry.from_fields(f).message_id for _, f in entries] == [first.id, second.id]
     view = (await store.get_session(session.token)).view()
     assert [m.content for m in view.messages] == ["one", "two"]

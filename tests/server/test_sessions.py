@@ -90,7 +90,7 @@ async def test_health_and_readiness(parley: Parley, http: aiohttp.ClientSession)
     # A running worker re-creates a missing group at once; stop it to see the probe fail.
     parley.worker.stop()
     await asyncio.wait_for(parley.worker.stopped.wait(), 10)
-    await parley.redis.xgroup_destroy(keys.MESSAGE_STREAM, keys.CONSUMER_GROUP)
+    await parley.redis.xgroup_destroy(keys.MESSAGE_STREAMS[5], keys.CONSUMER_GROUP)
     async with http.get(f"{parley.url}/readyz") as r:
         assert r.status == 503
         assert "consumer group" in (await r.json())["detail"]

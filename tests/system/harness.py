@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol import keys
 from stack.cluster import SessionTrace
 from stack.standin import REPLY_PREFIX
 
@@ -64,6 +65,31 @@ def show(problems: list[str], limit: int = 10) -> str:
     """The first ``limit`` problems, one a line, for an assertion message."""
     more = f"\n... and {len(problems) - limit} more" if len(problems) > limit else ""
     return "\n".join(problems[:limit]) + more
+
+
+def assert_clean(findings: Findings) -> None:
+    """One assertion per invariant, each saying what was seen."""
+    assert not findings.lost, f"invariant 1 (a reply per message): lost\n{show(findings.lost)}"
+    assert not findings.errors, f"invariant 1: error events\n{show(findings.errors)}"
+    assert not findings.duplicated, (
+        f"invariant 1 (exactly one reply): duplicated\n{show(findings.duplicated)}"
+    )
+    assert not findings.misrouted, (
+        f"invariant 1 (own session only): misrouted\n{show(findings.misrouted)}"
+    )
+    assert not findings.out_of_order, (
+        f"invariant 2 (replies in send order): out of order\n{show(findings.out_of_order)}"
+    )
+    assert not findings.stream_mismatches, (
+        f"token events joined != done content\n{show(findings.stream_mismatches)}"
+    )
+    assert not findings.history_mismatches, (
+        f"invariant 3 (history exact, in conversation order)\n{show(findings.history_mismatches)}"
+    )
+    assert not findings.prompt_problems, (
+        f"invariant 2 (prompt k holds turn k-1 and message k, nothing later, nothing "
+        f"foreign)\n{show(findings.prompt_problems)}"
+    )
 
 
 def check_deliveries(sessions: Sequence[SessionTrace], findings: Findings) -> None:
@@ -238,3 +264,24 @@ def check_prompts(
             n = generations[t.index, k]
             if n == 0 or (once and n > 1):
                 findings.prompt_problems.append(f"s{t.index} m{k} generated {n} times")
+
+
+async def pending_owners(redis: Any) -> dict[str, str]:
+    """Which consumer holds each pending message: ``{message_id: consumer}``, every partition.
+
+    Args:
+        redis: a client of the cluster's Redis (``decode_responses=True``).
+    """
+    owner: dict[str, str] = {}
+    for stream in keys.MESSAGE_STREAMS:
+        pending = await redis.xpending_range(
+            stream, keys.CONSUMER_GROUP, min="-", max="+", count=1000
+        )
+        if not pending:
+            continue
+        entries = dict(await redis.xrange(stream))
+        for p in pending:
+            fields = entries.get(p["message_id"])
+            if fields is not None:
+                owner[fields["message_id"]] = p["consumer"]
+    return owner

@@ -15,43 +15,21 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from protocol import keys
+from protocol.config import CommonSettings
+from protocol.store import Store
 from stack.cluster import ChatDriver, Cluster, SessionTrace
 from stack.standin import StandinModel
 from tests.system.harness import (
     Findings,
+    assert_clean,
     check_deliveries,
     check_histories,
     check_prompts,
+    pending_owners,
     show,
 )
 
 pytestmark = pytest.mark.system
-
-
-def assert_clean(findings: Findings) -> None:
-    """One assertion per invariant, each saying what was seen."""
-    assert not findings.lost, f"invariant 1 (a reply per message): lost\n{show(findings.lost)}"
-    assert not findings.errors, f"invariant 1: error events\n{show(findings.errors)}"
-    assert not findings.duplicated, (
-        f"invariant 1 (exactly one reply): duplicated\n{show(findings.duplicated)}"
-    )
-    assert not findings.misrouted, (
-        f"invariant 1 (own session only): misrouted\n{show(findings.misrouted)}"
-    )
-    assert not findings.out_of_order, (
-        f"invariant 2 (replies in send order): out of order\n{show(findings.out_of_order)}"
-    )
-    assert not findings.stream_mismatches, (
-        f"token events joined != done content\n{show(findings.stream_mismatches)}"
-    )
-    assert not findings.history_mismatches, (
-        f"invariant 3 (history exact, in conversation order)\n{show(findings.history_mismatches)}"
-    )
-    assert not findings.prompt_problems, (
-        f"invariant 2 (prompt k holds turn k-1 and message k, nothing later, nothing "
-        f"foreign)\n{show(findings.prompt_problems)}"
-    )
 
 
 async def server_connections(cluster: Cluster) -> list[int]:
@@ -166,11 +144,7 @@ async def test_worker_killed_mid_reply_is_taken_over(
                 for t in sessions:
                     await t.wait_until(streaming(t))
 
-            pending = await cluster.redis.xpending_range(
-                keys.MESSAGE_STREAM, keys.CONSUMER_GROUP, min="-", max="+", count=100
-            )
-            entries = dict(await cluster.redis.xrange(keys.MESSAGE_STREAM))
-            owner = {entries[p["message_id"]]["message_id"]: p["consumer"] for p in pending}
+            owner = await pending_owners(cluster.redis)
             victim = cluster.worker_by_consumer(owner[sessions[0].message_ids()[0]])
             killed_at_ms = time.time() * 1000
             cluster.kill(victim)
@@ -217,12 +191,8 @@ async def test_worker_killed_mid_reply_is_taken_over(
         assert restarted, f"no message was taken over mid-reply (victim held {taken_over})"
 
         # The survivor acks right after recording a reply: poll briefly for the last acks.
+        store = Store(cluster.redis, CommonSettings())
         deadline = time.monotonic() + 10
-        while True:
-            summary = await cluster.redis.xpending(  # type: ignore[no-untyped-call]
-                keys.MESSAGE_STREAM, keys.CONSUMER_GROUP
-            )
-            if not summary["pending"] or time.monotonic() > deadline:
-                break
+        while (left := await store.pending_count()) and time.monotonic() < deadline:  # noqa: ASYNC110  (Redis state: no event to wait on)
             await asyncio.sleep(0.05)
-        assert summary["pending"] == 0, f"invariant 4: entries left pending: {summary}"
+        assert left == 0, f"invariant 4: {left} entries left pending"

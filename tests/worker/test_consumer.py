@@ -61,9 +61,7 @@ async def test_model_errors_reach_the_client_and_the_message_stays(
             ("user", "and now?"),
             ("assistant", "Reply to"),
         ]
-        assert await redis.xpending(keys.MESSAGE_STREAM, keys.CONSUMER_GROUP) == {
-            "pending": 0, "min": None, "max": None, "consumers": []
-        }  # fmt: skip
+        assert await Store(redis, CommonSettings()).pending_count() == 0
 
 
 async def test_retried_503_is_invisible_to_the_client(
@@ -102,7 +100,7 @@ async def test_stream_cut_mid_reply_restarts_it_once(
 async def test_undecodable_entry_is_dead_lettered_and_acked(
     parley: Parley, redis: Redis[str], http: aiohttp.ClientSession
 ) -> None:
-    entry_id = await redis.xadd(keys.MESSAGE_STREAM, {"token": "x", "seq": "not a number"})
+    entry_id = await redis.xadd(keys.MESSAGE_STREAMS[3], {"token": "x", "seq": "not a number"})
     token = await parley.create_session(http)
     async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
         await ws.send_str("still served?")
@@ -112,8 +110,8 @@ async def test_undecodable_entry_is_dead_lettered_and_acked(
             await asyncio.sleep(0.02)
     [(_, fields)] = await redis.xrange(keys.DEAD_LETTER_STREAM)
     assert fields["entry_id"] == entry_id and fields["reason"] == "undecodable"
-    pending = await redis.xpending(keys.MESSAGE_STREAM, keys.CONSUMER_GROUP)
-    assert pending["pending"] == 0
+    assert fields["stream"] == keys.MESSAGE_STREAMS[3]
+    assert await Store(redis, CommonSettings()).pending_count() == 0
 
 
 async def _queue_and_abandon(redis: Redis[str], deliveries: int) -> tuple[str, str, str]:
@@ -123,11 +121,12 @@ async def _queue_and_abandon(redis: Redis[str], deliveries: int) -> tuple[str, s
     await store.ensure_group()
     session = await store.create_session("ada")
     message = await store.enqueue(session.token, "who took this?", max_pending=10)
+    stream = keys.message_stream_of(session.token)
     [[_, [(entry_id, _)]]] = await redis.xreadgroup(
-        keys.CONSUMER_GROUP, "dead-worker", {keys.MESSAGE_STREAM: ">"}
+        keys.CONSUMER_GROUP, "dead-worker", {stream: ">"}
     )
     for _ in range(deliveries - 1):
-        await redis.xclaim(keys.MESSAGE_STREAM, keys.CONSUMER_GROUP, "dead-worker", 0, [entry_id])
+        await redis.xclaim(stream, keys.CONSUMER_GROUP, "dead-worker", 0, [entry_id])
     return session.token, message.id, entry_id
 
 
@@ -144,8 +143,7 @@ async def test_dead_consumers_entry_is_taken_over_and_answered_once(
         (done,) = of_type(events, "done")
         assert done["message_id"] == message_id
         assert [m["role"] for m in await history(parley, http, token)] == ["user", "assistant"]
-    pending = await redis.xpending(keys.MESSAGE_STREAM, keys.CONSUMER_GROUP)
-    assert pending["pending"] == 0
+    assert await Store(redis, CommonSettings()).pending_count() == 0
 
 
 async def test_entry_failing_too_often_goes_to_the_dead_letter_stream(
