@@ -3,8 +3,10 @@
 -- a retried or re-claimed message then changes nothing and emits nothing.
 -- KEYS[1] session document, KEYS[2] session event stream
 -- ARGV[1] seq, ARGV[2] reply message JSON or "" for none, ARGV[3] event JSON without
--- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~)
--- Returns the event id; 0 if already recorded; -1 if the session does not exist.
+-- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~), ARGV[6] attempt
+-- ("<seq>:<id>", see begin.lua): only the attempt the session records may finish
+-- Returns the event id; 0 if already recorded; -1 if the session does not exist; -2 if
+-- another attempt has taken over.
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl == -2 then
   return -1
@@ -12,6 +14,9 @@ end
 local seq = tonumber(ARGV[1])
 if seq <= tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq')) then
   return 0
+end
+if cjson.decode(redis.call('JSON.GET', KEYS[1], '$.generator'))[1] ~= ARGV[6] then
+  return -2
 end
 if ARGV[2] ~= '' then
   redis.call('JSON.ARRAPPEND', KEYS[1], '.messages', ARGV[2])

@@ -46,7 +46,9 @@ class Session(JsonModel, index=True):
     :meth:`view` gives the conversation order. ``seq`` is the number of the last
     accepted user message and ``replied_seq`` that of the last one answered (or failed);
     replies are recorded strictly in ``seq`` order, which makes recording idempotent.
-    ``stop_seq`` is the last message whose reply a client asked to stop.
+    ``stop_seq`` is the last message whose reply a client asked to stop, and
+    ``generator`` the attempt now generating a reply (``"<seq>:<id>"``, see
+    :meth:`protocol.store.Store.begin`).
     """
 
     token: str = Field(primary_key=True)
@@ -55,6 +57,7 @@ class Session(JsonModel, index=True):
     seq: int = 0
     replied_seq: int = 0
     stop_seq: int = 0
+    generator: str = ""
     messages: list[StoredMessage] = []  # noqa: RUF012  (pydantic copies defaults)
 
     class Meta:

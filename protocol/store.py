@@ -1,7 +1,8 @@
 """Parley's reads and atomic writes in Redis, shared by the server and the worker.
 
 The writes that must be atomic and idempotent are Lua scripts over the RedisJSON and
-stream commands (``enqueue.lua``, ``emit.lua``, ``finish.lua`` beside this module);
+stream commands (``enqueue``, ``begin``, ``emit``, ``finish``, ``stop``: ``.lua`` files
+beside this module);
 redis-om's models cannot express them. Each script touches one session's keys only
 plus, for ``enqueue``, its partition's message stream: one hash slot (:mod:`protocol.keys`).
 
@@ -25,7 +26,7 @@ from protocol import keys
 from protocol.config import CommonSettings
 from protocol.connection import is_cluster
 from protocol.models import Session, StoredMessage
-from protocol.wire import MessageEntry, ServerEvent, utc_now
+from protocol.wire import MessageEntry, RestartEvent, ServerEvent, utc_now
 
 
 class SessionExpired(Exception):
@@ -34,6 +35,11 @@ class SessionExpired(Exception):
 
 class TooManyPending(Exception):
     """The session already has the maximum number of messages waiting for a reply."""
+
+
+class Fenced(Exception):
+    """Another attempt at the same reply has begun (a worker took the message over):
+    this attempt may no longer emit or record anything."""
 
 
 def _script(name: str) -> str:
@@ -89,6 +95,7 @@ class Store:
         self._emit = redis.register_script(_script("emit.lua"))
         self._finish = redis.register_script(_script("finish.lua"))
         self._stop = redis.register_script(_script("stop.lua"))
+        self._begin = redis.register_script(_script("begin.lua"))
 
     async def migrate(self) -> None:
         """Create the RediSearch index of sessions (redis-om's Migrator) if it is missing.
@@ -201,11 +208,50 @@ class Store:
         message.seq = int(result[0])
         return message
 
-    async def emit(self, token: str, event: ServerEvent) -> str | None:
+    async def begin(self, entry: MessageEntry, attempt: str) -> int:
+        """Make ``attempt`` the one generating ``entry``'s reply, fencing off older ones.
+
+        If an earlier attempt at this message had begun, a ``restart`` event tells the
+        session's clients to discard its partial text.
+
+        Args:
+            attempt: ``"<seq>:<unique id>"``, new for every attempt.
+
+        Returns:
+            1 for a first attempt, 2 if a ``restart`` was emitted, 0 if the message is
+            already answered (nothing changed).
+
+        Raises:
+            SessionExpired: the session no longer exists.
+        """
+        restart = RestartEvent(message_id=entry.message_id)
+        result = int(
+            await self._begin(
+                keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
+                args=[
+                    entry.seq,
+                    attempt,
+                    restart.model_dump_json(exclude_none=True),
+                    keys.channel(entry.token),
+                    self.settings.events_maxlen,
+                ],
+            )
+        )
+        if result == -1:
+            raise SessionExpired(entry.token)
+        return result
+
+    async def emit(self, token: str, event: ServerEvent, attempt: str) -> str | None:
         """Publish a reply event to the session's sockets, durably.
+
+        Args:
+            attempt: the attempt emitting (see :meth:`begin`).
 
         Returns:
             The event id, or None if the session no longer exists.
+
+        Raises:
+            Fenced: another attempt has begun since.
         """
         event_id = await self._emit(
             keys=[keys.session_key(token), keys.events_key(token)],
@@ -213,20 +259,31 @@ class Store:
                 event.model_dump_json(exclude_none=True),
                 keys.channel(token),
                 self.settings.events_maxlen,
+                attempt,
             ],
         )
+        if event_id == 0:
+            raise Fenced(attempt)
         return str(event_id) if event_id else None
 
     async def finish(
-        self, entry: MessageEntry, reply: StoredMessage | None, event: ServerEvent
+        self,
+        entry: MessageEntry,
+        reply: StoredMessage | None,
+        event: ServerEvent,
+        attempt: str,
     ) -> str | None:
         """Record the reply of a user message (None: it failed) and emit ``event``, once.
+
+        Args:
+            attempt: the attempt finishing (see :meth:`begin`).
 
         Returns:
             The event id; None if the reply was already recorded (nothing changed).
 
         Raises:
             SessionExpired: the session no longer exists.
+            Fenced: another attempt has begun since.
         """
         result = await self._finish(
             keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
@@ -236,10 +293,13 @@ class Store:
                 event.model_dump_json(exclude_none=True),
                 keys.channel(entry.token),
                 self.settings.events_maxlen,
+                attempt,
             ],
         )
         if result == -1:
             raise SessionExpired(entry.token)
+        if result == -2:
+            raise Fenced(attempt)
         return None if result == 0 else str(result)
 
     async def stop(self, token: str) -> int:

@@ -33,7 +33,7 @@ from protocol import keys
 from protocol.connection import is_cluster
 from protocol.hub import RESYNC, UNAVAILABLE, Hub
 from protocol.models import StoredMessage
-from protocol.store import SessionExpired, Store
+from protocol.store import Fenced, SessionExpired, Store
 from protocol.tasks import cancel_and_wait
 from protocol.wire import (
     DoneEvent,
@@ -336,7 +336,11 @@ class Worker:
                 logger.info("message_id=%s token=%s seq=%d already answered", *log_ctx)
                 await self._ack(entry_id)
                 return
+            attempt = f"{entry.seq}:{uuid.uuid4().hex[:16]}"
             if deliveries > self.settings.max_deliveries:
+                if not await self.store.begin(entry, attempt):
+                    await self._ack(entry_id)
+                    return
                 logger.error(
                     "message_id=%s token=%s seq=%d failed %d times: dead-lettered",
                     *log_ctx,
@@ -351,17 +355,22 @@ class Worker:
                         code=ErrorCode.DELIVERY_FAILED,
                         detail="The reply could not be generated; please send it again.",
                     ),
+                    attempt,
                 )
                 REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
                 await self._ack(entry_id)
                 return
             async with self._slots:
                 with GENERATING.track_inprogress():
-                    await self._reply(entry, restart=deliveries > 1)
+                    await self._reply(entry, attempt)
             await self._ack(entry_id)
         except SessionExpired:
             logger.info("message_id=%s token=%s seq=%d: session expired", *log_ctx)
             await self._ack(entry_id)
+        except Fenced:
+            # Another worker took the entry over (this one paused too long) and has
+            # begun the reply again; it owns the entry and acks it.
+            logger.warning("message_id=%s token=%s seq=%d: taken over; stopped", *log_ctx)
         except asyncio.CancelledError:
             raise
         except _REDIS_ERRORS as e:
@@ -409,16 +418,24 @@ class Worker:
                             ):
                                 break
 
-    async def _reply(self, entry: MessageEntry, *, restart: bool) -> None:
+    async def _reply(self, entry: MessageEntry, attempt: str) -> None:
         # Registered before the session is read: a stop recorded before that read is
         # seen in ``stop_seq``, one announced after it finds the event.
         stop = self._stops[(entry.token, entry.seq)] = asyncio.Event()
         try:
-            await self._generate(entry, stop, restart=restart)
+            await self._generate(entry, attempt, stop)
         finally:
             del self._stops[(entry.token, entry.seq)]
 
-    async def _generate(self, entry: MessageEntry, stop: asyncio.Event, *, restart: bool) -> None:
+    async def _generate(self, entry: MessageEntry, attempt: str, stop: asyncio.Event) -> None:
+        """Generate, stream and record the reply to ``entry`` as ``attempt``.
+
+        Raises:
+            Fenced: another attempt took over meanwhile.
+            SessionExpired: the session ended meanwhile.
+        """
+        if not await self.store.begin(entry, attempt):
+            return  # answered meanwhile
         session = await self.store.get_session(entry.token, touch=False)
         if session.stop_seq >= entry.seq:
             stop.set()
@@ -432,22 +449,20 @@ class Worker:
         started = time.perf_counter()
         attempts = 0
         while True:
-            if restart:
-                await self._emit(entry, RestartEvent(message_id=entry.message_id))
             try:
-                text, first_token_s = await self._stream(entry, prompt, started, stop)
+                text, first_token_s = await self._stream(entry, attempt, prompt, started, stop)
                 break
             except LLMStreamInterrupted as e:
                 attempts += 1
                 if attempts > self.settings.llm_max_retries:
-                    await self._fail(entry, e)
+                    await self._fail(entry, attempt, e)
                     return
                 logger.warning(
                     "message_id=%s stream interrupted (%s); generating again", entry.message_id, e
                 )
-                restart = True
+                await self._emit(entry, attempt, RestartEvent(message_id=entry.message_id))
             except LLMError as e:
-                await self._fail(entry, e)
+                await self._fail(entry, attempt, e)
                 return
         reply = StoredMessage(
             id=str(uuid.uuid4()),
@@ -458,7 +473,7 @@ class Worker:
             stopped=stop.is_set(),
         )
         event_id = await self.store.finish(
-            entry, reply, DoneEvent(message_id=entry.message_id, reply=reply.public())
+            entry, reply, DoneEvent(message_id=entry.message_id, reply=reply.public()), attempt
         )
         total_s = time.perf_counter() - started
         if event_id:
@@ -477,7 +492,7 @@ class Worker:
             "" if event_id else " (already recorded)",
         )
 
-    async def _fail(self, entry: MessageEntry, error: LLMError) -> None:
+    async def _fail(self, entry: MessageEntry, attempt: str, error: LLMError) -> None:
         logger.warning("message_id=%s model error %s: %s", entry.message_id, error.code, error)
         code = (
             ErrorCode(error.code)
@@ -489,10 +504,16 @@ class Worker:
             entry,
             None,
             ErrorEvent(message_id=entry.message_id, code=code, detail=str(error)),
+            attempt,
         )
 
     async def _stream(
-        self, entry: MessageEntry, prompt: list[ChatMessage], started: float, stop: asyncio.Event
+        self,
+        entry: MessageEntry,
+        attempt: str,
+        prompt: list[ChatMessage],
+        started: float,
+        stop: asyncio.Event,
     ) -> tuple[str, float]:
         """Stream one reply to the session, coalescing deltas; return it and its TTFT (s).
 
@@ -556,7 +577,9 @@ class Worker:
                     first_token_s = time.perf_counter() - started
                 parts.append(body)
                 sent_at = time.perf_counter()
-                await self._emit(entry, TokenEvent(message_id=entry.message_id, content=body))
+                await self._emit(
+                    entry, attempt, TokenEvent(message_id=entry.message_id, content=body)
+                )
                 # Wait out the window only while the model is still sending: once the
                 # whole reply is queued, the rest goes out at once.
                 if window and not finished and not reader.done():
@@ -570,8 +593,10 @@ class Worker:
             raise EmptyReply("the model returned an empty reply")
         return "".join(parts), first_token_s
 
-    async def _emit(self, entry: MessageEntry, event: TokenEvent | RestartEvent) -> None:
-        if await self.store.emit(entry.token, event) is None:
+    async def _emit(
+        self, entry: MessageEntry, attempt: str, event: TokenEvent | RestartEvent
+    ) -> None:
+        if await self.store.emit(entry.token, event, attempt) is None:
             raise SessionExpired(entry.token)
 
     async def _ack(self, entry_id: tuple[str, str]) -> None:

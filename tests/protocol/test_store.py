@@ -12,7 +12,7 @@ from protocol import keys
 from protocol.config import CommonSettings
 from protocol.hub import RESYNC, Hub
 from protocol.models import StoredMessage
-from protocol.store import SessionExpired, Store, TooManyPending, event_id_of
+from protocol.store import Fenced, SessionExpired, Store, TooManyPending, event_id_of
 from protocol.wire import ChatMessage, DoneEvent, MessageEntry, TokenEvent, utc_now
 
 
@@ -60,8 +60,10 @@ async def test_finish_records_once_in_conversation_order(store: Store, redis: Re
     r1 = reply_to(u1, "reply one")
     entry = MessageEntry(token=session.token, seq=1, message_id=u1.id)
     done = DoneEvent(message_id=u1.id, reply=r1.public())
-    assert await store.finish(entry, r1, done) is not None
-    assert await store.finish(entry, r1, done) is None  # a retry changes nothing
+    assert await store.begin(entry, "1:a") == 1
+    assert await store.finish(entry, r1, done, "1:a") is not None
+    assert await store.finish(entry, r1, done, "1:a") is None  # a retry changes nothing
+    assert await store.begin(entry, "1:b") == 0  # answered: nothing to begin
     view = (await store.get_session(session.token)).view()
     assert [m.content for m in view.messages] == ["one", "reply one", "two"]
     assert await store.replied_seq(session.token) == 1
@@ -72,14 +74,43 @@ async def test_finish_records_once_in_conversation_order(store: Store, redis: Re
     )
 
 
+async def test_a_new_attempt_fences_off_the_old_one(store: Store, redis: Redis) -> None:
+    session = await store.create_session("ada")
+    u1 = await store.enqueue(session.token, "one", max_pending=10)
+    entry = MessageEntry(token=session.token, seq=1, message_id=u1.id)
+    assert await store.begin(entry, "1:old") == 1
+    assert await store.emit(session.token, TokenEvent(message_id=u1.id, content="a"), "1:old")
+    # Taken over: the new attempt tells clients to discard the partial text...
+    assert await store.begin(entry, "1:new") == 2
+    events = [json.loads(p) for p in await store.events_after(session.token, "0")]
+    assert [e["type"] for e in events] == ["token", "restart"]
+    # ... and the old one can no longer emit or record anything.
+    with pytest.raises(Fenced):
+        await store.emit(session.token, TokenEvent(message_id=u1.id, content="b"), "1:old")
+    r1 = reply_to(u1, "late")
+    with pytest.raises(Fenced):
+        await store.finish(entry, r1, DoneEvent(message_id=u1.id, reply=r1.public()), "1:old")
+    r2 = reply_to(u1, "new")
+    done = DoneEvent(message_id=u1.id, reply=r2.public())
+    assert await store.finish(entry, r2, done, "1:new")
+    view = (await store.get_session(session.token)).view()
+    assert [m.content for m in view.messages] == ["one", "new"]
+    # The next message's first attempt is no restart.
+    u2 = await store.enqueue(session.token, "two", max_pending=10)
+    assert await store.begin(MessageEntry(token=session.token, seq=2, message_id=u2.id), "2:x") == 1
+
+
 async def test_emit_is_durable_and_published_with_its_id(store: Store, redis: Redis) -> None:
     session = await store.create_session("ada")
+    await store.begin(MessageEntry(token=session.token, seq=1, message_id="m"), "1:a")
     hub = Hub(redis, queue_size=4, control_channel="parley:test:control")
     await hub.start()
     try:
         async with hub.subscribe(keys.channel(session.token)) as sub:
             await asyncio.wait_for(sub.ready.wait(), 5)
-            event_id = await store.emit(session.token, TokenEvent(message_id="m", content="hi"))
+            event_id = await store.emit(
+                session.token, TokenEvent(message_id="m", content="hi"), "1:a"
+            )
             assert event_id is not None
             payload = await asyncio.wait_for(sub.queue.get(), 5)
             assert event_id_of(payload) == event_id
@@ -93,7 +124,7 @@ async def test_emit_is_durable_and_published_with_its_id(store: Store, redis: Re
             assert await store.events_after(session.token, event_id) == []
             # A subscriber that falls behind is told to resync instead of growing.
             for n in range(6):
-                await store.emit(session.token, TokenEvent(message_id="m", content=str(n)))
+                await store.emit(session.token, TokenEvent(message_id="m", content=str(n)), "1:a")
 
             async def drained() -> list[str]:
                 seen: list[str] = []
@@ -109,5 +140,5 @@ async def test_emit_is_durable_and_published_with_its_id(store: Store, redis: Re
 
 async def test_emit_on_expired_session_writes_nothing(store: Store, redis: Redis) -> None:
     token = "00000000-0000-4000-8000-000000000000"
-    assert await store.emit(token, TokenEvent(message_id="m", content="x")) is None
+    assert await store.emit(token, TokenEvent(message_id="m", content="x"), "1:a") is None
     assert await redis.exists(keys.events_key(token)) == 0
