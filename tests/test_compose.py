@@ -25,6 +25,7 @@ from worker.config import WorkerSettings
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 
 #: Images that ship RedisJSON and RediSearch (from Redis 8 the official image does).
 MODULE_IMAGES = re.compile(r"^(redis:(8|9|[1-9]\d)(\.\d+)*(-\w+)?|redis/redis-stack(-server)?:.+)$")
@@ -82,14 +83,37 @@ def test_environment_names_are_settings_of_the_process(
     assert not unknown, f"{name} sets variables its settings do not read: {unknown}"
 
 
-def test_server_publishes_the_port_it_listens_on(services: dict[str, dict[str, Any]]) -> None:
+def test_servers_are_replicas_behind_the_proxy(services: dict[str, dict[str, Any]]) -> None:
     server = services["server"]
     args = command(server)
     assert args[:3] == ["python", "-m", "server"]
     assert option(args, "--host") == "0.0.0.0"
-    container_ports = [interpolate(str(p)).rsplit(":", 1)[-1] for p in server["ports"]]
-    assert container_ports == [option(args, "--port")]
-    assert str(server["ports"][0]).startswith("${PARLEY_PORT:-8000}:")
+    assert "ports" not in server and "container_name" not in server
+    assert server["deploy"]["replicas"] >= 2
+    proxy = services["proxy"]
+    assert [str(p) for p in proxy["ports"]] == ["${PARLEY_PORT:-8000}:8080"]
+    assert proxy["depends_on"]["server"]["condition"] == "service_healthy"
+    (volume,) = proxy["volumes"]
+    source, target, _ = volume.split(":")
+    assert (ROOT / source).resolve() == NGINX_CONF and target == "/etc/nginx/nginx.conf"
+
+
+def test_proxy_passes_websockets_to_the_servers(services: dict[str, dict[str, Any]]) -> None:
+    conf = NGINX_CONF.read_text(encoding="utf-8")
+    directives = {
+        " ".join(line.split()) for line in conf.splitlines() if not line.strip().startswith("#")
+    }
+    port = option(command(services["server"]), "--port")
+    assert "listen 8080;" in directives
+    assert f"set $parley http://server:{port};" in directives
+    assert "proxy_pass $parley;" in directives
+    assert "proxy_http_version 1.1;" in directives
+    assert "proxy_set_header Upgrade $http_upgrade;" in directives
+    assert "proxy_set_header Connection $connection_upgrade;" in directives
+    # Chat sockets idle for long: nginx's default 60 s read timeout would cut them.
+    (timeout,) = re.findall(r"proxy_read_timeout (\d+)s;", conf)
+    assert int(timeout) >= 600
+    assert conf.count("{") == conf.count("}")
 
 
 @pytest.mark.parametrize("name", ["server", "worker"])
