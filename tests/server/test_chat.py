@@ -224,6 +224,38 @@ async def test_resume_after_an_event_id_gets_the_rest_without_duplicates(
     assert [e["event_id"] for e in again] == [e["event_id"] for e in rest]
 
 
+async def test_resume_mid_reply_on_another_server_process(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with (
+        running_parley(redis_url, redis) as first,
+        running_parley(redis_url, redis) as second,
+    ):
+        for model in (first.standin, second.standin):
+            model.tokens, model.delay_ms = 40, 20
+        token = await first.create_session(http)
+        async with http.ws_connect(first.ws_url, params={"token": token}) as ws:
+            await ws.send_str("tell me a story")
+            seen = await read_until(ws, count("token", 2))
+        # Lost mid-reply; the client reconnects to the other server and resumes.
+        last_seen = of_type(seen, "token")[-1]["event_id"]
+        async with http.ws_connect(second.ws_url, params={"token": token}) as ws:
+            await ws.send_str(json.dumps({"type": "resume", "after": last_seen}))
+            rest = await read_until(ws, count("done", 1))
+            assert of_type(rest, "token"), "the reply was still streaming"
+            # Then live events: the next reply arrives on the same socket.
+            await ws.send_str("and then?")
+            rest += await read_until(ws, count("done", 1))
+    tokens = of_type(seen, "token") + of_type(rest, "token")
+    ids = [e["event_id"] for e in seen + rest if "event_id" in e]
+    assert len(ids) == len(set(ids)), "no event twice"
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-")))), "in order"
+    first_done, second_done = of_type(rest, "done")
+    first_tokens = [e for e in tokens if e["message_id"] == first_done["message_id"]]
+    assert "".join(e["content"] for e in first_tokens) == first_done["reply"]["content"]
+    assert second_done["reply"]["content"].startswith("Reply to: and then?")
+
+
 async def test_two_sockets_of_one_session_both_see_the_reply(
     parley: Parley, http: aiohttp.ClientSession
 ) -> None:
@@ -238,6 +270,12 @@ async def test_two_sockets_of_one_session_both_see_the_reply(
         one = await read_until(tab1, count("done", 1))
         two = await read_until(tab2, count("done", 1))
         assert of_type(one, "done") == of_type(two, "done")
+        # Either tab can send: the other sees the reply stream too.
+        await tab1.send_str("from tab one")
+        one_more = await read_until(tab1, count("done", 1))
+        two_more = await read_until(tab2, count("done", 1))
+        assert of_type(one_more, "token") == of_type(two_more, "token")
+        assert of_type(two_more, "done")[0]["reply"]["content"].startswith("Reply to: from tab one")
         await bob.send_str("bob here")
         bobs = await read_until(bob, count("done", 1))
     assert of_type(bobs, "done")[0]["reply"]["content"].startswith("Reply to: bob here")
