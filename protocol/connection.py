@@ -99,6 +99,21 @@ def client_for_url(url: str, *, max_connections: int, client_name: str | None = 
     return Redis.from_pool(pool)  # type: ignore[attr-defined,no-any-return]  # stale stubs
 
 
+def node_client(cluster: Redis[str], host: str, port: int) -> Redis[str]:
+    """A plain client of one node of ``cluster``, with the cluster client's credentials
+    and client name (for a connection that must stay on that node, such as Pub/Sub)."""
+    kwargs: dict[str, Any] = cluster.nodes_manager.connection_kwargs  # type: ignore[attr-defined]
+    same = {k: kwargs[k] for k in ("username", "password", "client_name", "ssl") if k in kwargs}
+    return Redis(
+        host=host,
+        port=port,
+        decode_responses=True,
+        retry=_retry(),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **same,
+    )
+
+
 def connect(settings: CommonSettings, role: str) -> Redis[str]:
     """A client whose pool holds at most ``redis_max_connections`` connections.
 

@@ -17,5 +17,5 @@ local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', ARG
 if pttl > 0 then
   redis.call('PEXPIRE', KEYS[2], pttl)
 end
-redis.call('PUBLISH', ARGV[2], '{"event_id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
+redis.call('SPUBLISH', ARGV[2], '{"event_id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 return id

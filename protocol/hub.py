@@ -1,14 +1,21 @@
-"""One Pub/Sub connection per process, fanned out to bounded per-subscriber queues.
+"""Sharded Pub/Sub, one connection per Redis node, fanned out to bounded per-subscriber queues.
 
-Follows encode/broadcaster: one listener task reads the connection and puts each
-message on the queue of every subscriber of its channel. A process subscribes to a
-session's channel while it has a socket (or a waiting reply) for that session, so the
-cost of relaying one event is a dictionary lookup, whatever the number of sessions.
+Follows encode/broadcaster: one listener task per connection puts each message on the
+queue of every subscriber of its channel. A process subscribes to a session's channel
+while it has a socket (or a waiting reply) for that session, so the cost of relaying one
+event is a dictionary lookup, whatever the number of sessions.
+
+Channels are sharded (``SSUBSCRIBE``; the scripts ``SPUBLISH``): on a Redis Cluster a
+message goes only to the node that owns the channel's slot, instead of to every node as
+classic Pub/Sub does, and a node that fails silences only its own channels. On a single
+Redis there is one connection; on a cluster, one per node that owns a subscribed
+channel, each a plain connection to that node (redis-py's cluster Pub/Sub polls the nodes
+one after another and drops every node's link while it refreshes its slot map).
 
 Pub/Sub delivers at most once. A subscriber that may have missed messages (its queue
-overflowed, or the connection to Redis was re-established) receives :data:`RESYNC`
-instead, and reads what it missed from the session's durable event stream. When the
-connection is lost, every subscriber first receives :data:`UNAVAILABLE`.
+overflowed, or its connection to Redis was re-established) receives :data:`RESYNC`
+instead, and reads what it missed from the session's durable event stream. When a
+connection is lost, its subscribers first receive :data:`UNAVAILABLE`.
 """
 
 from __future__ import annotations
@@ -24,17 +31,22 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from protocol.connection import is_cluster, node_client
+
 logger = logging.getLogger(__name__)
 
 #: Put on a subscriber's queue in place of messages it may have missed.
 RESYNC: Final = "\x00resync"
-#: Put on every subscriber's queue when the connection to Redis is lost (once per
-#: outage); :data:`RESYNC` follows once it is back.
+#: Put on a subscriber's queue when its connection to Redis is lost (once per outage);
+#: :data:`RESYNC` follows once it is back.
 UNAVAILABLE: Final = "\x00unavailable"
+
+_LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Subscription:
-    """One subscriber of one channel: messages arrive on ``queue`` (``str`` payloads or RESYNC)."""
+    """One subscriber of one channel: messages arrive on ``queue`` (``str`` payloads,
+    :data:`RESYNC` or :data:`UNAVAILABLE`)."""
 
     def __init__(self, channel: str, queue_size: int) -> None:
         self.channel = channel
@@ -52,27 +64,96 @@ class Subscription:
             self.queue.put_nowait(RESYNC)
 
 
+class _Link:
+    """One sharded Pub/Sub connection (to the Redis, or to one cluster node) and its listener."""
+
+    def __init__(self, hub: Hub, name: str, client: Redis[str], owned: bool) -> None:
+        self.hub = hub
+        self.name = name
+        self.client = client
+        self.owned = owned
+        self.pubsub: PubSub = client.pubsub()
+        self.channels: set[str] = set()
+        self.down = False
+        self.task: asyncio.Task[None] | None = None
+        self._hooked = False
+
+    async def ssubscribe(self, channel: str) -> None:
+        await self.pubsub.ssubscribe(channel)  # type: ignore[attr-defined]  # stale stubs
+        self.channels.add(channel)
+        if not self._hooked and self.pubsub.connection is not None:
+            self.pubsub.connection.register_connect_callback(self._on_reconnect)
+            self._hooked = True
+        if self.task is None:
+            self.task = asyncio.create_task(self._listen(), name=f"hub-{self.name}")
+
+    async def sunsubscribe(self, channel: str) -> None:
+        self.channels.discard(channel)
+        with contextlib.suppress(*_LINK_ERRORS):
+            await self.pubsub.sunsubscribe(channel)  # type: ignore[attr-defined]  # stale stubs
+
+    async def aclose(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.pubsub.aclose()  # type: ignore[attr-defined]  # stale stubs
+        if self.owned:
+            await self.client.aclose()  # type: ignore[attr-defined]  # stale stubs
+
+    def _tell(self, payload: str) -> None:
+        for channel in self.channels:
+            for sub in self.hub._subs.get(channel, ()):
+                sub.deliver(payload)
+
+    async def _on_reconnect(self, _connection: Any) -> None:
+        # redis-py re-subscribes every channel on reconnect; what was published while
+        # the connection was down is lost to Pub/Sub, so every subscriber resyncs.
+        logger.warning("pubsub %s reconnected; %d channels resync", self.name, len(self.channels))
+        self.down = False
+        self._tell(RESYNC)
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                message = await self.pubsub.get_message(timeout=None)  # type: ignore[arg-type]
+                backoff = 0.1
+            except _LINK_ERRORS as e:
+                logger.warning("pubsub %s lost (%s); retrying in %.1f s", self.name, e, backoff)
+                if not self.down:
+                    self.down = True
+                    self._tell(UNAVAILABLE)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if message is not None:
+                self.hub._dispatch(message)
+
+
 class Hub:
-    """Pub/Sub fan-out over a single Redis connection.
+    """Sharded Pub/Sub fan-out over one connection per Redis node.
 
     Args:
-        redis: the process's client; the hub takes one connection from its pool.
+        redis: the process's client (single node or cluster). On a single Redis the hub
+            takes one connection from its pool; on a cluster it opens its own, one per
+            node it needs.
         queue_size: bound of each subscriber's queue (messages).
-        control_channel: a channel the hub always listens to, so the connection is
-            never without a subscription; also a place to reach this process.
+        control_channel: a channel the hub listens to from the start: a place to reach
+            this process.
     """
 
     def __init__(self, redis: Redis[str], *, queue_size: int = 1024, control_channel: str) -> None:
         self._redis = redis
         self._queue_size = queue_size
         self._control = control_channel
-        self._pubsub: PubSub | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._links: dict[str, _Link] = {}
+        self._channel_link: dict[str, _Link] = {}
         self._subs: dict[str, set[Subscription]] = {}
         self._sent: dict[str, int] = {}
         self._confirmed: dict[str, int] = {}
         self._lock = asyncio.Lock()
-        self._down = False
+        self._started = False
 
     @property
     def channel_count(self) -> int:
@@ -80,43 +161,54 @@ class Hub:
         return len(self._subs)
 
     async def start(self) -> None:
-        """Connect, subscribe to the control channel and start the listener task."""
-        self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(self._control)
-        connection = self._pubsub.connection
-        assert connection is not None
-        connection.register_connect_callback(self._on_reconnect)
-        self._task = asyncio.create_task(self._listen(), name="hub-listener")
+        """Connect and subscribe to the control channel."""
+        if is_cluster(self._redis):
+            await self._redis.initialize()  # the slot map, before looking up nodes
+        self._started = True
+        link = self._link_for(self._control)
+        await link.ssubscribe(self._control)
 
     async def aclose(self) -> None:
-        """Stop the listener and release the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[attr-defined]  # stale stubs
+        """Stop the listeners and release the connections."""
+        for link in self._links.values():
+            await link.aclose()
+        self._links.clear()
+
+    def _link_for(self, channel: str) -> _Link:
+        if not is_cluster(self._redis):
+            name = "redis"
+            if name not in self._links:
+                self._links[name] = _Link(self, name, self._redis, owned=False)
+            return self._links[name]
+        node = self._redis.get_node_from_key(channel)  # type: ignore[attr-defined]
+        name = f"{node.host}:{node.port}"
+        if name not in self._links:
+            client = node_client(self._redis, node.host, node.port)
+            self._links[name] = _Link(self, name, client, owned=True)
+        return self._links[name]
 
     @contextlib.asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
-        """Subscribe to ``channel`` for the duration of the block.
+        """Subscribe to the sharded ``channel`` for the duration of the block.
 
         ``Subscription.ready`` is set once Redis has confirmed the subscription: every
         message published after that reaches the queue.
         """
-        assert self._pubsub is not None, "Hub.start() first"
+        assert self._started, "Hub.start() first"
         sub = Subscription(channel, self._queue_size)
         async with self._lock:
             subs = self._subs.setdefault(channel, set())
             subs.add(sub)
             if len(subs) == 1:
                 self._sent[channel] = self._sent.get(channel, 0) + 1
+                link = self._link_for(channel)
                 try:
-                    await self._pubsub.subscribe(channel)
+                    await link.ssubscribe(channel)
                 except BaseException:
                     subs.discard(sub)
                     self._subs.pop(channel, None)
                     raise
+                self._channel_link[channel] = link
             sub._needs = self._sent[channel]
             if self._confirmed.get(channel, 0) >= sub._needs:
                 sub.ready.set()
@@ -128,45 +220,19 @@ class Hub:
                 subs.discard(sub)
                 if not subs:
                     self._subs.pop(channel, None)
-                    with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-                        await self._pubsub.unsubscribe(channel)
+                    gone = self._channel_link.pop(channel, None)
+                    if gone is not None:
+                        await gone.sunsubscribe(channel)
 
-    async def _on_reconnect(self, _connection: Any) -> None:
-        # redis-py re-subscribes every channel on reconnect; what was published while
-        # the connection was down is lost to Pub/Sub, so every subscriber resyncs.
-        logger.warning("pubsub reconnected; %d channels resync", len(self._subs))
-        self._down = False
-        for subs in self._subs.values():
-            for sub in subs:
-                sub.deliver(RESYNC)
-
-    async def _listen(self) -> None:
-        assert self._pubsub is not None
-        backoff = 0.1
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=None)  # type: ignore[arg-type]
-                backoff = 0.1
-            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-                logger.warning("pubsub connection lost (%s); retrying in %.1f s", e, backoff)
-                if not self._down:
-                    self._down = True
-                    for subs in self._subs.values():
-                        for sub in subs:
-                            sub.deliver(UNAVAILABLE)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if message is None:
-                continue
-            kind = message["type"]
-            channel = message["channel"]
-            if kind == "message":
-                for sub in self._subs.get(channel, ()):
-                    sub.deliver(message["data"])
-            elif kind == "subscribe":
-                confirmed = self._confirmed.get(channel, 0) + 1
-                self._confirmed[channel] = confirmed
-                for sub in self._subs.get(channel, ()):
-                    if confirmed >= sub._needs:
-                        sub.ready.set()
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        channel = message["channel"]
+        if kind == "smessage":
+            for sub in self._subs.get(channel, ()):
+                sub.deliver(message["data"])
+        elif kind == "ssubscribe":
+            confirmed = self._confirmed.get(channel, 0) + 1
+            self._confirmed[channel] = confirmed
+            for sub in self._subs.get(channel, ()):
+                if confirmed >= sub._needs:
+                    sub.ready.set()

@@ -19,7 +19,7 @@ PARTITIONS: Final = tuple("0123456789abcdef")
 
 #: Entries that could not be processed after ``MAX_DELIVERIES`` tries, or not decoded.
 DEAD_LETTER_STREAM = f"{PREFIX}:messages:dead"
-#: Where servers announce stop commands to every worker (rare: one per click on Stop).
+#: Sharded channel where servers announce stop commands to every worker (one per click).
 STOP_CHANNEL = f"{PREFIX}:stop"
 #: The consumer group of the workers on every message stream.
 CONSUMER_GROUP = "workers"
@@ -56,5 +56,5 @@ def events_key(token: str) -> str:
 
 
 def channel(token: str) -> str:
-    """The Pub/Sub channel on which a session's events are announced to servers."""
+    """The sharded Pub/Sub channel on which a session's events are announced to servers."""
     return f"{PREFIX}:chan:{{{partition(token)}}}:{token}"
