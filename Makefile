@@ -15,15 +15,28 @@ ARGS ?=
 export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
 export LLAMA_CPP_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-# Things `make run` builds before starting (the web client, once it exists).
-RUN_DEPS :=
+# The web client (client/): npm installs its packages from package-lock.json, Vite builds
+# it into client/dist, which the server serves at /. Rebuilt when a source is newer.
+CLIENT := client
+CLIENT_DEPS := $(CLIENT)/node_modules/.parley-installed
+CLIENT_BUILD := $(CLIENT)/dist/index.html
+CLIENT_SOURCES := $(shell find $(CLIENT)/src $(CLIENT)/public -type f -not -name '*.test.ts' 2>/dev/null) \
+	$(addprefix $(CLIENT)/,index.html vite.config.ts tsconfig.json tsconfig.node.json package.json)
+NODE_MIN := 20.19
 
-.PHONY: help install run test lint chat bench clean distclean
+# The browser tests drive this Chromium (Debian's package; Playwright downloads none).
+CHROMIUM ?= /usr/bin/chromium
+
+# Things `make run` builds before starting.
+RUN_DEPS := $(CLIENT_BUILD)
+
+.PHONY: help install run test lint chat bench clean distclean client client-deps chromium node-check
 
 help:
 	@echo "make run    start the whole stack (Redis, model, worker, server) at http://127.0.0.1:8000"
 	@echo "make test   run every test"
-	@echo "make lint   ruff check, ruff format --check, mypy"
+	@echo "make lint   ruff check, ruff format --check, mypy; the web client's eslint and tsc"
+	@echo "make client build the web client into client/dist (done by run and test when stale)"
 	@echo "make chat   the terminal client (ARGS='...' passes arguments)"
 	@echo "make bench  the benchmark, bench/results/*.json (ARGS='--scenario latency ...')"
 	@echo "make clean  remove caches and build files; distclean also removes .venv and data/"
@@ -57,13 +70,51 @@ install: $(STAMP)
 run: $(STAMP) $(RUN_DEPS)
 	$(BIN)/python -m stack
 
-test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+# Every test, the web client's Vitest suite and the browser tests included
+# (tests/browser). ARGS='tests/server -x' runs a subset.
+test: $(STAMP) $(CLIENT_BUILD) chromium
+	PARLEY_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(ARGS)
+ifeq ($(strip $(ARGS)),)
+	@echo "The in-process suites again, against a 3-node Redis Cluster:"
+	PARLEY_TEST_REDIS=cluster $(BIN)/python -m pytest tests/protocol tests/server tests/worker
+endif
 
-lint: $(STAMP)
+lint: $(STAMP) $(CLIENT_DEPS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	cd $(CLIENT) && npm run --silent lint && npm run --silent typecheck
+
+# -- the web client -------------------------------------------------------------------
+
+node-check:
+	@command -v npm >/dev/null || { echo "The web client needs Node.js >= $(NODE_MIN) with npm: install it and retry" >&2; exit 1; }
+	@node -e 'const [a, b] = process.versions.node.split(".").map(Number), [x, y] = "$(NODE_MIN)".split(".").map(Number); process.exit(a > x || (a === x && b >= y) ? 0 : 1)' \
+		|| { echo "The web client needs Node.js >= $(NODE_MIN); this is $$(node --version)" >&2; exit 1; }
+
+$(CLIENT_DEPS): $(CLIENT)/package.json $(CLIENT)/package-lock.json | node-check
+	cd $(CLIENT) && npm ci --no-audit --no-fund
+	touch $@
+
+$(CLIENT_BUILD): $(CLIENT_DEPS) $(CLIENT_SOURCES)
+	cd $(CLIENT) && npm run --silent build
+	touch $@
+
+client-deps: $(CLIENT_DEPS)
+
+client: $(CLIENT_BUILD)
+
+# Debian's chromium, installed when missing and we can (root with apt-get).
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$(CHROMIUM)" = /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "Installing Debian's chromium for the browser tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "The browser tests need Chromium at $(CHROMIUM): install Debian's chromium package (apt-get install chromium), or pass CHROMIUM=/path/to/chromium" >&2; \
+			exit 1; \
+		fi; \
+	fi
 
 chat: $(STAMP)
 	$(BIN)/python -m terminal $(ARGS)
@@ -72,8 +123,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info test-artifacts
-	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info test-artifacts $(CLIENT)/dist
+	find . -path ./$(VENV) -prune -o -path ./$(CLIENT)/node_modules -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) data
+	rm -rf $(VENV) data $(CLIENT)/node_modules

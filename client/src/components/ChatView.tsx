@@ -1,0 +1,175 @@
+import { useEffect, useState, useSyncExternalStore } from "react";
+import { pageSocketBase, type Api } from "../api";
+import { activeMessage } from "../conversation";
+import type { SessionView } from "../protocol";
+import { ChatSession, type ConnectionStatus } from "../session";
+import { Composer } from "./Composer";
+import { MessageList } from "./MessageList";
+
+interface Props {
+  view: SessionView;
+  api: Api;
+  /** Start a new session with this name; resolves to an error to show, or null. */
+  onNewSession: (name: string) => Promise<string | null>;
+}
+
+/** Seconds until `at`, re-rendered every second while `at` is set. */
+function useSecondsUntil(at: number | null): number | null {
+  const [now, setNow] = useState(() => Date.now());
+  useEffect(() => {
+    if (at === null) return;
+    const timer = setInterval(() => {
+      setNow(Date.now());
+    }, 250);
+    return () => {
+      clearInterval(timer);
+    };
+  }, [at]);
+  return at === null ? null : Math.max(0, Math.ceil((at - now) / 1000));
+}
+
+const CONNECTION_LABELS: Record<ConnectionStatus["kind"], string> = {
+  connecting: "Connecting…",
+  open: "Connected",
+  reconnecting: "Reconnecting…",
+  expired: "Session expired",
+  closed: "Closed",
+};
+
+export function ChatView({ view, api, onNewSession }: Props) {
+  const [session] = useState(() => new ChatSession(view, { api, socketBase: pageSocketBase() }));
+  const state = useSyncExternalStore(session.subscribe, session.getState);
+  const [newSessionError, setNewSessionError] = useState<string | null>(null);
+  const [startingNew, setStartingNew] = useState(false);
+
+  useEffect(() => {
+    session.start();
+    window.addEventListener("online", session.retryNow);
+    return () => {
+      window.removeEventListener("online", session.retryNow);
+      session.dispose();
+    };
+  }, [session]);
+
+  const { connection, conversation } = state;
+  const active = activeMessage(conversation);
+  const expired = connection.kind === "expired";
+  const retryAt = connection.kind === "reconnecting" ? connection.retryAt : null;
+  const secondsLeft = useSecondsUntil(retryAt);
+
+  async function startNew() {
+    setStartingNew(true);
+    setNewSessionError(await onNewSession(state.name));
+    setStartingNew(false);
+  }
+
+  return (
+    <div className="chat" data-connection={connection.kind}>
+      <header className="topbar">
+        <div className="title">
+          <img src="/favicon.svg" alt="" width="28" height="28" />
+          <div>
+            <h1>Parley</h1>
+            <p className="muted small">Chatting as {state.name}</p>
+          </div>
+        </div>
+        <div className="topbar-actions">
+          <span className={`pill pill-${connection.kind}`} role="status" aria-live="polite">
+            <span className="dot" aria-hidden="true" />
+            {CONNECTION_LABELS[connection.kind]}
+          </span>
+          <button
+            type="button"
+            className="ghost"
+            onClick={() => void startNew()}
+            disabled={startingNew}
+            aria-label="Start a new conversation"
+          >
+            New chat
+          </button>
+        </div>
+      </header>
+
+      {connection.kind === "reconnecting" && (
+        <div className="banner banner-warn" role="status" aria-live="polite">
+          <span>
+            Connection lost.{" "}
+            {secondsLeft !== null && secondsLeft > 0
+              ? `Reconnecting in ${secondsLeft} s…`
+              : "Reconnecting…"}{" "}
+            Messages you send now will go out when it is back.
+          </span>
+          {retryAt !== null && (
+            <button type="button" className="ghost" onClick={session.retryNow}>
+              Retry now
+            </button>
+          )}
+        </div>
+      )}
+      {expired && (
+        <div className="banner banner-error" role="alert">
+          <span>This session has expired. Start a new one to keep chatting.</span>
+          <button
+            type="button"
+            className="primary"
+            onClick={() => void startNew()}
+            disabled={startingNew}
+          >
+            Start a new session
+          </button>
+        </div>
+      )}
+      {newSessionError !== null && (
+        <div className="banner banner-error" role="alert">
+          <span>{newSessionError}</span>
+        </div>
+      )}
+
+      <MessageList
+        conversation={conversation}
+        activeId={active?.id ?? null}
+        name={state.name}
+        expired={expired}
+        onRetry={(key) => {
+          session.retry(key);
+        }}
+      />
+
+      {conversation.notices.length > 0 && (
+        <ul className="notices" aria-label="Errors">
+          {conversation.notices.map((notice) => (
+            <li key={notice.key} className="notice-item" role="alert">
+              <div>
+                <strong>{notice.title}</strong>
+                {notice.detail !== undefined && <p>{notice.detail}</p>}
+              </div>
+              <button
+                type="button"
+                className="ghost"
+                aria-label="Dismiss"
+                onClick={() => {
+                  session.dismiss(notice.key);
+                }}
+              >
+                ×
+              </button>
+            </li>
+          ))}
+        </ul>
+      )}
+
+      <Composer
+        disabled={expired}
+        connected={connection.kind === "open"}
+        replying={active !== undefined}
+        stopping={state.stopping !== null}
+        onSend={(text) => {
+          session.send(text);
+        }}
+        onStop={() => {
+          session.stop();
+        }}
+      />
+    </div>
+  );
+}

@@ -1,0 +1,294 @@
+import { describe, expect, it } from "vitest";
+import {
+  activeMessage,
+  emptyConversation,
+  reduce,
+  waitingToSend,
+  type Action,
+  type Conversation,
+  type ReplyItem,
+  type UserItem,
+} from "./conversation";
+import type { ChatMessage, ServerEvent } from "./protocol";
+
+const T = "2026-01-01T12:00:00.000Z";
+
+const view = (messages: ChatMessage[]) =>
+  ({
+    type: "history",
+    view: { token: "t", name: "Ada", session_start: T, messages },
+  }) satisfies Action;
+
+const user = (id: string, content: string): ChatMessage => ({
+  id,
+  role: "user",
+  content,
+  timestamp: T,
+});
+const assistant = (id: string, content: string): ChatMessage => ({
+  id,
+  role: "assistant",
+  content,
+  timestamp: T,
+});
+
+const run = (state: Conversation, ...actions: Action[]) => actions.reduce(reduce, state);
+const event = (e: ServerEvent): Action => ({ type: "event", event: e });
+const compose = (content: string): Action => ({ type: "compose", content, timestamp: T });
+const queued = (id: string, content: string): Action =>
+  event({ type: "queued", message_id: id, message: user(id, content) });
+const token = (id: string, content: string, eventId: string): Action =>
+  event({ type: "token", message_id: id, content, event_id: eventId });
+const done = (id: string, content: string, eventId: string, stopped = false): Action =>
+  event({
+    type: "done",
+    message_id: id,
+    reply: { ...assistant(`r-${id}`, content), role: "assistant", stopped },
+    event_id: eventId,
+  });
+
+/** Compose and send `content`, then have it queued as `id`. */
+function sendAndQueue(state: Conversation, id: string, content: string): Conversation {
+  const composed = reduce(state, compose(content));
+  const key = composed.items.at(-1)?.key ?? "";
+  return run(composed, { type: "sent", keys: [key] }, queued(id, content));
+}
+
+const shown = (state: Conversation) =>
+  state.items.map((i) =>
+    i.kind === "user"
+      ? `${i.kind}:${i.content}:${i.status}`
+      : `${i.kind}:${i.content}:${i.streaming ? "streaming" : "done"}`,
+  );
+
+describe("history", () => {
+  it("shows messages in conversation order, each reply linked to its message", () => {
+    const state = reduce(
+      emptyConversation(),
+      view([user("m1", "hi"), assistant("a1", "hello"), user("m2", "more")]),
+    );
+    expect(shown(state)).toEqual(["user:hi:queued", "assistant:hello:done", "user:more:queued"]);
+    expect((state.items[1] as ReplyItem).replyTo).toBe("m1");
+    expect(activeMessage(state)?.id).toBe("m2");
+  });
+});
+
+describe("a reply streaming in", () => {
+  it("acknowledges the message, appends tokens in order, then takes the final text", () => {
+    let state = reduce(emptyConversation(), compose("hello"));
+    expect(shown(state)).toEqual(["user:hello:waiting"]);
+    expect(waitingToSend(state)).toHaveLength(1);
+    const key = state.items[0]?.key ?? "";
+    state = run(state, { type: "sent", keys: [key] }, queued("m1", "hello"));
+    expect(state.items[0]).toMatchObject({ key, id: "m1", status: "queued" });
+    expect(activeMessage(state)?.id).toBe("m1");
+
+    state = run(state, token("m1", "Hel", "1-0"), token("m1", "lo ", "1-1"));
+    expect(shown(state)).toEqual(["user:hello:queued", "assistant:Hello :streaming"]);
+    state = reduce(state, done("m1", "Hello there", "1-2"));
+    expect(shown(state)).toEqual(["user:hello:queued", "assistant:Hello there:done"]);
+    expect(state.lastEventId).toBe("1-2");
+    expect(activeMessage(state)).toBeUndefined();
+  });
+
+  it("drops events at or before the last event id (a replay overlapping live events)", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "x");
+    state = run(state, token("m1", "a", "5-0"), token("m1", "b", "5-1"));
+    state = run(state, token("m1", "a", "5-0"), token("m1", "b", "5-1"), token("m1", "c", "6-0"));
+    expect((state.items[1] as ReplyItem).content).toBe("abc");
+    expect(state.lastEventId).toBe("6-0");
+  });
+
+  it("compares event ids numerically, not as text", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "x");
+    state = run(state, token("m1", "a", "999-0"), token("m1", "b", "1000-0"));
+    expect((state.items[1] as ReplyItem).content).toBe("ab");
+  });
+
+  it("discards the partial text on restart", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "x");
+    state = run(
+      state,
+      token("m1", "wrong ", "1-0"),
+      event({ type: "restart", message_id: "m1", event_id: "1-1" }),
+      token("m1", "right", "1-2"),
+    );
+    expect((state.items[1] as ReplyItem).content).toBe("right");
+  });
+
+  it("ignores events of a reply that has ended (a replay after history has it)", () => {
+    let state = reduce(emptyConversation(), view([user("m1", "x"), assistant("a1", "full")]));
+    state = run(state, token("m1", "fu", "1-0"), done("m1", "full", "1-1"));
+    expect(shown(state)).toEqual(["user:x:queued", "assistant:full:done"]);
+  });
+
+  it("marks a stopped reply and keeps its partial text", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "x");
+    state = run(state, token("m1", "par", "1-0"), done("m1", "par", "1-1", true));
+    expect(state.items[1]).toMatchObject({ content: "par", stopped: true, streaming: false });
+  });
+
+  it("answers messages in order: the next one becomes active when a reply ends", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "one");
+    state = sendAndQueue(state, "m2", "two");
+    expect(activeMessage(state)?.id).toBe("m1");
+    state = reduce(state, done("m1", "r1", "1-0"));
+    expect(activeMessage(state)?.id).toBe("m2");
+    state = run(state, token("m2", "r", "2-0"));
+    expect(shown(state)).toEqual([
+      "user:one:queued",
+      "assistant:r1:done",
+      "user:two:queued",
+      "assistant:r:streaming",
+    ]);
+  });
+
+  it("matches an acknowledgement to the message it names", () => {
+    let state = run(emptyConversation(), compose("one"), compose("two"));
+    state = reduce(state, { type: "sent", keys: state.items.map((i) => i.key) });
+    state = reduce(state, queued("m2", "two"));
+    expect(state.items.map((i) => (i.kind === "user" ? [i.content, i.id] : []))).toEqual([
+      ["one", null],
+      ["two", "m2"],
+    ]);
+  });
+
+  it("shows a message queued elsewhere (another tab of the session)", () => {
+    const state = reduce(emptyConversation(), queued("m9", "from the other tab"));
+    expect(shown(state)).toEqual(["user:from the other tab:queued"]);
+  });
+});
+
+describe("errors", () => {
+  it("puts a reply's error on its message and drops the partial text", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "x");
+    state = run(
+      state,
+      token("m1", "part", "1-0"),
+      event({
+        type: "error",
+        message_id: "m1",
+        code: "llm_unavailable",
+        detail: "model down",
+        event_id: "1-1",
+      }),
+    );
+    expect(shown(state)).toEqual(["user:x:queued"]);
+    expect((state.items[0] as UserItem).error?.title).toMatch(/could not be reached/);
+    expect(activeMessage(state)).toBeUndefined();
+    // a token replayed later for it does not bring a reply back
+    state = reduce(state, token("m1", "late", "2-0"));
+    expect(shown(state)).toEqual(["user:x:queued"]);
+  });
+
+  it("refuses the oldest message in flight, which can then be sent again", () => {
+    let state = run(emptyConversation(), compose("a".repeat(5000)));
+    const key = state.items[0]?.key ?? "";
+    state = run(
+      state,
+      { type: "sent", keys: [key] },
+      event({
+        type: "error",
+        message_id: null,
+        code: "message_too_long",
+        detail: "the message has 5000 characters; at most 4000 are accepted",
+      }),
+    );
+    const refused = state.items[0] as UserItem;
+    expect(refused.status).toBe("refused");
+    expect(refused.error).toEqual({
+      code: "message_too_long",
+      title: "That message is too long to send.",
+      detail: "The message has 5000 characters; at most 4000 are accepted.",
+    });
+    state = reduce(state, { type: "retry", key });
+    expect(state.items[0]).toMatchObject({ status: "waiting", error: undefined });
+  });
+
+  it("takes back a refusal that was an outage notice once the message is queued", () => {
+    let state = run(emptyConversation(), compose("hello"));
+    state = run(
+      state,
+      { type: "sent", keys: [state.items[0]?.key ?? ""] },
+      event({ type: "error", message_id: null, code: "unavailable", detail: "outage" }),
+    );
+    expect(state.items[0]).toMatchObject({ status: "refused" });
+    state = reduce(state, queued("m1", "hello"));
+    expect(state.items).toHaveLength(1);
+    expect(state.items[0]).toMatchObject({ status: "queued", id: "m1", error: undefined });
+  });
+
+  it("words an outage that concerns no message as such", () => {
+    const state = reduce(
+      emptyConversation(),
+      event({ type: "error", message_id: null, code: "unavailable", detail: "the store is down" }),
+    );
+    expect(state.notices[0]).toMatchObject({
+      title: "Parley cannot reach its store right now.",
+      detail: "The store is down.",
+    });
+  });
+
+  it("shows other errors as notices in words, which can be dismissed", () => {
+    let state = reduce(
+      emptyConversation(),
+      event({ type: "error", message_id: null, code: "unknown_command", detail: "unknown 'stop'" }),
+    );
+    expect(state.notices).toHaveLength(1);
+    expect(state.notices[0]?.title).toMatch(/does not know that command/);
+    state = reduce(state, { type: "dismiss", key: state.notices[0]?.key ?? "" });
+    expect(state.notices).toEqual([]);
+  });
+
+  it("words unknown codes too", () => {
+    const state = reduce(
+      emptyConversation(),
+      event({ type: "error", message_id: null, code: "brand_new", detail: "what happened" }),
+    );
+    expect(state.notices[0]).toMatchObject({ title: "Something went wrong.", detail: "What happened." });
+  });
+});
+
+describe("a dropped socket", () => {
+  it("finds a message sent before the drop in history instead of sending it twice", () => {
+    let state = run(emptyConversation(), compose("hello"));
+    const key = state.items[0]?.key ?? "";
+    state = run(state, { type: "sent", keys: [key] }, { type: "socketLost" });
+    expect(state.items[0]).toMatchObject({ status: "unconfirmed" });
+    state = reduce(state, view([user("m1", "hello")]));
+    expect(state.items).toHaveLength(1);
+    expect(state.items[0]).toMatchObject({ key, id: "m1", status: "queued" });
+    expect(waitingToSend(state)).toEqual([]);
+  });
+
+  it("sends a message again when history does not have it", () => {
+    let state = run(emptyConversation(), compose("lost"));
+    const key = state.items[0]?.key ?? "";
+    state = run(state, { type: "sent", keys: [key] }, { type: "socketLost" }, view([]));
+    expect(waitingToSend(state).map((i) => i.key)).toEqual([key]);
+  });
+
+  it("keeps a reply in progress after its message, and its text, when history is loaded", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "x");
+    state = run(state, token("m1", "partial", "1-0"), compose("typed while away"));
+    state = run(state, { type: "socketLost" }, view([user("m1", "x")]));
+    expect(shown(state)).toEqual([
+      "user:x:queued",
+      "assistant:partial:streaming",
+      "user:typed while away:waiting",
+    ]);
+    // resumed after the last event id: the rest of the reply
+    state = run(state, token("m1", " rest", "1-1"), done("m1", "partial rest", "1-2"));
+    expect((state.items[1] as ReplyItem).content).toBe("partial rest");
+  });
+
+  it("takes a reply finished while away from history; its replayed events change nothing", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "x");
+    state = run(state, token("m1", "par", "1-0"), { type: "socketLost" });
+    const replyKey = state.items[1]?.key;
+    state = reduce(state, view([user("m1", "x"), assistant("a1", "partial and more")]));
+    state = run(state, token("m1", "tial", "1-1"), done("m1", "partial and more", "1-2"));
+    expect(shown(state)).toEqual(["user:x:queued", "assistant:partial and more:done"]);
+    expect(state.items[1]?.key).toBe(replyKey);
+  });
+});

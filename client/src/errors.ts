@@ -1,0 +1,70 @@
+// Error events in words a person can act on. The codes are the server's stable error
+// codes (README, "Error codes"); `detail` is the server's own sentence, kept as a second
+// line when it adds something (numbers, limits).
+
+export interface Notice {
+  /** The error code it comes from. */
+  code: string;
+  /** What happened and what to do, in plain words. */
+  title: string;
+  /** The server's detail, when worth showing. */
+  detail?: string;
+}
+
+interface Text {
+  title: string;
+  /** The title when the error concerns no message on the page. */
+  general?: string;
+  showDetail?: boolean;
+}
+
+const TEXTS: Record<string, Text> = {
+  empty_message: { title: "That message was empty, so it was not sent." },
+  message_too_long: { title: "That message is too long to send.", showDetail: true },
+  invalid_frame: { title: "The server could not read what was sent.", showDetail: true },
+  unknown_command: {
+    title: "The server does not know that command (it may be an older version).",
+    showDetail: true,
+  },
+  session_expired: { title: "This session has expired." },
+  too_many_pending: {
+    title: "Too many messages are already waiting for a reply. Wait for one, then send this again.",
+  },
+  rate_limited: {
+    title: "The model is busy and turned this message down. Try again in a moment.",
+  },
+  llm_unavailable: {
+    title: "The model could not be reached, so this message got no reply. Try again later.",
+  },
+  llm_rejected: { title: "The model refused this request, so there is no reply." },
+  delivery_failed: {
+    title: "This message failed several times, so it was set aside without a reply.",
+  },
+  unavailable: {
+    title: "The server could not store this message. Send it again.",
+    general: "Parley cannot reach its store right now.",
+    showDetail: true,
+  },
+};
+
+/**
+ * An error event's code and detail as a notice for people; `general` when it concerns
+ * no message on the page.
+ */
+export function describeError(code: string, detail: string, general = false): Notice {
+  const text = TEXTS[code];
+  if (text === undefined) {
+    return { code, title: "Something went wrong.", detail: detail ? sentence(detail) : undefined };
+  }
+  const title = (general ? text.general : undefined) ?? text.title;
+  return text.showDetail && detail ? { code, title, detail: sentence(detail) } : { code, title };
+}
+
+/** Codes that refuse a message before it is queued (the error has no message id). */
+export const REFUSALS = new Set(["empty_message", "message_too_long", "too_many_pending", "unavailable"]);
+
+function sentence(text: string): string {
+  const trimmed = text.trim();
+  const first = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+  return /[.!?]$/.test(first) ? first : `${first}.`;
+}

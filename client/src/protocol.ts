@@ -1,0 +1,145 @@
+// What crosses the wire between the browser and a Parley server: the REST bodies,
+// the WebSocket events (server -> client) and commands (client -> server). The README's
+// "API" section is the contract these types follow.
+
+export interface ChatMessage {
+  id: string;
+  role: "user" | "assistant";
+  content: string;
+  /** ISO 8601 UTC. */
+  timestamp: string;
+  /** Replies only: the person stopped it; `content` is then the partial text. */
+  stopped?: boolean;
+}
+
+export interface Reply extends ChatMessage {
+  role: "assistant";
+}
+
+/** `POST /token` and `GET /refresh_token`: a session with its history in conversation order. */
+export interface SessionView {
+  token: string;
+  name: string;
+  session_start: string;
+  messages: ChatMessage[];
+}
+
+export interface QueuedEvent {
+  type: "queued";
+  message_id: string;
+  message?: ChatMessage;
+}
+
+export interface TokenEvent {
+  type: "token";
+  message_id: string;
+  content: string;
+  event_id?: string;
+}
+
+export interface RestartEvent {
+  type: "restart";
+  message_id: string;
+  event_id?: string;
+}
+
+export interface DoneEvent {
+  type: "done";
+  message_id: string;
+  reply: Reply;
+  event_id?: string;
+}
+
+export interface ErrorEvent {
+  type: "error";
+  message_id: string | null;
+  code: string;
+  detail: string;
+  event_id?: string;
+}
+
+export type ServerEvent = QueuedEvent | TokenEvent | RestartEvent | DoneEvent | ErrorEvent;
+
+/** Close codes the client acts on. */
+export const CLOSE_POLICY_VIOLATION = 1008; // bad token or session expired: do not reconnect
+
+type Json = Record<string, unknown>;
+
+const isObject = (value: unknown): value is Json =>
+  typeof value === "object" && value !== null && !Array.isArray(value);
+const isString = (value: unknown): value is string => typeof value === "string";
+const optionalString = (value: unknown): boolean => value === undefined || isString(value);
+
+function isMessage(value: unknown): value is ChatMessage {
+  return (
+    isObject(value) &&
+    isString(value.id) &&
+    (value.role === "user" || value.role === "assistant") &&
+    isString(value.content) &&
+    isString(value.timestamp)
+  );
+}
+
+/**
+ * A server frame as an event, or null when it is not one (unknown type, missing or
+ * mistyped fields, not JSON). Unknown extra fields are kept and ignored.
+ */
+export function parseEvent(text: string): ServerEvent | null {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (!isObject(data) || (!isString(data.message_id) && data.type !== "error")) return null;
+  if (!optionalString(data.event_id)) return null;
+  switch (data.type) {
+    case "queued":
+      return data.message === undefined || isMessage(data.message)
+        ? (data as unknown as QueuedEvent)
+        : null;
+    case "token":
+      return isString(data.content) ? (data as unknown as TokenEvent) : null;
+    case "restart":
+      return data as unknown as RestartEvent;
+    case "done":
+      return isMessage(data.reply) ? (data as unknown as DoneEvent) : null;
+    case "error":
+      return (data.message_id === null || isString(data.message_id)) &&
+        isString(data.code) &&
+        isString(data.detail)
+        ? (data as unknown as ErrorEvent)
+        : null;
+    default:
+      return null;
+  }
+}
+
+/** Whether `value` has the shape of a session view. */
+export function isSessionView(value: unknown): value is SessionView {
+  return (
+    isObject(value) &&
+    isString(value.token) &&
+    isString(value.name) &&
+    isString(value.session_start) &&
+    Array.isArray(value.messages) &&
+    value.messages.every(isMessage)
+  );
+}
+
+/**
+ * Stream entry ids ("<ms>-<n>") compared in stream order: negative, zero or positive.
+ * The server's event ids are Redis stream ids, so this is the order events were made.
+ */
+export function compareEventIds(a: string, b: string): number {
+  const [aMs = 0, aSeq = 0] = a.split("-").map(Number);
+  const [bMs = 0, bSeq = 0] = b.split("-").map(Number);
+  return aMs - bMs || aSeq - bSeq;
+}
+
+/** The id to resume after when nothing has been seen yet: the start of the stream. */
+export const STREAM_START = "0-0";
+
+export const messageCommand = (content: string): string =>
+  JSON.stringify({ type: "message", content });
+export const stopCommand = (): string => JSON.stringify({ type: "stop" });

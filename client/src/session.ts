@@ -1,0 +1,293 @@
+// One chat session in the browser: its conversation state and the WebSocket that keeps
+// it current. The page subscribes to it (useSyncExternalStore) and calls its methods.
+//
+// Connection life:
+// - the socket opens with `?after=<last event id>` ("0-0" at first: every stored event),
+//   so the server replays what this page has not seen before it goes live;
+// - when it drops (anything but the page closing it, or 1008), the session waits with
+//   exponential backoff and jitter, loads the history (`/refresh_token`: it also tells an
+//   expired session from a server that is down, which a failed handshake cannot), then
+//   opens a new socket that resumes after the last event seen;
+// - messages typed meanwhile wait in order and go out as soon as a socket is open; none
+//   is dropped: one sent just before a drop is looked for in the history and sent again
+//   only if it is not there.
+
+import { SessionGone, type Api } from "./api";
+import {
+  activeMessage,
+  emptyConversation,
+  reduce,
+  waitingToSend,
+  type Action,
+  type Conversation,
+} from "./conversation";
+import {
+  CLOSE_POLICY_VIOLATION,
+  messageCommand,
+  parseEvent,
+  STREAM_START,
+  stopCommand,
+  type SessionView,
+} from "./protocol";
+
+export type ConnectionStatus =
+  | { kind: "connecting" }
+  | { kind: "open" }
+  /** `retryAt`: when the next attempt starts (ms since the epoch); null while it runs. */
+  | { kind: "reconnecting"; attempt: number; retryAt: number | null }
+  | { kind: "expired" }
+  | { kind: "closed" };
+
+export interface ChatState {
+  token: string;
+  name: string;
+  sessionStart: string;
+  conversation: Conversation;
+  connection: ConnectionStatus;
+  /** The message whose reply the person asked to stop, until that reply ends. */
+  stopping: string | null;
+}
+
+/** The part of the browser's WebSocket the session uses (tests pass a fake). */
+export interface SocketLike {
+  readonly readyState: number;
+  onopen: ((event: Event) => void) | null;
+  onmessage: ((event: MessageEvent) => void) | null;
+  onclose: ((event: CloseEvent) => void) | null;
+  onerror: ((event: Event) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+const OPEN = 1; // WebSocket.OPEN
+
+export interface Backoff {
+  /** First delay (ms), doubling per failed attempt up to `maxMs`, jittered by ±20%. */
+  initialMs: number;
+  maxMs: number;
+}
+
+export const DEFAULT_BACKOFF: Backoff = { initialMs: 500, maxMs: 15_000 };
+
+/** The delay (ms) before reconnect attempt `attempt` (from 0); `random` in [0, 1). */
+export function backoffDelay(backoff: Backoff, attempt: number, random: number): number {
+  const base = Math.min(backoff.maxMs, backoff.initialMs * 2 ** attempt);
+  return Math.round(base * (0.8 + 0.4 * random));
+}
+
+export interface SessionDeps {
+  api: Api;
+  /** `ws://host:port`: the socket URL is `${socketBase}/chat?token=...&after=...`. */
+  socketBase: string;
+  openSocket?: (url: string) => SocketLike;
+  backoff?: Backoff;
+  now?: () => number;
+  random?: () => number;
+}
+
+export class ChatSession {
+  private state: ChatState;
+  private readonly listeners = new Set<() => void>();
+  private readonly api: Api;
+  private readonly socketBase: string;
+  private readonly openSocket: (url: string) => SocketLike;
+  private readonly backoff: Backoff;
+  private readonly now: () => number;
+  private readonly random: () => number;
+  private socket: SocketLike | null = null;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private attempt = 0;
+  private sessionExpired = false;
+  private disposed = false;
+  /** Bumped by dispose(): a reconnect begun before it must not open a socket after. */
+  private generation = 0;
+
+  constructor(view: SessionView, deps: SessionDeps) {
+    this.api = deps.api;
+    this.socketBase = deps.socketBase;
+    this.openSocket = deps.openSocket ?? ((url) => new WebSocket(url));
+    this.backoff = deps.backoff ?? DEFAULT_BACKOFF;
+    this.now = deps.now ?? Date.now;
+    this.random = deps.random ?? Math.random;
+    this.state = {
+      token: view.token,
+      name: view.name,
+      sessionStart: view.session_start,
+      conversation: reduce(emptyConversation(), { type: "history", view }),
+      connection: { kind: "connecting" },
+      stopping: null,
+    };
+  }
+
+  // -- for React ------------------------------------------------------------------------
+
+  subscribe = (listener: () => void): (() => void) => {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  };
+
+  getState = (): ChatState => this.state;
+
+  // -- what the person does -------------------------------------------------------------
+
+  /** Open the socket; after dispose(), start() connects again. */
+  start(): void {
+    this.disposed = false;
+    this.update({ connection: { kind: "connecting" } });
+    this.connect();
+  }
+
+  /** Send a message now, or as soon as a socket is open. Blank text is ignored. */
+  send(content: string): void {
+    if (!content.trim() || this.state.connection.kind === "expired") return;
+    this.dispatch({ type: "compose", content, timestamp: new Date(this.now()).toISOString() });
+    this.flush();
+  }
+
+  /** Ask the server to stop the reply being generated (only while connected). */
+  stop(): void {
+    const active = activeMessage(this.state.conversation);
+    if (active?.id == null || !this.isOpen()) return;
+    this.socket?.send(stopCommand());
+    this.update({ stopping: active.id });
+  }
+
+  /** Send a refused message again. */
+  retry(key: string): void {
+    this.dispatch({ type: "retry", key });
+    this.flush();
+  }
+
+  dismiss(key: string): void {
+    this.dispatch({ type: "dismiss", key });
+  }
+
+  /** Skip the wait before the next reconnect attempt. */
+  retryNow = (): void => {
+    if (this.state.connection.kind !== "reconnecting" || this.timer === null) return;
+    clearTimeout(this.timer);
+    this.timer = null;
+    void this.reconnect();
+  };
+
+  /** Close the socket for good (the page leaves this session). */
+  dispose(): void {
+    this.disposed = true;
+    this.generation += 1;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close(1000, "page closed");
+    this.update({ connection: { kind: "closed" } });
+  }
+
+  // -- the socket -----------------------------------------------------------------------
+
+  private connect(): void {
+    const after = this.state.conversation.lastEventId ?? STREAM_START;
+    const params = new URLSearchParams({ token: this.state.token, after });
+    let socket: SocketLike;
+    try {
+      socket = this.openSocket(`${this.socketBase}/chat?${params.toString()}`);
+    } catch (e) {
+      console.warn("cannot open the chat socket:", e);
+      this.scheduleReconnect();
+      return;
+    }
+    this.socket = socket;
+    socket.onopen = () => {
+      if (this.socket !== socket) return;
+      this.attempt = 0;
+      this.update({ connection: { kind: "open" } });
+      this.flush();
+    };
+    socket.onmessage = (message) => {
+      if (this.socket !== socket || typeof message.data !== "string") return;
+      const event = parseEvent(message.data);
+      if (event === null) {
+        console.warn("ignoring a frame that is not a Parley event:", message.data);
+        return;
+      }
+      if (event.type === "error" && event.code === "session_expired") this.sessionExpired = true;
+      this.dispatch({ type: "event", event });
+    };
+    socket.onclose = (close) => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      this.dispatch({ type: "socketLost" });
+      if (this.disposed) return;
+      if (this.sessionExpired || close.code === CLOSE_POLICY_VIOLATION) this.expire();
+      else this.scheduleReconnect();
+    };
+    socket.onerror = () => {
+      // Always followed by a close event, which does the work.
+    };
+  }
+
+  private scheduleReconnect(): void {
+    const delay = backoffDelay(this.backoff, this.attempt, this.random());
+    this.attempt += 1;
+    this.update({
+      connection: { kind: "reconnecting", attempt: this.attempt, retryAt: this.now() + delay },
+    });
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.reconnect();
+    }, delay);
+  }
+
+  private async reconnect(): Promise<void> {
+    this.update({ connection: { kind: "reconnecting", attempt: this.attempt, retryAt: null } });
+    const generation = this.generation;
+    let view: SessionView;
+    try {
+      view = await this.api.refreshSession(this.state.token);
+    } catch (e) {
+      if (this.disposed || generation !== this.generation) return;
+      if (e instanceof SessionGone) this.expire();
+      else this.scheduleReconnect();
+      return;
+    }
+    if (this.disposed || generation !== this.generation) return;
+    this.dispatch({ type: "history", view });
+    this.connect();
+  }
+
+  private expire(): void {
+    this.update({ connection: { kind: "expired" }, stopping: null });
+  }
+
+  private isOpen(): boolean {
+    return this.socket !== null && this.socket.readyState === OPEN;
+  }
+
+  /** Send every waiting message, in order, if a socket is open. */
+  private flush(): void {
+    if (!this.isOpen() || this.state.connection.kind !== "open") return;
+    const waiting = waitingToSend(this.state.conversation);
+    if (waiting.length === 0) return;
+    for (const item of waiting) this.socket?.send(messageCommand(item.content));
+    this.dispatch({ type: "sent", keys: waiting.map((i) => i.key) });
+  }
+
+  // -- state ----------------------------------------------------------------------------
+
+  private dispatch(action: Action): void {
+    const conversation = reduce(this.state.conversation, action);
+    if (conversation === this.state.conversation) return;
+    let { stopping } = this.state;
+    if (stopping !== null && activeMessage(conversation)?.id !== stopping) stopping = null;
+    // A stop the server could not act on (unavailable, unknown to an older server)
+    // comes back as an error without a message id: let the person try again.
+    if (action.type === "event" && action.event.type === "error" && !action.event.message_id) {
+      stopping = null;
+    }
+    this.update({ conversation, stopping });
+  }
+
+  private update(change: Partial<ChatState>): void {
+    this.state = { ...this.state, ...change };
+    for (const listener of this.listeners) listener();
+  }
+}

@@ -1,0 +1,39 @@
+// Where the page keeps its session between visits: the token in the URL (so a link or
+// a reload returns to the conversation) and in localStorage (so opening the bare URL
+// again does too), and the name (to offer it for the next session).
+
+const TOKEN_KEY = "parley.token";
+const NAME_KEY = "parley.name";
+
+function storage(): Storage | null {
+  try {
+    return window.localStorage;
+  } catch {
+    return null; // storage disabled: the URL alone keeps the session
+  }
+}
+
+/** The token of the session to continue: the URL's first, else the stored one. */
+export function savedToken(): string | null {
+  const fromUrl = new URLSearchParams(window.location.search).get("token");
+  return fromUrl ?? storage()?.getItem(TOKEN_KEY) ?? null;
+}
+
+export const savedName = (): string => storage()?.getItem(NAME_KEY) ?? "";
+
+/** Remember `token` (URL and storage) as the current session of `name`. */
+export function saveSession(token: string, name: string): void {
+  storage()?.setItem(TOKEN_KEY, token);
+  storage()?.setItem(NAME_KEY, name);
+  const url = new URL(window.location.href);
+  url.searchParams.set("token", token);
+  window.history.replaceState(null, "", url);
+}
+
+/** Forget the current session (it expired); the name stays. */
+export function forgetSession(): void {
+  storage()?.removeItem(TOKEN_KEY);
+  const url = new URL(window.location.href);
+  url.searchParams.delete("token");
+  window.history.replaceState(null, "", url);
+}
