@@ -1,0 +1,1 @@
+"""The web client's tests: its Vitest suite, and the browser tests (real Chromium, real stack)."""
