@@ -13,7 +13,9 @@ In process::
 As a process: ``python -m stack.standin --port 8081 --tokens 64 --delay-ms 20``.
 Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, and for
 tests ``GET /_requests`` (bodies), ``GET /_headers``, ``GET /_stats``, ``POST /_reset``,
-``POST /_faults`` (``{"kind": "fail"|"cut"|"hang", ...}``), ``POST /_settings``.
+``POST /_faults`` (``{"kind": "fail"|"cut"|"hang", ...}``), ``POST /_settings``, and for
+benchmarks ``GET /_timings[?deltas=1]`` (the stand-in's own timing of each reply, see
+:class:`Timing`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -105,6 +107,40 @@ class _Settings(BaseModel):
     delay_ms: Annotated[float, Field(ge=0)] | None = None
 
 
+@dataclass
+class Timing:
+    """The stand-in's own timing of one whole reply, on ``time.perf_counter()`` (s).
+
+    On Linux that clock is ``CLOCK_MONOTONIC``, shared by every process of the machine,
+    so a client in another process can subtract these from its own times.
+
+    Attributes:
+        prompt: the last user message of the request (what the reply names).
+        received: the request body was read.
+        first: the first content delta was written.
+        done: the end of the reply was written.
+        deltas: when each content delta was written, in order.
+    """
+
+    prompt: str
+    received: float
+    first: float | None = None
+    done: float | None = None
+    deltas: list[float] = field(default_factory=list)
+
+    def as_dict(self, *, deltas: bool) -> dict[str, Any]:
+        """The timing as JSON-ready values; ``deltas`` includes the per-delta times."""
+        out: dict[str, Any] = {
+            "prompt": self.prompt,
+            "received": self.received,
+            "first": self.first,
+            "done": self.done,
+        }
+        if deltas:
+            out["deltas"] = self.deltas
+        return out
+
+
 @dataclass(frozen=True)
 class _Fail:
     status: int
@@ -142,11 +178,13 @@ class StandinModel:
     """The stand-in server. Settings are plain attributes, read per request.
 
     ``tokens``: reply length in tokens (at least the prefix and prompt words);
-    ``ttft_ms``: delay before the first delta; ``delay_ms``: delay between deltas.
+    ``ttft_ms``: delay before the first delta; ``delay_ms``: delay between deltas (delta
+    ``i`` is due ``i * delay_ms`` after the first).
     ``requests`` and ``headers`` hold every chat request's JSON body (``{"_raw": text}``
     when it was not a JSON object) and headers, in arrival order. Counters: ``in_flight``
     (chat requests being answered), ``completed`` (replies fully sent), ``cancelled``
-    (clients that went away mid-reply), ``cut`` (streams cut on purpose).
+    (clients that went away mid-reply), ``cut`` (streams cut on purpose). ``timings``
+    holds a :class:`Timing` per reply fully sent, in the order they finished.
     """
 
     def __init__(
@@ -163,6 +201,7 @@ class StandinModel:
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.timings: list[Timing] = []
         self.in_flight = 0
         self.completed = 0
         self.cancelled = 0
@@ -199,6 +238,7 @@ class StandinModel:
         """Forget recorded requests, counters and queued faults."""
         self.requests.clear()
         self.headers.clear()
+        self.timings.clear()
         self._faults.clear()
         self.completed = self.cancelled = self.cut = 0
         self._notify()
@@ -243,6 +283,7 @@ class StandinModel:
         app.router.add_get("/_requests", self._get_requests)
         app.router.add_get("/_headers", self._get_headers)
         app.router.add_get("/_stats", self._get_stats)
+        app.router.add_get("/_timings", self._get_timings)
         app.router.add_post("/_reset", self._post_reset)
         app.router.add_post("/_faults", self._post_faults)
         app.router.add_post("/_settings", self._post_settings)
@@ -275,6 +316,7 @@ class StandinModel:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.text()
+        received = time.perf_counter()
         try:
             body = json.loads(raw)
         except ValueError:
@@ -299,6 +341,7 @@ class StandinModel:
 
         prompt = next((m.content for m in reversed(chat.messages) if m.role == "user"), "")
         tokens = reply_tokens(prompt, self.tokens)
+        timing = Timing(prompt, received)
         self.in_flight += 1
         self._notify()
         try:
@@ -306,8 +349,8 @@ class StandinModel:
                 await self._stopping.wait()
                 return _error_response(503, "stand-in stopping")
             if chat.stream:
-                return await self._stream(request, chat.model, tokens, fault)
-            return await self._complete(request, chat.model, tokens, fault)
+                return await self._stream(request, chat.model, tokens, fault, timing)
+            return await self._complete(request, chat.model, tokens, fault, timing)
         except asyncio.CancelledError:
             if not self._stopping.is_set():
                 self.cancelled += 1
@@ -320,7 +363,12 @@ class StandinModel:
             self._notify()
 
     async def _stream(
-        self, request: web.Request, model: str, tokens: list[str], fault: _Fault | None
+        self,
+        request: web.Request,
+        model: str,
+        tokens: list[str],
+        fault: _Fault | None,
+        timing: Timing,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -339,23 +387,43 @@ class StandinModel:
 
         if self.ttft_ms:
             await asyncio.sleep(self.ttft_ms / 1000)
+        if not self.delay_ms and fault is None:
+            # An instant reply: the same events, in one write rather than one per delta,
+            # so that serving it costs a benchmark's machine as little as it can.
+            events = [chunk({"role": "assistant", "content": ""})]
+            events += [chunk({"content": token}) for token in tokens]
+            await resp.write(b"".join([*events, chunk({}, "stop"), b"data: [DONE]\n\n"]))
+            timing.deltas.extend([time.perf_counter()] * len(tokens))
+            await resp.write_eof()
+            self._finished(timing)
+            return resp
         await resp.write(chunk({"role": "assistant", "content": ""}))
+        # Deltas are paced by the clock (delta i at start + i * delay_ms), so a busy event
+        # loop delays a delta without slowing down the rest of the reply.
+        start = time.perf_counter()
         for i, token in enumerate(tokens):
             if isinstance(fault, _Cut) and i == fault.after_tokens:
                 return self._drop(request, resp)
             if i and self.delay_ms:
-                await asyncio.sleep(self.delay_ms / 1000)
+                due = start + i * self.delay_ms / 1000
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
             await resp.write(chunk({"content": token}))
+            timing.deltas.append(time.perf_counter())
         if isinstance(fault, _Cut):  # after_tokens >= the reply: cut before finishing
             return self._drop(request, resp)
         await resp.write(chunk({}, "stop"))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
-        self.completed += 1
+        self._finished(timing)
         return resp
 
     async def _complete(
-        self, request: web.Request, model: str, tokens: list[str], fault: _Fault | None
+        self,
+        request: web.Request,
+        model: str,
+        tokens: list[str],
+        fault: _Fault | None,
+        timing: Timing,
     ) -> web.StreamResponse:
         delay_ms = self.ttft_ms + self.delay_ms * (len(tokens) - 1)
         if delay_ms:
@@ -364,7 +432,8 @@ class StandinModel:
             resp = web.StreamResponse()
             await resp.prepare(request)
             return self._drop(request, resp)
-        self.completed += 1
+        timing.deltas.append(time.perf_counter())
+        self._finished(timing)
         return web.json_response(
             {
                 "id": f"chatcmpl-standin-{next(self._ids)}",
@@ -386,6 +455,12 @@ class StandinModel:
                 },
             }
         )
+
+    def _finished(self, timing: Timing) -> None:
+        timing.done = time.perf_counter()
+        timing.first = timing.deltas[0] if timing.deltas else timing.done
+        self.timings.append(timing)
+        self.completed += 1
 
     def _drop(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
         """Close the connection mid-body, as a crashing model server would."""
@@ -411,6 +486,10 @@ class StandinModel:
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
+
+    async def _get_timings(self, request: web.Request) -> web.Response:
+        deltas = request.query.get("deltas", "") not in ("", "0", "false")
+        return web.json_response([t.as_dict(deltas=deltas) for t in self.timings])
 
     async def _post_reset(self, request: web.Request) -> web.Response:
         self.reset()
@@ -464,8 +543,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the first delta")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="delay between deltas")
     parser.add_argument("--model", default="standin", help="model id listed at /v1/models")
+    args = parser.parse_args(argv)
+    # uvloop when available: a stand-in serving benchmarks should cost the machine
+    # as little as it can.
+    try:
+        import uvloop
+    except ImportError:
+        run = asyncio.run
+    else:
+        run = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(parser.parse_args(argv)))
+        run(_serve(args))
 
 
 if __name__ == "__main__":
