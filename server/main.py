@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         ws_max_size=settings.ws_max_frame_bytes,
+        # permessage-deflate keeps a zlib compressor and decompressor per socket: with a
+        # browser-like client it doubled the memory of an idle socket (bench
+        # `connections`), for token events of a few hundred bytes.
+        ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),
         log_config=None,
         access_log=False,

@@ -581,9 +581,11 @@ class Worker:
                     entry, attempt, TokenEvent(message_id=entry.message_id, content=body)
                 )
                 # Wait out the window only while the model is still sending: once the
-                # whole reply is queued, the rest goes out at once.
-                if window and not finished and not reader.done():
-                    await asyncio.sleep(max(0.0, window - (time.perf_counter() - sent_at)))
+                # whole reply is queued (or a stop ends the reader), the rest goes out
+                # at once, so the end of a reply never waits for the window.
+                remaining = window - (time.perf_counter() - sent_at)
+                if remaining > 0 and not finished and not reader.done():
+                    await asyncio.wait({reader}, timeout=remaining)
         finally:
             for task in (reader, stopper):
                 task.cancel()
