@@ -1,10 +1,16 @@
-"""``python -m bench``: run benchmark scenarios, print their figures, save them as JSON.
+"""``python -m bench``: run benchmark scenarios, print their figures, save them.
 
-Usage: ``python -m bench --scenario latency|real-model|all [--sessions N --messages N
---tokens N --think-ms MS --rounds N --flush-ms MS --out DIR]``. Options left unset take
-each scenario's defaults (see :class:`bench.latency.LatencyOptions` and
-:class:`bench.real_model.RealModelOptions`). Exit status 1 if any reply was lost,
-misrouted or failed.
+Usage: ``python -m bench --scenario NAME[,NAME...]|all [--sessions N --messages N
+--tokens N --ttft-ms MS --delay-ms MS --think-ms MS --stagger-ms MS --rounds N
+--flush-ms MS --servers N --workers N --sockets N --worker-concurrency N --no-baseline
+--out DIR]``. Options given override every chosen scenario's defaults
+(:data:`bench.scenarios.SCENARIOS`).
+
+Writes ``<out>/<UTC timestamp>.json`` (every figure), ``.png`` (the chart) and ``.md``
+(the targets as a Markdown table). Prints a table per scenario, then one line per
+scenario. Exit status 1 if a reply was lost, misrouted, duplicated, out of order or
+failed, or a scenario could not run; a missed performance target is reported, not an
+error.
 """
 
 from __future__ import annotations
@@ -19,62 +25,82 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import latency, real_model
+from bench import chart, real_model, report, runner
+from bench.scenarios import SCENARIOS, Options, Scenario
 from stack.cluster import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
-SCENARIOS = ("latency", "real-model")
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
-Result = latency.LatencyResult | real_model.RealModelResult
+_OVERRIDES = (
+    ("sessions", int, "sessions sending at once"),
+    ("messages", int, "messages per session"),
+    ("tokens", int, "tokens per stand-in reply (real-model: max tokens)"),
+    ("ttft_ms", float, "the stand-in's time to first token (ms)"),
+    ("delay_ms", float, "the stand-in's time between tokens (ms)"),
+    ("think_ms", float, "mean pause after a reply (ms)"),
+    ("stagger_ms", float, "sessions start within this window (ms)"),
+    ("rounds", int, "rounds per target (Parley and the baseline alternate)"),
+    ("flush_ms", float, "STREAM_FLUSH_MS of the workers and the baseline (ms)"),
+    ("servers", int, "Parley server processes"),
+    ("workers", int, "Parley worker processes"),
+    ("sockets", int, "idle sockets held open (connections)"),
+    ("worker_concurrency", int, "WORKER_CONCURRENCY of the workers"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
-    parser.add_argument("--sessions", type=int, help="concurrent sessions (latency 50, real 4)")
-    parser.add_argument("--messages", type=int, help="messages per session (latency: 5)")
+    names = ", ".join(SCENARIOS)
     parser.add_argument(
-        "--tokens", type=int, help="reply tokens: stand-in's (latency: 20), max (real: 32)"
+        "--scenario", default="all", help=f"comma-separated names, or all ({names})"
     )
-    parser.add_argument("--think-ms", type=float, help="pause after a reply (latency: 0 ms)")
-    parser.add_argument("--rounds", type=int, help="rounds per path (real-model: 5)")
-    flush = f"workers' STREAM_FLUSH_MS (default: {latency.FLUSH_MS_DEFAULT:g} ms)"
-    parser.add_argument("--flush-ms", type=float, help=flush)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
+    for name, kind, text in _OVERRIDES:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the direct baseline's runs"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where results go")
     return parser
 
 
-def _given(**values: Any) -> dict[str, Any]:
-    return {name: value for name, value in values.items() if value is not None}
+def _scenarios(value: str) -> list[Scenario]:
+    names = list(SCENARIOS) if value == "all" else [n.strip() for n in value.split(",")]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise SystemExit(
+            f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}"
+        )
+    return [SCENARIOS[n] for n in names]
 
 
-def _run(scenario: str, args: argparse.Namespace, work_dir: Path) -> Result:
-    if scenario == "latency":
-        options = latency.LatencyOptions(
-            **_given(
-                sessions=args.sessions,
-                messages=args.messages,
-                tokens=args.tokens,
-                think_ms=args.think_ms,
-                flush_ms=args.flush_ms,
-            )
-        )
-        return latency.run(options, work_dir)
-    real = real_model.RealModelOptions(
-        **_given(
-            sessions=args.sessions,
-            rounds=args.rounds,
-            max_tokens=args.tokens,
-            flush_ms=args.flush_ms,
-        )
+def _options(scenario: Scenario, args: argparse.Namespace) -> Options:
+    given = {name: getattr(args, name) for name, _, _ in _OVERRIDES}
+    changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if args.no_baseline:
+        changes["baseline"] = False
+    return dataclasses.replace(scenario.options, **changes)
+
+
+def _run(scenario: Scenario, o: Options, work_dir: Path) -> dict[str, Any]:
+    if scenario.kind != "real-model":
+        return runner.run(scenario, o, work_dir)
+    options = real_model.RealModelOptions(
+        sessions=o.sessions, rounds=o.rounds, max_tokens=o.tokens, flush_ms=o.flush_ms
     )
-    return real_model.run(real, work_dir)
+    result = real_model.run(options, work_dir)
+    return {
+        "scenario": scenario.name,
+        "summary": scenario.summary,
+        **dataclasses.asdict(result),
+        "failures": result.failures,
+    }
 
 
 def _machine() -> dict[str, Any]:
@@ -87,22 +113,32 @@ def _machine() -> dict[str, Any]:
             text=True,
             check=True,
         ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
-        commit = None
+        commit, dirty = None, None
     return {
         "commit": commit,
+        "dirty": dirty,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
     }
 
 
-def _save(out_dir: Path, scenario: str, started: datetime, record: dict[str, Any]) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{started:%Y%m%dT%H%M%SZ}-{scenario}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+def _integrity_failures(result: dict[str, Any]) -> int:
+    if "error" in result:
+        return 1
+    if "direct" in result:
+        return int(result["failures"])
+    return int(result["parley"]["failures"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,24 +147,50 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+    started = datetime.now(UTC)
+    stamp = f"{started:%Y%m%dT%H%M%SZ}"
+    record: dict[str, Any] = {
+        "started_at": started.isoformat(timespec="seconds"),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "machine": _machine(),
+        "scenarios": [],
+    }
+    results: list[dict[str, Any]] = []
+    lines: list[str] = []
     failures = 0
-    for scenario in SCENARIOS if args.scenario == "all" else (args.scenario,):
-        started = datetime.now(UTC)
+    for scenario in _scenarios(args.scenario):
+        o = _options(scenario, args)
+        load_before = os.getloadavg()
         clock = time.perf_counter()
-        logger.info("scenario %s", scenario)
-        with tempfile.TemporaryDirectory(prefix=f"parley-bench-{scenario}-") as tmp:
-            result = _run(scenario, args, Path(tmp))
-        wall_s = time.perf_counter() - clock
-        record = {
-            "scenario": scenario,
-            "started_at": started.isoformat(timespec="seconds"),
-            "wall_s": round(wall_s, 2),
-            "machine": _machine(),
-            **dataclasses.asdict(result),
-        }
-        path = _save(args.out, scenario, started, record)
-        print(result.line())
-        print(result.table())
-        print(f"  wall {wall_s:.1f} s; {path}", flush=True)
-        failures += result.failures
+        logger.info("scenario %s: %s", scenario.name, o.describe())
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"parley-bench-{scenario.name}-") as tmp:
+                result = _run(scenario, o, Path(tmp))
+        except Exception as e:
+            logger.error("scenario %s failed:\n%s", scenario.name, traceback.format_exc())
+            result = {"scenario": scenario.name, "error": f"{type(e).__name__}: {e}"}
+        result["wall_s"] = round(time.perf_counter() - clock, 1)
+        result["load_average"] = {"before": load_before, "after": os.getloadavg()}
+        failures += _integrity_failures(result)
+        record["scenarios"].append(result)
+        if "error" in result:
+            text = f"{scenario.name:<11} ERROR | {result['error']}"
+        else:
+            results.append(result)
+            print(report.table(scenario, result), flush=True)
+            text = report.line(scenario, result)
+        load = result["load_average"]["after"]
+        text += f" | wall {result['wall_s']:.0f} s, load {load[0]:.1f}"
+        lines.append(text)
+        print(text + "\n", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record["wall_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    json_path = args.out / f"{stamp}.json"
+    json_path.write_text(json.dumps(record, indent=1) + "\n")
+    md_path = args.out / f"{stamp}.md"
+    md_path.write_text(report.markdown(results))
+    png_path = chart.draw(results, args.out / f"{stamp}.png", f"Parley benchmark {stamp}")
+    print("\n".join(lines))
+    print(f"total wall {record['wall_s']:.0f} s", flush=True)
+    print(f"results: {json_path}\nchart:   {png_path}\ntable:   {md_path}", flush=True)
     return 1 if failures else 0

@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.runner import run_loop
 from bench.stats import Distribution, ms, ratio
 from stack.cluster import REPO_ROOT, ChatDriver, Cluster
 from stack.model import EmbeddedModel
@@ -164,7 +165,7 @@ def run(options: RealModelOptions, work_dir: Path) -> RealModelResult:
             port=free_port(), model_dir=MODEL_DIR, log_dir=work_dir / "logs", parallel=4
         ) as model,
     ):
-        return asyncio.run(_measure(options, redis.url, model, work_dir / "logs"))
+        return run_loop(_measure(options, redis.url, model, work_dir / "logs"))
 
 
 async def _measure(

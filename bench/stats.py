@@ -19,7 +19,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass(frozen=True)
 class Distribution:
-    """A sample of durations (ms): its size, median, 95th and 99th percentiles.
+    """A sample of durations (ms): its size, median, 95th and 99th percentiles, maximum.
 
     The statistics are None when the sample is empty.
     """
@@ -28,6 +28,7 @@ class Distribution:
     median: float | None
     p95: float | None
     p99: float | None
+    max: float | None = None
 
     @classmethod
     def of(cls, values_ms: Sequence[float]) -> Distribution:
@@ -39,7 +40,20 @@ class Distribution:
             percentile(values_ms, 50),
             percentile(values_ms, 95),
             percentile(values_ms, 99),
+            max(values_ms),
         )
+
+
+#: Percentiles kept to draw a distribution (its CDF) without keeping every sample.
+CDF_POINTS = (*range(0, 100), 99.5, 99.9, 100)
+
+
+def cdf(values_ms: Sequence[float]) -> list[tuple[float, float]]:
+    """``(percentile, value)`` pairs of ``values_ms`` at :data:`CDF_POINTS`; [] if empty."""
+    if not values_ms:
+        return []
+    ordered = sorted(values_ms)
+    return [(q, percentile(ordered, q)) for q in CDF_POINTS]
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

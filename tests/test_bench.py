@@ -1,6 +1,6 @@
-"""The benchmark runs: ``python -m bench --scenario latency`` on tiny sizes.
+"""The benchmark's machinery, on tiny sizes: ``python -m bench`` runs and reports.
 
-Only the shape of its result and the absence of lost or misrouted replies are checked;
+Only the shape of its results and the absence of lost or misrouted replies are checked;
 timings are the benchmark's to report, never a test's to assert.
 """
 
@@ -11,27 +11,61 @@ from pathlib import Path
 
 import pytest
 
+from bench.analysis import _delta_delays
 from bench.cli import main
+from stack.standin import reply_tokens
 
 pytestmark = pytest.mark.system
 
+TINY = ["--sessions", "3", "--messages", "2", "--tokens", "6", "--rounds", "1"]
+TINY += ["--think-ms", "0", "--stagger-ms", "0", "--sockets", "20"]
 
-def test_latency_scenario_writes_its_result(
+
+@pytest.mark.timeout(180)
+def test_scenarios_run_against_parley_and_the_baseline(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--scenario", "latency", "--sessions", "3", "--messages", "2", "--tokens", "4"]
-    assert main([*argv, "--out", str(tmp_path)]) == 0
+    argv = ["--scenario", "latency,connections", *TINY, "--delay-ms", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
 
-    (path,) = tmp_path.glob("*-latency.json")
-    result = json.loads(path.read_text())
-    assert result["scenario"] == "latency"
-    assert result["options"]["sessions"] == 3
-    assert result["options"]["messages"] == 2
-    assert (result["sent"], result["replies"]) == (6, 6)
-    assert (result["lost"], result["misrouted"], result["errors"]) == (0, 0, 0)
-    for name in ("first_token_ms", "done_ms"):
-        assert result[name]["n"] == 6
-        assert {"median", "p95", "p99"} <= result[name].keys()
-    assert result["replies_per_s"] > 0
-    assert {"wall_s", "started_at", "machine", "elapsed_s"} <= result.keys()
-    assert capsys.readouterr().out.startswith("latency: 3 sessions x 2 messages")
+    (path,) = tmp_path.glob("*.json")
+    assert path.with_suffix(".png").stat().st_size > 0
+    assert "| `latency` |" in path.with_suffix(".md").read_text()
+    record = json.loads(path.read_text())
+    latency, connections = record["scenarios"]
+    assert (latency["scenario"], connections["scenario"]) == ("latency", "connections")
+    for result in (latency, connections):
+        for target in ("parley", "baseline"):
+            r = result[target]
+            assert (r["lost"], r["misrouted"], r["duplicated"], r["errors"]) == (0, 0, 0, 0)
+            assert (r["out_of_order"], r["garbled"]) == (0, 0)
+            assert r["replies"] == r["sent"] > 0
+            for name in ("added_ttft_ms", "added_done_ms", "event_delay_ms", "model_ttft_ms"):
+                assert r[name]["n"] > 0
+                assert {"median", "p95", "p99", "max"} <= r[name].keys()
+            assert r["replies_per_s"] > 0 and r["token_events_per_s"] > 0
+            assert r["cpu_s"].keys() >= {"model", "load"}
+            assert r["timeline"]["replies_per_s"]
+        assert result["parley"]["cpu_s"].keys() >= {"server-1", "worker-1", "redis"}
+        assert result["baseline"]["cpu_s"].keys() >= {"baseline"}
+        assert result["parley"]["redis"]["commands_per_reply"] > 0
+        assert "ratio" in result
+    assert latency["parley"]["sent"] == 3 * 2
+    assert latency["parley"]["redis"]["connections"]["server-1"] >= 1
+    sockets = connections["parley"]["sockets"]
+    assert sockets["open"] == 20
+    assert sockets["redis_connections_at_10"] >= 1 and sockets["peak_rss_mb"] > 0
+
+    out = capsys.readouterr().out
+    assert "latency     " in out and "connections " in out
+    assert "added TTFT" in out
+
+
+def test_event_delays_follow_the_deltas_into_coalesced_events() -> None:
+    deltas = reply_tokens("hi", 5)  # "Reply ", "to: ", "hi ", "lorem ", "ipsum"
+    written = [0.0, 0.1, 0.2, 0.3, 0.4]
+    # The worker strips the space after each event's last word and sends it with the next.
+    events = [(0.05, "Reply"), (0.35, " to: hi lorem"), (0.5, " ipsum")]
+    delays = _delta_delays(deltas, written, events)
+    assert [at for at, _ in delays] == [0.05, 0.35, 0.35, 0.35, 0.5]
+    assert [round(d) for _, d in delays] == [50, 250, 150, 50, 100]

@@ -1,0 +1,246 @@
+"""Scenario results as text: one comparable line, a table, and a Markdown summary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bench.scenarios import SCENARIOS, Check, Scenario
+from bench.stats import ms
+
+_INTEGRITY = ("lost", "misrouted", "duplicated", "out_of_order", "garbled", "errors")
+
+
+def checks(scenario: Scenario) -> tuple[Check, ...]:
+    """The scenario's targets, and for runs with the stand-in: no reply lost, misrouted,
+    duplicated, out of order, garbled or failed."""
+    if scenario.kind == "real-model":
+        return scenario.checks
+    return (
+        *scenario.checks,
+        Check("replies lost, misrouted or failed", "parley.failures", "==", 0),
+    )
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if value == int(value) and not unit:
+        return f"{value:.0f}"
+    text = (
+        f"{value:.0f}"
+        if abs(value) >= 100
+        else f"{value:.2f}"
+        if abs(value) < 10
+        else f"{value:.1f}"
+    )
+    return f"{text} {unit}".rstrip()
+
+
+def verdicts(
+    scenario: Scenario, result: dict[str, Any]
+) -> list[tuple[Check, float | None, bool | None]]:
+    """Each target with its measured value and whether it is met (None: not measured)."""
+    return [(c, c.value(result), c.verdict(result)) for c in checks(scenario)]
+
+
+def passed(scenario: Scenario, result: dict[str, Any]) -> bool:
+    """Whether every target of the scenario is met."""
+    return all(ok for _, _, ok in verdicts(scenario, result))
+
+
+def _check_text(check: Check, value: float | None, ok: bool | None) -> str:
+    mark = "ok" if ok else "MISSED" if ok is not None else "n/a"
+    return f"{check.label} {_fmt(value, check.unit)} ({check.op} {check.threshold:g} {mark})"
+
+
+def _path(result: dict[str, Any], *parts: str) -> Any:
+    node: Any = result
+    for part in parts:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def line(scenario: Scenario, result: dict[str, Any]) -> str:
+    """One line to compare runs by: verdict, targets, the main figures, integrity."""
+    if scenario.kind == "real-model":
+        return _real_model_line(result)
+    checked = verdicts(scenario, result)
+    verdict = "PASS" if all(ok for _, _, ok in checked) else "FAIL"
+    parts = [f"{scenario.name:<11} {verdict}", "; ".join(_check_text(*c) for c in checked)]
+    for target in ("parley", "baseline"):
+        r = result.get(target)
+        if r is None:
+            continue
+        text = (
+            f"{target}: {r['replies_per_s']:.0f} replies/s, "
+            f"{r['token_events_per_s']:.0f} token events/s, "
+            f"added TTFT {ms(r['added_ttft_ms']['median'])}/{ms(r['added_ttft_ms']['p99'])} ms, "
+            f"added done {ms(r['added_done_ms']['median'])}/{ms(r['added_done_ms']['p99'])} ms "
+            "(median/p99)"
+        )
+        if r["event_delay_ms"]["n"] and result["options"]["delay_ms"]:
+            text += (
+                f", event delay {ms(r['event_delay_ms']['median'])}/"
+                f"{ms(r['event_delay_ms']['p99'])} ms, "
+                f"{_fmt(r['tokens_per_event'])} tokens/event"
+            )
+        sockets = r.get("sockets")
+        if sockets:
+            at_10 = sockets["added_ttft_ms_at_10"]["p99"]
+            text += (
+                f", {sockets['open']} sockets: peak RSS {_fmt(sockets['peak_rss_mb'], 'MB')}, "
+                f"added TTFT p99 {ms(at_10)} ms with 10 sockets open"
+            )
+        parts.append(text)
+    o = result["options"]
+    parts.append(f"flush {o['flush_ms']:g} ms")
+    parts.append(", ".join(f"{k} {result['parley'][k]}" for k in _INTEGRITY))
+    return " | ".join(parts)
+
+
+def _real_model_line(result: dict[str, Any]) -> str:
+    d, p = result["direct"], result["parley"]
+    ratio = result.get("first_token_ratio")
+    done = result.get("done_ratio")
+    return (
+        f"{'real-model':<11} {'PASS' if not (d['failures'] or p['failures']) else 'FAIL'} | "
+        f"first token direct {ms(d['first_token_ms']['median'])} ms, "
+        f"Parley {ms(p['first_token_ms']['median'])} ms, ratio {_fmt(ratio)} | "
+        f"done direct {ms(d['done_ms']['median'], 0)} ms, "
+        f"Parley {ms(p['done_ms']['median'], 0)} ms, "
+        f"ratio {_fmt(done)} | failures {d['failures']}/{p['failures']}"
+    )
+
+
+def table(scenario: Scenario, result: dict[str, Any]) -> str:
+    """The scenario's figures side by side: Parley, baseline, ratio; then costs."""
+    if scenario.kind == "real-model":
+        return _real_model_table(result)
+    o = SCENARIOS[scenario.name].options.__class__(**result["options"])
+    p, b = result["parley"], result.get("baseline")
+    rows = [f"  {scenario.name}: {o.describe()}"]
+    head = f"  {'':<34}{'Parley':>12}{'baseline':>12}{'ratio':>8}"
+    rows.append(head)
+
+    def row(label: str, *path: str, digits: int = 1, ratio_of: str | None = None) -> None:
+        pv, bv = _path(p, *path), _path(b, *path) if b else None
+        r = _path(result, "ratio", ratio_of) if ratio_of else None
+        rows.append(
+            f"  {label:<34}{ms(pv, digits):>12}{ms(bv, digits):>12}"
+            f"{(f'{r:.2f}' if r is not None else ''):>8}"
+        )
+
+    row("replies", "replies", digits=0)
+    row("replies/s", "replies_per_s", ratio_of="replies_per_s")
+    row("token events/s", "token_events_per_s")
+    row("model tokens/s delivered", "tokens_per_s")
+    for label, name in (
+        ("added TTFT", "added_ttft_ms"),
+        ("added done", "added_done_ms"),
+        ("  of TTFT: message to model", "to_model_ms"),
+        ("  of TTFT: model to client", "from_model_ms"),
+        ("client TTFT", "client_ttft_ms"),
+        ("client done", "client_done_ms"),
+        ("model's own TTFT", "model_ttft_ms"),
+        ("model's own done", "model_done_ms"),
+        ("event delay (per token)", "event_delay_ms"),
+        ("event lag (per event)", "event_lag_ms"),
+    ):
+        if not p[name]["n"]:
+            continue
+        for stat in ("median", "p95", "p99", "max"):
+            row(
+                f"{label} {stat} ms",
+                name,
+                stat,
+                digits=2,
+                ratio_of=name if stat == "median" else None,
+            )
+    for k in _INTEGRITY:
+        row(k, k, digits=0)
+    sockets = p.get("sockets")
+    if sockets:
+        for label, key in (
+            ("sockets opened/s", ("opened_per_s",)),
+            ("server RSS MB at 10 sockets", ("rss_mb_at_10",)),
+            (f"server RSS MB at {sockets['open']}", ("rss_mb",)),
+            ("server peak RSS MB", ("peak_rss_mb",)),
+            ("server KB per socket", ("kb_per_socket",)),
+            ("Redis conns at 10 sockets", ("redis_connections_at_10",)),
+            (f"Redis conns at {sockets['open']}", ("redis_connections",)),
+            ("added TTFT median ms, 10 sockets", ("added_ttft_ms_at_10", "median")),
+            ("added TTFT p99 ms, 10 sockets", ("added_ttft_ms_at_10", "p99")),
+            ("added done p99 ms, 10 sockets", ("added_done_ms_at_10", "p99")),
+        ):
+            row(label, "sockets", *key)
+    for target, r in (("Parley", p), ("baseline", b)):
+        if r is None or "cpu_s" not in r:
+            continue
+        rows.append(
+            f"  {target} CPU s (ms/reply): "
+            + ", ".join(
+                f"{n} {s:.2f} ({_fmt(r['cpu_ms_per_reply'][n])})" for n, s in r["cpu_s"].items()
+            )
+        )
+        rows.append(
+            f"  {target} peak RSS MB: "
+            + ", ".join(f"{n} {_fmt(r['peak_rss_mb'][n])}" for n in r["peak_rss_mb"])
+        )
+    redis = p.get("redis")
+    if redis:
+        top = ", ".join(
+            f"{k} {v:.2f}" for k, v in list(redis["by_command_per_reply"].items())[:8] if v
+        )
+        per_reply = redis["used_memory_bytes_per_reply"]
+        rows.append(
+            f"  Redis per reply: {_fmt(redis['commands_per_reply'])} commands, counting those "
+            f"run inside scripts ({top}); "
+            f"memory {_fmt(per_reply)} bytes/reply, {redis['used_memory_mb']} MB used"
+        )
+        rows.append(
+            "  Redis connections held (most during the phases): "
+            + ", ".join(f"{k} {v}" for k, v in redis["connections"].items())
+        )
+    if result.get("log_errors"):
+        rows.append(f"  ERRORS in the processes' logs: {len(result['log_errors'])}")
+        rows += [f"    {line}" for line in result["log_errors"][:5]]
+    return "\n".join(rows)
+
+
+def _real_model_table(result: dict[str, Any]) -> str:
+    rows = [f"  {'ms':<20}{'median':>9}{'p95':>9}{'p99':>9}{'n':>5}"]
+    for name, d in (
+        ("direct first token", result["direct"]["first_token_ms"]),
+        ("Parley first token", result["parley"]["first_token_ms"]),
+        ("direct done", result["direct"]["done_ms"]),
+        ("Parley done", result["parley"]["done_ms"]),
+    ):
+        rows.append(
+            f"  {name:<20}{ms(d['median']):>9}{ms(d['p95']):>9}{ms(d['p99']):>9}{d['n']:>5}"
+        )
+    return "\n".join(rows)
+
+
+def markdown(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table: each scenario's targets, measured values and verdicts."""
+    rows = ["| Scenario | Target | Measured | Met |", "| --- | --- | --- | --- |"]
+    for result in results:
+        scenario = SCENARIOS[result["scenario"]]
+        if scenario.kind == "real-model":
+            d, p = result["direct"], result["parley"]
+            rows.append(
+                f"| `real-model` | first token, Parley / direct (median) | "
+                f"{ms(p['first_token_ms']['median'])} / {ms(d['first_token_ms']['median'])} ms = "
+                f"{_fmt(result.get('first_token_ratio'))} | (no target) |"
+            )
+            continue
+        for check, value, ok in verdicts(scenario, result):
+            rows.append(
+                f"| `{scenario.name}` | {check.label} {check.op} "
+                f"{f'{check.threshold:g} {check.unit}'.rstrip()} | {_fmt(value, check.unit)} | "
+                f"{'yes' if ok else 'no' if ok is not None else 'n/a'} |"
+            )
+    return "\n".join(rows) + "\n"

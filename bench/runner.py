@@ -1,0 +1,429 @@
+"""Runs a ``load`` or ``connections`` scenario: the processes, the phases, the figures.
+
+One run starts Redis, the stand-in model, Parley's servers and workers and (unless
+told not to) the direct baseline, all as processes of their own, plus a
+:class:`~bench.monitor.Monitor`. The load runs against Parley and the baseline in
+alternating rounds (Parley first), so machine noise falls on both alike; each target
+is warmed up first (2 sessions x 2 messages, not counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+from bench import procs
+from bench.analysis import ModelTiming, Tally, tally
+from bench.load import ChatSocket, LoadClient, converse, think_times
+from bench.monitor import Monitor, Usage, hwm_mb
+from bench.scenarios import Options, Scenario
+from bench.stats import Distribution, cdf, ratio
+from stack.cluster import Cluster
+from stack.redis import EmbeddedRedis, free_port
+from stack.standin import reply_tokens
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How late (ms) after the model's own time a reply may be and still be on time.
+ON_TIME_MS = 20.0
+#: Bins (s) of the time series drawn in the chart.
+BIN_S = 0.5
+#: Handshakes at a time when opening the ``connections`` scenario's sockets. A Redis
+#: pool grows with the commands in flight at once, so sockets are opened one after
+#: another: the connections counted at 10 and at N sockets then differ only by what
+#: the sockets themselves hold. (The pool is bounded, ``REDIS_MAX_CONNECTIONS``,
+#: whatever the bursts.)
+OPEN_CONCURRENCY = 1
+
+
+@dataclass
+class _Target:
+    name: str  # "parley" or "baseline"
+    urls: list[str]
+    processes: list[str]  # monitor names of the processes serving it
+    tally: Tally
+    usage: Usage | None = None
+    timeline: dict[str, Any] | None = None
+    sockets: dict[str, Any] | None = None
+
+    def fold(self, t: Tally, u: Usage) -> None:
+        self.tally.add(t)
+        if self.usage is None:
+            self.usage = u
+        else:
+            self.usage.add(u)
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is installed (as Parley's processes do), so the
+    load generator's own event loop costs little and keeps its clock honest."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def run(scenario: Scenario, o: Options, work_dir: Path) -> dict[str, Any]:
+    """Run ``scenario`` with options ``o``; return its result (see :func:`figures`).
+
+    ``work_dir`` receives Redis's data and every process's log.
+    """
+    procs.raise_fd_limit()
+    log_dir = work_dir / "logs"
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(EmbeddedRedis(port=free_port(), data_dir=work_dir / "redis"))
+        model = stack.enter_context(
+            procs.standin(
+                log_dir / "standin.log", tokens=o.tokens, ttft_ms=o.ttft_ms, delay_ms=o.delay_ms
+            )
+        )
+        base = (
+            stack.enter_context(
+                procs.baseline(log_dir / "baseline.log", model_url=model.url, flush_ms=o.flush_ms)
+            )
+            if o.baseline
+            else None
+        )
+        monitor = stack.enter_context(Monitor(redis.url))
+        assert redis.process is not None
+        monitor.watch("redis", redis.process.pid)
+        monitor.watch("model", model.pid)
+        monitor.watch("load", os.getpid())
+        if base is not None:
+            monitor.watch("baseline", base.pid)
+        return run_loop(_run(scenario, o, redis.url, model.url, base, monitor, log_dir))
+
+
+async def _run(
+    scenario: Scenario,
+    o: Options,
+    redis_url: str,
+    model_url: str,
+    base: procs.Running | None,
+    monitor: Monitor,
+    log_dir: Path,
+) -> dict[str, Any]:
+    env = {"STREAM_FLUSH_MS": str(o.flush_ms)}
+    if o.worker_concurrency:
+        env["WORKER_CONCURRENCY"] = str(o.worker_concurrency)
+    async with (
+        Cluster(redis_url, model_url, log_dir, env=env) as cluster,
+        aiohttp.ClientSession() as http,
+    ):
+        await cluster.start(servers=o.servers, workers=o.workers)
+        client_names: dict[str, str] = {}
+        for p in cluster.procs:
+            monitor.watch(p.name, p.pid)
+            client_names[f"parley-{p.role}-{p.pid}"] = p.name
+        shared = ["model", "load"]
+        targets = [
+            _Target(
+                "parley",
+                [s.url for s in cluster.servers],
+                [p.name for p in cluster.procs] + ["redis", *shared],
+                Tally(),
+            )
+        ]
+        if base is not None:
+            targets.append(_Target("baseline", [base.url], ["baseline", *shared], Tally()))
+        model_root = model_url.removesuffix("/v1")
+        if scenario.kind == "connections":
+            await _connections(o, targets, http, model_root, monitor, client_names)
+        else:
+            await _load(o, targets, http, model_root, monitor)
+        errors = cluster.log_errors()
+    return figures(scenario, o, targets, client_names, errors)
+
+
+# -- load scenarios ---------------------------------------------------------------------
+
+
+async def _load(
+    o: Options,
+    targets: list[_Target],
+    http: aiohttp.ClientSession,
+    model_root: str,
+    monitor: Monitor,
+) -> None:
+    for target in targets:
+        await _warm_up(target.urls, o)
+    for round_ in range(o.rounds):
+        order = targets if round_ % 2 == 0 else list(reversed(targets))
+        for target in order:
+            logger.info("round %d/%d: %s", round_ + 1, o.rounds, target.name)
+            async with LoadClient(target.urls) as client:
+                sockets = await client.open(o.sessions)
+                t, u, started = await _phase(
+                    sockets, o, http, model_root, monitor, seed=round_ * 7919
+                )
+            target.fold(t, u)
+            if target.timeline is None:
+                target.timeline = _timeline(t, started, monitor, target.processes)
+
+
+async def _warm_up(urls: list[str], o: Options) -> None:
+    async with LoadClient(urls) as client:
+        sockets = await client.open(2)
+        await asyncio.gather(*(converse(s, 2, lambda: 0.0, o.reply_timeout_s) for s in sockets))
+
+
+async def _phase(
+    sockets: Sequence[ChatSocket],
+    o: Options,
+    http: aiohttp.ClientSession,
+    model_root: str,
+    monitor: Monitor,
+    seed: int,
+) -> tuple[Tally, Usage, float]:
+    """Run one conversation per socket; return what it measured and when it started."""
+    async with http.post(f"{model_root}/_reset") as response:
+        response.raise_for_status()
+    rng = random.Random(seed)
+    monitor.begin()
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(
+            converse(
+                s,
+                o.messages,
+                think_times(o.think_ms, seed + s.index),
+                o.reply_timeout_s,
+                stagger_s=rng.uniform(0, o.stagger_ms / 1000),
+            )
+            for s in sockets
+        )
+    )
+    elapsed = time.perf_counter() - started
+    usage = monitor.end()
+    async with http.get(f"{model_root}/_timings", params={"deltas": "1"}) as response:
+        response.raise_for_status()
+        timings = ModelTiming.parse(await response.json())
+    tokens = o.tokens
+    result = tally(sockets, timings, lambda prompt: reply_tokens(prompt, tokens), elapsed)
+    budget_ms = o.ttft_ms + o.delay_ms * (tokens - 1) + ON_TIME_MS
+    result.late = sum(1 for d in result.client_done_ms if d > budget_ms)
+    return result, usage, started
+
+
+# -- connections --------------------------------------------------------------------------
+
+
+async def _connections(
+    o: Options,
+    targets: list[_Target],
+    http: aiohttp.ClientSession,
+    model_root: str,
+    monitor: Monitor,
+    client_names: dict[str, str],
+) -> None:
+    """Hold ``o.sockets`` sockets on one server process; converse on ``o.sessions`` of them."""
+    for target in targets:
+        await _warm_up(target.urls, o)
+    for target in targets:
+        process = target.processes[0]  # server-1, or the baseline
+        redis_name = next((k for k, v in client_names.items() if v == process), None)
+
+        def redis_connections(name: str | None = redis_name) -> int | None:
+            return None if name is None else monitor.connections().get(name, 0)
+
+        logger.info("%s: opening %d sockets", target.name, o.sockets)
+        async with LoadClient(target.urls) as client:
+            few = await client.open(min(10, o.sockets), concurrency=OPEN_CONCURRENCY)
+            # The same conversations with only these sockets open, to compare with; then
+            # the counts, so that both include what conversations add to the pool.
+            t_10, _, _ = await _phase(few[: o.sessions], o, http, model_root, monitor, seed=2)
+            await asyncio.sleep(1.0)
+            rss_at_10, redis_at_10 = monitor.rss_mb(process), redis_connections()
+            started = time.perf_counter()
+            await client.open(o.sockets - len(client.sockets), concurrency=OPEN_CONCURRENCY)
+            open_s = time.perf_counter() - started
+            await asyncio.sleep(1.0)
+            rss_at_n, redis_at_n = monitor.rss_mb(process), redis_connections()
+            logger.info("%s: %d sockets open in %.1f s", target.name, len(client.sockets), open_s)
+            step = max(1, len(client.sockets) // max(1, o.sessions))
+            active = client.sockets[::step][: o.sessions]
+            t, u, started = await _phase(active, o, http, model_root, monitor, seed=1)
+            pid = monitor.pid(process)
+            peak = hwm_mb(pid) if pid is not None else None
+            closing = time.perf_counter()
+        logger.info("%s: sockets closed in %.1f s", target.name, time.perf_counter() - closing)
+        target.fold(t, u)
+        target.timeline = _timeline(t, started, monitor, target.processes)
+        target.sockets = {
+            "open": o.sockets,
+            "open_s": open_s,
+            "opened_per_s": o.sockets / open_s if open_s else None,
+            "rss_mb_at_10": rss_at_10,
+            "rss_mb": rss_at_n,
+            "peak_rss_mb": peak,
+            "kb_per_socket": (rss_at_n - rss_at_10) * 1024 / max(1, o.sockets - 10),
+            "added_ttft_ms_at_10": _dist(t_10.added_ttft_ms),
+            "added_done_ms_at_10": _dist(t_10.added_done_ms),
+            "redis_connections_at_10": redis_at_10,
+            "redis_connections": redis_at_n,
+            "redis_connections_added": (
+                redis_at_n - redis_at_10
+                if redis_at_n is not None and redis_at_10 is not None
+                else None
+            ),
+        }
+
+
+# -- figures --------------------------------------------------------------------------------
+
+
+def _timeline(t: Tally, started: float, monitor: Monitor, processes: list[str]) -> dict[str, Any]:
+    """Per :data:`BIN_S` bin from ``started``: replies/s, token events/s, the worst
+    event delay, and each process's CPU use (cores)."""
+    bins = max(1, int(t.elapsed_s / BIN_S) + 1)
+
+    def rate(times: list[float]) -> list[float]:
+        counts = [0] * bins
+        for at in times:
+            i = int((at - started) / BIN_S)
+            if 0 <= i < bins:
+                counts[i] += 1
+        return [c / BIN_S for c in counts]
+
+    worst = [0.0] * bins
+    for at, delay in zip(t.event_delay_at, t.event_delay_ms, strict=True):
+        i = int((at - started) / BIN_S)
+        if 0 <= i < bins:
+            worst[i] = max(worst[i], delay)
+    cpu: dict[str, list[tuple[float, float]]] = {}
+    last: dict[str, tuple[float, float]] = {}
+    end = started + t.elapsed_s
+    for at, name, cpu_s, _rss in sorted(monitor.samples):
+        if name not in processes or not started - 1 <= at <= end:
+            continue
+        if name not in last:
+            last[name] = (at, cpu_s)
+            continue
+        prev_at, prev_cpu = last[name]
+        if at - prev_at < monitor.interval_s / 2:
+            continue  # too close to the previous sample for a rate
+        cpu.setdefault(name, []).append(
+            (round(at - started, 3), round((cpu_s - prev_cpu) / (at - prev_at), 3))
+        )
+        last[name] = (at, cpu_s)
+    return {
+        "bin_s": BIN_S,
+        "replies_per_s": rate(t.done_at),
+        "token_events_per_s": rate(t.event_at),
+        "worst_event_delay_ms": [round(w, 2) for w in worst],
+        "cpu_cores": cpu,
+    }
+
+
+def _dist(values: list[float]) -> dict[str, Any]:
+    return asdict(Distribution.of(values))
+
+
+def _target_figures(target: _Target, client_names: dict[str, str]) -> dict[str, Any]:
+    t, u = target.tally, target.usage
+    per_s = (lambda n: n / t.elapsed_s) if t.elapsed_s else (lambda n: 0.0)
+    out: dict[str, Any] = {
+        "sent": t.sent,
+        "replies": t.replies,
+        "errors": t.errors,
+        "error_codes": dict(t.error_codes),
+        "lost": t.lost,
+        "misrouted": t.misrouted,
+        "duplicated": t.duplicated,
+        "out_of_order": t.out_of_order,
+        "garbled": t.garbled,
+        "failures": t.failures,
+        "late_replies": t.late,
+        "elapsed_s": round(t.elapsed_s, 3),
+        "replies_per_s": per_s(t.replies),
+        "token_events_per_s": per_s(t.token_events),
+        "tokens_per_s": per_s(t.tokens),
+        "tokens_per_event": t.tokens / t.token_events if t.token_events else None,
+    }
+    for name in (
+        "added_ttft_ms",
+        "added_done_ms",
+        "to_model_ms",
+        "from_model_ms",
+        "client_ttft_ms",
+        "client_done_ms",
+        "model_ttft_ms",
+        "model_done_ms",
+        "event_delay_ms",
+        "event_lag_ms",
+    ):
+        out[name] = _dist(getattr(t, name))
+    out["cdf"] = {
+        name: cdf(getattr(t, name)) for name in ("added_ttft_ms", "added_done_ms", "event_delay_ms")
+    }
+    if u is not None:
+        procs_used = {n: p for n, p in u.processes.items() if n in target.processes}
+        out["cpu_s"] = {n: round(p.cpu_s, 3) for n, p in procs_used.items()}
+        out["cpu_ms_per_reply"] = {
+            n: round(p.cpu_s * 1000 / t.replies, 3) if t.replies else None
+            for n, p in procs_used.items()
+        }
+        out["peak_rss_mb"] = {n: round(p.peak_rss_mb, 1) for n, p in procs_used.items()}
+        out["hwm_mb"] = {n: p.hwm_mb for n, p in procs_used.items()}
+        if target.name == "parley":
+            calls = sum(u.redis_calls.values())
+            out["redis"] = {
+                "commands_per_reply": calls / t.replies if t.replies else None,
+                "by_command_per_reply": {
+                    k: round(v / t.replies, 3) if t.replies else None
+                    for k, v in sorted(u.redis_calls.items(), key=lambda kv: -kv[1])
+                },
+                "used_memory_mb": round(u.redis_used_memory / 2**20, 2),
+                "used_memory_bytes_per_reply": (
+                    u.redis_used_memory_delta / t.replies if t.replies else None
+                ),
+                "connections": {
+                    client_names.get(k, k): v for k, v in sorted(u.redis_connections.items())
+                },
+            }
+    if target.sockets is not None:
+        out["sockets"] = target.sockets
+    if target.timeline is not None:
+        out["timeline"] = target.timeline
+    return out
+
+
+def figures(
+    scenario: Scenario,
+    o: Options,
+    targets: list[_Target],
+    client_names: dict[str, str],
+    log_errors: list[str],
+) -> dict[str, Any]:
+    """The scenario's result: options, each target's figures, Parley/baseline ratios."""
+    result: dict[str, Any] = {
+        "scenario": scenario.name,
+        "summary": scenario.summary,
+        "options": asdict(o),
+        "log_errors": log_errors[:50],
+    }
+    for target in targets:
+        result[target.name] = _target_figures(target, client_names)
+    if "baseline" in result:
+        p, b = result["parley"], result["baseline"]
+        result["ratio"] = {
+            name: ratio(p[name]["median"], b[name]["median"])
+            for name in ("added_ttft_ms", "added_done_ms", "client_ttft_ms", "client_done_ms")
+        } | {
+            "replies_per_s": ratio(p["replies_per_s"], b["replies_per_s"]),
+            "event_delay_ms": ratio(p["event_delay_ms"]["p99"], b["event_delay_ms"]["p99"]),
+        }
+    return result
