@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -35,6 +36,18 @@ class SessionExpired(Exception):
 
 class TooManyPending(Exception):
     """The session already has the maximum number of messages waiting for a reply."""
+
+
+#: :meth:`Store.begin` statuses.
+ANSWERED, STARTED, RESTARTED, NOT_YET = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Begun:
+    """What :meth:`Store.begin` did: a status, and the session once the attempt began."""
+
+    status: int
+    session: Session | None = None
 
 
 class Fenced(Exception):
@@ -211,38 +224,42 @@ class Store:
         message.seq = int(result[0])
         return message
 
-    async def begin(self, entry: MessageEntry, attempt: str) -> int:
-        """Make ``attempt`` the one generating ``entry``'s reply, fencing off older ones.
+    async def begin(self, entry: MessageEntry, attempt: str) -> Begun:
+        """If it is ``entry``'s turn, make ``attempt`` the one generating its reply.
 
-        If an earlier attempt at this message had begun, a ``restart`` event tells the
-        session's clients to discard its partial text.
+        The turn check, the fence and the session read are one script (one round trip):
+        older attempts at the message can no longer emit or finish, and if one of them
+        had begun, a ``restart`` event tells the session's clients to discard its
+        partial text.
 
         Args:
             attempt: ``"<seq>:<unique id>"``, new for every attempt.
 
         Returns:
-            1 for a first attempt, 2 if a ``restart`` was emitted, 0 if the message is
-            already answered (nothing changed).
+            ``Begun.status``: :data:`STARTED` (with ``session``), :data:`RESTARTED`
+            (a ``restart`` was emitted; with ``session``), :data:`ANSWERED` (nothing
+            changed) or :data:`NOT_YET` (an earlier message is unanswered; nothing
+            changed).
 
         Raises:
             SessionExpired: the session no longer exists.
         """
         restart = RestartEvent(message_id=entry.message_id)
-        result = int(
-            await self._begin(
-                keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
-                args=[
-                    entry.seq,
-                    attempt,
-                    restart.model_dump_json(exclude_none=True),
-                    keys.channel(entry.token),
-                    self.settings.events_maxlen,
-                ],
-            )
+        result = await self._begin(
+            keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
+            args=[
+                entry.seq,
+                attempt,
+                restart.model_dump_json(exclude_none=True),
+                keys.channel(entry.token),
+                self.settings.events_maxlen,
+            ],
         )
-        if result == -1:
+        status = int(result[0])
+        if status == -1:
             raise SessionExpired(entry.token)
-        return result
+        session = Session.model_validate_json(result[1]) if len(result) > 1 else None
+        return Begun(status, session)
 
     async def emit(self, token: str, event: ServerEvent, attempt: str) -> str | None:
         """Publish a reply event to the session's sockets, durably.

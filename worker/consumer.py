@@ -32,8 +32,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from protocol import keys
 from protocol.connection import is_cluster
 from protocol.hub import RESYNC, UNAVAILABLE, Hub
-from protocol.models import StoredMessage
-from protocol.store import Fenced, SessionExpired, Store
+from protocol.models import Session, StoredMessage
+from protocol.store import ANSWERED, NOT_YET, Fenced, SessionExpired, Store
 from protocol.tasks import cancel_and_wait
 from protocol.wire import (
     DoneEvent,
@@ -331,38 +331,29 @@ class Worker:
             await self._ack(entry_id)
             return
         log_ctx = (entry.message_id, entry.token, entry.seq)
+        # Registered before the session is read (by begin): a stop recorded before that
+        # read is seen in ``stop_seq``, one announced after it finds the event.
+        stop = self._stops.setdefault((entry.token, entry.seq), asyncio.Event())
         try:
-            if not await self._wait_turn(entry):
-                logger.info("message_id=%s token=%s seq=%d already answered", *log_ctx)
-                await self._ack(entry_id)
-                return
             attempt = f"{entry.seq}:{uuid.uuid4().hex[:16]}"
-            if deliveries > self.settings.max_deliveries:
-                if not await self.store.begin(entry, attempt):
-                    await self._ack(entry_id)
-                    return
-                logger.error(
-                    "message_id=%s token=%s seq=%d failed %d times: dead-lettered",
-                    *log_ctx,
-                    deliveries - 1,
-                )
-                await self._dead_letter(entry_id, fields, f"delivered {deliveries} times")
-                await self.store.finish(
-                    entry,
-                    None,
-                    ErrorEvent(
-                        message_id=entry.message_id,
-                        code=ErrorCode.DELIVERY_FAILED,
-                        detail="The reply could not be generated; please send it again.",
-                    ),
-                    attempt,
-                )
-                REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
-                await self._ack(entry_id)
-                return
-            async with self._slots:
-                with GENERATING.track_inprogress():
-                    await self._reply(entry, attempt)
+            while True:
+                # The attempt begins (and fences older ones) only once it holds a
+                # generation slot, so a restart means text may really have streamed;
+                # an entry waiting its turn holds no slot.
+                async with self._slots:
+                    begun = await self.store.begin(entry, attempt)
+                    if begun.status == ANSWERED:
+                        logger.info("message_id=%s token=%s seq=%d already answered", *log_ctx)
+                        break
+                    if begun.status != NOT_YET:
+                        assert begun.session is not None
+                        if deliveries > self.settings.max_deliveries:
+                            await self._give_up(entry_id, fields, entry, attempt, deliveries)
+                        else:
+                            with GENERATING.track_inprogress():
+                                await self._generate(entry, attempt, begun.session, stop)
+                        break
+                await self._await_turn(entry)
             await self._ack(entry_id)
         except SessionExpired:
             logger.info("message_id=%s token=%s seq=%d: session expired", *log_ctx)
@@ -382,30 +373,19 @@ class Worker:
             # Left pending: after CLAIM_IDLE_MS a worker takes it over, at most
             # MAX_DELIVERIES times in all.
             logger.exception("message_id=%s token=%s seq=%d failed; left pending", *log_ctx)
+        finally:
+            if self._stops.get((entry.token, entry.seq)) is stop:
+                del self._stops[(entry.token, entry.seq)]
 
-    async def _wait_turn(self, entry: MessageEntry) -> bool:
-        """Wait until every earlier message of the session is answered.
-
-        Returns:
-            False if this message is already answered (a redelivery after the reply
-            was recorded), True when it is its turn.
+    async def _await_turn(self, entry: MessageEntry) -> None:
+        """Return once every message of the session before ``entry`` is answered.
 
         Raises:
             SessionExpired: the session no longer exists.
         """
-        replied = await self.store.replied_seq(entry.token)
-        if replied >= entry.seq:
-            return False
-        if replied == entry.seq - 1:
-            return True
         async with self.hub.subscribe(keys.channel(entry.token)) as sub:
             await asyncio.wait_for(sub.ready.wait(), timeout=10)
-            while True:
-                replied = await self.store.replied_seq(entry.token)
-                if replied >= entry.seq:
-                    return False
-                if replied == entry.seq - 1:
-                    return True
+            while await self.store.replied_seq(entry.token) < entry.seq - 1:
                 # Woken by a closing event of this session, or re-checked each second.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_TURN_RECHECK_S):
@@ -418,25 +398,47 @@ class Worker:
                             ):
                                 break
 
-    async def _reply(self, entry: MessageEntry, attempt: str) -> None:
-        # Registered before the session is read: a stop recorded before that read is
-        # seen in ``stop_seq``, one announced after it finds the event.
-        stop = self._stops[(entry.token, entry.seq)] = asyncio.Event()
-        try:
-            await self._generate(entry, attempt, stop)
-        finally:
-            del self._stops[(entry.token, entry.seq)]
+    async def _give_up(
+        self,
+        entry_id: tuple[str, str],
+        fields: dict[str, str],
+        entry: MessageEntry,
+        attempt: str,
+        deliveries: int,
+    ) -> None:
+        """Dead-letter an entry tried ``MAX_DELIVERIES`` times; close it with an error."""
+        logger.error(
+            "message_id=%s token=%s seq=%d failed %d times: dead-lettered",
+            entry.message_id,
+            entry.token,
+            entry.seq,
+            deliveries - 1,
+        )
+        await self._dead_letter(entry_id, fields, f"delivered {deliveries} times")
+        await self.store.finish(
+            entry,
+            None,
+            ErrorEvent(
+                message_id=entry.message_id,
+                code=ErrorCode.DELIVERY_FAILED,
+                detail="The reply could not be generated; please send it again.",
+            ),
+            attempt,
+        )
+        REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
 
-    async def _generate(self, entry: MessageEntry, attempt: str, stop: asyncio.Event) -> None:
+    async def _generate(
+        self, entry: MessageEntry, attempt: str, session: Session, stop: asyncio.Event
+    ) -> None:
         """Generate, stream and record the reply to ``entry`` as ``attempt``.
+
+        Args:
+            session: the session as ``attempt`` began (its history up to this message).
 
         Raises:
             Fenced: another attempt took over meanwhile.
             SessionExpired: the session ended meanwhile.
         """
-        if not await self.store.begin(entry, attempt):
-            return  # answered meanwhile
-        session = await self.store.get_session(entry.token, touch=False)
         if session.stop_seq >= entry.seq:
             stop.set()
         prompt = build_prompt(

@@ -12,7 +12,18 @@ from protocol import keys
 from protocol.config import CommonSettings
 from protocol.hub import RESYNC, Hub
 from protocol.models import StoredMessage
-from protocol.store import Fenced, SessionExpired, Store, TooManyPending, event_id_of
+from protocol.store import (
+    ANSWERED,
+    NOT_YET,
+    RESTARTED,
+    STARTED,
+    Begun,
+    Fenced,
+    SessionExpired,
+    Store,
+    TooManyPending,
+    event_id_of,
+)
 from protocol.wire import ChatMessage, DoneEvent, MessageEntry, TokenEvent, utc_now
 
 
@@ -60,10 +71,15 @@ async def test_finish_records_once_in_conversation_order(store: Store, redis: Re
     r1 = reply_to(u1, "reply one")
     entry = MessageEntry(token=session.token, seq=1, message_id=u1.id)
     done = DoneEvent(message_id=u1.id, reply=r1.public())
-    assert await store.begin(entry, "1:a") == 1
+    # Message 2 is not due before message 1 is answered: nothing changes.
+    second = MessageEntry(token=session.token, seq=2, message_id=u2.id)
+    assert await store.begin(second, "2:a") == Begun(NOT_YET)
+    begun = await store.begin(entry, "1:a")
+    assert begun.status == STARTED and begun.session is not None
+    assert [m.content for m in begun.session.messages] == ["one", "two"]
     assert await store.finish(entry, r1, done, "1:a") is not None
     assert await store.finish(entry, r1, done, "1:a") is None  # a retry changes nothing
-    assert await store.begin(entry, "1:b") == 0  # answered: nothing to begin
+    assert await store.begin(entry, "1:b") == Begun(ANSWERED)  # nothing to begin
     view = (await store.get_session(session.token)).view()
     assert [m.content for m in view.messages] == ["one", "reply one", "two"]
     assert await store.replied_seq(session.token) == 1
@@ -78,10 +94,10 @@ async def test_a_new_attempt_fences_off_the_old_one(store: Store, redis: Redis) 
     session = await store.create_session("ada")
     u1 = await store.enqueue(session.token, "one", max_pending=10)
     entry = MessageEntry(token=session.token, seq=1, message_id=u1.id)
-    assert await store.begin(entry, "1:old") == 1
+    assert (await store.begin(entry, "1:old")).status == STARTED
     assert await store.emit(session.token, TokenEvent(message_id=u1.id, content="a"), "1:old")
     # Taken over: the new attempt tells clients to discard the partial text...
-    assert await store.begin(entry, "1:new") == 2
+    assert (await store.begin(entry, "1:new")).status == RESTARTED
     events = [json.loads(p) for p in await store.events_after(session.token, "0")]
     assert [e["type"] for e in events] == ["token", "restart"]
     # ... and the old one can no longer emit or record anything.
@@ -97,7 +113,8 @@ async def test_a_new_attempt_fences_off_the_old_one(store: Store, redis: Redis) 
     assert [m.content for m in view.messages] == ["one", "new"]
     # The next message's first attempt is no restart.
     u2 = await store.enqueue(session.token, "two", max_pending=10)
-    assert await store.begin(MessageEntry(token=session.token, seq=2, message_id=u2.id), "2:x") == 1
+    entry2 = MessageEntry(token=session.token, seq=2, message_id=u2.id)
+    assert (await store.begin(entry2, "2:x")).status == STARTED
 
 
 async def test_emit_is_durable_and_published_with_its_id(store: Store, redis: Redis) -> None:
