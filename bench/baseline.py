@@ -32,6 +32,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from protocol.store import with_event_id
 from protocol.wire import ChatMessage, DoneEvent, ErrorCode, ErrorEvent, QueuedEvent, TokenEvent
 from protocol.wire import utc_now as now_iso
+from worker.coalesce import Coalescer, Delta
 from worker.config import DEFAULT_SYSTEM_PROMPT
 from worker.llm import ChatMessage as PromptMessage
 from worker.llm import LLMClient, LLMConfig, LLMError
@@ -156,7 +157,7 @@ class _Connection:
 
     async def _stream(self, message_id: str, prompt: list[PromptMessage]) -> str:
         """Stream one reply with the worker's coalescing rule; return its whole text."""
-        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        queue: asyncio.Queue[Delta] = asyncio.Queue()
 
         async def read() -> None:
             try:
@@ -167,41 +168,19 @@ class _Connection:
                 queue.put_nowait(e)
 
         reader = asyncio.create_task(read())
-        parts: list[str] = []
-        held = ""
+        pieces = Coalescer(queue)
         try:
-            finished = False
-            while not finished:
-                batch: list[str] = []
-                item = await queue.get()
-                while True:
-                    if item is None:
-                        finished = True
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    batch.append(item)
-                    if queue.empty():
-                        break
-                    item = queue.get_nowait()
-                text = held + "".join(batch)
-                if not parts:
-                    text = text.lstrip()
-                body = text.rstrip()
-                held = text[len(body) :]
-                if not body:
-                    continue
-                parts.append(body)
+            while (body := await pieces.next_piece()) is not None:
                 sent_at = time.perf_counter()
                 await self._emit(TokenEvent(message_id=message_id, content=body))
                 remaining = self.window_s - (time.perf_counter() - sent_at)
-                if remaining > 0 and not finished and not reader.done():
+                if remaining > 0 and not pieces.finished and not reader.done():
                     await asyncio.wait({reader}, timeout=remaining)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-        return "".join(parts)
+        return "".join(pieces.parts)
 
 
 def main(argv: list[str] | None = None) -> None:

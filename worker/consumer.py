@@ -44,6 +44,7 @@ from protocol.wire import (
     TokenEvent,
     utc_now,
 )
+from worker.coalesce import Coalescer, Delta, EndOfReply
 from worker.config import WorkerSettings
 from worker.llm import ChatMessage, LLMClient, LLMError, LLMStreamInterrupted
 from worker.memory import build_prompt
@@ -56,10 +57,6 @@ class EmptyReply(LLMError):
     """The model's reply held nothing but whitespace."""
 
     code = "llm_unavailable"
-
-
-class _StopRequested(Exception):
-    """Put on a reply's delta queue when a client asks to stop it."""
 
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -529,7 +526,7 @@ class Worker:
             LLMError: from the model client.
             SessionExpired: the session ended meanwhile.
         """
-        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        queue: asyncio.Queue[Delta] = asyncio.Queue()
 
         async def read() -> None:
             try:
@@ -542,42 +539,17 @@ class Worker:
         async def stop_reading() -> None:
             await stop.wait()
             reader.cancel()
-            queue.put_nowait(_StopRequested())
+            queue.put_nowait(EndOfReply())
 
         reader = asyncio.create_task(read())
         stopper = asyncio.create_task(stop_reading())
-        parts: list[str] = []
-        # Whitespace at either end of a reply is noise (models often open with a space
-        # and close with a newline). Held-back whitespace is sent only once text follows
-        # it, so the token events still join to exactly the recorded reply.
-        held = ""
+        pieces = Coalescer(queue)
         first_token_s = 0.0
         window = self.settings.stream_flush_ms / 1000
         try:
-            finished = False
-            while not finished:
-                batch: list[str] = []
-                item = await queue.get()
-                while True:
-                    if item is None or isinstance(item, _StopRequested):
-                        finished = True
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    batch.append(item)
-                    if queue.empty():
-                        break
-                    item = queue.get_nowait()
-                text = held + "".join(batch)
-                if not parts:
-                    text = text.lstrip()
-                body = text.rstrip()
-                held = text[len(body) :]
-                if not body:
-                    continue
-                if not parts:
+            while (body := await pieces.next_piece()) is not None:
+                if len(pieces.parts) == 1:
                     first_token_s = time.perf_counter() - started
-                parts.append(body)
                 sent_at = time.perf_counter()
                 await self._emit(
                     entry, attempt, TokenEvent(message_id=entry.message_id, content=body)
@@ -586,16 +558,16 @@ class Worker:
                 # whole reply is queued (or a stop ends the reader), the rest goes out
                 # at once, so the end of a reply never waits for the window.
                 remaining = window - (time.perf_counter() - sent_at)
-                if remaining > 0 and not finished and not reader.done():
+                if remaining > 0 and not pieces.finished and not reader.done():
                     await asyncio.wait({reader}, timeout=remaining)
         finally:
             for task in (reader, stopper):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if not parts and not stop.is_set():
+        if not pieces.parts and not stop.is_set():
             raise EmptyReply("the model returned an empty reply")
-        return "".join(parts), first_token_s
+        return "".join(pieces.parts), first_token_s
 
     async def _emit(
         self, entry: MessageEntry, attempt: str, event: TokenEvent | RestartEvent
