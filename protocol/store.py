@@ -348,12 +348,7 @@ class Store:
         Raises:
             SessionExpired: no such session.
         """
-        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "JSON.GET", keys.session_key(token), ".stop_seq"
-        )
-        if value is None:
-            raise SessionExpired(token)
-        return int(value)
+        return await self._counter(token, ".stop_seq")
 
     async def replied_seq(self, token: str) -> int:
         """The ``seq`` of the session's last answered (or failed) message.
@@ -361,8 +356,11 @@ class Store:
         Raises:
             SessionExpired: no such session.
         """
+        return await self._counter(token, ".replied_seq")
+
+    async def _counter(self, token: str, path: str) -> int:
         value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "JSON.GET", keys.session_key(token), ".replied_seq"
+            "JSON.GET", keys.session_key(token), path
         )
         if value is None:
             raise SessionExpired(token)
