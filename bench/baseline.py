@@ -32,7 +32,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from protocol.store import with_event_id
 from protocol.wire import ChatMessage, DoneEvent, ErrorCode, ErrorEvent, QueuedEvent, TokenEvent
 from protocol.wire import utc_now as now_iso
-from worker.coalesce import Coalescer, Delta
+from worker.coalesce import Coalescer, Delta, read_deltas
 from worker.config import DEFAULT_SYSTEM_PROMPT
 from worker.llm import ChatMessage as PromptMessage
 from worker.llm import LLMClient, LLMConfig, LLMError
@@ -159,15 +159,7 @@ class _Connection:
         """Stream one reply with the worker's coalescing rule; return its whole text."""
         queue: asyncio.Queue[Delta] = asyncio.Queue()
 
-        async def read() -> None:
-            try:
-                async for delta in self.llm.stream(prompt):
-                    queue.put_nowait(delta)
-                queue.put_nowait(None)
-            except Exception as e:
-                queue.put_nowait(e)
-
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(read_deltas(self.llm.stream(prompt), queue))
         pieces = Coalescer(queue)
         try:
             while (body := await pieces.next_piece()) is not None:

@@ -4,6 +4,7 @@ baseline's, so both stream the same way)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 
 class EndOfReply(Exception):
@@ -13,6 +14,17 @@ class EndOfReply(Exception):
 #: What a model reader puts on the queue: a delta, ``None`` at the end of the reply,
 #: :class:`EndOfReply` to end it early, or the exception that broke the stream.
 Delta = str | BaseException | None
+
+
+async def read_deltas(stream: AsyncIterator[str], queue: asyncio.Queue[Delta]) -> None:
+    """Put each delta of ``stream`` on ``queue``, then ``None``; or the exception that
+    broke the stream (run as a task beside :class:`Coalescer`)."""
+    try:
+        async for delta in stream:
+            queue.put_nowait(delta)
+        queue.put_nowait(None)
+    except Exception as e:
+        queue.put_nowait(e)
 
 
 class Coalescer:

@@ -44,7 +44,7 @@ from protocol.wire import (
     TokenEvent,
     utc_now,
 )
-from worker.coalesce import Coalescer, Delta, EndOfReply
+from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
 from worker.config import WorkerSettings
 from worker.llm import ChatMessage, LLMClient, LLMError, LLMStreamInterrupted
 from worker.memory import build_prompt
@@ -528,20 +528,12 @@ class Worker:
         """
         queue: asyncio.Queue[Delta] = asyncio.Queue()
 
-        async def read() -> None:
-            try:
-                async for delta in self.llm.stream(prompt):
-                    queue.put_nowait(delta)
-                queue.put_nowait(None)
-            except Exception as e:
-                queue.put_nowait(e)
-
         async def stop_reading() -> None:
             await stop.wait()
             reader.cancel()
             queue.put_nowait(EndOfReply())
 
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(read_deltas(self.llm.stream(prompt), queue))
         stopper = asyncio.create_task(stop_reading())
         pieces = Coalescer(queue)
         first_token_s = 0.0
