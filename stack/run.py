@@ -1,8 +1,10 @@
 """``python -m stack``: start Redis, the local model, the workers and a server; stop them in order.
 
-Redis and llama-server log to files under ``<data dir>/logs``; the server and workers
-log to this terminal. Ctrl-C or SIGTERM stops the server, the workers, the model, then
-Redis, and exits 0. If any of them dies on its own, everything stops and we exit 1.
+Redis and the model server log to files under ``<data dir>/logs``; the server and
+workers log to this terminal. Before anything starts, a CPU that cannot run the
+embedded model is refused with the way out (exit code 2). Ctrl-C or SIGTERM stops the
+server, the workers, the model, then Redis, and exits 0. If any of them dies on its own,
+everything stops and we exit 1.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Self
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stack.model import EmbeddedModel
+from stack.cpu import missing_cpu_flags, unsupported_cpu_message
+from stack.model import DEFAULT_MODEL, EmbeddedModel
 from stack.process import die_with_parent, stop_process
 
 logger = logging.getLogger(__name__)
@@ -39,9 +42,13 @@ class StackSettings(BaseSettings):
 
     parley_port: int = Field(8000, ge=1, le=65535, description="Port of the web UI and API.")
     parley_workers: int = Field(1, ge=1, description="Worker processes started.")
-    parley_data_dir: Path = Field(Path("data"), description="Redis data, model file, logs.")
+    parley_data_dir: Path = Field(Path("data"), description="Redis data and logs.")
     parley_redis_port: int = Field(6380, ge=1, le=65535, description="Embedded Redis port.")
+    parley_model: str = Field(DEFAULT_MODEL, description="Embedded model: a name or a GGUF path.")
     parley_model_port: int = Field(8081, ge=1, le=65535, description="Embedded model port.")
+    parley_model_threads: int | None = Field(
+        None, ge=1, description="Generation threads; unset: the cores less one, 1 to 4."
+    )
     parley_model_parallel: int = Field(4, ge=1, description="Replies the model runs at once.")
     parley_model_ctx_size: int = Field(4096, ge=256, description="Context per reply (tokens).")
     parley_model_max_tokens: int = Field(512, ge=1, description="Model's own reply cap (tokens).")
@@ -52,6 +59,11 @@ class StackSettings(BaseSettings):
     llm_base_url: str | None = Field(None, description="Use this model API, start none.")
     llm_model: str | None = Field(None, description="Model name for LLM_BASE_URL.")
     hf_token: SecretStr | None = Field(None, description="Use the HF router, start no model.")
+
+    @property
+    def embedded_model(self) -> bool:
+        """Whether the stack starts the embedded model (no other model API is set)."""
+        return not (self.llm_base_url or self.hf_token)
 
 
 class StackError(RuntimeError):
@@ -155,14 +167,15 @@ def _start(settings: StackSettings, stack: contextlib.ExitStack) -> dict[str, Po
         if redis.process is not None:
             watched["redis"] = redis.process.poll
 
-    if settings.llm_base_url or settings.hf_token:
+    if not settings.embedded_model:
         logger.info("using the model at %s", settings.llm_base_url or "the Hugging Face router")
     else:
         model = stack.enter_context(
             EmbeddedModel(
                 port=settings.parley_model_port,
-                model_dir=data_dir / "models",
                 log_dir=log_dir,
+                model=settings.parley_model,
+                threads=settings.parley_model_threads,
                 parallel=settings.parley_model_parallel,
                 ctx_size=settings.parley_model_ctx_size,
                 max_tokens=settings.parley_model_max_tokens,
@@ -172,7 +185,7 @@ def _start(settings: StackSettings, stack: contextlib.ExitStack) -> dict[str, Po
         )
         env["LLM_BASE_URL"] = model.base_url
         env["LLM_MODEL"] = model.model
-        watched["llama-server"] = model.poll
+        watched["model server"] = model.poll
 
     # Entered before the server so that the server stops first, then the workers.
     for i in range(1, settings.parley_workers + 1):
@@ -205,7 +218,15 @@ def _serve(settings: StackSettings, stack: contextlib.ExitStack) -> int:
 
 
 def run(settings: StackSettings) -> int:
-    """Run the stack until a signal (exit code 0) or a failure (exit code 1)."""
+    """Run the stack until a signal (exit code 0) or a failure (exit code 1).
+
+    Returns 2 at once, having started nothing, when the embedded model is wanted and
+    this CPU lacks a flag its prebuilt runtime needs (:mod:`stack.cpu`).
+    """
+    missing = missing_cpu_flags() if settings.embedded_model else []
+    if missing:
+        logger.error("cannot start the embedded model: %s", unsupported_cpu_message(missing))
+        return 2
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     with contextlib.ExitStack() as stack:

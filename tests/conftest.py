@@ -49,10 +49,9 @@ def redis_server(
 
 @pytest.fixture(scope="session")
 def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedModel]:
-    """The real embedded model (llama.cpp + Gemma 3 270M), started once per run."""
+    """The real embedded model (xllamacpp + SmolLM2-135M-Instruct), started once per run."""
     with EmbeddedModel(
         port=free_port(),
-        model_dir=tmp_path_factory.mktemp("models"),
         log_dir=tmp_path_factory.mktemp("model-logs"),
         parallel=2,
         ctx_size=2048,

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -141,9 +142,24 @@ def test_llm_base_url_points_at_the_model_service(services: dict[str, dict[str, 
     assert url.hostname == "model"
     assert str(url.port) == option(model_args, "--port")
     assert option(model_args, "--host") == "0.0.0.0"
-    assert option(model_args, "-m").startswith("/models/")
+    assert model_args[:3] == ["python", "-m", "stack.model_server"]
+    assert "smollm2-135m-instruct" in option(model_args, "--model")
     assert any(str(v).split(":")[1] == "/models" for v in services["model"]["volumes"])
     assert "HF_TOKEN" in env and "LLM_MODEL" in env
+    assert "smollm2-135m-instruct" in env["LLM_MODEL"]
+
+
+def test_the_model_image_is_pinned_to_the_runtime_version(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    [pin] = [
+        d for d in pyproject["project"]["optional-dependencies"]["embedded"] if "xllamacpp" in d
+    ]
+    version = pin.split("==")[1].split()[0]
+    model = services["model"]
+    assert model["build"]["target"] == "model"
+    assert model["image"].endswith(f":xllamacpp-{version}"), "a version tag, never a floating one"
 
 
 def test_worker_is_scalable(services: dict[str, dict[str, Any]]) -> None:
@@ -180,18 +196,46 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     ]
 
 
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's instructions by stage name (``"0"``, ``"1"``... when unnamed)."""
+    result: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for op, args in dockerfile_instructions():
+        if op == "FROM":
+            words = args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(result))
+            current = result.setdefault(name, [])
+        current.append((op, args))
+    return result
+
+
 def test_dockerfile_runs_an_existing_module_as_a_non_root_user() -> None:
     instructions = dockerfile_instructions()
     assert instructions[0] == ("FROM", "python:3.11-slim")
-    entry = [args for op, args in instructions if op in ("CMD", "ENTRYPOINT")][-1]
+    final = list(stages().values())[-1]
+    entry = [args for op, args in final if op in ("CMD", "ENTRYPOINT")][-1]
     argv = json.loads(entry)  # exec form, so signals reach Python
     module = argv[argv.index("-m") + 1]
     assert (ROOT / module / "__main__.py").is_file()
-    users = [args for op, args in instructions if op == "USER"]
+    users = [args for op, args in final if op == "USER"]
     assert users and users[-1] not in ("root", "0")
-    runs = " ".join(args for op, args in instructions if op == "RUN")
+    runs = " ".join(args for op, args in final if op == "RUN")
     assert "pip install" in runs
-    assert "embedded" not in runs
+    assert "embedded" not in runs and "xllamacpp" not in runs
+
+
+def test_the_model_stage_runs_the_prebuilt_runtime() -> None:
+    model = stages()["model"]
+    runs = " ".join(args for op, args in model if op == "RUN")
+    assert "libgomp1" in runs, "xllamacpp links the system's OpenMP runtime"
+    assert "xllamacpp" in runs and "--no-deps -r /tmp/requirements-model.txt" in runs
+    assert "cmake" not in runs and "CMAKE" not in runs, "nothing is compiled"
+    copied = " ".join(args for op, args in model if op == "COPY")
+    for module in ("stack/model_server.py", "stack/model.py", "stack/cpu.py", "stack/process.py"):
+        assert module in copied
+    [entry] = [json.loads(args) for op, args in model if op == "CMD"]
+    assert entry[:3] == ["python", "-m", "stack.model_server"]
+    assert [args for op, args in model if op == "USER"] == ["parley"]
 
 
 def compose_cli() -> list[str] | None:

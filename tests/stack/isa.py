@@ -1,0 +1,51 @@
+"""Find AVX-512 and AMX instructions in machine code, for the portability test.
+
+A binary built for x86-64-v3 (AVX2) must not execute AVX-512 or AMX instructions on its
+own: on a CPU without them (AMD EPYC with AVX2 only, say) it dies of SIGILL. Code that
+uses them only behind a CPU check (a dispatched variant, named for its instruction set:
+``FP16_L2SqrSIMD32_AVX512``, glibc's ``__memmove_evex_unaligned``) is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+# zmm registers, the upper 16 xmm/ymm registers and the opmask registers exist only
+# with AVX-512 (EVEX encoding); tile* and tdp* are AMX.
+AVX512_OR_AMX = re.compile(
+    r"%zmm\d|%[xy]mm(1[6-9]|2\d|3[01])\b|%k[0-7]\b|\btile(loadd|stored|zero|release|cfg)|\btdp[bf]"
+)
+DISPATCHED = re.compile(r"avx512|avx_512|evex|amx|skx|zen4", re.IGNORECASE)
+
+
+def avx512_functions(path: Path, *, allow_dispatched: bool = True) -> dict[str, int]:
+    """Functions of ``path`` holding AVX-512/AMX instructions: ``{symbol: instruction count}``.
+
+    Disassembles with ``objdump -d`` (binutils). With ``allow_dispatched``, functions whose
+    symbol names their instruction set are left out. In a stripped binary an instruction
+    is counted against the nearest symbol before it.
+
+    Raises:
+        subprocess.CalledProcessError: objdump failed (not an ELF file, say).
+    """
+    found: dict[str, int] = {}
+    function = "?"
+    with subprocess.Popen(
+        ["objdump", "-d", "--no-show-raw-insn", "-C", str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.endswith(">:\n") and line[:1].isalnum():
+                function = line.split("<", 1)[1][:-3]
+            elif AVX512_OR_AMX.search(line) and not (
+                allow_dispatched and DISPATCHED.search(function)
+            ):
+                found[function] = found.get(function, 0) + 1
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, ["objdump", str(path)])
+    return found
