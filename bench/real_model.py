@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from bench.runner import run_loop
-from bench.stats import Distribution, ms, ratio
+from bench.stats import Distribution, ratio
 from stack.cluster import ChatDriver, Cluster
 from stack.model import EmbeddedModel
 from stack.redis import EmbeddedRedis, free_port
@@ -43,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 FLUSH_MS_DEFAULT: float = WorkerSettings.model_fields["stream_flush_ms"].default
 """The workers' own ``STREAM_FLUSH_MS`` default (ms)."""
-
-"""Where the GGUF is assembled on first use: the same place as ``make run``'s."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +74,8 @@ class PathResult:
             directly, the ``done`` event through Parley.
         reply_chars: the replies' lengths (characters), to check both paths generated
             alike.
+        tokens_per_s: each reply's tokens (counted by the model's ``/tokenize``) over
+            the time from its first token to its end (tokens/s).
         replies: questions answered.
         failures: questions without a whole reply (HTTP or ``error`` event, timeout).
     """
@@ -83,6 +83,7 @@ class PathResult:
     first_token_ms: Distribution
     done_ms: Distribution
     reply_chars: Distribution
+    tokens_per_s: Distribution
     replies: int
     failures: int
 
@@ -103,48 +104,37 @@ class RealModelResult:
         """Questions that got no whole reply, both paths."""
         return self.direct.failures + self.parley.failures
 
-    def line(self) -> str:
-        """One line to compare runs by."""
-        o, d, p = self.options, self.direct, self.parley
-        return (
-            f"real-model: {o.sessions} sessions x {o.rounds} rounds, max {o.max_tokens} tokens: "
-            f"first token direct {ms(d.first_token_ms.median)} ms, "
-            f"Parley {ms(p.first_token_ms.median)} ms, ratio {_ratio(self.first_token_ratio)}; "
-            f"done direct {ms(d.done_ms.median, 0)} ms, Parley {ms(p.done_ms.median, 0)} ms, "
-            f"ratio {_ratio(self.done_ratio)}; failures {d.failures}/{p.failures}"
-        )
-
-    def table(self) -> str:
-        """Both paths' distributions as a small table (ms)."""
-        rows = [f"  {'ms':<20}{'median':>9}{'p95':>9}{'p99':>9}{'n':>5}"]
-        for name, d in (
-            ("direct first token", self.direct.first_token_ms),
-            ("Parley first token", self.parley.first_token_ms),
-            ("direct done", self.direct.done_ms),
-            ("Parley done", self.parley.done_ms),
-        ):
-            rows.append(f"  {name:<20}{ms(d.median):>9}{ms(d.p95):>9}{ms(d.p99):>9}{d.n:>5}")
-        chars = f"{ms(self.direct.reply_chars.median, 0)}/{ms(self.parley.reply_chars.median, 0)}"
-        rows.append(f"  reply length, median chars (direct/Parley): {chars}")
-        return "\n".join(rows)
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
 
 @dataclass
 class _Samples:
     first_token_ms: list[float]
     done_ms: list[float]
     reply_chars: list[float]
+    texts: list[str]
     failures: int = 0
+    tokens_per_s: list[float] | None = None
+
+    def add(self, first_token_ms: float, done_ms: float, text: str) -> None:
+        self.first_token_ms.append(first_token_ms)
+        self.done_ms.append(done_ms)
+        self.reply_chars.append(len(text))
+        self.texts.append(text)
+
+    async def count_tokens(self, http: aiohttp.ClientSession, root: str) -> None:
+        """Each reply's generation rate (tokens/s), counted by the model's tokenizer."""
+        self.tokens_per_s = []
+        for text, first, done in zip(self.texts, self.first_token_ms, self.done_ms, strict=True):
+            async with http.post(f"{root}/tokenize", json={"content": text}) as response:
+                tokens = len((await response.json())["tokens"])
+            if done > first:
+                self.tokens_per_s.append(tokens / (done - first) * 1000)
 
     def result(self) -> PathResult:
         return PathResult(
             first_token_ms=Distribution.of(self.first_token_ms),
             done_ms=Distribution.of(self.done_ms),
             reply_chars=Distribution.of(self.reply_chars),
+            tokens_per_s=Distribution.of(self.tokens_per_s or []),
             replies=len(self.done_ms),
             failures=self.failures,
         )
@@ -185,8 +175,8 @@ async def _measure(
     }
     url = f"{model.base_url}/chat/completions"
     questions = _questions()
-    direct = _Samples([], [], [])
-    parley = _Samples([], [], [])
+    direct = _Samples([], [], [], [])
+    parley = _Samples([], [], [], [])
     timeout = options.reply_timeout_s
 
     async with (
@@ -215,17 +205,22 @@ async def _measure(
                     if token is None or done is None:
                         samples.failures += 1
                         continue
-                    samples.first_token_ms.append((token.at - t.sent[0].at) * 1000)
-                    samples.done_ms.append((done.at - t.sent[0].at) * 1000)
-                    samples.reply_chars.append(len(done.event["reply"]["content"]))
+                    samples.add(
+                        (token.at - t.sent[0].at) * 1000,
+                        (done.at - t.sent[0].at) * 1000,
+                        done.event["reply"]["content"],
+                    )
 
             # One question each way first, so the model and connections are warm; not counted.
-            await direct_round(_Samples([], [], []), 1)
-            await parley_round(_Samples([], [], []), 1)
+            await direct_round(_Samples([], [], [], []), 1)
+            await parley_round(_Samples([], [], [], []), 1)
             for round_ in range(1, options.rounds + 1):
                 await direct_round(direct, options.sessions)
                 await parley_round(parley, options.sessions)
                 logger.info("round %d of %d done", round_, options.rounds)
+        root = model.base_url.removesuffix("/v1")
+        await direct.count_tokens(http, root)
+        await parley.count_tokens(http, root)
     d, p = direct.result(), parley.result()
     return RealModelResult(
         options=options,
@@ -286,6 +281,4 @@ async def _ask_directly(
         logger.warning("direct: empty reply to %r", question)
         samples.failures += 1
         return
-    samples.first_token_ms.append((first_token_at - started) * 1000)
-    samples.done_ms.append((ended - started) * 1000)
-    samples.reply_chars.append(len("".join(parts).strip()))
+    samples.add((first_token_at - started) * 1000, (ended - started) * 1000, "".join(parts).strip())

@@ -111,7 +111,8 @@ def _real_model_line(result: dict[str, Any]) -> str:
         f"Parley {ms(p['first_token_ms']['median'])} ms, ratio {_fmt(ratio)} | "
         f"done direct {ms(d['done_ms']['median'], 0)} ms, "
         f"Parley {ms(p['done_ms']['median'], 0)} ms, "
-        f"ratio {_fmt(done)} | failures {d['failures']}/{p['failures']}"
+        f"ratio {_fmt(done)} | tokens/s a reply direct {ms(d['tokens_per_s']['median'])}, "
+        f"Parley {ms(p['tokens_per_s']['median'])} | failures {d['failures']}/{p['failures']}"
     )
 
 
@@ -217,6 +218,14 @@ def _real_model_table(result: dict[str, Any]) -> str:
         ("Parley first token", result["parley"]["first_token_ms"]),
         ("direct done", result["direct"]["done_ms"]),
         ("Parley done", result["parley"]["done_ms"]),
+    ):
+        rows.append(
+            f"  {name:<20}{ms(d['median']):>9}{ms(d['p95']):>9}{ms(d['p99']):>9}{d['n']:>5}"
+        )
+    rows.append(f"  {'tokens/s a reply':<20}{'median':>9}{'p95':>9}{'p99':>9}{'n':>5}")
+    for name, d in (
+        ("direct", result["direct"]["tokens_per_s"]),
+        ("Parley", result["parley"]["tokens_per_s"]),
     ):
         rows.append(
             f"  {name:<20}{ms(d['median']):>9}{ms(d['p95']):>9}{ms(d['p99']):>9}{d['n']:>5}"
