@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protocol.logs import LogFormat
+
 
 class CommonSettings(BaseSettings):
     """Settings that the server and the worker must agree on.
@@ -35,3 +37,6 @@ class CommonSettings(BaseSettings):
         default=32, gt=1, description="Redis connections of one process, at most."
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
+    log_format: LogFormat = Field(
+        default="text", description="Log lines as text, or one JSON object a line (json)."
+    )

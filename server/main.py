@@ -9,6 +9,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI, status
 
+from protocol.logs import setup_logging
 from server.app import create_app
 from server.config import ServerSettings
 from server.routes.chat import ChatSockets
@@ -45,10 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     args = parser.parse_args(argv)
     settings = ServerSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging(settings.log_level, settings.log_format, "server")
     app = create_app(settings)
     config = uvicorn.Config(
         app,

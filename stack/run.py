@@ -26,6 +26,7 @@ from typing import Self
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protocol.logs import LogFormat, setup_logging
 from stack.cpu import missing_cpu_flags, unsupported_cpu_message
 from stack.model import DEFAULT_MODEL, EmbeddedModel
 from stack.process import die_with_parent, stop_process
@@ -59,6 +60,7 @@ class StackSettings(BaseSettings):
     llm_base_url: str | None = Field(None, description="Use this model API, start none.")
     llm_model: str | None = Field(None, description="Model name for LLM_BASE_URL.")
     hf_token: SecretStr | None = Field(None, description="Use the HF router, start no model.")
+    log_format: LogFormat = Field("text", description="Log lines as text or JSON objects.")
 
     @property
     def embedded_model(self) -> bool:
@@ -238,12 +240,10 @@ def run(settings: StackSettings) -> int:
 
 def main() -> int:
     """Entry point of ``python -m stack``; returns the process exit code."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         settings = StackSettings()
     except ValidationError as e:
         print(f"invalid settings:\n{e}", file=sys.stderr)
         return 2
+    setup_logging("INFO", settings.log_format, "stack")
     return run(settings)

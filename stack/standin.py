@@ -81,6 +81,7 @@ class _FailFault(BaseModel):
     status: Annotated[int, Field(ge=400, le=599)]
     count: Annotated[int, Field(ge=1)] = 1
     retry_after: Annotated[float, Field(ge=0)] | None = None
+    message: str | None = None
 
 
 class _CutFault(BaseModel):
@@ -145,6 +146,7 @@ class Timing:
 class _Fail:
     status: int
     retry_after: float | None
+    message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,9 +224,16 @@ class StandinModel:
 
     # -- faults and inspection ---------------------------------------------------------
 
-    def fail_next(self, status: int, count: int = 1, retry_after: float | None = None) -> None:
-        """Answer the next ``count`` chat requests with ``status`` and an error body."""
-        self._faults.extend([_Fail(status, retry_after)] * count)
+    def fail_next(
+        self,
+        status: int,
+        count: int = 1,
+        retry_after: float | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` chat requests with ``status`` and an error body
+        whose message is ``message`` (default ``"injected failure <status>"``)."""
+        self._faults.extend([_Fail(status, retry_after, message)] * count)
 
     def cut_next(self, after_tokens: int, count: int = 1) -> None:
         """Send ``after_tokens`` deltas on the next ``count`` streams, then drop them."""
@@ -330,7 +339,8 @@ class StandinModel:
             headers: dict[str, str] = {}
             if fault.retry_after is not None:
                 headers["Retry-After"] = f"{fault.retry_after:g}"
-            return _error_response(fault.status, f"injected failure {fault.status}", headers)
+            message = fault.message or f"injected failure {fault.status}"
+            return _error_response(fault.status, message, headers)
         try:
             chat = _ChatRequest.model_validate(body)
         except PydanticValidationError as e:
@@ -501,7 +511,7 @@ class StandinModel:
         except PydanticValidationError as e:
             return web.json_response({"detail": e.errors(include_url=False)}, status=400)
         if isinstance(fault, _FailFault):
-            self.fail_next(fault.status, fault.count, fault.retry_after)
+            self.fail_next(fault.status, fault.count, fault.retry_after, fault.message)
         elif isinstance(fault, _CutFault):
             self.cut_next(fault.after_tokens, fault.count)
         else:

@@ -9,6 +9,7 @@ import signal
 from prometheus_client import start_http_server
 
 from protocol.connection import connect, disconnect
+from protocol.logs import setup_logging
 from worker.config import WorkerSettings
 from worker.consumer import Worker
 from worker.llm import LLMClient, LLMConfig
@@ -55,10 +56,7 @@ async def serve(settings: WorkerSettings) -> None:
 def main() -> None:
     """Entry point of ``python -m worker``."""
     settings = WorkerSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging(settings.log_level, settings.log_format, "worker")
     # uvloop (installed with uvicorn[standard]) when available, as the server's uvicorn
     # does: the worker spends much of its time in socket I/O, which uvloop does in C.
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from protocol.config import CommonSettings
 
@@ -31,7 +31,14 @@ class WorkerSettings(CommonSettings):
     llm_model: str | None = Field(
         default=None, description="Model name sent to the API (default depends on the API)."
     )
-    hf_token: str | None = Field(default=None, description="Hugging Face access token.")
+    hf_token: SecretStr | None = Field(
+        default=None,
+        description="Hugging Face access token; sent only to the Hugging Face router.",
+    )
+    llm_api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key sent to LLM_BASE_URL (any endpoint but the Hugging Face router).",
+    )
     hf_model: str = Field(
         default="Qwen/Qwen2.5-7B-Instruct",
         description="Model asked of the Hugging Face router when LLM_MODEL is unset.",
@@ -87,10 +94,24 @@ class WorkerSettings(CommonSettings):
         """``(base_url, model, api_key)`` as the contract selects them.
 
         ``LLM_BASE_URL`` if set; else the Hugging Face router if ``HF_TOKEN`` is set;
-        else the embedded local model.
+        else the embedded local model. The key goes where it belongs and nowhere else:
+        ``HF_TOKEN`` only to the Hugging Face router (also when ``LLM_BASE_URL`` names
+        it), ``LLM_API_KEY`` only to another ``LLM_BASE_URL``.
         """
+        hf_token = self.hf_token.get_secret_value() if self.hf_token else None
         if self.llm_base_url:
-            return self.llm_base_url, self.llm_model or LOCAL_MODEL_NAME, self.hf_token
-        if self.hf_token:
-            return HF_ROUTER_URL, self.llm_model or self.hf_model, self.hf_token
+            if self.llm_base_url.rstrip("/") == HF_ROUTER_URL:
+                key = hf_token or _secret(self.llm_api_key)
+                return self.llm_base_url, self.llm_model or self.hf_model, key
+            return (
+                self.llm_base_url,
+                self.llm_model or LOCAL_MODEL_NAME,
+                _secret(self.llm_api_key),
+            )
+        if hf_token:
+            return HF_ROUTER_URL, self.llm_model or self.hf_model, hf_token
         return LOCAL_MODEL_URL, self.llm_model or LOCAL_MODEL_NAME, None
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value else None

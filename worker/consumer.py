@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from protocol import keys
 from protocol.connection import is_cluster
 from protocol.hub import RESYNC, UNAVAILABLE, Hub
+from protocol.logs import fingerprint
 from protocol.models import Session, StoredMessage
 from protocol.store import ANSWERED, NOT_YET, Fenced, SessionExpired, Store
 from protocol.tasks import cancel_and_wait
@@ -292,7 +293,11 @@ class Worker:
                     logger.warning("ignoring a malformed stop notice: %.200r", payload)
                     continue
                 if stop is not None:
-                    logger.info("token=%s seq=%s stopping", notice["token"], notice["seq"])
+                    logger.info(
+                        "session=%s seq=%s stopping",
+                        fingerprint(str(notice["token"])),
+                        notice["seq"],
+                    )
                     stop.set()
 
     def _spawn(self, stream: str, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
@@ -327,7 +332,7 @@ class Worker:
             await self._dead_letter(entry_id, fields, "undecodable")
             await self._ack(entry_id)
             return
-        log_ctx = (entry.message_id, entry.token, entry.seq)
+        log_ctx = (entry.message_id, fingerprint(entry.token), entry.seq)
         # Registered before the session is read (by begin): a stop recorded before that
         # read is seen in ``stop_seq``, one announced after it finds the event.
         stop = self._stops.setdefault((entry.token, entry.seq), asyncio.Event())
@@ -340,7 +345,7 @@ class Worker:
                 async with self._slots:
                     begun = await self.store.begin(entry, attempt)
                     if begun.status == ANSWERED:
-                        logger.info("message_id=%s token=%s seq=%d already answered", *log_ctx)
+                        logger.info("message_id=%s session=%s seq=%d already answered", *log_ctx)
                         break
                     if begun.status != NOT_YET:
                         assert begun.session is not None
@@ -353,23 +358,23 @@ class Worker:
                 await self._await_turn(entry)
             await self._ack(entry_id)
         except SessionExpired:
-            logger.info("message_id=%s token=%s seq=%d: session expired", *log_ctx)
+            logger.info("message_id=%s session=%s seq=%d: session expired", *log_ctx)
             await self._ack(entry_id)
         except Fenced:
             # Another worker took the entry over (this one paused too long) and has
             # begun the reply again; it owns the entry and acks it.
-            logger.warning("message_id=%s token=%s seq=%d: taken over; stopped", *log_ctx)
+            logger.warning("message_id=%s session=%s seq=%d: taken over; stopped", *log_ctx)
         except asyncio.CancelledError:
             raise
         except _REDIS_ERRORS as e:
             # Left pending, as below; Redis is unreachable, which every loop reports.
             logger.warning(
-                "message_id=%s token=%s seq=%d: Redis error %s; left pending", *log_ctx, e
+                "message_id=%s session=%s seq=%d: Redis error %s; left pending", *log_ctx, e
             )
         except Exception:
             # Left pending: after CLAIM_IDLE_MS a worker takes it over, at most
             # MAX_DELIVERIES times in all.
-            logger.exception("message_id=%s token=%s seq=%d failed; left pending", *log_ctx)
+            logger.exception("message_id=%s session=%s seq=%d failed; left pending", *log_ctx)
         finally:
             if self._stops.get((entry.token, entry.seq)) is stop:
                 del self._stops[(entry.token, entry.seq)]
@@ -405,9 +410,9 @@ class Worker:
     ) -> None:
         """Dead-letter an entry tried ``MAX_DELIVERIES`` times; close it with an error."""
         logger.error(
-            "message_id=%s token=%s seq=%d failed %d times: dead-lettered",
+            "message_id=%s session=%s seq=%d failed %d times: dead-lettered",
             entry.message_id,
-            entry.token,
+            fingerprint(entry.token),
             entry.seq,
             deliveries - 1,
         )
@@ -480,9 +485,9 @@ class Worker:
             TIME_TO_FIRST_TOKEN.observe(first_token_s)
             REPLY_SECONDS.observe(total_s)
         logger.info(
-            "message_id=%s token=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
+            "message_id=%s session=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
             entry.message_id,
-            entry.token,
+            fingerprint(entry.token),
             entry.seq,
             "stopped" if reply.stopped else "done",
             len(text),
@@ -502,7 +507,7 @@ class Worker:
         await self.store.finish(
             entry,
             None,
-            ErrorEvent(message_id=entry.message_id, code=code, detail=str(error)),
+            ErrorEvent(message_id=entry.message_id, code=code, detail=error.public_detail),
             attempt,
         )
 

@@ -90,6 +90,8 @@ class LLMError(Exception):
     """
 
     code: ClassVar[str] = "llm_error"
+    #: What clients are told, before the status (see :attr:`public_detail`).
+    summary: ClassVar[str] = "the model could not answer"
 
     def __init__(
         self, message: str, *, status: int | None = None, retry_after_s: float | None = None
@@ -98,27 +100,47 @@ class LLMError(Exception):
         self.status = status
         self.retry_after_s = retry_after_s
 
+    @property
+    def public_detail(self) -> str:
+        """What a client may be told: the kind of failure, the HTTP status, the wait.
+
+        Never the model server's own words, its URL or its address: an error body can
+        echo a key, an internal host or a stack trace, and ``str(error)`` (for the
+        worker's log) holds them. E.g. ``"the model API is unavailable (HTTP 503)"``.
+        """
+        detail = self.summary
+        if self.status is not None:
+            detail += f" (HTTP {self.status})"
+        if self.retry_after_s is not None:
+            detail += f"; it asked to wait {self.retry_after_s:.0f} s"
+        return detail
+
 
 class LLMRateLimited(LLMError):
     """429, still after every retry (or with a ``Retry-After`` beyond ``backoff_max_s``)."""
 
     code = "rate_limited"
+    summary = "the model API is refusing requests for now (rate limit)"
 
 
 class LLMUnavailable(LLMError):
     """5xx, timeout, connection failure or broken stream, still after every retry."""
 
     code = "llm_unavailable"
+    summary = "the model API is unavailable"
 
 
 class LLMRejected(LLMError):
     """The server refused the request itself (4xx other than 429): never retried."""
 
     code = "llm_rejected"
+    summary = "the model API refused the request"
 
 
 class LLMStreamInterrupted(LLMUnavailable):
     """The stream broke after at least one delta was yielded; nothing was retried."""
+
+    summary = "the model's reply stream broke"
 
 
 class _Retryable(Exception):

@@ -26,6 +26,7 @@ from starlette.websockets import WebSocketState
 
 from protocol import keys
 from protocol.hub import RESYNC, UNAVAILABLE, Hub, Subscription
+from protocol.logs import fingerprint
 from protocol.store import (
     SessionExpired,
     Store,
@@ -137,6 +138,7 @@ class ChatConnection:
     ) -> None:
         self.websocket = websocket
         self.token = token
+        self.session = fingerprint(token)  # what logs name the session by
         self.store = store
         self.hub = hub
         self.settings = settings
@@ -164,7 +166,7 @@ class ChatConnection:
         except _Closed as e:
             close = e
         except (RedisError, OSError, TimeoutError) as e:
-            logger.warning("token=%s connection failed: %s", self.token, e)
+            logger.warning("session=%s connection failed: %s", self.session, e)
             close = _Closed(status.WS_1011_INTERNAL_ERROR, "Redis unavailable; reconnect")
         if close is not None and self.websocket.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
@@ -238,7 +240,7 @@ class ChatConnection:
                 return
             except (RedisError, OSError) as e:
                 logger.warning(
-                    "token=%s resync failed (%s); retrying in %.1f s", self.token, e, backoff
+                    "session=%s resync failed (%s); retrying in %.1f s", self.session, e, backoff
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
@@ -255,7 +257,7 @@ class ChatConnection:
             try:
                 pttl = await self.store.redis.pttl(session_key)
             except (RedisError, OSError) as e:
-                logger.warning("token=%s Redis unreachable: %s", self.token, e)
+                logger.warning("session=%s Redis unreachable: %s", self.session, e)
                 await self._tell_unavailable()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
@@ -296,7 +298,7 @@ class ChatConnection:
             try:
                 await self._replay(command.after)
             except (RedisError, OSError) as e:
-                logger.warning("token=%s resume failed: %s", self.token, e)
+                logger.warning("session=%s resume failed: %s", self.session, e)
                 await self._send_error(None, ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL)
         elif isinstance(command, StopCommand):
             await self._on_stop()
@@ -332,10 +334,10 @@ class ChatConnection:
             await self._send_error(None, ErrorCode.SESSION_EXPIRED, SESSION_GONE)
             raise _Closed(status.WS_1008_POLICY_VIOLATION, SESSION_GONE) from e
         except (RedisError, OSError) as e:
-            logger.warning("token=%s could not stop the reply: %s", self.token, e)
+            logger.warning("session=%s could not stop the reply: %s", self.session, e)
             await self._send_error(None, ErrorCode.UNAVAILABLE, "the stop could not be sent; retry")
             return
-        logger.info("token=%s seq=%d stop requested", self.token, seq)
+        logger.info("session=%s seq=%d stop requested", self.session, seq)
 
     async def _on_message(self, content: str) -> None:
         if not content.strip():
@@ -365,13 +367,13 @@ class ChatConnection:
             )
             return
         except (RedisError, OSError) as e:
-            logger.warning("token=%s could not queue a message: %s", self.token, e)
+            logger.warning("session=%s could not queue a message: %s", self.session, e)
             await self._send_error(
                 None, ErrorCode.UNAVAILABLE, "the message could not be stored; send it again"
             )
             return
         MESSAGES_ACCEPTED.inc()
-        logger.info("message_id=%s token=%s seq=%d queued", message.id, self.token, message.seq)
+        logger.info("message_id=%s session=%s seq=%d queued", message.id, self.session, message.seq)
         await self._send(
             QueuedEvent(message_id=message.id, message=message.public()).model_dump_json(
                 exclude_none=True

@@ -1,0 +1,64 @@
+"""No session token in any log line of any process, after an ordinary chat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from protocol.logs import fingerprint
+from stack.cluster import Cluster
+from stack.standin import StandinModel
+from tests.chat_client import count, read_until
+
+pytestmark = pytest.mark.system
+
+
+@pytest.mark.timeout(60)
+async def test_session_tokens_never_reach_the_logs(
+    redis: Redis[str], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    log_dir = tmp_path / "logs"
+    async with (
+        StandinModel(tokens=4) as model,
+        Cluster(redis_url, model.base_url or "", log_dir, env={"LOG_LEVEL": "DEBUG"}) as cluster,
+    ):
+        await cluster.start(servers=1, workers=2)
+        url = cluster.servers[0].url
+        tokens = []
+        for name in ("ada", "bob"):
+            async with http.post(f"{url}/token", params={"name": name}) as r:
+                tokens.append((await r.json())["token"])
+        for token in tokens:
+            async with http.ws_connect(
+                f"{url.replace('http', 'ws', 1)}/chat", params={"token": token}
+            ) as ws:
+                await ws.send_str("hello")
+                await read_until(ws, count("done", 1))
+                await ws.send_str('{"type": "stop"}')  # logs the session on both sides
+            async with http.get(f"{url}/refresh_token", params={"token": token}) as r:
+                assert r.status == 200
+        # A refused socket: uvicorn logs the path of a rejected handshake too.
+        gone = "00000000-0000-4000-8000-000000000000"
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(f"{url.replace('http', 'ws', 1)}/chat", params={"token": gone})
+    logs = {p.name: p.read_text(errors="replace") for p in sorted(log_dir.glob("*.log"))}
+    assert set(logs) == {"server-1.log", "worker-1.log", "worker-2.log"}
+    hits = [
+        f"{name}: {line}"
+        for name, text in logs.items()
+        for line in text.splitlines()
+        for token in (*tokens, gone)
+        if token in line.lower()
+    ]
+    lines = sum(len(text.splitlines()) for text in logs.values())
+    print(f"log scan: {lines} lines in {len(logs)} files, {len(hits)} holding a session token")
+    assert not hits, "\n".join(hits[:10])
+    # The lines were written, naming the sessions by their fingerprints instead.
+    server_log = logs["server-1.log"]
+    assert f'"WebSocket /chat?token=fp-{fingerprint(tokens[0])}" [accepted]' in server_log
+    assert f"/chat?token=fp-{fingerprint(gone)}" in server_log
+    workers_log = logs["worker-1.log"] + logs["worker-2.log"]
+    assert all(f"session={fingerprint(t)}" in server_log + workers_log for t in tokens)
