@@ -8,7 +8,8 @@ const backend = process.env.PARLEY_URL ?? "http://127.0.0.1:8000";
 
 export default defineConfig({
   plugins: [react()],
-  build: { outDir: "dist", sourcemap: true },
+  // No source maps in the served build: they would publish the sources as written.
+  build: { outDir: "dist", sourcemap: false },
   server: {
     proxy: {
       "/token": backend,

@@ -20,6 +20,7 @@ from protocol.hub import Hub
 from protocol.store import Store
 from server.config import ServerSettings
 from server.routes import chat, health, sessions
+from server.security import SecurityMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,23 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await hub.aclose()
             await disconnect(redis)
 
-    app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan)
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="Parley",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.chat_sockets = chat.ChatSockets()
+    # /metrics off, or served on METRICS_PORT by ``python -m server`` instead.
+    metrics_here = settings.metrics_enabled and not settings.metrics_port
+    app.add_middleware(
+        SecurityMiddleware,
+        allowed_origins=settings.origins(),
+        hidden_paths=frozenset() if metrics_here else frozenset({"/metrics"}),
+    )
 
     @app.exception_handler(RedisError)
     async def redis_unavailable(_request: Request, exc: RedisError) -> JSONResponse:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from protocol.config import CommonSettings
+from server.security import SecuritySettings
 
 
-class ServerSettings(CommonSettings):
+class ServerSettings(SecuritySettings):
     """Settings of a server process (environment variables, or a ``.env`` file)."""
 
     max_message_chars: int = Field(

@@ -8,6 +8,7 @@ import socket
 
 import uvicorn
 from fastapi import FastAPI, status
+from prometheus_client import start_http_server
 
 from protocol.logs import setup_logging
 from server.app import create_app
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = ServerSettings()
     setup_logging(settings.log_level, settings.log_format, "server")
     app = create_app(settings)
+    if settings.metrics_enabled and settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=args.host)
     config = uvicorn.Config(
         app,
         host=args.host,

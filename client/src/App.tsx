@@ -1,12 +1,21 @@
 import { useCallback, useEffect, useState } from "react";
 import { httpApi, SessionGone, Unreachable, type Api } from "./api";
 import { ChatView } from "./components/ChatView";
+import { LinkedSession } from "./components/LinkedSession";
 import { StartScreen } from "./components/StartScreen";
 import type { SessionView } from "./protocol";
-import { forgetSession, savedName, savedToken, saveSession } from "./storage";
+import {
+  forgetSession,
+  linkedToken,
+  savedName,
+  storedName,
+  storedToken,
+  saveSession,
+} from "./storage";
 
 type Phase =
-  | { kind: "loading" }
+  | { kind: "loading"; token: string }
+  | { kind: "confirm"; linked: string; stored: string | null }
   | { kind: "start"; notice?: string }
   | { kind: "unreachable"; token: string }
   | { kind: "chat"; view: SessionView };
@@ -36,22 +45,33 @@ async function resume(token: string): Promise<Phase> {
   }
 }
 
+/**
+ * Where the page starts. A token in the URL that is not the one this browser keeps
+ * (a link someone sent) is never taken silently: whoever made the link can read and
+ * write that conversation, so the person is asked first (session fixation).
+ */
+function initialPhase(): Phase {
+  const linked = linkedToken();
+  const stored = storedToken();
+  if (linked !== null && linked !== stored) return { kind: "confirm", linked, stored };
+  const token = linked ?? stored;
+  return token === null ? { kind: "start" } : { kind: "loading", token };
+}
+
 export function App() {
-  const [phase, setPhase] = useState<Phase>(() =>
-    savedToken() === null ? { kind: "start" } : { kind: "loading" },
-  );
+  const [phase, setPhase] = useState<Phase>(initialPhase);
+  const loading = phase.kind === "loading" ? phase.token : null;
 
   useEffect(() => {
-    const token = savedToken();
-    if (token === null) return;
+    if (loading === null) return;
     let current = true;
-    void resume(token).then((next) => {
+    void resume(loading).then((next) => {
       if (current) setPhase(next);
     });
     return () => {
       current = false;
     };
-  }, []);
+  }, [loading]);
 
   /** Start a session for `name`; resolves to an error message, or null when started. */
   const start = useCallback(async (name: string): Promise<string | null> => {
@@ -72,6 +92,23 @@ export function App() {
           <p className="muted">Loading your conversation…</p>
         </main>
       );
+    case "confirm":
+      return (
+        <LinkedSession
+          currentName={phase.stored === null ? null : storedName()}
+          onOpen={() => {
+            setPhase({ kind: "loading", token: phase.linked });
+          }}
+          onKeep={() => {
+            if (phase.stored !== null) {
+              setPhase({ kind: "loading", token: phase.stored });
+            } else {
+              forgetSession();
+              setPhase({ kind: "start" });
+            }
+          }}
+        />
+      );
     case "unreachable":
       return (
         <main className="center-screen">
@@ -82,8 +119,7 @@ export function App() {
               type="button"
               className="primary"
               onClick={() => {
-                setPhase({ kind: "loading" });
-                void resume(phase.token).then(setPhase);
+                setPhase({ kind: "loading", token: phase.token });
               }}
             >
               Try again

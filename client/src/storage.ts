@@ -1,6 +1,7 @@
 // Where the page keeps its session between visits: the token in the URL (so a link or
 // a reload returns to the conversation) and in localStorage (so opening the bare URL
-// again does too), and the name (to offer it for the next session).
+// again does too), and the name (to offer it for the next session). A token in the URL
+// that is not the stored one is never taken silently: the page asks first (App.tsx).
 
 const TOKEN_KEY = "parley.token";
 const NAME_KEY = "parley.name";
@@ -13,11 +14,19 @@ function storage(): Storage | null {
   }
 }
 
-/** The token of the session to continue: the URL's first, else the stored one. */
-export function savedToken(): string | null {
-  const fromUrl = new URLSearchParams(window.location.search).get("token");
-  return fromUrl ?? storage()?.getItem(TOKEN_KEY) ?? null;
+/** The token in the page's URL (a link, a bookmark, a reload), if any. */
+export function linkedToken(): string | null {
+  return new URLSearchParams(window.location.search).get("token");
 }
+
+/** The token of the session this browser keeps, if any. */
+export function storedToken(): string | null {
+  return storage()?.getItem(TOKEN_KEY) ?? null;
+}
+
+/** The name of the session this browser keeps, if any. */
+export const storedName = (): string | null =>
+  storedToken() === null ? null : (storage()?.getItem(NAME_KEY) ?? null);
 
 export const savedName = (): string => storage()?.getItem(NAME_KEY) ?? "";
 

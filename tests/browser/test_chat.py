@@ -285,8 +285,10 @@ async def test_an_expired_session_says_so_and_offers_a_new_one(
                 reply_text("Hello again", stack.standin.tokens)
             )
 
-            # A link to the old session leads to the start screen, which says why.
+            # A link to the old session, once opened, leads to the start screen, which
+            # says why.
             await page.goto(f"{stack.url}/?token={old_token}")
+            await page.get_by_role("button", name="Open the linked conversation").click()
             await expect(page.get_by_text("Your last session has expired")).to_be_visible()
             await expect(page.get_by_role("textbox", name="Your name")).to_have_value("Grace")
 

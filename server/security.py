@@ -1,0 +1,237 @@
+"""What protects browsers and the server's surface: response headers, WebSocket origins,
+the client's address behind trusted proxies, and the settings of all three.
+
+:class:`SecurityMiddleware` is a pure ASGI middleware (it wraps WebSockets too, which
+Starlette's ``BaseHTTPMiddleware`` cannot):
+
+- every HTTP response gets ``X-Content-Type-Options: nosniff``,
+  ``Referrer-Policy: no-referrer`` and a strict ``Content-Security-Policy`` (scripts,
+  styles and sockets from this origin only, no inline script, ``frame-ancestors
+  'none'``); the API explorer (``/docs``, ``/redoc``), which loads its scripts from a CDN,
+  gets ``frame-ancestors 'none'`` alone;
+- responses that carry a session token (``POST /token``, ``GET /refresh_token``) get
+  ``Cache-Control: no-store``;
+- a WebSocket whose ``Origin`` is neither the server's own (the request's ``Host``) nor
+  in ``ALLOWED_ORIGINS`` is refused at the handshake (HTTP 403), so a page elsewhere
+  cannot open a socket with a visitor's token. A request without ``Origin`` is not from
+  a browser page (the terminal client, Postman, tests) and passes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from protocol.config import CommonSettings
+
+logger = logging.getLogger(__name__)
+
+#: The Vite dev server (``npm run dev``), which proxies the API to a running server.
+DEV_ORIGINS = "http://127.0.0.1:5173,http://localhost:5173"
+
+CSP = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+#: The API explorer's pages load Swagger UI / ReDoc from a CDN with an inline script.
+EXPLORER_CSP = "frame-ancestors 'none'"
+EXPLORER_PATHS = ("/docs", "/redoc")
+#: Responses that hold a session token: never stored by a browser or a proxy cache.
+NO_STORE_PATHS = frozenset({"/token", "/refresh_token"})
+NOT_FOUND = JSONResponse({"detail": "Not Found"}, status_code=404)
+
+
+class SecuritySettings(CommonSettings):
+    """The server's settings for origins, proxies, admission limits and its operations
+    surface (environment variables, or a ``.env`` file)."""
+
+    allowed_origins: str = Field(
+        default=DEV_ORIGINS,
+        description="Origins (comma-separated) whose pages may open chat sockets, besides "
+        "the server's own.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Proxies (comma-separated IPs or CIDRs) whose X-Forwarded-For is "
+        "believed; empty: none, the peer's address is the client's.",
+    )
+    docs_enabled: bool = Field(
+        default=True, description="Serve the API explorer (/docs, /redoc, /openapi.json)."
+    )
+    metrics_enabled: bool = Field(default=True, description="Serve Prometheus metrics.")
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Serve metrics on this port of the server's interface instead of "
+        "/metrics on the main port (0: on the main port).",
+    )
+    rate_window_s: float = Field(
+        default=60.0, gt=0, description="Window (s) of the rate limits below."
+    )
+    rate_sessions_per_client: int = Field(
+        default=10, gt=0, description="POST /token per client address per window."
+    )
+    rate_socket_opens_per_client: int = Field(
+        default=60, gt=0, description="Chat sockets opened per client address per window."
+    )
+    rate_messages_per_session: int = Field(
+        default=20, gt=0, description="Messages accepted per session per window."
+    )
+    max_sockets_per_client: int = Field(
+        default=20, gt=0, description="Chat sockets open at once per client address."
+    )
+
+    def origins(self) -> frozenset[str]:
+        """``ALLOWED_ORIGINS`` normalized (see :func:`normalize_origin`)."""
+        return frozenset(normalize_origin(o) for o in self.allowed_origins.split(",") if o.strip())
+
+    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``TRUSTED_PROXIES`` as networks.
+
+        Raises:
+            ValueError: an entry is not an IP address or CIDR.
+        """
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in self.trusted_proxies.split(",")
+            if p.strip()
+        )
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in lower case, without a default port or a trailing slash."""
+    parts = urlsplit(origin.strip().lower())
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = str(parts.port) if parts.port is not None else ""
+    if port and port != _DEFAULT_PORTS.get(parts.scheme):
+        host = f"{host}:{port}"
+    return f"{parts.scheme}://{host}"
+
+
+def same_origin(origin: str, host_header: str | None) -> bool:
+    """Whether ``origin`` names the host and port the request was sent to (its ``Host``)."""
+    if not host_header:
+        return False
+    scheme = urlsplit(origin.strip().lower()).scheme
+    return normalize_origin(origin) == normalize_origin(f"{scheme}://{host_header}")
+
+
+def client_address(
+    scope: Scope, trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> str:
+    """The client's IP address: the peer's, or, when the peer is a trusted proxy, the
+    right-most address of ``X-Forwarded-For`` that is not itself a trusted proxy.
+
+    Proxies append the address they received from, so the right-most untrusted entry
+    is the first one no trusted proxy vouches for; anything left of it is whatever the
+    client wrote. Returns ``"unknown"`` when the server knows no peer (a test client).
+    """
+    trusted = tuple(trusted)
+    peer = scope.get("client")
+    address = peer[0] if peer else "unknown"
+    if not trusted or not _is_trusted(address, trusted):
+        return address
+    forwarded = Headers(scope=scope).getlist("x-forwarded-for")
+    hops = [h.strip() for value in forwarded for h in value.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop
+        address = hop
+    return address
+
+
+def _is_trusted(
+    address: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+class SecurityMiddleware:
+    """ASGI middleware: security headers on responses, origin check on WebSockets, and
+    paths turned off (answered 404 whatever route holds them).
+
+    Args:
+        app: the application it wraps.
+        allowed_origins: normalized origins allowed besides the request's own.
+        hidden_paths: paths answered 404 (e.g. ``/metrics`` when served elsewhere).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        allowed_origins: frozenset[str],
+        hidden_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        self.app = app
+        self.allowed_origins = allowed_origins
+        self.hidden_paths = hidden_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one connection (HTTP or WebSocket)."""
+        if scope["type"] == "websocket":
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            if origin is not None and not self.origin_allowed(origin, headers.get("host")):
+                logger.warning("refused a socket from origin %.100s", origin)
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 1008, "reason": "origin"})
+                return
+        elif scope["type"] == "http":
+            path: str = scope["path"]
+
+            async def send_with_headers(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    response = MutableHeaders(scope=message)
+                    response.setdefault("X-Content-Type-Options", "nosniff")
+                    response.setdefault("Referrer-Policy", "no-referrer")
+                    explorer = path.startswith(EXPLORER_PATHS)
+                    response.setdefault(
+                        "Content-Security-Policy", EXPLORER_CSP if explorer else CSP
+                    )
+                    if path in NO_STORE_PATHS:
+                        response["Cache-Control"] = "no-store"
+                await send(message)
+
+            if path in self.hidden_paths:
+                await NOT_FOUND(scope, receive, send_with_headers)
+                return
+            await self.app(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send)
+
+    def origin_allowed(self, origin: str, host_header: str | None) -> bool:
+        """Whether a page at ``origin`` may open a socket on the server at ``host_header``.
+
+        An opaque origin (``null``: a sandboxed frame, a file) never may.
+        """
+        parts = urlsplit(origin.strip().lower())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+        return same_origin(origin, host_header) or normalize_origin(origin) in self.allowed_origins

@@ -1,0 +1,149 @@
+"""Browsers protected: WebSocket origins, security headers, no source maps; and the
+operations surface (API explorer, metrics) that can be turned off."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from server.security import client_address, normalize_origin
+from tests.browser.webclient import built_client
+from tests.conftest import Parley, running_parley
+
+
+async def _open(parley: Parley, http: aiohttp.ClientSession, origin: str | None) -> int:
+    """The HTTP status of a chat handshake from a page at ``origin`` (101: accepted)."""
+    token = await parley.create_session(http)
+    headers = {"Origin": origin} if origin is not None else {}
+    try:
+        async with http.ws_connect(parley.ws_url, params={"token": token}, headers=headers):
+            return 101
+    except aiohttp.WSServerHandshakeError as e:
+        return e.status
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [
+        (None, 101),  # not a browser page: the terminal client, Postman
+        ("SELF", 101),
+        ("http://127.0.0.1:5173", 101),  # the Vite dev server
+        ("http://localhost:5173", 101),
+        ("https://chat.example.org", 101),  # in ALLOWED_ORIGINS
+        ("http://evil.example", 403),
+        ("http://127.0.0.1:1", 403),  # same host, another port: another origin
+        ("null", 403),  # a sandboxed frame or a file
+    ],
+)
+async def test_websocket_origin_is_checked_at_the_handshake(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession, origin: str | None, status: int
+) -> None:
+    allowed = "http://127.0.0.1:5173,http://localhost:5173,https://chat.example.org/"
+    async with running_parley(redis_url, redis, allowed_origins=allowed) as parley:
+        if origin == "SELF":
+            origin = parley.url
+        assert await _open(parley, http, origin) == status
+
+
+async def test_pages_and_tokens_carry_security_headers(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{parley.url}/") as r:
+        assert r.status == 200
+        csp = r.headers["Content-Security-Policy"]
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert r.headers["Referrer-Policy"] == "no-referrer"
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["frame-ancestors"] == "'none'"
+    assert directives["script-src"] == "'self'" and "unsafe" not in csp
+    assert directives["object-src"] == "'none'"
+    async with http.post(f"{parley.url}/token", params={"name": "ada"}) as r:
+        token = (await r.json())["token"]
+        assert r.headers["Cache-Control"] == "no-store"
+    async with http.get(f"{parley.url}/refresh_token", params={"token": token}) as r:
+        assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_api_explorer_and_metrics_can_be_turned_off(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession, enabled: bool
+) -> None:
+    async with running_parley(
+        redis_url, redis, docs_enabled=enabled, metrics_enabled=enabled
+    ) as parley:
+        for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
+            async with http.get(f"{parley.url}{path}") as r:
+                assert r.status == (200 if enabled else 404), path
+        async with http.get(f"{parley.url}/healthz") as r:
+            assert r.status == 200
+
+
+class _Scripts(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inline: list[str] = []
+        self.handlers: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = dict(attrs)
+        self.handlers += [n for n in names if n.startswith("on")]
+        self._in_script = tag == "script" and "src" not in names
+        if tag == "style":
+            self.inline.append("<style>")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.inline.append(data.strip()[:80])
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+
+def test_built_client_has_no_source_maps_and_no_inline_script() -> None:
+    dist: Path = built_client()
+    files = [p for p in dist.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix == ".map"]
+    for path in files:
+        if path.suffix in (".js", ".css", ".html"):
+            assert "sourceMappingURL" not in path.read_text(errors="replace"), path
+    parser = _Scripts()
+    parser.feed((dist / "index.html").read_text())
+    assert not parser.inline and not parser.handlers
+    assert re.search(r'<script type="module"[^>]* src="/assets/', (dist / "index.html").read_text())
+
+
+def test_origins_are_normalized() -> None:
+    assert normalize_origin("HTTPS://Chat.Example.org:443/") == "https://chat.example.org"
+    assert normalize_origin("http://127.0.0.1:8000") == "http://127.0.0.1:8000"
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "client"),
+    [
+        ("10.0.0.2", "1.2.3.4", "", "10.0.0.2"),  # no trusted proxy: the header is ignored
+        ("203.0.113.9", "1.2.3.4", "10.0.0.0/8", "203.0.113.9"),  # peer is not a proxy
+        ("10.0.0.2", "1.2.3.4", "10.0.0.0/8", "1.2.3.4"),
+        ("10.0.0.2", "6.6.6.6, 1.2.3.4", "10.0.0.0/8", "1.2.3.4"),  # a forged left part
+        ("10.0.0.2", "1.2.3.4, 10.0.0.7", "10.0.0.0/8", "1.2.3.4"),  # two proxies
+        ("10.0.0.2", "", "10.0.0.0/8", "10.0.0.2"),
+    ],
+)
+def test_client_address_behind_trusted_proxies(
+    peer: str, forwarded: str, trusted: str, client: str
+) -> None:
+    from server.security import SecuritySettings
+
+    scope = {
+        "type": "http",
+        "client": (peer, 5000),
+        "headers": [(b"x-forwarded-for", forwarded.encode())] if forwarded else [],
+    }
+    proxies = SecuritySettings(trusted_proxies=trusted).proxies()
+    assert client_address(scope, proxies) == client
