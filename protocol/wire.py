@@ -27,6 +27,8 @@ class ErrorCode(StrEnum):
     LLM_REJECTED = "llm_rejected"
     DELIVERY_FAILED = "delivery_failed"
     UNAVAILABLE = "unavailable"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    QUOTA_EXCEEDED = "quota_exceeded"
 
 
 def utc_now() -> str:
@@ -105,6 +107,11 @@ class ErrorEvent(_Wire):
     code: ErrorCode
     detail: str
     event_id: str | None = None
+    retry_after_s: float | None = Field(
+        default=None,
+        description="an admission limit's refusal: seconds to wait before sending again",
+        exclude_if=lambda value: value is None,  # absent, not null, from other errors
+    )
 
 
 ServerEvent = Annotated[

@@ -15,9 +15,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from protocol import keys
+from protocol.admission import Limiter
 from protocol.connection import connect, disconnect
 from protocol.hub import Hub
 from protocol.store import Store
+from server.admission import SocketAdmission
 from server.config import ServerSettings
 from server.routes import chat, health, sessions
 from server.security import SecurityMiddleware
@@ -40,6 +42,7 @@ class State(TypedDict):
     redis: Redis[str]
     store: Store
     hub: Hub
+    limiter: Limiter
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -64,7 +67,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         await hub.start()
         logger.info("server ready")
         try:
-            yield {"settings": settings, "redis": redis, "store": store, "hub": hub}
+            yield {
+                "settings": settings,
+                "redis": redis,
+                "store": store,
+                "hub": hub,
+                "limiter": Limiter(redis),
+            }
         finally:
             await hub.aclose()
             await disconnect(redis)
@@ -81,6 +90,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.chat_sockets = chat.ChatSockets()
     # /metrics off, or served on METRICS_PORT by ``python -m server`` instead.
     metrics_here = settings.metrics_enabled and not settings.metrics_port
+    app.add_middleware(SocketAdmission, settings=settings)  # inside: foreign origins never count
     app.add_middleware(
         SecurityMiddleware,
         allowed_origins=settings.origins(),

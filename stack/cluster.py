@@ -54,9 +54,21 @@ def _setting_names() -> set[str]:
     return {name.upper() for name in (*ServerSettings.model_fields, *WorkerSettings.model_fields)}
 
 
+#: Admission limits that never bite: every client of a system test or a benchmark comes
+#: from 127.0.0.1, so the per-address defaults would throttle the run itself. The limits
+#: are tested on purpose, with their own settings (tests/system/test_admission.py).
+UNLIMITED_ADMISSION: dict[str, int] = {
+    "rate_sessions_per_client": 1_000_000,
+    "rate_socket_opens_per_client": 1_000_000,
+    "rate_messages_per_session": 1_000_000,
+    "max_sockets_per_client": 1_000_000,
+}
+
+
 def pinned_environment(overrides: dict[str, str]) -> dict[str, str]:
     """The environment of a child process: ours, without any Parley setting, then every
-    Parley setting set explicitly (``overrides``, else its default).
+    Parley setting set explicitly (``overrides``, else its default; admission limits
+    :data:`UNLIMITED_ADMISSION`).
 
     pydantic-settings lets environment variables win over the ``.env`` file, so with
     every setting set, a ``.env`` in the repo root cannot change a run.
@@ -68,6 +80,7 @@ def pinned_environment(overrides: dict[str, str]) -> dict[str, str]:
             if info.default_factory is None and not info.is_required():
                 default = info.default
                 env[name.upper()] = "" if default is None else str(default)
+    env.update({name.upper(): str(value) for name, value in UNLIMITED_ADMISSION.items()})
     env.update(overrides)
     env["PYTHONUNBUFFERED"] = "1"
     return env

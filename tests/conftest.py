@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from protocol.connection import client_for_url, connect, disconnect
 from server.app import create_app
 from server.config import ServerSettings
+from stack.cluster import UNLIMITED_ADMISSION
 from stack.model import EmbeddedModel
 from stack.redis import EmbeddedRedis, EmbeddedRedisCluster, free_port
 from stack.standin import StandinModel
@@ -101,7 +102,7 @@ async def running_parley(
     """Start a stand-in model, a server and a worker; settings take ``overrides``."""
     standin = StandinModel(tokens=6)
     base_url = await standin.start()
-    common: dict[str, Any] = {"redis_url": redis_url, **overrides}
+    common: dict[str, Any] = {"redis_url": redis_url, **UNLIMITED_ADMISSION, **overrides}
     server_settings = ServerSettings(
         **{k: v for k, v in common.items() if k in ServerSettings.model_fields}
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 
@@ -50,3 +52,10 @@ def test_metrics_and_api_explorer_are_not_public() -> None:
     blocked = re.search(r"location ~ \^/\(([^)]*)\)\(/\|\$\) \{ return 404; \}", text)
     assert blocked is not None
     assert set(blocked[1].replace("\\", "").split("|")) >= {"docs", "redoc", "openapi.json"}
+
+
+def test_the_proxy_is_a_trusted_proxy_of_the_servers() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    env = compose["services"]["server"]["environment"]
+    assert env.get("TRUSTED_PROXIES"), "servers would rate-limit the proxy, not its clients"
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in _directives()

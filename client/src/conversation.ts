@@ -255,7 +255,7 @@ function applyEvent(state: Conversation, event: ServerEvent): Conversation {
         stopped: event.reply.stopped === true,
       }));
     case "error":
-      return onError(state, event.message_id, event.code, event.detail);
+      return onError(state, event.message_id, event.code, event.detail, event.retry_after_s);
   }
 }
 
@@ -337,9 +337,10 @@ function onError(
   messageId: string | null,
   code: string,
   detail: string,
+  retryAfterS?: number,
 ): Conversation {
   if (code === "session_expired") return state; // the session shows it (it ends the chat)
-  const notice = describeError(code, detail);
+  const notice = describeError(code, detail, false, retryAfterS);
   if (messageId !== null) {
     const user = state.items.find((i) => i.kind === "user" && i.id === messageId);
     if (user !== undefined) {
@@ -358,7 +359,7 @@ function onError(
     }
   }
   const key = `notice-${state.nextKey}`;
-  const general = { key, ...describeError(code, detail, true) };
+  const general = { key, ...describeError(code, detail, true, retryAfterS) };
   return { ...state, notices: [...state.notices, general], nextKey: state.nextKey + 1 };
 }
 

@@ -45,23 +45,55 @@ const TEXTS: Record<string, Text> = {
     general: "Parley cannot reach its store right now.",
     showDetail: true,
   },
+  too_many_requests: {
+    title: "Too many messages in a short time, so this one was not sent.",
+    general: "Too many connections from your address right now.",
+  },
+  quota_exceeded: {
+    title: "This conversation has used its share of the model for now, so this was not sent.",
+    general: "Your share of the model is used up for now.",
+  },
 };
+
+/** A wait in words: "42 s", "5 min", "3 h 20 min". */
+export function formatWait(seconds: number): string {
+  const s = Math.max(1, Math.ceil(seconds));
+  if (s < 90) return `${s} s`;
+  const minutes = Math.ceil(s / 60);
+  if (minutes < 90) return `${minutes} min`;
+  const rest = minutes % 60;
+  return rest === 0 ? `${Math.floor(minutes / 60)} h` : `${Math.floor(minutes / 60)} h ${rest} min`;
+}
 
 /**
  * An error event's code and detail as a notice for people; `general` when it concerns
  * no message on the page.
  */
-export function describeError(code: string, detail: string, general = false): Notice {
+export function describeError(
+  code: string,
+  detail: string,
+  general = false,
+  retryAfterS?: number,
+): Notice {
   const text = TEXTS[code];
   if (text === undefined) {
     return { code, title: "Something went wrong.", detail: detail ? sentence(detail) : undefined };
   }
-  const title = (general ? text.general : undefined) ?? text.title;
+  let title = (general ? text.general : undefined) ?? text.title;
+  // A limit's refusal says how long to wait.
+  if (retryAfterS !== undefined) title += ` Try again in ${formatWait(retryAfterS)}.`;
   return text.showDetail && detail ? { code, title, detail: sentence(detail) } : { code, title };
 }
 
 /** Codes that refuse a message before it is queued (the error has no message id). */
-export const REFUSALS = new Set(["empty_message", "message_too_long", "too_many_pending", "unavailable"]);
+export const REFUSALS = new Set([
+  "empty_message",
+  "message_too_long",
+  "too_many_pending",
+  "unavailable",
+  "too_many_requests",
+  "quota_exceeded",
+]);
 
 function sentence(text: string): string {
   const trimmed = text.trim();

@@ -56,6 +56,8 @@ export interface ErrorEvent {
   code: string;
   detail: string;
   event_id?: string;
+  /** An admission limit's refusal: seconds to wait before sending again. */
+  retry_after_s?: number;
 }
 
 export type ServerEvent = QueuedEvent | TokenEvent | RestartEvent | DoneEvent | ErrorEvent;
@@ -107,7 +109,8 @@ export function parseEvent(text: string): ServerEvent | null {
     case "error":
       return (data.message_id === null || isString(data.message_id)) &&
         isString(data.code) &&
-        isString(data.detail)
+        isString(data.detail) &&
+        (data.retry_after_s === undefined || typeof data.retry_after_s === "number")
         ? (data as unknown as ErrorEvent)
         : null;
     default:

@@ -98,6 +98,8 @@ export class ChatSession {
   private timer: ReturnType<typeof setTimeout> | null = null;
   private attempt = 0;
   private sessionExpired = false;
+  /** The wait (ms) an admission limit asked for before the next socket. */
+  private retryAfterMs = 0;
   private disposed = false;
   /** Bumped by dispose(): a reconnect begun before it must not open a socket after. */
   private generation = 0;
@@ -210,6 +212,10 @@ export class ChatSession {
         return;
       }
       if (event.type === "error" && event.code === "session_expired") this.sessionExpired = true;
+      // A socket refused by an admission limit: reconnect no sooner than it says.
+      if (event.type === "error" && event.message_id === null && event.retry_after_s !== undefined) {
+        this.retryAfterMs = event.retry_after_s * 1000;
+      }
       this.dispatch({ type: "event", event });
     };
     socket.onclose = (close) => {
@@ -226,7 +232,8 @@ export class ChatSession {
   }
 
   private scheduleReconnect(): void {
-    const delay = backoffDelay(this.backoff, this.attempt, this.random());
+    const delay = Math.max(backoffDelay(this.backoff, this.attempt, this.random()), this.retryAfterMs);
+    this.retryAfterMs = 0;
     this.attempt += 1;
     this.update({
       connection: { kind: "reconnecting", attempt: this.attempt, retryAt: this.now() + delay },

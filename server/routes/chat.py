@@ -45,6 +45,7 @@ from protocol.wire import (
     ResumeCommand,
     StopCommand,
 )
+from server.admission import admit_message
 from server.config import ServerSettings
 from server.deps import SESSION_GONE, ChatTokenDep, HubDep, SettingsDep, StoreDep
 from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED, MESSAGES_ACCEPTED, SOCKETS
@@ -350,6 +351,10 @@ class ChatConnection:
                 ErrorCode.MESSAGE_TOO_LONG,
                 f"the message has {len(content)} characters; at most {limit} are accepted",
             )
+            return
+        refusal = await admit_message(self.websocket, self.token)
+        if refusal is not None:
+            await self._send(refusal.model_dump_json(exclude={"event_id"}))
             return
         try:
             message = await self.store.enqueue(

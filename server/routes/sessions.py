@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from protocol.store import SessionExpired
 from protocol.wire import SessionView
+from server.admission import admit_session
 from server.deps import SettingsDep, StoreDep, session_gone, well_formed
 
 router = APIRouter(tags=["sessions"])
 
 
-@router.post("/token", response_model=SessionView)
+@router.post("/token", response_model=SessionView, dependencies=[Depends(admit_session)])
 async def create_token(
     name: Annotated[str, Query(description="The person's name.")],
     store: StoreDep,
@@ -21,7 +22,8 @@ async def create_token(
 ) -> SessionView:
     """Start a session: a new UUID4 token, valid ``SESSION_TTL_SECONDS`` after last use.
 
-    Errors: 422 if ``name`` is missing; 400 if it is empty, blank or too long.
+    Errors: 422 if ``name`` is missing; 400 if it is empty, blank or too long; 429 with
+    ``Retry-After`` past ``RATE_SESSIONS_PER_CLIENT`` (see :mod:`server.admission`).
     """
     name = name.strip()
     if not name:

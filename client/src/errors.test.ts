@@ -1,0 +1,29 @@
+import { describe, expect, it } from "vitest";
+import { describeError, formatWait } from "./errors";
+import { parseEvent } from "./protocol";
+
+describe("refusals by admission limits", () => {
+  it("say how long to wait", () => {
+    expect(describeError("too_many_requests", "20 messages a minute", false, 42).title).toBe(
+      "Too many messages in a short time, so this one was not sent. Try again in 42 s.",
+    );
+    expect(describeError("quota_exceeded", "", true, 3 * 3600 + 1200).title).toBe(
+      "Your share of the model is used up for now. Try again in 3 h 20 min.",
+    );
+  });
+
+  it("words waits", () => {
+    expect(formatWait(0.2)).toBe("1 s");
+    expect(formatWait(89)).toBe("89 s");
+    expect(formatWait(300)).toBe("5 min");
+    expect(formatWait(7200)).toBe("2 h");
+  });
+
+  it("keep retry_after_s from the wire, and refuse a mistyped one", () => {
+    const frame = { type: "error", message_id: null, code: "too_many_requests", detail: "d" };
+    expect(parseEvent(JSON.stringify({ ...frame, retry_after_s: 3.5 }))).toMatchObject({
+      retry_after_s: 3.5,
+    });
+    expect(parseEvent(JSON.stringify({ ...frame, retry_after_s: "soon" }))).toBeNull();
+  });
+});

@@ -1,0 +1,109 @@
+"""Admission control shared by every server replica: limits counted in Redis.
+
+Each limit is one sorted set per subject (a client address, a session), updated by one
+Lua script (``admit.lua``) that reads Redis's clock, so any number of server processes
+share one budget and agree on when it frees up. A key holds one subject of one limit
+and is its own hash tag (``parley:limit:{sessions:<hash>}``): the script touches one
+slot, on a Redis Cluster too, and limits spread over the nodes. Subjects are hashed
+(SHA-256), so no address or token is written into a key name.
+
+Two kinds of limit:
+
+- a **sliding window** (:meth:`Limiter.hit`): at most ``limit`` admissions in any
+  ``window_s`` seconds; a refusal says when the oldest one stops counting;
+- a **lease** (:meth:`Limiter.hold` / :meth:`Limiter.release`): at most ``limit``
+  held at once; a holder renews its lease while it lives, so a crashed process's
+  leases lapse by themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from importlib.resources import files
+from typing import Final
+
+from redis.asyncio import Redis
+
+from protocol import keys
+
+_SCRIPT: Final = files("protocol").joinpath("admit.lua").read_text(encoding="utf-8")
+
+
+class Refused(Exception):
+    """A limit refused the admission.
+
+    Attributes:
+        limit: the limit's name (``"sessions"``, ``"messages"``, ...), a metric label.
+        retry_after_s: seconds until the limit admits again (at the earliest).
+    """
+
+    def __init__(self, limit: str, retry_after_s: float) -> None:
+        super().__init__(f"{limit} limit reached; retry in {retry_after_s:.1f} s")
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
+def limit_key(limit: str, subject: str) -> str:
+    """The key of ``limit`` for ``subject``: ``parley:limit:{<limit>:<hash>}``."""
+    digest = hashlib.sha256(subject.encode()).hexdigest()[:24]
+    return f"{keys.PREFIX}:limit:{{{limit}:{digest}}}"
+
+
+class Limiter:
+    """Limits kept in Redis, through the process's own client (and so its bounded pool).
+
+    Args:
+        redis: a redis-py asyncio client (single Redis or cluster).
+    """
+
+    def __init__(self, redis: Redis[str]) -> None:
+        self.redis = redis
+        self._admit = redis.register_script(_SCRIPT)
+
+    async def hit(self, limit: str, subject: str, max_count: int, window_s: float) -> None:
+        """Admit one more event of ``subject`` under a sliding window.
+
+        Args:
+            limit: the limit's name (part of the key, and of :class:`Refused`).
+            subject: who is counted (a client address, a session token).
+            max_count: admissions allowed in any ``window_s`` seconds.
+            window_s: the window (s).
+
+        Raises:
+            Refused: ``max_count`` admissions already count; not recorded.
+            redis.exceptions.RedisError: Redis is unreachable.
+        """
+        await self._run("window", limit, subject, max_count, window_s, uuid.uuid4().hex)
+
+    async def hold(
+        self, limit: str, subject: str, max_count: int, lease_s: float, holder: str
+    ) -> None:
+        """Take (or renew) one of ``max_count`` places of ``subject`` for ``holder``.
+
+        The place lapses after ``lease_s`` without renewal; renew it by calling again
+        with the same ``holder`` (a renewal is never refused).
+
+        Raises:
+            Refused: every place is held; ``retry_after_s`` is when a lease would lapse.
+            redis.exceptions.RedisError: Redis is unreachable.
+        """
+        await self._run("hold", limit, subject, max_count, lease_s, holder)
+
+    async def release(self, limit: str, subject: str, holder: str) -> None:
+        """Give ``holder``'s place back at once.
+
+        Raises:
+            redis.exceptions.RedisError: Redis is unreachable (the lease lapses anyway).
+        """
+        await self.redis.zrem(limit_key(limit, subject), holder)
+
+    async def _run(
+        self, mode: str, limit: str, subject: str, max_count: int, span_s: float, member: str
+    ) -> None:
+        admitted, value = await self._admit(
+            keys=[limit_key(limit, subject)],
+            args=[mode, max_count, max(1, round(span_s * 1000)), member],
+        )
+        if not int(admitted):
+            raise Refused(limit, int(value) / 1000)

@@ -1,0 +1,174 @@
+"""Admission control at the server's edges: who may start sessions, open sockets and
+send messages, and how often, across every replica (counted in Redis, see
+:mod:`protocol.admission`).
+
+- ``POST /token``: ``RATE_SESSIONS_PER_CLIENT`` per client address per
+  ``RATE_WINDOW_S``; past it, 429 with ``Retry-After`` (:func:`admit_session`).
+- ``WS /chat``: ``RATE_SOCKET_OPENS_PER_CLIENT`` opens per client address per window and
+  ``MAX_SOCKETS_PER_CLIENT`` open at once (:class:`SocketAdmission`); a refused socket is
+  accepted, told ``too_many_requests`` with ``retry_after_s``, and closed with 1013 (try
+  again later), since a browser page cannot read a refused handshake's answer.
+- each message: ``RATE_MESSAGES_PER_SESSION`` per session per window
+  (:func:`admit_message`), refused with ``too_many_requests``.
+
+The client address is the peer's, or what a trusted proxy says (``TRUSTED_PROXIES``,
+:func:`server.security.client_address`). Refusals are counted in
+``parley_admission_refusals_total{limit}``; the label is the limit's name only, never an
+address or a token. When Redis is unreachable, sockets and messages are admitted (their
+own handling reports the outage) and ``POST /token`` answers 503 as any REST call does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import uuid
+
+from fastapi import HTTPException, Request, WebSocket, status
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from protocol.admission import Limiter, Refused
+from protocol.tasks import cancel_and_wait
+from protocol.wire import ErrorCode, ErrorEvent
+from server.security import SecuritySettings, client_address
+
+logger = logging.getLogger(__name__)
+
+REFUSALS = Counter(
+    "parley_admission_refusals", "Requests refused by admission control, by limit.", ["limit"]
+)
+
+#: A socket's place among its address's open sockets lapses this long (s) after its
+#: server stops renewing it (a crash); a live server renews it every third of that.
+SOCKET_LEASE_S = 60.0
+#: Close code of a socket refused by a limit: 1013, "try again later".
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+def _refused(error: Refused, detail: str) -> ErrorEvent:
+    REFUSALS.labels(error.limit).inc()
+    wait = math.ceil(error.retry_after_s)
+    return ErrorEvent(
+        code=ErrorCode.TOO_MANY_REQUESTS,
+        detail=f"{detail}; try again in {wait} s",
+        retry_after_s=round(error.retry_after_s, 3),
+    )
+
+
+def _limiter(connection: Request | WebSocket) -> Limiter:
+    limiter: Limiter = connection.state.limiter
+    return limiter
+
+
+async def admit_session(request: Request) -> None:
+    """Dependency of ``POST /token``: one more session for this client address.
+
+    Raises:
+        HTTPException: 429 with ``Retry-After`` (s) past ``RATE_SESSIONS_PER_CLIENT``.
+    """
+    settings: SecuritySettings = request.state.settings
+    address = client_address(request.scope, settings.proxies())
+    try:
+        await _limiter(request).hit(
+            "sessions", address, settings.rate_sessions_per_client, settings.rate_window_s
+        )
+    except Refused as e:
+        REFUSALS.labels(e.limit).inc()
+        wait = math.ceil(e.retry_after_s)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many new sessions from your address; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        ) from e
+
+
+async def admit_message(websocket: WebSocket, token: str) -> ErrorEvent | None:
+    """One more message of session ``token``: None if admitted, else the error to send.
+
+    Redis being unreachable admits (storing the message reports the outage).
+    """
+    settings: SecuritySettings = websocket.state.settings
+    try:
+        await _limiter(websocket).hit(
+            "messages", token, settings.rate_messages_per_session, settings.rate_window_s
+        )
+    except Refused as e:
+        return _refused(
+            e,
+            f"at most {settings.rate_messages_per_session} messages every "
+            f"{settings.rate_window_s:g} s",
+        )
+    except (RedisError, OSError) as e:
+        logger.warning("message limit not checked, Redis unavailable: %s", e)
+    return None
+
+
+class SocketAdmission:
+    """ASGI middleware: admits chat sockets by their client address.
+
+    Args:
+        app: the application it wraps.
+        settings: the limits, and the trusted proxies.
+    """
+
+    def __init__(self, app: ASGIApp, settings: SecuritySettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.proxies = settings.proxies()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Admit (or refuse) one WebSocket to ``/chat``; anything else passes through."""
+        limiter: Limiter | None = scope.get("state", {}).get("limiter")
+        if scope["type"] != "websocket" or scope["path"] != "/chat" or limiter is None:
+            await self.app(scope, receive, send)
+            return
+        s = self.settings
+        address = client_address(scope, self.proxies)
+        holder = uuid.uuid4().hex
+        try:
+            await limiter.hit(
+                "socket_opens", address, s.rate_socket_opens_per_client, s.rate_window_s
+            )
+            await limiter.hold("sockets", address, s.max_sockets_per_client, SOCKET_LEASE_S, holder)
+        except Refused as e:
+            detail = (
+                f"at most {s.rate_socket_opens_per_client} sockets opened every "
+                f"{s.rate_window_s:g} s from one address"
+                if e.limit == "socket_opens"
+                else f"at most {s.max_sockets_per_client} sockets open at once from one address"
+            )
+            await self._refuse(_refused(e, detail), receive, send)
+            return
+        except (RedisError, OSError) as e:
+            logger.warning("socket limits not checked, Redis unavailable: %s", e)
+            await self.app(scope, receive, send)
+            return
+        renewal = asyncio.create_task(self._renew(limiter, address, holder))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            await cancel_and_wait([renewal])
+            with contextlib.suppress(RedisError, OSError):  # the lease lapses anyway
+                await limiter.release("sockets", address, holder)
+
+    async def _renew(self, limiter: Limiter, address: str, holder: str) -> None:
+        while True:
+            await asyncio.sleep(SOCKET_LEASE_S / 3)
+            try:
+                await limiter.hold(
+                    "sockets", address, self.settings.max_sockets_per_client, SOCKET_LEASE_S, holder
+                )
+            except (RedisError, OSError) as e:
+                logger.warning("socket lease not renewed: %s", e)
+
+    @staticmethod
+    async def _refuse(event: ErrorEvent, receive: Receive, send: Send) -> None:
+        """Accept, send ``event``, close with 1013: a page can read an event, not a 403."""
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": event.model_dump_json(exclude={"event_id"})})
+        await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": "limit"})
