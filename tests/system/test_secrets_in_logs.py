@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aiohttp
@@ -10,6 +11,7 @@ from redis.asyncio import Redis
 
 from protocol.logs import fingerprint
 from stack.cluster import Cluster
+from stack.redis import free_port
 from stack.standin import StandinModel
 from tests.chat_client import count, read_until
 
@@ -17,13 +19,20 @@ pytestmark = pytest.mark.system
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_session_tokens_never_reach_the_logs(
-    redis: Redis[str], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+    redis: Redis[str],
+    redis_url: str,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    log_format: str,
 ) -> None:
     log_dir = tmp_path / "logs"
+    metrics_port = free_port()
+    env = {"LOG_LEVEL": "DEBUG", "LOG_FORMAT": log_format, "METRICS_PORT": str(metrics_port)}
     async with (
         StandinModel(tokens=4) as model,
-        Cluster(redis_url, model.base_url or "", log_dir, env={"LOG_LEVEL": "DEBUG"}) as cluster,
+        Cluster(redis_url, model.base_url or "", log_dir, env=env) as cluster,
     ):
         await cluster.start(servers=1, workers=2)
         url = cluster.servers[0].url
@@ -44,6 +53,13 @@ async def test_session_tokens_never_reach_the_logs(
         gone = "00000000-0000-4000-8000-000000000000"
         with pytest.raises(aiohttp.WSServerHandshakeError):
             await http.ws_connect(f"{url.replace('http', 'ws', 1)}/chat", params={"token": gone})
+        # Metrics are on METRICS_PORT only, and hold no token either.
+        async with http.get(f"{url}/metrics") as r:
+            assert r.status == 404
+        async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+            metrics = await r.text()
+        assert "parley_messages_accepted_total 2.0" in metrics
+        assert not any(token in metrics for token in tokens)
     logs = {p.name: p.read_text(errors="replace") for p in sorted(log_dir.glob("*.log"))}
     assert set(logs) == {"server-1.log", "worker-1.log", "worker-2.log"}
     hits = [
@@ -58,7 +74,18 @@ async def test_session_tokens_never_reach_the_logs(
     assert not hits, "\n".join(hits[:10])
     # The lines were written, naming the sessions by their fingerprints instead.
     server_log = logs["server-1.log"]
-    assert f'"WebSocket /chat?token=fp-{fingerprint(tokens[0])}" [accepted]' in server_log
+    assert f"/chat?token=fp-{fingerprint(tokens[0])}" in server_log
     assert f"/chat?token=fp-{fingerprint(gone)}" in server_log
-    workers_log = logs["worker-1.log"] + logs["worker-2.log"]
-    assert all(f"session={fingerprint(t)}" in server_log + workers_log for t in tokens)
+    if log_format == "text":
+        workers_log = logs["worker-1.log"] + logs["worker-2.log"]
+        assert all(f"session={fingerprint(t)}" in server_log + workers_log for t in tokens)
+        return
+    # JSON lines: one message followed from the server to the worker that answered it.
+    records = [json.loads(line) for text in logs.values() for line in text.splitlines()]
+    for token in tokens:
+        mine = [r for r in records if r.get("session") == fingerprint(token) and "seq" in r]
+        ids = {r["message_id"] for r in mine if "message_id" in r}
+        assert len(ids) == 1, mine
+        assert {r["process"] for r in mine} == {"server", "worker"}
+        assert {r["seq"] for r in mine if "message_id" in r} == {"1"}
+        assert all(isinstance(r["pid"], int) and r["time"] for r in mine)
