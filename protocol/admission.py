@@ -13,7 +13,14 @@ Two kinds of limit:
   ``window_s`` seconds; a refusal says when the oldest one stops counting;
 - a **lease** (:meth:`Limiter.hold` / :meth:`Limiter.release`): at most ``limit``
   held at once; a holder renews its lease while it lives, so a crashed process's
-  leases lapse by themselves.
+  leases lapse by themselves;
+- a **quota** (:meth:`Limiter.check_quota` / :meth:`Limiter.charge`): units (model
+  tokens) per period, counted after the fact, since a reply's cost is known only once
+  it is written; a message is refused once the quota is used up, until it renews.
+
+The server records, per session, which client (a digest of its address) sent its
+latest message (:meth:`Limiter.set_client`), so the worker can charge the client's
+quota as well as the session's without the address travelling in the queue.
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ from redis.asyncio import Redis
 from protocol import keys
 
 _SCRIPT: Final = files("protocol").joinpath("admit.lua").read_text(encoding="utf-8")
+_QUOTA: Final = files("protocol").joinpath("quota.lua").read_text(encoding="utf-8")
+
+#: Quotas of model tokens, charged by the worker from the model's own ``usage``.
+SESSION_TOKENS = "model_tokens_session"
+CLIENT_TOKENS = "model_tokens_client"
 
 
 class Refused(Exception):
@@ -44,10 +56,14 @@ class Refused(Exception):
         self.retry_after_s = retry_after_s
 
 
+def digest(subject: str) -> str:
+    """A subject (a client address) as the text keys and the worker see: 24 hex digits."""
+    return hashlib.sha256(subject.encode()).hexdigest()[:24]
+
+
 def limit_key(limit: str, subject: str) -> str:
     """The key of ``limit`` for ``subject``: ``parley:limit:{<limit>:<hash>}``."""
-    digest = hashlib.sha256(subject.encode()).hexdigest()[:24]
-    return f"{keys.PREFIX}:limit:{{{limit}:{digest}}}"
+    return f"{keys.PREFIX}:limit:{{{limit}:{digest(subject)}}}"
 
 
 class Limiter:
@@ -60,6 +76,7 @@ class Limiter:
     def __init__(self, redis: Redis[str]) -> None:
         self.redis = redis
         self._admit = redis.register_script(_SCRIPT)
+        self._quota = redis.register_script(_QUOTA)
 
     async def hit(self, limit: str, subject: str, max_count: int, window_s: float) -> None:
         """Admit one more event of ``subject`` under a sliding window.
@@ -107,3 +124,40 @@ class Limiter:
         )
         if not int(admitted):
             raise Refused(limit, int(value) / 1000)
+
+    async def check_quota(self, limit: str, subject: str, quota: int) -> None:
+        """Whether any of ``subject``'s quota is left (nothing is charged).
+
+        Raises:
+            Refused: ``quota`` units are used; ``retry_after_s`` is when it renews.
+            redis.exceptions.RedisError: Redis is unreachable.
+        """
+        ok, value = await self._quota(keys=[limit_key(limit, subject)], args=["check", quota, 1, 0])
+        if not int(ok):
+            raise Refused(limit, int(value) / 1000)
+
+    async def charge(self, limit: str, subject: str, units: int, period_s: float) -> int:
+        """Count ``units`` against ``subject``'s quota; the period starts at the first
+        charge. Returns the units used in the period so far.
+
+        Raises:
+            redis.exceptions.RedisError: Redis is unreachable.
+        """
+        _, used = await self._quota(
+            keys=[limit_key(limit, subject)],
+            args=["charge", 0, max(1, round(period_s * 1000)), units],
+        )
+        return int(used)
+
+    async def set_client(self, token: str, client: str, ttl_s: int) -> None:
+        """Record that session ``token``'s latest message came from ``client`` (a
+        :func:`digest`), for ``ttl_s`` seconds (the session's lifetime)."""
+        await self.redis.set(_client_key(token), client, ex=ttl_s)
+
+    async def client_of(self, token: str) -> str | None:
+        """The client recorded by :meth:`set_client`, if any."""
+        return await self.redis.get(_client_key(token))
+
+
+def _client_key(token: str) -> str:
+    return limit_key("client_of", token)

@@ -40,3 +40,16 @@ class CommonSettings(BaseSettings):
     log_format: LogFormat = Field(
         default="text", description="Log lines as text, or one JSON object a line (json)."
     )
+    model_tokens_per_session: int = Field(
+        default=100_000,
+        gt=0,
+        description="Model tokens (prompt and reply) one session may use per QUOTA_PERIOD_S.",
+    )
+    model_tokens_per_client: int = Field(
+        default=500_000,
+        gt=0,
+        description="Model tokens the sessions of one client address may use per period.",
+    )
+    quota_period_s: float = Field(
+        default=86_400.0, gt=0, description="Period (s) of the model-token quotas."
+    )

@@ -8,8 +8,10 @@ send messages, and how often, across every replica (counted in Redis, see
   ``MAX_SOCKETS_PER_CLIENT`` open at once (:class:`SocketAdmission`); a refused socket is
   accepted, told ``too_many_requests`` with ``retry_after_s``, and closed with 1013 (try
   again later), since a browser page cannot read a refused handshake's answer.
-- each message: ``RATE_MESSAGES_PER_SESSION`` per session per window
-  (:func:`admit_message`), refused with ``too_many_requests``.
+- each message: ``RATE_MESSAGES_PER_SESSION`` per session per window, refused with
+  ``too_many_requests``; and while the session's or its client's model tokens of the
+  period are used up (``MODEL_TOKENS_PER_SESSION``, ``MODEL_TOKENS_PER_CLIENT``, charged
+  by the worker), ``quota_exceeded`` (:func:`admit_message`).
 
 The client address is the peer's, or what a trusted proxy says (``TRUSTED_PROXIES``,
 :func:`server.security.client_address`). Refusals are counted in
@@ -31,7 +33,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from protocol.admission import Limiter, Refused
+from protocol.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter, Refused, digest
 from protocol.tasks import cancel_and_wait
 from protocol.wire import ErrorCode, ErrorEvent
 from server.security import SecuritySettings, client_address
@@ -49,11 +51,13 @@ SOCKET_LEASE_S = 60.0
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
-def _refused(error: Refused, detail: str) -> ErrorEvent:
+def _refused(
+    error: Refused, detail: str, code: ErrorCode = ErrorCode.TOO_MANY_REQUESTS
+) -> ErrorEvent:
     REFUSALS.labels(error.limit).inc()
     wait = math.ceil(error.retry_after_s)
     return ErrorEvent(
-        code=ErrorCode.TOO_MANY_REQUESTS,
+        code=code,
         detail=f"{detail}; try again in {wait} s",
         retry_after_s=round(error.retry_after_s, 3),
     )
@@ -92,18 +96,35 @@ async def admit_message(websocket: WebSocket, token: str) -> ErrorEvent | None:
     Redis being unreachable admits (storing the message reports the outage).
     """
     settings: SecuritySettings = websocket.state.settings
+    limiter = _limiter(websocket)
+    client = digest(client_address(websocket.scope, settings.proxies()))
     try:
-        await _limiter(websocket).hit(
+        await limiter.check_quota(SESSION_TOKENS, token, settings.model_tokens_per_session)
+        await limiter.check_quota(CLIENT_TOKENS, client, settings.model_tokens_per_client)
+        await limiter.hit(
             "messages", token, settings.rate_messages_per_session, settings.rate_window_s
         )
+        await limiter.set_client(token, client, settings.session_ttl_seconds)
     except Refused as e:
+        if e.limit == "messages":
+            return _refused(
+                e,
+                f"at most {settings.rate_messages_per_session} messages every "
+                f"{settings.rate_window_s:g} s",
+            )
+        whose = "this session" if e.limit == SESSION_TOKENS else "your address"
+        quota = (
+            settings.model_tokens_per_session
+            if e.limit == SESSION_TOKENS
+            else settings.model_tokens_per_client
+        )
         return _refused(
             e,
-            f"at most {settings.rate_messages_per_session} messages every "
-            f"{settings.rate_window_s:g} s",
+            f"{whose} used its {quota} model tokens of the period",
+            ErrorCode.QUOTA_EXCEEDED,
         )
     except (RedisError, OSError) as e:
-        logger.warning("message limit not checked, Redis unavailable: %s", e)
+        logger.warning("message limits not checked, Redis unavailable: %s", e)
     return None
 
 

@@ -62,6 +62,8 @@ UNLIMITED_ADMISSION: dict[str, int] = {
     "rate_socket_opens_per_client": 1_000_000,
     "rate_messages_per_session": 1_000_000,
     "max_sockets_per_client": 1_000_000,
+    "model_tokens_per_session": 10**12,
+    "model_tokens_per_client": 10**12,
 }
 
 

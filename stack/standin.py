@@ -106,6 +106,7 @@ class _Settings(BaseModel):
     tokens: Annotated[int, Field(ge=1)] | None = None
     ttft_ms: Annotated[float, Field(ge=0)] | None = None
     delay_ms: Annotated[float, Field(ge=0)] | None = None
+    report_usage: bool | None = None
 
 
 @dataclass
@@ -172,6 +173,12 @@ def _error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
+def _wants_usage(body: object) -> bool:
+    """Whether a request asks for a ``usage`` chunk (``stream_options.include_usage``)."""
+    options = body.get("stream_options") if isinstance(body, dict) else None
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -201,6 +208,10 @@ class StandinModel:
         self.ttft_ms = ttft_ms
         self.delay_ms = delay_ms
         self.model = model
+        #: Answer ``stream_options.include_usage`` with a last ``usage`` chunk, counting
+        #: a token per word of every message and per delta (False: ignore it, as some
+        #: APIs do).
+        self.report_usage = True
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.timings: list[Timing] = []
@@ -359,7 +370,8 @@ class StandinModel:
                 await self._stopping.wait()
                 return _error_response(503, "stand-in stopping")
             if chat.stream:
-                return await self._stream(request, chat.model, tokens, fault, timing)
+                usage = self._usage(chat, tokens) if _wants_usage(body) else None
+                return await self._stream(request, chat.model, tokens, fault, timing, usage)
             return await self._complete(request, chat.model, tokens, fault, timing)
         except asyncio.CancelledError:
             if not self._stopping.is_set():
@@ -372,6 +384,17 @@ class StandinModel:
             self.in_flight -= 1
             self._notify()
 
+    def _usage(self, chat: _ChatRequest, tokens: list[str]) -> dict[str, int] | None:
+        """The ``usage`` the stand-in reports: a token per word of the prompt, per delta."""
+        if not self.report_usage:
+            return None
+        prompt = sum(len(m.content.split()) for m in chat.messages)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt + len(tokens),
+        }
+
     async def _stream(
         self,
         request: web.Request,
@@ -379,6 +402,7 @@ class StandinModel:
         tokens: list[str],
         fault: _Fault | None,
         timing: Timing,
+        usage: dict[str, int] | None = None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -390,6 +414,7 @@ class StandinModel:
             "created": int(time.time()),
             "model": model,
         }
+        last = _sse({**base, "choices": [], "usage": usage}) if usage is not None else b""
 
         def chunk(delta: dict[str, str], finish_reason: str | None = None) -> bytes:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -402,7 +427,7 @@ class StandinModel:
             # so that serving it costs a benchmark's machine as little as it can.
             events = [chunk({"role": "assistant", "content": ""})]
             events += [chunk({"content": token}) for token in tokens]
-            await resp.write(b"".join([*events, chunk({}, "stop"), b"data: [DONE]\n\n"]))
+            await resp.write(b"".join([*events, chunk({}, "stop"), last, b"data: [DONE]\n\n"]))
             timing.deltas.extend([time.perf_counter()] * len(tokens))
             await resp.write_eof()
             self._finished(timing)
@@ -421,7 +446,7 @@ class StandinModel:
             timing.deltas.append(time.perf_counter())
         if isinstance(fault, _Cut):  # after_tokens >= the reply: cut before finishing
             return self._drop(request, resp)
-        await resp.write(chunk({}, "stop"))
+        await resp.write(chunk({}, "stop") + last)
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         self._finished(timing)

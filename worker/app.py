@@ -31,6 +31,7 @@ def llm_config(settings: WorkerSettings) -> LLMConfig:
         backoff_max_s=settings.llm_backoff_max_s,
         max_tokens=settings.llm_max_tokens,
         temperature=settings.llm_temperature,
+        include_usage=settings.llm_include_usage,
     )
 
 

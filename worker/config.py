@@ -54,6 +54,11 @@ class WorkerSettings(CommonSettings):
     llm_backoff_max_s: float = Field(default=8.0, gt=0, description="Longest retry wait (s).")
     llm_max_tokens: int = Field(default=256, gt=0, description="Longest reply (tokens).")
     llm_temperature: float = Field(default=0.2, ge=0, description="Sampling temperature.")
+    llm_include_usage: bool = Field(
+        default=True,
+        description="Ask the model for its token usage (stream_options); off for an API "
+        "that refuses the field (usage is then estimated).",
+    )
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt.")
     memory_max_messages: int = Field(
         default=20, ge=1, description="Most history messages (user and assistant) in a prompt."

@@ -47,9 +47,10 @@ from protocol.wire import (
 )
 from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
 from worker.config import WorkerSettings
-from worker.llm import ChatMessage, LLMClient, LLMError, LLMStreamInterrupted
+from worker.llm import ChatMessage, LLMClient, LLMError, LLMStreamInterrupted, track_usage
 from worker.memory import build_prompt
 from worker.metrics import GENERATING, REPLIES, REPLY_SECONDS, TAKEOVERS, TIME_TO_FIRST_TOKEN
+from worker.quota import charge_reply, reply_cost
 
 logger = logging.getLogger(__name__)
 
@@ -450,6 +451,7 @@ class Worker:
             max_messages=self.settings.memory_max_messages,
             max_tokens=self.settings.memory_max_tokens,
         )
+        usage = track_usage()  # filled by the model's responses, for the quotas
         started = time.perf_counter()
         attempts = 0
         while True:
@@ -468,6 +470,9 @@ class Worker:
             except LLMError as e:
                 await self._fail(entry, attempt, e)
                 return
+        # Charged before the reply is recorded, so a client that sees its `done` finds
+        # the quota up to date; what the model generated counts, recorded or not.
+        await charge_reply(self.redis, self.settings, entry.token, reply_cost(usage, prompt, text))
         reply = StoredMessage(
             id=str(uuid.uuid4()),
             role="assistant",

@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -43,6 +44,40 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+
+@dataclass
+class Usage:
+    """Model tokens a reply used, as the model reported them (OpenAI's ``usage``).
+
+    ``reported`` is False when no response carried a ``usage`` (an API that ignores
+    ``stream_options``); the caller then estimates. Several requests (retries, a stream
+    generated again) add up.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reported: bool = False
+
+    def add(self, usage: dict[str, Any]) -> None:
+        """Add one response's ``usage`` object; malformed fields count as 0."""
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        self.prompt_tokens += prompt if isinstance(prompt, int) else 0
+        self.completion_tokens += completion if isinstance(completion, int) else 0
+        self.reported = True
+
+
+#: The :class:`Usage` that model responses read in this context add to, if any. The
+#: worker sets one per reply (:func:`track_usage`); the reading task inherits it.
+_USAGE: ContextVar[Usage | None] = ContextVar("parley_llm_usage", default=None)
+
+
+def track_usage() -> Usage:
+    """A fresh :class:`Usage` that every model stream read from now on in this context
+    (and in tasks it creates) adds to."""
+    usage = Usage()
+    _USAGE.set(usage)
+    return usage
 
 
 @dataclass(frozen=True)
@@ -66,6 +101,7 @@ class LLMConfig:
     max_tokens: int = 256
     temperature: float = 0.7
     stop: tuple[str, ...] = ()
+    include_usage: bool = True
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -161,6 +197,14 @@ class _Done:
     """The ``data: [DONE]`` line."""
 
 
+@dataclass(frozen=True)
+class _UsageReport:
+    """A chunk carrying ``usage`` (usually the last one, without choices)."""
+
+    usage: dict[str, Any]
+    chunk: _Chunk | None
+
+
 class _Garbage:
     """A line that is neither SSE nor JSON; logged, then skipped."""
 
@@ -241,6 +285,9 @@ class LLMClient:
         }
         if self.config.stop:
             body["stop"] = list(self.config.stop)
+        if self.config.include_usage:
+            # The model's own count of the tokens, for the quotas (a last chunk).
+            body["stream_options"] = {"include_usage": True}
         return self._stream(body)
 
     async def _stream(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
@@ -257,6 +304,12 @@ class LLMClient:
                         event = _parse_line(raw)
                         if isinstance(event, _Done):
                             break
+                        if isinstance(event, _UsageReport):
+                            if (usage := _USAGE.get()) is not None:
+                                usage.add(event.usage)
+                            event = event.chunk
+                            if event is None:
+                                continue
                         if isinstance(event, _Garbage):
                             # One warning per response: an HTML page must not flood the log.
                             garbage += 1
@@ -409,7 +462,7 @@ def _stream_error(payload: dict[str, Any]) -> LLMError:
     return _error_for_status(status, f"model stream error: {message[:_MAX_DETAIL]}", None)
 
 
-def _parse_line(raw: bytes) -> _Chunk | _Done | _Garbage | LLMError | None:
+def _parse_line(raw: bytes) -> _Chunk | _Done | _Garbage | _UsageReport | LLMError | None:
     """One SSE line: a chunk, ``[DONE]``, garbage, an in-stream error, or None to skip.
 
     Each ``data:`` line is parsed on its own: every OpenAI-compatible server sends one
@@ -434,7 +487,12 @@ def _parse_line(raw: bytes) -> _Chunk | _Done | _Garbage | LLMError | None:
         return _stream_error({"error": payload})
     if payload.get("error") is not None:
         return _stream_error(payload)
-    choices = payload.get("choices")
+    chunk = _chunk(payload.get("choices"))
+    usage = payload.get("usage")
+    return _UsageReport(usage, chunk) if isinstance(usage, dict) else chunk
+
+
+def _chunk(choices: object) -> _Chunk | None:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None  # e.g. a trailing usage-only chunk
     choice = choices[0]

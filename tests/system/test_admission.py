@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from protocol.admission import SESSION_TOKENS, limit_key
 from stack.cluster import Cluster
 from stack.standin import StandinModel
 from tests.chat_client import count, of_type, read_until
@@ -143,3 +144,41 @@ async def test_sockets_per_client_are_capped_across_replicas(
             async with http.ws_connect(two, params=params) as again:
                 await again.send_str("hello")
                 await read_until(again, count("done", 1))
+
+
+@pytest.mark.timeout(60)
+async def test_a_used_up_quota_refuses_messages_until_it_renews(
+    redis: Redis[str], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    # The stand-in counts a token per word: the system prompt (8) plus each turn, plus
+    # its 8-token replies: reply 1 costs 17, reply 2 costs 26, so 30 is used up after 2.
+    env = {"MODEL_TOKENS_PER_SESSION": "30", "QUOTA_PERIOD_S": "3"}
+    async with (
+        StandinModel(tokens=8) as model,
+        Cluster(redis_url, model.base_url or "", tmp_path / "logs", env=env) as cluster,
+    ):
+        await cluster.start(servers=1, workers=1)
+        url = cluster.servers[0].url
+        async with http.post(f"{url}/token", params={"name": "ada"}) as r:
+            token = (await r.json())["token"]
+        async with http.ws_connect(
+            f"{url.replace('http', 'ws', 1)}/chat", params={"token": token}
+        ) as ws:
+            for text in ("one", "two"):
+                await ws.send_str(text)
+                await read_until(ws, count("done", 1))
+            used = await redis.get(limit_key(SESSION_TOKENS, token))
+            await ws.send_str("three")
+            (error,) = of_type(await read_until(ws, count("error", 1)), "error")
+            assert error["code"] == "quota_exceeded" and error["message_id"] is None
+            wait = error["retry_after_s"]
+            assert 0 < wait <= 3 and "30 model tokens" in error["detail"]
+            print(
+                f"quota: 2 replies used {used} of 30 model tokens (the model's own usage), "
+                f"the 3rd message refused with quota_exceeded, retry_after_s {wait}"
+            )
+            await asyncio.sleep(wait)  # the period it was told ends
+            await ws.send_str("three")
+            seen = await read_until(ws, count("done", 1))
+            assert of_type(seen, "done")[0]["reply"]["content"].startswith("Reply to: three")
+        assert used == "43"

@@ -97,6 +97,7 @@ async def test_deltas_arrive_in_order_with_the_expected_request(
         "max_tokens": 64,
         "temperature": 0.7,
         "stop": ["\nUser:"],
+        "stream_options": {"include_usage": True},
     }
     assert standin.headers[0]["Authorization"] == f"Bearer {API_KEY}"
     assert standin.headers[0]["Accept"] == "text/event-stream"

@@ -1,0 +1,72 @@
+"""Model tokens counted from the model's own usage (or estimated) and charged to quotas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+import aiohttp
+from redis.asyncio import Redis
+
+from protocol.admission import CLIENT_TOKENS, SESSION_TOKENS, digest, limit_key
+from stack.standin import StandinModel
+from tests.chat_client import count, read_until
+from tests.conftest import running_parley
+from worker.llm import ChatMessage, LLMClient, LLMConfig, track_usage
+from worker.memory import estimate_tokens
+
+PROMPT = [
+    ChatMessage(role="system", content="Be brief."),
+    ChatMessage(role="user", content="hello world"),
+]
+
+
+async def _read(client: LLMClient) -> str:
+    return "".join([d async for d in client.stream(PROMPT)])
+
+
+async def test_usage_is_the_models_own_count_in_the_reading_task() -> None:
+    async with StandinModel(tokens=8) as model:
+        assert model.base_url is not None
+        async with LLMClient(LLMConfig(base_url=model.base_url, model="m")) as client:
+            usage = track_usage()
+            # Read in a task of its own, as the worker does: the context carries it.
+            await asyncio.create_task(_read(client))
+            assert (usage.prompt_tokens, usage.completion_tokens) == (4, 8)
+            assert usage.reported
+            # Another context's usage is its own.
+            other = contextvars.copy_context()
+            other.run(track_usage)
+            await _read(client)
+            assert usage.completion_tokens == 16  # two replies read in this context
+
+
+async def test_no_usage_when_the_api_reports_none() -> None:
+    async with StandinModel(tokens=8) as model:
+        assert model.base_url is not None
+        model.report_usage = False
+        async with LLMClient(LLMConfig(base_url=model.base_url, model="m")) as client:
+            usage = track_usage()
+            assert await _read(client)
+            assert not usage.reported and usage.completion_tokens == 0
+
+
+async def test_replies_are_charged_to_the_session_and_its_client(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(redis_url, redis) as parley:
+        token = await parley.create_session(http)
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await ws.send_str("hello")
+            await read_until(ws, count("done", 1))
+            parley.standin.report_usage = False  # the next one is estimated
+            await ws.send_str("again")
+            events = await read_until(ws, count("done", 1))
+        reply = next(e for e in events if e["type"] == "done")["reply"]["content"]
+        prompt_1 = parley.standin.requests[0]["messages"]
+        first = sum(len(m["content"].split()) for m in prompt_1) + 6  # 6-token stand-in
+        prompt_2 = parley.standin.requests[1]["messages"]
+        second = sum(estimate_tokens(m["content"]) for m in prompt_2) + estimate_tokens(reply)
+        session = await redis.get(limit_key(SESSION_TOKENS, token))
+        client = await redis.get(limit_key(CLIENT_TOKENS, digest("127.0.0.1")))
+        assert int(session or 0) == int(client or 0) == first + second

@@ -1,0 +1,50 @@
+"""Charging the model tokens of each reply to its session's and its client's quotas.
+
+The server refuses a message once either quota is used up (``quota_exceeded``); the
+worker charges what each reply cost, from the model's own ``usage`` when the API
+reports it (``stream_options.include_usage``), else from an estimate of the prompt and
+the reply (:func:`worker.memory.estimate_tokens`, one token per 3 UTF-8 bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from protocol.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter
+from protocol.config import CommonSettings
+from protocol.logs import fingerprint
+from worker.llm import ChatMessage, Usage
+from worker.memory import estimate_tokens
+
+logger = logging.getLogger(__name__)
+
+
+def reply_cost(usage: Usage, prompt: Sequence[ChatMessage], reply: str) -> int:
+    """Model tokens a reply cost: the reported usage, else an estimate."""
+    if usage.reported:
+        return usage.prompt_tokens + usage.completion_tokens
+    return sum(estimate_tokens(m.content) for m in prompt) + estimate_tokens(reply)
+
+
+async def charge_reply(
+    redis: Redis[str], settings: CommonSettings, token: str, tokens: int
+) -> None:
+    """Count ``tokens`` against session ``token``'s quota and its client's.
+
+    A failure to charge is logged, not raised: the reply is already recorded, and a
+    quota is a bound on use, not an account.
+    """
+    limiter = Limiter(redis)
+    try:
+        used = await limiter.charge(SESSION_TOKENS, token, tokens, settings.quota_period_s)
+        client = await limiter.client_of(token)
+        if client is not None:
+            await limiter.charge(CLIENT_TOKENS, client, tokens, settings.quota_period_s)
+    except (RedisError, OSError) as e:
+        logger.warning("session=%s %d model tokens not charged: %s", fingerprint(token), tokens, e)
+        return
+    logger.debug("session=%s charged %d model tokens (%d used)", fingerprint(token), tokens, used)
