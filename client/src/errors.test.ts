@@ -2,21 +2,23 @@ import { describe, expect, it } from "vitest";
 import { describeError, formatWait } from "./errors";
 import { parseEvent } from "./protocol";
 
+const plain = (text: string): string => text.replaceAll("\u00a0", " ");
+
 describe("refusals by admission limits", () => {
   it("say how long to wait", () => {
-    expect(describeError("too_many_requests", "20 messages a minute", false, 42).title).toBe(
+    expect(plain(describeError("too_many_requests", "20 messages a minute", false, 42).title)).toBe(
       "Too many messages in a short time, so this one was not sent. Try again in 42 s.",
     );
-    expect(describeError("quota_exceeded", "", true, 3 * 3600 + 1200).title).toBe(
+    expect(plain(describeError("quota_exceeded", "", true, 3 * 3600 + 1200).title)).toBe(
       "Your share of the model is used up for now. Try again in 3 h 20 min.",
     );
   });
 
   it("words waits", () => {
-    expect(formatWait(0.2)).toBe("1 s");
-    expect(formatWait(89)).toBe("89 s");
-    expect(formatWait(300)).toBe("5 min");
-    expect(formatWait(7200)).toBe("2 h");
+    expect(plain(formatWait(0.2))).toBe("1 s");
+    expect(plain(formatWait(89))).toBe("89 s");
+    expect(plain(formatWait(300))).toBe("5 min");
+    expect(plain(formatWait(7200))).toBe("2 h");
   });
 
   it("keep retry_after_s from the wire, and refuse a mistyped one", () => {

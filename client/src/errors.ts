@@ -55,14 +55,17 @@ const TEXTS: Record<string, Text> = {
   },
 };
 
+const NBSP = "\u00a0"; // a number and its unit stay on one line
+
 /** A wait in words: "42 s", "5 min", "3 h 20 min". */
 export function formatWait(seconds: number): string {
   const s = Math.max(1, Math.ceil(seconds));
-  if (s < 90) return `${s} s`;
+  if (s < 90) return `${s}${NBSP}s`;
   const minutes = Math.ceil(s / 60);
-  if (minutes < 90) return `${minutes} min`;
+  if (minutes < 90) return `${minutes}${NBSP}min`;
+  const hours = `${Math.floor(minutes / 60)}${NBSP}h`;
   const rest = minutes % 60;
-  return rest === 0 ? `${Math.floor(minutes / 60)} h` : `${Math.floor(minutes / 60)} h ${rest} min`;
+  return rest === 0 ? hours : `${hours} ${rest}${NBSP}min`;
 }
 
 /**
