@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         # browser-like client it doubled the memory of an idle socket (bench
         # `connections`), for token events of a few hundred bytes.
         ws_per_message_deflate=False,
+        # The client's address is Parley's to work out, from TRUSTED_PROXIES only
+        # (server.security.client_address); uvicorn would believe loopback's headers.
+        proxy_headers=False,
         log_level=settings.log_level.lower(),
         log_config=None,
         access_log=False,
