@@ -12,6 +12,7 @@ from fastapi import FastAPI, status
 from server.app import create_app
 from server.config import ServerSettings
 from server.routes.chat import ChatSockets
+from server.websocket import websocket_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         app,
         host=args.host,
         port=args.port,
+        # uvicorn's websockets-sansio protocol, closing a client that stops reading
+        # (server/websocket.py).
+        ws=websocket_protocol(settings.ws_send_timeout_s),
         ws_max_size=settings.ws_max_frame_bytes,
+        ws_max_queue=settings.ws_max_queue,
         # permessage-deflate keeps a zlib compressor and decompressor per socket: with a
         # browser-like client it doubled the memory of an idle socket (bench
         # `connections`), for token events of a few hundred bytes.
