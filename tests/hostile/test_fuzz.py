@@ -156,3 +156,30 @@ async def test_ten_thousand_hostile_frames_close_no_socket(
     assert not bad, f"events that are not valid server events: {bad[:5]}"
     assert rss_after - rss_before <= RSS_SLACK_MB
     assert codes.get("invalid_frame", 0) > 0 and codes.get("too_many_pending", 0) > 0
+
+
+async def test_text_frames_that_are_not_utf8_get_invalid_frame_and_the_socket_stays(
+    redis_url: str, redis: Redis[str], tmp_path: Path
+) -> None:
+    not_utf8 = [
+        b'{"type":"message","content":"\xed\xa0\x80"}',  # a UTF-8-encoded lone surrogate
+        b"\xff\xfe plain",
+        b"caf\xc3",  # cut in the middle of a character
+    ]
+    async with (
+        servers(redis_url, tmp_path / "logs") as cluster,
+        aiohttp.ClientSession() as http,
+    ):
+        (server,) = cluster.servers
+        token = await new_session(http, server)
+        ws_url = f"{server.url.replace('http', 'ws')}/chat"
+        async with http.ws_connect(ws_url, params={"token": token}) as ws:
+            for raw in not_utf8:
+                await ws.send_frame(raw, aiohttp.WSMsgType.TEXT)
+                error = SERVER_EVENT.validate_json((await ws.receive(timeout=10)).data)
+                assert isinstance(error, ErrorEvent), error
+                assert error.code is ErrorCode.INVALID_FRAME and "UTF-8" in error.detail
+            await ws.send_str("still open")
+            queued = SERVER_EVENT.validate_json((await ws.receive(timeout=10)).data)
+            assert queued.type == "queued"
+        assert not tracebacks(server)
