@@ -25,6 +25,8 @@ from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from server.metrics import SLOW_READERS_CLOSED
+
 logger = logging.getLogger(__name__)
 
 #: The close code of a client that stopped reading: 1013, try again later.
@@ -63,6 +65,7 @@ class ParleyWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent or self.transport.is_closing():
             return
         logger.info("closing a socket with %d: %s", SLOW_READER_CLOSE, reason)
+        SLOW_READERS_CLOSED.inc()
         self.conn.fail(SLOW_READER_CLOSE, reason)
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True

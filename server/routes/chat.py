@@ -47,7 +47,13 @@ from protocol.wire import (
 from server.config import ServerSettings
 from server.deps import SESSION_GONE, ChatTokenDep, HubDep, LeasesDep, SettingsDep, StoreDep
 from server.limits import TokenBucket
-from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED, MESSAGES_ACCEPTED, SOCKETS
+from server.metrics import (
+    CLIENT_ERRORS,
+    EVENTS_RELAYED,
+    MESSAGES_ACCEPTED,
+    SOCKETS,
+    SOCKETS_REFUSED,
+)
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
@@ -147,7 +153,7 @@ async def _refuse_too_many(websocket: WebSocket, max_sockets: int) -> None:
         f"this session already has {max_sockets} open sockets, the most allowed; "
         "close one, then connect again"
     )
-    CLIENT_ERRORS.labels("too_many_sockets").inc()
+    SOCKETS_REFUSED.inc()
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=429))
         return
@@ -396,7 +402,7 @@ class ChatConnection:
             if problem is None:
                 await self._replay(after, limit=limit)
         except (RedisError, OSError) as e:
-            logger.warning("token=%s resume failed: %s", self.token, e)
+            logger.warning("resume failed, Redis unavailable: %s", e)
             await self._send_error(None, ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL)
             return
         if problem is not None:
