@@ -163,14 +163,19 @@ class _Link:
             logger.warning("pubsub %s: restarting in %.2f s", self.name, delay)
             await asyncio.sleep(delay)
             old, self.pubsub, self._hooked = self.pubsub, self.client.pubsub(), False
+            if old.connection is not None:
+                # The pool may hand this connection to the new Pub/Sub: unhook it first.
+                old.connection.deregister_connect_callback(self._on_reconnect)
             with contextlib.suppress(*_LINK_ERRORS):
                 await old.aclose()  # type: ignore[attr-defined]  # stale stubs
             try:
                 async with self.hub._lock:  # no subscribe or unsubscribe meanwhile
-                    if self.channels:
-                        self._resubscribing()
-                        await self.pubsub.ssubscribe(*self.channels)  # type: ignore[attr-defined]  # stale stubs
-                        self._hook()
+                    self._resubscribing()
+                    # One channel a command: on a cluster, channels of different slots
+                    # in one SSUBSCRIBE fail with CROSSSLOT.
+                    for channel in self.channels:
+                        await self.pubsub.ssubscribe(channel)  # type: ignore[attr-defined]  # stale stubs
+                    self._hook()
             except Exception as e:  # the supervisor must outlive any error: retry
                 logger.warning("pubsub %s: restart failed: %r", self.name, e)
                 continue

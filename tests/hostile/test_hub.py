@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +19,7 @@ import pytest
 from redis.asyncio import Redis
 
 from protocol import keys
+from protocol.hub import RESYNC, Hub
 from stack.cluster import Cluster
 from stack.standin import StandinModel
 from tests.chat_client import count, of_type, read_until
@@ -81,3 +83,28 @@ async def test_listener_that_fails_is_restarted_and_sockets_get_events_again(
     assert of_type(during, "done")[0]["reply"]["content"].startswith("Reply to: during")
     assert of_type(after, "done")[0]["reply"]["content"].startswith("Reply to: after")
     assert "listener failed; restarting it" in log and "UnicodeDecodeError" in log
+
+
+async def test_every_subscriber_of_a_failed_listener_gets_a_resync(redis: Redis[str]) -> None:
+    """The hub alone, on the test Redis: three subscribers of one link (one partition, so
+    one node of a cluster too), a payload that kills the listener, then RESYNC for each
+    and live messages again."""
+    hub = Hub(redis, queue_size=16, control_channel=f"{keys.PREFIX}:test:{uuid.uuid4()}")
+    await hub.start()
+    channels = [keys.channel("a" + str(uuid.uuid4())[1:]) for _ in range(3)]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            subs = [await stack.enter_async_context(hub.subscribe(c)) for c in channels]
+            async with asyncio.timeout(5):
+                for sub in subs:
+                    await sub.ready.wait()
+            assert hub.healthy
+            await redis.spublish(channels[0], b"\xff\xfe")  # type: ignore[attr-defined]
+            async with asyncio.timeout(10):
+                assert [await sub.queue.get() for sub in subs] == [RESYNC] * 3
+            assert hub.healthy
+            await redis.spublish(channels[1], "live again")  # type: ignore[attr-defined]
+            async with asyncio.timeout(5):
+                assert await subs[1].queue.get() == "live again"
+    finally:
+        await hub.aclose()
