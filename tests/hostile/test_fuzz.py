@@ -24,8 +24,8 @@ import pytest
 from redis.asyncio import Redis
 
 from protocol.wire import SERVER_EVENT, ErrorCode, ErrorEvent
-from tests.hostile.conftest import new_session, rss_mb, servers, tracebacks
 from tests.hostile.frames import Frame, generate
+from tests.hostile.servers import new_session, rss_mb, servers, tracebacks
 
 pytestmark = pytest.mark.system
 

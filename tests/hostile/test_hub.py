@@ -23,7 +23,7 @@ from protocol.hub import RESYNC, Hub
 from stack.cluster import Cluster
 from stack.standin import StandinModel
 from tests.chat_client import count, of_type, read_until
-from tests.hostile.conftest import new_session
+from tests.hostile.servers import new_session
 
 pytestmark = pytest.mark.system
 

@@ -26,7 +26,7 @@ from protocol.store import Store
 from protocol.wire import MessageEntry, TokenEvent
 from server.leases import leases_key
 from server.websocket import SLOW_READER_CLOSE
-from tests.hostile.conftest import new_session, rss_mb, servers
+from tests.hostile.servers import new_session, rss_mb, servers
 
 pytestmark = pytest.mark.system
 

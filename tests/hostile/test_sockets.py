@@ -17,7 +17,7 @@ from redis.crc import key_slot
 from protocol import keys
 from server.leases import leases_key
 from stack.cluster import Proc
-from tests.hostile.conftest import new_session, servers
+from tests.hostile.servers import new_session, servers
 
 pytestmark = pytest.mark.system
 
