@@ -19,6 +19,7 @@ from protocol.connection import connect, disconnect
 from protocol.hub import Hub
 from protocol.store import Store
 from server.config import ServerSettings
+from server.leases import SocketLeases
 from server.routes import chat, health, sessions
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class State(TypedDict):
     redis: Redis[str]
     store: Store
     hub: Hub
+    leases: SocketLeases
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -61,10 +63,23 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             control_channel=f"{keys.PREFIX}:server:{uuid.uuid4()}",
         )
         await hub.start()
+        leases = SocketLeases(
+            redis,
+            max_sockets=settings.max_sockets_per_session,
+            lease_seconds=settings.socket_lease_seconds,
+        )
+        leases.start()
         logger.info("server ready")
         try:
-            yield {"settings": settings, "redis": redis, "store": store, "hub": hub}
+            yield {
+                "settings": settings,
+                "redis": redis,
+                "store": store,
+                "hub": hub,
+                "leases": leases,
+            }
         finally:
+            await leases.aclose()
             await hub.aclose()
             await disconnect(redis)
 

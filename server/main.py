@@ -12,6 +12,7 @@ from fastapi import FastAPI, status
 from server.app import create_app
 from server.config import ServerSettings
 from server.routes.chat import ChatSockets
+from server.websocket import websocket_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,28 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def uvicorn_config(app: FastAPI, settings: ServerSettings, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's configuration of a server process (also for tests that serve the app
+    in process and want the same WebSocket bounds)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        # uvicorn's websockets-sansio protocol, closing a client that stops reading and
+        # refusing text that is not UTF-8 without closing (server/websocket.py).
+        ws=websocket_protocol(settings.ws_send_timeout_s),
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_max_queue=settings.ws_max_queue,
+        # permessage-deflate keeps a zlib compressor and decompressor per socket: with a
+        # browser-like client it doubled the memory of an idle socket (bench
+        # `connections`), for token events of a few hundred bytes.
+        ws_per_message_deflate=False,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        access_log=False,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse ``--host`` and ``--port`` and serve until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
@@ -50,17 +73,4 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        ws_max_size=settings.ws_max_frame_bytes,
-        # permessage-deflate keeps a zlib compressor and decompressor per socket: with a
-        # browser-like client it doubled the memory of an idle socket (bench
-        # `connections`), for token events of a few hundred bytes.
-        ws_per_message_deflate=False,
-        log_level=settings.log_level.lower(),
-        log_config=None,
-        access_log=False,
-    )
-    GracefulServer(config, app).run()
+    GracefulServer(uvicorn_config(app, settings, args.host, args.port), app).run()
