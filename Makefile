@@ -69,17 +69,24 @@ $(STAMP): $(RUN_STAMP)
 
 install: $(STAMP)
 
+# $(call apt-install,PACKAGE,WHY,HINT): install a Debian package when we can (root
+# with apt-get); otherwise print HINT and fail.
+define apt-install
+if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	echo "Installing Debian's $(1) $(2)"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; \
+else \
+	echo "$(3)" >&2; \
+	exit 1; \
+fi
+endef
+
 # The prebuilt llama.cpp server links the system's OpenMP runtime (Debian: libgomp1).
+LIBGOMP_HINT := The embedded model needs the OpenMP runtime libgomp.so.1: install libgomp1 \
+	(Debian/Ubuntu) or your system's libgomp
 libgomp:
-	@if ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libgomp\.so\.1 '; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "Installing libgomp1 (OpenMP runtime) for the embedded model"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >/dev/null; \
-		else \
-			echo "The embedded model needs the OpenMP runtime libgomp.so.1: install libgomp1 (Debian/Ubuntu) or your system's libgomp" >&2; \
-			exit 1; \
-		fi; \
-	fi
+	@/sbin/ldconfig -p 2>/dev/null | grep -q 'libgomp\.so\.1 ' \
+		|| { $(call apt-install,libgomp1,for the embedded model,$(LIBGOMP_HINT)); }
 
 run: $(RUN_STAMP) $(RUN_DEPS)
 	$(BIN)/python -m stack
@@ -119,16 +126,12 @@ client-deps: $(CLIENT_DEPS)
 client: $(CLIENT_BUILD)
 
 # Debian's chromium, installed when missing and we can (root with apt-get).
+CHROMIUM_HINT := The browser tests need Chromium at $(CHROMIUM): install Debian's chromium \
+	package (apt-get install chromium), or pass CHROMIUM=/path/to/chromium
 chromium:
-	@if [ ! -x "$(CHROMIUM)" ]; then \
-		if [ "$(CHROMIUM)" = /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "Installing Debian's chromium for the browser tests"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-		else \
-			echo "The browser tests need Chromium at $(CHROMIUM): install Debian's chromium package (apt-get install chromium), or pass CHROMIUM=/path/to/chromium" >&2; \
-			exit 1; \
-		fi; \
-	fi
+	@[ -x "$(CHROMIUM)" ] || { [ "$(CHROMIUM)" = /usr/bin/chromium ] \
+		|| { echo "$(CHROMIUM_HINT)" >&2; exit 1; }; \
+		$(call apt-install,chromium,for the browser tests,$(CHROMIUM_HINT)); }
 
 chat: $(RUN_STAMP)
 	$(BIN)/python -m terminal $(ARGS)

@@ -16,6 +16,12 @@ Pub/Sub delivers at most once. A subscriber that may have missed messages (its q
 overflowed, or its connection to Redis was re-established) receives :data:`RESYNC`
 instead, and reads what it missed from the session's durable event stream. When a
 connection is lost, its subscribers first receive :data:`UNAVAILABLE`.
+
+Each listener is supervised: whatever ends it (a lost link, or any other error, such as
+a payload that is not UTF-8), it starts again on a new connection after a backoff
+(redis-py's equal-jitter backoff), subscribes every channel again, and every subscriber
+of the link receives :data:`RESYNC`. :attr:`Hub.healthy` is False meanwhile (``/readyz``
+answers 503).
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -42,6 +50,10 @@ RESYNC: Final = "\x00resync"
 UNAVAILABLE: Final = "\x00unavailable"
 
 _LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Restart delays (s) of a failed listener: about 0.1 s at first, doubling up to 5 s.
+_RESTART_BACKOFF = EqualJitterBackoff(cap=5.0, base=0.1)
+#: A listener that ran this long (s) before failing starts again from the first delay.
+_STABLE_S = 10.0
 
 
 class Subscription:
@@ -65,7 +77,8 @@ class Subscription:
 
 
 class _Link:
-    """One sharded Pub/Sub connection (to the Redis, or to one cluster node) and its listener."""
+    """One sharded Pub/Sub connection (to the Redis, or to one cluster node) and its
+    supervised listener."""
 
     def __init__(self, hub: Hub, name: str, client: Redis[str], owned: bool) -> None:
         self.hub = hub
@@ -77,15 +90,14 @@ class _Link:
         self.down = False
         self.task: asyncio.Task[None] | None = None
         self._hooked = False
+        self._failures = 0
 
     async def ssubscribe(self, channel: str) -> None:
         await self.pubsub.ssubscribe(channel)  # type: ignore[attr-defined]  # stale stubs
         self.channels.add(channel)
-        if not self._hooked and self.pubsub.connection is not None:
-            self.pubsub.connection.register_connect_callback(self._on_reconnect)
-            self._hooked = True
+        self._hook()
         if self.task is None:
-            self.task = asyncio.create_task(self._listen(), name=f"hub-{self.name}")
+            self.task = asyncio.create_task(self._supervise(), name=f"hub-{self.name}")
 
     async def sunsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
@@ -101,32 +113,80 @@ class _Link:
         if self.owned:
             await self.client.aclose()  # type: ignore[attr-defined]  # stale stubs
 
+    def _hook(self) -> None:
+        if not self._hooked and self.pubsub.connection is not None:
+            self.pubsub.connection.register_connect_callback(self._on_reconnect)
+            self._hooked = True
+
     def _tell(self, payload: str) -> None:
         for channel in self.channels:
             for sub in self.hub._subs.get(channel, ()):
                 sub.deliver(payload)
 
+    def _resubscribing(self) -> None:
+        """Count the confirmations a re-subscription of every channel will bring, so a
+        new subscriber waits for its own (see :meth:`Hub.subscribe`)."""
+        for channel in self.channels:
+            self.hub._sent[channel] = self.hub._sent.get(channel, 0) + 1
+
     async def _on_reconnect(self, _connection: Any) -> None:
         # redis-py re-subscribes every channel on reconnect; what was published while
         # the connection was down is lost to Pub/Sub, so every subscriber resyncs.
         logger.warning("pubsub %s reconnected; %d channels resync", self.name, len(self.channels))
+        self._resubscribing()
         self.down = False
         self._tell(RESYNC)
 
-    async def _listen(self) -> None:
-        backoff = 0.1
+    async def _supervise(self) -> None:
+        """Run the listener for good: whatever ends it, restart it (see the module)."""
         while True:
+            started = time.monotonic()
             try:
-                message = await self.pubsub.get_message(timeout=None)  # type: ignore[arg-type]
-                backoff = 0.1
+                await self._listen()
             except _LINK_ERRORS as e:
-                logger.warning("pubsub %s lost (%s); retrying in %.1f s", self.name, e, backoff)
+                logger.warning("pubsub %s lost: %s", self.name, e)
                 if not self.down:
-                    self.down = True
                     self._tell(UNAVAILABLE)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                logger.exception("pubsub %s listener failed; restarting it", self.name)
+            self.down = True
+            if time.monotonic() - started >= _STABLE_S:
+                self._failures = 0
+            await self._restart()
+
+    async def _restart(self) -> None:
+        """A new connection with every channel subscribed, after a backoff, retried
+        until it succeeds; then every subscriber resyncs."""
+        while True:
+            self._failures += 1
+            delay = _RESTART_BACKOFF.compute(self._failures)
+            logger.warning("pubsub %s: restarting in %.2f s", self.name, delay)
+            await asyncio.sleep(delay)
+            old, self.pubsub, self._hooked = self.pubsub, self.client.pubsub(), False
+            if old.connection is not None:
+                # The pool may hand this connection to the new Pub/Sub: unhook it first.
+                old.connection.deregister_connect_callback(self._on_reconnect)
+            with contextlib.suppress(*_LINK_ERRORS):
+                await old.aclose()  # type: ignore[attr-defined]  # stale stubs
+            try:
+                async with self.hub._lock:  # no subscribe or unsubscribe meanwhile
+                    self._resubscribing()
+                    # One channel a command: on a cluster, channels of different slots
+                    # in one SSUBSCRIBE fail with CROSSSLOT.
+                    for channel in self.channels:
+                        await self.pubsub.ssubscribe(channel)  # type: ignore[attr-defined]  # stale stubs
+                    self._hook()
+            except Exception as e:  # the supervisor must outlive any error: retry
+                logger.warning("pubsub %s: restart failed: %r", self.name, e)
                 continue
+            logger.warning("pubsub %s restarted; %d channels resync", self.name, len(self.channels))
+            self.down = False
+            self._tell(RESYNC)
+            return
+
+    async def _listen(self) -> None:
+        while True:
+            message = await self.pubsub.get_message(timeout=None)  # type: ignore[arg-type]
             if message is not None:
                 self.hub._dispatch(message)
 
@@ -159,6 +219,14 @@ class Hub:
     def channel_count(self) -> int:
         """How many session channels this process is subscribed to."""
         return len(self._subs)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether every listener runs on a live connection (False while one restarts)."""
+        return self._started and all(
+            not link.down and (link.task is None or not link.task.done())
+            for link in self._links.values()
+        )
 
     async def start(self) -> None:
         """Connect and subscribe to the control channel."""

@@ -14,6 +14,7 @@ Event payloads on a session's channel are the event's JSON object with
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from importlib.resources import files
@@ -75,20 +76,35 @@ def event_id_of(payload: str) -> str | None:
     return payload[len(_EVENT_ID_PREFIX) : end] if end > 0 else None
 
 
+#: A stream entry id: two unsigned 64-bit integers in ASCII decimal, ``"<ms>-<n>"``.
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_U64_MAX = 2**64 - 1
+
+
 def stream_id_key(event_id: str) -> tuple[int, int]:
-    """A stream entry id ``"<ms>-<n>"`` as a sortable pair.
+    """A stream entry id ``"<ms>-<n>"`` as a sortable pair; the one parser of stream ids.
+
+    Strict: both parts are ASCII digits and fit in 64 bits, as Redis requires.
 
     Raises:
-        ValueError: ``event_id`` is not a stream id.
+        ValueError: ``event_id`` is not a complete stream id.
     """
-    ms, _, n = event_id.partition("-")
-    return int(ms), int(n or 0)
+    match = _STREAM_ID.fullmatch(event_id)
+    if match is None:
+        raise ValueError(f"not a stream id: {event_id[:40]!r}")
+    ms, n = int(match[1]), int(match[2])
+    if ms > _U64_MAX or n > _U64_MAX:
+        raise ValueError(f"stream id out of range: {event_id!r}")
+    return ms, n
 
 
 def valid_stream_id(value: str) -> bool:
     """Whether ``value`` is a complete stream entry id such as ``1700000000000-0``."""
-    ms, sep, n = value.partition("-")
-    return bool(sep) and ms.isdigit() and n.isdigit()
+    try:
+        stream_id_key(value)
+    except ValueError:
+        return False
+    return True
 
 
 class Store:

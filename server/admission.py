@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from protocol.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter, Refused, digest
 from protocol.tasks import cancel_and_wait
 from protocol.wire import ErrorCode, ErrorEvent
+from server.config import ServerSettings
 from server.security import SecuritySettings, client_address
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,6 @@ REFUSALS = Counter(
     "parley_admission_refusals", "Requests refused by admission control, by limit.", ["limit"]
 )
 
-#: A socket's place among its address's open sockets lapses this long (s) after its
-#: server stops renewing it (a crash); a live server renews it every third of that.
-SOCKET_LEASE_S = 60.0
 #: Close code of a socket refused by a limit: 1013, "try again later".
 CLOSE_TRY_AGAIN_LATER = 1013
 
@@ -136,7 +134,7 @@ class SocketAdmission:
         settings: the limits, and the trusted proxies.
     """
 
-    def __init__(self, app: ASGIApp, settings: SecuritySettings) -> None:
+    def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
         self.app = app
         self.settings = settings
         self.proxies = settings.proxies()
@@ -154,7 +152,9 @@ class SocketAdmission:
             await limiter.hit(
                 "socket_opens", address, s.rate_socket_opens_per_client, s.rate_window_s
             )
-            await limiter.hold("sockets", address, s.max_sockets_per_client, SOCKET_LEASE_S, holder)
+            await limiter.hold(
+                "sockets", address, s.max_sockets_per_client, s.socket_lease_seconds, holder
+            )
         except Refused as e:
             detail = (
                 f"at most {s.rate_socket_opens_per_client} sockets opened every "
@@ -177,11 +177,14 @@ class SocketAdmission:
                 await limiter.release("sockets", address, holder)
 
     async def _renew(self, limiter: Limiter, address: str, holder: str) -> None:
+        """Renew the socket's place every third of ``SOCKET_LEASE_SECONDS``: a server that
+        dies stops renewing, and its sockets' places lapse."""
+        lease_s = self.settings.socket_lease_seconds
         while True:
-            await asyncio.sleep(SOCKET_LEASE_S / 3)
+            await asyncio.sleep(lease_s / 3)
             try:
                 await limiter.hold(
-                    "sockets", address, self.settings.max_sockets_per_client, SOCKET_LEASE_S, holder
+                    "sockets", address, self.settings.max_sockets_per_client, lease_s, holder
                 )
             except (RedisError, OSError) as e:
                 logger.warning("socket lease not renewed: %s", e)

@@ -21,6 +21,7 @@ from protocol.hub import Hub
 from protocol.store import Store
 from server.admission import SocketAdmission
 from server.config import ServerSettings
+from server.leases import SocketLeases
 from server.routes import chat, health, sessions
 from server.security import SecurityMiddleware
 
@@ -42,6 +43,7 @@ class State(TypedDict):
     redis: Redis[str]
     store: Store
     hub: Hub
+    leases: SocketLeases
     limiter: Limiter
 
 
@@ -65,6 +67,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             control_channel=f"{keys.PREFIX}:server:{uuid.uuid4()}",
         )
         await hub.start()
+        leases = SocketLeases(
+            redis,
+            max_sockets=settings.max_sockets_per_session,
+            lease_seconds=settings.socket_lease_seconds,
+        )
+        leases.start()
         logger.info("server ready")
         try:
             yield {
@@ -72,9 +80,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 "redis": redis,
                 "store": store,
                 "hub": hub,
+                "leases": leases,
                 "limiter": Limiter(redis),
             }
         finally:
+            await leases.aclose()
             await hub.aclose()
             await disconnect(redis)
 

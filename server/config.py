@@ -25,6 +25,35 @@ class ServerSettings(SecuritySettings):
     ws_max_frame_bytes: int = Field(
         default=1_048_576, gt=0, description="Largest WebSocket frame accepted (bytes)."
     )
+    ws_send_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A socket whose client reads nothing for this long (s) while events wait "
+        "to go out is closed with 1013.",
+    )
+    ws_max_queue: int = Field(
+        default=4,
+        gt=0,
+        description="Incoming messages uvicorn buffers per socket before it stops reading it.",
+    )
+    max_sockets_per_session: int = Field(
+        default=8, gt=0, description="Sockets one session may hold at once, over every server."
+    )
+    socket_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A socket's lease lapses this long (s) after its server last renewed it "
+        "(a dead server's sockets stop counting).",
+    )
+    resume_max_events: int = Field(
+        default=200, gt=0, description="Events replayed by one resume command, at most."
+    )
+    resume_rate_per_s: float = Field(
+        default=2.0, gt=0, description="Resume commands per second and socket, on average."
+    )
+    resume_burst: int = Field(
+        default=5, gt=0, description="Resume commands a socket may send at once."
+    )
     web_dist: Path = Field(
         default=Path("client/dist"), description="Built web client served at / if present."
     )

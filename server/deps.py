@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from protocol.hub import Hub
 from protocol.store import Store
 from server.config import ServerSettings
+from server.leases import SocketLeases
 
 SESSION_GONE = "Session expired or does not exist"
 
@@ -34,9 +35,15 @@ def _hub(connection: HTTPConnection) -> Hub:
     return hub
 
 
+def _leases(connection: HTTPConnection) -> SocketLeases:
+    leases: SocketLeases = connection.state.leases
+    return leases
+
+
 StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[ServerSettings, Depends(_settings)]
 HubDep = Annotated[Hub, Depends(_hub)]
+LeasesDep = Annotated[SocketLeases, Depends(_leases)]
 
 
 def well_formed(token: str) -> bool:

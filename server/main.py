@@ -14,6 +14,7 @@ from protocol.logs import setup_logging
 from server.app import create_app
 from server.config import ServerSettings
 from server.routes.chat import ChatSockets
+from server.websocket import websocket_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -40,22 +41,18 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse ``--host`` and ``--port`` and serve until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    args = parser.parse_args(argv)
-    settings = ServerSettings()
-    setup_logging(settings.log_level, settings.log_format, "server")
-    app = create_app(settings)
-    if settings.metrics_enabled and settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=args.host)
-    config = uvicorn.Config(
+def uvicorn_config(app: FastAPI, settings: ServerSettings, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's configuration of a server process (also for tests that serve the app
+    in process and want the same WebSocket bounds)."""
+    return uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
+        # uvicorn's websockets-sansio protocol, closing a client that stops reading and
+        # refusing text that is not UTF-8 without closing (server/websocket.py).
+        ws=websocket_protocol(settings.ws_send_timeout_s),
         ws_max_size=settings.ws_max_frame_bytes,
+        ws_max_queue=settings.ws_max_queue,
         # permessage-deflate keeps a zlib compressor and decompressor per socket: with a
         # browser-like client it doubled the memory of an idle socket (bench
         # `connections`), for token events of a few hundred bytes.
@@ -67,4 +64,17 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,
         access_log=False,
     )
-    GracefulServer(config, app).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``--host`` and ``--port`` and serve until SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    args = parser.parse_args(argv)
+    settings = ServerSettings()
+    setup_logging(settings.log_level, settings.log_format, "server")
+    app = create_app(settings)
+    if settings.metrics_enabled and settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=args.host)
+    GracefulServer(uvicorn_config(app, settings, args.host, args.port), app).run()

@@ -12,3 +12,11 @@ EVENTS_RELAYED = Counter(
 CLIENT_ERRORS = Counter(
     "parley_client_errors", "Error events sent by the server itself, by code.", ["code"]
 )
+SOCKETS_REFUSED = Counter(
+    "parley_sockets_refused",
+    "WebSocket handshakes refused because the session held MAX_SOCKETS_PER_SESSION sockets.",
+)
+SLOW_READERS_CLOSED = Counter(
+    "parley_slow_readers_closed",
+    "Sockets closed with 1013: the client read nothing for WS_SEND_TIMEOUT_S.",
+)

@@ -40,6 +40,12 @@ const TEXTS: Record<string, Text> = {
   delivery_failed: {
     title: "This message failed several times, so it was set aside without a reply.",
   },
+  too_many_resumes: {
+    title: "The connection asked to catch up too often. It will catch up again in a moment.",
+  },
+  resume_truncated: {
+    title: "Some missed messages are still on their way; catching up continues.",
+  },
   unavailable: {
     title: "The server could not store this message. Send it again.",
     general: "Parley cannot reach its store right now.",

@@ -7,20 +7,21 @@ the expiry watch. When any of them ends, the others are cancelled.
 Events are relayed in ``event_id`` order with no duplicate: the connection keeps a
 cursor (the last event id sent), replays from the session's event stream what lies
 after it (on connect, on ``resume``, and when the hub says to resync), and drops live
-events at or before it.
+events at or before it. A ``resume`` replays at most ``resume_max_events`` events; when
+more remain, live events are held back (they stay in the stream) until a later resume
+or resync reaches the newest event, so the client never sees a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Coroutine, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
-from pydantic import ValidationError
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, WebSocketException, status
+from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketState
 
@@ -33,22 +34,28 @@ from protocol.store import (
     TooManyPending,
     event_id_of,
     stream_id_key,
-    valid_stream_id,
 )
 from protocol.tasks import cancel_and_wait
 from protocol.wire import (
-    CLIENT_COMMAND,
     ErrorCode,
     ErrorEvent,
-    MessageCommand,
+    FrameRefused,
     QueuedEvent,
     ResumeCommand,
     StopCommand,
+    parse_frame,
 )
 from server.admission import admit_message
 from server.config import ServerSettings
-from server.deps import SESSION_GONE, ChatTokenDep, HubDep, SettingsDep, StoreDep
-from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED, MESSAGES_ACCEPTED, SOCKETS
+from server.deps import SESSION_GONE, ChatTokenDep, HubDep, LeasesDep, SettingsDep, StoreDep
+from server.limits import TokenBucket
+from server.metrics import (
+    CLIENT_ERRORS,
+    EVENTS_RELAYED,
+    MESSAGES_ACCEPTED,
+    SOCKETS,
+    SOCKETS_REFUSED,
+)
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
@@ -60,6 +67,8 @@ UNAVAILABLE_DETAIL = (
 #: Bounds (s) of the exponential backoff while Redis is unreachable.
 _BACKOFF_MIN_S = 0.2
 _BACKOFF_MAX_S = 5.0
+#: Events read from the stream at once by a replay.
+_REPLAY_CHUNK = 500
 
 
 class _Closed(Exception):
@@ -90,11 +99,18 @@ class ChatSockets:
             self._sockets.discard(websocket)
 
     async def close_all(self, code: int, reason: str) -> int:
-        """Close every socket with ``code`` and ``reason``; returns how many were open."""
+        """Close every socket with ``code`` and ``reason``; returns how many were open.
+
+        All at once: a socket whose client stopped reading holds its close for up to
+        ``ws_send_timeout_s`` and must not delay the others.
+        """
         sockets = [ws for ws in self._sockets if ws.client_state == WebSocketState.CONNECTED]
-        for websocket in sockets:
+
+        async def close(websocket: WebSocket) -> None:
             with contextlib.suppress(Exception):
                 await websocket.close(code, reason)
+
+        await asyncio.gather(*(close(ws) for ws in sockets))
         return len(sockets)
 
 
@@ -104,15 +120,63 @@ async def chat(
     token: ChatTokenDep,
     store: StoreDep,
     hub: HubDep,
+    leases: LeasesDep,
     settings: SettingsDep,
     after: Annotated[str | None, Query(description="Resume after this event_id.")] = None,
 ) -> None:
-    """Chat over one WebSocket; see the README for the frames both ways."""
-    await websocket.accept()
-    connection = ChatConnection(websocket, token, store, hub, settings)
-    sockets: ChatSockets = websocket.app.state.chat_sockets
-    with SOCKETS.track_inprogress(), sockets.track(websocket):
-        await connection.run(after)
+    """Chat over one WebSocket; see the README for the frames both ways.
+
+    A session holding ``max_sockets_per_session`` sockets already (on any server) is
+    refused at the handshake: HTTP 429 with a ``detail``.
+    """
+    try:
+        lease = await leases.acquire(token)
+    except (RedisError, OSError) as e:
+        raise WebSocketException(
+            status.WS_1011_INTERNAL_ERROR, reason="Redis unavailable; retry shortly"
+        ) from e
+    if lease is None:
+        await _refuse_too_many(websocket, leases.max_sockets)
+        return
+    try:
+        await websocket.accept()
+        connection = ChatConnection(websocket, token, store, hub, settings)
+        sockets: ChatSockets = websocket.app.state.chat_sockets
+        with SOCKETS.track_inprogress(), sockets.track(websocket):
+            await connection.run(after)
+    finally:
+        await leases.release(token, lease)
+
+
+async def _refuse_too_many(websocket: WebSocket, max_sockets: int) -> None:
+    """Refuse the handshake of a session's socket beyond ``max_sockets``: HTTP 429 where
+    the ASGI server can send a response, else a close with 1008 (HTTP 403)."""
+    detail = (
+        f"this session already has {max_sockets} open sockets, the most allowed; "
+        "close one, then connect again"
+    )
+    SOCKETS_REFUSED.inc()
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=429))
+        return
+    raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason=detail)
+
+
+def _cursor_problem(after: str, last: str) -> str | None:
+    """Why ``after`` cannot be a session's resume cursor, or None if it can.
+
+    Args:
+        after: what the client sent.
+        last: the session's newest event id (``"0"``: it has none).
+    """
+    try:
+        key = stream_id_key(after)
+    except ValueError:
+        return "must be an event_id such as 1700000000000-0"
+    newest = stream_id_key(last) if last != "0" else (0, 0)
+    if key > newest:
+        return f"{after} is beyond the session's newest event ({last})"
+    return None
 
 
 async def _first_of(*loops: Coroutine[Any, Any, None]) -> None:
@@ -146,19 +210,24 @@ class ChatConnection:
         self._send_lock = asyncio.Lock()
         self._cursor: tuple[int, int] = (0, 0)
         self._told_unavailable = False
+        # A resume replayed its maximum and more remain: live events wait (they are in
+        # the stream) until a replay reaches the newest event.
+        self._held_back = False
+        self._resumes = TokenBucket(settings.resume_rate_per_s, settings.resume_burst)
 
     async def run(self, after: str | None) -> None:
         """Serve the connection until the client leaves or it must close."""
         close: _Closed | None = None
         try:
             async with self.hub.subscribe(keys.channel(self.token)) as sub:
-                start = after if after is not None and valid_stream_id(after) else None
-                if start is None:
-                    start = await self.store.last_event_id(self.token)
+                start = await self.store.last_event_id(self.token)
+                problem = _cursor_problem(after, start) if after is not None else None
+                if after is not None and problem is None:
+                    start = after
                 await asyncio.wait_for(sub.ready.wait(), timeout=10)
-                if after is not None and start != after:
+                if problem is not None:
                     await self._send_error(
-                        None, ErrorCode.INVALID_FRAME, "after must be an event_id; live events only"
+                        None, ErrorCode.INVALID_FRAME, f"after {problem}; live events only"
                     )
                 await self._replay(start)
                 await _first_of(self._receive_loop(), self._send_loop(sub), self._watch_expiry())
@@ -184,27 +253,43 @@ class ChatConnection:
         CLIENT_ERRORS.labels(code.value).inc()
         await self._send(event.model_dump_json(exclude={"event_id"}))
 
-    async def _replay(self, after: str | None = None) -> None:
+    async def _replay(self, after: str | None = None, limit: int | None = None) -> None:
         """Send the stored events after the cursor, moving it as they go.
 
         Args:
             after: move the cursor to this event id first (``"0"``: the beginning);
                 None keeps it (a resync after missed live events).
+            limit: send at most this many events; if more remain, hold live events
+                back until a later replay reaches the newest event. None: every event.
         """
         async with self._send_lock:
             if after is not None:
                 self._cursor = stream_id_key(after) if after != "0" else (0, 0)
+            if limit is not None:
+                payloads = await self.store.events_after(self.token, self._cursor_id(), limit + 1)
+                self._held_back = len(payloads) > limit
+                await self._send_stored(payloads[:limit])
+                return
+            self._held_back = False
             while True:
-                cursor = f"{self._cursor[0]}-{self._cursor[1]}" if self._cursor != (0, 0) else "0"
-                payloads = await self.store.events_after(self.token, cursor, count=500)
-                EVENTS_RELAYED.inc(len(payloads))
-                for payload in payloads:
-                    await self.websocket.send_text(payload)
-                    event_id = event_id_of(payload)
-                    if event_id is not None:
-                        self._cursor = stream_id_key(event_id)
-                if len(payloads) < 500:
+                payloads = await self.store.events_after(
+                    self.token, self._cursor_id(), _REPLAY_CHUNK
+                )
+                await self._send_stored(payloads)
+                if len(payloads) < _REPLAY_CHUNK:
                     return
+
+    def _cursor_id(self) -> str:
+        return f"{self._cursor[0]}-{self._cursor[1]}" if self._cursor != (0, 0) else "0"
+
+    async def _send_stored(self, payloads: list[str]) -> None:
+        """Send events read from the stream, moving the cursor; the send lock is held."""
+        EVENTS_RELAYED.inc(len(payloads))
+        for payload in payloads:
+            await self.websocket.send_text(payload)
+            event_id = event_id_of(payload)
+            if event_id is not None:
+                self._cursor = stream_id_key(event_id)
 
     async def _send_loop(self, sub: Subscription) -> None:
         while True:
@@ -219,6 +304,8 @@ class ChatConnection:
             event_id = event_id_of(payload)
             async with self._send_lock:
                 if event_id is not None:
+                    if self._held_back:
+                        continue  # a later resume replays it from the stream
                     key = stream_id_key(event_id)
                     if key <= self._cursor:
                         continue  # already sent by a replay
@@ -286,47 +373,50 @@ class ChatConnection:
             await self._on_text(text)
 
     async def _on_text(self, text: str) -> None:
-        command = self._parse(text)
-        if isinstance(command, ErrorEvent):
-            CLIENT_ERRORS.labels(command.code.value).inc()
-            await self._send(command.model_dump_json(exclude={"event_id"}))
-        elif isinstance(command, ResumeCommand):
-            if not valid_stream_id(command.after):
-                await self._send_error(
-                    None, ErrorCode.INVALID_FRAME, "resume.after must be an event_id"
-                )
-                return
-            try:
-                await self._replay(command.after)
-            except (RedisError, OSError) as e:
-                logger.warning("session=%s resume failed: %s", self.session, e)
-                await self._send_error(None, ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL)
+        try:
+            command = parse_frame(text, max_message_chars=self.settings.max_message_chars)
+        except FrameRefused as e:
+            await self._send_error(None, e.code, e.detail)
+            return
+        if isinstance(command, ResumeCommand):
+            await self._on_resume(command.after)
         elif isinstance(command, StopCommand):
             await self._on_stop()
         else:
             await self._on_message(command.content)
 
-    def _parse(self, text: str) -> MessageCommand | ResumeCommand | StopCommand | ErrorEvent:
-        """A text frame as a command; plain text (anything but a JSON object with a
-        ``type``) is the message content itself."""
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return MessageCommand(content=text)
-        if not isinstance(data, dict) or "type" not in data:
-            return MessageCommand(content=text)
-        try:
-            return CLIENT_COMMAND.validate_python(data)
-        except ValidationError as e:
-            if any(err["type"] == "union_tag_invalid" for err in e.errors()):
-                return ErrorEvent(
-                    code=ErrorCode.UNKNOWN_COMMAND,
-                    detail=f"unknown command type {data['type']!r}; known: message, resume, stop",
-                )
-            detail = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors()
+    async def _on_resume(self, after: str) -> None:
+        """Replay at most ``resume_max_events`` events after ``after``, a few times a second.
+
+        A cursor that is not an event id, or lies beyond the session's newest event, is
+        refused with ``invalid_frame`` and the socket goes on from where it was.
+        """
+        if not self._resumes.take():
+            await self._send_error(
+                None,
+                ErrorCode.TOO_MANY_RESUMES,
+                f"at most {self.settings.resume_burst} resumes at once and "
+                f"{self.settings.resume_rate_per_s:g} a second; wait, then resume again",
             )
-            return ErrorEvent(code=ErrorCode.INVALID_FRAME, detail=f"invalid command: {detail}")
+            return
+        limit = self.settings.resume_max_events
+        try:
+            problem = _cursor_problem(after, await self.store.last_event_id(self.token))
+            if problem is None:
+                await self._replay(after, limit=limit)
+        except (RedisError, OSError) as e:
+            logger.warning("resume failed, Redis unavailable: %s", e)
+            await self._send_error(None, ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL)
+            return
+        if problem is not None:
+            await self._send_error(None, ErrorCode.INVALID_FRAME, f"resume.after {problem}")
+        elif self._held_back:
+            await self._send_error(
+                None,
+                ErrorCode.RESUME_TRUNCATED,
+                f"replayed {limit} events and more remain; resume again after the last "
+                "event_id received (live events wait until a resume reaches the newest)",
+            )
 
     async def _on_stop(self) -> None:
         try:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from server.deps import StoreDep
+from server.deps import HubDep, StoreDep
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,13 @@ async def metrics() -> Response:
 
 
 @router.get("/readyz", response_model=None)
-async def readyz(store: StoreDep) -> dict[str, str] | JSONResponse:
-    """Ready to serve: Redis answers and the workers' consumer group exists; else 503."""
+async def readyz(store: StoreDep, hub: HubDep) -> dict[str, str] | JSONResponse:
+    """Ready to serve: Redis answers, the workers' consumer group exists and the event
+    relay (the hub's Pub/Sub listeners) runs; else 503."""
+    if not hub.healthy:
+        return JSONResponse(
+            {"detail": "event relay restarting: sockets would miss events"}, status_code=503
+        )
     try:
         await store.redis.ping()
         if not await store.group_exists():

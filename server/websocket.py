@@ -1,0 +1,100 @@
+"""uvicorn's WebSocket protocol (websockets-sansio) with Parley's bounds on a client.
+
+Two things uvicorn's own protocol leaves to chance:
+
+- **A client that stops reading.** uvicorn's ``send`` waits for the transport's write
+  buffer to drain, for good: the socket, its queued events and its buffers live as long
+  as the client keeps the TCP connection open. Here a send that cannot start within
+  ``send_timeout_s`` closes the connection with 1013 (try again later): the close frame
+  goes after the data already buffered (a client that reads again gets all of it, then
+  the close), the app sees a disconnect at once, and the transport is aborted if the
+  client has not read it all within the close timeout. A keepalive ping left
+  unanswered (the same client, seen while nothing is being sent) ends the same way,
+  with 1013 instead of uvicorn's 1011.
+- **A text frame that is not UTF-8.** uvicorn logs a traceback and closes with 1007.
+  Here the text is decoded with ``surrogateescape``, so the app receives it with lone
+  surrogates in place of the bad bytes, answers ``invalid_frame`` and keeps the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from server.metrics import SLOW_READERS_CLOSED
+
+logger = logging.getLogger(__name__)
+
+#: The close code of a client that stopped reading: 1013, try again later.
+SLOW_READER_CLOSE = 1013
+
+
+class ParleyWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, closing clients that stop reading (1013)
+    and passing on text that is not UTF-8 instead of failing the connection.
+
+    ``send_timeout_s`` is a class attribute: uvicorn builds the protocol itself; use
+    :func:`websocket_protocol` to get a class with the value set.
+    """
+
+    send_timeout_s: float = 10.0
+
+    async def send(self, message: ASGISendEvent) -> None:
+        """Send an ASGI message once the write buffer has room, waiting at most
+        ``send_timeout_s``; past it, close with 1013 and raise ``ClientDisconnected``."""
+        if not self.writable.is_set() and not self.disconnected:
+            try:
+                async with asyncio.timeout(self.send_timeout_s):
+                    await self.writable.wait()
+            except TimeoutError:
+                self._drop_slow_reader(f"the client read nothing for {self.send_timeout_s:g} s")
+                raise ClientDisconnected from None
+        await super().send(message)
+
+    def keepalive_timeout(self) -> None:
+        """The client did not answer a ping in time: close with 1013, not 1011."""
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        self._drop_slow_reader("keepalive ping timeout")
+
+    def _drop_slow_reader(self, reason: str) -> None:
+        if self.close_sent or self.transport.is_closing():
+            return
+        logger.info("closing a socket with %d: %s", SLOW_READER_CLOSE, reason)
+        SLOW_READERS_CLOSED.inc()
+        self.conn.fail(SLOW_READER_CLOSE, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": SLOW_READER_CLOSE})
+        # Flush what is buffered (then FIN) if the client reads again; drop it otherwise.
+        self.transport.close()
+        self.loop.call_later(self.close_timeout, self.transport.abort)
+
+    def send_receive_event_to_app(self) -> None:
+        """Hand a complete message to the app; text that is not UTF-8 keeps its bad bytes
+        as lone surrogates (``surrogateescape``) for the app to refuse."""
+        if self.curr_msg_data_type != "text":
+            super().send_receive_event_to_app()
+            return
+        data = b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return  # past websocket.close: discard, as uvicorn does
+        text = data.decode("utf-8", "surrogateescape")
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+
+def websocket_protocol(send_timeout_s: float) -> type[ParleyWebSocketProtocol]:
+    """The protocol class for uvicorn's ``ws`` option, with ``send_timeout_s`` (s) set."""
+    return type(
+        "ParleyWebSocketProtocol",
+        (ParleyWebSocketProtocol,),
+        {"send_timeout_s": send_timeout_s, "__doc__": ParleyWebSocketProtocol.__doc__},
+    )

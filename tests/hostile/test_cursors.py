@@ -1,0 +1,145 @@
+"""Hostile cursors and commands on ``WS /chat``: ids beyond the newest event, ids that are
+not stream ids, floods of ``resume``, bounded replays; against a real Redis, a real
+worker and the stand-in model (the in-process app)."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from redis.asyncio import Redis
+
+from protocol import keys
+from tests.chat_client import Event, count, of_type, read_until
+from tests.conftest import Parley, running_parley
+
+BEYOND = "99999999999999-0"
+
+
+def resume(after: str) -> str:
+    return json.dumps({"type": "resume", "after": after})
+
+
+def live_done(events: list[Event]) -> bool:
+    """Whether the reply to the message "live" (the newest event) has arrived."""
+    return any(e["reply"]["content"].startswith("Reply to: live") for e in of_type(events, "done"))
+
+
+def ids(events: list[Event]) -> list[str]:
+    return [e["event_id"] for e in events if "event_id" in e]
+
+
+async def test_after_beyond_the_newest_event_is_refused_and_live_events_flow(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    token = await parley.create_session(http)
+    async with http.ws_connect(parley.ws_url, params={"token": token, "after": BEYOND}) as ws:
+        (error,) = await read_until(ws, count("error", 1))
+        assert error["code"] == "invalid_frame" and "beyond" in error["detail"]
+        await ws.send_str("hello")
+        events = await read_until(ws, count("done", 1))
+    assert of_type(events, "done")[0]["reply"]["content"].startswith("Reply to: hello")
+
+
+async def test_resume_beyond_the_newest_event_is_refused_and_live_events_flow(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    token = await parley.create_session(http)
+    async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+        await ws.send_str("first")
+        first = await read_until(ws, count("done", 1))
+        await ws.send_str(resume(BEYOND))
+        (error,) = await read_until(ws, count("error", 1))
+        assert error["code"] == "invalid_frame" and "beyond" in error["detail"]
+        await ws.send_str("second")
+        second = await read_until(ws, count("done", 1))
+    assert of_type(second, "done")[0]["reply"]["content"].startswith("Reply to: second")
+    assert set(ids(first)).isdisjoint(ids(second)), "the cursor did not move back"
+
+
+async def test_malformed_ids_deep_json_and_lone_surrogates_get_errors_on_an_open_socket(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    token = await parley.create_session(http)
+    cases = [
+        ('{"a":' * 5000 + "1" + "}" * 5000, "invalid_frame"),
+        ('{"type":"message","content":' + "[" * 5000 + "]" * 5000 + "}", "invalid_frame"),
+        ("[" * 5000 + "]" * 5000, "message_too_long"),  # not an object: plain content
+        ('{"type":"message","content":"\\ud800 x"}', "invalid_frame"),
+        ('{"type":"message","content":"x","\\udfff":1}', "invalid_frame"),
+        ('{"type":"message","content":' + "9" * 5000 + "}", "message_too_long"),  # not JSON
+        (resume("\u0661\u0662-\u0660"), "invalid_frame"),  # digits, not ASCII ones
+        (resume("²-0"), "invalid_frame"),
+        (resume("18446744073709551616-0"), "invalid_frame"),  # over 64 bits
+        (resume("1-"), "invalid_frame"),
+        (resume("0"), "invalid_frame"),
+        (json.dumps({"type": "x" * 10_000}), "unknown_command"),  # echoed clipped
+        (json.dumps({"type": "message", "content": "x" * 100_000}), "message_too_long"),
+    ]
+    async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+        for frame, code in cases:
+            await ws.send_str(frame)
+            (error,) = await read_until(ws, count("error", 1))
+            assert error["code"] == code, (frame[:60], error)
+            assert len(error["detail"]) < 500
+        await ws.send_str("still here")
+        events = await read_until(ws, count("done", 1))
+    assert of_type(events, "done")[0]["reply"]["content"].startswith("Reply to: still here")
+
+
+async def test_resume_replays_at_most_its_bound_and_the_rest_without_a_gap(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    limit = 3
+    async with running_parley(
+        redis_url, redis, resume_max_events=limit, resume_burst=100
+    ) as parley:
+        token = await parley.create_session(http)
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            for n in range(4):
+                await ws.send_str(f"m{n}")
+            before = ids(await read_until(ws, count("done", 4)))
+        assert len(before) > 2 * limit
+
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await ws.send_str(resume("0-0"))
+            first = await read_until(ws, count("error", 1))
+            assert first[-1]["code"] == "resume_truncated"
+            assert ids(first) == before[:limit]
+            # Sent while this socket is behind: its reply's events wait in the stream.
+            await ws.send_str("live")
+            got = ids(first)
+            rounds = 1
+            while True:
+                await ws.send_str(resume(got[-1]))
+                events = await read_until(ws, lambda e: bool(of_type(e, "error")) or live_done(e))
+                got += ids(events)
+                rounds += 1
+                if live_done(events):
+                    break
+                assert len(ids(events)) == limit
+                assert [e["code"] for e in of_type(events, "error")] == ["resume_truncated"]
+        stored = [event_id for event_id, _ in await redis.xrange(keys.events_key(token))]
+    assert got == stored, "every stored event once, in order, none skipped"
+    assert rounds > 2
+
+
+async def test_resume_flood_gets_too_many_resumes_and_the_socket_stays(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(redis_url, redis, resume_burst=3, resume_rate_per_s=0.01) as parley:
+        token = await parley.create_session(http)
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await ws.send_str("hello")
+            await read_until(ws, count("done", 1))
+            for _ in range(10):
+                await ws.send_str(resume("0-0"))
+            await ws.send_str(json.dumps({"type": "end"}))
+            events = await read_until(
+                ws, lambda ev: any(e.get("code") == "unknown_command" for e in ev)
+            )
+            errors = [e["code"] for e in of_type(events, "error")]
+            assert errors.count("too_many_resumes") == 7, errors
+            assert len(of_type(events, "done")) == 3, "three resumes replayed the reply"
+            await ws.send_str("still here")
+            await read_until(ws, count("done", 1))
