@@ -1,22 +1,59 @@
--- Accept a user message: number it, append it to the history, queue it for a worker.
+-- Accept a user message: number it, queue it for a worker, append it to the history.
 -- One atomic step, so a message is in history if and only if it is in the stream.
+-- Refused without any change when the session is at its bound of messages, when too
+-- many of its messages wait, or when its partition's backlog (entries the workers'
+-- group has not acknowledged: pending or not yet delivered) is at its bound.
+-- trim.lua (prepended) trims the stream, never removing an unacknowledged entry.
 -- KEYS[1] session document, KEYS[2] message stream
 -- ARGV[1] message JSON object without "seq", ARGV[2] session TTL (s),
--- ARGV[3] max messages waiting for a reply, ARGV[4] stream MAXLEN (~),
--- ARGV[5] token, ARGV[6] message id
--- Returns {seq, entry id}, or {-1} if the session does not exist, {-2} if too many wait.
+-- ARGV[3] max messages waiting for a reply, ARGV[4] stream bound (entries, ~),
+-- ARGV[5] token, ARGV[6] message id, ARGV[7] max messages of a session,
+-- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode
+-- Returns {seq, entry id}, or {-1} if the session does not exist, {-2} if too many
+-- wait, {-3} if the session is full, {-4} if the partition's backlog is full.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {-1}
 end
 local seq = tonumber(redis.call('JSON.GET', KEYS[1], '.seq'))
 local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
+if seq >= tonumber(ARGV[7]) then
+  return {-3}
+end
 if seq - replied >= tonumber(ARGV[3]) then
   return {-2}
 end
+
+local backlog = nil
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  for _, flat in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+    local group = fields_of(flat)
+    if group['name'] == ARGV[9] then
+      local lag = group['lag']
+      if type(lag) ~= 'number' then
+        -- Unknown after a deletion among the undelivered entries: count them, up to
+        -- the bound.
+        lag = #redis.call('XRANGE', KEYS[2], '(' .. group['last-delivered-id'], '+',
+          'COUNT', tonumber(ARGV[8]) + 1)
+      end
+      backlog = tonumber(group['pending']) + lag
+    end
+  end
+end
+if backlog == nil then
+  -- No group yet (or the stream was deleted): create it, from the start, so that what
+  -- is queued now is read.
+  redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[9], '0', 'MKSTREAM')
+  backlog = redis.call('XLEN', KEYS[2])
+end
+if backlog >= tonumber(ARGV[8]) then
+  return {-4}
+end
+
 seq = seq + 1
+local id = redis.call('XADD', KEYS[2], '*', 'token', ARGV[5], 'seq', seq, 'message_id', ARGV[6])
 redis.call('JSON.SET', KEYS[1], '.seq', seq)
-redis.call('JSON.ARRAPPEND', KEYS[1], '.messages', '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2))
+redis.call('JSON.ARRAPPEND', KEYS[1], '.messages',
+  '{"seq":' .. seq .. ',"entry":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-  'token', ARGV[5], 'seq', seq, 'message_id', ARGV[6])
+trim_stream(KEYS[2], ARGV[4], ARGV[10])
 return {seq, id}

@@ -21,13 +21,21 @@ from typing import Any
 
 from aredis_om import Migrator
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import (  # type: ignore[attr-defined]  # stale stubs: OutOfMemoryError
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 
 from protocol import keys
 from protocol.config import CommonSettings
 from protocol.connection import is_cluster
 from protocol.models import Session, StoredMessage
-from protocol.wire import MessageEntry, RestartEvent, ServerEvent, utc_now
+from protocol.wire import ErrorCode, ErrorEvent, MessageEntry, RestartEvent, ServerEvent, utc_now
 
 
 class SessionExpired(Exception):
@@ -38,16 +46,42 @@ class TooManyPending(Exception):
     """The session already has the maximum number of messages waiting for a reply."""
 
 
+class SessionFull(Exception):
+    """The session holds ``max_session_messages`` user messages: a new session must be
+    started to go on."""
+
+
+class Overloaded(Exception):
+    """The session's partition already has ``max_backlog`` messages that the workers
+    have not finished: the message is refused rather than accepted and left waiting."""
+
+
 #: :meth:`Store.begin` statuses.
 ANSWERED, STARTED, RESTARTED, NOT_YET = 0, 1, 2, 3
 
 
+#: Trim strategies (:meth:`Store.trim_mode`): XTRIM's ``ACKED`` (Redis >= 8.2), else by
+#: ``MINID`` below the oldest entry the consumer group still needs.
+TRIM_ACKED, TRIM_MINID = "acked", "minid"
+
+
 @dataclass(frozen=True)
 class Begun:
-    """What :meth:`Store.begin` did: a status, and the session once the attempt began."""
+    """What :meth:`Store.begin` did.
+
+    Attributes:
+        status: :data:`STARTED`, :data:`RESTARTED`, :data:`ANSWERED` or :data:`NOT_YET`.
+        session: once the attempt began, the session, whose ``messages`` are the newest
+            ``window`` ones (all of them if ``complete``).
+        tries: the entry's delivery count, this attempt included (0: the entry is not
+            pending in the consumer group, so not counted).
+        complete: whether ``session.messages`` is the whole history.
+    """
 
     status: int
     session: Session | None = None
+    tries: int = 0
+    complete: bool = True
 
 
 class Fenced(Exception):
@@ -57,6 +91,19 @@ class Fenced(Exception):
 
 def _script(name: str) -> str:
     return files("protocol").joinpath(name).read_text(encoding="utf-8")
+
+
+#: Redis errors that say nothing about the command or the entry: retried, never counted
+#: against a message (memory full under ``noeviction``, a replica or a loading server,
+#: a cluster resharding or down).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    OutOfMemoryError,
+    BusyLoadingError,
+    ReadOnlyError,
+    TryAgainError,
+    ClusterDownError,
+    MasterDownError,
+)
 
 
 def with_event_id(payload: str, event_id: str) -> str:
@@ -104,11 +151,15 @@ class Store:
         self.settings = settings
         # redis-om binds a model to one connection per process; this process's is ours.
         Session._meta.database = redis
-        self._enqueue = redis.register_script(_script("enqueue.lua"))
+        trim = _script("trim.lua")
+        self._enqueue = redis.register_script(trim + _script("enqueue.lua"))
+        self._trim = redis.register_script(trim + _script("trim_stream.lua"))
+        self._lost = redis.register_script(_script("lost.lua"))
         self._emit = redis.register_script(_script("emit.lua"))
         self._finish = redis.register_script(_script("finish.lua"))
         self._stop = redis.register_script(_script("stop.lua"))
         self._begin = redis.register_script(_script("begin.lua"))
+        self._trim_mode: str | None = None
 
     async def migrate(self) -> None:
         """Create the RediSearch index of sessions (redis-om's Migrator) if it is missing.
@@ -135,6 +186,42 @@ class Store:
             except ResponseError as e:
                 if not str(e).startswith("BUSYGROUP"):
                     raise
+        await self.trim_mode()
+
+    async def trim_mode(self) -> str:
+        """How this Redis trims message streams without removing unacknowledged entries:
+        :data:`TRIM_ACKED` where ``XTRIM`` knows the ``ACKED`` strategy (Redis >= 8.2),
+        else :data:`TRIM_MINID`. Asked once, then remembered.
+
+        Raises:
+            redis.exceptions.ResponseError: any error but the syntax error of a Redis
+                without ``ACKED``.
+        """
+        if self._trim_mode is None:
+            stream = keys.MESSAGE_STREAMS[0]
+            try:
+                await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "XTRIM", stream, "MAXLEN", "~", self.settings.message_stream_maxlen, "ACKED"
+                )
+            except ResponseError as e:
+                if "syntax" not in str(e).lower():
+                    raise
+                self._trim_mode = TRIM_MINID
+            else:
+                self._trim_mode = TRIM_ACKED
+        return self._trim_mode
+
+    async def trim(self, stream: str) -> int:
+        """Trim ``stream`` to about ``message_stream_maxlen`` entries, removing only
+        entries the consumer group has acknowledged (see ``trim.lua``).
+
+        Returns:
+            How many entries were removed.
+        """
+        mode = await self.trim_mode()
+        return int(
+            await self._trim(keys=[stream], args=[self.settings.message_stream_maxlen, mode])
+        )
 
     async def group_exists(self) -> bool:
         """Whether every partition's message stream and its consumer group exist."""
@@ -195,12 +282,17 @@ class Store:
     async def enqueue(self, token: str, content: str, max_pending: int) -> StoredMessage:
         """Record a user message in history and queue it for a reply, atomically.
 
+        The partition's message stream is trimmed in the same step, never removing an
+        entry the workers have not acknowledged.
+
         Returns:
-            The stored message, with its ``seq``.
+            The stored message, with its ``seq`` and its stream entry id (``entry``).
 
         Raises:
             SessionExpired: no such session.
+            SessionFull: the session holds ``max_session_messages`` messages.
             TooManyPending: ``max_pending`` messages already wait for a reply.
+            Overloaded: the partition's backlog is at ``max_backlog``.
         """
         message = StoredMessage(
             id=str(uuid.uuid4()), role="user", content=content, timestamp=utc_now()
@@ -215,25 +307,47 @@ class Store:
                 self.settings.message_stream_maxlen,
                 token,
                 message.id,
+                self.settings.max_session_messages,
+                self.settings.max_backlog,
+                keys.CONSUMER_GROUP,
+                await self.trim_mode(),
             ],
         )
-        if result[0] == -1:
-            raise SessionExpired(token)
-        if result[0] == -2:
-            raise TooManyPending(token)
+        refusals: dict[int, type[Exception]] = {
+            -1: SessionExpired,
+            -2: TooManyPending,
+            -3: SessionFull,
+            -4: Overloaded,
+        }
+        if (refusal := refusals.get(int(result[0]))) is not None:
+            raise refusal(token)
         message.seq = int(result[0])
+        message.entry = str(result[1])
         return message
 
-    async def begin(self, entry: MessageEntry, attempt: str) -> Begun:
+    async def begin(
+        self,
+        entry: MessageEntry,
+        attempt: str,
+        *,
+        window: int = 0,
+        stream_entry: tuple[str, str] | None = None,
+        consumer: str = "",
+    ) -> Begun:
         """If it is ``entry``'s turn, make ``attempt`` the one generating its reply.
 
         The turn check, the fence and the session read are one script (one round trip):
         older attempts at the message can no longer emit or finish, and if one of them
         had begun, a ``restart`` event tells the session's clients to discard its
-        partial text.
+        partial text and the entry's delivery count goes up by one (only attempts that
+        begin count; an entry taken over while waiting its turn was never tried).
 
         Args:
             attempt: ``"<seq>:<unique id>"``, new for every attempt.
+            window: return only the newest ``window`` messages of the history (0: all).
+            stream_entry: ``(stream, entry id)`` of ``entry`` in the consumer group's
+                pending entries, whose delivery count is kept; None: not counted.
+            consumer: the consumer that holds ``stream_entry``.
 
         Returns:
             ``Begun.status``: :data:`STARTED` (with ``session``), :data:`RESTARTED`
@@ -245,21 +359,34 @@ class Store:
             SessionExpired: the session no longer exists.
         """
         restart = RestartEvent(message_id=entry.message_id)
+        stream, entry_id = stream_entry or (keys.message_stream_of(entry.token), "")
         result = await self._begin(
-            keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
+            keys=[keys.session_key(entry.token), keys.events_key(entry.token), stream],
             args=[
                 entry.seq,
                 attempt,
                 restart.model_dump_json(exclude_none=True),
                 keys.channel(entry.token),
                 self.settings.events_maxlen,
+                window,
+                entry_id,
+                keys.CONSUMER_GROUP,
+                consumer,
             ],
         )
         status = int(result[0])
         if status == -1:
             raise SessionExpired(entry.token)
-        session = Session.model_validate_json(result[1]) if len(result) > 1 else None
-        return Begun(status, session)
+        if len(result) == 1:
+            return Begun(status)
+        fields = json.loads(result[2])
+        messages = json.loads(result[3])
+        session = Session.model_validate(
+            {name.lstrip("."): value for name, value in fields.items()} | {"messages": messages}
+        )
+        return Begun(
+            status, session, tries=int(result[1]), complete=len(messages) == int(result[4])
+        )
 
     async def emit(self, token: str, event: ServerEvent, attempt: str) -> str | None:
         """Publish a reply event to the session's sockets, durably.
@@ -296,7 +423,9 @@ class Store:
         """Record the reply of a user message (None: it failed) and emit ``event``, once.
 
         Args:
-            attempt: the attempt finishing (see :meth:`begin`).
+            attempt: the attempt finishing (see :meth:`begin`); ``""`` closes the
+                message whatever attempt runs, and fences them all (for an entry given
+                up before any attempt could begin).
 
         Returns:
             The event id; None if the reply was already recorded (nothing changed).
@@ -321,6 +450,62 @@ class Store:
         if result == -2:
             raise Fenced(attempt)
         return None if result == 0 else str(result)
+
+    async def close_if_lost(self, token: str) -> tuple[int, int]:
+        """Close the session's oldest unanswered message with a ``message_lost`` error if
+        its stream entry is gone and no consumer holds it (see ``lost.lua``).
+
+        Returns:
+            ``(replied_seq, seq closed)``, the latter 0 if nothing was lost.
+
+        Raises:
+            SessionExpired: no such session.
+        """
+        event = ErrorEvent(
+            code=ErrorCode.MESSAGE_LOST,
+            detail="the message was removed from the queue before it was answered; "
+            "please send it again",
+        )
+        result = await self._lost(
+            keys=[keys.session_key(token), keys.events_key(token), keys.message_stream_of(token)],
+            args=[
+                keys.CONSUMER_GROUP,
+                event.model_dump_json(exclude_none=True),
+                keys.channel(token),
+                self.settings.events_maxlen,
+            ],
+        )
+        if int(result[0]) == -1:
+            raise SessionExpired(token)
+        return int(result[0]), int(result[1])
+
+    async def deliveries(self, stream: str, entry_id: str) -> int:
+        """The delivery count of a pending entry (0 if it is not pending)."""
+        info = await self.redis.xpending_range(
+            stream, keys.CONSUMER_GROUP, min=entry_id, max=entry_id, count=1
+        )
+        return int(info[0]["times_delivered"]) if info else 0
+
+    async def count_failure(self, stream: str, entry_id: str, consumer: str) -> int:
+        """Add one to a pending entry's delivery count: a try at it failed before any
+        attempt could begin (a script error). Leaves it pending, held by ``consumer``.
+
+        Returns:
+            The new count (0 if the entry is no longer pending).
+        """
+        tries = await self.deliveries(stream, entry_id)
+        if tries:
+            tries += 1
+            await self.redis.xclaim(  # type: ignore[no-untyped-call]
+                stream,
+                keys.CONSUMER_GROUP,
+                consumer,
+                0,
+                [entry_id],
+                retrycount=tries,
+                justid=True,
+            )
+        return tries
 
     async def stop(self, token: str) -> int:
         """Stop the reply of the session's oldest unanswered message, wherever it runs.

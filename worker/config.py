@@ -46,6 +46,16 @@ class WorkerSettings(CommonSettings):
     )
     llm_backoff_max_s: float = Field(default=8.0, gt=0, description="Longest retry wait (s).")
     llm_max_tokens: int = Field(default=256, gt=0, description="Longest reply (tokens).")
+    reply_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest time (s) one reply may take; beyond, it is cut and marked.",
+    )
+    reply_max_chars: int = Field(
+        default=16_000,
+        gt=0,
+        description="Longest reply (characters); beyond, it is cut and marked.",
+    )
     llm_temperature: float = Field(default=0.7, ge=0, description="Sampling temperature.")
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt.")
     memory_max_messages: int = Field(
