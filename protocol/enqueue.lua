@@ -23,28 +23,14 @@ if seq - replied >= tonumber(ARGV[3]) then
   return {-2}
 end
 
-local backlog = nil
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  for _, flat in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
-    local group = fields_of(flat)
-    if group['name'] == ARGV[9] then
-      local lag = group['lag']
-      if type(lag) ~= 'number' then
-        -- Unknown after a deletion among the undelivered entries: count them, up to
-        -- the bound.
-        lag = #redis.call('XRANGE', KEYS[2], '(' .. group['last-delivered-id'], '+',
-          'COUNT', tonumber(ARGV[8]) + 1)
-      end
-      backlog = tonumber(group['pending']) + lag
-    end
-  end
-end
-if backlog == nil then
+local info = group_info(KEYS[2], ARGV[9])
+if info == nil then
   -- No group yet (or the stream was deleted): create it, from the start, so that what
   -- is queued now is read.
   redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[9], '0', 'MKSTREAM')
-  backlog = redis.call('XLEN', KEYS[2])
+  info = group_info(KEYS[2], ARGV[9])
 end
+local backlog = unacked(KEYS[2], info, tonumber(ARGV[8]) + 1)
 if backlog >= tonumber(ARGV[8]) then
   return {-4}
 end
@@ -55,5 +41,5 @@ redis.call('JSON.SET', KEYS[1], '.seq', seq)
 redis.call('JSON.ARRAPPEND', KEYS[1], '.messages',
   '{"seq":' .. seq .. ',"entry":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-trim_stream(KEYS[2], ARGV[4], ARGV[10])
+trim_stream(KEYS[2], ARGV[9], ARGV[4], ARGV[10], backlog + 1)
 return {seq, id}

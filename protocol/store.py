@@ -212,15 +212,18 @@ class Store:
         return self._trim_mode
 
     async def trim(self, stream: str) -> int:
-        """Trim ``stream`` to about ``message_stream_maxlen`` entries, removing only
-        entries the consumer group has acknowledged (see ``trim.lua``).
+        """Trim ``stream`` to about ``message_stream_maxlen`` acknowledged entries,
+        removing only entries the consumer group has acknowledged (see ``trim.lua``).
 
         Returns:
             How many entries were removed.
         """
         mode = await self.trim_mode()
         return int(
-            await self._trim(keys=[stream], args=[self.settings.message_stream_maxlen, mode])
+            await self._trim(
+                keys=[stream],
+                args=[keys.CONSUMER_GROUP, self.settings.message_stream_maxlen, mode],
+            )
         )
 
     async def group_exists(self) -> bool:
