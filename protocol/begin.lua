@@ -5,17 +5,18 @@
 -- accept only that attempt's events, so a worker that was taken over while still alive
 -- (a long pause) can no longer interleave its tokens with the new attempt's.
 -- If an earlier attempt of this very message had started, its partial text may have
--- reached clients: a restart event tells them to discard it, and the entry's delivery
--- count (XPENDING's) goes up by one. Only attempts that begin count so: an entry taken
--- over while it waited its turn has not been tried.
--- KEYS[1] session document, KEYS[2] session event stream, KEYS[3] message stream
+-- reached clients: a restart event tells them to discard it. That earlier attempt
+-- either failed in a live worker, which then recorded "<seq>:failed" (fail.lua, and
+-- counted it in the entry's delivery count), or its worker died or lost Redis
+-- mid-reply: such crashes are counted in "crashes" ("<seq>:<n>"). An entry taken over
+-- while it waited its turn had no attempt, and nothing is counted.
+-- KEYS[1] session document, KEYS[2] session event stream
 -- ARGV[1] seq, ARGV[2] attempt ("<seq>:<id>"), ARGV[3] restart event JSON without
 -- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~), ARGV[6] messages to
--- return (the newest; 0: all), ARGV[7] message stream entry id ("": not counted),
--- ARGV[8] consumer group, ARGV[9] consumer
--- Returns {status, tries, fields JSON, messages JSON, message count}: status 1 (first
--- attempt) or 2 (a restart was emitted), tries the entry's delivery count (0 if it is
--- not pending), fields the session's scalar fields as {".name": value, ...}; or {0}
+-- return (the newest; 0: all)
+-- Returns {status, crashes, fields JSON, messages JSON, message count}: status 1 (first
+-- attempt) or 2 (a restart was emitted), crashes the attempts at this message whose
+-- worker died, fields the session's scalar fields as {".name": value, ...}; or {0}
 -- (already answered), {3} (an earlier message is still unanswered: not its turn;
 -- nothing changed), {-1} (no such session).
 local pttl = redis.call('PTTL', KEYS[1])
@@ -41,15 +42,16 @@ if string.match(previous, '^(%d+):') == ARGV[1] then
   end
   redis.call('SPUBLISH', ARGV[4], '{"event_id":"' .. id .. '",' .. string.sub(ARGV[3], 2))
 end
-local tries = 0
-if ARGV[7] ~= '' then
-  local p = redis.call('XPENDING', KEYS[3], ARGV[8], ARGV[7], ARGV[7], 1)
-  if p[1] then
-    tries = tonumber(p[1][4])
-    if status == 2 then
-      tries = tries + 1
-      redis.call('XCLAIM', KEYS[3], ARGV[8], ARGV[9], 0, ARGV[7], 'RETRYCOUNT', tries, 'JUSTID')
-    end
+local crashes = 0
+if status == 2 then
+  local record = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.crashes'))[1] or ''
+  local crashed_seq, n = string.match(record, '^(%d+):(%d+)$')
+  if crashed_seq == ARGV[1] then
+    crashes = tonumber(n)
+  end
+  if string.sub(previous, -7) ~= ':failed' then
+    crashes = crashes + 1
+    redis.call('JSON.SET', KEYS[1], '$.crashes', cjson.encode(ARGV[1] .. ':' .. crashes))
   end
 end
 local fields = redis.call('JSON.GET', KEYS[1], '.token', '.name', '.session_start', '.seq',
@@ -62,4 +64,4 @@ if window > 0 and count > window then
 else
   messages = redis.call('JSON.GET', KEYS[1], '.messages')
 end
-return {status, tries, fields, messages, count}
+return {status, crashes, fields, messages, count}

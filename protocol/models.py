@@ -54,8 +54,10 @@ class Session(JsonModel, index=True):
     accepted user message and ``replied_seq`` that of the last one answered (or failed);
     replies are recorded strictly in ``seq`` order, which makes recording idempotent.
     ``stop_seq`` is the last message whose reply a client asked to stop, and
-    ``generator`` the attempt now generating a reply (``"<seq>:<id>"``, see
-    :meth:`protocol.store.Store.begin`).
+    ``generator`` the attempt now generating a reply (``"<seq>:<id>"``, or
+    ``"<seq>:failed"`` once it failed), and ``crashes`` how many attempts at the oldest
+    unanswered message ended with their worker's death (``"<seq>:<n>"``), see
+    :meth:`protocol.store.Store.begin`.
     """
 
     token: str = Field(primary_key=True)
@@ -65,6 +67,7 @@ class Session(JsonModel, index=True):
     replied_seq: int = 0
     stop_seq: int = 0
     generator: str = ""
+    crashes: str = ""
     messages: list[StoredMessage] = []  # noqa: RUF012  (pydantic copies defaults)
 
     class Meta:

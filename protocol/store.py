@@ -73,14 +73,14 @@ class Begun:
         status: :data:`STARTED`, :data:`RESTARTED`, :data:`ANSWERED` or :data:`NOT_YET`.
         session: once the attempt began, the session, whose ``messages`` are the newest
             ``window`` ones (all of them if ``complete``).
-        tries: the entry's delivery count, this attempt included (0: the entry is not
-            pending in the consumer group, so not counted).
+        crashes: earlier attempts at this message whose worker died (or lost Redis)
+            before they finished or failed.
         complete: whether ``session.messages`` is the whole history.
     """
 
     status: int
     session: Session | None = None
-    tries: int = 0
+    crashes: int = 0
     complete: bool = True
 
 
@@ -155,6 +155,7 @@ class Store:
         self._enqueue = redis.register_script(trim + _script("enqueue.lua"))
         self._trim = redis.register_script(trim + _script("trim_stream.lua"))
         self._lost = redis.register_script(_script("lost.lua"))
+        self._fail = redis.register_script(_script("fail.lua"))
         self._emit = redis.register_script(_script("emit.lua"))
         self._finish = redis.register_script(_script("finish.lua"))
         self._stop = redis.register_script(_script("stop.lua"))
@@ -328,29 +329,19 @@ class Store:
         message.entry = str(result[1])
         return message
 
-    async def begin(
-        self,
-        entry: MessageEntry,
-        attempt: str,
-        *,
-        window: int = 0,
-        stream_entry: tuple[str, str] | None = None,
-        consumer: str = "",
-    ) -> Begun:
+    async def begin(self, entry: MessageEntry, attempt: str, *, window: int = 0) -> Begun:
         """If it is ``entry``'s turn, make ``attempt`` the one generating its reply.
 
         The turn check, the fence and the session read are one script (one round trip):
         older attempts at the message can no longer emit or finish, and if one of them
         had begun, a ``restart`` event tells the session's clients to discard its
-        partial text and the entry's delivery count goes up by one (only attempts that
-        begin count; an entry taken over while waiting its turn was never tried).
+        partial text; if that attempt neither finished nor failed (its worker died or
+        lost Redis), it counts as a crash (``Begun.crashes``). An entry taken over
+        while it waited its turn had no attempt: nothing is counted.
 
         Args:
             attempt: ``"<seq>:<unique id>"``, new for every attempt.
             window: return only the newest ``window`` messages of the history (0: all).
-            stream_entry: ``(stream, entry id)`` of ``entry`` in the consumer group's
-                pending entries, whose delivery count is kept; None: not counted.
-            consumer: the consumer that holds ``stream_entry``.
 
         Returns:
             ``Begun.status``: :data:`STARTED` (with ``session``), :data:`RESTARTED`
@@ -362,9 +353,8 @@ class Store:
             SessionExpired: the session no longer exists.
         """
         restart = RestartEvent(message_id=entry.message_id)
-        stream, entry_id = stream_entry or (keys.message_stream_of(entry.token), "")
         result = await self._begin(
-            keys=[keys.session_key(entry.token), keys.events_key(entry.token), stream],
+            keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
             args=[
                 entry.seq,
                 attempt,
@@ -372,9 +362,6 @@ class Store:
                 keys.channel(entry.token),
                 self.settings.events_maxlen,
                 window,
-                entry_id,
-                keys.CONSUMER_GROUP,
-                consumer,
             ],
         )
         status = int(result[0])
@@ -388,7 +375,7 @@ class Store:
             {name.lstrip("."): value for name, value in fields.items()} | {"messages": messages}
         )
         return Begun(
-            status, session, tries=int(result[1]), complete=len(messages) == int(result[4])
+            status, session, crashes=int(result[1]), complete=len(messages) == int(result[4])
         )
 
     async def emit(self, token: str, event: ServerEvent, attempt: str) -> str | None:
@@ -489,26 +476,27 @@ class Store:
         )
         return int(info[0]["times_delivered"]) if info else 0
 
-    async def count_failure(self, stream: str, entry_id: str, consumer: str) -> int:
-        """Add one to a pending entry's delivery count: a try at it failed before any
-        attempt could begin (a script error). Leaves it pending, held by ``consumer``.
+    async def count_failure(
+        self, token: str, stream_entry: tuple[str, str], consumer: str, attempt: str = ""
+    ) -> int:
+        """Count a failed try at a pending entry: ``attempt`` began and failed (an
+        error in a live worker, not a crash), or, with ``attempt`` empty, the try failed
+        before any attempt could begin (a script error). The entry's delivery count
+        goes up by one and it stays pending, held by ``consumer`` (see ``fail.lua``).
+
+        Args:
+            stream_entry: ``(stream, entry id)``.
 
         Returns:
-            The new count (0 if the entry is no longer pending).
+            The new delivery count (0 if the entry is no longer pending).
         """
-        tries = await self.deliveries(stream, entry_id)
-        if tries:
-            tries += 1
-            await self.redis.xclaim(  # type: ignore[no-untyped-call]
-                stream,
-                keys.CONSUMER_GROUP,
-                consumer,
-                0,
-                [entry_id],
-                retrycount=tries,
-                justid=True,
+        stream, entry_id = stream_entry
+        return int(
+            await self._fail(
+                keys=[keys.session_key(token), stream],
+                args=[attempt, entry_id, keys.CONSUMER_GROUP, consumer],
             )
-        return tries
+        )
 
     async def stop(self, token: str) -> int:
         """Stop the reply of the session's oldest unanswered message, wherever it runs.

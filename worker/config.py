@@ -68,7 +68,16 @@ class WorkerSettings(CommonSettings):
         default=5000, gt=0, description="Pending entries idle this long (ms) are taken over."
     )
     max_deliveries: int = Field(
-        default=3, ge=1, description="Tries of an entry before it goes to the dead-letter stream."
+        default=3,
+        ge=1,
+        description="An entry whose delivery count (1 when read, plus 1 per failed try) "
+        "reaches this goes to the dead-letter stream.",
+    )
+    max_crashes: int = Field(
+        default=10,
+        ge=1,
+        description="Attempts at one message that may end with their worker dying before "
+        "it goes to the dead-letter stream.",
     )
     worker_concurrency: int = Field(
         default=32, ge=1, description="Replies generated at once by one worker process."

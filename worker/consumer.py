@@ -353,11 +353,12 @@ class Worker:
         # read is seen in ``stop_seq``, one announced after it finds the event.
         stop = self._stops.setdefault((entry.token, entry.seq), asyncio.Event())
         begun_once = False
+        attempt = ""
         try:
             if deliveries >= self.settings.max_deliveries:
-                # Tried that often already (by attempts that began, or that failed
-                # before they could): give up before any work.
-                await self._give_up(entry_id, fields, entry, "", deliveries)
+                # Failed that often already (attempts that began and failed, or tries
+                # that failed before any attempt could begin): give up before any work.
+                await self._give_up(entry_id, fields, entry, "", f"delivered {deliveries} times")
                 await self._ack(entry_id)
                 return
             attempt = f"{entry.seq}:{uuid.uuid4().hex[:16]}"
@@ -367,19 +368,24 @@ class Worker:
                 # an entry waiting its turn holds no slot.
                 async with self._slots:
                     begun = await self.store.begin(
-                        entry,
-                        attempt,
-                        window=history_window(self.settings.memory_max_messages),
-                        stream_entry=entry_id,
-                        consumer=self.consumer,
+                        entry, attempt, window=history_window(self.settings.memory_max_messages)
                     )
                     if begun.status == ANSWERED:
                         logger.info("message_id=%s token=%s seq=%d already answered", *log_ctx)
                         break
                     if begun.status != NOT_YET:
                         begun_once = True
-                        if begun.tries > self.settings.max_deliveries:
-                            await self._give_up(entry_id, fields, entry, attempt, begun.tries)
+                        if begun.crashes >= 2:
+                            logger.warning(
+                                "message_id=%s seq=%d: attempt after %d crashes",
+                                entry.message_id,
+                                entry.seq,
+                                begun.crashes,
+                            )
+                        if begun.crashes >= self.settings.max_crashes:
+                            await self._give_up(
+                                entry_id, fields, entry, attempt, f"{begun.crashes} crashes"
+                            )
                         else:
                             with GENERATING.track_inprogress():
                                 await self._generate(entry, attempt, begun, stop)
@@ -402,13 +408,13 @@ class Worker:
                 "message_id=%s token=%s seq=%d: Redis error %s; left pending", *log_ctx, e
             )
         except Exception:
-            # Left pending: after CLAIM_IDLE_MS a worker takes it over, at most
-            # MAX_DELIVERIES tries in all. An attempt that began is counted by the next
-            # begin; a failure before any attempt began is counted here.
+            # Left pending: after CLAIM_IDLE_MS a worker takes it over, until its
+            # delivery count, which counts each such failure, reaches MAX_DELIVERIES.
             logger.exception("message_id=%s token=%s seq=%d failed; left pending", *log_ctx)
-            if not begun_once:
-                with contextlib.suppress(*_REDIS_ERRORS, ResponseError):
-                    await self.store.count_failure(*entry_id, self.consumer)
+            with contextlib.suppress(*_REDIS_ERRORS, ResponseError):
+                await self.store.count_failure(
+                    entry.token, entry_id, self.consumer, attempt if begun_once else ""
+                )
         finally:
             if self._stops.get((entry.token, entry.seq)) is stop:
                 del self._stops[(entry.token, entry.seq)]
@@ -456,22 +462,18 @@ class Worker:
         fields: dict[str, str],
         entry: MessageEntry,
         attempt: str,
-        deliveries: int,
+        reason: str,
     ) -> None:
-        """Dead-letter an entry tried ``MAX_DELIVERIES`` times; close it with an error.
+        """Dead-letter an entry that failed ``MAX_DELIVERIES`` tries or crashed its
+        workers ``MAX_CRASHES`` times; close it with an error.
 
         Args:
             attempt: the attempt that began, or ``""`` if none could (the message is
                 then closed whatever attempt may run, see :meth:`Store.finish`).
-            deliveries: the entry's delivery count.
+            reason: why, for the log and the dead-letter record.
         """
-        logger.error(
-            "message_id=%s seq=%d tried %d times: dead-lettered",
-            entry.message_id,
-            entry.seq,
-            deliveries if not attempt else deliveries - 1,
-        )
-        await self._dead_letter(entry_id, fields, f"delivered {deliveries} times")
+        logger.error("message_id=%s seq=%d %s: dead-lettered", entry.message_id, entry.seq, reason)
+        await self._dead_letter(entry_id, fields, reason)
         REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
         event = ErrorEvent(
             message_id=entry.message_id,
