@@ -177,6 +177,8 @@ class Store:
         """Create the workers' consumer group (and the stream) of every partition if missing.
 
         A group starts at id 0 so messages queued before any worker ever ran are read.
+        A Redis out of memory refuses even to say that a group exists: then it is
+        asked (``XINFO GROUPS``), so a process can start while memory is full.
 
         Raises:
             redis.exceptions.ResponseError: any error but ``BUSYGROUP`` (already exists).
@@ -184,6 +186,9 @@ class Store:
         for stream in keys.MESSAGE_STREAMS:
             try:
                 await self.redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+            except OutOfMemoryError:
+                if not await self._group_of(stream):
+                    raise
             except ResponseError as e:
                 if not str(e).startswith("BUSYGROUP"):
                     raise
@@ -230,13 +235,16 @@ class Store:
     async def group_exists(self) -> bool:
         """Whether every partition's message stream and its consumer group exist."""
         for stream in keys.MESSAGE_STREAMS:
-            try:
-                groups = await self.redis.xinfo_groups(stream)  # type: ignore[no-untyped-call]
-            except ResponseError:
-                return False
-            if not any(g["name"] == keys.CONSUMER_GROUP for g in groups):
+            if not await self._group_of(stream):
                 return False
         return True
+
+    async def _group_of(self, stream: str) -> bool:
+        try:
+            groups = await self.redis.xinfo_groups(stream)  # type: ignore[no-untyped-call]
+        except ResponseError:
+            return False
+        return any(g["name"] == keys.CONSUMER_GROUP for g in groups)
 
     async def pending_count(self) -> int:
         """How many entries, over every partition, are read but not yet acked."""
@@ -468,6 +476,16 @@ class Store:
         if int(result[0]) == -1:
             raise SessionExpired(token)
         return int(result[0]), int(result[1])
+
+    async def crashes(self, token: str, seq: int) -> int:
+        """How many attempts at message ``seq`` of the session ended with their worker's
+        death, as counted so far (by :meth:`begin`; 0 if the session is gone)."""
+        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "JSON.GET", keys.session_key(token), "$.crashes"
+        )
+        record = str(json.loads(value)[0]) if value else ""
+        crashed_seq, _, n = record.partition(":")
+        return int(n) if crashed_seq == str(seq) and n.isdigit() else 0
 
     async def deliveries(self, stream: str, entry_id: str) -> int:
         """The delivery count of a pending entry (0 if it is not pending)."""

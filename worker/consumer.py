@@ -104,6 +104,10 @@ class Worker:
             files("worker").joinpath("claim.lua").read_text(encoding="utf-8")
         )
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
+        #: Held by an attempt at a message that crashed its workers more than once: at
+        #: most one such suspect runs in a worker at a time, so that when the worker
+        #: dies, no other suspect is blamed with it.
+        self._suspect = asyncio.Semaphore(1)
         #: Entries read or claimed and not yet acked, by (stream, entry id).
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: Replies being generated, by (token, seq): set to stop one.
@@ -362,11 +366,14 @@ class Worker:
                 await self._ack(entry_id)
                 return
             attempt = f"{entry.seq}:{uuid.uuid4().hex[:16]}"
+            # Only a taken-over entry can follow a crash (a fresh read never does).
+            suspect = bool(deliveries) and await self.store.crashes(entry.token, entry.seq) > 0
             while True:
                 # The attempt begins (and fences older ones) only once it holds a
                 # generation slot, so a restart means text may really have streamed;
-                # an entry waiting its turn holds no slot.
-                async with self._slots:
+                # an entry waiting its turn holds no slot. A suspect also takes the
+                # suspect slot first: an attempt counts as crashed once it has begun.
+                async with self._suspect if suspect else contextlib.nullcontext(), self._slots:
                     begun = await self.store.begin(
                         entry, attempt, window=history_window(self.settings.memory_max_messages)
                     )

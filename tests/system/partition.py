@@ -77,3 +77,33 @@ def closing_counts(sessions: Sequence[SessionTrace]) -> tuple[int, int, int]:
     done = sum(len(t.events("done")) for t in sessions)
     error = sum(1 for t in sessions for e in t.events("error") if e.get("message_id"))
     return queued, done, error
+
+
+async def wait_closed(sessions: Sequence[SessionTrace], timeout_s: float) -> bool:
+    """Wait until every message each session got ``queued`` for has a closing event
+    (``done``, or ``error`` with its message id); False on timeout."""
+
+    def closed(t: SessionTrace) -> bool:
+        return t.closing_count() >= len(t.events("queued"))
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            for t in sessions:
+                await t.wait_until(lambda t=t: closed(t))  # type: ignore[misc]
+    except TimeoutError:
+        return False
+    return True
+
+
+def refusals(sessions: Sequence[SessionTrace]) -> list[str]:
+    """The codes of the ``error`` events without a message id (messages refused)."""
+    return [str(e["code"]) for t in sessions for e in t.events("error") if not e.get("message_id")]
+
+
+def unanswered(sessions: Sequence[SessionTrace]) -> list[str]:
+    """Queued messages without a ``done`` (an ``error`` does not answer), described."""
+    missing = []
+    for t in sessions:
+        done = {e["message_id"] for e in t.events("done")}
+        missing += [f"s{t.index} {mid}" for mid in t.message_ids() if mid not in done]
+    return missing

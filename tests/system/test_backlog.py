@@ -10,6 +10,7 @@ Prints: ``sent, queued, done, error, stream length before and after``.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,15 @@ from protocol import keys
 from stack.cluster import Cluster
 from stack.standin import StandinModel
 from tests.system.harness import Findings, assert_clean, check_deliveries, check_histories
-from tests.system.partition import PartitionDriver, closing_counts, poll, wait_events
+from tests.system.partition import (
+    PartitionDriver,
+    closing_counts,
+    poll,
+    refusals,
+    unanswered,
+    wait_closed,
+    wait_events,
+)
 
 pytestmark = pytest.mark.system
 
@@ -76,3 +85,45 @@ async def test_a_backlog_over_the_stream_bound_is_answered_in_full(
         assert done + error == queued
         assert_clean(findings)
         assert was_trimmed, f"acknowledged entries not trimmed: {after} left (bound {MAXLEN})"
+
+
+@pytest.mark.timeout(120)
+async def test_a_full_backlog_refuses_new_messages_at_once_and_loses_none(
+    redis: Redis[str], redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bound, sessions, messages = 30, 2, 20
+    async with (
+        StandinModel(tokens=6) as model,
+        Cluster(
+            redis_url,
+            model.base_url or "",
+            tmp_path / "logs",
+            claim_idle_ms=1000,
+            env={"MAX_BACKLOG": str(bound)},
+        ) as cluster,
+    ):
+        await cluster.start(servers=1, workers=0)
+        async with PartitionDriver([cluster.servers[0].url], "0") as driver:
+            await driver.open(sessions)
+            await driver.send(messages)
+            # Every message gets its answer at once: queued, or refused.
+            async with asyncio.timeout(30):
+                for t in driver.sessions:
+                    await t.wait_until(
+                        lambda t=t: len(t.events("queued")) + len(refusals([t])) >= messages  # type: ignore[misc]
+                    )
+            queued_before, _, _ = closing_counts(driver.sessions)
+            refused = refusals(driver.sessions)
+            await cluster.start_worker()
+            complete = await wait_closed(driver.sessions, timeout_s=60)
+            queued, done, error = closing_counts(driver.sessions)
+        with capsys.disabled():
+            print(
+                f"\n[overloaded] MAX_BACKLOG={bound}, {sessions} sessions x {messages} messages "
+                f"in partition 0, no worker: queued {queued_before}, refused {len(refused)} "
+                f"({set(refused)}); a worker started after: done {done}, error {error}"
+            )
+        assert queued_before == bound and len(refused) == sessions * messages - bound
+        assert set(refused) == {"overloaded"}
+        assert complete and queued == done == bound and error == 0
+        assert not unanswered(driver.sessions)
