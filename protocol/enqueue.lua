@@ -4,7 +4,9 @@
 -- many of its messages wait, or when its partition's backlog (entries the workers'
 -- group has not acknowledged: pending or not yet delivered) is at its bound.
 -- trim.lua (prepended) trims the stream, never removing an unacknowledged entry.
--- KEYS[1] session document, KEYS[2] message stream
+-- The session joins its partition's set of sessions waiting for replies, swept for
+-- messages whose entry is gone (lost.lua).
+-- KEYS[1] session document, KEYS[2] message stream, KEYS[3] waiting set
 -- ARGV[1] message JSON object without "seq", ARGV[2] session TTL (s),
 -- ARGV[3] max messages waiting for a reply, ARGV[4] stream bound (entries, ~),
 -- ARGV[5] token, ARGV[6] message id, ARGV[7] max messages of a session,
@@ -41,5 +43,7 @@ redis.call('JSON.SET', KEYS[1], '.seq', seq)
 redis.call('JSON.ARRAPPEND', KEYS[1], '.messages',
   '{"seq":' .. seq .. ',"entry":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[5])
 trim_stream(KEYS[2], ARGV[9], ARGV[4], ARGV[10], backlog + 1)
 return {seq, id}

@@ -45,6 +45,18 @@ def message_stream_of(token: str) -> str:
     return message_stream(partition(token))
 
 
+def waiting_key(part: str) -> str:
+    """The sorted set of a partition's sessions that may have messages without a reply
+    (scored by the time, ms, they were last checked or sent one), swept for messages
+    whose stream entry is gone."""
+    return f"{PREFIX}:waiting:{{{part}}}"
+
+
+def waiting_key_of(token: str) -> str:
+    """The :func:`waiting_key` set a session belongs to."""
+    return waiting_key(partition(token))
+
+
 def session_key(token: str) -> str:
     """The RedisJSON document of a session (written by :class:`protocol.models.Session`)."""
     return f"{PREFIX}:session:{{{partition(token)}}}:{token}"

@@ -2,17 +2,21 @@
 -- trimmed by hand, lost in a failover) and no consumer holds it, so the session's later
 -- messages are not held up for ever. An entry still in the stream, or still pending
 -- (a worker may be generating its reply), is not lost.
--- KEYS[1] session document, KEYS[2] session event stream, KEYS[3] message stream
+-- A session found with nothing unanswered (or gone) leaves its partition's waiting set.
+-- KEYS[1] session document, KEYS[2] session event stream, KEYS[3] message stream,
+-- KEYS[4] waiting set
 -- ARGV[1] consumer group, ARGV[2] error event JSON without "message_id" and
--- "event_id", ARGV[3] channel, ARGV[4] event stream MAXLEN (~)
+-- "event_id", ARGV[3] channel, ARGV[4] event stream MAXLEN (~), ARGV[5] token
 -- Returns {replied_seq, seq closed (0: none)}; {-1} if the session does not exist.
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl == -2 then
+  redis.call('ZREM', KEYS[4], ARGV[5])
   return {-1}
 end
 local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
 local seq = tonumber(redis.call('JSON.GET', KEYS[1], '.seq'))
 if seq <= replied then
+  redis.call('ZREM', KEYS[4], ARGV[5])
   return {replied, 0}
 end
 local head = replied + 1

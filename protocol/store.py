@@ -156,6 +156,7 @@ class Store:
         self._trim = redis.register_script(trim + _script("trim_stream.lua"))
         self._lost = redis.register_script(_script("lost.lua"))
         self._fail = redis.register_script(_script("fail.lua"))
+        self._due = redis.register_script(_script("due.lua"))
         self._emit = redis.register_script(_script("emit.lua"))
         self._finish = redis.register_script(_script("finish.lua"))
         self._stop = redis.register_script(_script("stop.lua"))
@@ -311,7 +312,11 @@ class Store:
         )
         body = message.model_dump_json(include={"id", "role", "content", "timestamp"})
         result = await self._enqueue(
-            keys=[keys.session_key(token), keys.message_stream_of(token)],
+            keys=[
+                keys.session_key(token),
+                keys.message_stream_of(token),
+                keys.waiting_key_of(token),
+            ],
             args=[
                 body,
                 self.settings.session_ttl_seconds,
@@ -465,17 +470,31 @@ class Store:
             "please send it again",
         )
         result = await self._lost(
-            keys=[keys.session_key(token), keys.events_key(token), keys.message_stream_of(token)],
+            keys=[
+                keys.session_key(token),
+                keys.events_key(token),
+                keys.message_stream_of(token),
+                keys.waiting_key_of(token),
+            ],
             args=[
                 keys.CONSUMER_GROUP,
                 event.model_dump_json(exclude_none=True),
                 keys.channel(token),
                 self.settings.events_maxlen,
+                token,
             ],
         )
         if int(result[0]) == -1:
             raise SessionExpired(token)
         return int(result[0]), int(result[1])
+
+    async def due_for_sweep(self, part: str, older_than_ms: int, count: int = 100) -> list[str]:
+        """Sessions of partition ``part`` that may wait for replies and were not checked
+        (or sent a message) for ``older_than_ms``; they count as checked now, so
+        several workers sweeping share the work. Check each with :meth:`close_if_lost`.
+        """
+        result = await self._due(keys=[keys.waiting_key(part)], args=[older_than_ms, count])
+        return [str(token) for token in result]
 
     async def crashes(self, token: str, seq: int) -> int:
         """How many attempts at message ``seq`` of the session ended with their worker's

@@ -215,6 +215,7 @@ class Worker:
                 # entries do not outlive a quiet spell beyond the bound.
                 for stream in keys.MESSAGE_STREAMS:
                     await self.store.trim(stream)
+                await self.sweep_lost()
             except (*_REDIS_ERRORS, ResponseError) as e:
                 logger.warning("claiming stale entries failed: %s", e)
             except Exception:
@@ -256,6 +257,31 @@ class Worker:
                     break
                 start = next_start
         return claimed
+
+    async def sweep_lost(self) -> int:
+        """Close the messages whose stream entry is gone (deleted or trimmed by hand,
+        lost in a failover) and that no later message waits on, which would otherwise
+        find them (:meth:`_await_turn`). A session is looked at once it has waited
+        ``3 * claim_idle_ms`` (an entry's consumer is found dead after
+        ``claim_idle_ms``), then again as often while it waits.
+
+        Returns:
+            How many messages were closed.
+        """
+        closed = 0
+        for part in keys.PARTITIONS:
+            for token in await self.store.due_for_sweep(part, 3 * self.settings.claim_idle_ms):
+                with contextlib.suppress(SessionExpired):
+                    _, seq = await self.store.close_if_lost(token)
+                    if seq:
+                        logger.warning(
+                            "seq %d of a session of partition %s: its stream entry is gone; "
+                            "closed with an error",
+                            seq,
+                            part,
+                        )
+                        closed += 1
+        return closed
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.claim_idle_ms / 3000

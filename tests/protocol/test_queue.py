@@ -183,3 +183,17 @@ async def test_failed_tries_raise_the_delivery_count_and_mark_the_attempt(redis:
     assert await store.deliveries(stream, message.entry) == 3
     # An attempt that neither finished nor failed: a crash.
     assert (await store.begin(entry, "1:c")).crashes == 1
+
+
+async def test_the_sweep_takes_waiting_sessions_once_a_while(redis: Redis) -> None:
+    store = await store_with(redis)
+    (token,) = await sessions_in_partition_0(store, 1)
+    await store.enqueue(token, "one", max_pending=10)
+    assert await store.due_for_sweep("0", older_than_ms=60_000) == []
+    assert await store.due_for_sweep("0", older_than_ms=0) == [token]
+    # Checked just now: not due again before its time.
+    assert await store.due_for_sweep("0", older_than_ms=60_000) == []
+    # Once nothing waits, a check takes the session out of the set.
+    await redis.execute_command("JSON.SET", keys.session_key(token), ".replied_seq", 1)
+    assert await store.close_if_lost(token) == (1, 0)
+    assert await store.due_for_sweep("0", older_than_ms=0) == []

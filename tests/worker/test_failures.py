@@ -151,3 +151,21 @@ async def test_a_reply_over_its_length_is_cut_and_marked(
         tokens = [e for e in of_type(events, "token") if e["message_id"] == first["message_id"]]
         assert "".join(e["content"] for e in tokens) == first["reply"]["content"]
         assert second["reply"]["truncated"] == "length"
+
+
+async def test_a_last_message_whose_entry_is_gone_is_closed_by_the_sweep(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    token, (one,) = await queued(redis, "one")
+    assert one.entry is not None
+    await redis.xdel(keys.message_stream_of(token), one.entry)
+    async with (
+        running_parley(redis_url, redis, claim_idle_ms=200) as parley,
+        http.ws_connect(parley.ws_url, params={"token": token, "after": "0-0"}) as ws,
+    ):
+        # No later message waits on it: the sweep finds it.
+        events = await read_until(ws, count("error", 1))
+        assert closing(events) == [("error", one.id, "message_lost")]
+        await ws.send_str("two")
+        events = await read_until(ws, count("done", 1))
+    assert len(parley.standin.requests) == 1
