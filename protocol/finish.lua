@@ -6,9 +6,10 @@
 -- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~), ARGV[6] attempt
 -- ("<seq>:<id>", see begin.lua): only the attempt the session records may finish; ""
 -- closes the message whatever attempt runs (a dead-lettered entry, which may never
--- have begun), fences every attempt, and tolerates an unreadable "replied_seq".
+-- have begun) once it is its turn, fences every attempt, and tolerates an unreadable
+-- "replied_seq" (which it mends).
 -- Returns the event id; 0 if already recorded; -1 if the session does not exist; -2 if
--- another attempt has taken over.
+-- another attempt has taken over; -3 (with "") if an earlier message is unanswered.
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl == -2 then
   return -1
@@ -21,6 +22,9 @@ if replied == nil and forced then
 end
 if seq <= replied then
   return 0
+end
+if forced and seq > replied + 1 then
+  return -3
 end
 if forced then
   redis.call('JSON.SET', KEYS[1], '$.generator', '""')

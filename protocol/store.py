@@ -84,6 +84,10 @@ class Begun:
     complete: bool = True
 
 
+class NotYourTurn(Exception):
+    """An earlier message of the session is still unanswered (see :meth:`Store.finish`)."""
+
+
 class Fenced(Exception):
     """Another attempt at the same reply has begun (a worker took the message over):
     this attempt may no longer emit or record anything."""
@@ -427,8 +431,8 @@ class Store:
 
         Args:
             attempt: the attempt finishing (see :meth:`begin`); ``""`` closes the
-                message whatever attempt runs, and fences them all (for an entry given
-                up before any attempt could begin).
+                message whatever attempt runs, once it is its turn, and fences them all
+                (for an entry given up before any attempt could begin).
 
         Returns:
             The event id; None if the reply was already recorded (nothing changed).
@@ -436,6 +440,7 @@ class Store:
         Raises:
             SessionExpired: the session no longer exists.
             Fenced: another attempt has begun since.
+            NotYourTurn: (``attempt`` empty) an earlier message is still unanswered.
         """
         result = await self._finish(
             keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
@@ -452,6 +457,8 @@ class Store:
             raise SessionExpired(entry.token)
         if result == -2:
             raise Fenced(attempt)
+        if result == -3:
+            raise NotYourTurn(entry.token)
         return None if result == 0 else str(result)
 
     async def close_if_lost(self, token: str) -> tuple[int, int]:

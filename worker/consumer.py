@@ -40,6 +40,7 @@ from protocol.store import (
     TRANSIENT_ERRORS,
     Begun,
     Fenced,
+    NotYourTurn,
     SessionExpired,
     Store,
 )
@@ -505,9 +506,6 @@ class Worker:
                 then closed whatever attempt may run, see :meth:`Store.finish`).
             reason: why, for the log and the dead-letter record.
         """
-        logger.error("message_id=%s seq=%d %s: dead-lettered", entry.message_id, entry.seq, reason)
-        await self._dead_letter(entry_id, fields, reason)
-        REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
         event = ErrorEvent(
             message_id=entry.message_id,
             code=ErrorCode.DELIVERY_FAILED,
@@ -515,13 +513,21 @@ class Worker:
         )
         if attempt:
             await self.store.finish(entry, None, event, attempt)
-            return
-        try:
-            await self.store.finish(entry, None, event, "")
-        except ResponseError as e:
-            # The session itself is what fails (its document is broken): the entry is
-            # dead-lettered all the same, and nothing more can be told to the session.
-            logger.error("message_id=%s: its session cannot be told: %s", entry.message_id, e)
+        else:
+            try:
+                while True:
+                    try:
+                        await self.store.finish(entry, None, event, "")
+                        break
+                    except NotYourTurn:
+                        await self._await_turn(entry)
+            except ResponseError as e:
+                # The session itself is what fails (its document is broken): the entry
+                # is dead-lettered all the same, and nothing more can be told to it.
+                logger.error("message_id=%s: its session cannot be told: %s", entry.message_id, e)
+        logger.error("message_id=%s seq=%d %s: dead-lettered", entry.message_id, entry.seq, reason)
+        await self._dead_letter(entry_id, fields, reason)
+        REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
 
     async def _generate(
         self, entry: MessageEntry, attempt: str, begun: Begun, stop: asyncio.Event

@@ -14,12 +14,13 @@ from protocol.store import (
     STARTED,
     TRIM_ACKED,
     TRIM_MINID,
+    NotYourTurn,
     Overloaded,
     SessionFull,
     Store,
     TooManyPending,
 )
-from protocol.wire import MessageEntry
+from protocol.wire import ErrorCode, ErrorEvent, MessageEntry
 
 
 async def store_with(redis: Redis, **settings: int) -> Store:
@@ -197,3 +198,26 @@ async def test_the_sweep_takes_waiting_sessions_once_a_while(redis: Redis) -> No
     await redis.execute_command("JSON.SET", keys.session_key(token), ".replied_seq", 1)
     assert await store.close_if_lost(token) == (1, 0)
     assert await store.due_for_sweep("0", older_than_ms=0) == []
+
+
+async def test_closing_without_an_attempt_waits_its_turn_and_mends_the_session(
+    redis: Redis,
+) -> None:
+    store = await store_with(redis)
+    session = await store.create_session("ada")
+    one = await store.enqueue(session.token, "one", max_pending=10)
+    two = await store.enqueue(session.token, "two", max_pending=10)
+
+    def failed(message_id: str) -> ErrorEvent:
+        return ErrorEvent(message_id=message_id, code=ErrorCode.DELIVERY_FAILED, detail="x")
+
+    second = MessageEntry(token=session.token, seq=2, message_id=two.id)
+    with pytest.raises(NotYourTurn):
+        await store.finish(second, None, failed(two.id), "")
+    # A session whose counter is unreadable (which breaks begin.lua) is closed and mended.
+    await redis.execute_command("JSON.SET", keys.session_key(session.token), "$.replied_seq", '"x"')
+    first = MessageEntry(token=session.token, seq=1, message_id=one.id)
+    assert await store.finish(first, None, failed(one.id), "")
+    assert await store.replied_seq(session.token) == 1
+    assert await store.finish(second, None, failed(two.id), "")
+    assert await store.finish(second, None, failed(two.id), "") is None  # once
