@@ -17,7 +17,8 @@ PREFIX = "parley"
 #: The partition names: a session's partition is the first hex digit of its token.
 PARTITIONS: Final = tuple("0123456789abcdef")
 
-#: Entries that could not be processed after ``MAX_DELIVERIES`` tries, or not decoded.
+#: Entries given up: their tries kept failing (``MAX_DELIVERIES``), their attempts kept
+#: crashing their workers (``MAX_CRASHES``), or they could not be decoded.
 DEAD_LETTER_STREAM = f"{PREFIX}:messages:dead"
 #: Sharded channel where servers announce stop commands to every worker (one per click).
 STOP_CHANNEL = f"{PREFIX}:stop"

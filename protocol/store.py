@@ -1,10 +1,11 @@
 """Parley's reads and atomic writes in Redis, shared by the server and the worker.
 
 The writes that must be atomic and idempotent are Lua scripts over the RedisJSON and
-stream commands (``enqueue``, ``begin``, ``emit``, ``finish``, ``stop``: ``.lua`` files
-beside this module);
-redis-om's models cannot express them. Each script touches one session's keys only
-plus, for ``enqueue``, its partition's message stream: one hash slot (:mod:`protocol.keys`).
+stream commands (``enqueue``, ``begin``, ``emit``, ``finish``, ``stop``, ``lost``,
+``fail``, ``due``, ``trim_stream``: ``.lua`` files beside this module, ``trim.lua``
+prepended to those that trim); redis-om's models cannot express them. Each script
+touches one session's keys only plus its partition's message stream and waiting set:
+one hash slot (:mod:`protocol.keys`).
 
 Event payloads on a session's channel are the event's JSON object with
 ``"event_id"`` as its first member: :func:`with_event_id` builds that form and

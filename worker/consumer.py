@@ -2,9 +2,10 @@
 
 Delivery follows the Redis Streams consumer-group protocol (https://redis.io/docs/latest/
 develop/data-types/streams/): ``XREADGROUP`` with ``>``; ``XACK`` only once the reply is
-recorded and published; ``XAUTOCLAIM`` takes over entries idle in a dead consumer's
-pending entries list; the delivery count from ``XPENDING`` sends an entry that keeps
-failing to the dead-letter stream.
+recorded and published; ``XAUTOCLAIM`` (``JUSTID``: a takeover is no try) takes over
+entries idle in a dead consumer's pending entries list; the delivery count from
+``XPENDING``, which grows with each failed try, and the session's count of attempts cut
+by a worker's death send an entry that keeps failing to the dead-letter stream.
 
 Per-session order uses sequence gating: the server numbers a session's messages and a
 worker starts message ``n`` only once message ``n - 1`` is answered (or has failed),
