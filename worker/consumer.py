@@ -507,6 +507,11 @@ class Worker:
                 then closed whatever attempt may run, see :meth:`Store.finish`).
             reason: why, for the log and the dead-letter record.
         """
+        # In the dead-letter stream before the session is told, so that an operator
+        # finds it there as soon as a client sees the error.
+        logger.error("message_id=%s seq=%d %s: dead-lettered", entry.message_id, entry.seq, reason)
+        await self._dead_letter(entry_id, fields, reason)
+        REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
         event = ErrorEvent(
             message_id=entry.message_id,
             code=ErrorCode.DELIVERY_FAILED,
@@ -526,9 +531,6 @@ class Worker:
                 # The session itself is what fails (its document is broken): the entry
                 # is dead-lettered all the same, and nothing more can be told to it.
                 logger.error("message_id=%s: its session cannot be told: %s", entry.message_id, e)
-        logger.error("message_id=%s seq=%d %s: dead-lettered", entry.message_id, entry.seq, reason)
-        await self._dead_letter(entry_id, fields, reason)
-        REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
 
     async def _generate(
         self, entry: MessageEntry, attempt: str, begun: Begun, stop: asyncio.Event
