@@ -5,12 +5,19 @@
 -- accept only that attempt's events, so a worker that was taken over while still alive
 -- (a long pause) can no longer interleave its tokens with the new attempt's.
 -- If an earlier attempt of this very message had started, its partial text may have
--- reached clients: a restart event tells them to discard it.
+-- reached clients: a restart event tells them to discard it. That earlier attempt
+-- either failed in a live worker, which then recorded "<seq>:failed" (fail.lua, and
+-- counted it in the entry's delivery count), or its worker died or lost Redis
+-- mid-reply: such crashes are counted in "crashes" ("<seq>:<n>"). An entry taken over
+-- while it waited its turn had no attempt, and nothing is counted.
 -- KEYS[1] session document, KEYS[2] session event stream
 -- ARGV[1] seq, ARGV[2] attempt ("<seq>:<id>"), ARGV[3] restart event JSON without
--- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~)
--- Returns {1, session JSON} (first attempt), {2, session JSON} (a restart was emitted),
--- {0} (already answered), {3} (an earlier message is still unanswered: not its turn;
+-- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~), ARGV[6] messages to
+-- return (the newest; 0: all)
+-- Returns {status, crashes, fields JSON, messages JSON, message count}: status 1 (first
+-- attempt) or 2 (a restart was emitted), crashes the attempts at this message whose
+-- worker died, fields the session's scalar fields as {".name": value, ...}; or {0}
+-- (already answered), {3} (an earlier message is still unanswered: not its turn;
 -- nothing changed), {-1} (no such session).
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl == -2 then
@@ -26,12 +33,35 @@ if seq > replied + 1 then
 end
 local previous = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.generator'))[1] or ''
 redis.call('JSON.SET', KEYS[1], '$.generator', cjson.encode(ARGV[2]))
-if string.match(previous, '^(%d+):') ~= ARGV[1] then
-  return {1, redis.call('JSON.GET', KEYS[1])}
+local status = 1
+if string.match(previous, '^(%d+):') == ARGV[1] then
+  status = 2
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[3])
+  if pttl > 0 then
+    redis.call('PEXPIRE', KEYS[2], pttl)
+  end
+  redis.call('SPUBLISH', ARGV[4], '{"event_id":"' .. id .. '",' .. string.sub(ARGV[3], 2))
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[3])
-if pttl > 0 then
-  redis.call('PEXPIRE', KEYS[2], pttl)
+local crashes = 0
+if status == 2 then
+  local record = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.crashes'))[1] or ''
+  local crashed_seq, n = string.match(record, '^(%d+):(%d+)$')
+  if crashed_seq == ARGV[1] then
+    crashes = tonumber(n)
+  end
+  if string.sub(previous, -7) ~= ':failed' then
+    crashes = crashes + 1
+    redis.call('JSON.SET', KEYS[1], '$.crashes', cjson.encode(ARGV[1] .. ':' .. crashes))
+  end
 end
-redis.call('SPUBLISH', ARGV[4], '{"event_id":"' .. id .. '",' .. string.sub(ARGV[3], 2))
-return {2, redis.call('JSON.GET', KEYS[1])}
+local fields = redis.call('JSON.GET', KEYS[1], '.token', '.name', '.session_start', '.seq',
+  '.replied_seq', '.stop_seq', '.generator')
+local count = redis.call('JSON.ARRLEN', KEYS[1], '.messages')
+local window = tonumber(ARGV[6])
+local messages
+if window > 0 and count > window then
+  messages = redis.call('JSON.GET', KEYS[1], '$.messages[' .. (count - window) .. ':]')
+else
+  messages = redis.call('JSON.GET', KEYS[1], '.messages')
+end
+return {status, crashes, fields, messages, count}

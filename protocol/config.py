@@ -26,7 +26,19 @@ class CommonSettings(BaseSettings):
     message_stream_maxlen: int = Field(
         default=100_000,
         gt=0,
-        description="Approximate bound (entries) of the message stream (XADD MAXLEN ~).",
+        description="Approximate bound (entries) of each partition's message stream; "
+        "only entries the workers have acknowledged are ever trimmed.",
+    )
+    max_backlog: int = Field(
+        default=10_000,
+        gt=0,
+        description="Messages of one partition not yet finished by the workers (pending or "
+        "not yet read), at most; beyond, new messages are refused with `overloaded`.",
+    )
+    max_session_messages: int = Field(
+        default=500,
+        gt=0,
+        description="User messages of one session, at most; beyond, `session_full`.",
     )
     events_maxlen: int = Field(
         default=1000,

@@ -1,22 +1,49 @@
--- Accept a user message: number it, append it to the history, queue it for a worker.
+-- Accept a user message: number it, queue it for a worker, append it to the history.
 -- One atomic step, so a message is in history if and only if it is in the stream.
--- KEYS[1] session document, KEYS[2] message stream
+-- Refused without any change when the session is at its bound of messages, when too
+-- many of its messages wait, or when its partition's backlog (entries the workers'
+-- group has not acknowledged: pending or not yet delivered) is at its bound.
+-- trim.lua (prepended) trims the stream, never removing an unacknowledged entry.
+-- The session joins its partition's set of sessions waiting for replies, swept for
+-- messages whose entry is gone (lost.lua).
+-- KEYS[1] session document, KEYS[2] message stream, KEYS[3] waiting set
 -- ARGV[1] message JSON object without "seq", ARGV[2] session TTL (s),
--- ARGV[3] max messages waiting for a reply, ARGV[4] stream MAXLEN (~),
--- ARGV[5] token, ARGV[6] message id
--- Returns {seq, entry id}, or {-1} if the session does not exist, {-2} if too many wait.
+-- ARGV[3] max messages waiting for a reply, ARGV[4] stream bound (entries, ~),
+-- ARGV[5] token, ARGV[6] message id, ARGV[7] max messages of a session,
+-- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode
+-- Returns {seq, entry id}, or {-1} if the session does not exist, {-2} if too many
+-- wait, {-3} if the session is full, {-4} if the partition's backlog is full.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {-1}
 end
 local seq = tonumber(redis.call('JSON.GET', KEYS[1], '.seq'))
 local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
+if seq >= tonumber(ARGV[7]) then
+  return {-3}
+end
 if seq - replied >= tonumber(ARGV[3]) then
   return {-2}
 end
+
+local info = group_info(KEYS[2], ARGV[9])
+if info == nil then
+  -- No group yet (or the stream was deleted): create it, from the start, so that what
+  -- is queued now is read.
+  redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[9], '0', 'MKSTREAM')
+  info = group_info(KEYS[2], ARGV[9])
+end
+local backlog = unacked(KEYS[2], info, tonumber(ARGV[8]) + 1)
+if backlog >= tonumber(ARGV[8]) then
+  return {-4}
+end
+
 seq = seq + 1
+local id = redis.call('XADD', KEYS[2], '*', 'token', ARGV[5], 'seq', seq, 'message_id', ARGV[6])
 redis.call('JSON.SET', KEYS[1], '.seq', seq)
-redis.call('JSON.ARRAPPEND', KEYS[1], '.messages', '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2))
+redis.call('JSON.ARRAPPEND', KEYS[1], '.messages',
+  '{"seq":' .. seq .. ',"entry":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-  'token', ARGV[5], 'seq', seq, 'message_id', ARGV[6])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[5])
+trim_stream(KEYS[2], ARGV[9], ARGV[4], ARGV[10], backlog + 1)
 return {seq, id}

@@ -4,18 +4,31 @@
 -- KEYS[1] session document, KEYS[2] session event stream
 -- ARGV[1] seq, ARGV[2] reply message JSON or "" for none, ARGV[3] event JSON without
 -- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~), ARGV[6] attempt
--- ("<seq>:<id>", see begin.lua): only the attempt the session records may finish
+-- ("<seq>:<id>", see begin.lua): only the attempt the session records may finish; ""
+-- closes the message whatever attempt runs (a dead-lettered entry, which may never
+-- have begun) once it is its turn, fences every attempt, and tolerates an unreadable
+-- "replied_seq" (which it mends).
 -- Returns the event id; 0 if already recorded; -1 if the session does not exist; -2 if
--- another attempt has taken over.
+-- another attempt has taken over; -3 (with "") if an earlier message is unanswered.
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl == -2 then
   return -1
 end
 local seq = tonumber(ARGV[1])
-if seq <= tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq')) then
+local forced = ARGV[6] == ''
+local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
+if replied == nil and forced then
+  replied = seq - 1
+end
+if seq <= replied then
   return 0
 end
-if cjson.decode(redis.call('JSON.GET', KEYS[1], '$.generator'))[1] ~= ARGV[6] then
+if forced and seq > replied + 1 then
+  return -3
+end
+if forced then
+  redis.call('JSON.SET', KEYS[1], '$.generator', '""')
+elseif cjson.decode(redis.call('JSON.GET', KEYS[1], '$.generator'))[1] ~= ARGV[6] then
   return -2
 end
 if ARGV[2] ~= '' then

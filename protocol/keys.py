@@ -17,7 +17,8 @@ PREFIX = "parley"
 #: The partition names: a session's partition is the first hex digit of its token.
 PARTITIONS: Final = tuple("0123456789abcdef")
 
-#: Entries that could not be processed after ``MAX_DELIVERIES`` tries, or not decoded.
+#: Entries given up: their tries kept failing (``MAX_DELIVERIES``), their attempts kept
+#: crashing their workers (``MAX_CRASHES``), or they could not be decoded.
 DEAD_LETTER_STREAM = f"{PREFIX}:messages:dead"
 #: Sharded channel where servers announce stop commands to every worker (one per click).
 STOP_CHANNEL = f"{PREFIX}:stop"
@@ -43,6 +44,18 @@ MESSAGE_STREAMS: Final = tuple(message_stream(p) for p in PARTITIONS)
 def message_stream_of(token: str) -> str:
     """The message stream that queues a session's messages."""
     return message_stream(partition(token))
+
+
+def waiting_key(part: str) -> str:
+    """The sorted set of a partition's sessions that may have messages without a reply
+    (scored by the time, ms, they were last checked or sent one), swept for messages
+    whose stream entry is gone."""
+    return f"{PREFIX}:waiting:{{{part}}}"
+
+
+def waiting_key_of(token: str) -> str:
+    """The :func:`waiting_key` set a session belongs to."""
+    return waiting_key(partition(token))
 
 
 def session_key(token: str) -> str:

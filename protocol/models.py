@@ -7,6 +7,8 @@ Lua scripts over the RedisJSON commands (:mod:`protocol.store`).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from aredis_om import EmbeddedJsonModel, Field, JsonModel
 
 from protocol import keys
@@ -16,8 +18,10 @@ from protocol.wire import ChatMessage, SessionView
 class StoredMessage(EmbeddedJsonModel):
     """A message as stored: the public fields plus what orders the conversation.
 
-    ``seq`` numbers user messages from 1; ``reply_to`` is the id of the user message an
-    assistant message answers.
+    ``seq`` numbers user messages from 1; ``entry`` is a user message's entry id in its
+    partition's message stream; ``reply_to`` is the id of the user message an assistant
+    message answers. ``stopped`` and ``truncated`` mark a partial reply (see
+    :class:`protocol.wire.ChatMessage`).
     """
 
     id: str
@@ -25,8 +29,10 @@ class StoredMessage(EmbeddedJsonModel):
     content: str
     timestamp: str
     seq: int | None = None
+    entry: str | None = None
     reply_to: str | None = None
     stopped: bool = False
+    truncated: Literal["time", "length"] | None = None
 
     def public(self) -> ChatMessage:
         """The message as clients see it."""
@@ -36,6 +42,7 @@ class StoredMessage(EmbeddedJsonModel):
             content=self.content,
             timestamp=self.timestamp,
             stopped=self.stopped,
+            truncated=self.truncated,
         )
 
 
@@ -47,8 +54,10 @@ class Session(JsonModel, index=True):
     accepted user message and ``replied_seq`` that of the last one answered (or failed);
     replies are recorded strictly in ``seq`` order, which makes recording idempotent.
     ``stop_seq`` is the last message whose reply a client asked to stop, and
-    ``generator`` the attempt now generating a reply (``"<seq>:<id>"``, see
-    :meth:`protocol.store.Store.begin`).
+    ``generator`` the attempt now generating a reply (``"<seq>:<id>"``, or
+    ``"<seq>:failed"`` once it failed), and ``crashes`` how many attempts at the oldest
+    unanswered message ended with their worker's death (``"<seq>:<n>"``), see
+    :meth:`protocol.store.Store.begin`.
     """
 
     token: str = Field(primary_key=True)
@@ -58,6 +67,7 @@ class Session(JsonModel, index=True):
     replied_seq: int = 0
     stop_seq: int = 0
     generator: str = ""
+    crashes: str = ""
     messages: list[StoredMessage] = []  # noqa: RUF012  (pydantic copies defaults)
 
     class Meta:

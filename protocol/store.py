@@ -1,10 +1,11 @@
 """Parley's reads and atomic writes in Redis, shared by the server and the worker.
 
 The writes that must be atomic and idempotent are Lua scripts over the RedisJSON and
-stream commands (``enqueue``, ``begin``, ``emit``, ``finish``, ``stop``: ``.lua`` files
-beside this module);
-redis-om's models cannot express them. Each script touches one session's keys only
-plus, for ``enqueue``, its partition's message stream: one hash slot (:mod:`protocol.keys`).
+stream commands (``enqueue``, ``begin``, ``emit``, ``finish``, ``stop``, ``lost``,
+``fail``, ``due``, ``trim_stream``: ``.lua`` files beside this module, ``trim.lua``
+prepended to those that trim); redis-om's models cannot express them. Each script
+touches one session's keys only plus its partition's message stream and waiting set:
+one hash slot (:mod:`protocol.keys`).
 
 Event payloads on a session's channel are the event's JSON object with
 ``"event_id"`` as its first member: :func:`with_event_id` builds that form and
@@ -22,13 +23,21 @@ from typing import Any
 
 from aredis_om import Migrator
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import (  # type: ignore[attr-defined]  # stale stubs: OutOfMemoryError
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 
 from protocol import keys
 from protocol.config import CommonSettings
 from protocol.connection import is_cluster
 from protocol.models import Session, StoredMessage
-from protocol.wire import MessageEntry, RestartEvent, ServerEvent, utc_now
+from protocol.wire import ErrorCode, ErrorEvent, MessageEntry, RestartEvent, ServerEvent, utc_now
 
 
 class SessionExpired(Exception):
@@ -39,16 +48,46 @@ class TooManyPending(Exception):
     """The session already has the maximum number of messages waiting for a reply."""
 
 
+class SessionFull(Exception):
+    """The session holds ``max_session_messages`` user messages: a new session must be
+    started to go on."""
+
+
+class Overloaded(Exception):
+    """The session's partition already has ``max_backlog`` messages that the workers
+    have not finished: the message is refused rather than accepted and left waiting."""
+
+
 #: :meth:`Store.begin` statuses.
 ANSWERED, STARTED, RESTARTED, NOT_YET = 0, 1, 2, 3
 
 
+#: Trim strategies (:meth:`Store.trim_mode`): XTRIM's ``ACKED`` (Redis >= 8.2), else by
+#: ``MINID`` below the oldest entry the consumer group still needs.
+TRIM_ACKED, TRIM_MINID = "acked", "minid"
+
+
 @dataclass(frozen=True)
 class Begun:
-    """What :meth:`Store.begin` did: a status, and the session once the attempt began."""
+    """What :meth:`Store.begin` did.
+
+    Attributes:
+        status: :data:`STARTED`, :data:`RESTARTED`, :data:`ANSWERED` or :data:`NOT_YET`.
+        session: once the attempt began, the session, whose ``messages`` are the newest
+            ``window`` ones (all of them if ``complete``).
+        crashes: earlier attempts at this message whose worker died (or lost Redis)
+            before they finished or failed.
+        complete: whether ``session.messages`` is the whole history.
+    """
 
     status: int
     session: Session | None = None
+    crashes: int = 0
+    complete: bool = True
+
+
+class NotYourTurn(Exception):
+    """An earlier message of the session is still unanswered (see :meth:`Store.finish`)."""
 
 
 class Fenced(Exception):
@@ -58,6 +97,19 @@ class Fenced(Exception):
 
 def _script(name: str) -> str:
     return files("protocol").joinpath(name).read_text(encoding="utf-8")
+
+
+#: Redis errors that say nothing about the command or the entry: retried, never counted
+#: against a message (memory full under ``noeviction``, a replica or a loading server,
+#: a cluster resharding or down).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    OutOfMemoryError,
+    BusyLoadingError,
+    ReadOnlyError,
+    TryAgainError,
+    ClusterDownError,
+    MasterDownError,
+)
 
 
 def with_event_id(payload: str, event_id: str) -> str:
@@ -120,11 +172,17 @@ class Store:
         self.settings = settings
         # redis-om binds a model to one connection per process; this process's is ours.
         Session._meta.database = redis
-        self._enqueue = redis.register_script(_script("enqueue.lua"))
+        trim = _script("trim.lua")
+        self._enqueue = redis.register_script(trim + _script("enqueue.lua"))
+        self._trim = redis.register_script(trim + _script("trim_stream.lua"))
+        self._lost = redis.register_script(_script("lost.lua"))
+        self._fail = redis.register_script(_script("fail.lua"))
+        self._due = redis.register_script(_script("due.lua"))
         self._emit = redis.register_script(_script("emit.lua"))
         self._finish = redis.register_script(_script("finish.lua"))
         self._stop = redis.register_script(_script("stop.lua"))
         self._begin = redis.register_script(_script("begin.lua"))
+        self._trim_mode: str | None = None
 
     async def migrate(self) -> None:
         """Create the RediSearch index of sessions (redis-om's Migrator) if it is missing.
@@ -141,6 +199,8 @@ class Store:
         """Create the workers' consumer group (and the stream) of every partition if missing.
 
         A group starts at id 0 so messages queued before any worker ever ran are read.
+        A Redis out of memory refuses even to say that a group exists: then it is
+        asked (``XINFO GROUPS``), so a process can start while memory is full.
 
         Raises:
             redis.exceptions.ResponseError: any error but ``BUSYGROUP`` (already exists).
@@ -148,20 +208,65 @@ class Store:
         for stream in keys.MESSAGE_STREAMS:
             try:
                 await self.redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+            except OutOfMemoryError:
+                if not await self._group_of(stream):
+                    raise
             except ResponseError as e:
                 if not str(e).startswith("BUSYGROUP"):
                     raise
+        await self.trim_mode()
+
+    async def trim_mode(self) -> str:
+        """How this Redis trims message streams without removing unacknowledged entries:
+        :data:`TRIM_ACKED` where ``XTRIM`` knows the ``ACKED`` strategy (Redis >= 8.2),
+        else :data:`TRIM_MINID`. Asked once, then remembered.
+
+        Raises:
+            redis.exceptions.ResponseError: any error but the syntax error of a Redis
+                without ``ACKED``.
+        """
+        if self._trim_mode is None:
+            stream = keys.MESSAGE_STREAMS[0]
+            try:
+                await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "XTRIM", stream, "MAXLEN", "~", self.settings.message_stream_maxlen, "ACKED"
+                )
+            except ResponseError as e:
+                if "syntax" not in str(e).lower():
+                    raise
+                self._trim_mode = TRIM_MINID
+            else:
+                self._trim_mode = TRIM_ACKED
+        return self._trim_mode
+
+    async def trim(self, stream: str) -> int:
+        """Trim ``stream`` to about ``message_stream_maxlen`` acknowledged entries,
+        removing only entries the consumer group has acknowledged (see ``trim.lua``).
+
+        Returns:
+            How many entries were removed.
+        """
+        mode = await self.trim_mode()
+        return int(
+            await self._trim(
+                keys=[stream],
+                args=[keys.CONSUMER_GROUP, self.settings.message_stream_maxlen, mode],
+            )
+        )
 
     async def group_exists(self) -> bool:
         """Whether every partition's message stream and its consumer group exist."""
         for stream in keys.MESSAGE_STREAMS:
-            try:
-                groups = await self.redis.xinfo_groups(stream)  # type: ignore[no-untyped-call]
-            except ResponseError:
-                return False
-            if not any(g["name"] == keys.CONSUMER_GROUP for g in groups):
+            if not await self._group_of(stream):
                 return False
         return True
+
+    async def _group_of(self, stream: str) -> bool:
+        try:
+            groups = await self.redis.xinfo_groups(stream)  # type: ignore[no-untyped-call]
+        except ResponseError:
+            return False
+        return any(g["name"] == keys.CONSUMER_GROUP for g in groups)
 
     async def pending_count(self) -> int:
         """How many entries, over every partition, are read but not yet acked."""
@@ -211,19 +316,28 @@ class Store:
     async def enqueue(self, token: str, content: str, max_pending: int) -> StoredMessage:
         """Record a user message in history and queue it for a reply, atomically.
 
+        The partition's message stream is trimmed in the same step, never removing an
+        entry the workers have not acknowledged.
+
         Returns:
-            The stored message, with its ``seq``.
+            The stored message, with its ``seq`` and its stream entry id (``entry``).
 
         Raises:
             SessionExpired: no such session.
+            SessionFull: the session holds ``max_session_messages`` messages.
             TooManyPending: ``max_pending`` messages already wait for a reply.
+            Overloaded: the partition's backlog is at ``max_backlog``.
         """
         message = StoredMessage(
             id=str(uuid.uuid4()), role="user", content=content, timestamp=utc_now()
         )
         body = message.model_dump_json(include={"id", "role", "content", "timestamp"})
         result = await self._enqueue(
-            keys=[keys.session_key(token), keys.message_stream_of(token)],
+            keys=[
+                keys.session_key(token),
+                keys.message_stream_of(token),
+                keys.waiting_key_of(token),
+            ],
             args=[
                 body,
                 self.settings.session_ttl_seconds,
@@ -231,25 +345,37 @@ class Store:
                 self.settings.message_stream_maxlen,
                 token,
                 message.id,
+                self.settings.max_session_messages,
+                self.settings.max_backlog,
+                keys.CONSUMER_GROUP,
+                await self.trim_mode(),
             ],
         )
-        if result[0] == -1:
-            raise SessionExpired(token)
-        if result[0] == -2:
-            raise TooManyPending(token)
+        refusals: dict[int, type[Exception]] = {
+            -1: SessionExpired,
+            -2: TooManyPending,
+            -3: SessionFull,
+            -4: Overloaded,
+        }
+        if (refusal := refusals.get(int(result[0]))) is not None:
+            raise refusal(token)
         message.seq = int(result[0])
+        message.entry = str(result[1])
         return message
 
-    async def begin(self, entry: MessageEntry, attempt: str) -> Begun:
+    async def begin(self, entry: MessageEntry, attempt: str, *, window: int = 0) -> Begun:
         """If it is ``entry``'s turn, make ``attempt`` the one generating its reply.
 
         The turn check, the fence and the session read are one script (one round trip):
         older attempts at the message can no longer emit or finish, and if one of them
         had begun, a ``restart`` event tells the session's clients to discard its
-        partial text.
+        partial text; if that attempt neither finished nor failed (its worker died or
+        lost Redis), it counts as a crash (``Begun.crashes``). An entry taken over
+        while it waited its turn had no attempt: nothing is counted.
 
         Args:
             attempt: ``"<seq>:<unique id>"``, new for every attempt.
+            window: return only the newest ``window`` messages of the history (0: all).
 
         Returns:
             ``Begun.status``: :data:`STARTED` (with ``session``), :data:`RESTARTED`
@@ -269,13 +395,22 @@ class Store:
                 restart.model_dump_json(exclude_none=True),
                 keys.channel(entry.token),
                 self.settings.events_maxlen,
+                window,
             ],
         )
         status = int(result[0])
         if status == -1:
             raise SessionExpired(entry.token)
-        session = Session.model_validate_json(result[1]) if len(result) > 1 else None
-        return Begun(status, session)
+        if len(result) == 1:
+            return Begun(status)
+        fields = json.loads(result[2])
+        messages = json.loads(result[3])
+        session = Session.model_validate(
+            {name.lstrip("."): value for name, value in fields.items()} | {"messages": messages}
+        )
+        return Begun(
+            status, session, crashes=int(result[1]), complete=len(messages) == int(result[4])
+        )
 
     async def emit(self, token: str, event: ServerEvent, attempt: str) -> str | None:
         """Publish a reply event to the session's sockets, durably.
@@ -312,7 +447,9 @@ class Store:
         """Record the reply of a user message (None: it failed) and emit ``event``, once.
 
         Args:
-            attempt: the attempt finishing (see :meth:`begin`).
+            attempt: the attempt finishing (see :meth:`begin`); ``""`` closes the
+                message whatever attempt runs, once it is its turn, and fences them all
+                (for an entry given up before any attempt could begin).
 
         Returns:
             The event id; None if the reply was already recorded (nothing changed).
@@ -320,6 +457,7 @@ class Store:
         Raises:
             SessionExpired: the session no longer exists.
             Fenced: another attempt has begun since.
+            NotYourTurn: (``attempt`` empty) an earlier message is still unanswered.
         """
         result = await self._finish(
             keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
@@ -336,7 +474,90 @@ class Store:
             raise SessionExpired(entry.token)
         if result == -2:
             raise Fenced(attempt)
+        if result == -3:
+            raise NotYourTurn(entry.token)
         return None if result == 0 else str(result)
+
+    async def close_if_lost(self, token: str) -> tuple[int, int]:
+        """Close the session's oldest unanswered message with a ``message_lost`` error if
+        its stream entry is gone and no consumer holds it (see ``lost.lua``).
+
+        Returns:
+            ``(replied_seq, seq closed)``, the latter 0 if nothing was lost.
+
+        Raises:
+            SessionExpired: no such session.
+        """
+        event = ErrorEvent(
+            code=ErrorCode.MESSAGE_LOST,
+            detail="the message was removed from the queue before it was answered; "
+            "please send it again",
+        )
+        result = await self._lost(
+            keys=[
+                keys.session_key(token),
+                keys.events_key(token),
+                keys.message_stream_of(token),
+                keys.waiting_key_of(token),
+            ],
+            args=[
+                keys.CONSUMER_GROUP,
+                event.model_dump_json(exclude_none=True),
+                keys.channel(token),
+                self.settings.events_maxlen,
+                token,
+            ],
+        )
+        if int(result[0]) == -1:
+            raise SessionExpired(token)
+        return int(result[0]), int(result[1])
+
+    async def due_for_sweep(self, part: str, older_than_ms: int, count: int = 100) -> list[str]:
+        """Sessions of partition ``part`` that may wait for replies and were not checked
+        (or sent a message) for ``older_than_ms``; they count as checked now, so
+        several workers sweeping share the work. Check each with :meth:`close_if_lost`.
+        """
+        result = await self._due(keys=[keys.waiting_key(part)], args=[older_than_ms, count])
+        return [str(token) for token in result]
+
+    async def crashes(self, token: str, seq: int) -> int:
+        """How many attempts at message ``seq`` of the session ended with their worker's
+        death, as counted so far (by :meth:`begin`; 0 if the session is gone)."""
+        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "JSON.GET", keys.session_key(token), "$.crashes"
+        )
+        record = str(json.loads(value)[0]) if value else ""
+        crashed_seq, _, n = record.partition(":")
+        return int(n) if crashed_seq == str(seq) and n.isdigit() else 0
+
+    async def deliveries(self, stream: str, entry_id: str) -> int:
+        """The delivery count of a pending entry (0 if it is not pending)."""
+        info = await self.redis.xpending_range(
+            stream, keys.CONSUMER_GROUP, min=entry_id, max=entry_id, count=1
+        )
+        return int(info[0]["times_delivered"]) if info else 0
+
+    async def count_failure(
+        self, token: str, stream_entry: tuple[str, str], consumer: str, attempt: str = ""
+    ) -> int:
+        """Count a failed try at a pending entry: ``attempt`` began and failed (an
+        error in a live worker, not a crash), or, with ``attempt`` empty, the try failed
+        before any attempt could begin (a script error). The entry's delivery count
+        goes up by one and it stays pending, held by ``consumer`` (see ``fail.lua``).
+
+        Args:
+            stream_entry: ``(stream, entry id)``.
+
+        Returns:
+            The new delivery count (0 if the entry is no longer pending).
+        """
+        stream, entry_id = stream_entry
+        return int(
+            await self._fail(
+                keys=[keys.session_key(token), stream],
+                args=[attempt, entry_id, keys.CONSUMER_GROUP, consumer],
+            )
+        )
 
     async def stop(self, token: str) -> int:
         """Stop the reply of the session's oldest unanswered message, wherever it runs.

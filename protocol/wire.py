@@ -31,6 +31,9 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     TOO_MANY_RESUMES = "too_many_resumes"
     RESUME_TRUNCATED = "resume_truncated"
+    OVERLOADED = "overloaded"
+    SESSION_FULL = "session_full"
+    MESSAGE_LOST = "message_lost"
     TOO_MANY_REQUESTS = "too_many_requests"
     QUOTA_EXCEEDED = "quota_exceeded"
 
@@ -53,6 +56,11 @@ class ChatMessage(_Wire):
     timestamp: str = Field(description="ISO 8601 UTC")
     stopped: bool = Field(
         default=False, description="a reply cut short by a stop command: content is partial"
+    )
+    truncated: Literal["time", "length"] | None = Field(
+        default=None,
+        description="a reply cut at the worker's per-reply bound of time (REPLY_TIMEOUT_S) "
+        "or length (REPLY_MAX_CHARS): content is partial",
     )
 
 

@@ -135,6 +135,12 @@ def test_redis_keeps_its_data(services: dict[str, dict[str, Any]]) -> None:
     assert "redis-cli" in redis["healthcheck"]["test"]
 
 
+def test_redis_never_evicts(services: dict[str, dict[str, Any]]) -> None:
+    # Eviction would drop sessions and queued messages without a word; noeviction refuses
+    # writes instead, which clients see as `unavailable`.
+    assert option(command(services["redis"]), "--maxmemory-policy") == "noeviction"
+
+
 def test_llm_base_url_points_at_the_model_service(services: dict[str, dict[str, Any]]) -> None:
     env = environment(services["worker"])
     url = urlparse(env["LLM_BASE_URL"])

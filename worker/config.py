@@ -53,6 +53,16 @@ class WorkerSettings(CommonSettings):
     )
     llm_backoff_max_s: float = Field(default=8.0, gt=0, description="Longest retry wait (s).")
     llm_max_tokens: int = Field(default=256, gt=0, description="Longest reply (tokens).")
+    reply_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest time (s) one reply may take; beyond, it is cut and marked.",
+    )
+    reply_max_chars: int = Field(
+        default=16_000,
+        gt=0,
+        description="Longest reply (characters); beyond, it is cut and marked.",
+    )
     llm_temperature: float = Field(default=0.2, ge=0, description="Sampling temperature.")
     llm_include_usage: bool = Field(
         default=True,
@@ -70,7 +80,16 @@ class WorkerSettings(CommonSettings):
         default=5000, gt=0, description="Pending entries idle this long (ms) are taken over."
     )
     max_deliveries: int = Field(
-        default=3, ge=1, description="Tries of an entry before it goes to the dead-letter stream."
+        default=3,
+        ge=1,
+        description="An entry whose delivery count (1 when read, plus 1 per failed try) "
+        "reaches this goes to the dead-letter stream.",
+    )
+    max_crashes: int = Field(
+        default=10,
+        ge=1,
+        description="Attempts at one message that may end with their worker dying before "
+        "it goes to the dead-letter stream.",
     )
     worker_concurrency: int = Field(
         default=32, ge=1, description="Replies generated at once by one worker process."

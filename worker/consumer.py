@@ -2,9 +2,10 @@
 
 Delivery follows the Redis Streams consumer-group protocol (https://redis.io/docs/latest/
 develop/data-types/streams/): ``XREADGROUP`` with ``>``; ``XACK`` only once the reply is
-recorded and published; ``XAUTOCLAIM`` takes over entries idle in a dead consumer's
-pending entries list; the delivery count from ``XPENDING`` sends an entry that keeps
-failing to the dead-letter stream.
+recorded and published; ``XAUTOCLAIM`` (``JUSTID``: a takeover is no try) takes over
+entries idle in a dead consumer's pending entries list; the delivery count from
+``XPENDING``, which grows with each failed try, and the session's count of attempts cut
+by a worker's death send an entry that keeps failing to the dead-letter stream.
 
 Per-session order uses sequence gating: the server numbers a session's messages and a
 worker starts message ``n`` only once message ``n - 1`` is answered (or has failed),
@@ -22,6 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from importlib.resources import files
+from typing import Literal
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -33,8 +35,17 @@ from protocol import keys
 from protocol.connection import is_cluster
 from protocol.hub import RESYNC, UNAVAILABLE, Hub
 from protocol.logs import fingerprint
-from protocol.models import Session, StoredMessage
-from protocol.store import ANSWERED, NOT_YET, Fenced, SessionExpired, Store
+from protocol.models import StoredMessage
+from protocol.store import (
+    ANSWERED,
+    NOT_YET,
+    TRANSIENT_ERRORS,
+    Begun,
+    Fenced,
+    NotYourTurn,
+    SessionExpired,
+    Store,
+)
 from protocol.tasks import cancel_and_wait
 from protocol.wire import (
     DoneEvent,
@@ -48,7 +59,7 @@ from protocol.wire import (
 from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
 from worker.config import WorkerSettings
 from worker.llm import ChatMessage, LLMClient, LLMError, LLMStreamInterrupted, track_usage
-from worker.memory import build_prompt
+from worker.memory import HistoryTooShort, build_prompt, history_window
 from worker.metrics import GENERATING, REPLIES, REPLY_SECONDS, TAKEOVERS, TIME_TO_FIRST_TOKEN
 from worker.quota import charge_reply, reply_cost
 
@@ -62,6 +73,8 @@ class EmptyReply(LLMError):
 
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Redis cannot serve now: retried later, never counted against a message.
+_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*_REDIS_ERRORS, *TRANSIENT_ERRORS)
 #: How long (s) a waiting message sleeps between checks when no event wakes it.
 _TURN_RECHECK_S = 1.0
 DEAD_LETTER_MAXLEN = 10_000
@@ -91,7 +104,14 @@ class Worker:
         self._heartbeat = redis.register_script(
             files("worker").joinpath("heartbeat.lua").read_text(encoding="utf-8")
         )
+        self._claim = redis.register_script(
+            files("worker").joinpath("claim.lua").read_text(encoding="utf-8")
+        )
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
+        #: Held by an attempt at a message that crashed its workers more than once: at
+        #: most one such suspect runs in a worker at a time, so that when the worker
+        #: dies, no other suspect is blamed with it.
+        self._suspect = asyncio.Semaphore(1)
         #: Entries read or claimed and not yet acked, by (stream, entry id).
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: Replies being generated, by (token, seq): set to stop one.
@@ -184,7 +204,7 @@ class Worker:
             read = 0
             for stream, batch in response:
                 for entry_id, fields in batch:
-                    self._spawn(stream, entry_id, fields, deliveries=1)
+                    self._spawn(stream, entry_id, fields, deliveries=0)
                     read += 1
             if self.burst and not read and not self._in_flight:
                 return
@@ -195,10 +215,16 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 await self.claim_stale()
-            except _REDIS_ERRORS as e:
+                # Also trimmed here, not only when a message is queued, so acknowledged
+                # entries do not outlive a quiet spell beyond the bound.
+                for stream in keys.MESSAGE_STREAMS:
+                    await self.store.trim(stream)
+                await self.sweep_lost()
+            except (*_REDIS_ERRORS, ResponseError) as e:
                 logger.warning("claiming stale entries failed: %s", e)
-            except ResponseError as e:
-                logger.warning("claiming stale entries failed: %s", e)
+            except Exception:
+                # The loop must go on whatever happens, or nothing is ever taken over.
+                logger.exception("claiming stale entries failed")
 
     async def claim_stale(self) -> int:
         """Take over entries idle for ``claim_idle_ms`` in any consumer's pending list.
@@ -210,34 +236,56 @@ class Worker:
         for stream in keys.MESSAGE_STREAMS:
             start = "0-0"
             while True:
-                next_start, entries, deleted = await self.redis.xautoclaim(
-                    stream,
-                    keys.CONSUMER_GROUP,
-                    self.consumer,
-                    min_idle_time=self.settings.claim_idle_ms,
-                    start_id=start,
-                    count=100,
+                next_start, entries, deleted = await self._claim(
+                    keys=[stream],
+                    args=[
+                        keys.CONSUMER_GROUP,
+                        self.consumer,
+                        self.settings.claim_idle_ms,
+                        start,
+                        100,
+                    ],
                 )
                 if deleted:
-                    logger.warning("pending entries trimmed from %s: %s", stream, deleted)
-                for entry_id, fields in entries:
+                    # Their sessions learn it from lost.lua, when they wait on them.
+                    logger.warning("pending entries deleted from %s: %s", stream, deleted)
+                for entry_id, flat, deliveries in entries:
                     if (stream, entry_id) in self._in_flight:
                         continue
-                    deliveries = await self._deliveries(stream, entry_id)
                     logger.info("took over %s %s (delivery %d)", stream, entry_id, deliveries)
                     TAKEOVERS.inc()
-                    self._spawn(stream, entry_id, fields, deliveries=deliveries)
+                    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                    self._spawn(stream, entry_id, fields, deliveries=int(deliveries))
                     claimed += 1
                 if next_start == "0-0":
                     break
                 start = next_start
         return claimed
 
-    async def _deliveries(self, stream: str, entry_id: str) -> int:
-        info = await self.redis.xpending_range(
-            stream, keys.CONSUMER_GROUP, min=entry_id, max=entry_id, count=1
-        )
-        return int(info[0]["times_delivered"]) if info else 1
+    async def sweep_lost(self) -> int:
+        """Close the messages whose stream entry is gone (deleted or trimmed by hand,
+        lost in a failover) and that no later message waits on, which would otherwise
+        find them (:meth:`_await_turn`). A session is looked at once it has waited
+        ``3 * claim_idle_ms`` (an entry's consumer is found dead after
+        ``claim_idle_ms``), then again as often while it waits.
+
+        Returns:
+            How many messages were closed.
+        """
+        closed = 0
+        for part in keys.PARTITIONS:
+            for token in await self.store.due_for_sweep(part, 3 * self.settings.claim_idle_ms):
+                with contextlib.suppress(SessionExpired):
+                    _, seq = await self.store.close_if_lost(token)
+                    if seq:
+                        logger.warning(
+                            "seq %d of a session of partition %s: its stream entry is gone; "
+                            "closed with an error",
+                            seq,
+                            part,
+                        )
+                        closed += 1
+        return closed
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.claim_idle_ms / 3000
@@ -325,7 +373,12 @@ class Worker:
     async def _handle(
         self, entry_id: tuple[str, str], fields: dict[str, str], deliveries: int
     ) -> None:
-        """Answer one entry; ``entry_id`` is (stream, id)."""
+        """Answer one entry; ``entry_id`` is (stream, id).
+
+        Args:
+            deliveries: the entry's delivery count when it was taken over from another
+                consumer (tries so far), 0 when read fresh from the stream.
+        """
         try:
             entry = MessageEntry.from_fields(fields)
         except ValidationError as e:
@@ -337,24 +390,46 @@ class Worker:
         # Registered before the session is read (by begin): a stop recorded before that
         # read is seen in ``stop_seq``, one announced after it finds the event.
         stop = self._stops.setdefault((entry.token, entry.seq), asyncio.Event())
+        begun_once = False
+        attempt = ""
         try:
+            if deliveries >= self.settings.max_deliveries:
+                # Failed that often already (attempts that began and failed, or tries
+                # that failed before any attempt could begin): give up before any work.
+                await self._give_up(entry_id, fields, entry, "", f"delivered {deliveries} times")
+                await self._ack(entry_id)
+                return
             attempt = f"{entry.seq}:{uuid.uuid4().hex[:16]}"
+            # Only a taken-over entry can follow a crash (a fresh read never does).
+            suspect = bool(deliveries) and await self.store.crashes(entry.token, entry.seq) > 0
             while True:
                 # The attempt begins (and fences older ones) only once it holds a
                 # generation slot, so a restart means text may really have streamed;
-                # an entry waiting its turn holds no slot.
-                async with self._slots:
-                    begun = await self.store.begin(entry, attempt)
+                # an entry waiting its turn holds no slot. A suspect also takes the
+                # suspect slot first: an attempt counts as crashed once it has begun.
+                async with self._suspect if suspect else contextlib.nullcontext(), self._slots:
+                    begun = await self.store.begin(
+                        entry, attempt, window=history_window(self.settings.memory_max_messages)
+                    )
                     if begun.status == ANSWERED:
                         logger.info("message_id=%s session=%s seq=%d already answered", *log_ctx)
                         break
                     if begun.status != NOT_YET:
-                        assert begun.session is not None
-                        if deliveries > self.settings.max_deliveries:
-                            await self._give_up(entry_id, fields, entry, attempt, deliveries)
+                        begun_once = True
+                        if begun.crashes >= 2:
+                            logger.warning(
+                                "message_id=%s seq=%d: attempt after %d crashes",
+                                entry.message_id,
+                                entry.seq,
+                                begun.crashes,
+                            )
+                        if begun.crashes >= self.settings.max_crashes:
+                            await self._give_up(
+                                entry_id, fields, entry, attempt, f"{begun.crashes} crashes"
+                            )
                         else:
                             with GENERATING.track_inprogress():
-                                await self._generate(entry, attempt, begun.session, stop)
+                                await self._generate(entry, attempt, begun, stop)
                         break
                 await self._await_turn(entry)
             await self._ack(entry_id)
@@ -367,15 +442,20 @@ class Worker:
             logger.warning("message_id=%s session=%s seq=%d: taken over; stopped", *log_ctx)
         except asyncio.CancelledError:
             raise
-        except _REDIS_ERRORS as e:
-            # Left pending, as below; Redis is unreachable, which every loop reports.
+        except _UNAVAILABLE_ERRORS as e:
+            # Left pending, as below, and not counted against the message: Redis is
+            # unreachable or cannot write now, which every loop reports.
             logger.warning(
                 "message_id=%s session=%s seq=%d: Redis error %s; left pending", *log_ctx, e
             )
         except Exception:
-            # Left pending: after CLAIM_IDLE_MS a worker takes it over, at most
-            # MAX_DELIVERIES times in all.
+            # Left pending: after CLAIM_IDLE_MS a worker takes it over, until its
+            # delivery count, which counts each such failure, reaches MAX_DELIVERIES.
             logger.exception("message_id=%s session=%s seq=%d failed; left pending", *log_ctx)
+            with contextlib.suppress(*_REDIS_ERRORS, ResponseError):
+                await self.store.count_failure(
+                    entry.token, entry_id, self.consumer, attempt if begun_once else ""
+                )
         finally:
             if self._stops.get((entry.token, entry.seq)) is stop:
                 del self._stops[(entry.token, entry.seq)]
@@ -383,14 +463,19 @@ class Worker:
     async def _await_turn(self, entry: MessageEntry) -> None:
         """Return once every message of the session before ``entry`` is answered.
 
+        Each wake-up without news also asks whether the oldest unanswered message's
+        entry is gone (``lost.lua``): such a message is closed with an error, so the
+        session goes on.
+
         Raises:
             SessionExpired: the session no longer exists.
         """
         async with self.hub.subscribe(keys.channel(entry.token)) as sub:
             await asyncio.wait_for(sub.ready.wait(), timeout=10)
-            while await self.store.replied_seq(entry.token) < entry.seq - 1:
+            replied, _ = await self.store.close_if_lost(entry.token)
+            while replied < entry.seq - 1:
                 # Woken by a closing event of this session, or re-checked each second.
-                with contextlib.suppress(TimeoutError):
+                try:
                     async with asyncio.timeout(_TURN_RECHECK_S):
                         while True:
                             payload = await sub.queue.get()
@@ -400,6 +485,17 @@ class Worker:
                                 or ('"type":"error"' in payload)
                             ):
                                 break
+                except TimeoutError:
+                    replied, closed = await self.store.close_if_lost(entry.token)
+                    if closed:
+                        logger.warning(
+                            "seq %d of the session of message_id=%s: its stream entry is "
+                            "gone; closed with an error",
+                            closed,
+                            entry.message_id,
+                        )
+                else:
+                    replied = await self.store.replied_seq(entry.token)
 
     async def _give_up(
         self,
@@ -407,56 +503,66 @@ class Worker:
         fields: dict[str, str],
         entry: MessageEntry,
         attempt: str,
-        deliveries: int,
+        reason: str,
     ) -> None:
-        """Dead-letter an entry tried ``MAX_DELIVERIES`` times; close it with an error."""
-        logger.error(
-            "message_id=%s session=%s seq=%d failed %d times: dead-lettered",
-            entry.message_id,
-            fingerprint(entry.token),
-            entry.seq,
-            deliveries - 1,
-        )
-        await self._dead_letter(entry_id, fields, f"delivered {deliveries} times")
-        await self.store.finish(
-            entry,
-            None,
-            ErrorEvent(
-                message_id=entry.message_id,
-                code=ErrorCode.DELIVERY_FAILED,
-                detail="The reply could not be generated; please send it again.",
-            ),
-            attempt,
-        )
+        """Dead-letter an entry that failed ``MAX_DELIVERIES`` tries or crashed its
+        workers ``MAX_CRASHES`` times; close it with an error.
+
+        Args:
+            attempt: the attempt that began, or ``""`` if none could (the message is
+                then closed whatever attempt may run, see :meth:`Store.finish`).
+            reason: why, for the log and the dead-letter record.
+        """
+        # In the dead-letter stream before the session is told, so that an operator
+        # finds it there as soon as a client sees the error.
+        logger.error("message_id=%s seq=%d %s: dead-lettered", entry.message_id, entry.seq, reason)
+        await self._dead_letter(entry_id, fields, reason)
         REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
+        event = ErrorEvent(
+            message_id=entry.message_id,
+            code=ErrorCode.DELIVERY_FAILED,
+            detail="The reply could not be generated; please send it again.",
+        )
+        if attempt:
+            await self.store.finish(entry, None, event, attempt)
+        else:
+            try:
+                while True:
+                    try:
+                        await self.store.finish(entry, None, event, "")
+                        break
+                    except NotYourTurn:
+                        await self._await_turn(entry)
+            except ResponseError as e:
+                # The session itself is what fails (its document is broken): the entry
+                # is dead-lettered all the same, and nothing more can be told to it.
+                logger.error("message_id=%s: its session cannot be told: %s", entry.message_id, e)
 
     async def _generate(
-        self, entry: MessageEntry, attempt: str, session: Session, stop: asyncio.Event
+        self, entry: MessageEntry, attempt: str, begun: Begun, stop: asyncio.Event
     ) -> None:
         """Generate, stream and record the reply to ``entry`` as ``attempt``.
 
         Args:
-            session: the session as ``attempt`` began (its history up to this message).
+            begun: what :meth:`Store.begin` returned: the session as ``attempt`` began
+                (its newest messages, or all of them).
 
         Raises:
             Fenced: another attempt took over meanwhile.
             SessionExpired: the session ended meanwhile.
         """
-        if session.stop_seq >= entry.seq:
+        assert begun.session is not None
+        if begun.session.stop_seq >= entry.seq:
             stop.set()
-        prompt = build_prompt(
-            session.messages,
-            entry.seq,
-            system_prompt=self.settings.system_prompt,
-            max_messages=self.settings.memory_max_messages,
-            max_tokens=self.settings.memory_max_tokens,
-        )
+        prompt = await self._prompt(entry, begun)
         usage = track_usage()  # filled by the model's responses, for the quotas
         started = time.perf_counter()
         attempts = 0
         while True:
             try:
-                text, first_token_s = await self._stream(entry, attempt, prompt, started, stop)
+                text, first_token_s, truncated = await self._stream(
+                    entry, attempt, prompt, started, stop
+                )
                 break
             except LLMStreamInterrupted as e:
                 attempts += 1
@@ -480,13 +586,15 @@ class Worker:
             timestamp=utc_now(),
             reply_to=entry.message_id,
             stopped=stop.is_set(),
+            truncated=None if stop.is_set() else truncated,
         )
         event_id = await self.store.finish(
             entry, reply, DoneEvent(message_id=entry.message_id, reply=reply.public()), attempt
         )
         total_s = time.perf_counter() - started
+        outcome = "stopped" if reply.stopped else "truncated" if reply.truncated else "done"
         if event_id:
-            REPLIES.labels("stopped" if reply.stopped else "done").inc()
+            REPLIES.labels(outcome).inc()
             TIME_TO_FIRST_TOKEN.observe(first_token_s)
             REPLY_SECONDS.observe(total_s)
         logger.info(
@@ -494,12 +602,33 @@ class Worker:
             entry.message_id,
             fingerprint(entry.token),
             entry.seq,
-            "stopped" if reply.stopped else "done",
+            outcome if not reply.truncated else f"{outcome} ({reply.truncated})",
             len(text),
             first_token_s * 1000,
             total_s * 1000,
             "" if event_id else " (already recorded)",
         )
+
+    async def _prompt(self, entry: MessageEntry, begun: Begun) -> list[ChatMessage]:
+        """The prompt of ``entry``'s reply, from the newest messages that ``begin``
+        read; from the whole history only if they are not enough to tell."""
+        assert begun.session is not None
+
+        def prompt(history: list[StoredMessage], complete: bool) -> list[ChatMessage]:
+            return build_prompt(
+                history,
+                entry.seq,
+                system_prompt=self.settings.system_prompt,
+                max_messages=self.settings.memory_max_messages,
+                max_tokens=self.settings.memory_max_tokens,
+                complete=complete,
+            )
+
+        try:
+            return prompt(begun.session.messages, begun.complete)
+        except HistoryTooShort:
+            session = await self.store.get_session(entry.token, touch=False)
+            return prompt(session.messages, True)
 
     async def _fail(self, entry: MessageEntry, attempt: str, error: LLMError) -> None:
         logger.warning("message_id=%s model error %s: %s", entry.message_id, error.code, error)
@@ -523,23 +652,33 @@ class Worker:
         prompt: list[ChatMessage],
         started: float,
         stop: asyncio.Event,
-    ) -> tuple[str, float]:
-        """Stream one reply to the session, coalescing deltas; return it and its TTFT (s).
+    ) -> tuple[str, float, Literal["time", "length"] | None]:
+        """Stream one reply to the session, coalescing deltas; return it, its TTFT (s)
+        and why it was cut, if it was.
 
         The first delta is published at once; after each publication, deltas that
         arrive within ``stream_flush_ms`` are joined into the next ``token`` event.
         When ``stop`` is set, the model request is aborted and the text published so
-        far is the reply (possibly empty).
+        far is the reply (possibly empty). So too, marked ``"time"``, once
+        ``reply_timeout_s`` have passed since ``started`` (``time.perf_counter()``);
+        and a reply is cut at ``reply_max_chars`` characters, marked ``"length"``.
 
         Raises:
-            EmptyReply: the model sent nothing but whitespace.
+            EmptyReply: the model sent nothing but whitespace (in time).
             LLMError: from the model client.
             SessionExpired: the session ended meanwhile.
         """
         queue: asyncio.Queue[Delta] = asyncio.Queue()
+        truncated: Literal["time", "length"] | None = None
 
         async def stop_reading() -> None:
-            await stop.wait()
+            nonlocal truncated
+            remaining = self.settings.reply_timeout_s - (time.perf_counter() - started)
+            try:
+                async with asyncio.timeout(max(0.0, remaining)):
+                    await stop.wait()
+            except TimeoutError:
+                truncated = "time"
             reader.cancel()
             queue.put_nowait(EndOfReply())
 
@@ -548,14 +687,22 @@ class Worker:
         pieces = Coalescer(queue)
         first_token_s = 0.0
         window = self.settings.stream_flush_ms / 1000
+        room = self.settings.reply_max_chars
         try:
             while (body := await pieces.next_piece()) is not None:
+                if len(body) > room:
+                    body = pieces.parts[-1] = body[:room]
+                    truncated = "length"
+                room -= len(body)
                 if len(pieces.parts) == 1:
                     first_token_s = time.perf_counter() - started
                 sent_at = time.perf_counter()
-                await self._emit(
-                    entry, attempt, TokenEvent(message_id=entry.message_id, content=body)
-                )
+                if body:
+                    await self._emit(
+                        entry, attempt, TokenEvent(message_id=entry.message_id, content=body)
+                    )
+                if truncated == "length":
+                    break
                 # Wait out the window only while the model is still sending: once the
                 # whole reply is queued (or a stop ends the reader), the rest goes out
                 # at once, so the end of a reply never waits for the window.
@@ -567,9 +714,14 @@ class Worker:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if not pieces.parts and not stop.is_set():
+        text = "".join(pieces.parts)
+        if not text and not stop.is_set():
+            if truncated == "time":
+                raise EmptyReply(
+                    f"the model sent nothing within {self.settings.reply_timeout_s:g} s"
+                )
             raise EmptyReply("the model returned an empty reply")
-        return "".join(pieces.parts), first_token_s
+        return text, first_token_s, truncated
 
     async def _emit(
         self, entry: MessageEntry, attempt: str, event: TokenEvent | RestartEvent

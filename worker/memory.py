@@ -24,6 +24,23 @@ def _cost(message: StoredMessage) -> int:
     return estimate_tokens(message.content) + MESSAGE_OVERHEAD_TOKENS
 
 
+class HistoryTooShort(LookupError):
+    """The newest messages given are not enough to tell which turns the prompt holds:
+    build it again from the whole history."""
+
+
+def history_window(max_messages: int) -> int:
+    """How many of the newest history messages to read for a prompt of at most
+    ``max_messages`` history messages.
+
+    Replies are recorded when they finish and user messages when they arrive, so the
+    turns a prompt needs can be spread over more entries than they hold: room is left
+    for a burst of later messages and for messages that got no reply. If it is not
+    enough, :func:`build_prompt` says so (:class:`HistoryTooShort`).
+    """
+    return 2 * max_messages + 40
+
+
 def build_prompt(
     history: list[StoredMessage],
     seq: int,
@@ -31,6 +48,7 @@ def build_prompt(
     system_prompt: str,
     max_messages: int,
     max_tokens: int,
+    complete: bool = True,
 ) -> list[ChatMessage]:
     """The chat messages sent to the model for the reply to user message ``seq``.
 
@@ -41,15 +59,21 @@ def build_prompt(
     ``seq``, and earlier messages that got no reply (they failed), are left out.
 
     Args:
-        history: the session's stored messages, in any order.
+        history: the session's stored messages, in any order: all of them, or (with
+            ``complete`` false) the newest ones in recording order.
         seq: the number of the user message to answer.
+        complete: whether ``history`` is the whole history.
 
     Raises:
+        HistoryTooShort: ``history`` is not complete and older messages might change
+            the prompt (the budget was not reached, or message ``seq`` is missing).
         LookupError: ``history`` has no user message numbered ``seq``.
     """
     ordered = conversation(history)
     index = next((i for i, m in enumerate(ordered) if m.role == "user" and m.seq == seq), None)
     if index is None:
+        if not complete:
+            raise HistoryTooShort(f"message {seq} is not among the newest messages")
         raise LookupError(f"no user message with seq {seq}")
     current = ordered[index]
     turns: list[tuple[StoredMessage, StoredMessage]] = [
@@ -59,13 +83,20 @@ def build_prompt(
     ]
     kept: list[tuple[StoredMessage, StoredMessage]] = []
     used_messages, used_tokens = 0, 0
+    full = False
     for user, reply in reversed(turns):
         cost = _cost(user) + _cost(reply)
         if kept and (used_messages + 2 > max_messages or used_tokens + cost > max_tokens):
+            full = True
             break
         kept.append((user, reply))
         used_messages += 2
         used_tokens += cost
+    # A suffix of the recording order holds every turn whose user message it holds, so
+    # its turns are the newest of the whole history's: the choice is the same once the
+    # budget stops it, or when the whole budget of messages is used.
+    if not complete and not full and used_messages + 2 <= max_messages:
+        raise HistoryTooShort(f"the newest messages hold {len(kept)} turns before {seq}")
     prompt = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
     for user, reply in reversed(kept):
         prompt.append(ChatMessage(role="user", content=user.content))

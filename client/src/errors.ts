@@ -46,6 +46,16 @@ const TEXTS: Record<string, Text> = {
   resume_truncated: {
     title: "Some missed messages are still on their way; catching up continues.",
   },
+  overloaded: {
+    title: "Parley has too many messages waiting right now, so this one was not sent. Send it again in a while.",
+  },
+  session_full: {
+    title: "This conversation has reached its length limit. Start a new session to go on.",
+    showDetail: true,
+  },
+  message_lost: {
+    title: "This message was lost before it got a reply. Send it again.",
+  },
   unavailable: {
     title: "The server could not store this message. Send it again.",
     general: "Parley cannot reach its store right now.",
@@ -99,6 +109,8 @@ export const REFUSALS = new Set([
   "empty_message",
   "message_too_long",
   "too_many_pending",
+  "overloaded",
+  "session_full",
   "unavailable",
   "too_many_requests",
   "quota_exceeded",

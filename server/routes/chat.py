@@ -29,7 +29,9 @@ from protocol import keys
 from protocol.hub import RESYNC, UNAVAILABLE, Hub, Subscription
 from protocol.logs import fingerprint
 from protocol.store import (
+    Overloaded,
     SessionExpired,
+    SessionFull,
     Store,
     TooManyPending,
     event_id_of,
@@ -459,6 +461,21 @@ class ChatConnection:
                 ErrorCode.TOO_MANY_PENDING,
                 f"{self.settings.max_pending_messages} messages already wait for a reply; "
                 "wait for one before sending more",
+            )
+            return
+        except SessionFull:
+            await self._send_error(
+                None,
+                ErrorCode.SESSION_FULL,
+                f"the session holds {self.settings.max_session_messages} messages, its "
+                "most; start a new session to go on",
+            )
+            return
+        except Overloaded:
+            await self._send_error(
+                None,
+                ErrorCode.OVERLOADED,
+                "too many messages wait for the workers; send it again in a while",
             )
             return
         except (RedisError, OSError) as e:

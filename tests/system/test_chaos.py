@@ -118,9 +118,6 @@ async def test_chaos_200_sessions_with_a_worker_killed_every_2_s(
                 model.base_url or "",
                 tmp_path / "logs",
                 claim_idle_ms=CLAIM_IDLE_MS,
-                # A kill every 2 s can hit one message several times in a row; real
-                # crashes are rarer, and a dead-lettered message would count as lost here.
-                env={"MAX_DELIVERIES": "100"},
             ) as cluster,
         ):
             await cluster.start(servers=SERVERS, workers=WORKERS)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.models import StoredMessage
-from worker.memory import build_prompt, estimate_tokens
+from worker.memory import HistoryTooShort, build_prompt, estimate_tokens, history_window
 
 
 def history(turns: int, pending: int = 0, size: int = 10) -> list[StoredMessage]:
@@ -86,3 +88,71 @@ def test_token_estimate_counts_bytes() -> None:
     assert estimate_tokens("") == 0
     assert estimate_tokens("abc") == 1
     assert estimate_tokens("é" * 3) == 2  # 6 bytes
+
+
+@st.composite
+def recorded_history(draw: st.DrawFn) -> tuple[list[StoredMessage], int]:
+    """A session's history as recorded when message ``seq`` is to be answered: user
+    messages as they arrived, replies to the earlier ones in seq order (some failed and
+    have none), interleaved as the arrivals and replies happened."""
+    seq = draw(st.integers(1, 30))
+    later = draw(st.integers(0, 5))
+    messages: list[StoredMessage] = []
+    sent, replied = 0, 0
+    while replied < seq - 1 or sent < seq + later:
+        if sent < seq + later and (sent <= replied or draw(st.booleans())):
+            sent += 1
+            size = draw(st.integers(0, 60))
+            messages.append(
+                StoredMessage(
+                    id=f"u{sent}", role="user", content="u" * size, timestamp="t", seq=sent
+                )
+            )
+            continue
+        replied += 1
+        if draw(st.integers(0, 9)) > 0:  # one in ten fails: no reply
+            size = draw(st.integers(0, 60))
+            messages.append(
+                StoredMessage(
+                    id=f"r{replied}",
+                    role="assistant",
+                    content="r" * size,
+                    timestamp="t",
+                    reply_to=f"u{replied}",
+                )
+            )
+    return messages, seq
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    recorded_history(),
+    st.integers(1, 60),
+    st.integers(2, 12),
+    st.integers(10, 200),
+)
+def test_the_newest_messages_give_the_same_prompt_or_say_they_cannot(
+    case: tuple[list[StoredMessage], int], window: int, max_messages: int, max_tokens: int
+) -> None:
+    messages, seq = case
+    budget = {"system_prompt": "S", "max_messages": max_messages, "max_tokens": max_tokens}
+    whole = build_prompt(messages, seq, **budget)  # type: ignore[arg-type]
+    try:
+        newest = build_prompt(messages[-window:], seq, complete=False, **budget)  # type: ignore[arg-type]
+    except HistoryTooShort:
+        return
+    assert newest == whole
+
+
+def test_the_window_read_is_enough_for_a_steady_conversation() -> None:
+    """One message at a time, each answered: the window holds what the prompt needs."""
+    messages = history(300, pending=1)
+    ordered = [m for pair in zip(messages[:300], messages[301:], strict=True) for m in pair]
+    ordered.append(messages[300])
+    newest = ordered[-history_window(20) :]
+    prompt = build_prompt(
+        newest, 301, system_prompt="S", max_messages=20, max_tokens=10_000, complete=False
+    )
+    assert prompt == build_prompt(
+        ordered, 301, system_prompt="S", max_messages=20, max_tokens=10_000
+    )

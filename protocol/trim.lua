@@ -1,0 +1,83 @@
+-- Trimming a message stream without losing anything: shared by enqueue.lua and
+-- trim_stream.lua (prepended to each by protocol/store.py).
+-- No entry that the consumer group has not acknowledged is ever removed: read and
+-- pending ones, and ones not yet delivered, stay whatever the bound.
+-- mode "acked" (Redis >= 8.2): XTRIM's ACKED strategy removes only acknowledged
+-- entries, the oldest first, keeping about `maxlen` of them. It is exact (the
+-- approximate form removes nothing when nodes mix acknowledged and other entries) and
+-- walks the unacknowledged ones, so it runs only once TRIM_SLACK acknowledged entries
+-- beyond the bound have gathered.
+-- mode "minid" (older Redis): once the stream is over the bound, remove the entries
+-- below the oldest one the group still needs (its oldest pending entry, else the one
+-- after the last delivered), approximately (whole stream nodes), as MAXLEN ~ does.
+
+local TRIM_SLACK = 100
+
+local function id_less(a, b)
+  local ams, an = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bn = string.match(b, '^(%d+)-(%d+)$')
+  ams, an, bms, bn = tonumber(ams), tonumber(an), tonumber(bms), tonumber(bn)
+  return ams < bms or (ams == bms and an < bn)
+end
+
+local function fields_of(flat)
+  local t = {}
+  for i = 1, #flat, 2 do
+    t[flat[i]] = flat[i + 1]
+  end
+  return t
+end
+
+-- The group's fields (XINFO GROUPS), or nil if the stream or the group does not exist.
+local function group_info(stream, group)
+  if redis.call('EXISTS', stream) == 0 then
+    return nil
+  end
+  for _, flat in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local info = fields_of(flat)
+    if info['name'] == group then
+      return info
+    end
+  end
+  return nil
+end
+
+-- Entries the group has not acknowledged: pending, or not yet delivered (counted up to
+-- `cap` when XINFO cannot tell, after a deletion among them).
+local function unacked(stream, info, cap)
+  local lag = info['lag']
+  if type(lag) ~= 'number' then
+    lag = #redis.call('XRANGE', stream, '(' .. info['last-delivered-id'], '+', 'COUNT', cap)
+  end
+  return tonumber(info['pending']) + lag
+end
+
+-- Trim `stream` (read by `group`) to about `maxlen` acknowledged entries; `backlog` is
+-- its unacknowledged entries if known, else nil. Returns the entries removed.
+local function trim_stream(stream, group, maxlen, mode, backlog)
+  maxlen = tonumber(maxlen)
+  local length = redis.call('XLEN', stream)
+  if length <= maxlen then
+    return 0
+  end
+  local info = group_info(stream, group)
+  if info == nil then
+    return 0  -- nobody reads it: every entry is still needed
+  end
+  if mode == 'acked' then
+    backlog = backlog or unacked(stream, info, length)
+    if length - backlog <= maxlen + TRIM_SLACK then
+      return 0
+    end
+    return redis.call('XTRIM', stream, 'MAXLEN', '=', backlog + maxlen, 'ACKED')
+  end
+  local floor = info['last-delivered-id']
+  if tonumber(info['pending']) > 0 then
+    local oldest = redis.call('XPENDING', stream, group)[2]
+    if id_less(oldest, floor) then
+      floor = oldest
+    end
+  end
+  -- MINID keeps ids >= floor: the last delivered entry stays too, harmlessly.
+  return redis.call('XTRIM', stream, 'MINID', '~', floor)
+end
