@@ -20,12 +20,11 @@ AVX512_OR_AMX = re.compile(
 DISPATCHED = re.compile(r"avx512|avx_512|evex|amx|skx|zen4", re.IGNORECASE)
 
 
-def avx512_functions(path: Path, *, allow_dispatched: bool = True) -> dict[str, int]:
+def avx512_functions(path: Path) -> dict[str, int]:
     """Functions of ``path`` holding AVX-512/AMX instructions: ``{symbol: instruction count}``.
 
-    Disassembles with ``objdump -d`` (binutils). With ``allow_dispatched``, functions whose
-    symbol names their instruction set are left out. In a stripped binary an instruction
-    is counted against the nearest symbol before it.
+    Disassembles with ``objdump -d`` (binutils). In a stripped binary an instruction is
+    counted against the nearest symbol before it.
 
     Raises:
         subprocess.CalledProcessError: objdump failed (not an ELF file, say).
@@ -42,10 +41,13 @@ def avx512_functions(path: Path, *, allow_dispatched: bool = True) -> dict[str, 
         for line in proc.stdout:
             if line.endswith(">:\n") and line[:1].isalnum():
                 function = line.split("<", 1)[1][:-3]
-            elif AVX512_OR_AMX.search(line) and not (
-                allow_dispatched and DISPATCHED.search(function)
-            ):
+            elif AVX512_OR_AMX.search(line):
                 found[function] = found.get(function, 0) + 1
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, ["objdump", str(path)])
     return found
+
+
+def undispatched(found: dict[str, int]) -> dict[str, int]:
+    """The functions of ``found`` whose symbol does not name a dispatched instruction set."""
+    return {name: n for name, n in found.items() if not DISPATCHED.search(name)}
