@@ -139,7 +139,13 @@ async def test_sockets_per_client_are_capped_across_replicas(
             assert event["code"] == "too_many_requests" and "2 sockets" in event["detail"]
             assert (await third.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
             assert third.close_code == 1013
+            sockets = limit_key("sockets", "127.0.0.1")
+            assert await redis.zcard(sockets) == 2, "the two open sockets hold the places"
             await b.close()
+            # The server gives the place back once it has seen the close: wait for that.
+            async with asyncio.timeout(10):
+                while await redis.zcard(sockets) > 1:  # noqa: ASYNC110  (no event to wait on)
+                    await asyncio.sleep(0.02)
             # A place is free again: a new socket opens and works.
             async with http.ws_connect(two, params=params) as again:
                 await again.send_str("hello")
