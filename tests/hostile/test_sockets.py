@@ -97,12 +97,13 @@ async def test_sockets_per_session_are_bounded_over_servers_and_lapse_with_a_dea
         assert status == 429, "the dead server's leases still count for a while"
         revived = [await connect_when_allowed(http, b, token, timeout_s=LEASE_S + 5)]
         lapsed_after_s = time.monotonic() - killed_at
-        revived.append(await http.ws_connect(ws_url(b), params={"token": token}))
+        # The dead server's second lease may lapse a renewal tick after its first.
+        revived.append(await connect_when_allowed(http, b, token, timeout_s=LEASE_S + 5))
         await revived[0].send_str("after the crash")
         assert (await revived[0].receive_json(timeout=10))["type"] == "queued"
         for ws in open_sockets + revived:
             await ws.close()
     print(f"\nleases of the killed server lapsed {lapsed_after_s:.1f} s after the kill")
-    assert lapsed_after_s <= LEASE_S + 1
+    assert lapsed_after_s <= LEASE_S + 2
     # The leases share the session's hash slot (Redis Cluster).
     assert key_slot(leases_key(token).encode()) == key_slot(keys.session_key(token).encode())
