@@ -97,7 +97,7 @@ test: $(STAMP) $(CLIENT_BUILD) chromium
 	PARLEY_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(ARGS)
 ifeq ($(strip $(ARGS)),)
 	@echo "The in-process suites again, against a 3-node Redis Cluster:"
-	PARLEY_TEST_REDIS=cluster $(BIN)/python -m pytest tests/protocol tests/server tests/worker
+	PARLEY_TEST_REDIS=cluster $(BIN)/python -m pytest tests/storage tests/server tests/worker
 endif
 
 lint: $(STAMP) $(CLIENT_DEPS)

@@ -7,13 +7,13 @@ Checks (each must stay 0):
 
 - lost: a message with neither ``done`` nor ``error`` (or never ``queued``);
 - misrouted: an event about a message this socket did not send, or a reply whose text
-  is not the stand-in's reply to this message (:func:`stack.standin.reply_text`);
+  is not the stand-in's reply to this message (:func:`testkit.standin.reply_text`);
 - duplicated: a second ``done`` for one message;
 - out of order: replies of a socket not in the order its messages were sent;
 - garbled: ``token`` events that do not join to their reply's ``done`` text.
 
 Timing, per reply, at the client and subtracting the model's own (the stand-in reports
-when it received each request and wrote each delta, see :class:`stack.standin.Timing`):
+when it received each request and wrote each delta, see :class:`testkit.standin.Timing`):
 
 - added time to first token = (first ``token`` - message sent) - (first delta written -
   request received by the model);
@@ -158,7 +158,7 @@ def tally(
         sockets: the phase's sockets, after their conversations ended.
         timings: the model's own timing of each reply, by prompt.
         deltas_of: the deltas the model streams for a prompt (the stand-in's
-            :func:`~stack.standin.reply_tokens`); None when unknown (a real model):
+            :func:`~testkit.standin.reply_tokens`); None when unknown (a real model):
             replies are then not checked against their prompt.
         elapsed_s: the phase's duration (s), for rates.
     """

@@ -29,7 +29,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from protocol.store import with_event_id
+from protocol.event_ids import with_event_id
 from protocol.wire import ChatMessage, DoneEvent, ErrorCode, ErrorEvent, QueuedEvent, TokenEvent
 from protocol.wire import utc_now as now_iso
 from worker.coalesce import Coalescer, Delta, read_deltas

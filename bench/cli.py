@@ -32,7 +32,7 @@ from typing import Any
 
 from bench import chart, real_model, report, runner
 from bench.scenarios import SCENARIOS, Options, Scenario
-from stack.cluster import REPO_ROOT
+from testkit.processes import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 

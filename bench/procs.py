@@ -1,6 +1,6 @@
 """The benchmark's own processes: the stand-in model and the direct baseline.
 
-Both run as processes of their own, started the way :class:`stack.cluster.Cluster`
+Both run as processes of their own, started the way :class:`testkit.processes.Cluster`
 starts Parley's server (``python -m ...``, logs to a file, dying with their parent), so
 that Parley and the baseline pay the same process and loopback costs.
 """
@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.cluster import REPO_ROOT, pinned_environment
 from stack.process import die_with_parent, stop_process
-from stack.redis import free_port
+from testkit.ports import free_port
+from testkit.processes import REPO_ROOT, pinned_environment
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def raise_fd_limit() -> int:
 def standin(
     log_path: Path, *, tokens: int, ttft_ms: float = 0.0, delay_ms: float = 0.0
 ) -> Iterator[Running]:
-    """``python -m stack.standin`` on a free port with these reply settings.
+    """``python -m testkit.standin`` on a free port with these reply settings.
 
     Yields it once ``/health`` answers; its ``url`` is the API base (``.../v1``).
 
@@ -67,7 +67,7 @@ def standin(
     """
     port = free_port()
     argv = [
-        *(sys.executable, "-m", "stack.standin", "--port", str(port)),
+        *(sys.executable, "-m", "testkit.standin", "--port", str(port)),
         *("--tokens", str(tokens), "--ttft-ms", str(ttft_ms), "--delay-ms", str(delay_ms)),
     ]
     with _process(argv, log_path, f"http://127.0.0.1:{port}", "/health") as running:

@@ -34,9 +34,11 @@ import aiohttp
 
 from bench.runner import run_loop
 from bench.stats import Distribution, ratio
-from stack.cluster import ChatDriver, Cluster
 from stack.model import EmbeddedModel
-from stack.redis import EmbeddedRedis, free_port
+from stack.redis import EmbeddedRedis
+from testkit.driver import ChatDriver
+from testkit.ports import free_port
+from testkit.processes import Cluster
 from worker.config import WorkerSettings
 
 logger = logging.getLogger(__name__)

@@ -28,9 +28,10 @@ from bench.load import ChatSocket, LoadClient, converse, think_times
 from bench.monitor import Monitor, Usage, hwm_mb
 from bench.scenarios import Options, Scenario
 from bench.stats import Distribution, cdf, ratio
-from stack.cluster import Cluster
-from stack.redis import EmbeddedRedis, free_port
-from stack.standin import reply_tokens
+from stack.redis import EmbeddedRedis
+from testkit.ports import free_port
+from testkit.processes import Cluster
+from testkit.standin import reply_tokens
 
 logger = logging.getLogger(__name__)
 

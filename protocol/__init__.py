@@ -1,1 +1,1 @@
-"""What crosses the wire between Parley's processes: models, keys, Redis scripts and the hub."""
+"""The wire contract: WebSocket commands and events, error codes, the stream-entry format."""

@@ -1,6 +1,6 @@
 """Admission control at the server's edges: who may start sessions, open sockets and
 send messages, and how often, across every replica (counted in Redis, see
-:mod:`protocol.admission`).
+:mod:`storage.admission`).
 
 - ``POST /token``: ``RATE_SESSIONS_PER_CLIENT`` per client address per
   ``RATE_WINDOW_S``; past it, 429 with ``Retry-After`` (:func:`admit_session`).
@@ -33,11 +33,11 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from protocol.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter, Refused, digest
-from protocol.tasks import cancel_and_wait
 from protocol.wire import ErrorCode, ErrorEvent
+from runtime.tasks import cancel_and_wait
 from server.config import ServerSettings
 from server.security import SecuritySettings, client_address
+from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter, Refused, digest
 
 logger = logging.getLogger(__name__)
 

@@ -14,16 +14,16 @@ from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from protocol import keys
-from protocol.admission import Limiter
-from protocol.connection import connect, disconnect
-from protocol.hub import Hub
-from protocol.store import Store
 from server.admission import SocketAdmission
 from server.config import ServerSettings
 from server.leases import SocketLeases
 from server.routes import chat, health, sessions
 from server.security import SecurityMiddleware
+from storage import keys
+from storage.admission import Limiter
+from storage.connection import connect, disconnect
+from storage.hub import Hub
+from storage.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from fastapi import Depends, HTTPException, Query, WebSocketException, status
 from fastapi.requests import HTTPConnection
 from redis.exceptions import RedisError
 
-from protocol.hub import Hub
-from protocol.store import Store
 from server.config import ServerSettings
 from server.leases import SocketLeases
+from storage.hub import Hub
+from storage.store import Store
 
 SESSION_GONE = "Session expired or does not exist"
 

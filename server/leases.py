@@ -22,8 +22,8 @@ from typing import Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from protocol import keys
-from protocol.tasks import cancel_and_wait
+from runtime.tasks import cancel_and_wait
+from storage import keys
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import uvicorn
 from fastapi import FastAPI, status
 from prometheus_client import start_http_server
 
-from protocol.logs import setup_logging
+from runtime.logs import setup_logging
 from server.app import create_app
 from server.config import ServerSettings
 from server.routes.chat import ChatSockets

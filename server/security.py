@@ -29,7 +29,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from protocol.config import CommonSettings
+from runtime.config import CommonSettings
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Self
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from protocol.logs import LogFormat, setup_logging
+from runtime.logs import LogFormat, setup_logging
 from stack.cpu import missing_cpu_flags, unsupported_cpu_message
 from stack.model import DEFAULT_MODEL, EmbeddedModel
 from stack.process import die_with_parent, stop_process

@@ -1,32 +1,23 @@
-"""Fixtures shared by every test: a real Redis (with RedisJSON and RediSearch) per run."""
+"""Fixtures shared by every test: a real Redis (with RedisJSON and RediSearch) per run.
+
+Helpers live in :mod:`tests.support`; this module only declares fixtures."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-import uvicorn
 from redis.asyncio import Redis
 
-from protocol.connection import client_for_url, connect, disconnect
-from server.app import create_app
-from server.config import ServerSettings
-from stack.cluster import UNLIMITED_ADMISSION
 from stack.model import EmbeddedModel
-from stack.redis import EmbeddedRedis, EmbeddedRedisCluster, free_port
-from stack.standin import StandinModel
-from worker.app import llm_config
-from worker.config import WorkerSettings
-from worker.consumer import Worker
-from worker.llm import LLMClient
+from stack.redis import EmbeddedRedis
+from storage.connection import client_for_url
+from testkit.ports import free_port
+from testkit.redis_cluster import EmbeddedRedisCluster
+from tests.support.parley import Parley, running_parley
 
 
 @pytest.fixture(scope="session")
@@ -73,85 +64,6 @@ async def redis(redis_url: str) -> AsyncIterator[Redis[str]]:
     await client.flushall()
     yield client
     await client.aclose()
-
-
-@dataclass
-class Parley:
-    """A running stack in this process: server (uvicorn), worker, stand-in model."""
-
-    url: str
-    ws_url: str
-    standin: StandinModel
-    server_settings: ServerSettings
-    worker_settings: WorkerSettings
-    worker: Worker
-    redis: Redis[str]
-
-    async def create_session(self, http: aiohttp.ClientSession, name: str = "ada") -> str:
-        """A new session's token."""
-        async with http.post(f"{self.url}/token", params={"name": name}) as response:
-            assert response.status == 200, await response.text()
-            token: str = (await response.json())["token"]
-            return token
-
-
-@asynccontextmanager
-async def running_parley(
-    redis_url: str, redis: Redis[str], **overrides: Any
-) -> AsyncIterator[Parley]:
-    """Start a stand-in model, a server and a worker; settings take ``overrides``."""
-    standin = StandinModel(tokens=6)
-    base_url = await standin.start()
-    common: dict[str, Any] = {"redis_url": redis_url, **UNLIMITED_ADMISSION, **overrides}
-    server_settings = ServerSettings(
-        **{k: v for k, v in common.items() if k in ServerSettings.model_fields}
-    )
-    worker_settings = WorkerSettings(
-        **{
-            "llm_base_url": base_url,
-            "llm_model": "standin",
-            "claim_idle_ms": 1000,
-            "read_block_ms": 100,
-            "consumer_name": f"test-worker-{uuid.uuid4().hex[:6]}",
-            **{k: v for k, v in common.items() if k in WorkerSettings.model_fields},
-        }
-    )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(server_settings),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            ws_max_size=server_settings.ws_max_frame_bytes,
-        )
-    )
-    server_task = asyncio.create_task(server.serve())
-    llm = LLMClient(llm_config(worker_settings))
-    worker_redis = connect(worker_settings, "worker")
-    worker = Worker(worker_settings, worker_redis, llm)
-    worker_task = asyncio.create_task(worker.run(drain_timeout_s=1))
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:  # noqa: ASYNC110  (uvicorn offers no event)
-                await asyncio.sleep(0.01)
-        yield Parley(
-            url=f"http://127.0.0.1:{port}",
-            ws_url=f"ws://127.0.0.1:{port}/chat",
-            standin=standin,
-            server_settings=server_settings,
-            worker_settings=worker_settings,
-            worker=worker,
-            redis=redis,
-        )
-    finally:
-        worker.stop()
-        await asyncio.wait_for(worker_task, 10)
-        server.should_exit = True
-        await asyncio.wait_for(server_task, 10)
-        await llm.aclose()
-        await disconnect(worker_redis)
-        await standin.stop()
 
 
 @pytest.fixture

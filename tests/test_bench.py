@@ -13,7 +13,7 @@ import pytest
 
 from bench.analysis import _delta_delays
 from bench.cli import main
-from stack.standin import reply_tokens
+from testkit.standin import reply_tokens
 
 pytestmark = pytest.mark.system
 

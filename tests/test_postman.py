@@ -21,7 +21,7 @@ from starlette.routing import Match
 from server.app import create_app
 from server.config import ServerSettings
 from tests.browser.webclient import installed_client
-from tests.conftest import Parley
+from tests.support.parley import Parley
 
 ROOT = Path(__file__).resolve().parents[1]
 COLLECTION_FILE = ROOT / "client" / "postman" / "parley.postman_collection.json"

@@ -18,8 +18,8 @@ import pytest
 from redis.asyncio import Redis
 
 from stack.model import EmbeddedModel
-from tests.chat_client import count, of_type, read_until
-from tests.conftest import running_parley
+from tests.support.events import count, of_type, read_until
+from tests.support.parley import running_parley
 
 
 async def ask(ws: aiohttp.ClientWebSocketResponse, text: str) -> list[dict[str, Any]]:

@@ -8,8 +8,8 @@ import signal
 
 from prometheus_client import start_http_server
 
-from protocol.connection import connect, disconnect
-from protocol.logs import setup_logging
+from runtime.logs import setup_logging
+from storage.connection import connect, disconnect
 from worker.config import WorkerSettings
 from worker.consumer import Worker
 from worker.llm import LLMClient, LLMConfig

@@ -7,7 +7,7 @@ import socket
 
 from pydantic import Field, SecretStr
 
-from protocol.config import CommonSettings
+from runtime.config import CommonSettings
 
 HF_ROUTER_URL = "https://router.huggingface.co/v1"
 LOCAL_MODEL_URL = "http://127.0.0.1:8081/v1"

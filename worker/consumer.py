@@ -27,26 +27,8 @@ from typing import Literal
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from protocol import keys
-from protocol.connection import is_cluster
-from protocol.hub import RESYNC, UNAVAILABLE, Hub
-from protocol.logs import fingerprint
-from protocol.models import StoredMessage
-from protocol.store import (
-    ANSWERED,
-    NOT_YET,
-    TRANSIENT_ERRORS,
-    Begun,
-    Fenced,
-    NotYourTurn,
-    SessionExpired,
-    Store,
-)
-from protocol.tasks import cancel_and_wait
 from protocol.wire import (
     DoneEvent,
     ErrorCode,
@@ -56,6 +38,13 @@ from protocol.wire import (
     TokenEvent,
     utc_now,
 )
+from runtime.logs import fingerprint
+from runtime.tasks import cancel_and_wait
+from storage import keys
+from storage.connection import CONNECTION_ERRORS, TRANSIENT_ERRORS, is_cluster
+from storage.hub import RESYNC, UNAVAILABLE, Hub
+from storage.models import StoredMessage
+from storage.store import ANSWERED, NOT_YET, Begun, Fenced, NotYourTurn, SessionExpired, Store
 from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
 from worker.config import WorkerSettings
 from worker.llm import ChatMessage, LLMClient, LLMError, LLMStreamInterrupted, track_usage
@@ -72,9 +61,8 @@ class EmptyReply(LLMError):
     code = "llm_unavailable"
 
 
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 #: Redis cannot serve now: retried later, never counted against a message.
-_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*_REDIS_ERRORS, *TRANSIENT_ERRORS)
+_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, *TRANSIENT_ERRORS)
 #: How long (s) a waiting message sleeps between checks when no event wakes it.
 _TURN_RECHECK_S = 1.0
 DEAD_LETTER_MAXLEN = 10_000
@@ -196,7 +184,7 @@ class Worker:
                 logger.warning("consumer group missing (stream deleted?); creating it again")
                 await self.store.ensure_group()
                 continue
-            except _REDIS_ERRORS as e:
+            except CONNECTION_ERRORS as e:
                 logger.warning("reading the stream failed (%s); retrying in %.1f s", e, backoff)
                 await self._wait_or_stop(asyncio.sleep(backoff), limit_s=backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -220,7 +208,7 @@ class Worker:
                 for stream in keys.MESSAGE_STREAMS:
                     await self.store.trim(stream)
                 await self.sweep_lost()
-            except (*_REDIS_ERRORS, ResponseError) as e:
+            except (*CONNECTION_ERRORS, ResponseError) as e:
                 logger.warning("claiming stale entries failed: %s", e)
             except Exception:
                 # The loop must go on whatever happens, or nothing is ever taken over.
@@ -301,7 +289,7 @@ class Worker:
                             keys=[stream], args=[keys.CONSUMER_GROUP, self.consumer, *ids]
                         )
                     )
-                except (*_REDIS_ERRORS, ResponseError) as e:
+                except (*CONNECTION_ERRORS, ResponseError) as e:
                     logger.warning("heartbeat of in-flight entries failed: %s", e)
                     continue
                 for entry_id in ids:
@@ -316,7 +304,7 @@ class Worker:
         while True:
             try:
                 await self._listen_for_stops()
-            except (*_REDIS_ERRORS, ResponseError) as e:
+            except (*CONNECTION_ERRORS, ResponseError) as e:
                 logger.warning("stop channel failed (%s); retrying in %.1f s", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -331,7 +319,7 @@ class Worker:
                     # Stops announced while the connection was down were missed: ask
                     # Redis about every reply being generated.
                     for (token, seq), event in list(self._stops.items()):
-                        with contextlib.suppress(*_REDIS_ERRORS, ResponseError, SessionExpired):
+                        with contextlib.suppress(*CONNECTION_ERRORS, ResponseError, SessionExpired):
                             if await self.store.stop_seq(token) >= seq:
                                 event.set()
                     continue
@@ -452,7 +440,7 @@ class Worker:
             # Left pending: after CLAIM_IDLE_MS a worker takes it over, until its
             # delivery count, which counts each such failure, reaches MAX_DELIVERIES.
             logger.exception("message_id=%s session=%s seq=%d failed; left pending", *log_ctx)
-            with contextlib.suppress(*_REDIS_ERRORS, ResponseError):
+            with contextlib.suppress(*CONNECTION_ERRORS, ResponseError):
                 await self.store.count_failure(
                     entry.token, entry_id, self.consumer, attempt if begun_once else ""
                 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from protocol.models import StoredMessage, conversation
+from storage.models import StoredMessage, conversation
 from worker.llm import ChatMessage
 
 #: Tokens counted per message for the role and the chat template's separators.

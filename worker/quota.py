@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from protocol.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter
-from protocol.config import CommonSettings
-from protocol.logs import fingerprint
+from runtime.config import CommonSettings
+from runtime.logs import fingerprint
+from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter
 from worker.llm import ChatMessage, Usage
 from worker.memory import estimate_tokens
 

@@ -25,19 +25,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketState
 
-from protocol import keys
-from protocol.hub import RESYNC, UNAVAILABLE, Hub, Subscription
-from protocol.logs import fingerprint
-from protocol.store import (
-    Overloaded,
-    SessionExpired,
-    SessionFull,
-    Store,
-    TooManyPending,
-    event_id_of,
-    stream_id_key,
-)
-from protocol.tasks import cancel_and_wait
+from protocol.event_ids import event_id_of, stream_id_key
 from protocol.wire import (
     ErrorCode,
     ErrorEvent,
@@ -47,6 +35,8 @@ from protocol.wire import (
     StopCommand,
     parse_frame,
 )
+from runtime.logs import fingerprint
+from runtime.tasks import cancel_and_wait
 from server.admission import admit_message
 from server.config import ServerSettings
 from server.deps import SESSION_GONE, ChatTokenDep, HubDep, LeasesDep, SettingsDep, StoreDep
@@ -58,6 +48,9 @@ from server.metrics import (
     SOCKETS,
     SOCKETS_REFUSED,
 )
+from storage import keys
+from storage.hub import RESYNC, UNAVAILABLE, Hub, Subscription
+from storage.store import Overloaded, SessionExpired, SessionFull, Store, TooManyPending
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])

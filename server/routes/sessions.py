@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
-from protocol.store import SessionExpired
 from protocol.wire import SessionView
 from server.admission import admit_session
 from server.deps import SettingsDep, StoreDep, session_gone, well_formed
+from storage.store import SessionExpired
 
 router = APIRouter(tags=["sessions"])
 

@@ -8,34 +8,18 @@ Screenshots of the main states land in ``test-artifacts/browser/``.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
 
 from tests.browser.cutter import SocketCutter
-from tests.browser.webclient import ROOT, built_client
-from tests.conftest import Parley, running_parley
-
-CHROMIUM = Path(os.environ.get("PARLEY_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
-
-# Web-first assertions poll until this many ms; the slowest wait here is a reconnect.
-expect.set_options(timeout=15_000)
+from tests.browser.webclient import built_client
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, new_page, web_parley
+from tests.support.parley import Parley
 
 
 @pytest.fixture(scope="session")
@@ -66,22 +50,6 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
         await browser.close()
 
 
-async def new_page(browser: Browser, **context: Any) -> AsyncIterator[Page]:
-    """A page in a fresh browser context (no storage shared with other tests).
-
-    Fails the test if the page raised an uncaught error.
-    """
-    ctx = await browser.new_context(**{"viewport": {"width": 1100, "height": 760}, **context})
-    page = await ctx.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        yield page
-    finally:
-        await ctx.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
-
-
 @pytest.fixture
 async def page(browser: Browser) -> AsyncIterator[Page]:
     """A desktop-sized page."""
@@ -102,13 +70,6 @@ async def phone(browser: Browser) -> AsyncIterator[Page]:
         yield p
 
 
-def web_parley(
-    redis_url: str, redis: Redis[str], web_dist: Path, **overrides: Any
-) -> AbstractAsyncContextManager[Parley]:
-    """``running_parley`` serving the built web client at ``/``."""
-    return running_parley(redis_url, redis, web_dist=web_dist, **overrides)
-
-
 @pytest.fixture
 async def stack(redis_url: str, redis: Redis[str], web_dist: Path) -> AsyncIterator[Parley]:
     """A running Parley serving the web client; the stand-in model types visibly slowly."""
@@ -125,18 +86,3 @@ async def cutter(stack: Parley) -> AsyncIterator[SocketCutter]:
     assert port is not None
     async with SocketCutter(port) as proxy:
         yield proxy
-
-
-async def snap(page: Page, name: str) -> Path:
-    """Save a screenshot of ``page`` as ``test-artifacts/browser/<name>.png``."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    await page.screenshot(path=str(path))
-    return path
-
-
-def token_of(url: str) -> str:
-    """The ``token`` query parameter of a page URL."""
-    match = re.search(r"[?&]token=([0-9a-f-]+)", url)
-    assert match, f"no token in {url}"
-    return match.group(1)

@@ -19,10 +19,10 @@ from playwright.async_api import Browser, Locator, Page, Route, WebSocket, expec
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 from redis.asyncio import Redis
 
-from stack.standin import reply_text
-from tests.browser.conftest import new_page, snap, token_of, web_parley
+from testkit.standin import reply_text
 from tests.browser.cutter import SocketCutter
-from tests.conftest import Parley
+from tests.support.browser import new_page, snap, token_of, web_parley
+from tests.support.parley import Parley
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,7 @@ import pytest
 from playwright.async_api import Page, expect
 from redis.asyncio import Redis
 
-from tests.browser.conftest import snap, web_parley
+from tests.support.browser import snap, web_parley
 
 pytestmark = pytest.mark.browser
 

@@ -6,8 +6,8 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, Request, expect
 
-from tests.browser.conftest import new_page, snap, token_of
-from tests.conftest import Parley
+from tests.support.browser import new_page, snap, token_of
+from tests.support.parley import Parley
 
 pytestmark = pytest.mark.browser
 

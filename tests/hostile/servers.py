@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from stack.cluster import Cluster, Proc
+from testkit.processes import Cluster, Proc
 
 #: No model is asked in these suites: the servers run without a worker.
 NO_MODEL = "http://127.0.0.1:9/v1"

@@ -9,9 +9,9 @@ import json
 import aiohttp
 from redis.asyncio import Redis
 
-from protocol import keys
-from tests.chat_client import Event, count, of_type, read_until
-from tests.conftest import Parley, running_parley
+from storage import keys
+from tests.support.events import Event, count, of_type, read_until
+from tests.support.parley import Parley, running_parley
 
 BEYOND = "99999999999999-0"
 

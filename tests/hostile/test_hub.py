@@ -18,12 +18,12 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from protocol import keys
-from protocol.hub import RESYNC, Hub
-from stack.cluster import Cluster
-from stack.standin import StandinModel
-from tests.chat_client import count, of_type, read_until
+from storage import keys
+from storage.hub import RESYNC, Hub
+from testkit.processes import Cluster
+from testkit.standin import StandinModel
 from tests.hostile.servers import new_session
+from tests.support.events import count, of_type, read_until
 
 pytestmark = pytest.mark.system
 

@@ -18,9 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from stack.cluster import REPO_ROOT, pinned_environment
 from stack.process import die_with_parent, stop_process
-from stack.redis import EmbeddedRedis, EmbeddedRedisCluster, free_port
+from stack.redis import EmbeddedRedis
+from testkit.ports import free_port
+from testkit.processes import REPO_ROOT, pinned_environment
+from testkit.redis_cluster import EmbeddedRedisCluster
 
 pytestmark = pytest.mark.system
 

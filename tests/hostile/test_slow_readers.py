@@ -21,11 +21,11 @@ from websockets.client import ClientProtocol
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from protocol.config import CommonSettings
-from protocol.store import Store
 from protocol.wire import MessageEntry, TokenEvent
+from runtime.config import CommonSettings
 from server.leases import leases_key
 from server.websocket import SLOW_READER_CLOSE
+from storage.store import Store
 from tests.hostile.servers import new_session, rss_mb, servers
 
 pytestmark = pytest.mark.system

@@ -14,9 +14,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from protocol import keys
 from server.leases import leases_key
-from stack.cluster import Proc
+from storage import keys
+from testkit.processes import Proc
 from tests.hostile.servers import new_session, servers
 
 pytestmark = pytest.mark.system

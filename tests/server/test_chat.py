@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from protocol import keys
-from stack.standin import reply_text
-from tests.chat_client import count, of_type, read_until
-from tests.conftest import Parley, running_parley
+from storage import keys
+from testkit.standin import reply_text
+from tests.support.events import count, of_type, read_until
+from tests.support.parley import Parley, running_parley
 
 
 async def test_reply_streams_then_is_recorded(parley: Parley, http: aiohttp.ClientSession) -> None:

@@ -8,8 +8,8 @@ import aiohttp
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.chat_client import count, read_until
-from tests.conftest import Parley
+from tests.support.events import count, read_until
+from tests.support.parley import Parley
 
 
 async def scrape(parley: Parley, http: aiohttp.ClientSession) -> dict[str, float]:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from server.security import client_address, normalize_origin
 from tests.browser.webclient import built_client
-from tests.conftest import Parley, running_parley
+from tests.support.parley import Parley, running_parley
 
 
 async def _open(parley: Parley, http: aiohttp.ClientSession, origin: str | None) -> int:

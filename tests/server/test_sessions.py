@@ -9,8 +9,8 @@ from datetime import datetime
 import aiohttp
 import pytest
 
-from protocol import keys
-from tests.conftest import Parley
+from storage import keys
+from tests.support.parley import Parley
 
 GONE = {"detail": "Session expired or does not exist"}
 

@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from protocol.config import CommonSettings
-from protocol.store import Store
-from tests.chat_client import count, of_type, read_until
-from tests.conftest import Parley, running_parley
+from runtime.config import CommonSettings
+from storage.store import Store
+from tests.support.events import count, of_type, read_until
+from tests.support.parley import Parley, running_parley
 
 
 async def history(parley: Parley, http: aiohttp.ClientSession, token: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import pytest
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from stack.redis import CLUSTER_SLOTS, EmbeddedRedisCluster
+from testkit.redis_cluster import CLUSTER_SLOTS, EmbeddedRedisCluster
 
 
 def cluster_client(url: str) -> RedisCluster:

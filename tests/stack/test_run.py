@@ -15,10 +15,11 @@ import psutil
 import pytest
 
 import stack.run
-from stack.redis import free_port, module_paths
-from tests.chat_client import count, of_type
-from tests.chat_client import read_until as read_events
+from stack.redis import module_paths
+from testkit.ports import free_port
 from tests.stack.isa import avx512_functions, undispatched
+from tests.support.events import count, of_type
+from tests.support.events import read_until as read_events
 
 READY = "Parley is running at "
 

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stack.standin import StandinModel, reply_text, reply_tokens
+from testkit.standin import StandinModel, reply_text, reply_tokens
 from worker.llm import ChatMessage, LLMClient, LLMConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -162,7 +162,7 @@ async def test_cli_serves_and_stops_on_sigterm(http: aiohttp.ClientSession) -> N
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "stack.standin",
+        "testkit.standin",
         "--port",
         "0",
         "--tokens",

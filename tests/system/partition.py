@@ -1,6 +1,6 @@
 """Sessions in one chosen partition, for the system tests of the queue's bounds.
 
-A session's partition is the first hex digit of its token (:func:`protocol.keys.partition`),
+A session's partition is the first hex digit of its token (:func:`storage.keys.partition`),
 a UUID4 the server draws: :class:`PartitionDriver` asks for tokens until it has one in
 the partition it wants.
 """
@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from protocol import keys
-from stack.cluster import ChatDriver, SessionTrace
+from storage import keys
+from testkit.driver import ChatDriver, SessionTrace
 
 
 class PartitionDriver(ChatDriver):

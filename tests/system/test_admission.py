@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from protocol.admission import SESSION_TOKENS, limit_key
-from stack.cluster import Cluster
-from stack.standin import StandinModel
-from tests.chat_client import count, of_type, read_until
+from storage.admission import SESSION_TOKENS, limit_key
+from testkit.processes import Cluster
+from testkit.standin import StandinModel
+from tests.support.events import count, of_type, read_until
 
 pytestmark = pytest.mark.system
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from protocol import keys
-from stack.cluster import Cluster
-from stack.standin import StandinModel
-from tests.system.harness import Findings, assert_clean, check_deliveries, check_histories
+from storage import keys
+from testkit.delivery import Findings, assert_clean, check_deliveries, check_histories
+from testkit.processes import Cluster
+from testkit.standin import StandinModel
 from tests.system.partition import (
     PartitionDriver,
     closing_counts,

@@ -18,16 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from stack.cluster import ChatDriver, Cluster, Proc, SessionTrace
-from stack.redis import EmbeddedRedis, EmbeddedRedisCluster, free_port
-from stack.standin import StandinModel
-from tests.system.harness import (
+from stack.redis import EmbeddedRedis
+from testkit.delivery import (
     Findings,
     assert_clean,
     check_deliveries,
     check_histories,
     pending_owners,
 )
+from testkit.driver import ChatDriver, SessionTrace
+from testkit.ports import free_port
+from testkit.processes import Cluster, Proc
+from testkit.redis_cluster import EmbeddedRedisCluster
+from testkit.standin import StandinModel
 
 pytestmark = pytest.mark.system
 

@@ -13,11 +13,11 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from protocol import keys
-from protocol.connection import client_for_url, disconnect, split_cluster_url
-from stack.redis import EmbeddedRedisCluster
-from tests.chat_client import count, of_type, read_until
-from tests.conftest import running_parley
+from storage import keys
+from storage.connection import client_for_url, disconnect, split_cluster_url
+from testkit.redis_cluster import EmbeddedRedisCluster
+from tests.support.events import count, of_type, read_until
+from tests.support.parley import running_parley
 
 pytestmark = pytest.mark.system
 

@@ -1,8 +1,8 @@
 """Faults with real processes: worker SIGTERM, server SIGTERM, a Redis outage.
 
-Each test starts its own processes (:class:`stack.cluster.Cluster`), drives real
-WebSocket clients (:class:`stack.cluster.ChatDriver`) and checks what they received
-against what they sent (:mod:`tests.system.harness`).
+Each test starts its own processes (:class:`testkit.processes.Cluster`), drives real
+WebSocket clients (:class:`testkit.processes.ChatDriver`) and checks what they received
+against what they sent (:mod:`testkit.delivery`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ import psutil
 import pytest
 from redis.asyncio import Redis
 
-from protocol.config import CommonSettings
-from protocol.store import Store
-from stack.cluster import ChatDriver, Cluster, SessionTrace
-from stack.redis import EmbeddedRedis, free_port
-from stack.standin import StandinModel
-from tests.system.harness import (
+from runtime.config import CommonSettings
+from stack.redis import EmbeddedRedis
+from storage.store import Store
+from testkit.delivery import (
     Findings,
     assert_clean,
     check_deliveries,
@@ -30,6 +28,10 @@ from tests.system.harness import (
     pending_owners,
     show,
 )
+from testkit.driver import ChatDriver, SessionTrace
+from testkit.ports import free_port
+from testkit.processes import Cluster
+from testkit.standin import StandinModel
 
 pytestmark = pytest.mark.system
 

@@ -1,7 +1,7 @@
 """The invariants of ARCHITECTURE.md section 2, shown on real server and worker processes.
 
 Each test starts an in-process stand-in model (so it can read the prompts it was sent),
-then server and worker processes through :class:`stack.cluster.Cluster`.
+then server and worker processes through :class:`testkit.processes.Cluster`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from protocol.config import CommonSettings
-from protocol.store import Store
-from stack.cluster import ChatDriver, Cluster, SessionTrace
-from stack.standin import StandinModel
-from tests.system.harness import (
+from runtime.config import CommonSettings
+from storage.store import Store
+from testkit.delivery import (
     Findings,
     assert_clean,
     check_deliveries,
@@ -28,6 +26,9 @@ from tests.system.harness import (
     pending_owners,
     show,
 )
+from testkit.driver import ChatDriver, SessionTrace
+from testkit.processes import Cluster
+from testkit.standin import StandinModel
 
 pytestmark = pytest.mark.system
 

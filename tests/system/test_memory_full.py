@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from stack.cluster import ChatDriver, Cluster
-from stack.redis import EmbeddedRedis, free_port
-from stack.standin import StandinModel
+from stack.redis import EmbeddedRedis
+from testkit.driver import ChatDriver
+from testkit.ports import free_port
+from testkit.processes import Cluster
+from testkit.standin import StandinModel
 from tests.system.partition import closing_counts, refusals, unanswered, wait_closed
 
 pytestmark = pytest.mark.system

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from protocol import keys
-from stack.cluster import ChatDriver, Cluster, SessionTrace
-from stack.standin import StandinModel
-from tests.system.harness import pending_owners
+from storage import keys
+from testkit.delivery import pending_owners
+from testkit.driver import ChatDriver, SessionTrace
+from testkit.processes import Cluster
+from testkit.standin import StandinModel
 from tests.system.partition import unanswered, wait_closed
 
 pytestmark = pytest.mark.system

@@ -9,11 +9,11 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from protocol.logs import fingerprint
-from stack.cluster import Cluster
-from stack.redis import free_port
-from stack.standin import StandinModel
-from tests.chat_client import count, read_until
+from runtime.logs import fingerprint
+from testkit.ports import free_port
+from testkit.processes import Cluster
+from testkit.standin import StandinModel
+from tests.support.events import count, read_until
 
 pytestmark = pytest.mark.system
 

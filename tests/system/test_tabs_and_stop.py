@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from stack.cluster import Cluster
-from stack.standin import StandinModel
-from tests.chat_client import count, of_type, read_until
+from testkit.processes import Cluster
+from testkit.standin import StandinModel
+from tests.support.events import count, of_type, read_until
 
 pytestmark = pytest.mark.system
 

@@ -28,7 +28,7 @@ from protocol.wire import (
 from terminal.cli import Conversation
 from terminal.client import Backoff, ChatClient, ResumeCursor
 from terminal.render import REPLY_PREFIX, RESTART_MARKER, render_event, render_session
-from tests.conftest import Parley
+from tests.support.parley import Parley
 
 ROOT = Path(__file__).resolve().parents[2]
 TS = "2026-01-01T12:00:00.000Z"

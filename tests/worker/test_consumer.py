@@ -9,11 +9,11 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from protocol import keys
-from protocol.config import CommonSettings
-from protocol.store import Store
-from tests.chat_client import count, of_type, read_until
-from tests.conftest import Parley, running_parley
+from runtime.config import CommonSettings
+from storage import keys
+from storage.store import Store
+from tests.support.events import count, of_type, read_until
+from tests.support.parley import Parley, running_parley
 
 FAST_RETRIES = {"llm_backoff_base_s": 0.01, "llm_backoff_max_s": 0.05, "llm_max_retries": 2}
 

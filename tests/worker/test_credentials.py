@@ -6,10 +6,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from stack.redis import free_port
-from stack.standin import StandinModel
-from tests.chat_client import count, of_type, read_until
-from tests.conftest import running_parley
+from testkit.ports import free_port
+from testkit.standin import StandinModel
+from tests.support.events import count, of_type, read_until
+from tests.support.parley import running_parley
 from worker.app import llm_config
 from worker.config import HF_ROUTER_URL, WorkerSettings
 from worker.llm import ChatMessage, LLMClient

@@ -9,12 +9,12 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from protocol import keys
-from protocol.config import CommonSettings
-from protocol.models import StoredMessage
-from protocol.store import Store
-from tests.chat_client import count, of_type, read_until
-from tests.conftest import running_parley
+from runtime.config import CommonSettings
+from storage import keys
+from storage.models import StoredMessage
+from storage.store import Store
+from tests.support.events import count, of_type, read_until
+from tests.support.parley import running_parley
 
 
 async def queued(redis: Redis[str], *contents: str) -> tuple[str, list[StoredMessage]]:

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from stack.standin import StandinModel, reply_tokens
+from testkit.standin import StandinModel, reply_tokens
 from worker.llm import (
     ChatMessage,
     LLMClient,

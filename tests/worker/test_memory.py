@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.models import StoredMessage
+from storage.models import StoredMessage
 from worker.memory import HistoryTooShort, build_prompt, estimate_tokens, history_window
 
 

@@ -8,10 +8,10 @@ import contextvars
 import aiohttp
 from redis.asyncio import Redis
 
-from protocol.admission import CLIENT_TOKENS, SESSION_TOKENS, digest, limit_key
-from stack.standin import StandinModel
-from tests.chat_client import count, read_until
-from tests.conftest import running_parley
+from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, digest, limit_key
+from testkit.standin import StandinModel
+from tests.support.events import count, read_until
+from tests.support.parley import running_parley
 from worker.llm import ChatMessage, LLMClient, LLMConfig, track_usage
 from worker.memory import estimate_tokens
 

@@ -8,9 +8,10 @@ import json
 import pytest
 from redis.asyncio import Redis
 
-from protocol import keys
-from protocol.config import CommonSettings
-from protocol.store import (
+from protocol.wire import ErrorCode, ErrorEvent, MessageEntry
+from runtime.config import CommonSettings
+from storage import keys
+from storage.store import (
     STARTED,
     TRIM_ACKED,
     TRIM_MINID,
@@ -20,7 +21,6 @@ from protocol.store import (
     Store,
     TooManyPending,
 )
-from protocol.wire import ErrorCode, ErrorEvent, MessageEntry
 
 
 async def store_with(redis: Redis, **settings: int) -> Store:

@@ -17,11 +17,19 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff  # type: ignore[attr-defined]  # stale stubs
+from redis.exceptions import (  # type: ignore[attr-defined]  # stale stubs: OutOfMemoryError
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from protocol import keys
-from protocol.config import CommonSettings
+from runtime.config import CommonSettings
+from storage import keys
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -142,3 +150,20 @@ def is_cluster(client: Redis[str]) -> bool:
 async def disconnect(client: Redis[str]) -> None:
     """Close ``client`` and every connection of its pool(s)."""
     await client.aclose()  # type: ignore[attr-defined]  # stale stubs
+
+
+#: Errors of the link to Redis: the connection broke or a reply did not come in time.
+CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+#: Redis errors that say nothing about the command or the entry: retried, never counted
+#: against a message (memory full under ``noeviction``, a replica or a loading server,
+#: a cluster resharding or down).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    OutOfMemoryError,
+    BusyLoadingError,
+    ReadOnlyError,
+    TryAgainError,
+    ClusterDownError,
+    MasterDownError,
+)

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from protocol import keys
-from protocol.logs import fingerprint, formatter, redact
+from runtime.logs import fingerprint, formatter, redact
+from storage import keys
 
 TOKEN = str(uuid.uuid4())
 MESSAGE_ID = str(uuid.uuid4())

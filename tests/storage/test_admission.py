@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from protocol.admission import Limiter, Refused, limit_key
+from storage.admission import Limiter, Refused, limit_key
 
 
 async def test_a_window_admits_its_limit_then_refuses_with_the_wait(redis: Redis[str]) -> None:

@@ -2,7 +2,7 @@
 
 redis-om creates, reads and indexes sessions. Appending to ``messages`` must be atomic
 and idempotent across processes, which redis-om cannot express, so those writes are
-Lua scripts over the RedisJSON commands (:mod:`protocol.store`).
+Lua scripts over the RedisJSON commands (:mod:`storage.store`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Literal
 
 from aredis_om import EmbeddedJsonModel, Field, JsonModel
 
-from protocol import keys
 from protocol.wire import ChatMessage, SessionView
+from storage import keys
 
 
 class StoredMessage(EmbeddedJsonModel):
@@ -57,7 +57,7 @@ class Session(JsonModel, index=True):
     ``generator`` the attempt now generating a reply (``"<seq>:<id>"``, or
     ``"<seq>:failed"`` once it failed), and ``crashes`` how many attempts at the oldest
     unanswered message ended with their worker's death (``"<seq>:<n>"``), see
-    :meth:`protocol.store.Store.begin`.
+    :meth:`storage.store.Store.begin`.
     """
 
     token: str = Field(primary_key=True)

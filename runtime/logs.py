@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
+from runtime.retry import setup_retries
+
 LogFormat = Literal["text", "json"]
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -120,3 +122,4 @@ def setup_logging(level: str, log_format: LogFormat, process: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(log_format, process))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    setup_retries()  # stamina's own hooks would log a retried callable's arguments

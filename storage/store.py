@@ -5,7 +5,7 @@ stream commands (``enqueue``, ``begin``, ``emit``, ``finish``, ``stop``, ``lost`
 ``fail``, ``due``, ``trim_stream``: ``.lua`` files beside this module, ``trim.lua``
 prepended to those that trim); redis-om's models cannot express them. Each script
 touches one session's keys only plus its partition's message stream and waiting set:
-one hash slot (:mod:`protocol.keys`).
+one hash slot (:mod:`storage.keys`).
 
 Event payloads on a session's channel are the event's JSON object with
 ``"event_id"`` as its first member: :func:`with_event_id` builds that form and
@@ -15,7 +15,6 @@ Event payloads on a session's channel are the event's JSON object with
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from dataclasses import dataclass
 from importlib.resources import files
@@ -24,20 +23,16 @@ from typing import Any
 from aredis_om import Migrator
 from redis.asyncio import Redis
 from redis.exceptions import (  # type: ignore[attr-defined]  # stale stubs: OutOfMemoryError
-    BusyLoadingError,
-    ClusterDownError,
-    MasterDownError,
     OutOfMemoryError,
-    ReadOnlyError,
     ResponseError,
-    TryAgainError,
 )
 
-from protocol import keys
-from protocol.config import CommonSettings
-from protocol.connection import is_cluster
-from protocol.models import Session, StoredMessage
+from protocol.event_ids import with_event_id
 from protocol.wire import ErrorCode, ErrorEvent, MessageEntry, RestartEvent, ServerEvent, utc_now
+from runtime.config import CommonSettings
+from storage import keys
+from storage.connection import is_cluster
+from storage.models import Session, StoredMessage
 
 
 class SessionExpired(Exception):
@@ -96,67 +91,7 @@ class Fenced(Exception):
 
 
 def _script(name: str) -> str:
-    return files("protocol").joinpath(name).read_text(encoding="utf-8")
-
-
-#: Redis errors that say nothing about the command or the entry: retried, never counted
-#: against a message (memory full under ``noeviction``, a replica or a loading server,
-#: a cluster resharding or down).
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    OutOfMemoryError,
-    BusyLoadingError,
-    ReadOnlyError,
-    TryAgainError,
-    ClusterDownError,
-    MasterDownError,
-)
-
-
-def with_event_id(payload: str, event_id: str) -> str:
-    """Insert ``event_id`` as the first member of a JSON object ``payload`` (as the scripts do)."""
-    return f'{{"event_id":"{event_id}",{payload[1:]}'
-
-
-_EVENT_ID_PREFIX = '{"event_id":"'
-
-
-def event_id_of(payload: str) -> str | None:
-    """The ``event_id`` of a payload built by :func:`with_event_id`, else None."""
-    if not payload.startswith(_EVENT_ID_PREFIX):
-        return None
-    end = payload.find('"', len(_EVENT_ID_PREFIX))
-    return payload[len(_EVENT_ID_PREFIX) : end] if end > 0 else None
-
-
-#: A stream entry id: two unsigned 64-bit integers in ASCII decimal, ``"<ms>-<n>"``.
-_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
-_U64_MAX = 2**64 - 1
-
-
-def stream_id_key(event_id: str) -> tuple[int, int]:
-    """A stream entry id ``"<ms>-<n>"`` as a sortable pair; the one parser of stream ids.
-
-    Strict: both parts are ASCII digits and fit in 64 bits, as Redis requires.
-
-    Raises:
-        ValueError: ``event_id`` is not a complete stream id.
-    """
-    match = _STREAM_ID.fullmatch(event_id)
-    if match is None:
-        raise ValueError(f"not a stream id: {event_id[:40]!r}")
-    ms, n = int(match[1]), int(match[2])
-    if ms > _U64_MAX or n > _U64_MAX:
-        raise ValueError(f"stream id out of range: {event_id!r}")
-    return ms, n
-
-
-def valid_stream_id(value: str) -> bool:
-    """Whether ``value`` is a complete stream entry id such as ``1700000000000-0``."""
-    try:
-        stream_id_key(value)
-    except ValueError:
-        return False
-    return True
+    return files("storage").joinpath(name).read_text(encoding="utf-8")
 
 
 class Store:

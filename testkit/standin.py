@@ -10,7 +10,7 @@ In process::
     async with StandinModel(tokens=4) as model:   # model.base_url: "http://127.0.0.1:PORT/v1"
         model.fail_next(503)
 
-As a process: ``python -m stack.standin --port 8081 --tokens 64 --delay-ms 20``.
+As a process: ``python -m testkit.standin --port 8081 --tokens 64 --delay-ms 20``.
 Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, and for
 tests ``GET /_requests`` (bodies), ``GET /_headers``, ``GET /_stats``, ``POST /_reset``,
 ``POST /_faults`` (``{"kind": "fail"|"cut"|"hang", ...}``), ``POST /_settings``, and for
@@ -570,7 +570,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m stack.standin --port P [--tokens N --ttft-ms MS --delay-ms MS]``."""
+    """CLI: ``python -m testkit.standin --port P [--tokens N --ttft-ms MS --delay-ms MS]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")

@@ -8,11 +8,13 @@ import json
 import pytest
 from redis.asyncio import Redis
 
-from protocol import keys
-from protocol.config import CommonSettings
-from protocol.hub import RESYNC, Hub
-from protocol.models import StoredMessage
-from protocol.store import (
+from protocol.event_ids import event_id_of
+from protocol.wire import ChatMessage, DoneEvent, MessageEntry, TokenEvent, utc_now
+from runtime.config import CommonSettings
+from storage import keys
+from storage.hub import RESYNC, Hub
+from storage.models import StoredMessage
+from storage.store import (
     ANSWERED,
     NOT_YET,
     RESTARTED,
@@ -22,9 +24,7 @@ from protocol.store import (
     SessionExpired,
     Store,
     TooManyPending,
-    event_id_of,
 )
-from protocol.wire import ChatMessage, DoneEvent, MessageEntry, TokenEvent, utc_now
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Checks of the system tests: what clients saw against what was sent.
 
-The processes and the clients live in :mod:`stack.cluster` (:class:`Cluster`,
+The processes and the clients live in :mod:`testkit.processes` (:class:`Cluster`,
 :class:`ChatDriver`), shared with the benchmark. Here, :func:`check_deliveries`,
 :func:`check_histories` and :func:`check_prompts` compare what the clients saw, what
 ``/refresh_token`` holds and what the stand-in model was asked with what was sent;
@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import keys
-from stack.cluster import SessionTrace
-from stack.standin import REPLY_PREFIX
+from storage import keys
+from testkit.driver import SessionTrace
+from testkit.standin import REPLY_PREFIX
 
 _MARKER = re.compile(r"s(\d+)-m(\d+)-[0-9a-f]{8}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from protocol.logs import LogFormat
+from runtime.logs import LogFormat
 
 
 class CommonSettings(BaseSettings):

@@ -32,10 +32,10 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from protocol import keys
+from storage import keys
 
-_SCRIPT: Final = files("protocol").joinpath("admit.lua").read_text(encoding="utf-8")
-_QUOTA: Final = files("protocol").joinpath("quota.lua").read_text(encoding="utf-8")
+_SCRIPT: Final = files("storage").joinpath("admit.lua").read_text(encoding="utf-8")
+_QUOTA: Final = files("storage").joinpath("quota.lua").read_text(encoding="utf-8")
 
 #: Quotas of model tokens, charged by the worker from the model's own ``usage``.
 SESSION_TOKENS = "model_tokens_session"

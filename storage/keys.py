@@ -59,7 +59,7 @@ def waiting_key_of(token: str) -> str:
 
 
 def session_key(token: str) -> str:
-    """The RedisJSON document of a session (written by :class:`protocol.models.Session`)."""
+    """The RedisJSON document of a session (written by :class:`storage.models.Session`)."""
     return f"{PREFIX}:session:{{{partition(token)}}}:{token}"
 
 

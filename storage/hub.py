@@ -36,10 +36,8 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import EqualJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from protocol.connection import is_cluster, node_client
+from storage.connection import CONNECTION_ERRORS, is_cluster, node_client
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +47,6 @@ RESYNC: Final = "\x00resync"
 #: :data:`RESYNC` follows once it is back.
 UNAVAILABLE: Final = "\x00unavailable"
 
-_LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 #: Restart delays (s) of a failed listener: about 0.1 s at first, doubling up to 5 s.
 _RESTART_BACKOFF = EqualJitterBackoff(cap=5.0, base=0.1)
 #: A listener that ran this long (s) before failing starts again from the first delay.
@@ -101,7 +98,7 @@ class _Link:
 
     async def sunsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
-        with contextlib.suppress(*_LINK_ERRORS):
+        with contextlib.suppress(*CONNECTION_ERRORS):
             await self.pubsub.sunsubscribe(channel)  # type: ignore[attr-defined]  # stale stubs
 
     async def aclose(self) -> None:
@@ -143,7 +140,7 @@ class _Link:
             started = time.monotonic()
             try:
                 await self._listen()
-            except _LINK_ERRORS as e:
+            except CONNECTION_ERRORS as e:
                 logger.warning("pubsub %s lost: %s", self.name, e)
                 if not self.down:
                     self._tell(UNAVAILABLE)
@@ -166,7 +163,7 @@ class _Link:
             if old.connection is not None:
                 # The pool may hand this connection to the new Pub/Sub: unhook it first.
                 old.connection.deregister_connect_callback(self._on_reconnect)
-            with contextlib.suppress(*_LINK_ERRORS):
+            with contextlib.suppress(*CONNECTION_ERRORS):
                 await old.aclose()  # type: ignore[attr-defined]  # stale stubs
             try:
                 async with self.hub._lock:  # no subscribe or unsubscribe meanwhile

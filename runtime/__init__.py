@@ -1,0 +1,1 @@
+"""What every Parley process runs on: shared settings, logging, retries, task cancellation."""

@@ -1,0 +1,1 @@
+"""The Redis layer: connection, keys, the session store, the Pub/Sub hub and the scripts."""

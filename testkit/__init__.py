@@ -1,0 +1,3 @@
+"""Test machinery shared by tests/ and bench/: the stand-in model, Parley processes, the
+embedded Redis Cluster, the WebSocket drivers and the delivery checker. Not part of the product.
+"""

@@ -1,0 +1,1 @@
+"""Helpers for the tests: an in-process Parley and WebSocket event readers."""
