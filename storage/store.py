@@ -244,6 +244,18 @@ class Store:
             alive, _ = await pipe.execute()
         return bool(alive)
 
+    async def ping(self) -> None:
+        """Check that Redis answers.
+
+        Raises:
+            redis.RedisError, OSError: it does not.
+        """
+        await self.redis.ping()
+
+    async def session_ttl_ms(self, token: str) -> int:
+        """The session's remaining lifetime (ms); -2 if it does not exist, -1 if no TTL."""
+        return int(await self.redis.pttl(keys.session_key(token)))
+
     async def exists(self, token: str) -> bool:
         """Whether the session still exists."""
         return bool(await self.redis.exists(keys.session_key(token)))

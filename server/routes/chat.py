@@ -334,11 +334,10 @@ class ChatConnection:
         While Redis is unreachable the client gets one ``unavailable`` error and the
         socket stays open; the check is retried with exponential backoff.
         """
-        session_key = keys.session_key(self.token)
         backoff = _BACKOFF_MIN_S
         while True:
             try:
-                pttl = await self.store.redis.pttl(session_key)
+                pttl = await self.store.session_ttl_ms(self.token)
             except (RedisError, OSError) as e:
                 logger.warning("session=%s Redis unreachable: %s", self.session, e)
                 await self._tell_unavailable()

@@ -37,7 +37,7 @@ async def readyz(store: StoreDep, hub: HubDep) -> dict[str, str] | JSONResponse:
             {"detail": "event relay restarting: sockets would miss events"}, status_code=503
         )
     try:
-        await store.redis.ping()
+        await store.ping()
         if not await store.group_exists():
             return JSONResponse({"detail": "consumer group missing"}, status_code=503)
     except (RedisError, OSError) as e:
