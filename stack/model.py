@@ -21,11 +21,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 from stack.cpu import missing_cpu_flags, unsupported_cpu_message
-from stack.process import die_with_parent, stop_process
+from stack.process import Service, die_with_parent, log_tail, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ def default_threads() -> int:
     return max(1, min(4, (cores or 1) - 1))
 
 
-class EmbeddedModel:
+class EmbeddedModel(Service):
     """The embedded model server on 127.0.0.1, as a context manager.
 
     ``with EmbeddedModel(port=8081, log_dir=Path("data/logs")) as m:`` checks the CPU,
@@ -291,20 +290,4 @@ class EmbeddedModel:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the server's log, or "" if there is none."""
-        try:
-            text = self.log_path.read_bytes()[-16384:].decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return log_tail(self.log_path, lines)

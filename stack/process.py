@@ -1,4 +1,4 @@
-"""Helpers for the child processes the stack starts."""
+"""Child processes of the stack: started, stopped, and dying with their parent."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import ctypes
 import logging
 import signal
 import subprocess
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 logger = logging.getLogger(__name__)
 
@@ -52,3 +56,42 @@ def stop_process(proc: subprocess.Popen[bytes] | None, name: str, grace_s: float
         logger.warning("%s ignored SIGTERM for %.0f s; killing it", name, grace_s)
         proc.kill()
         proc.wait()
+
+
+def log_tail(path: Path, lines: int, missing: str = "") -> str:
+    """The last ``lines`` lines of the log file at ``path`` (of its last 16 KiB), or
+    ``missing`` if it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(f.seek(0, 2) - 16384, 0))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return missing
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Service(ABC):
+    """A process (or group of processes) that :meth:`start` starts and :meth:`stop` stops.
+
+    As a context manager it is started on entry and stopped on exit, whatever the exit.
+    """
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start it; return once it serves."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop it; return once it has exited. Does nothing if it is not running."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -12,9 +12,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
-from stack.process import die_with_parent, stop_process
+from stack.process import Service, die_with_parent, log_tail, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def module_paths() -> list[Path]:
     return paths
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(Service):
     """A redis-server process with RedisJSON and RediSearch, bound to 127.0.0.1.
 
     Use as a context manager; :meth:`start` and :meth:`stop` are public for tests that
@@ -125,7 +124,9 @@ class EmbeddedRedis:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise EmbeddedRedisError(f"redis-server exited: {self._log_tail()}")
+                    raise EmbeddedRedisError(
+                        f"redis-server exited: {log_tail(self.log_file, 10, '(no log)')}"
+                    )
                 if self._ping():
                     return
                 time.sleep(0.05)
@@ -135,6 +136,9 @@ class EmbeddedRedis:
         except BaseException:
             self.stop()
             raise
+
+    def _log_tail(self) -> str:
+        return log_tail(self.log_file, 10, "(no log)")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server (SIGTERM: it flushes the AOF), SIGKILL after ``timeout_s``."""
@@ -147,21 +151,3 @@ class EmbeddedRedis:
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
             return False
-
-    def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_file.read_text().splitlines()[-10:])
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> EmbeddedRedis:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from server.config import ServerSettings
-from stack.process import die_with_parent
+from stack.process import die_with_parent, log_tail
 from storage import keys
 from storage.connection import client_for_url
 from testkit.ports import free_port
@@ -116,11 +116,7 @@ class Proc:
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of the process's log file."""
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            text = ["(no log)"]
-        return "\n".join(text)
+        return log_tail(self.log_path, lines, "(no log)")
 
 
 class ClusterError(RuntimeError):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import redis
 
+from stack.process import Service
 from stack.redis import EmbeddedRedis, EmbeddedRedisError
 from testkit.ports import free_ports
 
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 CLUSTER_SLOTS = 16384
 
 
-class EmbeddedRedisCluster:
+class EmbeddedRedisCluster(Service):
     """A Redis Cluster of embedded servers on 127.0.0.1, with RedisJSON, RediSearch and AOF.
 
     ``primaries`` shards, each with ``replicas`` replicas, every node an :class:`EmbeddedRedis`.
@@ -223,15 +223,3 @@ class EmbeddedRedisCluster:
     def _client_call(self, node: EmbeddedRedis, *args: Any) -> Any:
         with self._client(node) as c:
             return c.execute_command(*args)
-
-    def __enter__(self) -> EmbeddedRedisCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
