@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypedDict
 
 from fastapi import FastAPI, Request
@@ -19,6 +19,7 @@ from server.config import ServerSettings
 from server.leases import SocketLeases
 from server.routes import chat, health, sessions
 from server.security import SecurityMiddleware
+from server.sockets import ChatSockets
 from storage import keys
 from storage.admission import Limiter
 from storage.connection import connect, disconnect
@@ -54,9 +55,31 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         settings: the server's settings (default: read from the environment).
     """
     settings = settings or ServerSettings()
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="Parley",
+        version="0.1.0",
+        lifespan=lifespan(settings),
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.chat_sockets = ChatSockets()
+    _add_middleware(app, settings)
+    _add_routes(app, settings)
+    return app
+
+
+def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
+    """The app's lifespan: open the Redis pool, the store, the hub and the socket leases
+    on startup and yield them as the :class:`State`; close them on shutdown.
+
+    Raises (on startup):
+        redis.exceptions.RedisError: Redis cannot be reached or refused a migration.
+    """
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
+    async def run(_app: FastAPI) -> AsyncIterator[State]:
         redis = connect(settings, "server")
         store = Store(redis, settings)
         await store.migrate()
@@ -88,16 +111,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             await hub.aclose()
             await disconnect(redis)
 
-    docs = settings.docs_enabled
-    app = FastAPI(
-        title="Parley",
-        version="0.1.0",
-        lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
-        openapi_url="/openapi.json" if docs else None,
-    )
-    app.state.chat_sockets = chat.ChatSockets()
+    return run
+
+
+def _add_middleware(app: FastAPI, settings: ServerSettings) -> None:
+    """The security middleware (headers, Origin) around the per-client socket limits."""
     # /metrics off, or served on METRICS_PORT by ``python -m server`` instead.
     metrics_here = settings.metrics_enabled and not settings.metrics_port
     app.add_middleware(SocketAdmission, settings=settings)  # inside: foreign origins never count
@@ -107,20 +125,24 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         hidden_paths=frozenset() if metrics_here else frozenset({"/metrics"}),
     )
 
-    @app.exception_handler(RedisError)
-    async def redis_unavailable(_request: Request, exc: RedisError) -> JSONResponse:
-        logger.warning("request failed, Redis unavailable: %s", exc)
-        return JSONResponse({"detail": "Redis unavailable; retry shortly"}, status_code=503)
 
+async def _redis_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """Any REST call that meets an unreachable Redis: 503."""
+    logger.warning("request failed, Redis unavailable: %s", exc)
+    return JSONResponse({"detail": "Redis unavailable; retry shortly"}, status_code=503)
+
+
+async def _placeholder() -> HTMLResponse:
+    return HTMLResponse(PLACEHOLDER_PAGE)
+
+
+def _add_routes(app: FastAPI, settings: ServerSettings) -> None:
+    """The REST and WebSocket routes, and the web client (or a placeholder page) at ``/``."""
+    app.add_exception_handler(RedisError, _redis_unavailable)
     app.include_router(sessions.router)
     app.include_router(health.router)
     app.include_router(chat.router)
     if (settings.web_dist / "index.html").is_file():
         app.mount("/", StaticFiles(directory=settings.web_dist, html=True), name="web")
     else:
-
-        @app.get("/", include_in_schema=False)
-        async def placeholder() -> HTMLResponse:
-            return HTMLResponse(PLACEHOLDER_PAGE)
-
-    return app
+        app.add_api_route("/", _placeholder, methods=["GET"], include_in_schema=False)

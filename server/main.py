@@ -13,7 +13,7 @@ from prometheus_client import start_http_server
 from runtime.logs import setup_logging
 from server.app import create_app
 from server.config import ServerSettings
-from server.routes.chat import ChatSockets
+from server.sockets import ChatSockets
 from server.websocket import websocket_protocol
 
 logger = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from typing import TextIO
 import aiohttp
 
 from protocol.wire import DoneEvent, ErrorEvent, QueuedEvent, RestartEvent, ServerEvent, TokenEvent
+from runtime.retry import setup_retries
 from terminal.client import ApiError, ChatClient, ChatClientError
 from terminal.render import render_event, render_session
 
@@ -180,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m terminal``; returns the exit status."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="[%(message)s]", stream=sys.stderr)
+    setup_retries()  # one line a reconnect attempt, in place of stamina's own hooks
 
     async def run() -> int:
         return await chat(args.url, args.name, args.token, read_lines(sys.stdin), sys.stdout)

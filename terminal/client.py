@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -20,6 +19,7 @@ from typing import Any, Self
 import aiohttp
 from pydantic import ValidationError
 
+from protocol.event_ids import stream_id_key
 from protocol.wire import (
     SERVER_EVENT,
     DoneEvent,
@@ -29,10 +29,13 @@ from protocol.wire import (
     ServerEvent,
     SessionView,
 )
+from runtime.retry import retrying
 
 logger = logging.getLogger(__name__)
 
 _POLICY_VIOLATION = 1008  # the server closes with this code when the session is gone
+#: What a failed reconnect attempt raises: the server is unreachable or dropped the socket.
+_NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 _ENDS = frozenset(
     {
         aiohttp.WSMsgType.CLOSE,
@@ -70,23 +73,20 @@ class ClientClosed(ChatClientError):
 
 @dataclass(frozen=True)
 class Backoff:
-    """Delays between reconnect attempts: ``initial`` doubling up to ``maximum``, jittered."""
+    """Reconnect policy: waits (s) from ``initial`` doubling up to ``maximum``, plus up to
+    ``jitter`` (s) of random jitter, for at most ``attempts`` tries (see
+    :func:`runtime.retry.retrying`)."""
 
     initial: float = 0.5
     maximum: float = 10.0
+    jitter: float = 0.1
     attempts: int = 10
-
-    def delay(self, attempt: int) -> float:
-        """The delay (s) before attempt ``attempt`` (from 0)."""
-        base: float = min(self.maximum, self.initial * 2**attempt)
-        return base * random.uniform(0.8, 1.2)  # jitter, not cryptography
 
 
 def _stream_order(event_id: str) -> tuple[int, int]:
-    """A stream entry id ``"<ms>-<n>"`` as a sortable pair (malformed ids sort first)."""
-    ms, _, n = event_id.partition("-")
+    """A stream entry id as a sortable pair (:func:`stream_id_key`); malformed ids sort first."""
     try:
-        return int(ms), int(n or 0)
+        return stream_id_key(event_id)
     except ValueError:
         return -1, -1
 
@@ -236,29 +236,42 @@ class ChatClient:
             raise
 
     async def _reconnect(self) -> None:
-        """Open a new socket and resume after the last event seen, with backoff."""
-        for attempt in range(self.backoff.attempts):
-            delay = self.backoff.delay(attempt)
-            logger.warning("connection lost; reconnecting in %.1f s", delay)
-            await asyncio.sleep(delay)
-            if self._closed:
-                raise ClientClosed
-            try:
-                # ``?after=`` has the server replay what we missed before it goes live, so
-                # no live event overtakes the replay; the resume command (the public
-                # contract's way) follows as the first frame for servers without it.
-                # Events seen twice are dropped by the cursor. Sends wait on _connected.
-                after = self.cursor.after()
-                ws = await self._open(after)
-                await ws.send_str(ResumeCommand(after=after).model_dump_json())
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                logger.info("reconnect attempt %d failed: %s", attempt + 1, e)
-                continue
-            self._ws = ws
-            self._connected.set()
-            logger.warning("reconnected")
-            return
-        raise ConnectionLost(f"no connection after {self.backoff.attempts} attempts")
+        """Open a new socket and resume after the last event seen, with backoff.
+
+        Raises:
+            ClientClosed: the client was closed meanwhile.
+            ConnectionLost: every attempt of :attr:`backoff` failed.
+        """
+        policy = self.backoff
+        logger.warning("connection lost; reconnecting")
+        try:
+            async for attempt in retrying(
+                on=_NETWORK_ERRORS,
+                wait_initial_s=policy.initial,
+                wait_max_s=policy.maximum,
+                wait_jitter_s=policy.jitter,
+                attempts=policy.attempts,
+            ):
+                with attempt:
+                    ws = await self._resume()
+        except _NETWORK_ERRORS as e:
+            raise ConnectionLost(f"no connection after {policy.attempts} attempts") from e
+        self._ws = ws
+        self._connected.set()
+        logger.warning("reconnected")
+
+    async def _resume(self) -> aiohttp.ClientWebSocketResponse:
+        """A new socket that resumes after the last event seen (one reconnect attempt)."""
+        if self._closed:
+            raise ClientClosed
+        # ``?after=`` has the server replay what we missed before it goes live, so no live
+        # event overtakes the replay; the resume command (the public contract's way)
+        # follows as the first frame for servers without it. Events seen twice are
+        # dropped by the cursor. Sends wait on _connected.
+        after = self.cursor.after()
+        ws = await self._open(after)
+        await ws.send_str(ResumeCommand(after=after).model_dump_json())
+        return ws
 
     async def reconnect(self) -> None:
         """Drop the current socket; :meth:`events` opens a new one and resumes."""

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from protocol.wire import (
     ChatMessage,
@@ -26,8 +27,9 @@ from protocol.wire import (
     TokenEvent,
 )
 from terminal.cli import Conversation
-from terminal.client import Backoff, ChatClient, ResumeCursor
+from terminal.client import Backoff, ChatClient, ConnectionLost, ResumeCursor
 from terminal.render import REPLY_PREFIX, RESTART_MARKER, render_event, render_session
+from testkit.ports import free_port
 from tests.support.parley import Parley
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +111,13 @@ def test_cursor_drops_events_at_or_before_the_last_one_seen() -> None:
     assert cursor.accept(QueuedEvent(message_id="m2"))  # not in the stream: always new
 
 
+def test_cursor_sorts_a_malformed_event_id_first_and_drops_it() -> None:
+    cursor = ResumeCursor()
+    assert cursor.accept(TokenEvent(message_id="m1", content="a", event_id="10-0"))
+    assert not cursor.accept(TokenEvent(message_id="m1", content="?", event_id="not-an-id"))
+    assert cursor.after() == "10-0"
+
+
 def test_cursor_drops_replayed_events_of_finished_replies() -> None:
     view = SessionView(
         token="t",
@@ -142,6 +151,33 @@ def test_conversation_is_idle_once_every_message_is_answered_or_refused() -> Non
     assert not conversation.idle.is_set()
     assert conversation.show(reply("Hello")) == "\n"
     assert conversation.idle.is_set()
+
+
+async def test_client_gives_up_once_its_reconnect_attempts_are_spent() -> None:
+    async def chat(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:  # until the client drops the socket
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/chat", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", free_port())
+    await site.start()
+    backoff = Backoff(initial=0.01, maximum=0.02, jitter=0.0, attempts=3)
+    try:
+        async with ChatClient(site.name, backoff=backoff) as client:
+            client.token = "00000000-0000-4000-8000-000000000000"
+            await client.connect()
+            await site.stop()  # the server is gone: every reconnect attempt is refused
+            await client.reconnect()
+            with pytest.raises(ConnectionLost, match="after 3 attempts"):
+                await asyncio.wait_for(anext(client.events()), 30)
+    finally:
+        await runner.cleanup()
 
 
 # --- end to end, on the real stack ----------------------------------------------------

@@ -1,0 +1,284 @@
+"""One accepted chat socket: a person's messages in, their session's reply events out.
+
+A connection runs three tasks (as encode/broadcaster's example does): the receive loop
+(commands and messages), the send loop (the session's events from the hub, relayed by
+:class:`server.relay.EventRelay`) and the expiry watch. When any of them ends, the
+others are cancelled. Redis is reached only through the :class:`storage.store.Store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from fastapi import WebSocket, WebSocketDisconnect, status
+from starlette.websockets import WebSocketState
+
+from protocol.event_ids import stream_id_key
+from protocol.wire import (
+    ErrorCode,
+    FrameRefused,
+    QueuedEvent,
+    ResumeCommand,
+    StopCommand,
+    parse_frame,
+)
+from runtime.logs import fingerprint
+from runtime.retry import retrying
+from runtime.tasks import cancel_and_wait
+from server.admission import admit_message
+from server.config import ServerSettings
+from server.deps import SESSION_GONE
+from server.limits import TokenBucket
+from server.metrics import MESSAGES_ACCEPTED
+from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, REDIS_DOWN, UNAVAILABLE_DETAIL, EventRelay
+from storage import keys
+from storage.hub import Hub
+from storage.store import Overloaded, SessionExpired, SessionFull, Store, TooManyPending
+
+logger = logging.getLogger(__name__)
+
+
+class _Closed(Exception):
+    """The connection must close with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _cursor_problem(after: str, last: str) -> str | None:
+    """Why ``after`` cannot be a session's resume cursor, or None if it can.
+
+    Args:
+        after: what the client sent.
+        last: the session's newest event id (``"0"``: it has none).
+    """
+    try:
+        key = stream_id_key(after)
+    except ValueError:
+        return "must be an event_id such as 1700000000000-0"
+    newest = stream_id_key(last) if last != "0" else (0, 0)
+    if key > newest:
+        return f"{after} is beyond the session's newest event ({last})"
+    return None
+
+
+async def _first_of(*loops: Coroutine[Any, Any, None]) -> None:
+    """Run ``loops`` until the first one ends; cancel the others; re-raise its error.
+
+    The others are cancelled with :func:`cancel_and_wait` rather than in a task group,
+    which could wait for good on a task that absorbed its cancellation.
+    """
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(tasks)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+class ChatConnection:
+    """One accepted WebSocket of one session."""
+
+    def __init__(
+        self, websocket: WebSocket, token: str, store: Store, hub: Hub, settings: ServerSettings
+    ) -> None:
+        self.websocket = websocket
+        self.token = token
+        self.session = fingerprint(token)  # what logs name the session by
+        self.store = store
+        self.hub = hub
+        self.settings = settings
+        self.relay = EventRelay(websocket, token, store)
+        self._resumes = TokenBucket(settings.resume_rate_per_s, settings.resume_burst)
+
+    async def run(self, after: str | None) -> None:
+        """Serve the connection until the client leaves or it must close.
+
+        Args:
+            after: the event id to resume after (``?after=``); None: from the start.
+        """
+        close: _Closed | None = None
+        try:
+            async with self.hub.subscribe(keys.channel(self.token)) as sub:
+                start = await self.store.last_event_id(self.token)
+                problem = _cursor_problem(after, start) if after is not None else None
+                if after is not None and problem is None:
+                    start = after
+                await asyncio.wait_for(sub.ready.wait(), timeout=10)
+                if problem is not None:
+                    await self.relay.send_error(
+                        ErrorCode.INVALID_FRAME, f"after {problem}; live events only"
+                    )
+                await self.relay.replay(start)
+                await _first_of(self._receive_loop(), self.relay.forward(sub), self._watch_expiry())
+        except WebSocketDisconnect:
+            pass
+        except _Closed as e:
+            close = e
+        except (*REDIS_DOWN, TimeoutError) as e:
+            logger.warning("session=%s connection failed: %s", self.session, e)
+            close = _Closed(status.WS_1011_INTERNAL_ERROR, "Redis unavailable; reconnect")
+        if close is not None and self.websocket.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.websocket.close(close.code, close.reason)
+
+    async def _session_gone(self) -> _Closed:
+        """Tell the client its session is gone; the error that closes the socket (1008)."""
+        await self.relay.send_error(ErrorCode.SESSION_EXPIRED, SESSION_GONE)
+        return _Closed(status.WS_1008_POLICY_VIOLATION, SESSION_GONE)
+
+    async def _watch_expiry(self) -> None:
+        """Close the socket (error ``session_expired``, then 1008) when the session expires.
+
+        While Redis is unreachable the client gets one ``unavailable`` error and the
+        socket stays open; the check is retried with exponential backoff.
+        """
+        while True:
+            pttl = await self._session_ttl_ms()
+            if pttl == -2:
+                raise await self._session_gone()
+            # The TTL only grows with activity, so nothing can expire before it runs out.
+            await asyncio.sleep(min(max(pttl, 0) / 1000 + 0.05, 60.0) if pttl > 0 else 60.0)
+
+    async def _session_ttl_ms(self) -> int:
+        """The session's TTL (ms; -2: gone), retried while Redis is unreachable."""
+        async for attempt in retrying(
+            on=REDIS_DOWN, wait_initial_s=BACKOFF_MIN_S, wait_max_s=BACKOFF_MAX_S
+        ):
+            with attempt:
+                try:
+                    pttl = await self.store.session_ttl_ms(self.token)
+                except REDIS_DOWN as e:
+                    logger.warning("session=%s Redis unreachable: %s", self.session, e)
+                    await self.relay.tell_unavailable()
+                    raise
+        return pttl
+
+    # -- incoming ------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while True:
+            frame = await self.websocket.receive()
+            if frame["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(frame.get("code", 1000))
+            text = frame.get("text")
+            if text is None:
+                await self.relay.send_error(
+                    ErrorCode.INVALID_FRAME, "binary frames are not accepted; send text"
+                )
+                continue
+            await self._on_text(text)
+
+    async def _on_text(self, text: str) -> None:
+        try:
+            command = parse_frame(text, max_message_chars=self.settings.max_message_chars)
+        except FrameRefused as e:
+            await self.relay.send_error(e.code, e.detail)
+            return
+        if isinstance(command, ResumeCommand):
+            await self._on_resume(command.after)
+        elif isinstance(command, StopCommand):
+            await self._on_stop()
+        else:
+            await self._on_message(command.content)
+
+    async def _on_resume(self, after: str) -> None:
+        """Replay at most ``resume_max_events`` events after ``after``, a few times a second.
+
+        A cursor that is not an event id, or lies beyond the session's newest event, is
+        refused with ``invalid_frame`` and the socket goes on from where it was.
+        """
+        if not self._resumes.take():
+            await self.relay.send_error(
+                ErrorCode.TOO_MANY_RESUMES,
+                f"at most {self.settings.resume_burst} resumes at once and "
+                f"{self.settings.resume_rate_per_s:g} a second; wait, then resume again",
+            )
+            return
+        limit = self.settings.resume_max_events
+        try:
+            problem = _cursor_problem(after, await self.store.last_event_id(self.token))
+            if problem is None:
+                await self.relay.replay(after, limit=limit)
+        except REDIS_DOWN as e:
+            logger.warning("resume failed, Redis unavailable: %s", e)
+            await self.relay.send_error(ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL)
+            return
+        if problem is not None:
+            await self.relay.send_error(ErrorCode.INVALID_FRAME, f"resume.after {problem}")
+        elif self.relay.held_back:
+            await self.relay.send_error(
+                ErrorCode.RESUME_TRUNCATED,
+                f"replayed {limit} events and more remain; resume again after the last "
+                "event_id received (live events wait until a resume reaches the newest)",
+            )
+
+    async def _on_stop(self) -> None:
+        try:
+            seq = await self.store.stop(self.token)
+        except SessionExpired as e:
+            raise await self._session_gone() from e
+        except REDIS_DOWN as e:
+            logger.warning("session=%s could not stop the reply: %s", self.session, e)
+            await self.relay.send_error(ErrorCode.UNAVAILABLE, "the stop could not be sent; retry")
+            return
+        logger.info("session=%s seq=%d stop requested", self.session, seq)
+
+    async def _on_message(self, content: str) -> None:
+        if not content.strip():
+            await self.relay.send_error(ErrorCode.EMPTY_MESSAGE, "the message is empty")
+            return
+        limit = self.settings.max_message_chars
+        if len(content) > limit:
+            await self.relay.send_error(
+                ErrorCode.MESSAGE_TOO_LONG,
+                f"the message has {len(content)} characters; at most {limit} are accepted",
+            )
+            return
+        refusal = await admit_message(self.websocket, self.token)
+        if refusal is not None:
+            await self.relay.send(refusal.model_dump_json(exclude={"event_id"}))
+            return
+        try:
+            message = await self.store.enqueue(
+                self.token, content, self.settings.max_pending_messages
+            )
+        except SessionExpired as e:
+            raise await self._session_gone() from e
+        except (TooManyPending, SessionFull, Overloaded, *REDIS_DOWN) as e:
+            await self.relay.send_error(*self._not_queued(e))
+            return
+        MESSAGES_ACCEPTED.inc()
+        logger.info("message_id=%s session=%s seq=%d queued", message.id, self.session, message.seq)
+        await self.relay.send(
+            QueuedEvent(message_id=message.id, message=message.public()).model_dump_json(
+                exclude_none=True
+            )
+        )
+
+    def _not_queued(self, error: Exception) -> tuple[ErrorCode, str]:
+        """The error event (code, detail) for a message the store did not queue."""
+        if isinstance(error, TooManyPending):
+            return ErrorCode.TOO_MANY_PENDING, (
+                f"{self.settings.max_pending_messages} messages already wait for a reply; "
+                "wait for one before sending more"
+            )
+        if isinstance(error, SessionFull):
+            return ErrorCode.SESSION_FULL, (
+                f"the session holds {self.settings.max_session_messages} messages, its "
+                "most; start a new session to go on"
+            )
+        if isinstance(error, Overloaded):
+            return ErrorCode.OVERLOADED, (
+                "too many messages wait for the workers; send it again in a while"
+            )
+        logger.warning("session=%s could not queue a message: %s", self.session, error)
+        return ErrorCode.UNAVAILABLE, "the message could not be stored; send it again"

@@ -1,0 +1,159 @@
+"""What goes out on one chat socket: its session's events, in order, and error events.
+
+Events are relayed in ``event_id`` order with no duplicate: the relay keeps a cursor
+(the last event id sent), replays from the session's event stream what lies after it
+(on connect, on ``resume``, and when the hub says to resync), and drops live events at
+or before it. A replay may be capped (a ``resume`` sends at most ``resume_max_events``);
+when more remain, live events are held back (they stay in the stream) until a later
+replay reaches the newest event, so the client never sees a gap.
+
+Every send takes one lock, so a replay and live events never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import WebSocket
+from redis.exceptions import RedisError
+
+from protocol.event_ids import event_id_of, stream_id_key
+from protocol.wire import ErrorCode, ErrorEvent
+from runtime.logs import fingerprint
+from runtime.retry import retrying
+from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED
+from storage.hub import RESYNC, UNAVAILABLE, Subscription
+from storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+UNAVAILABLE_DETAIL = (
+    "Parley cannot reach its store right now; messages already queued will be answered "
+    "when it is back, and new ones must be sent again then"
+)
+#: What a Redis that cannot be reached raises: redis-py's errors and the socket's own.
+REDIS_DOWN = (RedisError, OSError)
+#: Bounds (s) of the backoff between tries while Redis is unreachable.
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
+#: Events read from the stream at once by a replay.
+_REPLAY_CHUNK = 500
+
+
+class EventRelay:
+    """The sending side of one accepted WebSocket of session ``token``."""
+
+    def __init__(self, websocket: WebSocket, token: str, store: Store) -> None:
+        self._websocket = websocket
+        self._token = token
+        self._session = fingerprint(token)  # what logs name the session by
+        self._store = store
+        self._lock = asyncio.Lock()
+        self._cursor: tuple[int, int] = (0, 0)
+        self._told_unavailable = False
+        # A capped replay left events unsent: live events wait (they are in the
+        # stream) until a replay reaches the newest event.
+        self._held_back = False
+
+    @property
+    def held_back(self) -> bool:
+        """Whether the last replay was capped with events left to send."""
+        return self._held_back
+
+    async def send(self, text: str) -> None:
+        """Send one text frame."""
+        async with self._lock:
+            await self._websocket.send_text(text)
+
+    async def send_error(self, code: ErrorCode, detail: str) -> None:
+        """Send an ``error`` event that belongs to no reply (``message_id`` null)."""
+        event = ErrorEvent(message_id=None, code=code, detail=detail)
+        CLIENT_ERRORS.labels(code.value).inc()
+        await self.send(event.model_dump_json(exclude={"event_id"}))
+
+    async def tell_unavailable(self) -> None:
+        """Send one ``unavailable`` error per outage (the hub and the expiry watch both
+        notice one; the hub's resync ends it)."""
+        if not self._told_unavailable:
+            self._told_unavailable = True
+            await self.send_error(ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL)
+
+    async def replay(self, after: str | None = None, limit: int | None = None) -> None:
+        """Send the stored events after the cursor, moving it as they go.
+
+        Args:
+            after: move the cursor to this event id first (``"0"``: the beginning);
+                None keeps it (a resync after missed live events).
+            limit: send at most this many events; if more remain, hold live events
+                back until a later replay reaches the newest event. None: every event.
+
+        Raises:
+            redis.exceptions.RedisError, OSError: Redis could not be read.
+        """
+        async with self._lock:
+            if after is not None:
+                self._cursor = stream_id_key(after) if after != "0" else (0, 0)
+            if limit is not None:
+                payloads = await self._store.events_after(self._token, self._cursor_id(), limit + 1)
+                self._held_back = len(payloads) > limit
+                await self._send_stored(payloads[:limit])
+                return
+            self._held_back = False
+            while True:
+                payloads = await self._store.events_after(
+                    self._token, self._cursor_id(), _REPLAY_CHUNK
+                )
+                await self._send_stored(payloads)
+                if len(payloads) < _REPLAY_CHUNK:
+                    return
+
+    async def forward(self, sub: Subscription) -> None:
+        """Relay the hub's messages for the session until cancelled: live events, a
+        resync (replay what may have been missed) or an outage (tell the client)."""
+        while True:
+            payload = await sub.queue.get()
+            if payload == RESYNC:
+                self._told_unavailable = False
+                await self._resync()
+            elif payload == UNAVAILABLE:
+                await self.tell_unavailable()
+            else:
+                await self._send_live(payload)
+
+    def _cursor_id(self) -> str:
+        return f"{self._cursor[0]}-{self._cursor[1]}" if self._cursor != (0, 0) else "0"
+
+    async def _send_stored(self, payloads: list[str]) -> None:
+        """Send events read from the stream, moving the cursor; the lock is held."""
+        EVENTS_RELAYED.inc(len(payloads))
+        for payload in payloads:
+            await self._websocket.send_text(payload)
+            event_id = event_id_of(payload)
+            if event_id is not None:
+                self._cursor = stream_id_key(event_id)
+
+    async def _send_live(self, payload: str) -> None:
+        event_id = event_id_of(payload)
+        async with self._lock:
+            if event_id is not None:
+                if self._held_back:
+                    return  # a later resume replays it from the stream
+                key = stream_id_key(event_id)
+                if key <= self._cursor:
+                    return  # already sent by a replay
+                self._cursor = key
+            await self._websocket.send_text(payload)
+        EVENTS_RELAYED.inc()
+
+    async def _resync(self) -> None:
+        """Replay what live delivery may have missed, retrying while Redis is unreachable."""
+        async for attempt in retrying(
+            on=REDIS_DOWN, wait_initial_s=BACKOFF_MIN_S, wait_max_s=BACKOFF_MAX_S
+        ):
+            with attempt:
+                try:
+                    await self.replay()
+                except REDIS_DOWN as e:
+                    logger.warning("session=%s resync failed: %s", self._session, e)
+                    raise
