@@ -59,7 +59,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
         redis = connect(settings, "server")
         store = Store(redis, settings)
-        await store.migrate()
         await store.ensure_group()
         hub = Hub(
             redis,
