@@ -5,6 +5,8 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from runtime.config import CommonSettings
+from storage import keys
+from storage.scripts import Arg
 
 
 class StoreBase:
@@ -18,3 +20,9 @@ class StoreBase:
     def __init__(self, redis: Redis[str], settings: CommonSettings) -> None:
         self.redis = redis
         self.settings = settings
+
+    def event_args(self, token: str, event: str) -> list[Arg]:
+        """The arguments every script that emits takes for ``library.lua``'s
+        ``append_event``, in its order: the event (a JSON object without ``event_id``),
+        the session's channel, and the bound of its event stream."""
+        return [event, keys.channel(token), self.settings.events_maxlen]

@@ -125,9 +125,7 @@ class Queue(Streams):
             ],
             args=[
                 keys.CONSUMER_GROUP,
-                _LOST.model_dump_json(exclude_none=True),
-                keys.channel(token),
-                self.settings.events_maxlen,
+                *self.event_args(token, _LOST.model_dump_json(exclude_none=True)),
                 token,
             ],
         )

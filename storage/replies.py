@@ -109,9 +109,7 @@ class Replies(StoreBase):
             args=[
                 entry.seq,
                 attempt,
-                restart.model_dump_json(exclude_none=True),
-                keys.channel(entry.token),
-                self.settings.events_maxlen,
+                *self.event_args(entry.token, restart.model_dump_json(exclude_none=True)),
                 window,
             ],
         )
@@ -135,12 +133,7 @@ class Replies(StoreBase):
         """
         status, event_id = await self._emit(
             keys=[keys.session_key(token), keys.events_key(token)],
-            args=[
-                event.model_dump_json(exclude_none=True),
-                keys.channel(token),
-                self.settings.events_maxlen,
-                attempt,
-            ],
+            args=[*self.event_args(token, event.model_dump_json(exclude_none=True)), attempt],
         )
         if status is EmitStatus.FENCED:
             raise Fenced(attempt)
@@ -173,9 +166,7 @@ class Replies(StoreBase):
             args=[
                 entry.seq,
                 reply.model_dump_json() if reply is not None else "",
-                event.model_dump_json(exclude_none=True),
-                keys.channel(entry.token),
-                self.settings.events_maxlen,
+                *self.event_args(entry.token, event.model_dump_json(exclude_none=True)),
                 attempt,
             ],
         )
