@@ -285,10 +285,6 @@ class MessageEntry(_Wire):
     seq: int = Field(ge=1)
     message_id: str
 
-    def to_fields(self) -> dict[str, str]:
-        """The entry as the field/value pairs given to ``XADD``."""
-        return {"token": self.token, "seq": str(self.seq), "message_id": self.message_id}
-
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> MessageEntry:
         """Parse the field/value pairs of an entry read with ``XREADGROUP``.

@@ -82,7 +82,6 @@ def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncConte
     async def run(_app: FastAPI) -> AsyncIterator[State]:
         redis = connect(settings, "server")
         store = Store(redis, settings)
-        await store.migrate()
         await store.ensure_group()
         hub = Hub(
             redis,

@@ -27,15 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from importlib.resources import files
-from typing import Final
 
 from redis.asyncio import Redis
 
 from storage import keys
-
-_SCRIPT: Final = files("storage").joinpath("admit.lua").read_text(encoding="utf-8")
-_QUOTA: Final = files("storage").joinpath("quota.lua").read_text(encoding="utf-8")
+from storage.scripts import AdmitStatus, QuotaStatus, Script
 
 #: Quotas of model tokens, charged by the worker from the model's own ``usage``.
 SESSION_TOKENS = "model_tokens_session"
@@ -75,8 +71,8 @@ class Limiter:
 
     def __init__(self, redis: Redis[str]) -> None:
         self.redis = redis
-        self._admit = redis.register_script(_SCRIPT)
-        self._quota = redis.register_script(_QUOTA)
+        self._admit = Script(redis, "admit.lua", AdmitStatus)
+        self._quota = Script(redis, "quota.lua", QuotaStatus)
 
     async def hit(self, limit: str, subject: str, max_count: int, window_s: float) -> None:
         """Admit one more event of ``subject`` under a sliding window.
@@ -118,12 +114,12 @@ class Limiter:
     async def _run(
         self, mode: str, limit: str, subject: str, max_count: int, span_s: float, member: str
     ) -> None:
-        admitted, value = await self._admit(
+        status, wait_ms = await self._admit(
             keys=[limit_key(limit, subject)],
             args=[mode, max_count, max(1, round(span_s * 1000)), member],
         )
-        if not int(admitted):
-            raise Refused(limit, int(value) / 1000)
+        if status is AdmitStatus.REFUSED:
+            raise Refused(limit, int(wait_ms) / 1000)
 
     async def check_quota(self, limit: str, subject: str, quota: int) -> None:
         """Whether any of ``subject``'s quota is left (nothing is charged).
@@ -132,9 +128,11 @@ class Limiter:
             Refused: ``quota`` units are used; ``retry_after_s`` is when it renews.
             redis.exceptions.RedisError: Redis is unreachable.
         """
-        ok, value = await self._quota(keys=[limit_key(limit, subject)], args=["check", quota, 1, 0])
-        if not int(ok):
-            raise Refused(limit, int(value) / 1000)
+        status, renews_ms = await self._quota(
+            keys=[limit_key(limit, subject)], args=["check", quota, 1, 0]
+        )
+        if status is QuotaStatus.USED_UP:
+            raise Refused(limit, int(renews_ms) / 1000)
 
     async def charge(self, limit: str, subject: str, units: int, period_s: float) -> int:
         """Count ``units`` against ``subject``'s quota; the period starts at the first

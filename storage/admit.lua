@@ -10,8 +10,9 @@
 -- ARGV[2] the limit (admissions counting at once, at most)
 -- ARGV[3] window or lease (ms)
 -- ARGV[4] the admission's member (unique)
--- Returns {1, admissions counting now} if admitted, {0, ms until one stops counting}
--- if refused; a refusal is not recorded.
+-- Returns {ADMITTED, admissions counting now}, or {REFUSED, ms until one stops
+-- counting}; a refusal is not recorded.
+local ADMITTED, REFUSED = 0, 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, span = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -22,9 +23,11 @@ if not held and count >= limit then
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   local wait = span
   if first[2] then wait = tonumber(first[2]) - now end
-  return {0, math.max(wait, 1)}
+  return reply(REFUSED, math.max(wait, 1))
 end
 redis.call('ZADD', KEYS[1], now + span, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], span)
-if held then return {1, count} end
-return {1, count + 1}
+if held then
+  return reply(ADMITTED, count)
+end
+return reply(ADMITTED, count + 1)

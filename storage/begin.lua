@@ -14,37 +14,34 @@
 -- ARGV[1] seq, ARGV[2] attempt ("<seq>:<id>"), ARGV[3] restart event JSON without
 -- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~), ARGV[6] messages to
 -- return (the newest; 0: all)
--- Returns {status, crashes, fields JSON, messages JSON, message count}: status 1 (first
--- attempt) or 2 (a restart was emitted), crashes the attempts at this message whose
--- worker died, fields the session's scalar fields as {".name": value, ...}; or {0}
--- (already answered), {3} (an earlier message is still unanswered: not its turn;
--- nothing changed), {-1} (no such session).
+-- Returns {STARTED or RESTARTED, {crashes, fields JSON, messages JSON, message count}}:
+-- STARTED for a first attempt, RESTARTED if a restart was emitted; crashes the attempts
+-- at this message whose worker died, fields the session's scalar fields as
+-- {".name": value, ...}. Or {ANSWERED} (already answered), {NOT_YET} (an earlier message
+-- is still unanswered: not its turn; nothing changed), {NO_SESSION}.
+local STARTED, RESTARTED, ANSWERED, NOT_YET, NO_SESSION = 0, 1, 2, 3, 4
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl == -2 then
-  return {-1}
+  return reply(NO_SESSION)
 end
 local seq = tonumber(ARGV[1])
 local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
 if seq <= replied then
-  return {0}
+  return reply(ANSWERED)
 end
 if seq > replied + 1 then
-  return {3}
+  return reply(NOT_YET)
 end
-local previous = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.generator'))[1] or ''
+local previous = json_field(KEYS[1], 'generator') or ''
 redis.call('JSON.SET', KEYS[1], '$.generator', cjson.encode(ARGV[2]))
-local status = 1
+local status = STARTED
 if string.match(previous, '^(%d+):') == ARGV[1] then
-  status = 2
-  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[3])
-  if pttl > 0 then
-    redis.call('PEXPIRE', KEYS[2], pttl)
-  end
-  redis.call('SPUBLISH', ARGV[4], '{"event_id":"' .. id .. '",' .. string.sub(ARGV[3], 2))
+  status = RESTARTED
+  append_event(KEYS[2], pttl, ARGV[5], ARGV[4], ARGV[3])
 end
 local crashes = 0
-if status == 2 then
-  local record = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.crashes'))[1] or ''
+if status == RESTARTED then
+  local record = json_field(KEYS[1], 'crashes') or ''
   local crashed_seq, n = string.match(record, '^(%d+):(%d+)$')
   if crashed_seq == ARGV[1] then
     crashes = tonumber(n)
@@ -64,4 +61,4 @@ if window > 0 and count > window then
 else
   messages = redis.call('JSON.GET', KEYS[1], '.messages')
 end
-return {status, crashes, fields, messages, count}
+return reply(status, {crashes, fields, messages, count})

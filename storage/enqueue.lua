@@ -3,7 +3,7 @@
 -- Refused without any change when the session is at its bound of messages, when too
 -- many of its messages wait, or when its partition's backlog (entries the workers'
 -- group has not acknowledged: pending or not yet delivered) is at its bound.
--- trim.lua (prepended) trims the stream, never removing an unacknowledged entry.
+-- trim_stream (trim.lua) trims the stream, never removing an unacknowledged entry.
 -- The session joins its partition's set of sessions waiting for replies, swept for
 -- messages whose entry is gone (lost.lua).
 -- KEYS[1] session document, KEYS[2] message stream, KEYS[3] waiting set
@@ -11,18 +11,19 @@
 -- ARGV[3] max messages waiting for a reply, ARGV[4] stream bound (entries, ~),
 -- ARGV[5] token, ARGV[6] message id, ARGV[7] max messages of a session,
 -- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode
--- Returns {seq, entry id}, or {-1} if the session does not exist, {-2} if too many
--- wait, {-3} if the session is full, {-4} if the partition's backlog is full.
+-- Returns {QUEUED, {seq, entry id}}, or {NO_SESSION}, {TOO_MANY_PENDING} (too many
+-- wait), {SESSION_FULL}, {OVERLOADED} (the partition's backlog is full).
+local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED = 0, 1, 2, 3, 4
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {-1}
+  return reply(NO_SESSION)
 end
 local seq = tonumber(redis.call('JSON.GET', KEYS[1], '.seq'))
 local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
 if seq >= tonumber(ARGV[7]) then
-  return {-3}
+  return reply(SESSION_FULL)
 end
 if seq - replied >= tonumber(ARGV[3]) then
-  return {-2}
+  return reply(TOO_MANY_PENDING)
 end
 
 local info = group_info(KEYS[2], ARGV[9])
@@ -34,7 +35,7 @@ if info == nil then
 end
 local backlog = unacked(KEYS[2], info, tonumber(ARGV[8]) + 1)
 if backlog >= tonumber(ARGV[8]) then
-  return {-4}
+  return reply(OVERLOADED)
 end
 
 seq = seq + 1
@@ -46,4 +47,4 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 local now = redis.call('TIME')
 redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[5])
 trim_stream(KEYS[2], ARGV[9], ARGV[4], ARGV[10], backlog + 1)
-return {seq, id}
+return reply(QUEUED, {seq, id})

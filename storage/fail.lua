@@ -6,7 +6,9 @@
 -- KEYS[1] session document, KEYS[2] message stream
 -- ARGV[1] attempt ("<seq>:<id>", "" if none began), ARGV[2] entry id, ARGV[3] group,
 -- ARGV[4] consumer
--- Returns the new delivery count, 0 if the entry is not pending.
+-- Returns {COUNTED, the new delivery count}, or {NOT_PENDING} if the entry is not pending
+-- (the attempt is marked failed all the same).
+local COUNTED, NOT_PENDING = 0, 1
 local count = 0
 local p = redis.call('XPENDING', KEYS[2], ARGV[3], ARGV[2], ARGV[2], 1)
 if p[1] then
@@ -14,10 +16,12 @@ if p[1] then
   redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, ARGV[2], 'RETRYCOUNT', count, 'JUSTID')
 end
 if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
-  local generator = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.generator'))[1]
-  if generator == ARGV[1] then
+  if json_field(KEYS[1], 'generator') == ARGV[1] then
     local seq = string.match(ARGV[1], '^(%d+):')
     redis.call('JSON.SET', KEYS[1], '$.generator', cjson.encode(seq .. ':failed'))
   end
 end
-return count
+if count == 0 then
+  return reply(NOT_PENDING)
+end
+return reply(COUNTED, count)

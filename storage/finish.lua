@@ -8,11 +8,13 @@
 -- closes the message whatever attempt runs (a dead-lettered entry, which may never
 -- have begun) once it is its turn, fences every attempt, and tolerates an unreadable
 -- "replied_seq" (which it mends).
--- Returns the event id; 0 if already recorded; -1 if the session does not exist; -2 if
--- another attempt has taken over; -3 (with "") if an earlier message is unanswered.
+-- Returns {FINISHED, the event id}; {ALREADY_RECORDED}; {NO_SESSION}; {FENCED} if
+-- another attempt has taken over; {NOT_YOUR_TURN} (with "") if an earlier message is
+-- unanswered.
+local FINISHED, ALREADY_RECORDED, NO_SESSION, FENCED, NOT_YOUR_TURN = 0, 1, 2, 3, 4
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl == -2 then
-  return -1
+  return reply(NO_SESSION)
 end
 local seq = tonumber(ARGV[1])
 local forced = ARGV[6] == ''
@@ -21,23 +23,18 @@ if replied == nil and forced then
   replied = seq - 1
 end
 if seq <= replied then
-  return 0
+  return reply(ALREADY_RECORDED)
 end
 if forced and seq > replied + 1 then
-  return -3
+  return reply(NOT_YOUR_TURN)
 end
 if forced then
   redis.call('JSON.SET', KEYS[1], '$.generator', '""')
-elseif cjson.decode(redis.call('JSON.GET', KEYS[1], '$.generator'))[1] ~= ARGV[6] then
-  return -2
+elseif json_field(KEYS[1], 'generator') ~= ARGV[6] then
+  return reply(FENCED)
 end
 if ARGV[2] ~= '' then
   redis.call('JSON.ARRAPPEND', KEYS[1], '.messages', ARGV[2])
 end
 redis.call('JSON.SET', KEYS[1], '.replied_seq', seq)
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[3])
-if pttl > 0 then
-  redis.call('PEXPIRE', KEYS[2], pttl)
-end
-redis.call('SPUBLISH', ARGV[4], '{"event_id":"' .. id .. '",' .. string.sub(ARGV[3], 2))
-return id
+return reply(FINISHED, append_event(KEYS[2], pttl, ARGV[5], ARGV[4], ARGV[3]))

@@ -19,7 +19,7 @@ connection is lost, its subscribers first receive :data:`UNAVAILABLE`.
 
 Each listener is supervised: whatever ends it (a lost link, or any other error, such as
 a payload that is not UTF-8), it starts again on a new connection after a backoff
-(redis-py's equal-jitter backoff), subscribes every channel again, and every subscriber
+(:func:`runtime.retry.retrying`), subscribes every channel again, and every subscriber
 of the link receives :data:`RESYNC`. :attr:`Hub.healthy` is False meanwhile (``/readyz``
 answers 503).
 """
@@ -35,8 +35,8 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.backoff import EqualJitterBackoff
 
+from runtime.retry import retrying
 from storage.connection import CONNECTION_ERRORS, is_cluster, node_client
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,13 @@ RESYNC: Final = "\x00resync"
 #: :data:`RESYNC` follows once it is back.
 UNAVAILABLE: Final = "\x00unavailable"
 
-#: Restart delays (s) of a failed listener: about 0.1 s at first, doubling up to 5 s.
-_RESTART_BACKOFF = EqualJitterBackoff(cap=5.0, base=0.1)
-#: A listener that ran this long (s) before failing starts again from the first delay.
+#: A listener that ran this long (s) before it ended is restarted with a fresh backoff.
 _STABLE_S = 10.0
+
+
+class _ListenerEnded(Exception):
+    """A listener ended within :data:`_STABLE_S` of its start: restart it after the
+    next delay of the backoff."""
 
 
 class Subscription:
@@ -87,7 +90,6 @@ class _Link:
         self.down = False
         self.task: asyncio.Task[None] | None = None
         self._hooked = False
-        self._failures = 0
 
     async def ssubscribe(self, channel: str) -> None:
         await self.pubsub.ssubscribe(channel)  # type: ignore[attr-defined]  # stale stubs
@@ -135,51 +137,63 @@ class _Link:
         self._tell(RESYNC)
 
     async def _supervise(self) -> None:
-        """Run the listener for good: whatever ends it, restart it (see the module)."""
+        """Run the listener for good: whatever ends it, restart it (see the module).
+
+        Restarts back off (:func:`runtime.retry.retrying`: 0.1 s at first, doubling up to
+        5 s) while the listener keeps ending soon after it starts, or its restart keeps
+        failing; one that ran :data:`_STABLE_S` before it ended leaves the retry context,
+        so the next restart is tried at once and backs off from the start again.
+        """
         while True:
-            started = time.monotonic()
-            try:
-                await self._listen()
-            except CONNECTION_ERRORS as e:
-                logger.warning("pubsub %s lost: %s", self.name, e)
-                if not self.down:
-                    self._tell(UNAVAILABLE)
-            except Exception:
-                logger.exception("pubsub %s listener failed; restarting it", self.name)
-            self.down = True
-            if time.monotonic() - started >= _STABLE_S:
-                self._failures = 0
-            await self._restart()
+            # Any error is retried: the supervisor must outlive whatever happens.
+            async for attempt in retrying(on=Exception, wait_initial_s=0.1, wait_max_s=5.0):
+                with attempt:
+                    if self.down:
+                        await self._restart()
+                    started = time.monotonic()
+                    await self._listen_until_it_ends()
+                    if time.monotonic() - started < _STABLE_S:
+                        raise _ListenerEnded(self.name)
+
+    async def _listen_until_it_ends(self) -> None:
+        """Run the listener until something ends it, and say what; the link is then down."""
+        try:
+            await self._listen()
+        except CONNECTION_ERRORS as e:
+            logger.warning("pubsub %s lost: %s", self.name, e)
+            if not self.down:
+                self._tell(UNAVAILABLE)
+        except Exception:
+            logger.exception("pubsub %s listener failed; restarting it", self.name)
+        self.down = True
 
     async def _restart(self) -> None:
-        """A new connection with every channel subscribed, after a backoff, retried
-        until it succeeds; then every subscriber resyncs."""
-        while True:
-            self._failures += 1
-            delay = _RESTART_BACKOFF.compute(self._failures)
-            logger.warning("pubsub %s: restarting in %.2f s", self.name, delay)
-            await asyncio.sleep(delay)
-            old, self.pubsub, self._hooked = self.pubsub, self.client.pubsub(), False
-            if old.connection is not None:
-                # The pool may hand this connection to the new Pub/Sub: unhook it first.
-                old.connection.deregister_connect_callback(self._on_reconnect)
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await old.aclose()  # type: ignore[attr-defined]  # stale stubs
-            try:
-                async with self.hub._lock:  # no subscribe or unsubscribe meanwhile
-                    self._resubscribing()
-                    # One channel a command: on a cluster, channels of different slots
-                    # in one SSUBSCRIBE fail with CROSSSLOT.
-                    for channel in self.channels:
-                        await self.pubsub.ssubscribe(channel)  # type: ignore[attr-defined]  # stale stubs
-                    self._hook()
-            except Exception as e:  # the supervisor must outlive any error: retry
-                logger.warning("pubsub %s: restart failed: %r", self.name, e)
-                continue
-            logger.warning("pubsub %s restarted; %d channels resync", self.name, len(self.channels))
-            self.down = False
-            self._tell(RESYNC)
-            return
+        """A new connection with every channel subscribed; then every subscriber resyncs.
+
+        Raises:
+            Exception: whatever made the restart fail (the supervisor retries it).
+        """
+        logger.warning("pubsub %s: restarting", self.name)
+        old, self.pubsub, self._hooked = self.pubsub, self.client.pubsub(), False
+        if old.connection is not None:
+            # The pool may hand this connection to the new Pub/Sub: unhook it first.
+            old.connection.deregister_connect_callback(self._on_reconnect)
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await old.aclose()  # type: ignore[attr-defined]  # stale stubs
+        try:
+            async with self.hub._lock:  # no subscribe or unsubscribe meanwhile
+                self._resubscribing()
+                # One channel a command: on a cluster, channels of different slots
+                # in one SSUBSCRIBE fail with CROSSSLOT.
+                for channel in self.channels:
+                    await self.pubsub.ssubscribe(channel)  # type: ignore[attr-defined]  # stale stubs
+                self._hook()
+        except Exception as e:
+            logger.warning("pubsub %s: restart failed: %r", self.name, e)
+            raise
+        logger.warning("pubsub %s restarted; %d channels resync", self.name, len(self.channels))
+        self.down = False
+        self._tell(RESYNC)
 
     async def _listen(self) -> None:
         while True:

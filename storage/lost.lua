@@ -7,37 +7,35 @@
 -- KEYS[4] waiting set
 -- ARGV[1] consumer group, ARGV[2] error event JSON without "message_id" and
 -- "event_id", ARGV[3] channel, ARGV[4] event stream MAXLEN (~), ARGV[5] token
--- Returns {replied_seq, seq closed (0: none)}; {-1} if the session does not exist.
+-- Returns {CLOSED, seq closed (the new replied_seq)}, {NOT_LOST, replied_seq} (its
+-- entry is still there, or held), {NOTHING_WAITS, replied_seq} or {NO_SESSION}.
+local CLOSED, NOT_LOST, NOTHING_WAITS, NO_SESSION = 0, 1, 2, 3
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl == -2 then
   redis.call('ZREM', KEYS[4], ARGV[5])
-  return {-1}
+  return reply(NO_SESSION)
 end
 local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
 local seq = tonumber(redis.call('JSON.GET', KEYS[1], '.seq'))
 if seq <= replied then
   redis.call('ZREM', KEYS[4], ARGV[5])
-  return {replied, 0}
+  return reply(NOTHING_WAITS, replied)
 end
 local head = replied + 1
 local found = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.messages[?(@.seq==' .. head .. ')]'))
 local message = found[1]
 if message == nil or type(message.entry) ~= 'string' then
-  return {replied, 0}
+  return reply(NOT_LOST, replied)
 end
 local entry = message.entry
 if #redis.call('XRANGE', KEYS[3], entry, entry) > 0 then
-  return {replied, 0}
+  return reply(NOT_LOST, replied)
 end
 if #redis.call('XPENDING', KEYS[3], ARGV[1], entry, entry, 1) > 0 then
-  return {replied, 0}
+  return reply(NOT_LOST, replied)
 end
 redis.call('JSON.SET', KEYS[1], '$.generator', '""')
 redis.call('JSON.SET', KEYS[1], '.replied_seq', head)
 local event = '{"message_id":' .. cjson.encode(message.id) .. ',' .. string.sub(ARGV[2], 2)
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', event)
-if pttl > 0 then
-  redis.call('PEXPIRE', KEYS[2], pttl)
-end
-redis.call('SPUBLISH', ARGV[3], '{"event_id":"' .. id .. '",' .. string.sub(event, 2))
-return {head, head}
+append_event(KEYS[2], pttl, ARGV[4], ARGV[3], event)
+return reply(CLOSED, head)

@@ -1,8 +1,16 @@
-"""The session document in RedisJSON, modeled with redis-om.
+"""The session document in RedisJSON, modeled with redis-om; the one module that uses it.
 
-redis-om creates, reads and indexes sessions. Appending to ``messages`` must be atomic
-and idempotent across processes, which redis-om cannot express, so those writes are
-Lua scripts over the RedisJSON commands (:mod:`storage.store`).
+redis-om defines the document: its fields, its key (:meth:`Session.make_key`) and its
+validation. It reads and writes nothing: appending to ``messages`` must be atomic and
+idempotent across processes, which redis-om cannot express, so those writes are Lua
+scripts over the RedisJSON commands (:mod:`storage.store`), and a new session is written
+with its TTL in one ``MULTI``/``EXEC`` (:meth:`Session.create`). redis-om's own
+``save(pipeline=...)`` awaits each command it queues, and redis-py's asyncio cluster
+pipeline empties its queue when awaited, so on a Redis Cluster it would write nothing;
+its ``save()`` without a pipeline writes through a connection bound to the class, for
+the whole process. Nothing searches sessions (they are read by key), so no RediSearch
+index is created (redis-om's ``Migrator`` is not run): ``index=True`` only because
+redis-om 1.x gives keys to such models alone.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 from typing import Literal
 
 from aredis_om import EmbeddedJsonModel, Field, JsonModel
+from redis.asyncio import Redis
 
 from protocol.wire import ChatMessage, SessionView
 from storage import keys
@@ -61,7 +70,7 @@ class Session(JsonModel, index=True):
     """
 
     token: str = Field(primary_key=True)
-    name: str = Field(index=True)
+    name: str
     session_start: str
     seq: int = 0
     replied_seq: int = 0
@@ -74,13 +83,26 @@ class Session(JsonModel, index=True):
         global_key_prefix = keys.PREFIX
         model_key_prefix = "session"
 
-    # redis-om builds the document key, the index prefix and ``get``'s key all through
-    # ``make_key``; wrapping the token in braces makes it the hash tag.
+    # redis-om builds the document key through ``make_key``: the partition's hash tag.
 
     @classmethod
     def make_key(cls, part: str) -> str:
-        """``parley:session:{<part>}``, or the bare prefix (for the index) if ``part`` is empty."""
-        return keys.session_key(part) if part else f"{keys.PREFIX}:session:"
+        """:func:`storage.keys.session_key` of the token ``part``."""
+        return keys.session_key(part)
+
+    async def create(self, redis: Redis[str], ttl_s: int) -> None:
+        """Write the session with its TTL (s), atomically, in one round trip
+        (``MULTI``, ``JSON.SET``, ``EXPIRE``, ``EXEC``): the document redis-om's ``save``
+        would write.
+
+        Raises:
+            redis.exceptions.RedisError: Redis refused or is unreachable (nothing written).
+        """
+        key = keys.session_key(self.token)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.json().set(key, "$", self.model_dump(mode="json"))
+            pipe.expire(key, ttl_s)
+            await pipe.execute()
 
     def view(self) -> SessionView:
         """The session with its history in conversation order.

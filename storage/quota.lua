@@ -5,17 +5,18 @@
 -- ARGV[2] the quota (units per period)
 -- ARGV[3] the period (ms), counted from the first charge
 -- ARGV[4] units to charge
--- Returns {1, units used} when some is left (or after a charge), {0, ms until it
--- renews} when it is used up.
+-- Returns {LEFT, units used} when some is left (or after a charge), {USED_UP, ms until
+-- it renews} when it is used up.
+local LEFT, USED_UP = 0, 1
 if ARGV[1] == 'charge' then
   local used = redis.call('INCRBY', KEYS[1], ARGV[4])
   if redis.call('PTTL', KEYS[1]) < 0 then
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
   end
-  return {1, used}
+  return reply(LEFT, used)
 end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if used >= tonumber(ARGV[2]) then
-  return {0, math.max(redis.call('PTTL', KEYS[1]), 1)}
+  return reply(USED_UP, math.max(redis.call('PTTL', KEYS[1]), 1))
 end
-return {1, used}
+return reply(LEFT, used)

@@ -1,5 +1,5 @@
--- Trimming a message stream without losing anything: shared by enqueue.lua and
--- trim_stream.lua (prepended to each by protocol/store.py).
+-- Trimming a message stream without losing anything: used by enqueue.lua and
+-- trim_stream.lua (prepended to each, after library.lua, by storage/scripts.py).
 -- No entry that the consumer group has not acknowledged is ever removed: read and
 -- pending ones, and ones not yet delivered, stay whatever the bound.
 -- mode "acked" (Redis >= 8.2): XTRIM's ACKED strategy removes only acknowledged

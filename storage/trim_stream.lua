@@ -2,5 +2,6 @@
 -- (trim.lua, prepended, holds trim_stream).
 -- KEYS[1] message stream; ARGV[1] consumer group, ARGV[2] bound (acknowledged entries
 -- kept), ARGV[3] mode ("acked" or "minid")
--- Returns the number of entries removed.
-return trim_stream(KEYS[1], ARGV[1], ARGV[2], ARGV[3], nil)
+-- Returns {TRIMMED, the number of entries removed}.
+local TRIMMED = 0
+return reply(TRIMMED, trim_stream(KEYS[1], ARGV[1], ARGV[2], ARGV[3], nil))

@@ -22,7 +22,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable
-from importlib.resources import files
 from typing import Literal
 
 from pydantic import ValidationError
@@ -89,12 +88,6 @@ class Worker:
         self.consumer = settings.consumer_name
         self.store = Store(redis, settings)
         self.hub = Hub(redis, control_channel=f"{keys.PREFIX}:worker:{self.consumer}")
-        self._heartbeat = redis.register_script(
-            files("worker").joinpath("heartbeat.lua").read_text(encoding="utf-8")
-        )
-        self._claim = redis.register_script(
-            files("worker").joinpath("claim.lua").read_text(encoding="utf-8")
-        )
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         #: Held by an attempt at a message that crashed its workers more than once: at
         #: most one such suspect runs in a worker at a time, so that when the worker
@@ -224,26 +217,18 @@ class Worker:
         for stream in keys.MESSAGE_STREAMS:
             start = "0-0"
             while True:
-                next_start, entries, deleted = await self._claim(
-                    keys=[stream],
-                    args=[
-                        keys.CONSUMER_GROUP,
-                        self.consumer,
-                        self.settings.claim_idle_ms,
-                        start,
-                        100,
-                    ],
+                next_start, entries, deleted = await self.store.claim(
+                    stream, self.consumer, self.settings.claim_idle_ms, start
                 )
                 if deleted:
                     # Their sessions learn it from lost.lua, when they wait on them.
                     logger.warning("pending entries deleted from %s: %s", stream, deleted)
-                for entry_id, flat, deliveries in entries:
+                for entry_id, fields, deliveries in entries:
                     if (stream, entry_id) in self._in_flight:
                         continue
                     logger.info("took over %s %s (delivery %d)", stream, entry_id, deliveries)
                     TAKEOVERS.inc()
-                    fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                    self._spawn(stream, entry_id, fields, deliveries=int(deliveries))
+                    self._spawn(stream, entry_id, fields, deliveries=deliveries)
                     claimed += 1
                 if next_start == "0-0":
                     break
@@ -284,11 +269,7 @@ class Worker:
                 by_stream.setdefault(stream, []).append(entry_id)
             for stream, ids in by_stream.items():
                 try:
-                    mine = set(
-                        await self._heartbeat(
-                            keys=[stream], args=[keys.CONSUMER_GROUP, self.consumer, *ids]
-                        )
-                    )
+                    mine = await self.store.heartbeat(stream, self.consumer, ids)
                 except (*CONNECTION_ERRORS, ResponseError) as e:
                     logger.warning("heartbeat of in-flight entries failed: %s", e)
                     continue

@@ -25,7 +25,6 @@ from storage.store import (
 
 async def store_with(redis: Redis, **settings: int) -> Store:
     store = Store(redis, CommonSettings(session_ttl_seconds=60, **settings))  # type: ignore[arg-type]
-    await store.migrate()
     await store.ensure_group()
     return store
 

@@ -30,7 +30,6 @@ from storage.store import (
 @pytest.fixture
 async def store(redis: Redis) -> Store:
     store = Store(redis, CommonSettings(session_ttl_seconds=60, events_maxlen=50))
-    await store.migrate()
     await store.ensure_group()
     return store
 

@@ -117,7 +117,6 @@ async def test_undecodable_entry_is_dead_lettered_and_acked(
 async def _queue_and_abandon(redis: Redis[str], deliveries: int) -> tuple[str, str, str]:
     """Queue a message and let a consumer that then dies read it ``deliveries`` times."""
     store = Store(redis, CommonSettings())
-    await store.migrate()
     await store.ensure_group()
     session = await store.create_session("ada")
     message = await store.enqueue(session.token, "who took this?", max_pending=10)

@@ -20,7 +20,6 @@ from tests.support.parley import running_parley
 async def queued(redis: Redis[str], *contents: str) -> tuple[str, list[StoredMessage]]:
     """A new session with ``contents`` queued (no worker running yet)."""
     store = Store(redis, CommonSettings())
-    await store.migrate()
     await store.ensure_group()
     session = await store.create_session("ada")
     messages = [await store.enqueue(session.token, c, max_pending=10) for c in contents]

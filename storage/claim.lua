@@ -3,9 +3,10 @@
 -- (begin.lua counts the attempts that begin).
 -- KEYS[1] message stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] min idle time (ms),
 -- ARGV[4] start id, ARGV[5] count
--- Returns {next start id, {{id, {field, value, ...}, delivery count}, ...}, deleted ids}:
--- deleted ids were pending but their entries are gone from the stream (XAUTOCLAIM
--- drops them from the pending entries list).
+-- Returns {CLAIMED, {next start id, {{id, {field, value, ...}, delivery count}, ...},
+-- deleted ids}}: deleted ids were pending but their entries are gone from the stream
+-- (XAUTOCLAIM drops them from the pending entries list).
+local CLAIMED = 0
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   'COUNT', ARGV[5], 'JUSTID')
 local out = {}
@@ -16,4 +17,4 @@ for _, id in ipairs(claimed[2]) do
     table.insert(out, {id, found[1][2], p[1] and p[1][4] or 1})
   end
 end
-return {claimed[1], out, claimed[3] or {}}
+return reply(CLAIMED, {claimed[1], out, claimed[3] or {}})

@@ -2,7 +2,8 @@
 -- the worker lives. Only entries still owned by this consumer are touched: one taken
 -- over by another worker (after a long pause here) is not taken back.
 -- KEYS[1] message stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids
--- Returns the ids still owned by this consumer.
+-- Returns {REFRESHED, the ids still owned by this consumer}.
+local REFRESHED = 0
 local mine = {}
 for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
@@ -19,4 +20,4 @@ if #mine > 0 then
   table.insert(args, 'JUSTID')
   redis.call(unpack(args))
 end
-return mine
+return reply(REFRESHED, mine)

@@ -1,0 +1,28 @@
+"""What every part of :class:`storage.store.Store` holds: the client and the settings."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from runtime.config import CommonSettings
+from storage import keys
+from storage.scripts import Arg
+
+
+class StoreBase:
+    """The client and the settings that the store's parts share (one ``__init__``).
+
+    Args:
+        redis: a redis-py asyncio client built with ``decode_responses=True``.
+        settings: TTLs and stream bounds.
+    """
+
+    def __init__(self, redis: Redis[str], settings: CommonSettings) -> None:
+        self.redis = redis
+        self.settings = settings
+
+    def event_args(self, token: str, event: str) -> list[Arg]:
+        """The arguments every script that emits takes for ``library.lua``'s
+        ``append_event``, in its order: the event (a JSON object without ``event_id``),
+        the session's channel, and the bound of its event stream."""
+        return [event, keys.channel(token), self.settings.events_maxlen]

@@ -1,0 +1,33 @@
+-- What every script of this package shares; prepended to each (and trim.lua after it
+-- to those that trim a stream) by storage/scripts.py, which runs them by EVALSHA.
+--
+-- The reply convention: every script returns {status, payload}. status is an integer,
+-- one of the script's own statuses (declared at the top of each script; the same names
+-- and values as its IntEnum in storage/scripts.py, which decodes every reply); payload
+-- is a value or a table, false (nil in Redis) when there is none.
+
+local function reply(status, payload)
+  if payload == nil then
+    payload = false
+  end
+  return {status, payload}
+end
+
+-- One top-level field of a JSON document (nil if the document has no such field).
+local function json_field(key, name)
+  return cjson.decode(redis.call('JSON.GET', key, '$.' .. name))[1]
+end
+
+-- Append an event to a session's event stream and announce it: the stream keeps about
+-- `maxlen` events and lives as long as the session (`pttl`, ms: the session's PTTL; no
+-- expiry is set if it has none), and the session's sharded channel gets the event with
+-- its stream id inserted as its first member, "event_id". `event` is a JSON object
+-- without "event_id". Returns the event id.
+local function append_event(stream, pttl, maxlen, channel, event)
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event)
+  if pttl > 0 then
+    redis.call('PEXPIRE', stream, pttl)
+  end
+  redis.call('SPUBLISH', channel, '{"event_id":"' .. id .. '",' .. string.sub(event, 2))
+  return id
+end

@@ -1,0 +1,179 @@
+"""Recording replies: an attempt begins, emits its events, and finishes, exactly once.
+
+Each attempt at a reply begins with ``begin.lua``, which records the attempt in the
+session (a fencing token, ``"<seq>:<id>"``); ``emit.lua`` and ``finish.lua`` accept only
+the recorded attempt, so a worker taken over while still alive can no longer interleave
+its events with the new attempt's. ``finish.lua`` records the reply only if
+``seq > replied_seq``: a retried or re-claimed message records nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Final
+
+from protocol.wire import MessageEntry, RestartEvent, ServerEvent
+from storage import keys
+from storage.base import StoreBase
+from storage.models import Session, StoredMessage
+from storage.scripts import BeginStatus, EmitStatus, FinishStatus, Script
+from storage.sessions import SessionExpired
+
+#: :meth:`Replies.begin` statuses, by their short names.
+ANSWERED: Final = BeginStatus.ANSWERED
+STARTED: Final = BeginStatus.STARTED
+RESTARTED: Final = BeginStatus.RESTARTED
+NOT_YET: Final = BeginStatus.NOT_YET
+
+
+@dataclass(frozen=True)
+class Begun:
+    """What :meth:`Replies.begin` did.
+
+    Attributes:
+        status: :data:`STARTED`, :data:`RESTARTED`, :data:`ANSWERED` or :data:`NOT_YET`.
+        session: once the attempt began, the session, whose ``messages`` are the newest
+            ``window`` ones (all of them if ``complete``).
+        crashes: earlier attempts at this message whose worker died (or lost Redis)
+            before they finished or failed.
+        complete: whether ``session.messages`` is the whole history.
+    """
+
+    status: BeginStatus
+    session: Session | None = None
+    crashes: int = 0
+    complete: bool = True
+
+
+class NotYourTurn(Exception):
+    """An earlier message of the session is still unanswered (see :meth:`Replies.finish`)."""
+
+
+class Fenced(Exception):
+    """Another attempt at the same reply has begun (a worker took the message over):
+    this attempt may no longer emit or record anything."""
+
+
+def _begun(status: BeginStatus, payload: Any) -> Begun:
+    """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, fields, messages, count]``."""
+    crashes, fields, messages = int(payload[0]), json.loads(payload[1]), json.loads(payload[2])
+    session = Session.model_validate(
+        {name.lstrip("."): value for name, value in fields.items()} | {"messages": messages}
+    )
+    return Begun(status, session, crashes=crashes, complete=len(messages) == int(payload[3]))
+
+
+class Replies(StoreBase):
+    """Attempts at replies (a part of :class:`storage.store.Store`)."""
+
+    @cached_property
+    def _begin(self) -> Script[BeginStatus]:
+        return Script(self.redis, "begin.lua", BeginStatus)
+
+    @cached_property
+    def _emit(self) -> Script[EmitStatus]:
+        return Script(self.redis, "emit.lua", EmitStatus)
+
+    @cached_property
+    def _finish(self) -> Script[FinishStatus]:
+        return Script(self.redis, "finish.lua", FinishStatus)
+
+    async def begin(self, entry: MessageEntry, attempt: str, *, window: int = 0) -> Begun:
+        """If it is ``entry``'s turn, make ``attempt`` the one generating its reply.
+
+        The turn check, the fence and the session read are one script (one round trip):
+        older attempts at the message can no longer emit or finish, and if one of them
+        had begun, a ``restart`` event tells the session's clients to discard its
+        partial text; if that attempt neither finished nor failed (its worker died or
+        lost Redis), it counts as a crash (``Begun.crashes``). An entry taken over
+        while it waited its turn had no attempt: nothing is counted.
+
+        Args:
+            attempt: ``"<seq>:<unique id>"``, new for every attempt.
+            window: return only the newest ``window`` messages of the history (0: all).
+
+        Returns:
+            ``Begun.status``: :data:`STARTED` (with ``session``), :data:`RESTARTED`
+            (a ``restart`` was emitted; with ``session``), :data:`ANSWERED` (nothing
+            changed) or :data:`NOT_YET` (an earlier message is unanswered; nothing
+            changed).
+
+        Raises:
+            SessionExpired: the session no longer exists.
+        """
+        restart = RestartEvent(message_id=entry.message_id)
+        status, payload = await self._begin(
+            keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
+            args=[
+                entry.seq,
+                attempt,
+                *self.event_args(entry.token, restart.model_dump_json(exclude_none=True)),
+                window,
+            ],
+        )
+        if status is BeginStatus.NO_SESSION:
+            raise SessionExpired(entry.token)
+        if status in (BeginStatus.ANSWERED, BeginStatus.NOT_YET):
+            return Begun(status)
+        return _begun(status, payload)
+
+    async def emit(self, token: str, event: ServerEvent, attempt: str) -> str | None:
+        """Publish a reply event to the session's sockets, durably.
+
+        Args:
+            attempt: the attempt emitting (see :meth:`begin`).
+
+        Returns:
+            The event id, or None if the session no longer exists.
+
+        Raises:
+            Fenced: another attempt has begun since.
+        """
+        status, event_id = await self._emit(
+            keys=[keys.session_key(token), keys.events_key(token)],
+            args=[*self.event_args(token, event.model_dump_json(exclude_none=True)), attempt],
+        )
+        if status is EmitStatus.FENCED:
+            raise Fenced(attempt)
+        return str(event_id) if status is EmitStatus.EMITTED else None
+
+    async def finish(
+        self,
+        entry: MessageEntry,
+        reply: StoredMessage | None,
+        event: ServerEvent,
+        attempt: str,
+    ) -> str | None:
+        """Record the reply of a user message (None: it failed) and emit ``event``, once.
+
+        Args:
+            attempt: the attempt finishing (see :meth:`begin`); ``""`` closes the
+                message whatever attempt runs, once it is its turn, and fences them all
+                (for an entry given up before any attempt could begin).
+
+        Returns:
+            The event id; None if the reply was already recorded (nothing changed).
+
+        Raises:
+            SessionExpired: the session no longer exists.
+            Fenced: another attempt has begun since.
+            NotYourTurn: (``attempt`` empty) an earlier message is still unanswered.
+        """
+        status, event_id = await self._finish(
+            keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
+            args=[
+                entry.seq,
+                reply.model_dump_json() if reply is not None else "",
+                *self.event_args(entry.token, event.model_dump_json(exclude_none=True)),
+                attempt,
+            ],
+        )
+        if status is FinishStatus.NO_SESSION:
+            raise SessionExpired(entry.token)
+        if status is FinishStatus.FENCED:
+            raise Fenced(attempt)
+        if status is FinishStatus.NOT_YOUR_TURN:
+            raise NotYourTurn(entry.token)
+        return str(event_id) if status is FinishStatus.FINISHED else None

@@ -1,0 +1,207 @@
+"""Parley's Lua scripts: how they are run, and the one place their replies are decoded.
+
+Every script of this package (a ``.lua`` file beside this module) returns
+``{status, payload}`` (``library.lua``'s ``reply``): ``status`` an integer, one of the
+script's statuses, which the script declares at its top under the names and values of
+its :class:`~enum.IntEnum` below; ``payload`` a value, a table, or nil. :class:`Script`
+turns that reply into ``(status member, payload)`` and refuses anything else
+(:class:`ScriptReplyError`).
+
+Each script runs with ``library.lua`` prepended (the reply helper, and the tail that
+appends an event to a session's stream and announces it), and those that trim a message
+stream with ``trim.lua`` too, by ``EVALSHA``: redis-py's script object loads it again on
+``NOSCRIPT`` (a Redis restarted without persistence, a failover, ``SCRIPT FLUSH``), on
+whichever node answered so, and a script is named by the hash of its text, so
+processes of two versions never run each other's. The README's design section says why
+these are scripts rather than Redis Functions, with measurements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import IntEnum
+from importlib.resources import files
+from typing import Any, Final, Generic, TypeVar
+
+from redis.asyncio import Redis
+
+#: What a script's keys and arguments may be.
+Arg = str | int | float
+
+
+def source(name: str) -> str:
+    """The text of the package's file ``name`` (a ``.lua`` file)."""
+    return files("storage").joinpath(name).read_text(encoding="utf-8")
+
+
+#: Prepended to every script: its helpers are then plain Lua locals of the script.
+LIBRARY: Final = source("library.lua")
+#: Prepended after :data:`LIBRARY` to the scripts that trim a message stream only: each
+#: helper defined costs every call of the script (a closure made; see the README).
+TRIM: Final = source("trim.lua")
+
+
+class AdmitStatus(IntEnum):
+    """``admit.lua``: the admission counted (payload: admissions counting now) or not
+    (payload: ms until one stops counting)."""
+
+    ADMITTED = 0
+    REFUSED = 1
+
+
+class QuotaStatus(IntEnum):
+    """``quota.lua``: some of the quota is left (payload: units used) or none (payload:
+    ms until it renews)."""
+
+    LEFT = 0
+    USED_UP = 1
+
+
+class EnqueueStatus(IntEnum):
+    """``enqueue.lua``: queued (payload: ``[seq, entry id]``) or refused, unchanged."""
+
+    QUEUED = 0
+    NO_SESSION = 1
+    TOO_MANY_PENDING = 2
+    SESSION_FULL = 3
+    OVERLOADED = 4
+
+
+class BeginStatus(IntEnum):
+    """``begin.lua``: an attempt began, first or after a ``restart`` event (payload:
+    ``[crashes, fields JSON, messages JSON, message count]``), or nothing changed."""
+
+    STARTED = 0
+    RESTARTED = 1
+    ANSWERED = 2
+    NOT_YET = 3
+    NO_SESSION = 4
+
+
+class EmitStatus(IntEnum):
+    """``emit.lua``: emitted (payload: the event id), or not."""
+
+    EMITTED = 0
+    NO_SESSION = 1
+    FENCED = 2
+
+
+class FinishStatus(IntEnum):
+    """``finish.lua``: the message closed (payload: the closing event's id), or not."""
+
+    FINISHED = 0
+    ALREADY_RECORDED = 1
+    NO_SESSION = 2
+    FENCED = 3
+    NOT_YOUR_TURN = 4
+
+
+class LostStatus(IntEnum):
+    """``lost.lua``: the oldest unanswered message closed as lost (payload: its seq, now
+    ``replied_seq``), or not (payload: ``replied_seq``; none for ``NO_SESSION``)."""
+
+    CLOSED = 0
+    NOT_LOST = 1
+    NOTHING_WAITS = 2
+    NO_SESSION = 3
+
+
+class StopStatus(IntEnum):
+    """``stop.lua``: a stop recorded (payload: the seq of the message to stop), or not."""
+
+    STOPPED = 0
+    NOTHING_WAITS = 1
+    NO_SESSION = 2
+
+
+class FailStatus(IntEnum):
+    """``fail.lua``: the failed try counted (payload: the new delivery count), or the
+    entry is not pending."""
+
+    COUNTED = 0
+    NOT_PENDING = 1
+
+
+class DueStatus(IntEnum):
+    """``due.lua``: payload, the tokens of the sessions taken."""
+
+    TAKEN = 0
+
+
+class TrimStatus(IntEnum):
+    """``trim_stream.lua``: payload, the number of entries removed."""
+
+    TRIMMED = 0
+
+
+class ClaimStatus(IntEnum):
+    """``claim.lua``: payload, ``[next start id, [[id, [field, value, ...], delivery
+    count], ...], deleted ids]``."""
+
+    CLAIMED = 0
+
+
+class HeartbeatStatus(IntEnum):
+    """``heartbeat.lua``: payload, the entry ids still owned by the consumer."""
+
+    REFRESHED = 0
+
+
+S = TypeVar("S", bound=IntEnum)
+
+
+class ScriptReplyError(RuntimeError):
+    """A script answered outside the ``{status, payload}`` convention, or with a status
+    its enum does not know: the script and this module disagree (a bug, not a state of
+    the data)."""
+
+
+def decode(name: str, statuses: type[S], reply: Any) -> tuple[S, Any]:
+    """A script's reply as ``(status, payload)``.
+
+    Args:
+        name: the script's file name, for the error.
+        statuses: the script's statuses.
+        reply: what ``EVALSHA`` returned: ``[status, payload]`` (payload None for nil).
+
+    Raises:
+        ScriptReplyError: ``reply`` is not such a list, or its status is not one of
+            ``statuses``.
+    """
+    if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[0], int):
+        raise ScriptReplyError(f"{name} answered {reply!r}, not {{status, payload}}")
+    try:
+        status = statuses(reply[0])
+    except ValueError as e:
+        known = ", ".join(f"{s.name}={s.value}" for s in statuses)
+        raise ScriptReplyError(
+            f"{name} answered status {reply[0]}, which {statuses.__name__} lacks ({known})"
+        ) from e
+    return status, reply[1]
+
+
+class Script(Generic[S]):
+    """One script of this package, run by ``EVALSHA`` with the library prepended.
+
+    Args:
+        redis: the client to run it on (single Redis or cluster).
+        name: its file, e.g. ``"emit.lua"``.
+        statuses: its statuses.
+        trims: whether it uses ``trim.lua``'s helpers (then prepended too).
+    """
+
+    def __init__(
+        self, redis: Redis[str], name: str, statuses: type[S], *, trims: bool = False
+    ) -> None:
+        self.name = name
+        self.statuses = statuses
+        self._script = redis.register_script(LIBRARY + (TRIM if trims else "") + source(name))
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Arg] = ()) -> tuple[S, Any]:
+        """Run the script; its reply decoded (see :func:`decode`).
+
+        Raises:
+            ScriptReplyError: the reply breaks the convention.
+            redis.exceptions.RedisError: the script failed, or Redis is unreachable.
+        """
+        return decode(self.name, self.statuses, await self._script(keys=keys, args=args))
