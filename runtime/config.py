@@ -18,7 +18,7 @@ class CommonSettings(BaseSettings):
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6380/0",
-        description="Redis with RedisJSON and RediSearch (the embedded one by default).",
+        description="Redis with RedisJSON (the embedded one by default).",
     )
     session_ttl_seconds: int = Field(
         default=3600, gt=0, description="A session lives this long (s) after its last activity."

@@ -16,7 +16,6 @@ from redis.exceptions import RedisError
 
 from server.admission import SocketAdmission
 from server.config import ServerSettings
-from server.leases import SocketLeases
 from server.routes import chat, health, sessions
 from server.security import SecurityMiddleware
 from server.sockets import ChatSockets
@@ -24,6 +23,7 @@ from storage import keys
 from storage.admission import Limiter
 from storage.connection import connect, disconnect
 from storage.hub import Hub
+from storage.leases import SocketLeases
 from storage.store import Store
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from fastapi.requests import HTTPConnection
 from redis.exceptions import RedisError
 
 from server.config import ServerSettings
-from server.leases import SocketLeases
 from storage.hub import Hub
+from storage.leases import SocketLeases
 from storage.store import Store
 
 SESSION_GONE = "Session expired or does not exist"

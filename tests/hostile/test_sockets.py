@@ -14,8 +14,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from server.leases import leases_key
 from storage import keys
+from storage.leases import leases_key
 from testkit.processes import Proc
 from tests.hostile.servers import new_session, servers
 

@@ -8,8 +8,10 @@ renews it every third of ``lease_seconds`` and removes it when the socket closes
 leases of a server process that dies expire after ``lease_seconds``, and so does the
 key once every lease has.
 
-Expiry times come from Redis's ``TIME`` inside the scripts, so the servers' clocks
-never need to agree.
+A lease is taken by ``admit.lua`` in its "hold" mode (the admission limits' script:
+expired leases dropped, this one added if fewer than ``max_sockets`` remain) and renewed
+by ``renew.lua``. Expiry times come from Redis's ``TIME`` inside the scripts, so the
+servers' clocks never need to agree.
 """
 
 from __future__ import annotations
@@ -24,35 +26,9 @@ from redis.exceptions import RedisError
 
 from runtime.tasks import cancel_and_wait
 from storage import keys
+from storage.scripts import AdmitStatus, RenewStatus, Script
 
 logger = logging.getLogger(__name__)
-
-# KEYS[1] the session's leases; ARGV[1] lease id, ARGV[2] lease (ms), ARGV[3] max leases.
-# Drops expired leases; adds this one if fewer than ARGV[3] remain. Returns 1 if added.
-_ACQUIRE: Final = """
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# KEYS[1] the session's leases; ARGV[1] lease (ms), ARGV[2..] lease ids. Pushes each
-# lease's expiry to now + ARGV[1] (adding it back if it had lapsed).
-_RENEW: Final = """
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return #ARGV - 1
-"""
-
 
 #: Sessions renewed at once (concurrent script calls).
 _RENEW_BATCH: Final = 64
@@ -76,8 +52,8 @@ class SocketLeases:
         self._redis = redis
         self.max_sockets = max_sockets
         self._lease_ms = max(1, round(lease_seconds * 1000))
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
+        self._admit = Script(redis, "admit.lua", AdmitStatus)
+        self._renew = Script(redis, "renew.lua", RenewStatus)
         self._held: dict[str, dict[str, None]] = {}  # token -> lease ids
         self._task: asyncio.Task[None] | None = None
 
@@ -97,10 +73,10 @@ class SocketLeases:
             redis.exceptions.RedisError: Redis failed.
         """
         lease = uuid.uuid4().hex
-        added = await self._acquire(
-            keys=[leases_key(token)], args=[lease, self._lease_ms, self.max_sockets]
+        status, _ = await self._admit(
+            keys=[leases_key(token)], args=["hold", self.max_sockets, self._lease_ms, lease]
         )
-        if not added:
+        if status is AdmitStatus.REFUSED:
             return None
         self._held.setdefault(token, {})[lease] = None
         return lease
