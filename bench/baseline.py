@@ -34,8 +34,8 @@ from protocol.wire import ChatMessage, DoneEvent, ErrorCode, ErrorEvent, QueuedE
 from protocol.wire import utc_now as now_iso
 from worker.coalesce import Coalescer, Delta, read_deltas
 from worker.config import DEFAULT_SYSTEM_PROMPT
-from worker.llm import ChatMessage as PromptMessage
-from worker.llm import LLMClient, LLMConfig, LLMError
+from worker.errors import LLMError
+from worker.llm import LLMClient, LLMConfig, PromptMessage
 
 logger = logging.getLogger(__name__)
 

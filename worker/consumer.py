@@ -47,7 +47,8 @@ from storage.models import StoredMessage
 from storage.store import ANSWERED, NOT_YET, Begun, Fenced, NotYourTurn, SessionExpired, Store
 from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
 from worker.config import WorkerSettings
-from worker.llm import ChatMessage, LLMClient, LLMError, LLMStreamInterrupted, track_usage
+from worker.errors import LLMError, LLMStreamInterrupted
+from worker.llm import LLMClient, PromptMessage, track_usage
 from worker.memory import HistoryTooShort, build_prompt, history_window
 from worker.metrics import GENERATING, REPLIES, REPLY_SECONDS, TAKEOVERS, TIME_TO_FIRST_TOKEN
 from worker.quota import charge_reply, reply_cost
@@ -58,7 +59,7 @@ logger = logging.getLogger(__name__)
 class EmptyReply(LLMError):
     """The model's reply held nothing but whitespace."""
 
-    code = "llm_unavailable"
+    code = ErrorCode.LLM_UNAVAILABLE
 
 
 #: Redis cannot serve now: retried later, never counted against a message.
@@ -597,12 +598,12 @@ class Worker:
             "" if event_id else " (already recorded)",
         )
 
-    async def _prompt(self, entry: MessageEntry, begun: Begun) -> list[ChatMessage]:
+    async def _prompt(self, entry: MessageEntry, begun: Begun) -> list[PromptMessage]:
         """The prompt of ``entry``'s reply, from the newest messages that ``begin``
         read; from the whole history only if they are not enough to tell."""
         assert begun.session is not None
 
-        def prompt(history: list[StoredMessage], complete: bool) -> list[ChatMessage]:
+        def prompt(history: list[StoredMessage], complete: bool) -> list[PromptMessage]:
             return build_prompt(
                 history,
                 entry.seq,
@@ -620,16 +621,11 @@ class Worker:
 
     async def _fail(self, entry: MessageEntry, attempt: str, error: LLMError) -> None:
         logger.warning("message_id=%s model error %s: %s", entry.message_id, error.code, error)
-        code = (
-            ErrorCode(error.code)
-            if error.code in ErrorCode.__members__.values()
-            else ErrorCode.LLM_UNAVAILABLE
-        )
-        REPLIES.labels(code.value).inc()
+        REPLIES.labels(error.code.value).inc()
         await self.store.finish(
             entry,
             None,
-            ErrorEvent(message_id=entry.message_id, code=code, detail=error.public_detail),
+            ErrorEvent(message_id=entry.message_id, code=error.code, detail=error.public_detail),
             attempt,
         )
 
@@ -637,7 +633,7 @@ class Worker:
         self,
         entry: MessageEntry,
         attempt: str,
-        prompt: list[ChatMessage],
+        prompt: list[PromptMessage],
         started: float,
         stop: asyncio.Event,
     ) -> tuple[str, float, Literal["time", "length"] | None]:
