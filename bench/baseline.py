@@ -146,8 +146,7 @@ class _Connection:
             try:
                 text = await self._stream(message_id, prompt)
             except LLMError as e:
-                code = ErrorCode(e.code) if e.code in set(ErrorCode) else ErrorCode.LLM_UNAVAILABLE
-                await self._emit(ErrorEvent(message_id=message_id, code=code, detail=str(e)))
+                await self._emit(ErrorEvent(message_id=message_id, code=e.code, detail=str(e)))
                 continue
             self.turns += [user, PromptMessage(role="assistant", content=text)]
             reply = ChatMessage(
