@@ -34,8 +34,8 @@ from protocol.wire import ChatMessage, DoneEvent, ErrorCode, ErrorEvent, QueuedE
 from protocol.wire import utc_now as now_iso
 from worker.coalesce import Coalescer, Delta, read_deltas
 from worker.config import DEFAULT_SYSTEM_PROMPT
-from worker.llm import ChatMessage as PromptMessage
-from worker.llm import LLMClient, LLMConfig, LLMError
+from worker.errors import LLMError
+from worker.llm import LLMClient, LLMConfig, PromptMessage
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +146,7 @@ class _Connection:
             try:
                 text = await self._stream(message_id, prompt)
             except LLMError as e:
-                code = ErrorCode(e.code) if e.code in set(ErrorCode) else ErrorCode.LLM_UNAVAILABLE
-                await self._emit(ErrorEvent(message_id=message_id, code=code, detail=str(e)))
+                await self._emit(ErrorEvent(message_id=message_id, code=e.code, detail=str(e)))
                 continue
             self.turns += [user, PromptMessage(role="assistant", content=text)]
             reply = ChatMessage(

@@ -293,3 +293,13 @@ class MessageEntry(_Wire):
             pydantic.ValidationError: a field is missing or malformed.
         """
         return cls.model_validate(fields)
+
+
+def ends_reply(payload: str) -> bool:
+    """Whether ``payload``, a server event as JSON (as the scripts publish it, with its
+    ``event_id``), ends a reply: a ``done`` or an ``error``. Anything else does not."""
+    try:
+        event = SERVER_EVENT.validate_json(payload)
+    except ValidationError:
+        return False
+    return isinstance(event, DoneEvent | ErrorEvent)

@@ -49,7 +49,9 @@ class WorkerSettings(CommonSettings):
     )
     llm_max_retries: int = Field(default=3, ge=0, description="Retries of 429/5xx/timeouts.")
     llm_backoff_base_s: float = Field(
-        default=0.5, gt=0, description="First retry waits up to this long (s), doubling."
+        default=0.5,
+        gt=0,
+        description="First retry waits this long (s), doubling, plus jitter up to as much.",
     )
     llm_backoff_max_s: float = Field(default=8.0, gt=0, description="Longest retry wait (s).")
     llm_max_tokens: int = Field(default=256, gt=0, description="Longest reply (tokens).")

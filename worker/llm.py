@@ -3,33 +3,36 @@
 One client serves every backend Parley supports: Hugging Face's router
 (``https://router.huggingface.co/v1`` with ``HF_TOKEN``), TGI, vLLM and llama.cpp's
 ``llama-server``. It sends ``POST {base_url}/chat/completions`` with ``"stream": true``
-and reads the server-sent events::
+and reads the server-sent events (:mod:`worker.sse`).
 
-    data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, ...}]}
-    data: {"choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}]}
-    : keep-alive comment
-    data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-    data: [DONE]
-
-Failures before the first delta are retried with exponential backoff and full jitter;
-after it, a break raises :class:`LLMStreamInterrupted` and the caller decides.
+Failures before the first delta are retried with the one backoff
+(:func:`runtime.retry.retrying`); after it, a break raises :class:`LLMStreamInterrupted`
+and the caller decides.
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import logging
-import random
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict
+
+from runtime.retry import retrying
+from worker import sse
+from worker.errors import (
+    LLMError,
+    LLMRejected,
+    LLMStreamInterrupted,
+    LLMUnavailable,
+    error_for_status,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +40,8 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _MAX_DETAIL = 300  # characters of a server's error message kept in our errors
 
 
-class ChatMessage(BaseModel):
-    """One turn of the prompt, as the chat completions API takes it."""
+class PromptMessage(BaseModel):
+    """One message of a prompt, as the chat completions API takes it (``role``, ``content``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -117,102 +120,6 @@ class LLMConfig:
         return self.base_url.rstrip("/") + "/chat/completions"
 
 
-class LLMError(Exception):
-    """The model could not give a reply.
-
-    ``code`` is the stable error code shown to clients; ``status`` the HTTP status (or
-    the status an in-stream error carried), if any; ``retry_after_s`` the server's
-    ``Retry-After`` in seconds, if it sent one.
-    """
-
-    code: ClassVar[str] = "llm_error"
-    #: What clients are told, before the status (see :attr:`public_detail`).
-    summary: ClassVar[str] = "the model could not answer"
-
-    def __init__(
-        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after_s = retry_after_s
-
-    @property
-    def public_detail(self) -> str:
-        """What a client may be told: the kind of failure, the HTTP status, the wait.
-
-        Never the model server's own words, its URL or its address: an error body can
-        echo a key, an internal host or a stack trace, and ``str(error)`` (for the
-        worker's log) holds them. E.g. ``"the model API is unavailable (HTTP 503)"``.
-        """
-        detail = self.summary
-        if self.status is not None:
-            detail += f" (HTTP {self.status})"
-        if self.retry_after_s is not None:
-            detail += f"; it asked to wait {self.retry_after_s:.0f} s"
-        return detail
-
-
-class LLMRateLimited(LLMError):
-    """429, still after every retry (or with a ``Retry-After`` beyond ``backoff_max_s``)."""
-
-    code = "rate_limited"
-    summary = "the model API is refusing requests for now (rate limit)"
-
-
-class LLMUnavailable(LLMError):
-    """5xx, timeout, connection failure or broken stream, still after every retry."""
-
-    code = "llm_unavailable"
-    summary = "the model API is unavailable"
-
-
-class LLMRejected(LLMError):
-    """The server refused the request itself (4xx other than 429): never retried."""
-
-    code = "llm_rejected"
-    summary = "the model API refused the request"
-
-
-class LLMStreamInterrupted(LLMUnavailable):
-    """The stream broke after at least one delta was yielded; nothing was retried."""
-
-    summary = "the model's reply stream broke"
-
-
-class _Retryable(Exception):
-    """Internal: this attempt failed in a way worth retrying; ``error`` is the verdict."""
-
-    def __init__(self, error: LLMError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    content: str
-    finished: bool
-
-
-class _Done:
-    """The ``data: [DONE]`` line."""
-
-
-@dataclass(frozen=True)
-class _UsageReport:
-    """A chunk carrying ``usage`` (usually the last one, without choices)."""
-
-    usage: dict[str, Any]
-    chunk: _Chunk | None
-
-
-class _Garbage:
-    """A line that is neither SSE nor JSON; logged, then skipped."""
-
-
-_DONE = _Done()
-_GARBAGE = _Garbage()
-
-
 class LLMClient:
     """Streams chat completions from one OpenAI-compatible server.
 
@@ -247,7 +154,7 @@ class LLMClient:
             await self._session.close()
             self._session = None
 
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+    def stream(self, messages: Sequence[PromptMessage]) -> AsyncGenerator[str, None]:
         """Stream the reply to ``messages`` as non-empty content deltas, in order.
 
         The result is an async generator: iterate it, and close it (``aclose()`` or
@@ -257,13 +164,11 @@ class LLMClient:
 
         Failures before the first delta are retried up to ``max_retries`` times (429,
         500, 502, 503, 504, connect errors, timeouts, a stream that ends without
-        finishing), sleeping with exponential backoff and full jitter,
-        ``uniform(0, min(backoff_max_s, backoff_base_s * 2**retry))`` as in AWS's
-        "Exponential Backoff And Jitter"
-        (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/).
-        A ``Retry-After`` (seconds or HTTP date) replaces that sleep; one longer than
-        ``backoff_max_s`` is not waited for: the error is raised at once with
-        ``retry_after_s`` set, so the caller can report or reschedule.
+        finishing), waiting as :func:`runtime.retry.retrying` does: ``backoff_base_s``
+        doubling with each retry, plus up to ``backoff_base_s`` of jitter, at most
+        ``backoff_max_s``. A ``Retry-After`` (seconds or HTTP date) replaces that wait;
+        one longer than ``backoff_max_s`` is not waited for: the error is raised at once
+        with ``retry_after_s`` set, so the caller can report or reschedule.
 
         Raises:
             LLMRateLimited: 429 after the retries.
@@ -291,91 +196,67 @@ class LLMClient:
         return self._stream(body)
 
     async def _stream(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
-        retries = 0
-        while True:
-            yielded = False
-            finished = False
-            try:
-                resp = await self._post(body)
-                complete = False
-                garbage = 0
-                try:
-                    async for raw in resp.content:
-                        event = _parse_line(raw)
-                        if isinstance(event, _Done):
-                            break
-                        if isinstance(event, _UsageReport):
-                            if (usage := _USAGE.get()) is not None:
-                                usage.add(event.usage)
-                            event = event.chunk
-                            if event is None:
-                                continue
-                        if isinstance(event, _Garbage):
-                            # One warning per response: an HTML page must not flood the log.
-                            garbage += 1
-                            logger.log(
-                                logging.WARNING if garbage == 1 else logging.DEBUG,
-                                "skipping unparsable line from the model: %.200s",
-                                self._redact(raw.decode("utf-8", "replace").rstrip()),
-                            )
-                            continue
-                        if isinstance(event, LLMError):
-                            if isinstance(event, LLMRejected):
-                                raise event
-                            raise _Retryable(event)
-                        if isinstance(event, _Chunk):
-                            if event.content:
-                                yielded = True
-                                yield event.content
-                            finished = finished or event.finished
-                    else:
-                        if not finished:
-                            raise _Retryable(
-                                LLMUnavailable("the model stream ended before it finished")
-                            )
-                    complete = True
-                finally:
-                    # close() drops the connection, so an abandoned stream stops the model
-                    # server at once; release() keeps a finished one for reuse.
-                    if complete:
-                        resp.release()
-                    else:
-                        resp.close()
+        response, first = await self._start(body)
+        try:
+            if first is None:
                 return
-            except _Retryable as e:
-                error, cause = e.error, e.__cause__
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                # ValueError: aiohttp's "Chunk too big", a line over its read buffer.
-                if finished:  # the reply is whole; only the [DONE] line went missing
-                    logger.debug("model stream broke after finish_reason: %r", e)
-                    return
-                kind = "timed out" if isinstance(e, TimeoutError) else "failed"
-                error = LLMUnavailable(f"model request {kind}: {self._redact(repr(e))}")
-                cause = e
-            if yielded:
-                raise LLMStreamInterrupted(
-                    f"model stream interrupted: {error}", status=error.status
-                ) from cause or error
-            delay = self._delay(retries, error)
-            if delay is None:
-                raise error from cause
-            retries += 1
-            logger.warning(
-                "model request failed (%s), retry %d/%d in %.2fs",
-                error,
-                retries,
-                self.config.max_retries,
-                delay,
-            )
-            await asyncio.sleep(delay)
+            yield first
+            while (delta := await response.next_delta()) is not None:
+                yield delta
+        except LLMRejected:
+            raise
+        except LLMError as e:
+            # Never retried once a delta is out: the caller decides (see the worker).
+            interrupted = LLMStreamInterrupted(f"model stream interrupted: {e}", status=e.status)
+            raise interrupted from e.__cause__ or e
+        finally:
+            response.close()
+
+    async def _start(self, body: dict[str, Any]) -> tuple[_Response, str | None]:
+        """Send the request and read up to its first delta (None for an empty reply),
+        trying again as :meth:`stream` says."""
+        cfg = self.config
+        async for attempt in retrying(
+            on=self._retry_wait,
+            attempts=cfg.max_retries + 1,
+            wait_initial_s=cfg.backoff_base_s,
+            wait_max_s=cfg.backoff_max_s,
+            wait_jitter_s=cfg.backoff_base_s,
+        ):
+            with attempt:
+                response = _Response(await self._post(body), self._redact)
+                try:
+                    first = await response.next_delta()
+                except BaseException:
+                    response.close()
+                    raise
+        return response, first
+
+    def _retry_wait(self, error: Exception) -> bool | float:
+        """Whether to try again after ``error`` (stamina's ``on``): True, False, or the
+        seconds the server asked to wait (``Retry-After``)."""
+        if not isinstance(error, LLMError) or not error.retryable:
+            return False
+        logger.warning("model request failed: %s", error)
+        wait = error.retry_after_s
+        if wait is None:
+            return True
+        return wait if wait <= self.config.backoff_max_s else False
 
     async def _post(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        """Send the request; return a 200 response or raise the status as an error."""
+        """Send the request; return a 2xx response or raise the status as an error.
+
+        Raises:
+            LLMError: a status other than 2xx, a connect error or a timeout.
+        """
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        resp = await self._session.post(
-            self.config.completions_url, json=body, headers=self._headers, timeout=self._timeout
-        )
+        try:
+            resp = await self._session.post(
+                self.config.completions_url, json=body, headers=self._headers, timeout=self._timeout
+            )
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise _request_failed(e, self._redact) from e
         if 200 <= resp.status < 300:
             return resp
         try:
@@ -385,35 +266,97 @@ class LLMClient:
         finally:
             resp.close()
         detail = self._redact(_error_detail(text) or resp.reason or "")
-        error = _error_for_status(
+        raise error_for_status(
             resp.status,
             f"model server answered {resp.status}: {detail}",
             _parse_retry_after(resp.headers.get("Retry-After")),
+            retryable=resp.status in RETRYABLE_STATUSES,
         )
-        if resp.status in RETRYABLE_STATUSES:
-            raise _Retryable(error)
-        raise error
-
-    def _delay(self, retries: int, error: LLMError) -> float | None:
-        """Seconds to sleep before the next attempt, or None to give up."""
-        cfg = self.config
-        if retries >= cfg.max_retries:
-            return None
-        if error.retry_after_s is not None:
-            return error.retry_after_s if error.retry_after_s <= cfg.backoff_max_s else None
-        return random.uniform(0.0, min(cfg.backoff_max_s, cfg.backoff_base_s * 2**retries))
 
     def _redact(self, text: str) -> str:
         key = self.config.api_key
         return text.replace(key, "***") if key else text
 
 
-def _error_for_status(status: int | None, message: str, retry_after: float | None) -> LLMError:
-    if status == 429:
-        return LLMRateLimited(message, status=status, retry_after_s=retry_after)
-    if status is not None and 400 <= status < 500:
-        return LLMRejected(message, status=status, retry_after_s=retry_after)
-    return LLMUnavailable(message, status=status, retry_after_s=retry_after)
+class _Response:
+    """One streaming response being read: its deltas, and whether the reply finished."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, redact: Callable[[str], str]) -> None:
+        self._resp = resp
+        self._redact = redact
+        #: A chunk carried a ``finish_reason``: the reply is whole.
+        self.finished = False
+        #: The stream ended as it should (``[DONE]``, or its end after a finish).
+        self.complete = False
+        self._garbage = 0
+
+    async def next_delta(self) -> str | None:
+        """The next non-empty content delta; None once the reply is whole.
+
+        Raises:
+            LLMError: an in-stream error (:class:`LLMRejected` for a 4xx code), or, as
+                :class:`LLMUnavailable`, a broken stream or one that ended unfinished.
+        """
+        try:
+            async for raw in self._resp.content:
+                content = self._content(raw)
+                if content is None:
+                    self.complete = True
+                    return None
+                if content:
+                    return content
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            # ValueError: aiohttp's "Chunk too big", a line over its read buffer.
+            if self.finished:  # the reply is whole; only the [DONE] line went missing
+                logger.debug("model stream broke after finish_reason: %r", e)
+                return None
+            raise _request_failed(e, self._redact) from e
+        if not self.finished:
+            raise LLMUnavailable("the model stream ended before it finished", retryable=True)
+        self.complete = True
+        return None
+
+    def _content(self, raw: bytes) -> str | None:
+        """The content one line adds ("" for none), or None for ``[DONE]``.
+
+        Raises:
+            LLMError: the line is an in-stream error.
+        """
+        event = sse.parse_line(raw)
+        if isinstance(event, sse.UsageReport):
+            if (usage := _USAGE.get()) is not None:
+                usage.add(event.usage)
+            event = event.chunk
+        if isinstance(event, sse.Done):
+            return None
+        if isinstance(event, sse.Garbage):
+            # One warning per response: an HTML page must not flood the log.
+            self._garbage += 1
+            logger.log(
+                logging.WARNING if self._garbage == 1 else logging.DEBUG,
+                "skipping unparsable line from the model: %.200s",
+                self._redact(raw.decode("utf-8", "replace").rstrip()),
+            )
+        elif isinstance(event, sse.StreamError):
+            message = f"model stream error: {event.message[:_MAX_DETAIL]}"
+            raise error_for_status(event.status, message, None, retryable=True)
+        elif isinstance(event, sse.Chunk):
+            self.finished = self.finished or event.finished
+            return event.content
+        return ""
+
+    def close(self) -> None:
+        """Release a complete response's connection for reuse; close any other, which
+        drops the connection, so an abandoned stream stops the model server at once."""
+        if self.complete:
+            self._resp.release()
+        else:
+            self._resp.close()
+
+
+def _request_failed(error: Exception, redact: Callable[[str], str]) -> LLMUnavailable:
+    kind = "timed out" if isinstance(error, TimeoutError) else "failed"
+    return LLMUnavailable(f"model request {kind}: {redact(repr(error))}", retryable=True)
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -444,61 +387,3 @@ def _error_detail(text: str) -> str:
         if err is not None:
             return str(err)[:_MAX_DETAIL]
     return text.strip()[:_MAX_DETAIL]
-
-
-def _stream_error(payload: dict[str, Any]) -> LLMError:
-    """An error event: OpenAI/vLLM ``{"error": {"message", "code"}}`` or TGI's strings."""
-    err = payload.get("error")
-    status: int | None = None
-    if isinstance(err, dict):
-        code = err.get("code")
-        if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
-            status = int(code)
-        message = str(err.get("message", err))
-    else:
-        message = str(err)
-        if payload.get("error_type") == "validation":  # TGI's input validation error
-            status = 400
-    return _error_for_status(status, f"model stream error: {message[:_MAX_DETAIL]}", None)
-
-
-def _parse_line(raw: bytes) -> _Chunk | _Done | _Garbage | _UsageReport | LLMError | None:
-    """One SSE line: a chunk, ``[DONE]``, garbage, an in-stream error, or None to skip.
-
-    Each ``data:`` line is parsed on its own: every OpenAI-compatible server sends one
-    JSON object per line. llama.cpp reports failures as an ``error:`` field.
-    """
-    line = raw.decode("utf-8", "replace").rstrip("\r\n")
-    if not line or line.startswith(":"):
-        return None
-    name, _, value = line.partition(":")
-    value = value.removeprefix(" ")
-    if name not in ("data", "error"):
-        return None if name in ("event", "id", "retry") else _GARBAGE
-    if name == "data" and value.strip() == "[DONE]":
-        return _DONE
-    try:
-        payload = json.loads(value)
-    except ValueError:
-        return _GARBAGE
-    if not isinstance(payload, dict):
-        return _GARBAGE
-    if name == "error":
-        return _stream_error({"error": payload})
-    if payload.get("error") is not None:
-        return _stream_error(payload)
-    chunk = _chunk(payload.get("choices"))
-    usage = payload.get("usage")
-    return _UsageReport(usage, chunk) if isinstance(usage, dict) else chunk
-
-
-def _chunk(choices: object) -> _Chunk | None:
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None  # e.g. a trailing usage-only chunk
-    choice = choices[0]
-    delta = choice.get("delta")
-    content = delta.get("content") if isinstance(delta, dict) else None
-    return _Chunk(
-        content=content if isinstance(content, str) else "",
-        finished=choice.get("finish_reason") is not None,
-    )

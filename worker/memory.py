@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 
 from storage.models import StoredMessage, conversation
-from worker.llm import ChatMessage
+from worker.llm import PromptMessage
 
 #: Tokens counted per message for the role and the chat template's separators.
 MESSAGE_OVERHEAD_TOKENS = 4
+
+#: A user message and its reply.
+Turn = tuple[StoredMessage, StoredMessage]
 
 
 def estimate_tokens(text: str) -> int:
@@ -49,7 +52,7 @@ def build_prompt(
     max_messages: int,
     max_tokens: int,
     complete: bool = True,
-) -> list[ChatMessage]:
+) -> list[PromptMessage]:
     """The chat messages sent to the model for the reply to user message ``seq``.
 
     The prompt is the system prompt, then the newest earlier turns (a user message and
@@ -75,31 +78,38 @@ def build_prompt(
         if not complete:
             raise HistoryTooShort(f"message {seq} is not among the newest messages")
         raise LookupError(f"no user message with seq {seq}")
-    current = ordered[index]
-    turns: list[tuple[StoredMessage, StoredMessage]] = [
+    turns: list[Turn] = [
         (m, ordered[i + 1])
         for i, m in enumerate(ordered[:index])
         if m.role == "user" and ordered[i + 1].role == "assistant"
     ]
-    kept: list[tuple[StoredMessage, StoredMessage]] = []
-    used_messages, used_tokens = 0, 0
-    full = False
-    for user, reply in reversed(turns):
-        cost = _cost(user) + _cost(reply)
-        if kept and (used_messages + 2 > max_messages or used_tokens + cost > max_tokens):
-            full = True
-            break
-        kept.append((user, reply))
-        used_messages += 2
-        used_tokens += cost
+    kept, full = _newest_within_budget(turns, max_messages, max_tokens)
     # A suffix of the recording order holds every turn whose user message it holds, so
     # its turns are the newest of the whole history's: the choice is the same once the
     # budget stops it, or when the whole budget of messages is used.
-    if not complete and not full and used_messages + 2 <= max_messages:
+    if not complete and not full and 2 * len(kept) + 2 <= max_messages:
         raise HistoryTooShort(f"the newest messages hold {len(kept)} turns before {seq}")
-    prompt = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
-    for user, reply in reversed(kept):
-        prompt.append(ChatMessage(role="user", content=user.content))
-        prompt.append(ChatMessage(role="assistant", content=reply.content))
-    prompt.append(ChatMessage(role="user", content=current.content))
+    prompt = [PromptMessage(role="system", content=system_prompt)] if system_prompt else []
+    for user, reply in kept:
+        prompt.append(PromptMessage(role="user", content=user.content))
+        prompt.append(PromptMessage(role="assistant", content=reply.content))
+    prompt.append(PromptMessage(role="user", content=ordered[index].content))
     return prompt
+
+
+def _newest_within_budget(
+    turns: list[Turn], max_messages: int, max_tokens: int
+) -> tuple[list[Turn], bool]:
+    """The newest of ``turns`` (given oldest first) that fit in ``max_messages``
+    messages and ``max_tokens`` estimated tokens, oldest first, and whether the budget
+    left some out. The newest turn is kept even over budget."""
+    kept: list[Turn] = []
+    used_messages, used_tokens = 0, 0
+    for user, reply in reversed(turns):
+        cost = _cost(user) + _cost(reply)
+        if kept and (used_messages + 2 > max_messages or used_tokens + cost > max_tokens):
+            return kept[::-1], True
+        kept.append((user, reply))
+        used_messages += 2
+        used_tokens += cost
+    return kept[::-1], False

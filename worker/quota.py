@@ -17,13 +17,13 @@ from redis.exceptions import RedisError
 from runtime.config import CommonSettings
 from runtime.logs import fingerprint
 from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter
-from worker.llm import ChatMessage, Usage
+from worker.llm import PromptMessage, Usage
 from worker.memory import estimate_tokens
 
 logger = logging.getLogger(__name__)
 
 
-def reply_cost(usage: Usage, prompt: Sequence[ChatMessage], reply: str) -> int:
+def reply_cost(usage: Usage, prompt: Sequence[PromptMessage], reply: str) -> int:
     """Model tokens a reply cost: the reported usage, else an estimate."""
     if usage.reported:
         return usage.prompt_tokens + usage.completion_tokens

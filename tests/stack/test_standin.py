@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from testkit.standin import StandinModel, reply_text, reply_tokens
-from worker.llm import ChatMessage, LLMClient, LLMConfig
+from worker.llm import LLMClient, LLMConfig, PromptMessage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "ping"}]}
@@ -148,7 +148,7 @@ async def test_many_concurrent_streams(standin: StandinModel) -> None:
     async with LLMClient(LLMConfig(base_url=standin.base_url, model="m")) as client:
 
         async def one(i: int) -> str:
-            prompt = [ChatMessage(role="user", content=f"n{i}")]
+            prompt = [PromptMessage(role="user", content=f"n{i}")]
             return "".join([d async for d in client.stream(prompt)])
 
         replies = await asyncio.gather(*(one(i) for i in range(300)))

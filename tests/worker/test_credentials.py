@@ -12,7 +12,7 @@ from tests.support.events import count, of_type, read_until
 from tests.support.parley import running_parley
 from worker.app import llm_config
 from worker.config import HF_ROUTER_URL, WorkerSettings
-from worker.llm import ChatMessage, LLMClient
+from worker.llm import LLMClient, PromptMessage
 
 HF_TOKEN = "hf_SECRETsecretSECRETsecret0123456789"
 API_KEY = "sk-other-endpoint-key-0123456789"
@@ -24,7 +24,7 @@ async def _authorization_sent(standin: StandinModel, **settings: str) -> str | N
     assert standin.base_url is not None
     worker = WorkerSettings(llm_base_url=standin.base_url, llm_model="standin", **settings)  # type: ignore[arg-type]
     async with LLMClient(llm_config(worker)) as client:
-        async for _ in client.stream([ChatMessage(role="user", content="hi")]):
+        async for _ in client.stream([PromptMessage(role="user", content="hi")]):
             pass
     return standin.headers[-1].get("Authorization")
 

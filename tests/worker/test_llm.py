@@ -14,19 +14,12 @@ import pytest
 from aiohttp import web
 
 from testkit.standin import StandinModel, reply_tokens
-from worker.llm import (
-    ChatMessage,
-    LLMClient,
-    LLMConfig,
-    LLMRateLimited,
-    LLMRejected,
-    LLMStreamInterrupted,
-    LLMUnavailable,
-)
+from worker.errors import LLMRateLimited, LLMRejected, LLMStreamInterrupted, LLMUnavailable
+from worker.llm import LLMClient, LLMConfig, PromptMessage
 
 PROMPT = [
-    ChatMessage(role="system", content="Be brief."),
-    ChatMessage(role="user", content="hello world"),
+    PromptMessage(role="system", content="Be brief."),
+    PromptMessage(role="user", content="hello world"),
 ]
 EXPECTED = reply_tokens("hello world", 8)
 API_KEY = "hf_secret_key_123"

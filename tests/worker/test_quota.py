@@ -12,12 +12,12 @@ from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, digest, limit_key
 from testkit.standin import StandinModel
 from tests.support.events import count, read_until
 from tests.support.parley import running_parley
-from worker.llm import ChatMessage, LLMClient, LLMConfig, track_usage
+from worker.llm import LLMClient, LLMConfig, PromptMessage, track_usage
 from worker.memory import estimate_tokens
 
 PROMPT = [
-    ChatMessage(role="system", content="Be brief."),
-    ChatMessage(role="user", content="hello world"),
+    PromptMessage(role="system", content="Be brief."),
+    PromptMessage(role="user", content="hello world"),
 ]
 
 

@@ -1,0 +1,275 @@
+"""The life of one reply: its turn, its attempt, and what becomes of its stream entry.
+
+Per-session order uses sequence gating: the server numbers a session's messages and a
+worker starts message ``n`` only once message ``n - 1`` is answered (or has failed),
+waiting asynchronously on the session's channel meanwhile. Waiting entries do not hold
+a generation slot, so a predecessor taken over from a dead worker can always run.
+
+An attempt begins (``begin.lua``, which fences older attempts) once it holds a slot,
+then :class:`worker.generation.ReplyGenerator` generates the reply. A message that keeps
+failing is given up: dead-lettered and closed with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from protocol.wire import ErrorCode, ErrorEvent, MessageEntry, ends_reply
+from runtime.logs import fingerprint
+from storage import keys
+from storage.connection import CONNECTION_ERRORS, TRANSIENT_ERRORS
+from storage.hub import RESYNC, Hub
+from storage.store import ANSWERED, NOT_YET, Fenced, NotYourTurn, SessionExpired, Store
+from worker.config import WorkerSettings
+from worker.generation import ReplyGenerator
+from worker.llm import LLMClient
+from worker.memory import history_window
+from worker.metrics import GENERATING, REPLIES
+
+logger = logging.getLogger(__name__)
+
+
+#: Redis cannot serve now: retried later, never counted against a message.
+_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, *TRANSIENT_ERRORS)
+#: How long (s) a waiting message sleeps between checks when no event wakes it.
+_TURN_RECHECK_S = 1.0
+
+
+class Delivery(Protocol):
+    """The stream entry a reply answers, as the consumer hands it over."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(stream, entry id)``."""
+
+    @property
+    def deliveries(self) -> int:
+        """The entry's delivery count when it was taken over from another consumer
+        (tries so far), 0 when read fresh from the stream."""
+
+    async def ack(self) -> None:
+        """Acknowledge the entry: it is done with."""
+
+    async def dead_letter(self, reason: str) -> None:
+        """Copy the entry to the dead-letter stream, saying why."""
+
+
+@dataclass
+class _Attempt:
+    """One try at a reply: its fencing token, and whether ``begin`` accepted it."""
+
+    id: str
+    begun: bool = False
+
+
+class Replies:
+    """Answers the entries one consumer hands over, many at a time.
+
+    At most ``worker_concurrency`` replies are generated at once; entries waiting for
+    their turn hold no slot.
+
+    Args:
+        settings: the worker's settings.
+        redis: the worker's client, for the quotas.
+        llm: the model client.
+        store: the session store.
+        hub: the worker's Pub/Sub hub, started by the consumer.
+    """
+
+    def __init__(
+        self, settings: WorkerSettings, redis: Redis[str], llm: LLMClient, store: Store, hub: Hub
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.generator = ReplyGenerator(settings, redis, llm, store)
+        self._slots = asyncio.Semaphore(settings.worker_concurrency)
+        #: Held by an attempt at a message that crashed its workers more than once: at
+        #: most one such suspect runs in a worker at a time, so that when the worker
+        #: dies, no other suspect is blamed with it.
+        self._suspect = asyncio.Semaphore(1)
+        #: Replies being answered, by (token, seq): set one to stop that reply.
+        self.stops: dict[tuple[str, int], asyncio.Event] = {}
+
+    async def answer(self, delivery: Delivery, entry: MessageEntry) -> None:
+        """Answer ``entry``, then ack it; or leave it pending.
+
+        Acked once answered, given up or its session gone. Left pending, for a worker
+        to take over after ``claim_idle_ms``: when another attempt took it over (that
+        one acks it), when Redis cannot serve (not counted against the message), and
+        after any other error, which raises its delivery count towards
+        ``max_deliveries``.
+        """
+        log_ctx = (entry.message_id, fingerprint(entry.token), entry.seq)
+        # Registered before the session is read (by begin): a stop recorded before that
+        # read is seen in ``stop_seq``, one announced after it finds the event.
+        stop = self.stops.setdefault((entry.token, entry.seq), asyncio.Event())
+        attempt = _Attempt(f"{entry.seq}:{uuid.uuid4().hex[:16]}")
+        try:
+            await self._answer(delivery, entry, attempt, stop)
+            await delivery.ack()
+        except SessionExpired:
+            logger.info("message_id=%s session=%s seq=%d: session expired", *log_ctx)
+            await delivery.ack()
+        except Fenced:
+            # Another worker took the entry over (this one paused too long) and has
+            # begun the reply again; it owns the entry and acks it.
+            logger.warning("message_id=%s session=%s seq=%d: taken over; stopped", *log_ctx)
+        except asyncio.CancelledError:
+            raise
+        except _UNAVAILABLE_ERRORS as e:
+            # Left pending, as below, and not counted against the message: Redis is
+            # unreachable or cannot write now, which every loop reports.
+            logger.warning(
+                "message_id=%s session=%s seq=%d: Redis error %s; left pending", *log_ctx, e
+            )
+        except Exception:
+            # Left pending: after CLAIM_IDLE_MS a worker takes it over, until its
+            # delivery count, which counts each such failure, reaches MAX_DELIVERIES.
+            logger.exception("message_id=%s session=%s seq=%d failed; left pending", *log_ctx)
+            with contextlib.suppress(*CONNECTION_ERRORS, ResponseError):
+                await self.store.count_failure(
+                    entry.token,
+                    delivery.key,
+                    self.settings.consumer_name,
+                    attempt.id if attempt.begun else "",
+                )
+        finally:
+            if self.stops.get((entry.token, entry.seq)) is stop:
+                del self.stops[(entry.token, entry.seq)]
+
+    async def _answer(
+        self, delivery: Delivery, entry: MessageEntry, attempt: _Attempt, stop: asyncio.Event
+    ) -> None:
+        """Give up on a message that failed too often; else try, in its turn."""
+        if delivery.deliveries >= self.settings.max_deliveries:
+            # Failed that often already (attempts that began and failed, or tries that
+            # failed before any attempt could begin): give up before any work.
+            reason = f"delivered {delivery.deliveries} times"
+            await self._give_up(delivery, entry, "", reason)
+            return
+        # Only a taken-over entry can follow a crash (a fresh read never does).
+        suspect = bool(delivery.deliveries) and await self.store.crashes(entry.token, entry.seq) > 0
+        while not await self._try(delivery, entry, attempt, stop, suspect=suspect):
+            await self._await_turn(entry)
+
+    async def _try(
+        self,
+        delivery: Delivery,
+        entry: MessageEntry,
+        attempt: _Attempt,
+        stop: asyncio.Event,
+        *,
+        suspect: bool,
+    ) -> bool:
+        """Begin ``attempt`` and see the reply through; False if it is not its turn yet.
+
+        The attempt begins (and fences older ones) only once it holds a generation
+        slot, so a restart means text may really have streamed; an entry waiting its
+        turn holds no slot. A suspect also takes the suspect slot first: an attempt
+        counts as crashed once it has begun.
+        """
+        async with self._suspect if suspect else contextlib.nullcontext(), self._slots:
+            window = history_window(self.settings.memory_max_messages)
+            begun = await self.store.begin(entry, attempt.id, window=window)
+            if begun.status == ANSWERED:
+                logger.info(
+                    "message_id=%s session=%s seq=%d already answered",
+                    entry.message_id,
+                    fingerprint(entry.token),
+                    entry.seq,
+                )
+                return True
+            if begun.status == NOT_YET:
+                return False
+            attempt.begun = True
+            if begun.crashes >= 2:
+                logger.warning(
+                    "message_id=%s seq=%d: attempt after %d crashes",
+                    entry.message_id,
+                    entry.seq,
+                    begun.crashes,
+                )
+            if begun.crashes >= self.settings.max_crashes:
+                await self._give_up(delivery, entry, attempt.id, f"{begun.crashes} crashes")
+            else:
+                with GENERATING.track_inprogress():
+                    await self.generator.generate(entry, attempt.id, begun, stop)
+            return True
+
+    async def _await_turn(self, entry: MessageEntry) -> None:
+        """Return once every message of the session before ``entry`` is answered.
+
+        Each wake-up without news also asks whether the oldest unanswered message's
+        entry is gone (``lost.lua``): such a message is closed with an error, so the
+        session goes on.
+
+        Raises:
+            SessionExpired: the session no longer exists.
+        """
+        async with self.hub.subscribe(keys.channel(entry.token)) as sub:
+            await asyncio.wait_for(sub.ready.wait(), timeout=10)
+            replied, _ = await self.store.close_if_lost(entry.token)
+            while replied < entry.seq - 1:
+                # Woken by a reply's end in this session, or re-checked each second.
+                try:
+                    async with asyncio.timeout(_TURN_RECHECK_S):
+                        while True:
+                            payload = await sub.queue.get()
+                            if payload == RESYNC or ends_reply(payload):
+                                break
+                except TimeoutError:
+                    replied, closed = await self.store.close_if_lost(entry.token)
+                    if closed:
+                        logger.warning(
+                            "seq %d of the session of message_id=%s: its stream entry is "
+                            "gone; closed with an error",
+                            closed,
+                            entry.message_id,
+                        )
+                else:
+                    replied = await self.store.replied_seq(entry.token)
+
+    async def _give_up(
+        self, delivery: Delivery, entry: MessageEntry, attempt: str, reason: str
+    ) -> None:
+        """Dead-letter an entry that failed ``max_deliveries`` tries or crashed its
+        workers ``max_crashes`` times; close it with an error.
+
+        Args:
+            attempt: the attempt that began, or ``""`` if none could (the message is
+                then closed whatever attempt may run, see :meth:`Store.finish`).
+            reason: why, for the log and the dead-letter record.
+        """
+        # In the dead-letter stream before the session is told, so that an operator
+        # finds it there as soon as a client sees the error.
+        logger.error("message_id=%s seq=%d %s: dead-lettered", entry.message_id, entry.seq, reason)
+        await delivery.dead_letter(reason)
+        REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
+        event = ErrorEvent(
+            message_id=entry.message_id,
+            code=ErrorCode.DELIVERY_FAILED,
+            detail="The reply could not be generated; please send it again.",
+        )
+        if attempt:
+            await self.store.finish(entry, None, event, attempt)
+            return
+        try:
+            while True:
+                try:
+                    await self.store.finish(entry, None, event, "")
+                    return
+                except NotYourTurn:
+                    await self._await_turn(entry)
+        except ResponseError as e:
+            # The session itself is what fails (its document is broken): the entry is
+            # dead-lettered all the same, and nothing more can be told to it.
+            logger.error("message_id=%s: its session cannot be told: %s", entry.message_id, e)
