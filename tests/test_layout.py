@@ -1,0 +1,92 @@
+"""The product's shape: what it may import, and how long its modules and functions grow.
+
+The product is the packages the wheel ships (``[tool.setuptools] packages`` in
+pyproject.toml). It never imports the test machinery (``testkit``, ``bench``, ``tests``),
+and it stays readable: no module over 400 lines, no function over 60 (decorators and
+docstring included).
+"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+TEST_MACHINERY = {"testkit", "bench", "tests"}
+
+
+def product_packages() -> list[str]:
+    """The top-level packages the wheel ships."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages: list[str] = config["tool"]["setuptools"]["packages"]
+    return sorted({name.split(".")[0] for name in packages})
+
+
+def product_modules() -> list[Path]:
+    """Every Python file of the product."""
+    return sorted(f for p in product_packages() for f in (ROOT / p).rglob("*.py"))
+
+
+def imported_roots(tree: ast.AST) -> set[str]:
+    """The top-level names of every module that ``tree`` imports."""
+    roots: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def function_lengths(tree: ast.AST) -> list[tuple[str, int, int]]:
+    """``(name, first line, length in lines)`` of every function, decorators included."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            assert node.end_lineno is not None
+            out.append((node.name, node.lineno, node.end_lineno - first + 1))
+    return out
+
+
+def test_the_product_is_the_expected_packages() -> None:
+    assert product_packages() == [
+        "protocol",
+        "runtime",
+        "server",
+        "stack",
+        "storage",
+        "terminal",
+        "worker",
+    ]
+
+
+def test_the_product_never_imports_test_machinery() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {sorted(roots)}"
+        for path in product_modules()
+        if (roots := imported_roots(ast.parse(path.read_text())) & TEST_MACHINERY)
+    ]
+    assert not offenders, offenders
+
+
+def test_no_module_is_over_the_limit() -> None:
+    too_long = [
+        f"{path.relative_to(ROOT)}: {n} lines"
+        for path in product_modules()
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert not too_long, too_long
+
+
+def test_no_function_is_over_the_limit() -> None:
+    too_long = [
+        f"{path.relative_to(ROOT)}:{line} {name}: {n} lines"
+        for path in product_modules()
+        for name, line, n in function_lengths(ast.parse(path.read_text()))
+        if n > MAX_FUNCTION_LINES
+    ]
+    assert not too_long, too_long
