@@ -117,6 +117,16 @@ def test_the_wheel_declares_the_console_scripts(wheel: zipfile.ZipFile) -> None:
     assert scripts == PYPROJECT["project"]["scripts"]
 
 
+def test_the_wheel_metadata_names_the_license_and_the_readme(wheel: zipfile.ZipFile) -> None:
+    [path] = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+    headers, _, description = wheel.read(path).decode().partition("\n\n")
+    fields = [tuple(line.split(": ", 1)) for line in headers.splitlines() if ": " in line]
+    assert ("License-Expression", PYPROJECT["project"]["license"]) in fields
+    assert ("License-File", "LICENSE") in fields
+    assert ("Description-Content-Type", "text/markdown") in fields
+    assert description.strip() == (ROOT / "README.md").read_text(encoding="utf-8").strip()
+
+
 def dockerignore_patterns() -> list[str]:
     lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     return [line.strip().rstrip("/") for line in lines if line.strip() and line[0] != "#"]
