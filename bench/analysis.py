@@ -1,16 +1,18 @@
 """What the clients received, checked and timed: one :class:`Tally` per load phase.
 
-Every message a socket sent is matched to its ``queued`` event by content (the event
-carries the stored message), then to its ``token`` and ``done`` events by message id.
+The checks are the system tests' own (:func:`testkit.delivery.follow`): every message a
+socket sent is matched to its ``queued`` event by content (the event carries the stored
+message), then to its ``token`` and ``done`` events by message id. Counted (each must
+stay 0):
 
-Checks (each must stay 0):
-
-- lost: a message with neither ``done`` nor ``error`` (or never ``queued``);
+- lost: a message never ``queued``, or with neither ``done`` nor ``error``;
 - misrouted: an event about a message this socket did not send, or a reply whose text
   is not the stand-in's reply to this message (:func:`testkit.standin.reply_text`);
-- duplicated: a second ``done`` for one message;
-- out of order: replies of a socket not in the order its messages were sent;
-- garbled: ``token`` events that do not join to their reply's ``done`` text.
+- duplicated: each ``done`` after the first of a message;
+- out of order: sockets whose replies did not come in the order of their messages;
+- garbled: replies whose ``token`` events (since the last ``restart``) do not join to
+  their ``done`` text;
+- errors: ``error`` events, of a message or not.
 
 Timing, per reply, at the client and subtracting the model's own (the stand-in reports
 when it received each request and wrote each delta, see :class:`testkit.standin.Timing`):
@@ -28,13 +30,14 @@ when it received each request and wrote each delta, see :class:`testkit.standin.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.load import ChatSocket
+from testkit.delivery import Reply, follow
+from testkit.driver import Sent
 
 
 @dataclass(frozen=True)
@@ -139,13 +142,6 @@ class Tally:
             getattr(self, name).extend(getattr(other, name))
 
 
-@dataclass
-class _Reply:
-    tokens: list[tuple[float, str]] = field(default_factory=list)
-    done: list[tuple[float, str]] = field(default_factory=list)
-    error: str | None = None
-
-
 def tally(
     sockets: Sequence[ChatSocket],
     timings: dict[str, ModelTiming],
@@ -174,89 +170,67 @@ def _tally_socket(
     timings: dict[str, ModelTiming],
     deltas_of: Callable[[str], list[str]] | None,
 ) -> None:
-    events = [(at, json.loads(raw)) for at, raw in sock.frames]
-    # First the socket's own messages (a token can arrive before its ``queued``).
-    own: dict[str, str] = {}
-    for _at, e in events:
-        if e.get("type") == "queued":
-            own[e["message_id"]] = e["message"]["content"]
-    replies: dict[str, _Reply] = {mid: _Reply() for mid in own}
-    done_order: list[str] = []
-    for at, e in events:
-        kind, mid = e.get("type"), e.get("message_id")
-        if kind == "queued":
-            continue
-        if mid is None:
-            if kind == "error":
-                t.errors += 1
-                t.error_codes[e.get("code", "?")] += 1
-            continue
-        reply = replies.get(mid)
-        if reply is None:
-            t.misrouted += 1
-            continue
-        if kind == "token":
-            reply.tokens.append((at, e["content"]))
-            t.token_events += 1
-            t.event_at.append(at)
-        elif kind == "restart":
-            reply.tokens.clear()
-        elif kind == "done":
-            reply.done.append((at, e["reply"]["content"]))
-            done_order.append(mid)
-        elif kind == "error":
-            reply.error = e.get("code", "?")
-            t.errors += 1
-            t.error_codes[reply.error] += 1
-    ids = {content: mid for mid, content in own.items()}
-    sent_order = [ids[s.content] for s in sock.sent if s.content in ids]
-    if done_order != [mid for mid in sent_order if mid in set(done_order)]:
-        t.out_of_order += 1
+    d = follow(sock.sent, sock.received)
+    errors = d.stray_errors + [e for r in d.replies for e in r.errors]
     t.sent += len(sock.sent)
-    for message in sock.sent:
-        mid = ids.get(message.content)
-        reply = replies.get(mid) if mid is not None else None
-        if reply is None or (not reply.done and reply.error is None):
-            t.lost += 1
-            continue
-        if not reply.done:
-            continue
-        t.duplicated += len(reply.done) - 1
-        done_at, text = reply.done[0]
-        expected = "".join(deltas_of(message.content)) if deltas_of is not None else None
-        if expected is not None and text != expected:
-            t.misrouted += 1
-            continue
-        if "".join(c for _, c in reply.tokens) != text:
-            t.garbled += 1
-        t.replies += 1
-        t.done_at.append(done_at)
-        t.client_done_ms.append((done_at - message.at) * 1000)
-        first_at = reply.tokens[0][0] if reply.tokens else None
-        if first_at is not None:
-            t.client_ttft_ms.append((first_at - message.at) * 1000)
-        model = timings.get(message.content)
-        if model is None:
-            continue
-        model_ttft, model_done = model.first - model.received, model.done - model.received
-        t.model_ttft_ms.append(model_ttft * 1000)
-        t.model_done_ms.append(model_done * 1000)
-        t.added_done_ms.append((done_at - message.at - model_done) * 1000)
-        t.to_model_ms.append((model.received - message.at) * 1000)
-        if first_at is not None:
-            t.added_ttft_ms.append((first_at - message.at - model_ttft) * 1000)
-            t.from_model_ms.append((first_at - model.first) * 1000)
-        if model.deltas is not None and deltas_of is not None:
-            deltas = deltas_of(message.content)
-            t.tokens += len(deltas)
-            lag: dict[float, float] = {}
-            for at, delay in _delta_delays(deltas, model.deltas, reply.tokens):
-                t.event_delay_at.append(at)
-                t.event_delay_ms.append(delay)
-                lag[at] = min(delay, lag.get(at, delay))
-            t.event_lag_ms.extend(lag.values())
-        elif deltas_of is not None:
-            t.tokens += len(deltas_of(message.content))
+    t.errors += len(errors)
+    t.error_codes.update(e.get("code", "?") for e in errors)
+    t.lost += len(d.unqueued()) + len(d.unanswered())
+    t.out_of_order += 1 if d.out_of_order() else 0
+    t.duplicated += sum(len(r.dones) - 1 for r in d.duplicated())
+    wrong = (
+        d.wrong(lambda content, text: text == "".join(deltas_of(content)))
+        if deltas_of is not None
+        else []
+    )
+    t.misrouted += len(d.foreign) + len(wrong)
+    t.garbled += sum(1 for r in d.garbled() if r not in wrong)
+    for reply in d.replies:
+        t.token_events += len(reply.tokens)
+        t.event_at += [at for at, _ in reply.tokens]
+        if reply.dones and reply.sent is not None and reply not in wrong:
+            _time_reply(t, reply, reply.sent, timings.get(reply.sent.content), deltas_of)
+
+
+def _time_reply(
+    t: Tally,
+    reply: Reply,
+    sent: Sent,
+    model: ModelTiming | None,
+    deltas_of: Callable[[str], list[str]] | None,
+) -> None:
+    """Count and time one ``reply`` to the message ``sent``, against the model's own
+    timing (None: unknown)."""
+    sent_at = sent.at
+    t.replies += 1
+    done_at = reply.dones[0][0]
+    tokens = reply.attempt_tokens
+    first_at = tokens[0][0] if tokens else None
+    t.done_at.append(done_at)
+    t.client_done_ms.append((done_at - sent_at) * 1000)
+    if first_at is not None:
+        t.client_ttft_ms.append((first_at - sent_at) * 1000)
+    if model is None:
+        return
+    model_ttft, model_done = model.first - model.received, model.done - model.received
+    t.model_ttft_ms.append(model_ttft * 1000)
+    t.model_done_ms.append(model_done * 1000)
+    t.added_done_ms.append((done_at - sent_at - model_done) * 1000)
+    t.to_model_ms.append((model.received - sent_at) * 1000)
+    if first_at is not None:
+        t.added_ttft_ms.append((first_at - sent_at - model_ttft) * 1000)
+        t.from_model_ms.append((first_at - model.first) * 1000)
+    if deltas_of is None:
+        return
+    deltas = deltas_of(sent.content)
+    t.tokens += len(deltas)
+    if model.deltas is not None:
+        lag: dict[float, float] = {}
+        for at, delay in _delta_delays(deltas, model.deltas, tokens):
+            t.event_delay_at.append(at)
+            t.event_delay_ms.append(delay)
+            lag[at] = min(delay, lag.get(at, delay))
+        t.event_lag_ms.extend(lag.values())
 
 
 def _delta_delays(

@@ -1,10 +1,12 @@
 """The load generator: N WebSocket sessions, each sending messages and timing its events.
 
-Lean on purpose: a socket's reader stores each frame with its arrival time
+Lean on purpose: a socket's reader stores each event with its arrival time
 (``time.perf_counter()``, ``CLOCK_MONOTONIC`` on Linux, so comparable with the stand-in
-model's own times) and parses nothing but what tells a reply closed; the frames are
-parsed after the run (:mod:`bench.analysis`). What the client spends per frame is then
-little more than aiohttp's own work, and the client's clock stays honest under load.
+model's own times), taken before the frame is parsed, and looks at nothing but whether
+the event closes a reply (:func:`testkit.driver.closes`); the checks and timings come
+after the run (:mod:`bench.analysis`). What the client spends per frame is then
+aiohttp's own work and one ``json.loads``, and the client's clock stays honest under
+load.
 
 Message contents are ``s<session>-m<k>-<8 hex digits>``, unique in a run, so a reply
 (``"Reply to: <message> lorem ipsum ..."``) names the message it answers.
@@ -27,30 +29,20 @@ from typing import Self
 
 import aiohttp
 
+from testkit.driver import Received, Sent, closes
+
 logger = logging.getLogger(__name__)
-
-_DONE = '"type":"done"'
-_ERROR = '"type":"error"'
-_NO_MESSAGE = '"message_id":null'
-
-
-@dataclass
-class Sent:
-    """A message sent: its content and when its frame was written (perf_counter, s)."""
-
-    content: str
-    at: float
 
 
 @dataclass
 class ChatSocket:
-    """One session's socket: what it sent, and every frame it received with its time."""
+    """One session's socket: what it sent, and every event it received with its time."""
 
     index: int
     token: str
     ws: aiohttp.ClientWebSocketResponse
     sent: list[Sent] = field(default_factory=list)
-    frames: list[tuple[float, str]] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
     closings: int = 0
     closed: bool = False
     _waiter: asyncio.Future[None] | None = None
@@ -148,15 +140,16 @@ class LoadClient:
 
 
 async def _read(sock: ChatSocket) -> None:
-    ws, frames, clock = sock.ws, sock.frames, time.perf_counter
+    ws, received, clock, parse = sock.ws, sock.received, time.perf_counter, json.loads
     with contextlib.suppress(aiohttp.ClientError, ConnectionError):
         while True:
             message = await ws.receive()
             if message.type != aiohttp.WSMsgType.TEXT:
                 break
-            data: str = message.data
-            frames.append((clock(), data))
-            if _DONE in data or (_ERROR in data and _NO_MESSAGE not in data):
+            at = clock()
+            event = parse(message.data)
+            received.append(Received(at, event))
+            if closes(event):
                 sock.closings += 1
                 sock._wake()
     sock.closed = True

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from bench.runner import run_loop
 from bench.stats import Distribution, ratio
 from stack.model import EmbeddedModel
 from stack.redis import EmbeddedRedis
+from testkit.delivery import follow
 from testkit.driver import ChatDriver
 from testkit.ports import free_port
 from testkit.processes import Cluster
@@ -175,50 +176,22 @@ async def _measure(
         "max_tokens": options.max_tokens,
         "temperature": 0.0,
     }
-    url = f"{model.base_url}/chat/completions"
-    questions = _questions()
     direct = _Samples([], [], [], [])
     parley = _Samples([], [], [], [])
-    timeout = options.reply_timeout_s
-
     async with (
         Cluster(redis_url, model.base_url, log_dir, env=env) as cluster,
         aiohttp.ClientSession() as http,
     ):
         await cluster.start(servers=1, workers=1)
         async with ChatDriver([cluster.servers[0].url]) as driver:
-
-            async def direct_round(samples: _Samples, count: int) -> None:
-                async with asyncio.timeout(timeout):
-                    await asyncio.gather(
-                        *(
-                            _ask_directly(http, url, system_prompt, body, next(questions), samples)
-                            for _ in range(count)
-                        )
-                    )
-
-            async def parley_round(samples: _Samples, count: int) -> None:
-                traces = await driver.open(count)
-                await asyncio.gather(*(t.say(next(questions)) for t in traces))
-                await driver.wait_replies(timeout, traces)
-                for t in traces:
-                    token = next((r for r in t.received if r.event["type"] == "token"), None)
-                    done = next((r for r in t.received if r.event["type"] == "done"), None)
-                    if token is None or done is None:
-                        samples.failures += 1
-                        continue
-                    samples.add(
-                        (token.at - t.sent[0].at) * 1000,
-                        (done.at - t.sent[0].at) * 1000,
-                        done.event["reply"]["content"],
-                    )
-
+            url = f"{model.base_url}/chat/completions"
+            ask = _Asker(http, driver, url, system_prompt, body, options.reply_timeout_s)
             # One question each way first, so the model and connections are warm; not counted.
-            await direct_round(_Samples([], [], [], []), 1)
-            await parley_round(_Samples([], [], [], []), 1)
+            await ask.directly(_Samples([], [], [], []), 1)
+            await ask.through_parley(_Samples([], [], [], []), 1)
             for round_ in range(1, options.rounds + 1):
-                await direct_round(direct, options.sessions)
-                await parley_round(parley, options.sessions)
+                await ask.directly(direct, options.sessions)
+                await ask.through_parley(parley, options.sessions)
                 logger.info("round %d of %d done", round_, options.rounds)
         root = model.base_url.removesuffix("/v1")
         await direct.count_tokens(http, root)
@@ -232,6 +205,44 @@ async def _measure(
         first_token_ratio=ratio(p.first_token_ms.median, d.first_token_ms.median),
         done_ratio=ratio(p.done_ms.median, d.done_ms.median),
     )
+
+
+@dataclass
+class _Asker:
+    """Asks the model new questions, ``count`` at once, directly or through Parley."""
+
+    http: aiohttp.ClientSession
+    driver: ChatDriver
+    url: str  # the model's chat completions URL
+    system_prompt: str
+    body: dict[str, Any]  # the chat completion request, without its messages
+    timeout_s: float
+    questions: Iterator[str] = field(default_factory=lambda: _questions())
+
+    async def directly(self, samples: _Samples, count: int) -> None:
+        """Ask the model itself, with Parley's system prompt; record in ``samples``."""
+        async with asyncio.timeout(self.timeout_s):
+            await asyncio.gather(
+                *(
+                    _ask_directly(self.http, self.url, self.system_prompt, self.body, q, samples)
+                    for q in itertools.islice(self.questions, count)
+                )
+            )
+
+    async def through_parley(self, samples: _Samples, count: int) -> None:
+        """Ask through Parley, one new session each; record in ``samples``: the first
+        ``token`` and the ``done`` of each reply (a question with either missing fails)."""
+        traces = await self.driver.open(count)
+        await asyncio.gather(*(t.say(next(self.questions)) for t in traces))
+        await self.driver.wait_replies(self.timeout_s, traces)
+        for t in traces:
+            replies = follow(t.sent, t.received).replies
+            reply = replies[0] if replies else None
+            if reply is None or not reply.tokens or not reply.dones or reply.sent is None:
+                samples.failures += 1
+                continue
+            (first_at, _), (done_at, text) = reply.tokens[0], reply.dones[0]
+            samples.add((first_at - reply.sent.at) * 1000, (done_at - reply.sent.at) * 1000, text)
 
 
 def _questions() -> Iterator[str]:

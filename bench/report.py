@@ -116,67 +116,93 @@ def _real_model_line(result: dict[str, Any]) -> str:
     )
 
 
+#: (label, figure) of the distributions in the table, each as median, p95, p99, max.
+_DISTRIBUTIONS = (
+    ("added TTFT", "added_ttft_ms"),
+    ("added done", "added_done_ms"),
+    ("  of TTFT: message to model", "to_model_ms"),
+    ("  of TTFT: model to client", "from_model_ms"),
+    ("client TTFT", "client_ttft_ms"),
+    ("client done", "client_done_ms"),
+    ("model's own TTFT", "model_ttft_ms"),
+    ("model's own done", "model_done_ms"),
+    ("event delay (per token)", "event_delay_ms"),
+    ("event lag (per event)", "event_lag_ms"),
+)
+
+
 def table(scenario: Scenario, result: dict[str, Any]) -> str:
     """The scenario's figures side by side: Parley, baseline, ratio; then costs."""
     if scenario.kind == "real-model":
         return _real_model_table(result)
     o = SCENARIOS[scenario.name].options.__class__(**result["options"])
-    p, b = result["parley"], result.get("baseline")
-    rows = [f"  {scenario.name}: {o.describe()}"]
-    head = f"  {'':<34}{'Parley':>12}{'baseline':>12}{'ratio':>8}"
-    rows.append(head)
+    rows = [
+        f"  {scenario.name}: {o.describe()}",
+        f"  {'':<34}{'Parley':>12}{'baseline':>12}{'ratio':>8}",
+        *_figure_rows(result),
+        *_cost_rows(result["parley"], result.get("baseline")),
+        *_redis_rows(result["parley"].get("redis")),
+    ]
+    if result.get("log_errors"):
+        rows.append(f"  ERRORS in the processes' logs: {len(result['log_errors'])}")
+        rows += [f"    {line}" for line in result["log_errors"][:5]]
+    return "\n".join(rows)
 
-    def row(label: str, *path: str, digits: int = 1, ratio_of: str | None = None) -> None:
-        pv, bv = _path(p, *path), _path(b, *path) if b else None
-        r = _path(result, "ratio", ratio_of) if ratio_of else None
-        rows.append(
-            f"  {label:<34}{ms(pv, digits):>12}{ms(bv, digits):>12}"
-            f"{(f'{r:.2f}' if r is not None else ''):>8}"
-        )
 
-    row("replies", "replies", digits=0)
-    row("replies/s", "replies_per_s", ratio_of="replies_per_s")
-    row("token events/s", "token_events_per_s")
-    row("model tokens/s delivered", "tokens_per_s")
-    for label, name in (
-        ("added TTFT", "added_ttft_ms"),
-        ("added done", "added_done_ms"),
-        ("  of TTFT: message to model", "to_model_ms"),
-        ("  of TTFT: model to client", "from_model_ms"),
-        ("client TTFT", "client_ttft_ms"),
-        ("client done", "client_done_ms"),
-        ("model's own TTFT", "model_ttft_ms"),
-        ("model's own done", "model_done_ms"),
-        ("event delay (per token)", "event_delay_ms"),
-        ("event lag (per event)", "event_lag_ms"),
-    ):
-        if not p[name]["n"]:
-            continue
-        for stat in ("median", "p95", "p99", "max"):
-            row(
-                f"{label} {stat} ms",
-                name,
-                stat,
-                digits=2,
-                ratio_of=name if stat == "median" else None,
-            )
-    for k in _INTEGRITY:
-        row(k, k, digits=0)
+def _row(
+    result: dict[str, Any], label: str, *path: str, digits: int = 1, ratio_of: str | None = None
+) -> str:
+    """One figure of Parley and the baseline (at ``path``), and their ratio if named."""
+    b = result.get("baseline")
+    pv, bv = _path(result["parley"], *path), _path(b, *path) if b else None
+    r = _path(result, "ratio", ratio_of) if ratio_of else None
+    return (
+        f"  {label:<34}{ms(pv, digits):>12}{ms(bv, digits):>12}"
+        f"{(f'{r:.2f}' if r is not None else ''):>8}"
+    )
+
+
+def _figure_rows(result: dict[str, Any]) -> list[str]:
+    """Rates, distributions, integrity counts, and the ``connections`` figures."""
+    p = result["parley"]
+    rows = [
+        _row(result, "replies", "replies", digits=0),
+        _row(result, "replies/s", "replies_per_s", ratio_of="replies_per_s"),
+        _row(result, "token events/s", "token_events_per_s"),
+        _row(result, "model tokens/s delivered", "tokens_per_s"),
+    ]
+    for label, name in _DISTRIBUTIONS:
+        if p[name]["n"]:
+            rows += [
+                _row(result, f"{label} {stat} ms", name, stat, digits=2,
+                     ratio_of=name if stat == "median" else None)
+                for stat in ("median", "p95", "p99", "max")
+            ]  # fmt: skip
+    rows += [_row(result, k, k, digits=0) for k in _INTEGRITY]
     sockets = p.get("sockets")
     if sockets:
-        for label, key in (
-            ("sockets opened/s", ("opened_per_s",)),
-            ("server RSS MB at 10 sockets", ("rss_mb_at_10",)),
-            (f"server RSS MB at {sockets['open']}", ("rss_mb",)),
-            ("server peak RSS MB", ("peak_rss_mb",)),
-            ("server KB per socket", ("kb_per_socket",)),
-            ("Redis conns at 10 sockets", ("redis_connections_at_10",)),
-            (f"Redis conns at {sockets['open']}", ("redis_connections",)),
-            ("added TTFT median ms, 10 sockets", ("added_ttft_ms_at_10", "median")),
-            ("added TTFT p99 ms, 10 sockets", ("added_ttft_ms_at_10", "p99")),
-            ("added done p99 ms, 10 sockets", ("added_done_ms_at_10", "p99")),
-        ):
-            row(label, "sockets", *key)
+        n = sockets["open"]
+        rows += [
+            _row(result, label, "sockets", *key)
+            for label, key in (
+                ("sockets opened/s", ("opened_per_s",)),
+                ("server RSS MB at 10 sockets", ("rss_mb_at_10",)),
+                (f"server RSS MB at {n}", ("rss_mb",)),
+                ("server peak RSS MB", ("peak_rss_mb",)),
+                ("server KB per socket", ("kb_per_socket",)),
+                ("Redis conns at 10 sockets", ("redis_connections_at_10",)),
+                (f"Redis conns at {n}", ("redis_connections",)),
+                ("added TTFT median ms, 10 sockets", ("added_ttft_ms_at_10", "median")),
+                ("added TTFT p99 ms, 10 sockets", ("added_ttft_ms_at_10", "p99")),
+                ("added done p99 ms, 10 sockets", ("added_done_ms_at_10", "p99")),
+            )
+        ]
+    return rows
+
+
+def _cost_rows(p: dict[str, Any], b: dict[str, Any] | None) -> list[str]:
+    """CPU seconds (and per reply) and peak RSS of each process, per target."""
+    rows: list[str] = []
     for target, r in (("Parley", p), ("baseline", b)):
         if r is None or "cpu_s" not in r:
             continue
@@ -190,25 +216,22 @@ def table(scenario: Scenario, result: dict[str, Any]) -> str:
             f"  {target} peak RSS MB: "
             + ", ".join(f"{n} {_fmt(r['peak_rss_mb'][n])}" for n in r["peak_rss_mb"])
         )
-    redis = p.get("redis")
-    if redis:
-        top = ", ".join(
-            f"{k} {v:.2f}" for k, v in list(redis["by_command_per_reply"].items())[:8] if v
-        )
-        per_reply = redis["used_memory_bytes_per_reply"]
-        rows.append(
-            f"  Redis per reply: {_fmt(redis['commands_per_reply'])} commands, counting those "
-            f"run inside scripts ({top}); "
-            f"memory {_fmt(per_reply)} bytes/reply, {redis['used_memory_mb']} MB used"
-        )
-        rows.append(
-            "  Redis connections held (most during the phases): "
-            + ", ".join(f"{k} {v}" for k, v in redis["connections"].items())
-        )
-    if result.get("log_errors"):
-        rows.append(f"  ERRORS in the processes' logs: {len(result['log_errors'])}")
-        rows += [f"    {line}" for line in result["log_errors"][:5]]
-    return "\n".join(rows)
+    return rows
+
+
+def _redis_rows(redis: dict[str, Any] | None) -> list[str]:
+    """Redis's commands and memory per reply, and the connections each process held."""
+    if not redis:
+        return []
+    top = ", ".join(f"{k} {v:.2f}" for k, v in list(redis["by_command_per_reply"].items())[:8] if v)
+    per_reply = redis["used_memory_bytes_per_reply"]
+    return [
+        f"  Redis per reply: {_fmt(redis['commands_per_reply'])} commands, counting those "
+        f"run inside scripts ({top}); "
+        f"memory {_fmt(per_reply)} bytes/reply, {redis['used_memory_mb']} MB used",
+        "  Redis connections held (most during the phases): "
+        + ", ".join(f"{k} {v}" for k, v in redis["connections"].items()),
+    ]
 
 
 def _real_model_table(result: dict[str, Any]) -> str:

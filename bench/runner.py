@@ -16,7 +16,6 @@ import os
 import random
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,10 +23,10 @@ import aiohttp
 
 from bench import procs
 from bench.analysis import ModelTiming, Tally, tally
+from bench.figures import Target, dist, figures, timeline
 from bench.load import ChatSocket, LoadClient, converse, think_times
 from bench.monitor import Monitor, Usage, hwm_mb
 from bench.scenarios import Options, Scenario
-from bench.stats import Distribution, cdf, ratio
 from stack.redis import EmbeddedRedis
 from testkit.ports import free_port
 from testkit.processes import Cluster
@@ -39,32 +38,12 @@ T = TypeVar("T")
 
 #: How late (ms) after the model's own time a reply may be and still be on time.
 ON_TIME_MS = 20.0
-#: Bins (s) of the time series drawn in the chart.
-BIN_S = 0.5
 #: Handshakes at a time when opening the ``connections`` scenario's sockets. A Redis
 #: pool grows with the commands in flight at once, so sockets are opened one after
 #: another: the connections counted at 10 and at N sockets then differ only by what
 #: the sockets themselves hold. (The pool is bounded, ``REDIS_MAX_CONNECTIONS``,
 #: whatever the bursts.)
 OPEN_CONCURRENCY = 1
-
-
-@dataclass
-class _Target:
-    name: str  # "parley" or "baseline"
-    urls: list[str]
-    processes: list[str]  # monitor names of the processes serving it
-    tally: Tally
-    usage: Usage | None = None
-    timeline: dict[str, Any] | None = None
-    sockets: dict[str, Any] | None = None
-
-    def fold(self, t: Tally, u: Usage) -> None:
-        self.tally.add(t)
-        if self.usage is None:
-            self.usage = u
-        else:
-            self.usage.add(u)
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -131,7 +110,7 @@ async def _run(
             client_names[f"parley-{p.role}-{p.pid}"] = p.name
         shared = ["model", "load"]
         targets = [
-            _Target(
+            Target(
                 "parley",
                 [s.url for s in cluster.servers],
                 [p.name for p in cluster.procs] + ["redis", *shared],
@@ -139,7 +118,7 @@ async def _run(
             )
         ]
         if base is not None:
-            targets.append(_Target("baseline", [base.url], ["baseline", *shared], Tally()))
+            targets.append(Target("baseline", [base.url], ["baseline", *shared], Tally()))
         model_root = model_url.removesuffix("/v1")
         if scenario.kind == "connections":
             await _connections(o, targets, http, model_root, monitor, client_names)
@@ -154,7 +133,7 @@ async def _run(
 
 async def _load(
     o: Options,
-    targets: list[_Target],
+    targets: list[Target],
     http: aiohttp.ClientSession,
     model_root: str,
     monitor: Monitor,
@@ -172,7 +151,7 @@ async def _load(
                 )
             target.fold(t, u)
             if target.timeline is None:
-                target.timeline = _timeline(t, started, monitor, target.processes)
+                target.timeline = timeline(t, started, monitor, target.processes)
 
 
 async def _warm_up(urls: list[str], o: Options) -> None:
@@ -224,7 +203,7 @@ async def _phase(
 
 async def _connections(
     o: Options,
-    targets: list[_Target],
+    targets: list[Target],
     http: aiohttp.ClientSession,
     model_root: str,
     monitor: Monitor,
@@ -262,7 +241,7 @@ async def _connections(
             closing = time.perf_counter()
         logger.info("%s: sockets closed in %.1f s", target.name, time.perf_counter() - closing)
         target.fold(t, u)
-        target.timeline = _timeline(t, started, monitor, target.processes)
+        target.timeline = timeline(t, started, monitor, target.processes)
         target.sockets = {
             "open": o.sockets,
             "open_s": open_s,
@@ -271,8 +250,8 @@ async def _connections(
             "rss_mb": rss_at_n,
             "peak_rss_mb": peak,
             "kb_per_socket": (rss_at_n - rss_at_10) * 1024 / max(1, o.sockets - 10),
-            "added_ttft_ms_at_10": _dist(t_10.added_ttft_ms),
-            "added_done_ms_at_10": _dist(t_10.added_done_ms),
+            "added_ttft_ms_at_10": dist(t_10.added_ttft_ms),
+            "added_done_ms_at_10": dist(t_10.added_done_ms),
             "redis_connections_at_10": redis_at_10,
             "redis_connections": redis_at_n,
             "redis_connections_added": (
@@ -281,150 +260,3 @@ async def _connections(
                 else None
             ),
         }
-
-
-# -- figures --------------------------------------------------------------------------------
-
-
-def _timeline(t: Tally, started: float, monitor: Monitor, processes: list[str]) -> dict[str, Any]:
-    """Per :data:`BIN_S` bin from ``started``: replies/s, token events/s, the worst
-    event delay, and each process's CPU use (cores)."""
-    bins = max(1, int(t.elapsed_s / BIN_S) + 1)
-
-    def rate(times: list[float]) -> list[float]:
-        counts = [0] * bins
-        for at in times:
-            i = int((at - started) / BIN_S)
-            if 0 <= i < bins:
-                counts[i] += 1
-        return [c / BIN_S for c in counts]
-
-    worst = [0.0] * bins
-    for at, delay in zip(t.event_delay_at, t.event_delay_ms, strict=True):
-        i = int((at - started) / BIN_S)
-        if 0 <= i < bins:
-            worst[i] = max(worst[i], delay)
-    cpu: dict[str, list[tuple[float, float]]] = {}
-    last: dict[str, tuple[float, float]] = {}
-    end = started + t.elapsed_s
-    for at, name, cpu_s, _rss in sorted(monitor.samples):
-        if name not in processes or not started - 1 <= at <= end:
-            continue
-        if name not in last:
-            last[name] = (at, cpu_s)
-            continue
-        prev_at, prev_cpu = last[name]
-        if at - prev_at < monitor.interval_s / 2:
-            continue  # too close to the previous sample for a rate
-        cpu.setdefault(name, []).append(
-            (round(at - started, 3), round((cpu_s - prev_cpu) / (at - prev_at), 3))
-        )
-        last[name] = (at, cpu_s)
-    return {
-        "bin_s": BIN_S,
-        "replies_per_s": rate(t.done_at),
-        "token_events_per_s": rate(t.event_at),
-        "worst_event_delay_ms": [round(w, 2) for w in worst],
-        "cpu_cores": cpu,
-    }
-
-
-def _dist(values: list[float]) -> dict[str, Any]:
-    return asdict(Distribution.of(values))
-
-
-def _target_figures(target: _Target, client_names: dict[str, str]) -> dict[str, Any]:
-    t, u = target.tally, target.usage
-    per_s = (lambda n: n / t.elapsed_s) if t.elapsed_s else (lambda n: 0.0)
-    out: dict[str, Any] = {
-        "sent": t.sent,
-        "replies": t.replies,
-        "errors": t.errors,
-        "error_codes": dict(t.error_codes),
-        "lost": t.lost,
-        "misrouted": t.misrouted,
-        "duplicated": t.duplicated,
-        "out_of_order": t.out_of_order,
-        "garbled": t.garbled,
-        "failures": t.failures,
-        "late_replies": t.late,
-        "elapsed_s": round(t.elapsed_s, 3),
-        "replies_per_s": per_s(t.replies),
-        "token_events_per_s": per_s(t.token_events),
-        "tokens_per_s": per_s(t.tokens),
-        "tokens_per_event": t.tokens / t.token_events if t.token_events else None,
-    }
-    for name in (
-        "added_ttft_ms",
-        "added_done_ms",
-        "to_model_ms",
-        "from_model_ms",
-        "client_ttft_ms",
-        "client_done_ms",
-        "model_ttft_ms",
-        "model_done_ms",
-        "event_delay_ms",
-        "event_lag_ms",
-    ):
-        out[name] = _dist(getattr(t, name))
-    out["cdf"] = {
-        name: cdf(getattr(t, name)) for name in ("added_ttft_ms", "added_done_ms", "event_delay_ms")
-    }
-    if u is not None:
-        procs_used = {n: p for n, p in u.processes.items() if n in target.processes}
-        out["cpu_s"] = {n: round(p.cpu_s, 3) for n, p in procs_used.items()}
-        out["cpu_ms_per_reply"] = {
-            n: round(p.cpu_s * 1000 / t.replies, 3) if t.replies else None
-            for n, p in procs_used.items()
-        }
-        out["peak_rss_mb"] = {n: round(p.peak_rss_mb, 1) for n, p in procs_used.items()}
-        out["hwm_mb"] = {n: p.hwm_mb for n, p in procs_used.items()}
-        if target.name == "parley":
-            calls = sum(u.redis_calls.values())
-            out["redis"] = {
-                "commands_per_reply": calls / t.replies if t.replies else None,
-                "by_command_per_reply": {
-                    k: round(v / t.replies, 3) if t.replies else None
-                    for k, v in sorted(u.redis_calls.items(), key=lambda kv: -kv[1])
-                },
-                "used_memory_mb": round(u.redis_used_memory / 2**20, 2),
-                "used_memory_bytes_per_reply": (
-                    u.redis_used_memory_delta / t.replies if t.replies else None
-                ),
-                "connections": {
-                    client_names.get(k, k): v for k, v in sorted(u.redis_connections.items())
-                },
-            }
-    if target.sockets is not None:
-        out["sockets"] = target.sockets
-    if target.timeline is not None:
-        out["timeline"] = target.timeline
-    return out
-
-
-def figures(
-    scenario: Scenario,
-    o: Options,
-    targets: list[_Target],
-    client_names: dict[str, str],
-    log_errors: list[str],
-) -> dict[str, Any]:
-    """The scenario's result: options, each target's figures, Parley/baseline ratios."""
-    result: dict[str, Any] = {
-        "scenario": scenario.name,
-        "summary": scenario.summary,
-        "options": asdict(o),
-        "log_errors": log_errors[:50],
-    }
-    for target in targets:
-        result[target.name] = _target_figures(target, client_names)
-    if "baseline" in result:
-        p, b = result["parley"], result["baseline"]
-        result["ratio"] = {
-            name: ratio(p[name]["median"], b[name]["median"])
-            for name in ("added_ttft_ms", "added_done_ms", "client_ttft_ms", "client_done_ms")
-        } | {
-            "replies_per_s": ratio(p["replies_per_s"], b["replies_per_s"]),
-            "event_delay_ms": ratio(p["event_delay_ms"]["p99"], b["event_delay_ms"]["p99"]),
-        }
-    return result

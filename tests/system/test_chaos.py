@@ -19,16 +19,11 @@ from pathlib import Path
 import pytest
 
 from stack.redis import EmbeddedRedis
-from testkit.delivery import (
-    Findings,
-    assert_clean,
-    check_deliveries,
-    check_histories,
-    pending_owners,
-)
+from testkit.delivery import Findings, assert_clean, check_deliveries
 from testkit.driver import ChatDriver, SessionTrace
 from testkit.ports import free_port
 from testkit.processes import Cluster, Proc
+from testkit.records import check_histories, pending_owners
 from testkit.redis_cluster import EmbeddedRedisCluster
 from testkit.standin import StandinModel
 

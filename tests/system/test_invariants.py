@@ -17,17 +17,10 @@ from redis.asyncio import Redis
 
 from runtime.config import CommonSettings
 from storage.store import Store
-from testkit.delivery import (
-    Findings,
-    assert_clean,
-    check_deliveries,
-    check_histories,
-    check_prompts,
-    pending_owners,
-    show,
-)
+from testkit.delivery import Findings, assert_clean, check_deliveries, show
 from testkit.driver import ChatDriver, SessionTrace
 from testkit.processes import Cluster
+from testkit.records import check_histories, check_prompts, pending_owners
 from testkit.standin import StandinModel
 
 pytestmark = pytest.mark.system

@@ -18,9 +18,9 @@ import pytest
 from redis.asyncio import Redis
 
 from storage import keys
-from testkit.delivery import pending_owners
 from testkit.driver import ChatDriver, SessionTrace
 from testkit.processes import Cluster
+from testkit.records import pending_owners
 from testkit.standin import StandinModel
 from tests.system.partition import unanswered, wait_closed
 

@@ -1,0 +1,142 @@
+"""Checks of what the system recorded against what clients sent: each session's history
+(``/refresh_token``), the stand-in model's prompts, the pending entries' owners.
+
+The problems go into the same :class:`~testkit.delivery.Findings` as the delivery
+checks. Message contents are ``s<session>-m<k>-<8 hex digits>`` (see
+:meth:`ChatDriver.send`), so any text found in a prompt names its session and message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from storage import keys
+from testkit.delivery import Findings
+from testkit.driver import SessionTrace
+
+_MARKER = re.compile(r"s(\d+)-m(\d+)-[0-9a-f]{8}")
+
+
+def replies(trace: SessionTrace) -> dict[str, dict[str, Any]]:
+    """The reply (``done.reply``) of each message id, first ``done`` kept."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in trace.events("done"):
+        out.setdefault(e["message_id"], e["reply"])
+    return out
+
+
+def check_histories(sessions: Sequence[SessionTrace], findings: Findings) -> None:
+    """Each session's ``/refresh_token`` history (invariant 3): every message sent,
+    each followed by its reply, contents and ids as the socket saw them, each id once."""
+    for t in sessions:
+        assert t.history is not None, "call ChatDriver.fetch_histories() first"
+        got = [(m["role"], m["id"], m["content"]) for m in t.history["messages"]]
+        answered = replies(t)
+        expected: list[tuple[str, str, str]] = []
+        for sent, mid in zip(t.sent, t.message_ids(), strict=False):
+            expected.append(("user", mid, sent.content))
+            if mid in answered:
+                expected.append(("assistant", answered[mid]["id"], answered[mid]["content"]))
+        if got != expected:
+            findings.history_mismatches.append(
+                f"s{t.index}: history {_roles(got)} != expected {_roles(expected)}: "
+                f"{_first_difference(got, expected)}"
+            )
+        repeated = [i for i, n in Counter(m[1] for m in got).items() if n > 1]
+        if repeated:
+            findings.history_mismatches.append(f"s{t.index}: ids more than once: {repeated}")
+
+
+def _roles(messages: list[tuple[str, str, str]]) -> str:
+    return "".join(role[0] for role, _, _ in messages)
+
+
+def _first_difference(got: list[Any], expected: list[Any]) -> str:
+    for i, (a, b) in enumerate(zip(got, expected, strict=False)):
+        if a != b:
+            return f"at {i}: {a} != {b}"
+    return f"lengths {len(got)} != {len(expected)}"
+
+
+def check_prompts(
+    sessions: Sequence[SessionTrace],
+    requests: Sequence[dict[str, Any]],
+    findings: Findings,
+    *,
+    once: bool,
+) -> None:
+    """The stand-in model's recorded requests against the conversations (invariant 2).
+
+    The prompt of reply ``k`` ends with user message ``k``, holds message ``k-1`` and its
+    reply (``k > 1``), its earlier user messages in order, and no text of a later message
+    or of another session. With ``once``, each message was generated exactly once
+    (no crash or retry happened, so a second generation means a double delivery).
+    """
+    by_index = {t.index: t for t in sessions}
+    generations: Counter[tuple[int, int]] = Counter()
+    for body in requests:
+        messages = body.get("messages", [])
+        last = messages[-1] if messages else {}
+        match = _MARKER.fullmatch(last.get("content", "")) if last.get("role") == "user" else None
+        trace = by_index.get(int(match.group(1))) if match else None
+        if match is None or trace is None:
+            findings.prompt_problems.append(f"prompt does not end with a sent message: {last}")
+            continue
+        s, k = trace.index, int(match.group(2))
+        generations[s, k] += 1
+        if trace.sent[k - 1].content != last["content"]:
+            findings.prompt_problems.append(f"s{s} m{k}: unknown content {last['content']!r}")
+        user_ks = []
+        for m in messages:
+            for found in _MARKER.finditer(m["content"]):
+                fs, fk = int(found.group(1)), int(found.group(2))
+                if fs != s or fk > k:
+                    findings.prompt_problems.append(
+                        f"prompt of s{s} m{k} holds {found.group(0)!r} ({m['role']})"
+                    )
+            if m["role"] == "user" and (user := _MARKER.fullmatch(m["content"])):
+                user_ks.append(int(user.group(2)))
+        if user_ks != sorted(set(user_ks)):
+            findings.prompt_problems.append(f"prompt of s{s} m{k}: user messages {user_ks}")
+        if k > 1:
+            previous = trace.sent[k - 2].content
+            ids = trace.message_ids()
+            reply = replies(trace).get(ids[k - 2]) if len(ids) >= k - 1 else None
+            pair = [
+                {"role": "user", "content": previous},
+                {"role": "assistant", "content": reply["content"] if reply else None},
+            ]
+            plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+            if not any(plain[i : i + 2] == pair for i in range(len(plain) - 1)):
+                findings.prompt_problems.append(
+                    f"prompt of s{s} m{k} lacks m{k - 1} and its reply: {plain}"
+                )
+    for t in sessions:
+        for k in range(1, len(t.sent) + 1):
+            n = generations[t.index, k]
+            if n == 0 or (once and n > 1):
+                findings.prompt_problems.append(f"s{t.index} m{k} generated {n} times")
+
+
+async def pending_owners(redis: Any) -> dict[str, str]:
+    """Which consumer holds each pending message: ``{message_id: consumer}``, every partition.
+
+    Args:
+        redis: a client of the cluster's Redis (``decode_responses=True``).
+    """
+    owner: dict[str, str] = {}
+    for stream in keys.MESSAGE_STREAMS:
+        pending = await redis.xpending_range(
+            stream, keys.CONSUMER_GROUP, min="-", max="+", count=1000
+        )
+        if not pending:
+            continue
+        entries = dict(await redis.xrange(stream))
+        for p in pending:
+            fields = entries.get(p["message_id"])
+            if fields is not None:
+                owner[fields["message_id"]] = p["consumer"]
+    return owner
