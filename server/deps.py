@@ -67,9 +67,7 @@ async def _ws_token(store: StoreDep, token: Annotated[str | None, Query()] = Non
     try:
         alive = await store.touch(token)
     except (RedisError, OSError) as e:
-        raise WebSocketException(
-            status.WS_1011_INTERNAL_ERROR, reason="Redis unavailable; retry shortly"
-        ) from e
+        raise redis_unavailable() from e
     if not alive:
         raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason=SESSION_GONE)
     return token
@@ -81,3 +79,11 @@ ChatTokenDep = Annotated[str, Depends(_ws_token)]
 def session_gone() -> HTTPException:
     """The REST error for a bad, unknown or expired token: 400."""
     return HTTPException(status.HTTP_400_BAD_REQUEST, detail=SESSION_GONE)
+
+
+def redis_unavailable() -> WebSocketException:
+    """The refusal of a handshake that needed Redis while it was unreachable: 1011 (HTTP
+    403 at the handshake), with a reason that names no address."""
+    return WebSocketException(
+        status.WS_1011_INTERNAL_ERROR, reason="Redis unavailable; retry shortly"
+    )

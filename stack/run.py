@@ -20,8 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Self
+from types import FrameType
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,7 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from runtime.logs import LogFormat, setup_logging
 from stack.cpu import missing_cpu_flags, unsupported_cpu_message
 from stack.model import DEFAULT_MODEL, EmbeddedModel
-from stack.process import die_with_parent, stop_process
+from stack.process import Service, die_with_parent, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class StopRequested(BaseException):
     """SIGINT or SIGTERM arrived: unwind and stop everything (a BaseException, like ^C)."""
 
 
-class ChildProcess:
+class ChildProcess(Service):
     """A Python module run as a child process, stopped with SIGTERM then SIGKILL on exit."""
 
     def __init__(
@@ -92,7 +91,8 @@ class ChildProcess:
         """Exit code once it has exited, else None."""
         return self._proc.poll() if self._proc is not None else None
 
-    def __enter__(self) -> Self:
+    def start(self) -> None:
+        """Start the child."""
         logger.info("starting %s: %s", self.name, " ".join(self.argv))
         self._proc = subprocess.Popen(
             self.argv,
@@ -101,14 +101,9 @@ class ChildProcess:
             start_new_session=True,  # the terminal's ^C reaches us only; we stop children in order
             preexec_fn=die_with_parent,
         )
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
+        """Stop the child: SIGTERM, then SIGKILL after ``stop_grace`` (s)."""
         proc, self._proc = self._proc, None
         stop_process(proc, self.name, self.stop_grace)
 

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from server.connection import ChatConnection
-from server.deps import ChatTokenDep, HubDep, LeasesDep, SettingsDep, StoreDep
+from server.deps import ChatTokenDep, HubDep, LeasesDep, SettingsDep, StoreDep, redis_unavailable
 from server.metrics import SOCKETS, SOCKETS_REFUSED
 from server.sockets import ChatSockets
 
@@ -41,9 +41,7 @@ async def chat(
     try:
         lease = await leases.acquire(token)
     except (RedisError, OSError) as e:
-        raise WebSocketException(
-            status.WS_1011_INTERNAL_ERROR, reason="Redis unavailable; retry shortly"
-        ) from e
+        raise redis_unavailable() from e
     if lease is None:
         await _refuse_too_many(websocket, leases.max_sockets)
         return
