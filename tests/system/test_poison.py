@@ -45,7 +45,9 @@ async def test_a_message_that_crashes_its_workers_is_dead_lettered(
     redis: Redis[str], redis_url: str, tmp_path: Path
 ) -> None:
     async with (
-        StandinModel(tokens=40, delay_ms=50) as model,  # 2 s a reply
+        # 5 s a reply: each kill lands mid-reply, even when a busy machine delivers the
+        # first token to the test late.
+        StandinModel(tokens=40, delay_ms=125) as model,
         Cluster(
             redis_url,
             model.base_url or "",
