@@ -8,6 +8,7 @@ checks. Message contents are ``s<session>-m<k>-<8 hex digits>`` (see
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -140,3 +141,33 @@ async def pending_owners(redis: Any) -> dict[str, str]:
             if fields is not None:
                 owner[fields["message_id"]] = p["consumer"]
     return owner
+
+
+async def missing_events(redis: Any, sessions: Sequence[SessionTrace]) -> list[str]:
+    """For each session still owed a closing event, one line: what its socket has, what
+    its event stream holds, and the stored events the socket never received.
+
+    What a stuck run's report needs to tell a lost relay (events stored, not delivered)
+    from a lost reply (nothing stored).
+
+    Args:
+        redis: a client of the cluster's Redis (``decode_responses=True``).
+    """
+    lines: list[str] = []
+    for t in sessions:
+        if t.closed or t.closing_count() >= len(t.sent):
+            continue
+        stored = await redis.xrange(keys.events_key(t.token))
+        got = {e["event_id"] for e in t.events() if "event_id" in e}
+        lacking = [
+            f"{eid} {json.loads(fields['event']).get('type')}"
+            for eid, fields in stored
+            if eid not in got
+        ]
+        lines.append(
+            f"s{t.index} on server {t.server}, closes {t.close_codes}: sent {len(t.sent)}, "
+            f"closed {t.closing_count()}, received {len(t.received)} "
+            f"(last {t.last_event_id()}), stored {len(stored)}; not received: "
+            f"{lacking[:8]}{' ...' if len(lacking) > 8 else ''}"
+        )
+    return lines

@@ -16,6 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from runtime.config import CommonSettings
+from runtime.tasks import cancel_and_wait
 from storage.store import Store
 from testkit.delivery import Findings, assert_clean, check_deliveries, show
 from testkit.driver import ChatDriver, SessionTrace
@@ -45,9 +46,8 @@ async def peak_connections(cluster: Cluster) -> AsyncIterator[list[int]]:
     try:
         yield peak
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # A cancellation can be absorbed inside a redis-py call, and the loop would go on.
+        await cancel_and_wait([task])
 
 
 def streaming(trace: SessionTrace) -> Callable[[], bool]:
