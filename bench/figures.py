@@ -11,11 +11,14 @@ from typing import Any
 
 from bench.analysis import Tally
 from bench.monitor import Monitor, Usage
-from bench.scenarios import Options, Scenario
+from bench.scenarios import KEEPING_UP_MS, Options, Scenario
 from bench.stats import Distribution, cdf, ratio
 
 #: Bins (s) of the time series drawn in the chart.
 BIN_S = 0.5
+#: The processes both targets share (the stand-in model, the load generator): not
+#: counted in a target's own CPU.
+SHARED_PROCESSES = ("model", "load")
 
 
 @dataclass
@@ -129,6 +132,11 @@ def _target_figures(target: Target, client_names: dict[str, str]) -> dict[str, A
     }
     if u is not None:
         out |= _costs(target.processes, u, t.replies)
+        own = [n for n in target.processes if n not in SHARED_PROCESSES]
+        cpu_s = sum(out["cpu_s"].get(n, 0.0) for n in own)
+        # CPU of the target's own processes (not the stand-in model's or the load's).
+        out["own_cpu_ms_per_reply"] = cpu_s * 1000 / t.replies if t.replies else None
+        out["own_cpu_us_per_token"] = cpu_s * 1e6 / t.tokens if t.tokens else None
         if target.name == "parley":
             out["redis"] = _redis(u, t.replies, client_names)
     if target.sockets is not None:
@@ -188,7 +196,20 @@ def figures(
             name: ratio(p[name]["median"], b[name]["median"])
             for name in ("added_ttft_ms", "added_done_ms", "client_ttft_ms", "client_done_ms")
         } | {
+            "added_ttft_ms_p99": ratio(p["added_ttft_ms"]["p99"], b["added_ttft_ms"]["p99"]),
             "replies_per_s": ratio(p["replies_per_s"], b["replies_per_s"]),
+            "token_events_per_s": ratio(p["token_events_per_s"], b["token_events_per_s"]),
             "event_delay_ms": ratio(p["event_delay_ms"]["p99"], b["event_delay_ms"]["p99"]),
+            "cpu_ms_per_reply": ratio(p.get("own_cpu_ms_per_reply"), b.get("own_cpu_ms_per_reply")),
+            "kb_per_socket": ratio(
+                p.get("sockets", {}).get("kb_per_socket"), b.get("sockets", {}).get("kb_per_socket")
+            ),
         }
+        # The absolute bound on event delay holds only where the baseline keeps up.
+        baseline_p99 = b["event_delay_ms"]["p99"]
+        p["event_delay_ms_p99_where_baseline_keeps_up"] = (
+            p["event_delay_ms"]["p99"]
+            if baseline_p99 is not None and baseline_p99 <= KEEPING_UP_MS
+            else None
+        )
     return result

@@ -168,9 +168,12 @@ def _figure_rows(result: dict[str, Any]) -> list[str]:
     rows = [
         _row(result, "replies", "replies", digits=0),
         _row(result, "replies/s", "replies_per_s", ratio_of="replies_per_s"),
-        _row(result, "token events/s", "token_events_per_s"),
+        _row(result, "token events/s", "token_events_per_s", ratio_of="token_events_per_s"),
         _row(result, "model tokens/s delivered", "tokens_per_s"),
-    ]
+        _row(result, "own CPU ms/reply", "own_cpu_ms_per_reply", digits=3,
+             ratio_of="cpu_ms_per_reply"),
+        _row(result, "own CPU us/model token", "own_cpu_us_per_token"),
+    ]  # fmt: skip
     for label, name in _DISTRIBUTIONS:
         if p[name]["n"]:
             rows += [
@@ -180,10 +183,11 @@ def _figure_rows(result: dict[str, Any]) -> list[str]:
             ]  # fmt: skip
     rows += [_row(result, k, k, digits=0) for k in _INTEGRITY]
     sockets = p.get("sockets")
+    ratios = result.get("ratio", {})
     if sockets:
         n = sockets["open"]
         rows += [
-            _row(result, label, "sockets", *key)
+            _row(result, label, "sockets", *key, ratio_of=key[0] if key[0] in ratios else None)
             for label, key in (
                 ("sockets opened/s", ("opened_per_s",)),
                 ("server RSS MB at 10 sockets", ("rss_mb_at_10",)),

@@ -23,7 +23,7 @@ import aiohttp
 
 from bench import procs
 from bench.analysis import ModelTiming, Tally, tally
-from bench.figures import Target, dist, figures, timeline
+from bench.figures import SHARED_PROCESSES, Target, dist, figures, timeline
 from bench.load import ChatSocket, LoadClient, converse, think_times
 from bench.monitor import Monitor, Usage, hwm_mb
 from bench.scenarios import Options, Scenario
@@ -108,7 +108,7 @@ async def _run(
         for p in cluster.procs:
             monitor.watch(p.name, p.pid)
             client_names[f"parley-{p.role}-{p.pid}"] = p.name
-        shared = ["model", "load"]
+        shared = list(SHARED_PROCESSES)
         targets = [
             Target(
                 "parley",
