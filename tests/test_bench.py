@@ -49,17 +49,23 @@ def test_scenarios_run_against_parley_and_the_baseline(
         assert result["parley"]["cpu_s"].keys() >= {"server-1", "worker-1", "redis"}
         assert result["baseline"]["cpu_s"].keys() >= {"baseline"}
         assert result["parley"]["redis"]["commands_per_reply"] > 0
-        ratios = result["ratio"]
-        assert ratios["added_ttft_ms"] > 0 and ratios["added_ttft_ms_p99"] > 0
-        assert ratios["cpu_ms_per_reply"] > 0 and ratios["token_events_per_s"] > 0
-        for target in ("parley", "baseline"):
-            assert result[target]["own_cpu_ms_per_reply"] > 0
+        # A ratio is None where its baseline figure is 0 (a few replies may take less
+        # CPU than the clock's resolution), so only their presence is checked.
+        assert result["ratio"].keys() >= {
+            "added_ttft_ms",
+            "added_ttft_ms_p99",
+            "replies_per_s",
+            "token_events_per_s",
+            "cpu_ms_per_reply",
+            "kb_per_socket",
+        }
+        assert result["ratio"]["added_ttft_ms"] > 0 and result["ratio"]["token_events_per_s"] > 0
+        assert result["parley"]["own_cpu_ms_per_reply"] > 0
     assert latency["parley"]["sent"] == 3 * 2
     assert latency["parley"]["redis"]["connections"]["server-1"] >= 1
     sockets = connections["parley"]["sockets"]
     assert sockets["open"] == 20
     assert sockets["redis_connections_at_10"] >= 1 and sockets["peak_rss_mb"] > 0
-    assert "kb_per_socket" in connections["ratio"]
 
     out = capsys.readouterr().out
     assert "latency     " in out and "connections " in out
