@@ -17,32 +17,42 @@
 -- Returns {STARTED or RESTARTED, {crashes, fields JSON, messages JSON, message count}}:
 -- STARTED for a first attempt, RESTARTED if a restart was emitted; crashes the attempts
 -- at this message whose worker died, fields the session's scalar fields as
--- {".name": value, ...}. Or {ANSWERED} (already answered), {NOT_YET} (an earlier message
+-- {"name": value, ...}. Or {ANSWERED} (already answered), {NOT_YET} (an earlier message
 -- is still unanswered: not its turn; nothing changed), {NO_SESSION}.
 local STARTED, RESTARTED, ANSWERED, NOT_YET, NO_SESSION = 0, 1, 2, 3, 4
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl == -2 then
+-- The session's scalar fields that the reply needs, and its attempt records, in one read.
+local FIELDS = {'token', 'name', 'session_start', 'seq', 'replied_seq', 'stop_seq'}
+local paths = {'$.generator', '$.crashes'}
+for _, name in ipairs(FIELDS) do
+  paths[#paths + 1] = '$.' .. name
+end
+local read = redis.call('JSON.GET', KEYS[1], unpack(paths))
+if not read then
   return reply(NO_SESSION)
 end
+read = cjson.decode(read)
 local seq = tonumber(ARGV[1])
-local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
+local replied = tonumber(read['$.replied_seq'][1])
 if seq <= replied then
   return reply(ANSWERED)
 end
 if seq > replied + 1 then
   return reply(NOT_YET)
 end
-local previous = json_field(KEYS[1], 'generator') or ''
+local previous = read['$.generator'][1]
+if type(previous) ~= 'string' then
+  previous = ''
+end
 redis.call('JSON.SET', KEYS[1], '$.generator', cjson.encode(ARGV[2]))
 local status = STARTED
 if string.match(previous, '^(%d+):') == ARGV[1] then
   status = RESTARTED
-  append_event(KEYS[2], pttl, ARGV[5], ARGV[4], ARGV[3])
+  append_event(KEYS[2], redis.call('PTTL', KEYS[1]), ARGV[5], ARGV[4], ARGV[3])
 end
 local crashes = 0
 if status == RESTARTED then
-  local record = json_field(KEYS[1], 'crashes') or ''
-  local crashed_seq, n = string.match(record, '^(%d+):(%d+)$')
+  local record = read['$.crashes'][1]
+  local crashed_seq, n = string.match(type(record) == 'string' and record or '', '^(%d+):(%d+)$')
   if crashed_seq == ARGV[1] then
     crashes = tonumber(n)
   end
@@ -51,8 +61,10 @@ if status == RESTARTED then
     redis.call('JSON.SET', KEYS[1], '$.crashes', cjson.encode(ARGV[1] .. ':' .. crashes))
   end
 end
-local fields = redis.call('JSON.GET', KEYS[1], '.token', '.name', '.session_start', '.seq',
-  '.replied_seq', '.stop_seq', '.generator')
+local fields = {generator = ARGV[2]}
+for _, name in ipairs(FIELDS) do
+  fields[name] = read['$.' .. name][1]
+end
 local count = redis.call('JSON.ARRLEN', KEYS[1], '.messages')
 local window = tonumber(ARGV[6])
 local messages
@@ -61,4 +73,4 @@ if window > 0 and count > window then
 else
   messages = redis.call('JSON.GET', KEYS[1], '.messages')
 end
-return reply(status, {crashes, fields, messages, count})
+return reply(status, {crashes, cjson.encode(fields), messages, count})

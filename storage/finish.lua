@@ -8,33 +8,46 @@
 -- closes the message whatever attempt runs (a dead-lettered entry, which may never
 -- have begun) once it is its turn, fences every attempt, and tolerates an unreadable
 -- "replied_seq" (which it mends).
+-- KEYS[3] (optional) the message stream of the user message's entry, ARGV[7] its
+-- consumer group, ARGV[8] the entry id: the entry is acknowledged (XACK) in the same
+-- script once the message is closed (FINISHED or ALREADY_RECORDED), or its session gone.
 -- Returns {FINISHED, the event id}; {ALREADY_RECORDED}; {NO_SESSION}; {FENCED} if
 -- another attempt has taken over; {NOT_YOUR_TURN} (with "") if an earlier message is
 -- unanswered.
 local FINISHED, ALREADY_RECORDED, NO_SESSION, FENCED, NOT_YOUR_TURN = 0, 1, 2, 3, 4
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl == -2 then
-  return reply(NO_SESSION)
+local function acked(status, payload)
+  if KEYS[3] then
+    redis.call('XACK', KEYS[3], ARGV[7], ARGV[8])
+  end
+  return reply(status, payload)
 end
+-- replied_seq and generator in one read: {"$.replied_seq": [n], "$.generator": [g]}
+local read = redis.call('JSON.GET', KEYS[1], '$.replied_seq', '$.generator')
+if not read then
+  return acked(NO_SESSION)
+end
+read = cjson.decode(read)
 local seq = tonumber(ARGV[1])
 local forced = ARGV[6] == ''
-local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
+local replied = read['$.replied_seq'][1]
+replied = replied ~= nil and tonumber(replied) or nil
 if replied == nil and forced then
   replied = seq - 1
 end
 if seq <= replied then
-  return reply(ALREADY_RECORDED)
+  return acked(ALREADY_RECORDED)
 end
 if forced and seq > replied + 1 then
   return reply(NOT_YOUR_TURN)
 end
 if forced then
   redis.call('JSON.SET', KEYS[1], '$.generator', '""')
-elseif json_field(KEYS[1], 'generator') ~= ARGV[6] then
+elseif read['$.generator'][1] ~= ARGV[6] then
   return reply(FENCED)
 end
 if ARGV[2] ~= '' then
   redis.call('JSON.ARRAPPEND', KEYS[1], '.messages', ARGV[2])
 end
 redis.call('JSON.SET', KEYS[1], '.replied_seq', seq)
-return reply(FINISHED, append_event(KEYS[2], pttl, ARGV[5], ARGV[4], ARGV[3]))
+local pttl = redis.call('PTTL', KEYS[1])
+return acked(FINISHED, append_event(KEYS[2], pttl, ARGV[5], ARGV[4], ARGV[3]))

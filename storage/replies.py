@@ -59,9 +59,7 @@ class Fenced(Exception):
 def _begun(status: BeginStatus, payload: Any) -> Begun:
     """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, fields, messages, count]``."""
     crashes, fields, messages = int(payload[0]), json.loads(payload[1]), json.loads(payload[2])
-    session = Session.model_validate(
-        {name.lstrip("."): value for name, value in fields.items()} | {"messages": messages}
-    )
+    session = Session.model_validate(fields | {"messages": messages})
     return Begun(status, session, crashes=crashes, complete=len(messages) == int(payload[3]))
 
 
@@ -119,11 +117,16 @@ class Replies(StoreBase):
             return Begun(status)
         return _begun(status, payload)
 
-    async def emit(self, token: str, event: ServerEvent, attempt: str) -> str | None:
+    async def emit(
+        self, token: str, event: ServerEvent, attempt: str, *, first: bool = True
+    ) -> str | None:
         """Publish a reply event to the session's sockets, durably.
 
         Args:
             attempt: the attempt emitting (see :meth:`begin`).
+            first: the attempt's first event: the session's event stream is given the
+                session's TTL (two commands more); later events of the attempt skip
+                it, and :meth:`finish` gives it again.
 
         Returns:
             The event id, or None if the session no longer exists.
@@ -133,7 +136,11 @@ class Replies(StoreBase):
         """
         status, event_id = await self._emit(
             keys=[keys.session_key(token), keys.events_key(token)],
-            args=[*self.event_args(token, event.model_dump_json(exclude_none=True)), attempt],
+            args=[
+                *self.event_args(token, event.model_dump_json(exclude_none=True)),
+                attempt,
+                "1" if first else "0",
+            ],
         )
         if status is EmitStatus.FENCED:
             raise Fenced(attempt)
@@ -145,6 +152,8 @@ class Replies(StoreBase):
         reply: StoredMessage | None,
         event: ServerEvent,
         attempt: str,
+        *,
+        ack: tuple[str, str] | None = None,
     ) -> str | None:
         """Record the reply of a user message (None: it failed) and emit ``event``, once.
 
@@ -152,6 +161,11 @@ class Replies(StoreBase):
             attempt: the attempt finishing (see :meth:`begin`); ``""`` closes the
                 message whatever attempt runs, once it is its turn, and fences them all
                 (for an entry given up before any attempt could begin).
+            ack: ``(stream, entry id)`` of the message's stream entry, acknowledged in
+                the same script (no round trip of its own) once the message is closed
+                or its session gone; when this returns or raises
+                :class:`SessionExpired`, it is acked. Not with ``Fenced`` or
+                ``NotYourTurn``.
 
         Returns:
             The event id; None if the reply was already recorded (nothing changed).
@@ -162,12 +176,17 @@ class Replies(StoreBase):
             NotYourTurn: (``attempt`` empty) an earlier message is still unanswered.
         """
         status, event_id = await self._finish(
-            keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
+            keys=[
+                keys.session_key(entry.token),
+                keys.events_key(entry.token),
+                *([ack[0]] if ack else []),
+            ],
             args=[
                 entry.seq,
                 reply.model_dump_json() if reply is not None else "",
                 *self.event_args(entry.token, event.model_dump_json(exclude_none=True)),
                 attempt,
+                *([keys.CONSUMER_GROUP, ack[1]] if ack else []),
             ],
         )
         if status is FinishStatus.NO_SESSION:

@@ -72,7 +72,12 @@ class ReplyGenerator:
         self.store = store
 
     async def generate(
-        self, entry: MessageEntry, attempt: str, begun: Begun, stop: asyncio.Event
+        self,
+        entry: MessageEntry,
+        attempt: str,
+        begun: Begun,
+        stop: asyncio.Event,
+        ack: tuple[str, str] | None = None,
     ) -> None:
         """Generate, stream and record the reply to ``entry`` as ``attempt``; or record
         the model's error.
@@ -80,6 +85,8 @@ class ReplyGenerator:
         Args:
             begun: what :meth:`Store.begin` returned: the session as ``attempt`` began
                 (its newest messages, or all of them).
+            ack: ``(stream, entry id)`` of ``entry``: acked by the script that records
+                the end of the reply (see :meth:`Store.finish`), once this returns.
 
         Raises:
             Fenced: another attempt took over meanwhile.
@@ -94,13 +101,13 @@ class ReplyGenerator:
         try:
             streamed = await self._stream_with_restarts(entry, attempt, prompt, started, stop)
         except LLMError as e:
-            await self._fail(entry, attempt, e)
+            await self._fail(entry, attempt, e, ack)
             return
         # Charged before the reply is recorded, so a client that sees its `done` finds
         # the quota up to date; what the model generated counts, recorded or not.
         cost = reply_cost(usage, prompt, streamed.text)
         await charge_reply(self.redis, self.settings, entry.token, cost)
-        await self._record(entry, attempt, streamed, started, stopped=stop.is_set())
+        await self._record(entry, attempt, streamed, started, stop.is_set(), ack)
 
     async def _stream_with_restarts(
         self,
@@ -130,7 +137,13 @@ class ReplyGenerator:
                 await self._emit(entry, attempt, RestartEvent(message_id=entry.message_id))
 
     async def _record(
-        self, entry: MessageEntry, attempt: str, streamed: _Streamed, started: float, stopped: bool
+        self,
+        entry: MessageEntry,
+        attempt: str,
+        streamed: _Streamed,
+        started: float,
+        stopped: bool,
+        ack: tuple[str, str] | None,
     ) -> None:
         """Record the reply with its ``done`` event, then count and log it."""
         reply = StoredMessage(
@@ -142,9 +155,8 @@ class ReplyGenerator:
             stopped=stopped,
             truncated=None if stopped else streamed.truncated,
         )
-        event_id = await self.store.finish(
-            entry, reply, DoneEvent(message_id=entry.message_id, reply=reply.public()), attempt
-        )
+        done = DoneEvent(message_id=entry.message_id, reply=reply.public())
+        event_id = await self.store.finish(entry, reply, done, attempt, ack=ack)
         total_s = time.perf_counter() - started
         outcome = "stopped" if reply.stopped else "truncated" if reply.truncated else "done"
         if event_id:
@@ -184,11 +196,13 @@ class ReplyGenerator:
             session = await self.store.get_session(entry.token, touch=False)
             return prompt(session.messages, True)
 
-    async def _fail(self, entry: MessageEntry, attempt: str, error: LLMError) -> None:
+    async def _fail(
+        self, entry: MessageEntry, attempt: str, error: LLMError, ack: tuple[str, str] | None
+    ) -> None:
         logger.warning("message_id=%s model error %s: %s", entry.message_id, error.code, error)
         REPLIES.labels(error.code.value).inc()
         event = ErrorEvent(message_id=entry.message_id, code=error.code, detail=error.public_detail)
-        await self.store.finish(entry, None, event, attempt)
+        await self.store.finish(entry, None, event, attempt, ack=ack)
 
     async def _stream(
         self,
@@ -245,6 +259,7 @@ class ReplyGenerator:
         arrive within ``stream_flush_ms`` are joined into the next event.
         """
         first_token_s = 0.0
+        first = True  # the attempt's first event gives the event stream its TTL
         window = self.settings.stream_flush_ms / 1000
         room = self.settings.reply_max_chars
         while (body := await pieces.next_piece()) is not None:
@@ -257,7 +272,8 @@ class ReplyGenerator:
             sent_at = time.perf_counter()
             if body:
                 event = TokenEvent(message_id=entry.message_id, content=body)
-                await self._emit(entry, attempt, event)
+                await self._emit(entry, attempt, event, first=first)
+                first = False
             if cut:
                 return first_token_s, True
             # Wait out the window only while the model is still sending: once the
@@ -269,9 +285,13 @@ class ReplyGenerator:
         return first_token_s, False
 
     async def _emit(
-        self, entry: MessageEntry, attempt: str, event: TokenEvent | RestartEvent
+        self,
+        entry: MessageEntry,
+        attempt: str,
+        event: TokenEvent | RestartEvent,
+        first: bool = True,
     ) -> None:
-        if await self.store.emit(entry.token, event, attempt) is None:
+        if await self.store.emit(entry.token, event, attempt, first=first) is None:
             raise SessionExpired(entry.token)
 
 

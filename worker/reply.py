@@ -64,10 +64,12 @@ class Delivery(Protocol):
 
 @dataclass
 class _Attempt:
-    """One try at a reply: its fencing token, and whether ``begin`` accepted it."""
+    """One try at a reply: its fencing token, whether ``begin`` accepted it, and whether
+    the script that closed the message also acked its entry."""
 
     id: str
     begun: bool = False
+    acked: bool = False
 
 
 class Replies:
@@ -115,7 +117,8 @@ class Replies:
         attempt = _Attempt(f"{entry.seq}:{uuid.uuid4().hex[:16]}")
         try:
             await self._answer(delivery, entry, attempt, stop)
-            await delivery.ack()
+            if not attempt.acked:
+                await delivery.ack()
         except SessionExpired:
             logger.info("message_id=%s session=%s seq=%d: session expired", *log_ctx)
             await delivery.ack()
@@ -202,7 +205,8 @@ class Replies:
                 await self._give_up(delivery, entry, attempt.id, f"{begun.crashes} crashes")
             else:
                 with GENERATING.track_inprogress():
-                    await self.generator.generate(entry, attempt.id, begun, stop)
+                    await self.generator.generate(entry, attempt.id, begun, stop, delivery.key)
+                attempt.acked = True  # by the script that closed the message
             return True
 
     async def _await_turn(self, entry: MessageEntry) -> None:

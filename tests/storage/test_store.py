@@ -158,3 +158,49 @@ async def test_emit_on_expired_session_writes_nothing(store: Store, redis: Redis
     token = "00000000-0000-4000-8000-000000000000"
     assert await store.emit(token, TokenEvent(message_id="m", content="x"), "1:a") is None
     assert await redis.exists(keys.events_key(token)) == 0
+
+
+async def test_the_event_stream_takes_the_session_ttl_first_and_last(
+    store: Store, redis: Redis
+) -> None:
+    session = await store.create_session("ada")
+    u1 = await store.enqueue(session.token, "one", max_pending=10)
+    entry = MessageEntry(token=session.token, seq=1, message_id=u1.id)
+    await store.begin(entry, "1:a")
+    events = keys.events_key(session.token)
+    await store.emit(session.token, TokenEvent(message_id=u1.id, content="a"), "1:a")
+    assert 0 < await redis.ttl(events) <= 60
+    # Later events of the attempt leave the stream's TTL alone...
+    await redis.persist(events)
+    await store.emit(session.token, TokenEvent(message_id=u1.id, content="b"), "1:a", first=False)
+    assert await redis.ttl(events) == -1
+    # ... and the end of the reply gives it again.
+    r1 = reply_to(u1, "ab")
+    assert await store.finish(entry, r1, DoneEvent(message_id=u1.id, reply=r1.public()), "1:a")
+    assert 0 < await redis.ttl(events) <= 60
+
+
+async def test_finish_acks_the_entry_once_the_message_is_closed(store: Store, redis: Redis) -> None:
+    session = await store.create_session("ada")
+    stream = keys.message_stream_of(session.token)
+    u1 = await store.enqueue(session.token, "one", max_pending=10)
+    ((_, [(entry_id, _)]),) = await redis.xreadgroup(
+        keys.CONSUMER_GROUP, "c1", {stream: ">"}, count=1
+    )
+    entry = MessageEntry(token=session.token, seq=1, message_id=u1.id)
+    await store.begin(entry, "1:a")
+    r1 = reply_to(u1, "hi")
+    done = DoneEvent(message_id=u1.id, reply=r1.public())
+    # A fenced attempt neither records nor acks.
+    with pytest.raises(Fenced):
+        await store.finish(entry, r1, done, "1:old", ack=(stream, entry_id))
+    assert (await redis.xpending(stream, keys.CONSUMER_GROUP))["pending"] == 1
+    assert await store.finish(entry, r1, done, "1:a", ack=(stream, entry_id))
+    assert (await redis.xpending(stream, keys.CONSUMER_GROUP))["pending"] == 0
+    # Finished already (a re-claimed entry): nothing recorded, and the entry acked.
+    await redis.xclaim(stream, keys.CONSUMER_GROUP, "c2", 0, [entry_id])
+    await redis.xgroup_setid(stream, keys.CONSUMER_GROUP, "0")
+    await redis.xreadgroup(keys.CONSUMER_GROUP, "c2", {stream: ">"}, count=1)
+    assert (await redis.xpending(stream, keys.CONSUMER_GROUP))["pending"] == 1
+    assert await store.finish(entry, r1, done, "1:a", ack=(stream, entry_id)) is None
+    assert (await redis.xpending(stream, keys.CONSUMER_GROUP))["pending"] == 0
