@@ -14,11 +14,14 @@
 -- Returns {QUEUED, {seq, entry id}}, or {NO_SESSION}, {TOO_MANY_PENDING} (too many
 -- wait), {SESSION_FULL}, {OVERLOADED} (the partition's backlog is full).
 local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED = 0, 1, 2, 3, 4
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- One read of both counters: {"$.seq": [n], "$.replied_seq": [m]}; nil: no session.
+local read = redis.call('JSON.GET', KEYS[1], '$.seq', '$.replied_seq')
+if not read then
   return reply(NO_SESSION)
 end
-local seq = tonumber(redis.call('JSON.GET', KEYS[1], '.seq'))
-local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
+read = cjson.decode(read)
+local seq = tonumber(read['$.seq'][1])
+local replied = tonumber(read['$.replied_seq'][1])
 if seq >= tonumber(ARGV[7]) then
   return reply(SESSION_FULL)
 end

@@ -30,10 +30,12 @@ end
 
 -- The group's fields (XINFO GROUPS), or nil if the stream or the group does not exist.
 local function group_info(stream, group)
-  if redis.call('EXISTS', stream) == 0 then
+  -- No EXISTS first: XINFO GROUPS of a missing stream is an error, read as "no group".
+  local groups = redis.pcall('XINFO', 'GROUPS', stream)
+  if groups['err'] then
     return nil
   end
-  for _, flat in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  for _, flat in ipairs(groups) do
     local info = fields_of(flat)
     if info['name'] == group then
       return info
