@@ -267,10 +267,12 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
         scenario = SCENARIOS[result["scenario"]]
         if scenario.kind == "real-model":
             d, p = result["direct"], result["parley"]
+            ((check, _, ok),) = verdicts(scenario, result)
             rows.append(
-                f"| `real-model` | first token, Parley / direct (median) | "
+                f"| `real-model` | {check.label} {check.op} {check.threshold:g} | "
                 f"{ms(p['first_token_ms']['median'])} / {ms(d['first_token_ms']['median'])} ms = "
-                f"{_fmt(result.get('first_token_ratio'))} | (no target) |"
+                f"{_fmt(result.get('first_token_ratio'))} | "
+                f"{'yes' if ok else 'no' if ok is not None else 'n/a'} |"
             )
             continue
         for check, value, ok in verdicts(scenario, result):
