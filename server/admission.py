@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 import uuid
 
 from fastapi import HTTPException, Request, WebSocket, status
@@ -88,21 +89,52 @@ async def admit_session(request: Request) -> None:
         ) from e
 
 
-async def admit_message(websocket: WebSocket, token: str) -> ErrorEvent | None:
+class ClientMark:
+    """When a socket last recorded its session's client (:meth:`Limiter.set_client`).
+
+    A socket's client address never changes, so the record is renewed only once a
+    quarter of its lifetime (the session's TTL) has passed, not with every message.
+    """
+
+    def __init__(self) -> None:
+        self._at: float | None = None  # time.monotonic() (s) of the last record
+
+    def due(self, ttl_s: float) -> bool:
+        """Whether the record must be written (again)."""
+        return self._at is None or time.monotonic() - self._at > ttl_s / 4
+
+    def done(self) -> None:
+        """The record was just written."""
+        self._at = time.monotonic()
+
+
+async def admit_message(websocket: WebSocket, token: str, mark: ClientMark) -> ErrorEvent | None:
     """One more message of session ``token``: None if admitted, else the error to send.
 
-    Redis being unreachable admits (storing the message reports the outage).
+    Two round trips to Redis: the two quotas are read at once, then the message is
+    counted in the rate window. ``mark`` is the socket's :class:`ClientMark`: the
+    session's client is recorded on its first message, then once a quarter of the
+    session's TTL has passed. Redis being unreachable admits (storing the message
+    reports the outage).
     """
     settings: SecuritySettings = websocket.state.settings
     limiter = _limiter(websocket)
     client = digest(client_address(websocket.scope, settings.proxies()))
     try:
-        await limiter.check_quota(SESSION_TOKENS, token, settings.model_tokens_per_session)
-        await limiter.check_quota(CLIENT_TOKENS, client, settings.model_tokens_per_client)
+        quotas = await asyncio.gather(
+            limiter.check_quota(SESSION_TOKENS, token, settings.model_tokens_per_session),
+            limiter.check_quota(CLIENT_TOKENS, client, settings.model_tokens_per_client),
+            return_exceptions=True,
+        )
+        for outcome in quotas:  # the session's refusal first, as if checked in turn
+            if isinstance(outcome, BaseException):
+                raise outcome
         await limiter.hit(
             "messages", token, settings.rate_messages_per_session, settings.rate_window_s
         )
-        await limiter.set_client(token, client, settings.session_ttl_seconds)
+        if mark.due(settings.session_ttl_seconds):
+            await limiter.set_client(token, client, settings.session_ttl_seconds)
+            mark.done()
     except Refused as e:
         if e.limit == "messages":
             return _refused(

@@ -29,7 +29,7 @@ from protocol.wire import (
 from runtime.logs import fingerprint
 from runtime.retry import retrying
 from runtime.tasks import cancel_and_wait
-from server.admission import admit_message
+from server.admission import ClientMark, admit_message
 from server.config import ServerSettings
 from server.deps import SESSION_GONE
 from server.limits import TokenBucket
@@ -98,6 +98,7 @@ class ChatConnection:
         self.settings = settings
         self.relay = EventRelay(websocket, token, store)
         self._resumes = TokenBucket(settings.resume_rate_per_s, settings.resume_burst)
+        self._client_mark = ClientMark()
 
     async def run(self, after: str | None) -> None:
         """Serve the connection until the client leaves or it must close.
@@ -243,7 +244,7 @@ class ChatConnection:
                 f"the message has {len(content)} characters; at most {limit} are accepted",
             )
             return
-        refusal = await admit_message(self.websocket, self.token)
+        refusal = await admit_message(self.websocket, self.token, self._client_mark)
         if refusal is not None:
             await self.relay.send(refusal.model_dump_json(exclude={"event_id"}))
             return

@@ -18,9 +18,11 @@ Two kinds of limit:
   tokens) per period, counted after the fact, since a reply's cost is known only once
   it is written; a message is refused once the quota is used up, until it renews.
 
-The server records, per session, which client (a digest of its address) sent its
-latest message (:meth:`Limiter.set_client`), so the worker can charge the client's
-quota as well as the session's without the address travelling in the queue.
+The server records, per session, which client (a digest of its address) sends its
+messages (:meth:`Limiter.set_client`: on a socket's first message, then once a quarter of
+the session's TTL has passed), so the worker can charge the client's quota as well as
+the session's without the address travelling in the queue. A session used from two
+addresses at once is charged to the one recorded last.
 """
 
 from __future__ import annotations

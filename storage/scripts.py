@@ -18,6 +18,7 @@ these are scripts rather than Redis Functions, with measurements.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from enum import IntEnum
 from importlib.resources import files
@@ -29,8 +30,9 @@ from redis.asyncio import Redis
 Arg = str | int | float
 
 
+@functools.cache
 def source(name: str) -> str:
-    """The text of the package's file ``name`` (a ``.lua`` file)."""
+    """The text of the package's file ``name`` (a ``.lua`` file), read once a process."""
     return files("storage").joinpath(name).read_text(encoding="utf-8")
 
 

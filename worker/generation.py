@@ -23,6 +23,7 @@ from protocol.wire import (
 )
 from runtime.logs import fingerprint
 from runtime.tasks import cancel_and_wait
+from storage.admission import Limiter
 from storage.models import StoredMessage
 from storage.store import Begun, SessionExpired, Store
 from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
@@ -68,6 +69,7 @@ class ReplyGenerator:
     ) -> None:
         self.settings = settings
         self.redis = redis
+        self.limiter = Limiter(redis)  # the quotas; one a process, its scripts loaded once
         self.llm = llm
         self.store = store
 
@@ -106,7 +108,7 @@ class ReplyGenerator:
         # Charged before the reply is recorded, so a client that sees its `done` finds
         # the quota up to date; what the model generated counts, recorded or not.
         cost = reply_cost(usage, prompt, streamed.text)
-        await charge_reply(self.redis, self.settings, entry.token, cost)
+        await charge_reply(self.limiter, self.settings, entry.token, cost)
         await self._record(entry, attempt, streamed, started, stop.is_set(), ack)
 
     async def _stream_with_restarts(

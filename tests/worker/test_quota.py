@@ -70,3 +70,23 @@ async def test_replies_are_charged_to_the_session_and_its_client(
         session = await redis.get(limit_key(SESSION_TOKENS, token))
         client = await redis.get(limit_key(CLIENT_TOKENS, digest("127.0.0.1")))
         assert int(session or 0) == int(client or 0) == first + second
+
+
+async def test_a_socket_records_its_sessions_client_once_not_with_every_message(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(redis_url, redis) as parley:
+        token = await parley.create_session(http)
+        record = limit_key("client_of", token)
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await ws.send_str("hello")
+            await read_until(ws, count("done", 1))
+            assert await redis.get(record) == digest("127.0.0.1")
+            await redis.delete(record)
+            await ws.send_str("again")
+            await read_until(ws, count("done", 1))
+            assert await redis.get(record) is None  # the same socket: not written again
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await ws.send_str("from a new socket")
+            await read_until(ws, count("done", 1))
+            assert await redis.get(record) == digest("127.0.0.1")
