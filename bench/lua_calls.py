@@ -1,8 +1,8 @@
 """``python -m bench.lua_calls``: one script body run by ``EVALSHA`` and by ``FCALL``.
 
 Measures what choosing Redis Functions over scripts would change per call. The same
-body (``emit.lua``) runs three ways: as a script with ``library.lua`` prepended (how
-:mod:`storage.scripts` runs it), as a script with ``trim.lua``'s helpers prepended
+body (``emit_batch.lua``, one event) runs three ways: as a script with ``library.lua``
+prepended (how :mod:`storage.scripts` runs it), as a script with ``trim.lua``'s helpers prepended
 too (every helper in every script), and as a function of a library that defines all
 the helpers once (``FUNCTION LOAD``, ``FCALL``). Rounds alternate between the ways on
 one embedded Redis. Prints, for each, the median over rounds of Redis's own time
@@ -33,13 +33,13 @@ EVENT = '{"type":"token","message_id":"m","content":"hello"}'
 
 
 def function_library() -> str:
-    """``emit.lua`` as the function ``bench_emit`` of a library with the helpers."""
+    """``emit_batch.lua`` as the function ``bench_emit`` of a library with the helpers."""
     return (
         "#!lua name=parley_bench\n"
         + LIBRARY
         + TRIM
         + "\nredis.register_function('bench_emit', function(KEYS, ARGV)\n"
-        + source("emit.lua")
+        + source("emit_batch.lua")
         + "\nend)\n"
     )
 
@@ -61,10 +61,10 @@ async def measure(url: str, rounds: int, calls: int) -> dict[str, list[tuple[flo
     redis: Redis[str] = Redis.from_url(url, decode_responses=True)
     session = keys.session_key(TOKEN)
     await redis.json().set(session, "$", {"generator": "1:a"})
-    sha = await redis.script_load(LIBRARY + source("emit.lua"))  # type: ignore[no-untyped-call]
-    sha_all = await redis.script_load(LIBRARY + TRIM + source("emit.lua"))  # type: ignore[no-untyped-call]
+    sha = await redis.script_load(LIBRARY + source("emit_batch.lua"))  # type: ignore[no-untyped-call]
+    sha_all = await redis.script_load(LIBRARY + TRIM + source("emit_batch.lua"))  # type: ignore[no-untyped-call]
     await redis.function_load(function_library(), replace=True)
-    args = [session, keys.events_key(TOKEN), EVENT, keys.channel(TOKEN), "50", "1:a"]
+    args = [session, keys.events_key(TOKEN), "50", EVENT, keys.channel(TOKEN), "1:a", "0"]
     ways = {
         "EVALSHA, library.lua": ["EVALSHA", sha, "2", *args],
         "EVALSHA, + trim.lua": ["EVALSHA", sha_all, "2", *args],

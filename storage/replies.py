@@ -1,7 +1,7 @@
 """Recording replies: an attempt begins, emits its events, and finishes, exactly once.
 
 Each attempt at a reply begins with ``begin.lua``, which records the attempt in the
-session (a fencing token, ``"<seq>:<id>"``); ``emit.lua`` and ``finish.lua`` accept only
+session (a fencing token, ``"<seq>:<id>"``); ``emit_batch.lua`` and ``finish.lua`` accept only
 the recorded attempt, so a worker taken over while still alive can no longer interleave
 its events with the new attempt's. ``finish.lua`` records the reply only if
 ``seq > replied_seq``: a retried or re-claimed message records nothing twice.
@@ -10,6 +10,7 @@ its events with the new attempt's. ``finish.lua`` records the reply only if
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Final
@@ -18,7 +19,7 @@ from protocol.wire import MessageEntry, RestartEvent, ServerEvent
 from storage import keys
 from storage.base import StoreBase
 from storage.models import Session, StoredMessage
-from storage.scripts import BeginStatus, EmitStatus, FinishStatus, Script
+from storage.scripts import Arg, BeginStatus, EmitBatchStatus, EmitStatus, FinishStatus, Script
 from storage.sessions import SessionExpired
 
 #: :meth:`Replies.begin` statuses, by their short names.
@@ -47,6 +48,23 @@ class Begun:
     complete: bool = True
 
 
+@dataclass(frozen=True)
+class Emit:
+    """One reply event to publish (see :meth:`Replies.emit_many`).
+
+    Attributes:
+        token: the session.
+        event: the event as JSON, without ``event_id``.
+        attempt: the attempt emitting (``"<seq>:<id>"``).
+        first: the attempt's first event (the event stream then takes the session's TTL).
+    """
+
+    token: str
+    event: str
+    attempt: str
+    first: bool
+
+
 class NotYourTurn(Exception):
     """An earlier message of the session is still unanswered (see :meth:`Replies.finish`)."""
 
@@ -71,8 +89,8 @@ class Replies(StoreBase):
         return Script(self.redis, "begin.lua", BeginStatus)
 
     @cached_property
-    def _emit(self) -> Script[EmitStatus]:
-        return Script(self.redis, "emit.lua", EmitStatus)
+    def _emit_batch(self) -> Script[EmitBatchStatus]:
+        return Script(self.redis, "emit_batch.lua", EmitBatchStatus)
 
     @cached_property
     def _finish(self) -> Script[FinishStatus]:
@@ -120,7 +138,8 @@ class Replies(StoreBase):
     async def emit(
         self, token: str, event: ServerEvent, attempt: str, *, first: bool = True
     ) -> str | None:
-        """Publish a reply event to the session's sockets, durably.
+        """Publish a reply event to the session's sockets, durably (one
+        :meth:`emit_many` of one event).
 
         Args:
             attempt: the attempt emitting (see :meth:`begin`).
@@ -134,17 +153,42 @@ class Replies(StoreBase):
         Raises:
             Fenced: another attempt has begun since.
         """
-        status, event_id = await self._emit(
-            keys=[keys.session_key(token), keys.events_key(token)],
-            args=[
-                *self.event_args(token, event.model_dump_json(exclude_none=True)),
-                attempt,
-                "1" if first else "0",
-            ],
+        (outcome,) = await self.emit_many(
+            [Emit(token, event.model_dump_json(exclude_none=True), attempt, first)]
         )
-        if status is EmitStatus.FENCED:
-            raise Fenced(attempt)
-        return str(event_id) if status is EmitStatus.EMITTED else None
+        if isinstance(outcome, Fenced):
+            raise outcome
+        return outcome
+
+    async def emit_many(self, emits: Sequence[Emit]) -> list[str | Fenced | None]:
+        """Publish reply events of sessions of one partition in one call (see
+        :meth:`emit`), in order.
+
+        Args:
+            emits: the events; every token of the same partition (:func:`keys.partition`).
+
+        Returns:
+            For each, its event id; None if its session no longer exists; a
+            :class:`Fenced` if another attempt has begun since (returned, not raised:
+            the others were emitted).
+
+        Raises:
+            redis.exceptions.RedisError: the call failed (none was emitted).
+        """
+        assert len({keys.partition(e.token) for e in emits}) <= 1, "one partition a call"
+        script_keys: list[str] = []
+        args: list[Arg] = [self.settings.events_maxlen]
+        for e in emits:
+            script_keys += [keys.session_key(e.token), keys.events_key(e.token)]
+            args += [e.event, keys.channel(e.token), e.attempt, "1" if e.first else "0"]
+        _, outcomes = await self._emit_batch(keys=script_keys, args=args)
+        results: list[str | Fenced | None] = []
+        for e, (status, event_id) in zip(emits, outcomes, strict=True):
+            if status == EmitStatus.FENCED:
+                results.append(Fenced(e.attempt))
+            else:
+                results.append(str(event_id) if status == EmitStatus.EMITTED else None)
+        return results
 
     async def finish(
         self,

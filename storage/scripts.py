@@ -87,11 +87,19 @@ class BeginStatus(IntEnum):
 
 
 class EmitStatus(IntEnum):
-    """``emit.lua``: emitted (payload: the event id), or not."""
+    """One event's outcome in ``emit_batch.lua``'s payload: emitted (with its event id),
+    or not."""
 
     EMITTED = 0
     NO_SESSION = 1
     FENCED = 2
+
+
+class EmitBatchStatus(IntEnum):
+    """``emit_batch.lua``: always batched; each session's outcome is an
+    :class:`EmitStatus` in the payload."""
+
+    BATCHED = 0
 
 
 class FinishStatus(IntEnum):
@@ -193,7 +201,7 @@ class Script(Generic[S]):
 
     Args:
         redis: the client to run it on (single Redis or cluster).
-        name: its file, e.g. ``"emit.lua"``.
+        name: its file, e.g. ``"finish.lua"``.
         statuses: its statuses.
         trims: whether it uses ``trim.lua``'s helpers (then prepended too).
     """

@@ -25,9 +25,10 @@ from runtime.logs import fingerprint
 from runtime.tasks import cancel_and_wait
 from storage.admission import Limiter
 from storage.models import StoredMessage
-from storage.store import Begun, SessionExpired, Store
+from storage.store import Begun, Emit, SessionExpired, Store
 from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
 from worker.config import WorkerSettings
+from worker.emits import EmitBatcher
 from worker.errors import LLMError, LLMStreamInterrupted
 from worker.llm import LLMClient, PromptMessage, track_usage
 from worker.memory import HistoryTooShort, build_prompt
@@ -70,6 +71,7 @@ class ReplyGenerator:
         self.settings = settings
         self.redis = redis
         self.limiter = Limiter(redis)  # the quotas; one a process, its scripts loaded once
+        self.emits = EmitBatcher(store)
         self.llm = llm
         self.store = store
 
@@ -293,7 +295,8 @@ class ReplyGenerator:
         event: TokenEvent | RestartEvent,
         first: bool = True,
     ) -> None:
-        if await self.store.emit(entry.token, event, attempt, first=first) is None:
+        emit = Emit(entry.token, event.model_dump_json(exclude_none=True), attempt, first)
+        if await self.emits.emit(emit) is None:
             raise SessionExpired(entry.token)
 
 

@@ -22,7 +22,7 @@ STATUSES: dict[str, type[IntEnum]] = {
     "renew.lua": scripts.RenewStatus,
     "enqueue.lua": scripts.EnqueueStatus,
     "begin.lua": scripts.BeginStatus,
-    "emit.lua": scripts.EmitStatus,
+    "emit_batch.lua": scripts.EmitBatchStatus,
     "finish.lua": scripts.FinishStatus,
     "lost.lua": scripts.LostStatus,
     "stop.lua": scripts.StopStatus,

@@ -20,6 +20,7 @@ from storage.store import (
     RESTARTED,
     STARTED,
     Begun,
+    Emit,
     Fenced,
     SessionExpired,
     Store,
@@ -204,3 +205,37 @@ async def test_finish_acks_the_entry_once_the_message_is_closed(store: Store, re
     assert (await redis.xpending(stream, keys.CONSUMER_GROUP))["pending"] == 1
     assert await store.finish(entry, r1, done, "1:a", ack=(stream, entry_id)) is None
     assert (await redis.xpending(stream, keys.CONSUMER_GROUP))["pending"] == 0
+
+
+async def test_emit_many_publishes_each_in_order_and_fences_each_alone(
+    store: Store, redis: Redis
+) -> None:
+    # Three sessions of one partition: tokens share their first hex digit.
+    tokens = []
+    while len(tokens) < 3:
+        session = await store.create_session("ada")
+        if keys.partition(session.token) == keys.partition((tokens or [session.token])[0]):
+            tokens.append(session.token)
+    for token in tokens:
+        await store.begin(MessageEntry(token=token, seq=1, message_id="m"), "1:a")
+    gone = "f" * 8 + "-0000-4000-8000-000000000000"
+    gone = keys.partition(tokens[0]) + gone[1:]
+    event = TokenEvent(message_id="m", content="x").model_dump_json(exclude_none=True)
+    results = await store.emit_many(
+        [
+            Emit(tokens[0], event, "1:a", first=True),
+            Emit(tokens[1], event, "1:old", first=False),  # fenced
+            Emit(gone, event, "1:a", first=True),  # no such session
+            Emit(tokens[2], event, "1:a", first=False),
+            Emit(tokens[0], event, "1:a", first=False),
+        ]
+    )
+    assert isinstance(results[1], Fenced) and results[2] is None
+    first, _, _, third, again = results
+    assert isinstance(first, str) and isinstance(third, str) and isinstance(again, str)
+    stored = [json.loads(p)["event_id"] for p in await store.events_after(tokens[0], "0")]
+    assert stored == [first, again]
+    assert await store.events_after(tokens[1], "0") == []
+    assert await redis.exists(keys.events_key(gone)) == 0
+    assert 0 < await redis.ttl(keys.events_key(tokens[0])) <= 60
+    assert await redis.ttl(keys.events_key(tokens[2])) == -1  # not its attempt's first
