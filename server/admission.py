@@ -35,10 +35,17 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from protocol.wire import ErrorCode, ErrorEvent
-from runtime.tasks import cancel_and_wait
 from server.config import ServerSettings
 from server.security import SecuritySettings, client_address
-from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter, Refused, digest
+from storage.admission import (
+    CLIENT_TOKENS,
+    SESSION_TOKENS,
+    Limiter,
+    Refused,
+    digest,
+    limit_key,
+)
+from storage.leases import SocketLeases
 
 logger = logging.getLogger(__name__)
 
@@ -200,26 +207,18 @@ class SocketAdmission:
             logger.warning("socket limits not checked, Redis unavailable: %s", e)
             await self.app(scope, receive, send)
             return
-        renewal = asyncio.create_task(self._renew(limiter, address, holder))
+        # The socket's place is renewed with the process's other socket leases, every
+        # third of SOCKET_LEASE_SECONDS: a server that dies stops renewing, and its
+        # sockets' places lapse.
+        leases: SocketLeases = scope["state"]["leases"]
+        place = limit_key("sockets", address)
+        leases.track(place, holder)
         try:
             await self.app(scope, receive, send)
         finally:
-            await cancel_and_wait([renewal])
+            leases.untrack(place, holder)
             with contextlib.suppress(RedisError, OSError):  # the lease lapses anyway
                 await limiter.release("sockets", address, holder)
-
-    async def _renew(self, limiter: Limiter, address: str, holder: str) -> None:
-        """Renew the socket's place every third of ``SOCKET_LEASE_SECONDS``: a server that
-        dies stops renewing, and its sockets' places lapse."""
-        lease_s = self.settings.socket_lease_seconds
-        while True:
-            await asyncio.sleep(lease_s / 3)
-            try:
-                await limiter.hold(
-                    "sockets", address, self.settings.max_sockets_per_client, lease_s, holder
-                )
-            except (RedisError, OSError) as e:
-                logger.warning("socket lease not renewed: %s", e)
 
     @staticmethod
     async def _refuse(event: ErrorEvent, receive: Receive, send: Send) -> None:

@@ -26,6 +26,18 @@ STOP_CHANNEL = f"{PREFIX}:stop"
 CONSUMER_GROUP = "workers"
 
 
+def hash_tag(key: str) -> str:
+    """The part of ``key`` that Redis Cluster hashes: the text between its first ``{``
+    and the next ``}`` if not empty, else the whole key (the Redis Cluster
+    specification, "Hash tags")."""
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
 def partition(token: str) -> str:
     """The partition of a session: the first hex digit of its token (``"0"`` if none)."""
     first = token[:1].lower()

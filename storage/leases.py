@@ -12,6 +12,12 @@ A lease is taken by ``admit.lua`` in its "hold" mode (the admission limits' scri
 expired leases dropped, this one added if fewer than ``max_sockets`` remain) and renewed
 by ``renew.lua``. Expiry times come from Redis's ``TIME`` inside the scripts, so the
 servers' clocks never need to agree.
+
+The process renews every lease it holds in one round: one ``renew.lua`` call for all the
+keys of one hash tag (a partition's sessions share one), so the cost of idle sockets
+grows with the partitions and addresses, not with the sockets. Other leases of the same
+form (a client address's sockets, :class:`server.admission.SocketAdmission`) are renewed
+with them (:meth:`SocketLeases.track`).
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ from storage.scripts import AdmitStatus, RenewStatus, Script
 
 logger = logging.getLogger(__name__)
 
-#: Sessions renewed at once (concurrent script calls).
-_RENEW_BATCH: Final = 64
+#: Hash tags renewed at once (concurrent script calls).
+_RENEW_BATCH: Final = 16
 
 
 def leases_key(token: str) -> str:
@@ -54,7 +60,7 @@ class SocketLeases:
         self._lease_ms = max(1, round(lease_seconds * 1000))
         self._admit = Script(redis, "admit.lua", AdmitStatus)
         self._renew = Script(redis, "renew.lua", RenewStatus)
-        self._held: dict[str, dict[str, None]] = {}  # token -> lease ids
+        self._held: dict[str, dict[str, None]] = {}  # lease set key -> lease ids
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -78,34 +84,54 @@ class SocketLeases:
         )
         if status is AdmitStatus.REFUSED:
             return None
-        self._held.setdefault(token, {})[lease] = None
+        self.track(leases_key(token), lease)
         return lease
 
     async def release(self, token: str, lease: str) -> None:
         """Give back a lease; if Redis fails, it lapses after the lease time instead."""
-        held = self._held.get(token, {})
-        held.pop(lease, None)
-        if not held:
-            self._held.pop(token, None)
+        self.untrack(leases_key(token), lease)
         try:
             await self._redis.zrem(leases_key(token), lease)
         except (RedisError, OSError) as e:
             logger.warning("could not release a socket lease (it will lapse): %s", e)
 
+    def track(self, key: str, lease: str) -> None:
+        """Renew ``lease`` of the sorted set ``key`` (taken by ``admit.lua``'s "hold"
+        mode, with this lease time) with the others, until :meth:`untrack`."""
+        self._held.setdefault(key, {})[lease] = None
+
+    def untrack(self, key: str, lease: str) -> None:
+        """Stop renewing ``lease`` of ``key`` (the caller removes it from Redis)."""
+        held = self._held.get(key, {})
+        held.pop(lease, None)
+        if not held:
+            self._held.pop(key, None)
+
     async def renew(self) -> None:
-        """Renew every lease this process holds, one script call per session.
+        """Renew every lease this process holds, one script call per hash tag.
 
         Raises:
             redis.exceptions.RedisError: Redis failed (the next round tries again).
         """
-        held = [(token, list(leases)) for token, leases in self._held.items() if leases]
-        for start in range(0, len(held), _RENEW_BATCH):
-            await asyncio.gather(
-                *(
-                    self._renew(keys=[leases_key(token)], args=[self._lease_ms, *leases])
-                    for token, leases in held[start : start + _RENEW_BATCH]
-                )
-            )
+        by_tag: dict[str, list[tuple[str, list[str]]]] = {}
+        for key, leases in list(self._held.items()):
+            if leases:
+                by_tag.setdefault(keys.hash_tag(key), []).append((key, list(leases)))
+        groups = list(by_tag.values())
+        for start in range(0, len(groups), _RENEW_BATCH):
+            batch = groups[start : start + _RENEW_BATCH]
+            await asyncio.gather(*(self._renew_group(group) for group in batch))
+
+    async def _renew_group(self, group: list[tuple[str, list[str]]]) -> None:
+        """One ``renew.lua`` call for the lease sets of one hash tag."""
+        await self._renew(
+            keys=[key for key, _ in group],
+            args=[
+                self._lease_ms,
+                *(len(leases) for _, leases in group),
+                *(lease for _, leases in group for lease in leases),
+            ],
+        )
 
     async def _renew_forever(self) -> None:
         while True:
