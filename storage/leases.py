@@ -36,8 +36,9 @@ from storage.scripts import AdmitStatus, RenewStatus, Script
 
 logger = logging.getLogger(__name__)
 
-#: Hash tags renewed at once (concurrent script calls).
-_RENEW_BATCH: Final = 16
+#: Leases renewed by one script call, at most: a round's calls go one after another, so
+#: no call holds Redis (or the process's event loop) long enough to delay a reply.
+_RENEW_CHUNK: Final = 200
 
 
 def leases_key(token: str) -> str:
@@ -60,7 +61,8 @@ class SocketLeases:
         self._lease_ms = max(1, round(lease_seconds * 1000))
         self._admit = Script(redis, "admit.lua", AdmitStatus)
         self._renew = Script(redis, "renew.lua", RenewStatus)
-        self._held: dict[str, dict[str, None]] = {}  # lease set key -> lease ids
+        # hash tag -> lease set key -> lease ids (dicts: ordered sets)
+        self._held: dict[str, dict[str, dict[str, None]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -98,38 +100,50 @@ class SocketLeases:
     def track(self, key: str, lease: str) -> None:
         """Renew ``lease`` of the sorted set ``key`` (taken by ``admit.lua``'s "hold"
         mode, with this lease time) with the others, until :meth:`untrack`."""
-        self._held.setdefault(key, {})[lease] = None
+        self._held.setdefault(keys.hash_tag(key), {}).setdefault(key, {})[lease] = None
 
     def untrack(self, key: str, lease: str) -> None:
         """Stop renewing ``lease`` of ``key`` (the caller removes it from Redis)."""
-        held = self._held.get(key, {})
+        tag = keys.hash_tag(key)
+        sets = self._held.get(tag, {})
+        held = sets.get(key, {})
         held.pop(lease, None)
         if not held:
-            self._held.pop(key, None)
+            sets.pop(key, None)
+        if not sets:
+            self._held.pop(tag, None)
 
     async def renew(self) -> None:
-        """Renew every lease this process holds, one script call per hash tag.
+        """Renew every lease this process holds: one ``renew.lua`` call for the lease sets
+        of one hash tag, split in calls of at most :data:`_RENEW_CHUNK` leases, one call
+        after another.
 
         Raises:
             redis.exceptions.RedisError: Redis failed (the next round tries again).
         """
-        by_tag: dict[str, list[tuple[str, list[str]]]] = {}
-        for key, leases in list(self._held.items()):
-            if leases:
-                by_tag.setdefault(keys.hash_tag(key), []).append((key, list(leases)))
-        groups = list(by_tag.values())
-        for start in range(0, len(groups), _RENEW_BATCH):
-            batch = groups[start : start + _RENEW_BATCH]
-            await asyncio.gather(*(self._renew_group(group) for group in batch))
+        for sets in list(self._held.values()):
+            chunk: list[tuple[str, list[str]]] = []
+            size = 0
+            for key, leases in list(sets.items()):
+                ids = list(leases)
+                for start in range(0, len(ids), _RENEW_CHUNK):
+                    part = ids[start : start + _RENEW_CHUNK]
+                    if size + len(part) > _RENEW_CHUNK and chunk:
+                        await self._renew_chunk(chunk)
+                        chunk, size = [], 0
+                    chunk.append((key, part))
+                    size += len(part)
+            if chunk:
+                await self._renew_chunk(chunk)
 
-    async def _renew_group(self, group: list[tuple[str, list[str]]]) -> None:
-        """One ``renew.lua`` call for the lease sets of one hash tag."""
+    async def _renew_chunk(self, chunk: list[tuple[str, list[str]]]) -> None:
+        """One ``renew.lua`` call for leases of lease sets of one hash tag."""
         await self._renew(
-            keys=[key for key, _ in group],
+            keys=[key for key, _ in chunk],
             args=[
                 self._lease_ms,
-                *(len(leases) for _, leases in group),
-                *(lease for _, leases in group for lease in leases),
+                *(len(leases) for _, leases in chunk),
+                *(lease for _, leases in chunk for lease in leases),
             ],
         )
 

@@ -100,3 +100,11 @@ async def test_one_round_renews_every_lease_one_call_a_hash_tag(redis: Redis[str
     assert await redis.zscore(limit_key("sockets", "10.0.0.1"), "x") is None
     for token, lease in held.items():
         assert await redis.zscore(leases_key(token), lease) is not None
+    # Many leases of one set go in calls of at most 200, one after another.
+    crowd = limit_key("sockets", "10.0.0.2")
+    for n in range(450):
+        leases.track(crowd, f"h{n}")
+    calls.clear()
+    await leases.renew()
+    assert sorted(calls) == [1, 1, 1, 3]
+    assert await redis.zcard(crowd) == 450
