@@ -69,7 +69,6 @@ class ReplyGenerator:
         self, settings: WorkerSettings, redis: Redis[str], llm: LLMClient, store: Store
     ) -> None:
         self.settings = settings
-        self.redis = redis
         self.limiter = Limiter(redis)  # the quotas; one a process, its scripts loaded once
         self.emits = EmitBatcher(store)
         self.llm = llm
