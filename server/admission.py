@@ -103,6 +103,8 @@ class ClientMark:
     quarter of its lifetime (the session's TTL) has passed, not with every message.
     """
 
+    __slots__ = ("_at",)
+
     def __init__(self) -> None:
         self._at: float | None = None  # time.monotonic() (s) of the last record
 

@@ -1,9 +1,9 @@
 """One accepted chat socket: a person's messages in, their session's reply events out.
 
-A connection runs three tasks (as encode/broadcaster's example does): the receive loop
-(commands and messages), the send loop (the session's events from the hub, relayed by
-:class:`server.relay.EventRelay`) and the expiry watch. When any of them ends, the
-others are cancelled. Redis is reached only through the :class:`storage.store.Store`.
+A connection runs two tasks (as encode/broadcaster's example does): the receive loop
+(commands and messages) and the send loop (the session's events from the hub, relayed by
+:class:`server.relay.EventRelay`, and between them the session's expiry watch). When
+either ends, the other is cancelled. Redis is reached only through the :class:`storage.store.Store`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,14 @@ from server.limits import TokenBucket
 from server.metrics import MESSAGES_ACCEPTED
 from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, REDIS_DOWN, UNAVAILABLE_DETAIL, EventRelay
 from storage import keys
-from storage.hub import Hub
+from storage.hub import Hub, Subscription
 from storage.store import Overloaded, SessionExpired, SessionFull, Store, TooManyPending
 
 logger = logging.getLogger(__name__)
+
+
+#: Put on the socket's subscription queue when the session's expiry is due a look.
+_WAKE = "\x00wake"
 
 
 class _Closed(Exception):
@@ -87,6 +91,18 @@ async def _first_of(*loops: Coroutine[Any, Any, None]) -> None:
 class ChatConnection:
     """One accepted WebSocket of one session."""
 
+    __slots__ = (
+        "_client_mark",
+        "_resumes",
+        "hub",
+        "relay",
+        "session",
+        "settings",
+        "store",
+        "token",
+        "websocket",
+    )
+
     def __init__(
         self, websocket: WebSocket, token: str, store: Store, hub: Hub, settings: ServerSettings
     ) -> None:
@@ -119,7 +135,7 @@ class ChatConnection:
                         ErrorCode.INVALID_FRAME, f"after {problem}; live events only"
                     )
                 await self.relay.replay(start)
-                await _first_of(self._receive_loop(), self.relay.forward(sub), self._watch_expiry())
+                await _first_of(self._receive_loop(), self._send_loop(sub))
         except WebSocketDisconnect:
             pass
         except _Closed as e:
@@ -136,18 +152,38 @@ class ChatConnection:
         await self.relay.send_error(ErrorCode.SESSION_EXPIRED, SESSION_GONE)
         return _Closed(status.WS_1008_POLICY_VIOLATION, SESSION_GONE)
 
-    async def _watch_expiry(self) -> None:
-        """Close the socket (error ``session_expired``, then 1008) when the session expires.
+    async def _send_loop(self, sub: Subscription) -> None:
+        """Relay the hub's messages for the session until cancelled; between them, close
+        the socket (error ``session_expired``, then 1008) once the session has expired.
 
-        While Redis is unreachable the client gets one ``unavailable`` error and the
-        socket stays open; the check is retried with exponential backoff.
+        A session's TTL only grows with activity, so nothing can expire before the TTL
+        last read runs out: the session is looked at again then (or after 60 s at most),
+        not on a timer of its own. While Redis is unreachable the client gets one
+        ``unavailable`` error and the socket stays open; the check is retried with
+        exponential backoff.
         """
-        while True:
-            pttl = await self._session_ttl_ms()
-            if pttl == -2:
-                raise await self._session_gone()
-            # The TTL only grows with activity, so nothing can expire before it runs out.
-            await asyncio.sleep(min(max(pttl, 0) / 1000 + 0.05, 60.0) if pttl > 0 else 60.0)
+        loop = asyncio.get_running_loop()
+        check_at = loop.time()
+        wake: asyncio.TimerHandle | None = None
+        try:
+            while True:
+                if loop.time() >= check_at:
+                    pttl = await self._session_ttl_ms()
+                    if pttl == -2:
+                        raise await self._session_gone()
+                    check_at = loop.time() + (min(pttl / 1000 + 0.05, 60.0) if pttl > 0 else 60.0)
+                    if wake is not None:
+                        wake.cancel()
+                    # A timer handle, not a timeout around each wait: an idle socket
+                    # holds this one small object. Should a full queue drop the wake-up,
+                    # the RESYNC that replaces it comes through this loop all the same.
+                    wake = loop.call_at(check_at, sub.deliver, _WAKE)
+                payload = await sub.queue.get()
+                if payload != _WAKE:
+                    await self.relay.deliver(payload)
+        finally:
+            if wake is not None:
+                wake.cancel()
 
     async def _session_ttl_ms(self) -> int:
         """The session's TTL (ms; -2: gone), retried while Redis is unreachable."""

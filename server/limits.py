@@ -17,6 +17,8 @@ class TokenBucket:
         burst: the bucket's size; it starts full.
     """
 
+    __slots__ = ("_at", "_burst", "_rate", "_tokens")
+
     def __init__(self, rate: float, burst: int) -> None:
         self._rate = rate
         self._burst = float(burst)

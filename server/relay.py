@@ -23,7 +23,7 @@ from protocol.wire import ErrorCode, ErrorEvent
 from runtime.logs import fingerprint
 from runtime.retry import retrying
 from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED
-from storage.hub import RESYNC, UNAVAILABLE, Subscription
+from storage.hub import RESYNC, UNAVAILABLE
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,17 @@ _REPLAY_CHUNK = 500
 
 class EventRelay:
     """The sending side of one accepted WebSocket of session ``token``."""
+
+    __slots__ = (
+        "_cursor",
+        "_held_back",
+        "_lock",
+        "_session",
+        "_store",
+        "_token",
+        "_told_unavailable",
+        "_websocket",
+    )
 
     def __init__(self, websocket: WebSocket, token: str, store: Store) -> None:
         self._websocket = websocket
@@ -108,18 +119,17 @@ class EventRelay:
                 if len(payloads) < _REPLAY_CHUNK:
                     return
 
-    async def forward(self, sub: Subscription) -> None:
-        """Relay the hub's messages for the session until cancelled: live events, a
-        resync (replay what may have been missed) or an outage (tell the client)."""
-        while True:
-            payload = await sub.queue.get()
-            if payload == RESYNC:
-                self._told_unavailable = False
-                await self._resync()
-            elif payload == UNAVAILABLE:
-                await self.tell_unavailable()
-            else:
-                await self._send_live(payload)
+    async def deliver(self, payload: str) -> None:
+        """Relay one of the hub's messages for the session (:class:`storage.hub.Subscription`):
+        a live event, a resync (replay what may have been missed) or an outage (tell the
+        client)."""
+        if payload == RESYNC:
+            self._told_unavailable = False
+            await self._resync()
+        elif payload == UNAVAILABLE:
+            await self.tell_unavailable()
+        else:
+            await self._send_live(payload)
 
     def _cursor_id(self) -> str:
         return f"{self._cursor[0]}-{self._cursor[1]}" if self._cursor != (0, 0) else "0"

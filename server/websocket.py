@@ -1,6 +1,6 @@
 """uvicorn's WebSocket protocol (websockets-sansio) with Parley's bounds on a client.
 
-Two things uvicorn's own protocol leaves to chance:
+Two things uvicorn's own protocol leaves to chance, and one it keeps too long:
 
 - **A client that stops reading.** uvicorn's ``send`` waits for the transport's write
   buffer to drain, for good: the socket, its queued events and its buffers live as long
@@ -14,6 +14,7 @@ Two things uvicorn's own protocol leaves to chance:
 - **A text frame that is not UTF-8.** uvicorn logs a traceback and closes with 1007.
   Here the text is decoded with ``surrogateescape``, so the app receives it with lone
   surrogates in place of the bad bytes, answers ``invalid_frame`` and keeps the socket.
+- **The handshake.** Its request and response are let go once the socket is accepted.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ class ParleyWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._drop_slow_reader(f"the client read nothing for {self.send_timeout_s:g} s")
                 raise ClientDisconnected from None
         await super().send(message)
+        if self.handshake_complete and message["type"] == "websocket.accept":
+            # uvicorn keeps the handshake's request and response (headers and all) for
+            # the connection's life, and never reads them again: about 3 KB an idle
+            # socket (bench `connections`). The app's scope keeps its own copy of the
+            # request headers.
+            self.request = None  # type: ignore[assignment]
+            self.response = None  # type: ignore[assignment]
 
     def keepalive_timeout(self) -> None:
         """The client did not answer a ping in time: close with 1013, not 1011."""

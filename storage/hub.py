@@ -36,6 +36,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from runtime.mailbox import Flag, Mailbox
 from runtime.retry import retrying
 from storage.connection import CONNECTION_ERRORS, is_cluster, node_client
 
@@ -58,12 +59,19 @@ class _ListenerEnded(Exception):
 
 class Subscription:
     """One subscriber of one channel: messages arrive on ``queue`` (``str`` payloads,
-    :data:`RESYNC` or :data:`UNAVAILABLE`)."""
+    :data:`RESYNC` or :data:`UNAVAILABLE`; one reader), and ``ready`` is set once Redis
+    has confirmed the subscription.
+
+    Lean on purpose (:mod:`runtime.mailbox`): every chat socket holds one, idle for
+    most of its life.
+    """
+
+    __slots__ = ("_needs", "channel", "queue", "ready")
 
     def __init__(self, channel: str, queue_size: int) -> None:
         self.channel = channel
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
-        self.ready = asyncio.Event()
+        self.queue: Mailbox[str] = Mailbox(queue_size)
+        self.ready = Flag()
         self._needs: int = 0
 
     def deliver(self, payload: str) -> None:
