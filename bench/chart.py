@@ -13,12 +13,15 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
+from bench.scenarios import KEEPING_UP_MS
+
 _STYLE = {"parley": "-", "baseline": "--"}
 
 
 def draw(results: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """Draw every scenario of ``results`` (one row each) into a PNG at ``path``."""
-    rows = max(1, len(results))
+    swept = [r for r in results if "sweep" in r.get("parley", {})]
+    rows = max(1, len(results) + len(swept))
     fig, axes = plt.subplots(rows, 3, figsize=(16, 3.4 * rows), squeeze=False)
     for result, ax in zip(results, axes, strict=False):
         if "direct" in result:
@@ -27,6 +30,8 @@ def draw(results: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
             _distribution(result, ax[0])
             _throughput(result, ax[1])
             _cpu(result, ax[2])
+    for result, ax in zip(swept, axes[len(results) :], strict=False):
+        _sweep(result, ax)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +96,27 @@ def _cpu(result: dict[str, Any], ax: Axes) -> None:
     ax.set_title(f"{result['scenario']}: CPU per process (Parley)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+
+
+def _sweep(result: dict[str, Any], ax: Sequence[Axes]) -> None:
+    """Event delay p99 and tokens delivered per second against the offered load."""
+    for target in ("parley", "baseline"):
+        points = result.get(target, {}).get("sweep") or []
+        xs = [p["offered_tokens_per_s"] or 0 for p in points]
+        ax[0].plot(
+            xs, [p["event_delay_ms_p99"] or 0 for p in points], _STYLE[target] + "o", label=target
+        )
+        ax[1].plot(xs, [p["tokens_per_s"] for p in points], _STYLE[target] + "o", label=target)
+    ax[0].axhline(KEEPING_UP_MS, color="grey", linewidth=0.8, label=f"{KEEPING_UP_MS:g} ms")
+    ax[0].set_yscale("log")
+    ax[0].set_ylabel("event delay p99, ms (log)")
+    ax[1].set_ylabel("tokens/s delivered")
+    for a, what in zip(ax[:2], ("event delay p99", "tokens delivered"), strict=True):
+        a.set_xlabel("tokens/s offered")
+        a.set_title(f"{result['scenario']} sweep: {what} by offered load", fontsize=10)
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=7)
+    ax[2].axis("off")
 
 
 def _real_model(result: dict[str, Any], ax: Sequence[Axes]) -> None:

@@ -2,8 +2,8 @@
 
 Usage: ``python -m bench --scenario NAME[,NAME...]|all [--sessions N --messages N
 --tokens N --ttft-ms MS --delay-ms MS --think-ms MS --stagger-ms MS --rounds N
---flush-ms MS --servers N --workers N --sockets N --worker-concurrency N --no-baseline
---out DIR]``. Options given override every chosen scenario's defaults
+--flush-ms MS --servers N --workers N --sockets N --worker-concurrency N --sweep F,F
+--no-baseline --out DIR]``. Options given override every chosen scenario's defaults
 (:data:`bench.scenarios.SCENARIOS`).
 
 Writes ``<out>/<UTC timestamp>.json`` (every figure), ``.png`` (the chart) and ``.md``
@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the direct baseline's runs"
     )
+    parser.add_argument(
+        "--sweep",
+        type=_fractions,
+        help="comma-separated fractions of --sessions to run the load at again, e.g. "
+        "0.1,0.5 (streaming's default: 0.1,0.2,0.4,0.6,0.8); '' for none",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where results go")
     return parser
 
@@ -80,9 +86,21 @@ def _scenarios(value: str) -> list[Scenario]:
     return [SCENARIOS[n] for n in names]
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError("each fraction must be in (0, 1]")
+    return values
+
+
 def _options(scenario: Scenario, args: argparse.Namespace) -> Options:
     given = {name: getattr(args, name) for name, _, _ in _OVERRIDES}
     changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if args.sweep is not None:
+        changes["sweep"] = args.sweep
     if args.no_baseline:
         changes["baseline"] = False
     return dataclasses.replace(scenario.options, **changes)

@@ -6,13 +6,13 @@ Every figure a scenario's target reads is a path into what :func:`figures` retur
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.analysis import Tally
 from bench.monitor import Monitor, Usage
 from bench.scenarios import KEEPING_UP_MS, Options, Scenario
-from bench.stats import Distribution, cdf, ratio
+from bench.stats import Distribution, cdf, percentile, ratio
 
 #: Bins (s) of the time series drawn in the chart.
 BIN_S = 0.5
@@ -32,6 +32,7 @@ class Target:
     usage: Usage | None = None
     timeline: dict[str, Any] | None = None
     sockets: dict[str, Any] | None = None
+    sweep: list[dict[str, Any]] = field(default_factory=list)
 
     def fold(self, t: Tally, u: Usage) -> None:
         """Add one phase's tally and usage."""
@@ -85,6 +86,32 @@ def timeline(t: Tally, started: float, monitor: Monitor, processes: list[str]) -
     }
 
 
+def sweep_point(o: Options, t: Tally) -> dict[str, Any]:
+    """One offered load of a sweep: ``o.sessions`` sessions streaming at once, each
+    offered one token every ``o.delay_ms`` (tokens/s); what was delivered, and the
+    event delay p99 (ms)."""
+    return {
+        "sessions": o.sessions,
+        "sent": t.sent,
+        "replies": t.replies,
+        "offered_tokens_per_s": o.sessions * 1000 / o.delay_ms if o.delay_ms else None,
+        "tokens_per_s": t.tokens / t.elapsed_s if t.elapsed_s else 0.0,
+        "token_events_per_s": t.token_events / t.elapsed_s if t.elapsed_s else 0.0,
+        "event_delay_ms_p99": percentile(t.event_delay_ms, 99) if t.event_delay_ms else None,
+        "failures": t.failures,
+    }
+
+
+def falls_behind(points: list[dict[str, Any]]) -> float | None:
+    """The lowest offered load (tokens/s) of ``points`` whose event delay p99 passes
+    :data:`KEEPING_UP_MS`; None if none does."""
+    for point in sorted(points, key=lambda p: p["sessions"]):
+        p99 = point["event_delay_ms_p99"]
+        if p99 is not None and p99 > KEEPING_UP_MS:
+            return float(point["offered_tokens_per_s"] or 0.0)
+    return None
+
+
 def dist(values: list[float]) -> dict[str, Any]:
     """A sample of durations (ms) summarized (:class:`~bench.stats.Distribution`)."""
     return asdict(Distribution.of(values))
@@ -105,7 +132,7 @@ DISTRIBUTIONS = (
 )
 
 
-def _target_figures(target: Target, client_names: dict[str, str]) -> dict[str, Any]:
+def _target_figures(target: Target, o: Options, client_names: dict[str, str]) -> dict[str, Any]:
     t, u = target.tally, target.usage
     per_s = (lambda n: n / t.elapsed_s) if t.elapsed_s else (lambda n: 0.0)
     out: dict[str, Any] = {
@@ -143,6 +170,13 @@ def _target_figures(target: Target, client_names: dict[str, str]) -> dict[str, A
         out["sockets"] = target.sockets
     if target.timeline is not None:
         out["timeline"] = target.timeline
+    if target.sweep:
+        # The rounds' own load is the sweep's last point.
+        main = sweep_point(o, t)
+        main["failures"] = 0  # counted above
+        out["sweep"] = sorted([*target.sweep, main], key=lambda p: p["sessions"])
+        out["failures"] += sum(p["failures"] for p in target.sweep)
+        out["falls_behind_tokens_per_s"] = falls_behind(out["sweep"])
     return out
 
 
@@ -174,6 +208,20 @@ def _redis(u: Usage, replies: int, client_names: dict[str, str]) -> dict[str, An
     }
 
 
+def _where_baseline_keeps_up(p: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """Parley's worst event delay p99 (ms) over the loads (the run's, and the sweep's)
+    at which the baseline's p99 is within :data:`KEEPING_UP_MS`; None if at none."""
+    pairs = [(p["event_delay_ms"]["p99"], b["event_delay_ms"]["p99"])]
+    baseline_at = {point["sessions"]: point for point in b.get("sweep", [])}
+    pairs += [
+        (point["event_delay_ms_p99"], baseline_at[point["sessions"]]["event_delay_ms_p99"])
+        for point in p.get("sweep", [])
+        if point["sessions"] in baseline_at
+    ]
+    kept = [ours for ours, theirs in pairs if theirs is not None and theirs <= KEEPING_UP_MS]
+    return max((x for x in kept if x is not None), default=None)
+
+
 def figures(
     scenario: Scenario,
     o: Options,
@@ -189,7 +237,7 @@ def figures(
         "log_errors": log_errors[:50],
     }
     for target in targets:
-        result[target.name] = _target_figures(target, client_names)
+        result[target.name] = _target_figures(target, o, client_names)
     if "baseline" in result:
         p, b = result["parley"], result["baseline"]
         result["ratio"] = {
@@ -205,11 +253,7 @@ def figures(
                 p.get("sockets", {}).get("kb_per_socket"), b.get("sockets", {}).get("kb_per_socket")
             ),
         }
-        # The absolute bound on event delay holds only where the baseline keeps up.
-        baseline_p99 = b["event_delay_ms"]["p99"]
-        p["event_delay_ms_p99_where_baseline_keeps_up"] = (
-            p["event_delay_ms"]["p99"]
-            if baseline_p99 is not None and baseline_p99 <= KEEPING_UP_MS
-            else None
-        )
+        # The absolute bound on event delay holds only where the baseline keeps up: at
+        # the run's own load, and at each load of the sweep.
+        p["event_delay_ms_p99_where_baseline_keeps_up"] = _where_baseline_keeps_up(p, b)
     return result

@@ -94,6 +94,11 @@ def line(scenario: Scenario, result: dict[str, Any]) -> str:
                 f", {sockets['open']} sockets: peak RSS {_fmt(sockets['peak_rss_mb'], 'MB')}, "
                 f"added TTFT p99 {ms(at_10)} ms with 10 sockets open"
             )
+        if "sweep" in r:
+            at = r["falls_behind_tokens_per_s"]
+            text += ", falls behind at " + (
+                f"{at:.0f} tokens/s offered" if at is not None else "no load of the sweep"
+            )
         parts.append(text)
     o = result["options"]
     parts.append(f"flush {o['flush_ms']:g} ms")
@@ -142,6 +147,7 @@ def table(scenario: Scenario, result: dict[str, Any]) -> str:
         *_figure_rows(result),
         *_cost_rows(result["parley"], result.get("baseline")),
         *_redis_rows(result["parley"].get("redis")),
+        *_sweep_rows(result),
     ]
     if result.get("log_errors"):
         rows.append(f"  ERRORS in the processes' logs: {len(result['log_errors'])}")
@@ -236,6 +242,34 @@ def _redis_rows(redis: dict[str, Any] | None) -> list[str]:
         "  Redis connections held (most during the phases): "
         + ", ".join(f"{k} {v}" for k, v in redis["connections"].items()),
     ]
+
+
+def _sweep_rows(result: dict[str, Any]) -> list[str]:
+    """The offered-load sweep, if the scenario ran one: per load, each target's event
+    delay p99 and tokens delivered per second, and where each falls behind."""
+    p, b = result["parley"], result.get("baseline") or {}
+    if "sweep" not in p:
+        return []
+    theirs = {point["sessions"]: point for point in b.get("sweep", [])}
+    rows = [
+        f"  sweep: {'tokens/s offered':>16}{'delay p99 ms':>14}{'baseline':>10}"
+        f"{'tokens/s':>10}{'baseline':>10}"
+    ]
+    for point in p["sweep"]:
+        other = theirs.get(point["sessions"], {})
+        rows.append(
+            f"  {'':7}{ms(point['offered_tokens_per_s'], 0):>16}"
+            f"{ms(point['event_delay_ms_p99']):>14}{ms(other.get('event_delay_ms_p99')):>10}"
+            f"{ms(point['tokens_per_s'], 0):>10}{ms(other.get('tokens_per_s'), 0):>10}"
+        )
+    for name, r in (("Parley", p), ("baseline", b)):
+        if "sweep" in r:
+            at = r.get("falls_behind_tokens_per_s")
+            rows.append(
+                f"  {name} falls behind (p99 > 100 ms) at "
+                + (f"{at:.0f} tokens/s offered" if at is not None else "no load of the sweep")
+            )
+    return rows
 
 
 def _real_model_table(result: dict[str, Any]) -> str:

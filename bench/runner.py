@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -23,7 +24,7 @@ import aiohttp
 
 from bench import procs
 from bench.analysis import ModelTiming, Tally, tally
-from bench.figures import SHARED_PROCESSES, Target, dist, figures, timeline
+from bench.figures import SHARED_PROCESSES, Target, dist, figures, sweep_point, timeline
 from bench.load import ChatSocket, LoadClient, converse, think_times
 from bench.monitor import Monitor, Usage, hwm_mb
 from bench.scenarios import Options, Scenario
@@ -152,6 +153,14 @@ async def _load(
             target.fold(t, u)
             if target.timeline is None:
                 target.timeline = timeline(t, started, monitor, target.processes)
+    for i, fraction in enumerate(o.sweep):
+        point = dataclasses.replace(o, sessions=max(1, round(o.sessions * fraction)))
+        for target in targets if i % 2 == 0 else list(reversed(targets)):
+            logger.info("sweep: %d sessions, %s", point.sessions, target.name)
+            async with LoadClient(target.urls) as client:
+                sockets = await client.open(point.sessions)
+                t, _, _ = await _phase(sockets, point, http, model_root, monitor, seed=i * 104729)
+            target.sweep.append(sweep_point(point, t))
 
 
 async def _warm_up(urls: list[str], o: Options) -> None:

@@ -42,6 +42,9 @@ class Options:
         sockets: idle sockets held open on the server (``connections`` only).
         worker_concurrency: the workers' ``WORKER_CONCURRENCY`` (None: its default).
         reply_timeout_s: a reply not closed this long (s) after its message is lost.
+        sweep: after the rounds, the same load again at these fractions of ``sessions``
+            (one phase each per target): the offered load at which each target's event
+            delay p99 passes :data:`KEEPING_UP_MS`. Empty: no sweep.
     """
 
     servers: int = 1
@@ -59,6 +62,7 @@ class Options:
     sockets: int = 0
     worker_concurrency: int | None = None
     reply_timeout_s: float = 30.0
+    sweep: tuple[float, ...] = ()
 
     def describe(self) -> str:
         """The options in a few words, for tables."""
@@ -171,6 +175,8 @@ SCENARIOS: dict[str, Scenario] = {
                 rounds=1,
                 worker_concurrency=500,
                 reply_timeout_s=60,
+                # 2,500 to 20,000 tokens/s offered, below the run's 25,000.
+                sweep=(0.1, 0.2, 0.4, 0.6, 0.8),
             ),
             (
                 Check("Parley/baseline token events/s", "ratio.token_events_per_s", ">=", 0.9),

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.analysis import _delta_delays
 from bench.cli import main
+from bench.figures import _where_baseline_keeps_up, falls_behind
 from testkit.standin import reply_tokens
 
 pytestmark = pytest.mark.system
@@ -25,7 +27,8 @@ TINY += ["--think-ms", "0", "--stagger-ms", "0", "--sockets", "20"]
 def test_scenarios_run_against_parley_and_the_baseline(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--scenario", "latency,connections", *TINY, "--delay-ms", "1", "--out", str(tmp_path)]
+    argv = ["--scenario", "latency,connections", *TINY, "--delay-ms", "1", "--sweep", "0.34"]
+    argv += ["--out", str(tmp_path)]
     assert main(argv) == 0
 
     (path,) = tmp_path.glob("*.json")
@@ -61,8 +64,16 @@ def test_scenarios_run_against_parley_and_the_baseline(
         }
         assert result["ratio"]["added_ttft_ms"] > 0 and result["ratio"]["token_events_per_s"] > 0
         assert result["parley"]["own_cpu_ms_per_reply"] > 0
-    assert latency["parley"]["sent"] == 3 * 2
     assert latency["parley"]["redis"]["connections"]["server-1"] >= 1
+    # The sweep ran the load again with 1 session of 3: both loads are its points.
+    for target in ("parley", "baseline"):
+        points = latency[target]["sweep"]
+        assert [p["sessions"] for p in points] == [1, 3]
+        assert [p["offered_tokens_per_s"] for p in points] == [1000.0, 3000.0]
+        assert all(p["failures"] == 0 and p["tokens_per_s"] > 0 for p in points)
+        assert "falls_behind_tokens_per_s" in latency[target]
+        assert [p["replies"] for p in points] == [1 * 2, 3 * 2]
+    assert latency["parley"]["sent"] == 3 * 2
     sockets = connections["parley"]["sockets"]
     assert sockets["open"] == 20
     assert sockets["redis_connections_at_10"] >= 1 and sockets["peak_rss_mb"] > 0
@@ -70,6 +81,36 @@ def test_scenarios_run_against_parley_and_the_baseline(
     out = capsys.readouterr().out
     assert "latency     " in out and "connections " in out
     assert "added TTFT" in out
+    assert "tokens/s offered" in out
+
+
+def test_where_each_falls_behind_and_where_the_baseline_keeps_up() -> None:
+    def point(sessions: int, p99: float | None) -> dict[str, Any]:
+        return {
+            "sessions": sessions,
+            "offered_tokens_per_s": sessions * 50.0,
+            "event_delay_ms_p99": p99,
+        }
+
+    parley = {
+        "event_delay_ms": {"p99": 900.0},
+        "sweep": [point(10, 30.0), point(20, 150.0), point(40, 900.0)],
+    }
+    baseline = {
+        "event_delay_ms": {"p99": 400.0},
+        "sweep": [point(10, 20.0), point(20, 60.0), point(40, 400.0)],
+    }
+    assert falls_behind(parley["sweep"]) == 1000.0
+    assert falls_behind(baseline["sweep"]) == 2000.0
+    assert falls_behind([point(10, 30.0)]) is None
+    # The baseline keeps up at 10 and 20 sessions: Parley's worst p99 there.
+    assert _where_baseline_keeps_up(parley, baseline) == 150.0
+    assert (
+        _where_baseline_keeps_up(
+            {"event_delay_ms": {"p99": 5.0}}, {"event_delay_ms": {"p99": 500.0}}
+        )
+        is None
+    )
 
 
 def test_event_delays_follow_the_deltas_into_coalesced_events() -> None:
