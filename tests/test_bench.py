@@ -92,11 +92,11 @@ def test_where_each_falls_behind_and_where_the_baseline_keeps_up() -> None:
             "event_delay_ms_p99": p99,
         }
 
-    parley = {
+    parley: dict[str, Any] = {
         "event_delay_ms": {"p99": 900.0},
         "sweep": [point(10, 30.0), point(20, 150.0), point(40, 900.0)],
     }
-    baseline = {
+    baseline: dict[str, Any] = {
         "event_delay_ms": {"p99": 400.0},
         "sweep": [point(10, 20.0), point(20, 60.0), point(40, 400.0)],
     }
