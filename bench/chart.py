@@ -26,6 +26,8 @@ def draw(results: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     for result, ax in zip(results, axes, strict=False):
         if "direct" in result:
             _real_model(result, ax)
+        elif "stacks" in result:
+            _stacks(result, ax)
         else:
             _distribution(result, ax[0])
             _throughput(result, ax[1])
@@ -116,6 +118,21 @@ def _sweep(result: dict[str, Any], ax: Sequence[Axes]) -> None:
         a.set_title(f"{result['scenario']} sweep: {what} by offered load", fontsize=10)
         a.grid(True, alpha=0.3)
         a.legend(fontsize=7)
+    ax[2].axis("off")
+
+
+def _stacks(result: dict[str, Any], ax: Sequence[Axes]) -> None:
+    """KB per idle socket and CPU per echoed message, a bar per server stack."""
+    measured = {n: f for n, f in result["stacks"].items() if "error" not in f}
+    names = [n.replace(" ", "\n", 1) for n in measured]
+    for a, key, label in (
+        (ax[0], "kb_per_socket", "KB per idle socket"),
+        (ax[1], "cpu_us_per_message", "server CPU µs per echoed message"),
+    ):
+        a.bar(names, [f[key] for f in measured.values()], color="tab:blue")
+        a.set_title(f"stacks: {label}", fontsize=10)
+        a.tick_params(axis="x", labelsize=7)
+        a.grid(True, axis="y", alpha=0.3)
     ax[2].axis("off")
 
 

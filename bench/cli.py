@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import chart, real_model, report, runner
+from bench import chart, real_model, report, runner, stacks
 from bench.scenarios import SCENARIOS, Options, Scenario
 from testkit.processes import REPO_ROOT
 
@@ -107,6 +107,13 @@ def _options(scenario: Scenario, args: argparse.Namespace) -> Options:
 
 
 def _run(scenario: Scenario, o: Options, work_dir: Path) -> dict[str, Any]:
+    if scenario.kind == "stacks":
+        return {
+            "scenario": scenario.name,
+            "summary": scenario.summary,
+            "options": dataclasses.asdict(o),
+            **stacks.run(o, work_dir),
+        }
     if scenario.kind != "real-model":
         return runner.run(scenario, o, work_dir)
     options = real_model.RealModelOptions(
@@ -154,7 +161,7 @@ def _machine() -> dict[str, Any]:
 def _integrity_failures(result: dict[str, Any]) -> int:
     if "error" in result:
         return 1
-    if "direct" in result:
+    if "direct" in result or "stacks" in result:
         return int(result["failures"])
     return int(result["parley"]["failures"])
 

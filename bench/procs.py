@@ -108,7 +108,7 @@ def _process(
     name = argv[2]
     try:
         deadline = time.monotonic() + timeout_s
-        while not _healthy(url + health):
+        while not healthy(url + health):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start; see {log_path}")
             time.sleep(0.05)
@@ -117,7 +117,8 @@ def _process(
         stop_process(proc, name, grace_s=5)
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
+    """Whether ``url`` answers 200 within 1 s."""
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)

@@ -14,7 +14,7 @@ _INTEGRITY = ("lost", "misrouted", "duplicated", "out_of_order", "garbled", "err
 def checks(scenario: Scenario) -> tuple[Check, ...]:
     """The scenario's targets, and for runs with the stand-in: no reply lost, misrouted,
     duplicated, out of order, garbled or failed."""
-    if scenario.kind == "real-model":
+    if scenario.kind in ("real-model", "stacks"):
         return scenario.checks
     return (
         *scenario.checks,
@@ -67,6 +67,10 @@ def line(scenario: Scenario, result: dict[str, Any]) -> str:
     """One line to compare runs by: verdict, targets, the main figures, integrity."""
     if scenario.kind == "real-model":
         return _real_model_line(result)
+    if scenario.kind == "stacks":
+        return f"{scenario.name:<11} " + "; ".join(
+            _stack_text(name, f) for name, f in result["stacks"].items()
+        )
     checked = verdicts(scenario, result)
     verdict = "PASS" if all(ok for _, _, ok in checked) else "FAIL"
     parts = [f"{scenario.name:<11} {verdict}", "; ".join(_check_text(*c) for c in checked)]
@@ -106,6 +110,13 @@ def line(scenario: Scenario, result: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _stack_text(name: str, f: dict[str, Any]) -> str:
+    if "error" in f:
+        return f"{name} ERROR {f['error']}"
+    kb, us = _fmt(f["kb_per_socket"], "KB"), _fmt(f["cpu_us_per_message"], "µs")
+    return f"{name} {kb}/socket, {us}/echo"
+
+
 def _real_model_line(result: dict[str, Any]) -> str:
     d, p = result["direct"], result["parley"]
     ratio = result.get("first_token_ratio")
@@ -140,6 +151,8 @@ def table(scenario: Scenario, result: dict[str, Any]) -> str:
     """The scenario's figures side by side: Parley, baseline, ratio; then costs."""
     if scenario.kind == "real-model":
         return _real_model_table(result)
+    if scenario.kind == "stacks":
+        return _stacks_table(result)
     o = SCENARIOS[scenario.name].options.__class__(**result["options"])
     rows = [
         f"  {scenario.name}: {o.describe()}",
@@ -272,6 +285,24 @@ def _sweep_rows(result: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _stacks_table(result: dict[str, Any]) -> str:
+    o = result["options"]
+    rows = [
+        f"  stacks: the same bare FastAPI app; {o['sockets']} idle sockets, then "
+        f"{o['messages']} echoes on each of 10",
+        f"  {'':<30}{'KB/socket':>10}{'RSS MB':>8}{'opened/s':>10}{'µs/echo':>9}  echoed",
+    ]
+    for name, f in result["stacks"].items():
+        if "error" in f:
+            rows.append(f"  {name:<30}ERROR {f['error']}")
+            continue
+        rows.append(
+            f"  {name:<30}{f['kb_per_socket']:>10.1f}{f['rss_mb']:>8.0f}{f['opened_per_s']:>10.0f}"
+            f"{f['cpu_us_per_message']:>9.0f}  {f['echoed']}/{f['sent']}"
+        )
+    return "\n".join(rows)
+
+
 def _real_model_table(result: dict[str, Any]) -> str:
     rows = [f"  {'ms':<20}{'median':>9}{'p95':>9}{'p99':>9}{'n':>5}"]
     for name, d in (
@@ -308,6 +339,18 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
                 f"{_fmt(result.get('first_token_ratio'))} | "
                 f"{'yes' if ok else 'no' if ok is not None else 'n/a'} |"
             )
+            continue
+        if scenario.kind == "stacks":
+            rows += [
+                f"| `stacks` | {name}: KB per idle socket, µs CPU per echo (no target) | "
+                + (
+                    f"{_fmt(f['kb_per_socket'])}, {_fmt(f['cpu_us_per_message'])}"
+                    if "error" not in f
+                    else "error"
+                )
+                + " | - |"
+                for name, f in result["stacks"].items()
+            ]
             continue
         for check, value, ok in verdicts(scenario, result):
             rows.append(

@@ -126,7 +126,7 @@ class Scenario:
     """A named scenario: its kind of run, its default options, its targets."""
 
     name: str
-    kind: Literal["load", "connections", "real-model"]
+    kind: Literal["load", "connections", "stacks", "real-model"]
     summary: str
     options: Options = field(default_factory=Options)
     checks: tuple[Check, ...] = ()
@@ -206,6 +206,13 @@ SCENARIOS: dict[str, Scenario] = {
                 Check("added TTFT p99", "parley.added_ttft_ms.p99", "<=", 20, "ms"),
                 Check("added done p99", "parley.added_done_ms.p99", "<=", 20, "ms"),
             ),
+        ),
+        Scenario(
+            "stacks",
+            "stacks",
+            "server stacks for the same bare FastAPI app: idle sockets and echoes",
+            # Figures to choose a stack by, no target of their own.
+            Options(sockets=3000, messages=1000, rounds=1, baseline=False),
         ),
         Scenario(
             "seed-shape",

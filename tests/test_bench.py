@@ -15,6 +15,7 @@ import pytest
 from bench.analysis import _delta_delays
 from bench.cli import main
 from bench.figures import _where_baseline_keeps_up, falls_behind
+from bench.stacks import CANDIDATES
 from testkit.standin import reply_tokens
 
 pytestmark = pytest.mark.system
@@ -82,6 +83,22 @@ def test_scenarios_run_against_parley_and_the_baseline(
     assert "latency     " in out and "connections " in out
     assert "added TTFT" in out
     assert "tokens/s offered" in out
+
+
+@pytest.mark.timeout(180)
+def test_stacks_measures_every_candidate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--scenario", "stacks", "--sockets", "30", "--messages", "5", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    (path,) = tmp_path.glob("*.json")
+    (result,) = json.loads(path.read_text())["scenarios"]
+    assert result["failures"] == 0
+    assert set(result["stacks"]) == set(CANDIDATES)
+    for figures in result["stacks"].values():
+        assert figures["echoed"] == figures["sent"] == 10 * 5
+        assert figures["rss_mb"] > 0 and figures["opened_per_s"] > 0
+    assert "granian" in capsys.readouterr().out
 
 
 def test_where_each_falls_behind_and_where_the_baseline_keeps_up() -> None:
