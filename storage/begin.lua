@@ -16,12 +16,12 @@
 -- return (the newest; 0: all)
 -- Returns {STARTED or RESTARTED, {crashes, fields JSON, messages JSON, message count}}:
 -- STARTED for a first attempt, RESTARTED if a restart was emitted; crashes the attempts
--- at this message whose worker died, fields the session's scalar fields as
--- {"name": value, ...}. Or {ANSWERED} (already answered), {NOT_YET} (an earlier message
+-- at this message whose worker died, fields {"stop_seq": n, "replied_seq": n}. Or {ANSWERED} (already answered), {NOT_YET} (an earlier message
 -- is still unanswered: not its turn; nothing changed), {NO_SESSION}.
 local STARTED, RESTARTED, ANSWERED, NOT_YET, NO_SESSION = 0, 1, 2, 3, 4
--- The session's scalar fields that the reply needs, and its attempt records, in one read.
-local FIELDS = {'token', 'name', 'session_start', 'seq', 'replied_seq', 'stop_seq'}
+-- The session's scalar fields that the turn and the reply need, and its attempt
+-- records, in one read.
+local FIELDS = {'replied_seq', 'stop_seq'}
 local paths = {'$.generator', '$.crashes'}
 for _, name in ipairs(FIELDS) do
   paths[#paths + 1] = '$.' .. name
@@ -61,7 +61,7 @@ if status == RESTARTED then
     redis.call('JSON.SET', KEYS[1], '$.crashes', cjson.encode(ARGV[1] .. ':' .. crashes))
   end
 end
-local fields = {generator = ARGV[2]}
+local fields = {}
 for _, name in ipairs(FIELDS) do
   fields[name] = read['$.' .. name][1]
 end

@@ -11,20 +11,26 @@ its ``save()`` without a pipeline writes through a connection bound to the class
 the whole process. Nothing searches sessions (they are read by key), so no RediSearch
 index is created (redis-om's ``Migrator`` is not run): ``index=True`` only because
 redis-om 1.x gives keys to such models alone.
+
+A reply needs only part of a session, read by ``begin.lua``: :class:`SessionWindow`,
+a plain pydantic model with plain :class:`MessageRecord` messages, validates it about
+5 times faster than the redis-om models (20 messages: 37 against 173 µs).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Literal, TypeVar
 
 from aredis_om import EmbeddedJsonModel, Field, JsonModel
+from pydantic import BaseModel, TypeAdapter
 from redis.asyncio import Redis
 
 from protocol.wire import ChatMessage, SessionView
 from storage import keys
 
 
-class StoredMessage(EmbeddedJsonModel):
+class MessageRecord(BaseModel):
     """A message as stored: the public fields plus what orders the conversation.
 
     ``seq`` numbers user messages from 1; ``entry`` is a user message's entry id in its
@@ -53,6 +59,27 @@ class StoredMessage(EmbeddedJsonModel):
             stopped=self.stopped,
             truncated=self.truncated,
         )
+
+
+class StoredMessage(EmbeddedJsonModel, MessageRecord):
+    """:class:`MessageRecord` as redis-om's model of a message in a :class:`Session`."""
+
+
+class SessionWindow(BaseModel):
+    """What a reply reads of its session (``begin.lua``): the stop mark and the newest
+    messages of its history.
+
+    Attributes:
+        stop_seq: the last message whose reply a client asked to stop.
+        messages: the newest messages, in the order they were recorded.
+    """
+
+    stop_seq: int = 0
+    messages: list[MessageRecord]
+
+
+#: Validates a JSON array of messages straight from its text.
+MESSAGE_RECORDS: TypeAdapter[list[MessageRecord]] = TypeAdapter(list[MessageRecord])
 
 
 class Session(JsonModel, index=True):
@@ -118,11 +145,14 @@ class Session(JsonModel, index=True):
         )
 
 
-def conversation(messages: list[StoredMessage]) -> list[StoredMessage]:
+M = TypeVar("M", bound=MessageRecord)
+
+
+def conversation(messages: Sequence[M]) -> list[M]:
     """Order messages as a conversation: users by ``seq``, each followed by its reply."""
     replies = {m.reply_to: m for m in messages if m.role == "assistant"}
     users = sorted((m for m in messages if m.role == "user"), key=lambda m: m.seq or 0)
-    ordered: list[StoredMessage] = []
+    ordered: list[M] = []
     for user in users:
         ordered.append(user)
         reply = replies.get(user.id)

@@ -18,7 +18,7 @@ from typing import Any, Final
 from protocol.wire import MessageEntry, RestartEvent, ServerEvent
 from storage import keys
 from storage.base import StoreBase
-from storage.models import Session, StoredMessage
+from storage.models import MESSAGE_RECORDS, SessionWindow, StoredMessage
 from storage.scripts import Arg, BeginStatus, EmitBatchStatus, EmitStatus, FinishStatus, Script
 from storage.sessions import SessionExpired
 
@@ -35,15 +35,15 @@ class Begun:
 
     Attributes:
         status: :data:`STARTED`, :data:`RESTARTED`, :data:`ANSWERED` or :data:`NOT_YET`.
-        session: once the attempt began, the session, whose ``messages`` are the newest
-            ``window`` ones (all of them if ``complete``).
+        session: once the attempt began, what the reply needs of the session: its
+            ``messages`` are the newest ``window`` ones (all of them if ``complete``).
         crashes: earlier attempts at this message whose worker died (or lost Redis)
             before they finished or failed.
         complete: whether ``session.messages`` is the whole history.
     """
 
     status: BeginStatus
-    session: Session | None = None
+    session: SessionWindow | None = None
     crashes: int = 0
     complete: bool = True
 
@@ -76,9 +76,11 @@ class Fenced(Exception):
 
 def _begun(status: BeginStatus, payload: Any) -> Begun:
     """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, fields, messages, count]``."""
-    crashes, fields, messages = int(payload[0]), json.loads(payload[1]), json.loads(payload[2])
-    session = Session.model_validate(fields | {"messages": messages})
-    return Begun(status, session, crashes=crashes, complete=len(messages) == int(payload[3]))
+    messages = MESSAGE_RECORDS.validate_json(payload[2])
+    session = SessionWindow(stop_seq=json.loads(payload[1]).get("stop_seq", 0), messages=messages)
+    return Begun(
+        status, session, crashes=int(payload[0]), complete=len(messages) == int(payload[3])
+    )
 
 
 class Replies(StoreBase):

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 from redis.asyncio import Redis
@@ -24,7 +25,7 @@ from protocol.wire import (
 from runtime.logs import fingerprint
 from runtime.tasks import cancel_and_wait
 from storage.admission import Limiter
-from storage.models import StoredMessage
+from storage.models import MessageRecord, StoredMessage
 from storage.store import Begun, Emit, SessionExpired, Store
 from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
 from worker.config import WorkerSettings
@@ -183,7 +184,7 @@ class ReplyGenerator:
         read; from the whole history only if they are not enough to tell."""
         assert begun.session is not None
 
-        def prompt(history: list[StoredMessage], complete: bool) -> list[PromptMessage]:
+        def prompt(history: Sequence[MessageRecord], complete: bool) -> list[PromptMessage]:
             return build_prompt(
                 history,
                 entry.seq,

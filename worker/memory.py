@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-from storage.models import StoredMessage, conversation
+from storage.models import MessageRecord, conversation
 from worker.llm import PromptMessage
 
 #: Tokens counted per message for the role and the chat template's separators.
 MESSAGE_OVERHEAD_TOKENS = 4
 
 #: A user message and its reply.
-Turn = tuple[StoredMessage, StoredMessage]
+Turn = tuple[MessageRecord, MessageRecord]
 
 
 def estimate_tokens(text: str) -> int:
@@ -23,7 +24,7 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8")) / 3)
 
 
-def _cost(message: StoredMessage) -> int:
+def _cost(message: MessageRecord) -> int:
     return estimate_tokens(message.content) + MESSAGE_OVERHEAD_TOKENS
 
 
@@ -45,7 +46,7 @@ def history_window(max_messages: int) -> int:
 
 
 def build_prompt(
-    history: list[StoredMessage],
+    history: Sequence[MessageRecord],
     seq: int,
     *,
     system_prompt: str,
