@@ -36,7 +36,7 @@ from server.limits import TokenBucket
 from server.metrics import MESSAGES_ACCEPTED
 from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, REDIS_DOWN, UNAVAILABLE_DETAIL, EventRelay
 from storage import keys
-from storage.hub import Hub, Subscription
+from storage.hub import RESYNC, Hub, Subscription
 from storage.store import Overloaded, SessionExpired, SessionFull, Store, TooManyPending
 
 logger = logging.getLogger(__name__)
@@ -165,9 +165,12 @@ class ChatConnection:
         loop = asyncio.get_running_loop()
         check_at = loop.time()
         wake: asyncio.TimerHandle | None = None
+        woken = True
         try:
             while True:
-                if loop.time() >= check_at:
+                # Woken by the timer (which may run a hair early), or the time has come
+                # while events kept the loop busy.
+                if woken or loop.time() >= check_at:
                     pttl = await self._session_ttl_ms()
                     if pttl == -2:
                         raise await self._session_gone()
@@ -175,10 +178,11 @@ class ChatConnection:
                     if wake is not None:
                         wake.cancel()
                     # A timer handle, not a timeout around each wait: an idle socket
-                    # holds this one small object. Should a full queue drop the wake-up,
-                    # the RESYNC that replaces it comes through this loop all the same.
+                    # holds this one small object. A full queue that drops the wake-up
+                    # puts RESYNC in its place, which also leads to a check.
                     wake = loop.call_at(check_at, sub.deliver, _WAKE)
                 payload = await sub.queue.get()
+                woken = payload in (_WAKE, RESYNC)
                 if payload != _WAKE:
                     await self.relay.deliver(payload)
         finally:
