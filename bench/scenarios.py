@@ -226,7 +226,7 @@ SCENARIOS: dict[str, Scenario] = {
             "real-model",
             "real-model",
             "the embedded model: Parley's time to first token versus direct",
-            Options(sessions=4, rounds=5, tokens=32, baseline=False),
+            Options(sessions=4, rounds=10, tokens=32, baseline=False),
             (Check("Parley/direct first token median", "first_token_ratio", "<=", 1.05),),
         ),
     )
