@@ -3,7 +3,8 @@
 A connection runs two tasks (as encode/broadcaster's example does): the receive loop
 (commands and messages) and the send loop (the session's events from the hub, relayed by
 :class:`server.relay.EventRelay`, and between them the session's expiry watch). When
-either ends, the other is cancelled. Redis is reached only through the :class:`storage.store.Store`.
+either ends, the other is cancelled. Redis is reached only through the
+:class:`storage.store.Store`.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ class ChatConnection:
 
         A session's TTL only grows with activity, so nothing can expire before the TTL
         last read runs out: the session is looked at again then (or after 60 s at most),
-        not on a timer of its own. While Redis is unreachable the client gets one
+        woken by one timer handle rather than a task of its own. While Redis is unreachable the client gets one
         ``unavailable`` error and the socket stays open; the check is retried with
         exponential backoff.
         """
