@@ -159,9 +159,9 @@ class ChatConnection:
 
         A session's TTL only grows with activity, so nothing can expire before the TTL
         last read runs out: the session is looked at again then (or after 60 s at most),
-        woken by one timer handle rather than a task of its own. While Redis is unreachable the client gets one
-        ``unavailable`` error and the socket stays open; the check is retried with
-        exponential backoff.
+        woken by one timer handle rather than a task of its own. While Redis is
+        unreachable the client gets one ``unavailable`` error and the socket stays open;
+        the check is retried with exponential backoff.
         """
         loop = asyncio.get_running_loop()
         check_at = loop.time()
