@@ -73,6 +73,31 @@ class SessionView(_Wire):
     messages: list[ChatMessage]
 
 
+class OwnerView(_Wire):
+    """An owner (``POST /owner``): the bearer token that lists and owns conversations."""
+
+    owner: str
+
+
+class ConversationSummary(_Wire):
+    """One conversation of an owner (``GET /conversations``)."""
+
+    token: str = Field(description="The session token: open the conversation with it.")
+    title: str = Field(description="The conversation's title; empty until it has one.")
+    name: str
+    created: str = Field(description="ISO 8601 UTC")
+    last_activity: str = Field(description="ISO 8601 UTC: the newest message, or created")
+    message_count: int = Field(description="User messages and replies in its history")
+
+
+class ConversationPage(_Wire):
+    """A page of an owner's conversations, newest first (``GET /conversations``)."""
+
+    conversations: list[ConversationSummary]
+    total: int = Field(description="The owner's conversations in all")
+    next_offset: int | None = Field(description="The offset of the next page; null: last")
+
+
 # Server -> client events. ``event_id`` is the id of the event in the session's event
 # stream; the worker's script fills it in, so a client can resume after it.
 

@@ -23,6 +23,12 @@ class CommonSettings(BaseSettings):
     session_ttl_seconds: int = Field(
         default=3600, gt=0, description="A session lives this long (s) after its last activity."
     )
+    owner_ttl_seconds: int = Field(
+        default=30 * 86_400,
+        gt=0,
+        description="An owner (the identity that lists its conversations) lives this long "
+        "(s) after its last use.",
+    )
     message_stream_maxlen: int = Field(
         default=100_000,
         gt=0,

@@ -30,12 +30,13 @@ LogFormat = Literal["text", "json"]
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
-#: Where a session token shows up in text: a ``token=`` query string or log field, a
-#: ``"token": "..."`` JSON or dict field, a key or channel (``parley:session:{7}:<token>``).
-#: A message id is also a UUID, so bare UUIDs elsewhere are left alone.
+#: Where a session or owner token shows up in text: a ``token=`` or ``owner=`` query
+#: string or log field, a ``"token": "..."`` or ``"owner": "..."`` JSON or dict field, a
+#: key or channel (``parley:session:{7}:<token>``, ``parley:owner:{7}:<owner>``). A
+#: message id is also a UUID, so bare UUIDs elsewhere are left alone.
 _TOKEN = re.compile(
-    rf"(?P<lead>token=|token%3[dD]|[\"']token[\"']\s*:\s*[\"']|:\{{[0-9a-fA-F]\}}:)"
-    rf"(?P<token>{_UUID})"
+    rf"(?P<lead>(?:token|owner)(?:=|%3[dD])|[\"'](?:token|owner)[\"']\s*:\s*[\"']"
+    rf"|:\{{[0-9a-fA-F]\}}:)(?P<token>{_UUID})"
 )
 #: ``name=value`` pairs a log line may carry, lifted into JSON fields.
 _FIELDS = re.compile(r"\b(message_id|session|seq)=([^\s,;:]+)")
@@ -58,7 +59,7 @@ def redact(text: str) -> str:
 
     ``"GET /chat?token=6f1c...-..."`` becomes ``"GET /chat?token=fp-1a2b3c4d"``.
     """
-    if "token" not in text and ":{" not in text:
+    if "token" not in text and "owner" not in text and ":{" not in text:
         return text  # the common case, without running the expression
     return _TOKEN.sub(lambda m: f"{m['lead']}fp-{fingerprint(m['token'])}", text)
 

@@ -19,6 +19,12 @@ class ServerSettings(SecuritySettings):
         default=20, gt=0, description="Messages of one session waiting for a reply, at most."
     )
     max_name_chars: int = Field(default=100, gt=0, description="Longest session name.")
+    max_conversations_per_owner: int = Field(
+        default=200, gt=0, description="Live conversations one owner may have at once."
+    )
+    max_title_chars: int = Field(
+        default=100, gt=0, description="Longest conversation title (characters)."
+    )
     socket_queue_size: int = Field(
         default=1024, gt=0, description="Events buffered per socket before it resyncs."
     )

@@ -46,6 +46,23 @@ HubDep = Annotated[Hub, Depends(_hub)]
 LeasesDep = Annotated[SocketLeases, Depends(_leases)]
 
 
+def bounded_text(value: str, what: str, max_chars: int) -> str:
+    """``value`` stripped of surrounding white space, if 1 to ``max_chars`` characters remain.
+
+    Raises:
+        HTTPException: 400 ``<what> must not be empty`` or ``<what> must be at most N
+            characters``.
+    """
+    value = value.strip()
+    if not value:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"{what} must not be empty")
+    if len(value) > max_chars:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, detail=f"{what} must be at most {max_chars} characters"
+        )
+    return value
+
+
 def well_formed(token: str) -> bool:
     """Whether ``token`` is a UUID in its canonical text form, as ``POST /token`` issues."""
     try:

@@ -21,6 +21,15 @@ class StoreBase:
         self.redis = redis
         self.settings = settings
 
+    async def renew(self, ttl_s: int, *names: str) -> bool:
+        """Set the TTL of the keys ``names`` (one hash slot) to ``ttl_s``; whether the
+        first of them exists."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.expire(name, ttl_s)
+            alive = await pipe.execute()
+        return bool(alive[0])
+
     def event_args(self, token: str, event: str) -> list[Arg]:
         """The arguments every script that emits takes for ``library.lua``'s
         ``append_event``, in its order: the event (a JSON object without ``event_id``),

@@ -80,6 +80,18 @@ def events_key(token: str) -> str:
     return f"{PREFIX}:events:{{{partition(token)}}}:{token}"
 
 
+def owner_key(owner: str) -> str:
+    """The record of an owner (a hash: when it was created), the client identity that
+    owns several sessions. An owner token is a UUID4, partitioned like a session's."""
+    return f"{PREFIX}:owner:{{{partition(owner)}}}:{owner}"
+
+
+def conversations_key(owner: str) -> str:
+    """An owner's sessions: a sorted set of session tokens scored by their creation time
+    (ms), in the owner's hash slot (one slot per owner, whatever its sessions' slots)."""
+    return f"{PREFIX}:conversations:{{{partition(owner)}}}:{owner}"
+
+
 def channel(token: str) -> str:
     """The sharded Pub/Sub channel on which a session's events are announced to servers."""
     return f"{PREFIX}:chan:{{{partition(token)}}}:{token}"

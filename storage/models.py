@@ -93,7 +93,8 @@ class Session(JsonModel, index=True):
     ``generator`` the attempt now generating a reply (``"<seq>:<id>"``, or
     ``"<seq>:failed"`` once it failed), and ``crashes`` how many attempts at the oldest
     unanswered message ended with their worker's death (``"<seq>:<n>"``), see
-    :meth:`storage.store.Store.begin`.
+    :meth:`storage.store.Store.begin`. ``owner`` is the owner token whose conversations
+    list the session ("" if none) and ``title`` its title ("" until one is given).
     """
 
     token: str = Field(primary_key=True)
@@ -104,6 +105,8 @@ class Session(JsonModel, index=True):
     stop_seq: int = 0
     generator: str = ""
     crashes: str = ""
+    owner: str = ""
+    title: str = ""
     messages: list[StoredMessage] = []  # noqa: RUF012  (pydantic copies defaults)
 
     class Meta:

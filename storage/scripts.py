@@ -122,6 +122,15 @@ class LostStatus(IntEnum):
     NO_SESSION = 3
 
 
+class OwnerAddStatus(IntEnum):
+    """``owner_add.lua``: the session added to its owner's conversations (payload: how
+    many they are now), the owner's limit reached (payload: how many), or no owner."""
+
+    ADDED = 0
+    FULL = 1
+    NO_OWNER = 2
+
+
 class StopStatus(IntEnum):
     """``stop.lua``: a stop recorded (payload: the seq of the message to stop), or not."""
 

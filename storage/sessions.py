@@ -29,9 +29,14 @@ class Sessions(StoreBase):
     def _stop(self) -> Script[StopStatus]:
         return Script(self.redis, "stop.lua", StopStatus)
 
-    async def create_session(self, name: str) -> Session:
-        """Create a session with a new UUID4 token; it lives ``session_ttl_seconds``."""
-        session = Session(token=str(uuid.uuid4()), name=name, session_start=utc_now())
+    async def create_session(self, name: str, owner: str = "") -> Session:
+        """Create a session with a new UUID4 token; it lives ``session_ttl_seconds``.
+
+        Args:
+            owner: the owner token whose conversations will list it ("" if none); the
+                caller adds it there (:meth:`storage.owners.Owners.add_conversation`).
+        """
+        session = Session(token=str(uuid.uuid4()), name=name, session_start=utc_now(), owner=owner)
         await session.create(self.redis, self.settings.session_ttl_seconds)
         return session
 
@@ -54,12 +59,9 @@ class Sessions(StoreBase):
 
     async def touch(self, token: str) -> bool:
         """Renew a session's TTL; False if it no longer exists."""
-        ttl = self.settings.session_ttl_seconds
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.expire(keys.session_key(token), ttl)
-            pipe.expire(keys.events_key(token), ttl)
-            alive, _ = await pipe.execute()
-        return bool(alive)
+        return await self.renew(
+            self.settings.session_ttl_seconds, keys.session_key(token), keys.events_key(token)
+        )
 
     async def ping(self) -> None:
         """Check that Redis answers.

@@ -1,7 +1,8 @@
 """Parley's reads and atomic writes in Redis, shared by the server and the worker.
 
 :class:`Store` is one object made of the store's parts, each a module of its own:
-:mod:`storage.sessions` (session documents), :mod:`storage.queue` (accepting messages,
+:mod:`storage.sessions` (session documents), :mod:`storage.owners` (owners and their
+conversations), :mod:`storage.queue` (accepting messages,
 closing lost ones), :mod:`storage.streams` (the consumer group, trimming, pending
 entries), :mod:`storage.replies` (attempts at replies, recorded once) and
 :mod:`storage.events` (reading a session's events back). Its errors and constants are
@@ -17,6 +18,7 @@ session's keys only plus its partition's message stream and waiting set: one has
 from __future__ import annotations
 
 from storage.events import Events
+from storage.owners import NotTheOwner, OwnerFull, Owners, OwnerUnknown
 from storage.queue import Overloaded, Queue, SessionFull, TooManyPending
 from storage.replies import (
     ANSWERED,
@@ -44,8 +46,11 @@ __all__ = [
     "ClaimedEntry",
     "Emit",
     "Fenced",
+    "NotTheOwner",
     "NotYourTurn",
     "Overloaded",
+    "OwnerFull",
+    "OwnerUnknown",
     "SessionExpired",
     "SessionFull",
     "Store",
@@ -53,7 +58,7 @@ __all__ = [
 ]
 
 
-class Store(Sessions, Queue, Replies, Events):
+class Store(Sessions, Owners, Queue, Replies, Events):
     """Sessions, the message streams and session events in one Redis.
 
     Args:

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from protocol.wire import SessionView
 from server.admission import admit_session
-from server.deps import SettingsDep, StoreDep, session_gone, well_formed
-from storage.store import SessionExpired
+from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
+from server.routes.conversations import owner_gone
+from storage.store import OwnerFull, OwnerUnknown, SessionExpired
 
 router = APIRouter(tags=["sessions"])
 
@@ -19,21 +20,37 @@ async def create_token(
     name: Annotated[str, Query(description="The person's name.")],
     store: StoreDep,
     settings: SettingsDep,
+    owner: Annotated[
+        str | None, Query(description="An owner token: list the session among its conversations.")
+    ] = None,
 ) -> SessionView:
     """Start a session: a new UUID4 token, valid ``SESSION_TTL_SECONDS`` after last use.
 
-    Errors: 422 if ``name`` is missing; 400 if it is empty, blank or too long; 429 with
-    ``Retry-After`` past ``RATE_SESSIONS_PER_CLIENT`` (see :mod:`server.admission`).
+    With ``owner`` (from ``POST /owner``), the session is one of the owner's
+    conversations (``GET /conversations``).
+
+    Errors: 422 if ``name`` is missing; 400 if it is empty, blank or too long, or if the
+    owner is unknown or expired; 409 if the owner has ``MAX_CONVERSATIONS_PER_OWNER``
+    conversations already; 429 with ``Retry-After`` past ``RATE_SESSIONS_PER_CLIENT``
+    (see :mod:`server.admission`).
     """
-    name = name.strip()
-    if not name:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="name must not be empty")
-    if len(name) > settings.max_name_chars:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            detail=f"name must be at most {settings.max_name_chars} characters",
-        )
-    session = await store.create_session(name)
+    name = bounded_text(name, "name", settings.max_name_chars)
+    if owner is not None and not well_formed(owner):
+        raise owner_gone()
+    session = await store.create_session(name, owner or "")
+    if owner is not None:
+        limit = settings.max_conversations_per_owner
+        try:
+            await store.add_conversation(owner, session.token, limit)
+        except (OwnerUnknown, OwnerFull) as e:
+            await store.delete_session(session.token)
+            if isinstance(e, OwnerUnknown):
+                raise owner_gone() from e
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail=f"this owner has {e.count} conversations, the most allowed; "
+                "delete one, then start another",
+            ) from e
     return session.view()
 
 

@@ -26,6 +26,7 @@ STATUSES: dict[str, type[IntEnum]] = {
     "finish.lua": scripts.FinishStatus,
     "lost.lua": scripts.LostStatus,
     "stop.lua": scripts.StopStatus,
+    "owner_add.lua": scripts.OwnerAddStatus,
     "fail.lua": scripts.FailStatus,
     "due.lua": scripts.DueStatus,
     "trim_stream.lua": scripts.TrimStatus,

@@ -1,0 +1,116 @@
+"""Owners and their conversations: ``POST /owner``, ``GET /conversations``,
+``PATCH /session`` (rename) and ``DELETE /session``.
+
+An owner token is a bearer credential like a session token: whoever holds it lists the
+owner's conversations (with their session tokens) and may delete them. It holds no
+personal data. Sessions made without an owner (``POST /token`` without ``owner``) work
+as before and appear in no list. See :mod:`storage.owners` for how the lists stay within
+one hash slot on a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from pydantic import BaseModel, Field
+
+from protocol.wire import ConversationPage, OwnerView
+from server.admission import admit_session
+from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
+from storage.store import NotTheOwner, OwnerUnknown, SessionExpired
+
+router = APIRouter(tags=["conversations"])
+
+OWNER_GONE = "Owner expired or does not exist"
+
+
+def owner_gone() -> HTTPException:
+    """400 for an owner token that is malformed, unknown or expired."""
+    return HTTPException(status.HTTP_400_BAD_REQUEST, detail=OWNER_GONE)
+
+
+class Rename(BaseModel):
+    """The body of ``PATCH /session``."""
+
+    title: str = Field(description="The conversation's new title.")
+
+
+@router.post("/owner", response_model=OwnerView, dependencies=[Depends(admit_session)])
+async def create_owner(store: StoreDep) -> OwnerView:
+    """Issue an owner token: pass it as ``owner`` to ``POST /token`` and
+    ``GET /conversations``. It lives ``OWNER_TTL_SECONDS`` after its last use.
+
+    Errors: 429 with ``Retry-After`` past ``RATE_SESSIONS_PER_CLIENT`` (owners count as
+    sessions).
+    """
+    return OwnerView(owner=await store.create_owner())
+
+
+@router.get("/conversations", response_model=ConversationPage)
+async def list_conversations(
+    owner: Annotated[str, Query(description="The owner token.")],
+    store: StoreDep,
+    offset: Annotated[int, Query(ge=0, description="Conversations to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=100, description="Conversations a page.")] = 20,
+) -> ConversationPage:
+    """The owner's conversations, newest first: title, created, last activity, message
+    count, and the session token to open each; renews the owner's TTL.
+
+    Errors: 400 ``Owner expired or does not exist``; 422 for an offset or limit out of
+    range.
+    """
+    if not well_formed(owner):
+        raise owner_gone()
+    try:
+        return await store.conversations(owner, offset, limit)
+    except OwnerUnknown as e:
+        raise owner_gone() from e
+
+
+@router.patch("/session", status_code=status.HTTP_204_NO_CONTENT)
+async def rename_session(
+    token: Annotated[str, Query(description="The session token.")],
+    body: Rename,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> None:
+    """Rename a conversation (``{"title": "..."}``).
+
+    Errors: 400 ``Session expired or does not exist``; 400 if the title is empty, blank
+    or longer than ``MAX_TITLE_CHARS``.
+    """
+    title = bounded_text(body.title, "title", settings.max_title_chars)
+    if not well_formed(token):
+        raise session_gone()
+    try:
+        await store.rename(token, title)
+    except SessionExpired as e:
+        raise session_gone() from e
+
+
+@router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_session(
+    token: Annotated[str, Query(description="The session token.")],
+    store: StoreDep,
+    owner: Annotated[
+        str | None, Query(description="If given, the session must belong to this owner.")
+    ] = None,
+) -> None:
+    """Delete a conversation for good: its history, its events, its place in its
+    owner's list. Its open sockets are told ``session_expired`` and closed once they
+    next look at the session (within a minute).
+
+    Errors: 400 ``Session expired or does not exist``; 403 if ``owner`` is given and
+    does not own the session.
+    """
+    if not well_formed(token) or (owner is not None and not well_formed(owner)):
+        raise session_gone()
+    try:
+        await store.delete_session(token, owner)
+    except SessionExpired as e:
+        raise session_gone() from e
+    except NotTheOwner as e:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="the session does not belong to this owner"
+        ) from e

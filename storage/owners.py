@@ -1,0 +1,223 @@
+"""Owners: a client identity that owns several sessions, and lists them as conversations.
+
+An owner is a bearer token (a UUID4) issued by the server, holding no personal data. Its
+record (:func:`storage.keys.owner_key`) and its list of sessions
+(:func:`storage.keys.conversations_key`, a sorted set scored by creation time) share the
+owner's hash slot; each session stays in its own partition's slot. So no operation spans
+two slots on a Redis Cluster:
+
+- adding a session to its owner is one script on the owner's slot (``owner_add.lua``,
+  which also enforces the owner's limit), after the session document is written on the
+  session's slot;
+- listing reads a page of the sorted set, then each listed session with a command of its
+  own (pipelined; a cluster pipeline sends each node its share), and drops from the set
+  the sessions that have expired;
+- deleting a session deletes its document and event stream (its slot), then removes it
+  from its owner's set (the owner's slot).
+
+A session whose TTL runs out stays in its owner's set until a listing or a creation
+that finds the owner full notices it is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from protocol.wire import ConversationPage, ConversationSummary, utc_now
+from storage import keys
+from storage.base import StoreBase
+from storage.scripts import Arg, OwnerAddStatus, Script
+from storage.sessions import SessionExpired
+
+#: The fields of a session document a listing reads, as RedisJSON paths.
+_SUMMARY_PATHS = ("$.title", "$.name", "$.session_start", "$.messages[-1].timestamp")
+
+
+def _decoded(value: Any) -> Any:
+    """A ``JSON.GET`` reply: redis-py decodes it already, or leaves the JSON text."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class OwnerUnknown(Exception):
+    """The owner token is not known (never was, or its TTL ran out)."""
+
+
+class OwnerFull(Exception):
+    """The owner has as many conversations as it may have.
+
+    Attributes:
+        count: how many it has.
+    """
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"the owner has {count} conversations")
+        self.count = count
+
+
+class NotTheOwner(Exception):
+    """The session belongs to no owner, or to another one."""
+
+
+class Owners(StoreBase):
+    """Owners and their conversations (a part of :class:`storage.store.Store`)."""
+
+    @cached_property
+    def _owner_add(self) -> Script[OwnerAddStatus]:
+        return Script(self.redis, "owner_add.lua", OwnerAddStatus)
+
+    async def create_owner(self) -> str:
+        """Issue a new owner token; it lives ``owner_ttl_seconds`` after its last use."""
+        owner = str(uuid.uuid4())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.owner_key(owner), "created", utc_now())
+            pipe.expire(keys.owner_key(owner), self.settings.owner_ttl_seconds)
+            await pipe.execute()
+        return owner
+
+    async def owner_exists(self, owner: str) -> bool:
+        """Whether ``owner`` is a known owner token."""
+        return bool(await self.redis.exists(keys.owner_key(owner)))
+
+    async def add_conversation(self, owner: str, token: str, limit: int) -> int:
+        """Add session ``token`` to ``owner``'s conversations, within ``limit``.
+
+        Sessions of the owner that have expired are dropped first if the limit is
+        reached. Returns how many conversations the owner has now.
+
+        Raises:
+            OwnerUnknown: no such owner.
+            OwnerFull: the owner has ``limit`` live conversations already.
+        """
+        created_ms = int(time.time() * 1000)
+        args: list[Arg] = [token, created_ms, limit, self.settings.owner_ttl_seconds]
+        owner_keys = [keys.owner_key(owner), keys.conversations_key(owner)]
+        status, payload = await self._owner_add(keys=owner_keys, args=args)
+        if status is OwnerAddStatus.FULL and await self._drop_expired(owner):
+            status, payload = await self._owner_add(keys=owner_keys, args=args)
+        if status is OwnerAddStatus.NO_OWNER:
+            raise OwnerUnknown(owner)
+        if status is OwnerAddStatus.FULL:
+            raise OwnerFull(int(payload))
+        return int(payload)
+
+    async def conversations(self, owner: str, offset: int, limit: int) -> ConversationPage:
+        """A page of ``owner``'s conversations, newest first; renews the owner's TTL.
+
+        Args:
+            offset: conversations to skip (>= 0).
+            limit: conversations on the page at most (> 0).
+
+        Raises:
+            OwnerUnknown: no such owner.
+        """
+        if not await self._touch_owner(owner):
+            raise OwnerUnknown(owner)
+        while True:
+            tokens = await self.redis.zrevrange(
+                keys.conversations_key(owner), offset, offset + limit - 1
+            )
+            summaries = await self._summaries(tokens)
+            gone = [t for t, s in zip(tokens, summaries, strict=True) if s is None]
+            if not gone:
+                break
+            await self.redis.zrem(keys.conversations_key(owner), *gone)
+        total = int(await self.redis.zcard(keys.conversations_key(owner)))
+        page = [s for s in summaries if s is not None]
+        following = offset + len(page)
+        return ConversationPage(
+            conversations=page, total=total, next_offset=following if following < total else None
+        )
+
+    async def rename(self, token: str, title: str) -> None:
+        """Set the title of session ``token``.
+
+        Raises:
+            SessionExpired: no such session.
+        """
+        try:
+            await self.redis.json().set(keys.session_key(token), "$.title", title)
+        except ResponseError as e:
+            # RedisJSON refuses a path into a document that does not exist.
+            if "created at the root" in str(e):
+                raise SessionExpired(token) from e
+            raise
+
+    async def delete_session(self, token: str, owner: str | None = None) -> None:
+        """Delete session ``token`` for good: its document, its event stream, and its
+        place in its owner's conversations.
+
+        Args:
+            owner: if given, the session must belong to this owner.
+
+        Raises:
+            SessionExpired: no such session.
+            NotTheOwner: ``owner`` was given and is not the session's owner.
+        """
+        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "JSON.GET", keys.session_key(token), "$.owner"
+        )
+        if value is None:
+            raise SessionExpired(token)
+        found = _decoded(value)
+        session_owner = str(found[0]) if found else ""
+        if owner is not None and session_owner != owner:
+            raise NotTheOwner(token)
+        await self.redis.delete(keys.session_key(token), keys.events_key(token))
+        if session_owner:
+            await self.redis.zrem(keys.conversations_key(session_owner), token)
+
+    async def _touch_owner(self, owner: str) -> bool:
+        return await self.renew(
+            self.settings.owner_ttl_seconds, keys.owner_key(owner), keys.conversations_key(owner)
+        )
+
+    async def _summaries(self, tokens: Sequence[str]) -> list[ConversationSummary | None]:
+        """Each session's summary, or None where the session is gone."""
+        if not tokens:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for token in tokens:
+                pipe.execute_command("JSON.GET", keys.session_key(token), *_SUMMARY_PATHS)
+                pipe.execute_command("JSON.ARRLEN", keys.session_key(token), "$.messages")
+            replies = await pipe.execute(raise_on_error=False)
+        summaries: list[ConversationSummary | None] = []
+        for token, fields, lengths in zip(tokens, replies[::2], replies[1::2], strict=True):
+            if fields is None or isinstance(fields, Exception):
+                summaries.append(None)
+                continue
+            read = _decoded(fields)
+            title, name, created = (read[p][0] for p in _SUMMARY_PATHS[:3])
+            newest = read[_SUMMARY_PATHS[3]]
+            count = lengths[0] if isinstance(lengths, list) and lengths else 0
+            summaries.append(
+                ConversationSummary(
+                    token=token,
+                    title=title if isinstance(title, str) else "",
+                    name=name,
+                    created=created,
+                    last_activity=newest[0] if newest else created,
+                    message_count=int(count or 0),
+                )
+            )
+        return summaries
+
+    async def _drop_expired(self, owner: str) -> bool:
+        """Drop the owner's sessions that no longer exist; whether any was dropped."""
+        tokens = await self.redis.zrange(keys.conversations_key(owner), 0, -1)
+        if not tokens:
+            return False
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for token in tokens:
+                pipe.exists(keys.session_key(token))
+            alive = await pipe.execute()
+        gone = [t for t, a in zip(tokens, alive, strict=True) if not a]
+        if gone:
+            await self.redis.zrem(keys.conversations_key(owner), *gone)
+        return bool(gone)

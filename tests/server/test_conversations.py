@@ -1,0 +1,208 @@
+"""Owners and their conversations: POST /owner, POST /token?owner=, GET /conversations,
+PATCH /session, DELETE /session; against real Redis (single node, and the cluster run)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from runtime.logs import redact
+from storage import keys
+from tests.support.parley import Parley, running_parley
+
+GONE = {"detail": "Session expired or does not exist"}
+OWNER_GONE = {"detail": "Owner expired or does not exist"}
+
+
+async def _owner(parley: Parley, http: aiohttp.ClientSession) -> str:
+    async with http.post(f"{parley.url}/owner") as r:
+        assert r.status == 200, await r.text()
+        body = await r.json()
+    assert set(body) == {"owner"}
+    assert uuid.UUID(body["owner"]).version == 4
+    owner: str = body["owner"]
+    return owner
+
+
+async def _session(
+    parley: Parley, http: aiohttp.ClientSession, owner: str, name: str = "ada"
+) -> dict[str, Any]:
+    async with http.post(f"{parley.url}/token", params={"name": name, "owner": owner}) as r:
+        assert r.status == 200, await r.text()
+        body: dict[str, Any] = await r.json()
+    # The session-token-only answer, unchanged: the owner is not echoed.
+    assert set(body) == {"token", "name", "session_start", "messages"}
+    return body
+
+
+async def _list(
+    parley: Parley, http: aiohttp.ClientSession, owner: str, **params: Any
+) -> dict[str, Any]:
+    async with http.get(f"{parley.url}/conversations", params={"owner": owner, **params}) as r:
+        assert r.status == 200, await r.text()
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+async def _chat(parley: Parley, http: aiohttp.ClientSession, token: str, text: str) -> None:
+    async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+        await ws.send_json({"type": "message", "content": text})
+        async with asyncio.timeout(20):
+            while (await ws.receive_json())["type"] != "done":
+                pass
+
+
+async def test_an_owner_lists_its_conversations_newest_first(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    owner = await _owner(parley, http)
+    first = await _session(parley, http, owner, "first")
+    await asyncio.sleep(0.01)  # creation times in ms: keep them apart
+    second = await _session(parley, http, owner, "second")
+    await _chat(parley, http, first["token"], "hello")
+
+    page = await _list(parley, http, owner)
+    assert page["total"] == 2 and page["next_offset"] is None
+    newest, oldest = page["conversations"]
+    assert (newest["token"], oldest["token"]) == (second["token"], first["token"])
+    assert newest == {
+        "token": second["token"],
+        "title": "",
+        "name": "second",
+        "created": second["session_start"],
+        "last_activity": second["session_start"],
+        "message_count": 0,
+    }
+    assert oldest["message_count"] == 2  # the message and its reply
+    assert oldest["last_activity"] > oldest["created"]
+
+    # Another owner sees none of them; a session without an owner is in no list.
+    other = await _owner(parley, http)
+    await parley.create_session(http)
+    assert (await _list(parley, http, other))["conversations"] == []
+
+
+async def test_the_list_is_paginated(parley: Parley, http: aiohttp.ClientSession) -> None:
+    owner = await _owner(parley, http)
+    tokens = []
+    for k in range(5):
+        tokens.append((await _session(parley, http, owner, f"s{k}"))["token"])
+        await asyncio.sleep(0.002)
+    seen: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = await _list(parley, http, owner, offset=offset, limit=2)
+        assert page["total"] == 5
+        seen += [c["token"] for c in page["conversations"]]
+        offset = page["next_offset"]
+    assert seen == tokens[::-1]
+    for bad in ({"limit": 0}, {"limit": 101}, {"offset": -1}):
+        async with http.get(f"{parley.url}/conversations", params={"owner": owner, **bad}) as r:
+            assert r.status == 422
+
+
+@pytest.mark.parametrize("owner", ["not-a-uuid", str(uuid.uuid4())])
+async def test_an_unknown_owner_is_refused_and_creates_nothing(
+    parley: Parley, http: aiohttp.ClientSession, owner: str
+) -> None:
+    async with http.get(f"{parley.url}/conversations", params={"owner": owner}) as r:
+        assert (r.status, await r.json()) == (400, OWNER_GONE)
+    before = len(await parley.redis.keys(f"{keys.PREFIX}:session:*"))
+    async with http.post(f"{parley.url}/token", params={"name": "x", "owner": owner}) as r:
+        assert (r.status, await r.json()) == (400, OWNER_GONE)
+    assert len(await parley.redis.keys(f"{keys.PREFIX}:session:*")) == before
+
+
+async def test_rename_sets_the_title_and_bad_titles_are_refused(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    owner = await _owner(parley, http)
+    token = (await _session(parley, http, owner))["token"]
+    url = f"{parley.url}/session"
+    async with http.patch(url, params={"token": token}, json={"title": "  Trip plans "}) as r:
+        assert r.status == 204
+    (listed,) = (await _list(parley, http, owner))["conversations"]
+    assert listed["title"] == "Trip plans"
+    limit = parley.server_settings.max_title_chars
+    for title, words in (("  ", "empty"), ("x" * (limit + 1), f"at most {limit}")):
+        async with http.patch(url, params={"token": token}, json={"title": title}) as r:
+            assert r.status == 400 and words in (await r.json())["detail"]
+    async with http.patch(url, params={"token": str(uuid.uuid4())}, json={"title": "t"}) as r:
+        assert (r.status, await r.json()) == (400, GONE)
+    # A session without an owner can be renamed too (its token is the credential).
+    loner = await parley.create_session(http)
+    async with http.patch(url, params={"token": loner}, json={"title": "mine"}) as r:
+        assert r.status == 204
+
+
+async def test_delete_removes_the_conversation_its_events_and_its_place(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    owner = await _owner(parley, http)
+    kept = (await _session(parley, http, owner, "kept"))["token"]
+    gone = (await _session(parley, http, owner, "gone"))["token"]
+    await _chat(parley, http, gone, "soon deleted")
+    assert await parley.redis.exists(keys.events_key(gone))
+
+    stranger = await _owner(parley, http)
+    async with http.delete(f"{parley.url}/session", params={"token": gone, "owner": stranger}) as r:
+        assert r.status == 403
+    async with http.delete(f"{parley.url}/session", params={"token": gone, "owner": owner}) as r:
+        assert r.status == 204
+    assert not await parley.redis.exists(keys.session_key(gone), keys.events_key(gone))
+    page = await _list(parley, http, owner)
+    assert [c["token"] for c in page["conversations"]] == [kept] and page["total"] == 1
+    async with http.get(f"{parley.url}/refresh_token", params={"token": gone}) as r:
+        assert (r.status, await r.json()) == (400, GONE)
+    async with http.delete(f"{parley.url}/session", params={"token": gone}) as r:
+        assert (r.status, await r.json()) == (400, GONE)
+    # The session token alone is enough, and works for a session without an owner.
+    async with http.delete(f"{parley.url}/session", params={"token": kept}) as r:
+        assert r.status == 204
+    assert (await _list(parley, http, owner))["total"] == 0
+    loner = await parley.create_session(http)
+    async with http.delete(f"{parley.url}/session", params={"token": loner}) as r:
+        assert r.status == 204
+
+
+async def test_expired_sessions_leave_the_list(parley: Parley, http: aiohttp.ClientSession) -> None:
+    owner = await _owner(parley, http)
+    token = (await _session(parley, http, owner))["token"]
+    await parley.redis.delete(keys.session_key(token))  # as its TTL running out does
+    page = await _list(parley, http, owner)
+    assert page == {"conversations": [], "total": 0, "next_offset": None}
+
+
+async def test_an_owner_has_at_most_its_limit_of_live_conversations(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(redis_url, redis, max_conversations_per_owner=2) as parley:
+        owner = await _owner(parley, http)
+        first = (await _session(parley, http, owner))["token"]
+        await _session(parley, http, owner)
+        async with http.post(f"{parley.url}/token", params={"name": "x", "owner": owner}) as r:
+            assert r.status == 409
+            assert "2 conversations, the most allowed" in (await r.json())["detail"]
+        # A conversation that expired frees its place.
+        await redis.delete(keys.session_key(first))
+        await _session(parley, http, owner)
+        assert (await _list(parley, http, owner))["total"] == 2
+
+
+async def test_owner_tokens_stay_out_of_the_logs(
+    parley: Parley, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    owner = await _owner(parley, http)
+    assert owner not in redact(f"GET /conversations?owner={owner}")
+    assert owner not in redact(f'{{"owner": "{owner}"}}')
+    assert owner not in redact(keys.conversations_key(owner))
+    with caplog.at_level(logging.DEBUG):
+        await _session(parley, http, owner)
+        await _list(parley, http, owner)
+    assert owner not in caplog.text
