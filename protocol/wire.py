@@ -73,6 +73,17 @@ class SessionView(_Wire):
     messages: list[ChatMessage]
 
 
+class ConversationExport(_Wire):
+    """A whole conversation, to keep (``GET /session/export?format=json``). It holds no
+    token: an exported file can be shared without giving the conversation away."""
+
+    title: str = Field(description="The conversation's title; empty if it has none.")
+    name: str
+    session_start: str = Field(description="ISO 8601 UTC")
+    exported: str = Field(description="ISO 8601 UTC")
+    messages: list[ChatMessage]
+
+
 class OwnerView(_Wire):
     """An owner (``POST /owner``): the bearer token that lists and owns conversations."""
 

@@ -26,7 +26,7 @@ from aredis_om import EmbeddedJsonModel, Field, JsonModel
 from pydantic import BaseModel, TypeAdapter
 from redis.asyncio import Redis
 
-from protocol.wire import ChatMessage, SessionView
+from protocol.wire import ChatMessage, ConversationExport, SessionView, utc_now
 from storage import keys
 
 
@@ -133,6 +133,16 @@ class Session(JsonModel, index=True):
             pipe.json().set(key, "$", self.model_dump(mode="json"))
             pipe.expire(key, ttl_s)
             await pipe.execute()
+
+    def export(self) -> ConversationExport:
+        """The conversation to keep: :meth:`view` without the token, with the title."""
+        return ConversationExport(
+            title=self.title,
+            name=self.name,
+            session_start=self.session_start,
+            exported=utc_now(),
+            messages=[m.public() for m in conversation(self.messages)],
+        )
 
     def view(self) -> SessionView:
         """The session with its history in conversation order.

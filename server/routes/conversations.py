@@ -1,5 +1,5 @@
 """Owners and their conversations: ``POST /owner``, ``GET /conversations``,
-``PATCH /session`` (rename) and ``DELETE /session``.
+``PATCH /session`` (rename), ``DELETE /session`` and ``GET /session/export``.
 
 An owner token is a bearer credential like a session token: whoever holds it lists the
 owner's conversations (with their session tokens) and may delete them. It holds no
@@ -10,12 +10,12 @@ one hash slot on a Redis Cluster.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field
 
-from protocol.wire import ConversationPage, OwnerView
+from protocol.wire import ConversationExport, ConversationPage, OwnerView
 from server.admission import admit_session
 from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
 from storage.store import NotTheOwner, OwnerUnknown, SessionExpired
@@ -114,3 +114,59 @@ async def delete_session(
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, detail="the session does not belong to this owner"
         ) from e
+
+
+def markdown(export: ConversationExport) -> str:
+    """A conversation as Markdown: a heading, then each message under its role and time.
+
+    Message contents go in as they are: they are Markdown already, as the model writes
+    and the web client renders them.
+    """
+    heading = export.title or f"Conversation of {export.name}"
+    lines = [f"# {heading}", "", f"Started {export.session_start} by {export.name}.", ""]
+    for message in export.messages:
+        who = export.name if message.role == "user" else "Assistant"
+        notes = []
+        if message.stopped:
+            notes.append("stopped")
+        if message.truncated:
+            notes.append(f"cut at its {message.truncated} bound")
+        suffix = f" ({', '.join(notes)})" if notes else ""
+        lines += [f"## {who}, {message.timestamp}{suffix}", "", message.content, ""]
+    return "\n".join(lines)
+
+
+@router.get(
+    "/session/export",
+    response_model=ConversationExport,
+    responses={200: {"content": {"text/markdown": {}}}},
+)
+async def export_session(
+    token: Annotated[str, Query(description="The session token.")],
+    store: StoreDep,
+    format: Annotated[Literal["json", "markdown"], Query(description="json or markdown")] = "json",
+) -> Response:
+    """The whole conversation to keep, as a download: JSON (:class:`ConversationExport`)
+    or Markdown. It holds no token. Does not renew the session's TTL.
+
+    Errors: 400 ``Session expired or does not exist``; 422 for another format.
+    """
+    if not well_formed(token):
+        raise session_gone()
+    try:
+        session = await store.get_session(token, touch=False)
+    except SessionExpired as e:
+        raise session_gone() from e
+    export = session.export()
+    day = export.session_start[:10]
+    if format == "markdown":
+        return Response(
+            markdown(export),
+            media_type="text/markdown; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="parley-{day}.md"'},
+        )
+    return Response(
+        export.model_dump_json(indent=2),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="parley-{day}.json"'},
+    )

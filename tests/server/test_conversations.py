@@ -4,6 +4,7 @@ PATCH /session, DELETE /session; against real Redis (single node, and the cluste
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from typing import Any
@@ -206,3 +207,46 @@ async def test_owner_tokens_stay_out_of_the_logs(
         await _session(parley, http, owner)
         await _list(parley, http, owner)
     assert owner not in caplog.text
+
+
+async def test_export_gives_the_whole_conversation_without_its_token(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    owner = await _owner(parley, http)
+    token = (await _session(parley, http, owner, "Ada"))["token"]
+    await _chat(parley, http, token, "first question")
+    await _chat(parley, http, token, "second question")
+    async with http.patch(
+        f"{parley.url}/session", params={"token": token}, json={"title": "Questions"}
+    ) as r:
+        assert r.status == 204
+    async with http.get(f"{parley.url}/refresh_token", params={"token": token}) as r:
+        history = (await r.json())["messages"]
+
+    url = f"{parley.url}/session/export"
+    async with http.get(url, params={"token": token}) as r:
+        assert r.status == 200
+        assert r.headers["Content-Disposition"].startswith("attachment; filename=")
+        text = await r.text()
+    assert token not in text
+    export = json.loads(text)
+    assert set(export) == {"title", "name", "session_start", "exported", "messages"}
+    assert (export["title"], export["name"]) == ("Questions", "Ada")
+    assert export["messages"] == history  # conversation order, every field
+    assert [m["role"] for m in export["messages"]] == ["user", "assistant"] * 2
+
+    async with http.get(url, params={"token": token, "format": "markdown"}) as r:
+        assert r.status == 200 and r.content_type == "text/markdown"
+        assert r.headers["Content-Disposition"].endswith('.md"')
+        markdown = await r.text()
+    assert token not in markdown
+    assert markdown.startswith("# Questions\n")
+    assert markdown.index("first question") < markdown.index("second question")
+    for message in history:
+        assert message["content"] in markdown
+    assert markdown.count("\n## Ada, ") == 2 and markdown.count("\n## Assistant, ") == 2
+
+    async with http.get(url, params={"token": token, "format": "xml"}) as r:
+        assert r.status == 422
+    async with http.get(url, params={"token": str(uuid.uuid4())}) as r:
+        assert (r.status, await r.json()) == (400, GONE)
