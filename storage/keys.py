@@ -20,6 +20,11 @@ PARTITIONS: Final = tuple("0123456789abcdef")
 #: Entries given up: their tries kept failing (``MAX_DELIVERIES``), their attempts kept
 #: crashing their workers (``MAX_CRASHES``), or they could not be decoded.
 DEAD_LETTER_STREAM = f"{PREFIX}:messages:dead"
+#: Title jobs: a session's token once its first reply is recorded; the workers' group
+#: :data:`TITLE_GROUP` reads it between replies (low volume: one stream, one slot).
+TITLE_STREAM = f"{PREFIX}:titles"
+#: The consumer group of the workers on :data:`TITLE_STREAM`.
+TITLE_GROUP = "titlers"
 #: Sharded channel where servers announce stop commands to every worker (one per click).
 STOP_CHANNEL = f"{PREFIX}:stop"
 #: The consumer group of the workers on every message stream.

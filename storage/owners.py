@@ -33,7 +33,7 @@ from redis.exceptions import ResponseError
 from protocol.wire import ConversationPage, ConversationSummary, utc_now
 from storage import keys
 from storage.base import StoreBase
-from storage.scripts import Arg, OwnerAddStatus, Script
+from storage.scripts import Arg, OwnerAddStatus, Script, TitleStatus
 from storage.sessions import SessionExpired
 
 #: The fields of a session document a listing reads, as RedisJSON paths.
@@ -67,6 +67,10 @@ class NotTheOwner(Exception):
 
 class Owners(StoreBase):
     """Owners and their conversations (a part of :class:`storage.store.Store`)."""
+
+    @cached_property
+    def _title(self) -> Script[TitleStatus]:
+        return Script(self.redis, "title.lua", TitleStatus)
 
     @cached_property
     def _owner_add(self) -> Script[OwnerAddStatus]:
@@ -148,6 +152,12 @@ class Owners(StoreBase):
             if "created at the root" in str(e):
                 raise SessionExpired(token) from e
             raise
+
+    async def set_title_if_none(self, token: str, title: str) -> bool:
+        """Give session ``token`` the title ``title`` unless it has one; whether it was
+        set (False: it had one, or the session is gone)."""
+        status, _ = await self._title(keys=[keys.session_key(token)], args=[json.dumps(title)])
+        return status is TitleStatus.SET
 
     async def delete_session(self, token: str, owner: str | None = None) -> None:
         """Delete session ``token`` for good: its document, its event stream, and its

@@ -131,6 +131,14 @@ class OwnerAddStatus(IntEnum):
     NO_OWNER = 2
 
 
+class TitleStatus(IntEnum):
+    """``title.lua``: the title set, the session's own title kept, or no session."""
+
+    SET = 0
+    KEPT = 1
+    NO_SESSION = 2
+
+
 class StopStatus(IntEnum):
     """``stop.lua``: a stop recorded (payload: the seq of the message to stop), or not."""
 

@@ -66,10 +66,16 @@ UNLIMITED_ADMISSION: dict[str, int] = {
 }
 
 
+#: Model calls beyond the replies stay off: the delivery checks and the benchmark count
+#: and time every request the stand-in model gets, and the direct baseline has no
+#: titles. The titles are tested on purpose (tests/server/test_conversations.py).
+NO_EXTRA_MODEL_CALLS: dict[str, bool] = {"conversation_titles": False}
+
+
 def pinned_environment(overrides: dict[str, str]) -> dict[str, str]:
     """The environment of a child process: ours, without any Parley setting, then every
     Parley setting set explicitly (``overrides``, else its default; admission limits
-    :data:`UNLIMITED_ADMISSION`).
+    :data:`UNLIMITED_ADMISSION`, and :data:`NO_EXTRA_MODEL_CALLS`).
 
     pydantic-settings lets environment variables win over the ``.env`` file, so with
     every setting set, a ``.env`` in the repo root cannot change a run.
@@ -82,6 +88,7 @@ def pinned_environment(overrides: dict[str, str]) -> dict[str, str]:
                 default = info.default
                 env[name.upper()] = "" if default is None else str(default)
     env.update({name.upper(): str(value) for name, value in UNLIMITED_ADMISSION.items()})
+    env.update({name.upper(): str(value) for name, value in NO_EXTRA_MODEL_CALLS.items()})
     env.update(overrides)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -99,6 +99,11 @@ class WorkerSettings(CommonSettings):
     worker_max_in_flight: int = Field(
         default=512, ge=1, description="Entries read and not yet acked (incl. waiting their turn)."
     )
+    conversation_titles: bool = Field(
+        default=True,
+        description="After a conversation's first reply, ask the model for a short title "
+        "(between replies, never delaying one).",
+    )
     stream_flush_ms: float = Field(
         default=10.0, ge=0, description="Token deltas are coalesced over this window (ms)."
     )

@@ -35,6 +35,7 @@ from worker.config import WorkerSettings
 from worker.llm import LLMClient
 from worker.metrics import TAKEOVERS
 from worker.reply import Replies
+from worker.titles import Titler
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ class Worker:
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._room = asyncio.Event()
         self._room.set()
+        #: Set while no entry is in flight: title jobs run only then.
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._stopping = asyncio.Event()
         #: Set once :meth:`run` has returned.
         self.stopped = asyncio.Event()
@@ -120,6 +124,9 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._stop_loop(), name="stop"),
         ]
+        if self.settings.conversation_titles:
+            titler = Titler(self.store, self.llm, self.consumer, self._idle)
+            loops.append(asyncio.create_task(titler.run(), name="titles"))
         logger.info("worker %s consuming %d partitions", self.consumer, len(keys.MESSAGE_STREAMS))
         try:
             await asyncio.gather(*(self._read_loop(streams) for streams in self._read_sets()))
@@ -329,11 +336,14 @@ class Worker:
         entry = StreamEntry(self.redis, self.consumer, key, fields, deliveries)
         task = asyncio.create_task(self._handle(entry))
         self._in_flight[key] = task
+        self._idle.clear()
 
         def forget(_: asyncio.Task[None]) -> None:
             if self._in_flight.get(key) is task:
                 del self._in_flight[key]
             self._room.set()
+            if not self._in_flight:
+                self._idle.set()
 
         task.add_done_callback(forget)
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from protocol.wire import (
     DoneEvent,
@@ -35,6 +36,7 @@ from worker.llm import LLMClient, PromptMessage, track_usage
 from worker.memory import HistoryTooShort, build_prompt
 from worker.metrics import REPLIES, REPLY_SECONDS, TIME_TO_FIRST_TOKEN
 from worker.quota import charge_reply, reply_cost
+from worker.titles import request_title
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +169,8 @@ class ReplyGenerator:
             REPLIES.labels(outcome).inc()
             TIME_TO_FIRST_TOKEN.observe(streamed.first_token_s)
             REPLY_SECONDS.observe(total_s)
+            if entry.seq == 1 and self.settings.conversation_titles:
+                await self._request_title(entry.token)
         logger.info(
             "message_id=%s session=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
             entry.message_id,
@@ -178,6 +182,13 @@ class ReplyGenerator:
             total_s * 1000,
             "" if event_id else " (already recorded)",
         )
+
+    async def _request_title(self, token: str) -> None:
+        """Queue the session's title job; best effort, the reply being recorded already."""
+        try:
+            await request_title(self.store.redis, token)
+        except (RedisError, OSError) as e:
+            logger.warning("session=%s title not requested: %s", fingerprint(token), e)
 
     async def _prompt(self, entry: MessageEntry, begun: Begun) -> list[PromptMessage]:
         """The prompt of ``entry``'s reply, from the newest messages that ``begin``

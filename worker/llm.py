@@ -154,8 +154,11 @@ class LLMClient:
             await self._session.close()
             self._session = None
 
-    def stream(self, messages: Sequence[PromptMessage]) -> AsyncGenerator[str, None]:
-        """Stream the reply to ``messages`` as non-empty content deltas, in order.
+    def stream(
+        self, messages: Sequence[PromptMessage], *, max_tokens: int | None = None
+    ) -> AsyncGenerator[str, None]:
+        """Stream the reply to ``messages`` as non-empty content deltas, in order; at
+        most ``max_tokens`` tokens (None: the configured ``max_tokens``).
 
         The result is an async generator: iterate it, and close it (``aclose()`` or
         ``contextlib.aclosing``) when stopping early, which closes the HTTP response at
@@ -185,7 +188,7 @@ class LLMClient:
             "model": self.config.model,
             "messages": [m.model_dump() for m in messages],
             "stream": True,
-            "max_tokens": self.config.max_tokens,
+            "max_tokens": max_tokens or self.config.max_tokens,
             "temperature": self.config.temperature,
         }
         if self.config.stop:

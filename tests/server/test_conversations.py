@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,7 @@ from redis.asyncio import Redis
 from runtime.logs import redact
 from storage import keys
 from tests.support.parley import Parley, running_parley
+from worker.titles import TITLE_MAX_CHARS, clean_title
 
 GONE = {"detail": "Session expired or does not exist"}
 OWNER_GONE = {"detail": "Owner expired or does not exist"}
@@ -250,3 +252,81 @@ async def test_export_gives_the_whole_conversation_without_its_token(
         assert r.status == 422
     async with http.get(url, params={"token": str(uuid.uuid4())}) as r:
         assert (r.status, await r.json()) == (400, GONE)
+
+
+async def test_no_title_is_asked_for_when_titles_are_off(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    assert not parley.worker_settings.conversation_titles
+    owner = await _owner(parley, http)
+    token = (await _session(parley, http, owner))["token"]
+    await _chat(parley, http, token, "hello")
+    assert len(parley.standin.requests) == 1  # the reply's alone
+    assert (await _list(parley, http, owner))["conversations"][0]["title"] == ""
+
+
+async def _title_of(parley: Parley, http: aiohttp.ClientSession, owner: str) -> str:
+    """The owner's only conversation's title, once the workers' title jobs are done."""
+    async with asyncio.timeout(20):
+        while True:
+            groups = await parley.redis.xinfo_groups(keys.TITLE_STREAM)
+            titlers = next((g for g in groups if g["name"] == keys.TITLE_GROUP), None)
+            if titlers and titlers["pending"] == 0 and titlers["lag"] == 0:
+                break
+            await asyncio.sleep(0.05)
+    (conversation,) = (await _list(parley, http, owner))["conversations"]
+    title: str = conversation["title"]
+    return title
+
+
+@pytest.fixture
+async def titling(redis_url: str, redis: Redis[str]) -> AsyncIterator[Parley]:
+    """Parley with conversation titles on (the harness turns them off elsewhere)."""
+    async with running_parley(redis_url, redis, conversation_titles=True) as parley:
+        yield parley
+
+
+async def test_the_first_reply_gives_the_conversation_a_title(
+    titling: Parley, http: aiohttp.ClientSession
+) -> None:
+    parley = titling
+    owner = await _owner(parley, http)
+    token = (await _session(parley, http, owner))["token"]
+    assert (await _list(parley, http, owner))["conversations"][0]["title"] == ""
+    await _chat(parley, http, token, "How do tides work?")
+    title = await _title_of(parley, http, owner)
+    # The stand-in model answers "Reply to: <the last user message> ..." of the title
+    # request, which shows the model was asked about this conversation.
+    assert title.startswith("Reply to: Message: How do tides work?")
+    assert 0 < len(title) <= TITLE_MAX_CHARS
+    # Later replies do not title it again.
+    await _chat(parley, http, token, "And waves?")
+    assert await _title_of(parley, http, owner) == title
+
+
+async def test_a_title_given_by_the_person_is_kept(
+    titling: Parley, http: aiohttp.ClientSession
+) -> None:
+    parley = titling
+    owner = await _owner(parley, http)
+    token = (await _session(parley, http, owner))["token"]
+    async with http.patch(
+        f"{parley.url}/session", params={"token": token}, json={"title": "Mine"}
+    ) as r:
+        assert r.status == 204
+    await _chat(parley, http, token, "hello")
+    assert await _title_of(parley, http, owner) == "Mine"
+
+
+@pytest.mark.parametrize(
+    ("answer", "title"),
+    [
+        ('"Tides and the Moon"', "Tides and the Moon"),
+        ("Title: **Tides**\nmore text", "Tides"),
+        ("# Tides explained.", "Tides explained"),
+        ("   \n  ", ""),
+        ("word " * 40, ("word " * 16).strip()),
+    ],
+)
+def test_clean_title(answer: str, title: str) -> None:
+    assert clean_title(answer) == title

@@ -27,6 +27,7 @@ STATUSES: dict[str, type[IntEnum]] = {
     "lost.lua": scripts.LostStatus,
     "stop.lua": scripts.StopStatus,
     "owner_add.lua": scripts.OwnerAddStatus,
+    "title.lua": scripts.TitleStatus,
     "fail.lua": scripts.FailStatus,
     "due.lua": scripts.DueStatus,
     "trim_stream.lua": scripts.TrimStatus,

@@ -17,7 +17,7 @@ from server.app import create_app
 from server.config import ServerSettings
 from storage.connection import connect, disconnect
 from testkit.ports import free_port
-from testkit.processes import UNLIMITED_ADMISSION
+from testkit.processes import NO_EXTRA_MODEL_CALLS, UNLIMITED_ADMISSION
 from testkit.standin import StandinModel
 from worker.app import llm_config
 from worker.config import WorkerSettings
@@ -52,7 +52,12 @@ async def running_parley(
     """Start a stand-in model, a server and a worker; settings take ``overrides``."""
     standin = StandinModel(tokens=6)
     base_url = await standin.start()
-    common: dict[str, Any] = {"redis_url": redis_url, **UNLIMITED_ADMISSION, **overrides}
+    common: dict[str, Any] = {
+        "redis_url": redis_url,
+        **UNLIMITED_ADMISSION,
+        **NO_EXTRA_MODEL_CALLS,
+        **overrides,
+    }
     server_settings = ServerSettings(
         **{k: v for k, v in common.items() if k in ServerSettings.model_fields}
     )
