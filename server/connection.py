@@ -37,7 +37,7 @@ from server.limits import TokenBucket
 from server.metrics import MESSAGES_ACCEPTED
 from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, REDIS_DOWN, UNAVAILABLE_DETAIL, EventRelay
 from storage import keys
-from storage.hub import RESYNC, Hub, Subscription
+from storage.hub import CHECK, RESYNC, Hub, Subscription
 from storage.store import Overloaded, SessionExpired, SessionFull, Store, TooManyPending
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ class ChatConnection:
 
         A session's TTL only grows with activity, so nothing can expire before the TTL
         last read runs out: the session is looked at again then (or after 60 s at most),
-        woken by one timer handle rather than a task of its own. While Redis is
+        woken by one timer handle rather than a task of its own, or at once when its
+        channel says :data:`storage.hub.CHECK` (the session was deleted). While Redis is
         unreachable the client gets one ``unavailable`` error and the socket stays open;
         the check is retried with exponential backoff.
         """
@@ -183,8 +184,8 @@ class ChatConnection:
                     # puts RESYNC in its place, which also leads to a check.
                     wake = loop.call_at(check_at, sub.deliver, _WAKE)
                 payload = await sub.queue.get()
-                woken = payload in (_WAKE, RESYNC)
-                if payload != _WAKE:
+                woken = payload in (_WAKE, RESYNC, CHECK)
+                if payload not in (_WAKE, CHECK):
                     await self.relay.deliver(payload)
         finally:
             if wake is not None:

@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 #: Put on a subscriber's queue in place of messages it may have missed.
 RESYNC: Final = "\x00resync"
+#: Published on a session's channel when the session is deleted: its sockets look at
+#: the session at once (and close), instead of at their next expiry check.
+CHECK: Final = "\x00check"
 #: Put on a subscriber's queue when its connection to Redis is lost (once per outage);
 #: :data:`RESYNC` follows once it is back.
 UNAVAILABLE: Final = "\x00unavailable"

@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 from protocol.wire import ConversationPage, ConversationSummary, utc_now
 from storage import keys
 from storage.base import StoreBase
+from storage.hub import CHECK
 from storage.scripts import Arg, OwnerAddStatus, Script, TitleStatus
 from storage.sessions import SessionExpired
 
@@ -180,6 +181,8 @@ class Owners(StoreBase):
         if owner is not None and session_owner != owner:
             raise NotTheOwner(token)
         await self.redis.delete(keys.session_key(token), keys.events_key(token))
+        # Its open sockets, on any server, close now rather than at their next check.
+        await self.redis.spublish(keys.channel(token), CHECK)  # type: ignore[attr-defined]  # stale stubs
         if session_owner:
             await self.redis.zrem(keys.conversations_key(session_owner), token)
 

@@ -98,8 +98,8 @@ async def delete_session(
     ] = None,
 ) -> None:
     """Delete a conversation for good: its history, its events, its place in its
-    owner's list. Its open sockets are told ``session_expired`` and closed once they
-    next look at the session (within a minute).
+    owner's list. Its open sockets, on every server, are told ``session_expired`` and
+    closed (1008) at once.
 
     Errors: 400 ``Session expired or does not exist``; 403 if ``owner`` is given and
     does not own the session.

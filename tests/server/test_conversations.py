@@ -330,3 +330,21 @@ async def test_a_title_given_by_the_person_is_kept(
 )
 def test_clean_title(answer: str, title: str) -> None:
     assert clean_title(answer) == title
+
+
+async def test_deleting_a_session_closes_its_open_sockets_at_once(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    token = await parley.create_session(http)
+    async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+        await _chat(parley, http, token, "hello")  # the socket is live and idle
+        async with http.delete(f"{parley.url}/session", params={"token": token}) as r:
+            assert r.status == 204
+        # Its expiry check was an hour away (SESSION_TTL_SECONDS): the delete woke it.
+        async with asyncio.timeout(5):
+            error = await ws.receive_json()
+            while error["type"] != "error":
+                error = await ws.receive_json()
+            assert error["code"] == "session_expired"
+            assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1008
