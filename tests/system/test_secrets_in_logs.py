@@ -1,4 +1,4 @@
-"""No session token in any log line of any process, after an ordinary chat."""
+"""No session or owner token in any log line of any process, after an ordinary chat."""
 
 from __future__ import annotations
 
@@ -30,15 +30,19 @@ async def test_session_tokens_never_reach_the_logs(
     log_dir = tmp_path / "logs"
     metrics_port = free_port()
     env = {"LOG_LEVEL": "DEBUG", "LOG_FORMAT": log_format, "METRICS_PORT": str(metrics_port)}
+    env["CONVERSATION_TITLES"] = "true"  # the title job logs its session too
     async with (
         StandinModel(tokens=4) as model,
         Cluster(redis_url, model.base_url or "", log_dir, env=env) as cluster,
     ):
         await cluster.start(servers=1, workers=2)
         url = cluster.servers[0].url
+        gone = "00000000-0000-4000-8000-000000000000"
+        async with http.post(f"{url}/owner") as r:
+            owner = (await r.json())["owner"]
         tokens = []
         for name in ("ada", "bob"):
-            async with http.post(f"{url}/token", params={"name": name}) as r:
+            async with http.post(f"{url}/token", params={"name": name, "owner": owner}) as r:
                 tokens.append((await r.json())["token"])
         for token in tokens:
             async with http.ws_connect(
@@ -49,8 +53,14 @@ async def test_session_tokens_never_reach_the_logs(
                 await ws.send_str('{"type": "stop"}')  # logs the session on both sides
             async with http.get(f"{url}/refresh_token", params={"token": token}) as r:
                 assert r.status == 200
+        # The owner's requests carry both kinds of token in their query strings.
+        async with http.get(f"{url}/conversations", params={"owner": owner}) as r:
+            assert r.status == 200
+        async with http.get(f"{url}/session/export", params={"token": tokens[0]}) as r:
+            assert r.status == 200
+        async with http.get(f"{url}/conversations", params={"owner": gone}) as r:
+            assert r.status == 400
         # A refused socket: uvicorn logs the path of a rejected handshake too.
-        gone = "00000000-0000-4000-8000-000000000000"
         with pytest.raises(aiohttp.WSServerHandshakeError):
             await http.ws_connect(f"{url.replace('http', 'ws', 1)}/chat", params={"token": gone})
         # Metrics are on METRICS_PORT only, and hold no token either.
@@ -66,11 +76,11 @@ async def test_session_tokens_never_reach_the_logs(
         f"{name}: {line}"
         for name, text in logs.items()
         for line in text.splitlines()
-        for token in (*tokens, gone)
+        for token in (*tokens, owner, gone)
         if token in line.lower()
     ]
     lines = sum(len(text.splitlines()) for text in logs.values())
-    print(f"log scan: {lines} lines in {len(logs)} files, {len(hits)} holding a session token")
+    print(f"log scan: {lines} lines in {len(logs)} files, {len(hits)} holding a token")
     assert not hits, "\n".join(hits[:10])
     # The lines were written, naming the sessions by their fingerprints instead.
     server_log = logs["server-1.log"]
