@@ -70,7 +70,7 @@ def standin(
         *(sys.executable, "-m", "testkit.standin", "--port", str(port)),
         *("--tokens", str(tokens), "--ttft-ms", str(ttft_ms), "--delay-ms", str(delay_ms)),
     ]
-    with _process(argv, log_path, f"http://127.0.0.1:{port}", "/health") as running:
+    with process(argv, log_path, f"http://127.0.0.1:{port}", "/health") as running:
         yield Running(f"{running.url}/v1", running.pid, running.log_path)
 
 
@@ -86,14 +86,20 @@ def baseline(log_path: Path, *, model_url: str, flush_ms: float) -> Iterator[Run
         *(sys.executable, "-m", "bench.baseline", "--port", str(port)),
         *("--model-url", model_url, "--flush-ms", str(flush_ms)),
     ]
-    with _process(argv, log_path, f"http://127.0.0.1:{port}", "/healthz") as running:
+    with process(argv, log_path, f"http://127.0.0.1:{port}", "/healthz") as running:
         yield running
 
 
 @contextlib.contextmanager
-def _process(
+def process(
     argv: list[str], log_path: Path, url: str, health: str, timeout_s: float = 60.0
 ) -> Iterator[Running]:
+    """Run ``argv`` (logging to ``log_path``) until the block ends; yield it once
+    ``url + health`` answers 200.
+
+    Raises:
+        RuntimeError: it exited or did not answer within ``timeout_s`` (s).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(

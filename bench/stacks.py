@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -30,9 +29,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from bench import procs
 from bench.scenarios import Options
-from stack.process import die_with_parent, stop_process
 from testkit.ports import free_port
-from testkit.processes import REPO_ROOT, pinned_environment
 
 logger = logging.getLogger(__name__)
 
@@ -120,28 +117,10 @@ def run(o: Options, work_dir: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def _serving(name: str, argv: tuple[str, ...], log_dir: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
-    log_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, *(a.replace("{port}", str(port)) for a in argv)]
     log_path = log_dir / f"stack-{name.split()[0]}-{port}.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, *(a.replace("{port}", str(port)) for a in argv)],
-            cwd=REPO_ROOT,
-            env=pinned_environment({}),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not procs.healthy(f"{url}/healthz"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start; see {log_path}")
-            time.sleep(0.05)
-        yield url, proc.pid
-    finally:
-        stop_process(proc, name, grace_s=5)
+    with procs.process(command, log_path, f"http://127.0.0.1:{port}", "/healthz") as running:
+        yield running.url, running.pid
 
 
 def _tree(pid: int) -> list[psutil.Process]:
