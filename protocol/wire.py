@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     REPLY_IN_PROGRESS = "reply_in_progress"
     NOT_LAST_MESSAGE = "not_last_message"
     TOO_MANY_VERSIONS = "too_many_versions"
+    MODEL_UNAVAILABLE = "model_unavailable"
 
 
 def utc_now() -> str:
@@ -65,6 +66,11 @@ class ChatMessage(_Wire):
         description="a reply cut at the worker's per-reply bound of time (REPLY_TIMEOUT_S) "
         "or length (REPLY_MAX_CHARS): content is partial",
     )
+    model: str | None = Field(
+        default=None,
+        description="a reply's model: the id (GET /models) of the model that wrote it",
+        exclude_if=lambda value: value is None,  # absent from user messages and old replies
+    )
     versions: list[MessageVersion] | None = Field(
         default=None,
         description="a user message's earlier versions, oldest first, left by regenerate "
@@ -88,7 +94,32 @@ class SessionView(_Wire):
     token: str
     name: str
     session_start: str = Field(description="ISO 8601 UTC")
+    model: str = Field(
+        default="",
+        description="The id of the model it chose (GET /models); absent: the default.",
+        exclude_if=lambda value: not value,  # the session-token-only answer stays as it was
+    )
+    system_prompt: str = Field(
+        default="",
+        description="Its own system prompt; absent: the deployment's.",
+        exclude_if=lambda value: not value,
+    )
     messages: list[ChatMessage]
+
+
+class ModelInfo(_Wire):
+    """A model a session may choose (``GET /models``)."""
+
+    id: str = Field(description="What a session names it by.")
+    label: str = Field(description="Its name for people.")
+    description: str
+    default: bool = Field(description="Whether sessions get it unless they choose.")
+
+
+class ModelList(_Wire):
+    """The models of the deployment (``GET /models``), the default first."""
+
+    models: list[ModelInfo]
 
 
 class ConversationExport(_Wire):
@@ -99,6 +130,10 @@ class ConversationExport(_Wire):
     name: str
     session_start: str = Field(description="ISO 8601 UTC")
     exported: str = Field(description="ISO 8601 UTC")
+    model: str = Field(default="", description="The id of the model it chose.")
+    system_prompt: str = Field(
+        default="", description="Its own system prompt; empty: the deployment's."
+    )
     messages: list[ChatMessage]
 
 
