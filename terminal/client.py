@@ -14,10 +14,10 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import aiohttp
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from protocol.event_ids import stream_id_key
 from protocol.wire import (
@@ -30,6 +30,18 @@ from protocol.wire import (
     SessionView,
 )
 from runtime.retry import retrying
+from terminal.api import ApiError, ChatClientError, ParleyApi
+
+__all__ = [
+    "ApiError",
+    "Backoff",
+    "ChatClient",
+    "ChatClientError",
+    "ClientClosed",
+    "ConnectionLost",
+    "ResumeCursor",
+    "SessionGone",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +56,6 @@ _ENDS = frozenset(
         aiohttp.WSMsgType.ERROR,
     }
 )
-
-
-class ChatClientError(Exception):
-    """Base of the errors this client raises."""
-
-
-class ApiError(ChatClientError):
-    """A REST call failed; ``detail`` is the server's ``{"detail": ...}``."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
 
 
 class SessionGone(ChatClientError):
@@ -178,13 +177,15 @@ class ChatClient:
 
     # --- REST -------------------------------------------------------------------------
 
-    async def create_session(self, name: str) -> SessionView:
-        """Start a new session (``POST /token``) and make it this client's.
+    async def create_session(self, name: str, owner: str | None = None) -> SessionView:
+        """Start a new session (``POST /token``), one of ``owner``'s conversations if
+        given, and make it this client's.
 
         Raises:
-            ApiError: the server refused (e.g. 400 for a blank or too long name).
+            ApiError: the server refused (e.g. 400 for a blank or too long name, or an
+                owner that expired; 409 when the owner has too many conversations).
         """
-        view = await self._request("POST", "/token", name=name)
+        view = await ParleyApi(self.base_url, self.http).create_session(name, owner)
         self.token = view.token
         return view
 
@@ -194,22 +195,10 @@ class ChatClient:
         Raises:
             ApiError: 400 if the session expired or does not exist.
         """
-        view = await self._request("GET", "/refresh_token", token=token)
+        view = await ParleyApi(self.base_url, self.http).load_session(token)
         self.token = view.token
         self.cursor.seed(view)
         return view
-
-    async def _request(self, method: str, path: str, **params: str) -> SessionView:
-        url = self.base_url + path
-        try:
-            async with self.http.request(method, url, params=params) as response:
-                body: Any = await response.json(content_type=None)
-                if response.status != 200:
-                    detail = body.get("detail") if isinstance(body, dict) else body
-                    raise ApiError(response.status, str(detail))
-                return SessionView.model_validate(body)
-        except (aiohttp.ClientError, ValueError) as e:
-            raise ApiError(0, f"{method} {url} failed: {e}") from e
 
     # --- WebSocket --------------------------------------------------------------------
 
@@ -218,9 +207,13 @@ class ChatClient:
 
         Raises:
             SessionGone: the server refused the token.
-            aiohttp.ClientError, OSError: the server could not be reached.
+            ConnectionLost: the server could not be reached.
         """
-        self._ws = await self._open()
+        try:
+            self._ws = await self._open()
+        except _NETWORK_ERRORS as e:
+            # Only the error's type: aiohttp's messages quote the URL, token included.
+            raise ConnectionLost(f"cannot open the chat socket ({type(e).__name__})") from e
         self._connected.set()
 
     async def _open(self, after: str | None = None) -> aiohttp.ClientWebSocketResponse:
@@ -285,7 +278,15 @@ class ChatClient:
         Raises:
             ClientClosed: the client was closed.
         """
-        frame = MessageCommand(content=content).model_dump_json()
+        await self.send_command(MessageCommand(content=content))
+
+    async def send_command(self, command: BaseModel) -> None:
+        """Send a command (a wire model), waiting for the socket if it is reconnecting.
+
+        Raises:
+            ClientClosed: the client was closed.
+        """
+        frame = command.model_dump_json()
         while True:
             await self._connected.wait()
             ws = self._ws
