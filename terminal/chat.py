@@ -14,7 +14,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from protocol.wire import ConversationSummary, SessionView
+from protocol.wire import ConversationSummary, EditCommand, RegenerateCommand, SessionView
 from terminal.api import ApiError, ChatClientError, ParleyApi
 from terminal.client import Backoff, ChatClient, SessionGone
 from terminal.conversation import Conversation
@@ -242,6 +242,12 @@ class Chat:
         opened = self.current or await self._create()
         opened.conversation.sent()
         await opened.client.send(text)
+
+    async def revise(self, command: RegenerateCommand | EditCommand) -> None:
+        """Send a regenerate or edit command to the open conversation."""
+        opened = self.opened()
+        opened.conversation.sent()
+        await opened.client.send_command(command)
 
     def opened(self) -> Opened:
         """The open conversation.

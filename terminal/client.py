@@ -26,6 +26,7 @@ from protocol.wire import (
     ErrorEvent,
     MessageCommand,
     ResumeCommand,
+    RevisedEvent,
     ServerEvent,
     SessionView,
 )
@@ -96,11 +97,14 @@ class ResumeCursor:
 
     ``last_event_id`` is what a resume asks to continue after. ``finished`` holds the
     user-message ids whose reply ended (``done`` or ``error``); a resume from the start
-    of the stream ("0") replays them, and they are dropped.
+    of the stream ("0") replays them, and they are dropped. ``versions`` counts the
+    earlier versions known of each turn, so that a replayed ``revised`` event already
+    reflected in the history loaded is dropped too, while a new one reopens its turn.
     """
 
     last_event_id: str | None = None
     finished: set[str] = field(default_factory=set)
+    versions: dict[str, int] = field(default_factory=dict)
 
     def after(self) -> str:
         """The ``after`` of the next resume: the last event seen, or the stream's start."""
@@ -114,7 +118,13 @@ class ResumeCursor:
         last = self.last_event_id
         if last is not None and _stream_order(event_id) <= _stream_order(last):
             return False
-        if event.message_id in self.finished:
+        if isinstance(event, RevisedEvent):
+            count = len(event.message.versions or [])
+            if count <= self.versions.get(event.message_id, 0):
+                return False  # a revision the history loaded already holds
+            self.versions[event.message_id] = count
+            self.finished.discard(event.message_id)  # its new reply follows
+        elif event.message_id in self.finished:
             return False
         self.last_event_id = event_id
         if isinstance(event, DoneEvent | ErrorEvent) and event.message_id is not None:
@@ -122,10 +132,14 @@ class ResumeCursor:
         return True
 
     def seed(self, view: SessionView) -> None:
-        """Mark the user messages answered in ``view``'s history as finished."""
+        """Mark the user messages answered in ``view``'s history as finished, and note
+        each turn's earlier versions."""
         for message, following in zip(view.messages, view.messages[1:], strict=False):
             if message.role == "user" and following.role == "assistant":
                 self.finished.add(message.id)
+        for message in view.messages:
+            if message.role == "user":
+                self.versions[message.id] = len(message.versions or [])
 
 
 class ChatClient:

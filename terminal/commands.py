@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from protocol.wire import EditCommand, RegenerateCommand
 from terminal.api import ApiError
 from terminal.chat import Chat, UsageError
 
@@ -96,6 +97,27 @@ def _write(path: str, text: str) -> Path:
     return target
 
 
+async def regenerate(chat: Chat, arg: str) -> None:
+    """Ask again for the reply to the last message; the one it replaces is kept."""
+    await chat.revise(RegenerateCommand())
+
+
+async def edit(chat: Chat, arg: str) -> None:
+    """Replace the text of the last message and ask for a new reply."""
+    last = chat.opened().conversation.last_user_message()
+    if not arg.strip():
+        raise UsageError("usage: /edit TEXT (replaces your last message)")
+    if last is None:
+        raise UsageError("there is no message to edit yet")
+    await chat.revise(EditCommand(message_id=last.id, content=arg))
+
+
+async def versions(chat: Chat, arg: str) -> None:
+    """Print the earlier versions of the turns that have some."""
+    messages = list(chat.opened().conversation.user_messages.values())
+    chat.print(chat.renderer.versions(messages))
+
+
 async def leave(chat: Chat, arg: str) -> None:
     """Exit once the replies in progress have arrived."""
     chat.quit = True
@@ -121,6 +143,9 @@ COMMANDS: Final[dict[str, Spec]] = {
     "rename": Spec(rename, "/rename TITLE", "give this conversation a title"),
     "delete": Spec(delete, "/delete", "delete this conversation for good (asks first)"),
     "export": Spec(export, "/export json|md PATH", "save this conversation", settles=True),
+    "regenerate": Spec(regenerate, "/regenerate", "a new reply to your last message", settles=True),
+    "edit": Spec(edit, "/edit TEXT", "replace your last message, for a new reply", settles=True),
+    "versions": Spec(versions, "/versions", "earlier versions of the turns", settles=True),
     "quit": Spec(leave, "/quit", "exit once the replies in progress have arrived (or Ctrl-D)"),
 }
 

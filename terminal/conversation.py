@@ -17,6 +17,7 @@ from protocol.wire import (
     ErrorEvent,
     QueuedEvent,
     RestartEvent,
+    RevisedEvent,
     ServerEvent,
     SessionView,
     TokenEvent,
@@ -75,6 +76,12 @@ class Conversation:
                 self.streamed.pop(message_id, None)
                 self.waiting.discard(message_id)
                 text = self.renderer.reply(reply)
+            case RevisedEvent(message=message):
+                self.unacked = max(0, self.unacked - 1)  # a regenerate or edit, accepted
+                self.waiting.add(message_id)
+                self.streamed.pop(message_id, None)
+                self.user_messages[message_id] = message
+                text = self.renderer.revised(message)
             case ErrorEvent(code=code, detail=detail):
                 self.streamed.pop(message_id, None)
                 if message_id in self.waiting:

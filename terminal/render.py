@@ -131,8 +131,39 @@ class Renderer:
         return self._labelled(USER_PREFIX, "bold green", lines)
 
     def message(self, message: ChatMessage) -> str:
-        """One history message."""
-        return self.user(message.content) if message.role == "user" else self.reply(message)
+        """One history message; a user message says how many earlier versions its turn
+        has (/versions prints them)."""
+        if message.role == "assistant":
+            return self.reply(message)
+        count = len(message.versions or [])
+        note = f"({count} earlier version{'s' if count > 1 else ''}: /versions)" if count else ""
+        return self.user(message.content) + (self._indented(note) if note else "")
+
+    def _indented(self, note: str) -> str:
+        pad = " " * len(USER_PREFIX)
+        return "".join(f"{pad}{line}\n" for line in self._paint(note, "dim", self.width - len(pad)))
+
+    def revised(self, message: ChatMessage) -> str:
+        """A turn regenerated or edited (its new reply follows): what the user message
+        now says, and whether it changed."""
+        versions = message.versions or []
+        edited = bool(versions) and versions[-1].content != message.content
+        return self.notice("edited" if edited else "answering again") + self.message(message)
+
+    def versions(self, messages: list[ChatMessage]) -> str:
+        """The earlier versions of the turns of ``messages`` (user messages), oldest
+        first: each one's text and the reply it got."""
+        out = []
+        for message in messages:
+            for number, version in enumerate(message.versions or [], 1):
+                out.append(
+                    self.notice(f"earlier version {number}, {local_time(version.timestamp)}")
+                )
+                out.append(self.user(version.content))
+                out.append(self.reply(version.reply) if version.reply else self.notice("no reply"))
+            if message.versions:
+                out.append(self.notice("now") + self.user(message.content))
+        return "".join(out) or self.notice("no turn has earlier versions")
 
     def notice(self, text: str) -> str:
         """A line from the client itself: ``-- text --``."""

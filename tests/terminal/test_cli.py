@@ -136,3 +136,53 @@ async def test_an_unknown_session_is_reported(parley_url: str, tmp_path: Path) -
     )
     assert status == 1
     assert "! Session expired or does not exist" in output
+
+
+async def test_regenerate_and_edit_show_the_new_turn_and_keep_the_old_as_versions(
+    parley_url: str, tmp_path: Path
+) -> None:
+    typed = "first\n/regenerate\n/edit changed\n/versions\n"
+    status, output = await run_cli(
+        "--url", parley_url, "--name", "Ada", stdin=typed, config_home=tmp_path
+    )
+    assert status == 0, output
+    lines = output.splitlines()
+    regenerated = lines.index("-- answering again --")
+    assert lines[regenerated + 1 : regenerated + 3] == [
+        "you: first",
+        "     (1 earlier version: /versions)",
+    ]
+    assert lines[regenerated + 3].startswith(f"{REPLY_PREFIX}Reply to: first")
+    edited = lines.index("-- edited --")
+    assert lines[edited + 1 : edited + 3] == [
+        "you: changed",
+        "     (2 earlier versions: /versions)",
+    ]
+    assert lines[edited + 3].startswith(f"{REPLY_PREFIX}Reply to: changed")
+    listed = output[output.index("-- earlier version 1") :]
+    assert listed.count("you: first\n") == 2 and listed.count(f"{REPLY_PREFIX}Reply to: first") == 2
+    assert listed.endswith("-- now --\nyou: changed\n")
+
+    # Resumed later: the turn as it stands, its earlier versions noted and at hand.
+    status, output = await run_cli(
+        "--url", parley_url, "--resume", "1", stdin="/versions\n", config_home=tmp_path
+    )
+    assert status == 0, output
+    history, _, versions = output.partition("-- earlier version 1")
+    assert "you: changed\n     (2 earlier versions: /versions)\n" in history
+    assert "Reply to: first" not in history
+    assert versions.count(f"{REPLY_PREFIX}Reply to: first") == 2
+
+
+async def test_a_refused_edit_is_said_in_words(parley_url: str, tmp_path: Path) -> None:
+    status, output = await run_cli(
+        "--url",
+        parley_url,
+        "--name",
+        "Ada",
+        stdin="/edit nothing yet\nfirst\n/edit \n",
+        config_home=tmp_path,
+    )
+    assert status == 0, output
+    assert "! no conversation is open: send a message, or /switch N" in output
+    assert "! usage: /edit TEXT (replaces your last message)" in output

@@ -18,8 +18,10 @@ from protocol.wire import (
     DoneEvent,
     ErrorCode,
     ErrorEvent,
+    MessageVersion,
     QueuedEvent,
     RestartEvent,
+    RevisedEvent,
     ServerEvent,
     SessionView,
     TokenEvent,
@@ -34,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TS = "2026-01-01T12:00:00.000Z"
 
 
-def reply(content: str, message_id: str = "m1") -> DoneEvent:
+def reply(content: str, message_id: str = "m1", event_id: str = "5-0") -> DoneEvent:
     message = ChatMessage(id=f"r-{message_id}", role="assistant", content=content, timestamp=TS)
-    return DoneEvent(message_id=message_id, reply=message, event_id="5-0")
+    return DoneEvent(message_id=message_id, reply=message, event_id=event_id)
 
 
 # --- bookkeeping ----------------------------------------------------------------------
@@ -206,3 +208,52 @@ async def test_client_gets_an_error_event_for_a_refused_message(parley_url: str)
         event = await asyncio.wait_for(anext(events), 30)
         assert isinstance(event, ErrorEvent)
         assert event.code is ErrorCode.MESSAGE_TOO_LONG
+
+
+def revised(message_id: str, versions: int, event_id: str, content: str = "hi") -> RevisedEvent:
+    earlier = [MessageVersion(content="hi", timestamp=TS, reply=None)] * versions
+    message = ChatMessage(
+        id=message_id, role="user", content=content, timestamp=TS, versions=earlier
+    )
+    return RevisedEvent(message_id=message_id, message=message, event_id=event_id)
+
+
+def test_cursor_reopens_a_turn_on_a_new_revision_and_drops_one_it_knows() -> None:
+    view = SessionView(
+        token="t",
+        name="Ada",
+        session_start=TS,
+        messages=[
+            revised("u1", versions=1, event_id="1-0").message,
+            ChatMessage(id="a1", role="assistant", content="Reply 2", timestamp=TS),
+        ],
+    )
+    cursor = ResumeCursor()
+    cursor.seed(view)
+    # A replay from the stream's start: the first reply, the revision the history holds
+    # and the reply it got are all old.
+    assert not cursor.accept(reply("Reply 1", message_id="u1", event_id="2-0"))
+    assert not cursor.accept(revised("u1", versions=1, event_id="3-0"))
+    assert not cursor.accept(TokenEvent(message_id="u1", content="Reply 2", event_id="4-0"))
+    # A regenerate made since: its revision and its new reply are new.
+    assert cursor.accept(revised("u1", versions=2, event_id="5-0"))
+    assert cursor.accept(TokenEvent(message_id="u1", content="Reply 3", event_id="6-0"))
+    assert cursor.accept(reply("Reply 3", message_id="u1", event_id="7-0"))
+    assert not cursor.accept(TokenEvent(message_id="u1", content="late", event_id="8-0"))
+
+
+def test_a_revised_turn_shows_its_new_text_then_streams_its_new_reply() -> None:
+    conversation = Conversation(Renderer(width=80))
+    conversation.sent()
+    event = revised("u1", versions=1, event_id="5-0", content="changed")
+    assert conversation.show(event) == (
+        "-- edited --\nyou: changed\n     (1 earlier version: /versions)\n"
+    )
+    assert not conversation.idle.is_set()  # its new reply is awaited
+    assert conversation.last_user_message() == event.message
+    conversation.show(TokenEvent(message_id="u1", content="Reply", event_id="6-0"))
+    assert conversation.live(rows=10) == f"{REPLY_PREFIX}Reply\n"
+    conversation.show(reply("Reply", message_id="u1"))
+    assert conversation.idle.is_set()
+    same = revised("u1", versions=2, event_id="8-0", content="hi")
+    assert conversation.show(same).startswith("-- answering again --\nyou: hi\n")
