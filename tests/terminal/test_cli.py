@@ -11,9 +11,11 @@ import json
 import stat
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from storage.keys import owner_key
+from terminal.api import ParleyApi
 from terminal.render import REPLY_PREFIX
 from tests.support.parley import Parley
 from tests.terminal.harness import kept_owner, run_cli
@@ -55,8 +57,13 @@ async def test_a_conversation_is_kept_listed_and_resumed_with_its_history(
     assert "you: hello\n" in history
     assert f"{REPLY_PREFIX}Reply to: again" in live
     assert "Reply to: second" not in output
+    async with aiohttp.ClientSession() as http:
+        page = await ParleyApi(parley_url, http).conversations(owner)
+    secrets = [owner, *(item.token for item in page.conversations)]
+    assert len(secrets) == 3
     for text in (output, listing):
-        assert owner not in text  # the owner token is never printed
+        for secret in secrets:
+            assert secret not in text  # neither the owner token nor a session token
 
 
 async def test_slash_commands_rename_export_new_and_delete(parley_url: str, tmp_path: Path) -> None:
