@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from server.admission import SocketAdmission
 from server.config import ServerSettings
+from server.pools import PoolWatch
 from server.routes import chat, conversations, health, models, sessions
 from server.security import SecurityMiddleware
 from server.sockets import ChatSockets
@@ -46,6 +47,7 @@ class State(TypedDict):
     hub: Hub
     leases: SocketLeases
     limiter: Limiter
+    pools: PoolWatch
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -95,6 +97,8 @@ def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncConte
             lease_seconds=settings.socket_lease_seconds,
         )
         leases.start()
+        pools = PoolWatch(store, settings, consumer=f"server-{uuid.uuid4().hex[:12]}")
+        pools.start()
         logger.info("server ready")
         try:
             yield {
@@ -104,8 +108,10 @@ def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncConte
                 "hub": hub,
                 "leases": leases,
                 "limiter": Limiter(redis),
+                "pools": pools,
             }
         finally:
+            await pools.aclose()
             await leases.aclose()
             await hub.aclose()
             await disconnect(redis)

@@ -31,6 +31,13 @@ class ServerSettings(SecuritySettings):
         description="Longest system prompt a session may give itself (characters); 0: "
         "sessions keep the deployment's.",
     )
+    model_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A model none of whose workers has been alive for this long (s) is "
+        "unavailable: its new messages are refused and those waiting are closed with "
+        "model_unavailable. 0: messages wait for a worker however long.",
+    )
     max_message_versions: int = Field(
         default=20,
         gt=0,

@@ -1,7 +1,8 @@
 """One accepted chat socket: a person's messages in, their session's reply events out.
 
 A connection runs two tasks (as encode/broadcaster's example does): the receive loop
-(commands and messages) and the send loop (the session's events from the hub, relayed by
+(frames, whose commands :class:`server.commands.SessionCommands` carries out) and the
+send loop (the session's events from the hub, relayed by
 :class:`server.relay.EventRelay`, and between them the session's expiry watch). When
 either ends, the other is cancelled. Redis is reached only through the
 :class:`storage.store.Store`.
@@ -23,7 +24,6 @@ from protocol.frames import FrameRefused, parse_frame
 from protocol.wire import (
     EditCommand,
     ErrorCode,
-    QueuedEvent,
     RegenerateCommand,
     ResumeCommand,
     StopCommand,
@@ -31,23 +31,17 @@ from protocol.wire import (
 from runtime.logs import fingerprint
 from runtime.retry import retrying
 from runtime.tasks import cancel_and_wait
-from server.admission import ClientMark, admit_message
+from server.commands import SessionCommands
 from server.config import ServerSettings
 from server.deps import SESSION_GONE
 from server.limits import TokenBucket
-from server.metrics import MESSAGES_ACCEPTED
+from server.pools import PoolWatch
 from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, REDIS_DOWN, UNAVAILABLE_DETAIL, EventRelay
 from storage import keys
 from storage.hub import CHECK, RESYNC, Hub, Subscription
 from storage.store import (
-    NotLastMessage,
-    Overloaded,
-    ReplyInProgress,
     SessionExpired,
-    SessionFull,
     Store,
-    TooManyPending,
-    TooManyVersions,
 )
 
 logger = logging.getLogger(__name__)
@@ -103,8 +97,8 @@ class ChatConnection:
     """One accepted WebSocket of one session."""
 
     __slots__ = (
-        "_client_mark",
         "_resumes",
+        "commands",
         "hub",
         "relay",
         "session",
@@ -115,7 +109,13 @@ class ChatConnection:
     )
 
     def __init__(
-        self, websocket: WebSocket, token: str, store: Store, hub: Hub, settings: ServerSettings
+        self,
+        websocket: WebSocket,
+        token: str,
+        store: Store,
+        hub: Hub,
+        settings: ServerSettings,
+        pools: PoolWatch,
     ) -> None:
         self.websocket = websocket
         self.token = token
@@ -125,7 +125,7 @@ class ChatConnection:
         self.settings = settings
         self.relay = EventRelay(websocket, token, store)
         self._resumes = TokenBucket(settings.resume_rate_per_s, settings.resume_burst)
-        self._client_mark = ClientMark()
+        self.commands = SessionCommands(websocket, token, store, settings, self.relay, pools)
 
     async def run(self, after: str | None) -> None:
         """Serve the connection until the client leaves or it must close.
@@ -236,14 +236,17 @@ class ChatConnection:
         except FrameRefused as e:
             await self.relay.send_error(e.code, e.detail)
             return
-        if isinstance(command, ResumeCommand):
-            await self._on_resume(command.after)
-        elif isinstance(command, StopCommand):
-            await self._on_stop()
-        elif isinstance(command, RegenerateCommand | EditCommand):
-            await self._on_revise(command)
-        else:
-            await self._on_message(command.content)
+        try:
+            if isinstance(command, ResumeCommand):
+                await self._on_resume(command.after)
+            elif isinstance(command, StopCommand):
+                await self.commands.stop()
+            elif isinstance(command, RegenerateCommand | EditCommand):
+                await self.commands.revise(command)
+            else:
+                await self.commands.message(command.content)
+        except SessionExpired as e:
+            raise await self._session_gone() from e
 
     async def _on_resume(self, after: str) -> None:
         """Replay at most ``resume_max_events`` events after ``after``, a few times a second.
@@ -275,122 +278,3 @@ class ChatConnection:
                 f"replayed {limit} events and more remain; resume again after the last "
                 "event_id received (live events wait until a resume reaches the newest)",
             )
-
-    async def _on_stop(self) -> None:
-        try:
-            seq = await self.store.stop(self.token)
-        except SessionExpired as e:
-            raise await self._session_gone() from e
-        except REDIS_DOWN as e:
-            logger.warning("session=%s could not stop the reply: %s", self.session, e)
-            await self.relay.send_error(ErrorCode.UNAVAILABLE, "the stop could not be sent; retry")
-            return
-        logger.info("session=%s seq=%d stop requested", self.session, seq)
-
-    async def _content_refused(self, content: str) -> bool:
-        """Whether ``content`` breaks a message's rules (empty, too long); if so the
-        client got the error."""
-        if not content.strip():
-            await self.relay.send_error(ErrorCode.EMPTY_MESSAGE, "the message is empty")
-            return True
-        limit = self.settings.max_message_chars
-        if len(content) > limit:
-            await self.relay.send_error(
-                ErrorCode.MESSAGE_TOO_LONG,
-                f"the message has {len(content)} characters; at most {limit} are accepted",
-            )
-            return True
-        return False
-
-    async def _on_revise(self, command: RegenerateCommand | EditCommand) -> None:
-        """Queue the last user message again, edited or not (see
-        :meth:`storage.store.Store.revise`); the ``revised`` event reaches every socket
-        of the session through its event stream. Admitted as a message is (a reply of
-        the model costs the same). A refusal is an ``error`` with ``message_id`` null:
-        it ends no reply."""
-        edit = (command.message_id, command.content) if isinstance(command, EditCommand) else None
-        if edit is not None and await self._content_refused(edit[1]):
-            return
-        refusal = await admit_message(self.websocket, self.token, self._client_mark)
-        if refusal is not None:
-            await self.relay.send(refusal.model_dump_json(exclude={"event_id"}))
-            return
-        try:
-            revision = await self.store.revise(
-                self.token, max_versions=self.settings.max_message_versions, edit=edit
-            )
-        except SessionExpired as e:
-            raise await self._session_gone() from e
-        except (ReplyInProgress, NotLastMessage, TooManyVersions, Overloaded, *REDIS_DOWN) as e:
-            await self.relay.send_error(*self._not_revised(e, command.type))
-            return
-        MESSAGES_ACCEPTED.inc()
-        logger.info(
-            "message_id=%s session=%s seq=%d %s queued",
-            revision.message_id,
-            self.session,
-            revision.seq,
-            command.type,
-        )
-
-    def _not_revised(self, error: Exception, command: str) -> tuple[ErrorCode, str]:
-        """The error event (code, detail) for a regenerate or edit the store refused."""
-        if isinstance(error, ReplyInProgress):
-            return ErrorCode.REPLY_IN_PROGRESS, (
-                f"a reply is still being generated; {command} once it is done"
-            )
-        if isinstance(error, NotLastMessage):
-            return ErrorCode.NOT_LAST_MESSAGE, (
-                "only the last message can be edited"
-                if command == "edit"
-                else "the session has no message to answer again"
-            )
-        if isinstance(error, TooManyVersions):
-            return ErrorCode.TOO_MANY_VERSIONS, (
-                f"this turn already keeps {self.settings.max_message_versions} earlier "
-                "versions, its most; send a new message instead"
-            )
-        return self._not_queued(error)
-
-    async def _on_message(self, content: str) -> None:
-        if await self._content_refused(content):
-            return
-        refusal = await admit_message(self.websocket, self.token, self._client_mark)
-        if refusal is not None:
-            await self.relay.send(refusal.model_dump_json(exclude={"event_id"}))
-            return
-        try:
-            message = await self.store.enqueue(
-                self.token, content, self.settings.max_pending_messages
-            )
-        except SessionExpired as e:
-            raise await self._session_gone() from e
-        except (TooManyPending, SessionFull, Overloaded, *REDIS_DOWN) as e:
-            await self.relay.send_error(*self._not_queued(e))
-            return
-        MESSAGES_ACCEPTED.inc()
-        logger.info("message_id=%s session=%s seq=%d queued", message.id, self.session, message.seq)
-        await self.relay.send(
-            QueuedEvent(message_id=message.id, message=message.public()).model_dump_json(
-                exclude_none=True
-            )
-        )
-
-    def _not_queued(self, error: Exception) -> tuple[ErrorCode, str]:
-        """The error event (code, detail) for a message the store did not queue."""
-        if isinstance(error, TooManyPending):
-            return ErrorCode.TOO_MANY_PENDING, (
-                f"{self.settings.max_pending_messages} messages already wait for a reply; "
-                "wait for one before sending more"
-            )
-        if isinstance(error, SessionFull):
-            return ErrorCode.SESSION_FULL, (
-                f"the session holds {self.settings.max_session_messages} messages, its "
-                "most; start a new session to go on"
-            )
-        if isinstance(error, Overloaded):
-            return ErrorCode.OVERLOADED, (
-                "too many messages wait for the workers; send it again in a while"
-            )
-        logger.warning("session=%s could not queue a message: %s", self.session, error)
-        return ErrorCode.UNAVAILABLE, "the message could not be stored; send it again"

@@ -10,6 +10,7 @@ from fastapi.requests import HTTPConnection
 from redis.exceptions import RedisError
 
 from server.config import ServerSettings
+from server.pools import PoolWatch
 from storage.hub import Hub
 from storage.leases import SocketLeases
 from storage.store import Store
@@ -35,6 +36,11 @@ def _hub(connection: HTTPConnection) -> Hub:
     return hub
 
 
+def _pools(connection: HTTPConnection) -> PoolWatch:
+    pools: PoolWatch = connection.state.pools
+    return pools
+
+
 def _leases(connection: HTTPConnection) -> SocketLeases:
     leases: SocketLeases = connection.state.leases
     return leases
@@ -43,6 +49,7 @@ def _leases(connection: HTTPConnection) -> SocketLeases:
 StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[ServerSettings, Depends(_settings)]
 HubDep = Annotated[Hub, Depends(_hub)]
+PoolsDep = Annotated[PoolWatch, Depends(_pools)]
 LeasesDep = Annotated[SocketLeases, Depends(_leases)]
 
 

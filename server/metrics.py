@@ -20,3 +20,14 @@ SLOW_READERS_CLOSED = Counter(
     "parley_slow_readers_closed",
     "Sockets closed with 1013: the client read nothing for WS_SEND_TIMEOUT_S.",
 )
+MODEL_QUEUE_LAG = Gauge(
+    "parley_model_queue_lag",
+    "Messages of a model its workers have not finished: queued and not yet read, or read "
+    "and not yet acknowledged, over every partition (scale each pool on it).",
+    ["model"],
+)
+MODEL_WORKERS = Gauge(
+    "parley_model_workers",
+    "Workers of a model's pool alive within MODEL_WAIT_S (30 s when it is 0).",
+    ["model"],
+)

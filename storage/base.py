@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from redis.asyncio import Redis
 
 from runtime.config import CommonSettings
 from storage import keys
 from storage.scripts import Arg
+
+
+def json_reply(value: Any) -> Any:
+    """A ``JSON.GET`` reply: redis-py decodes it already, or leaves the JSON text."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 class StoreBase:

@@ -10,16 +10,26 @@
 -- ARGV[1] message JSON object without "seq", ARGV[2] session TTL (s),
 -- ARGV[3] max messages waiting for a reply, ARGV[4] stream bound (entries, ~),
 -- ARGV[5] token, ARGV[6] message id, ARGV[7] max messages of a session,
--- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode
+-- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode,
+-- ARGV[11] the model whose stream and waiting set KEYS[2] and KEYS[3] are, ARGV[12] the
+-- catalog's default model (a session without one has it)
 -- Returns {QUEUED, {seq, entry id}}, or {NO_SESSION}, {TOO_MANY_PENDING} (too many
--- wait), {SESSION_FULL}, {OVERLOADED} (the partition's backlog is full).
-local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED = 0, 1, 2, 3, 4
--- One read of both counters: {"$.seq": [n], "$.replied_seq": [m]}; nil: no session.
-local read = redis.call('JSON.GET', KEYS[1], '$.seq', '$.replied_seq')
+-- wait), {SESSION_FULL}, {OVERLOADED} (the partition's backlog is full), {WRONG_MODEL,
+-- the session's model} (the keys are another model's: nothing changed).
+local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED, WRONG_MODEL = 0, 1, 2, 3, 4, 5
+-- One read: {"$.seq": [n], "$.replied_seq": [m], "$.model": [s] or []}; nil: no session.
+local read = redis.call('JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.model')
 if not read then
   return reply(NO_SESSION)
 end
 read = cjson.decode(read)
+local model = read['$.model'][1]
+if type(model) ~= 'string' or model == '' then
+  model = ARGV[12]
+end
+if model ~= ARGV[11] then
+  return reply(WRONG_MODEL, model)
+end
 local seq = tonumber(read['$.seq'][1])
 local replied = tonumber(read['$.replied_seq'][1])
 if seq >= tonumber(ARGV[7]) then

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from runtime.catalog import DEFAULT_MODEL_ID
+
 PREFIX = "parley"
 
 #: The partition names: a session's partition is the first hex digit of its token.
@@ -49,30 +51,54 @@ def partition(token: str) -> str:
     return first if first in PARTITIONS else "0"
 
 
-def message_stream(part: str) -> str:
-    """The stream of user messages of one partition, read by the workers' group."""
-    return f"{PREFIX}:messages:{{{part}}}"
+def _of_model(model: str) -> str:
+    """The suffix of a model's keys: none for :data:`runtime.catalog.DEFAULT_MODEL_ID`
+    (the keys of a deployment with one model, as they always were), else ``:<model>``."""
+    return "" if model == DEFAULT_MODEL_ID else f":{model}"
 
 
-#: Every partition's message stream, in partition order.
-MESSAGE_STREAMS: Final = tuple(message_stream(p) for p in PARTITIONS)
+def message_stream(part: str, model: str = DEFAULT_MODEL_ID) -> str:
+    """The stream of one partition's user messages for ``model`` (a catalog id), read by
+    the consumer group of the workers that serve the model."""
+    return f"{PREFIX}:messages:{{{part}}}{_of_model(model)}"
 
 
-def message_stream_of(token: str) -> str:
-    """The message stream that queues a session's messages."""
-    return message_stream(partition(token))
+def model_streams(model: str) -> tuple[str, ...]:
+    """Every partition's message stream of ``model``, in partition order."""
+    return tuple(message_stream(p, model) for p in PARTITIONS)
 
 
-def waiting_key(part: str) -> str:
-    """The sorted set of a partition's sessions that may have messages without a reply
-    (scored by the time, ms, they were last checked or sent one), swept for messages
-    whose stream entry is gone."""
-    return f"{PREFIX}:waiting:{{{part}}}"
+#: Every partition's message stream of the default model, in partition order.
+MESSAGE_STREAMS: Final = model_streams(DEFAULT_MODEL_ID)
 
 
-def waiting_key_of(token: str) -> str:
-    """The :func:`waiting_key` set a session belongs to."""
-    return waiting_key(partition(token))
+def model_of_stream(stream: str) -> str:
+    """The model whose messages ``stream`` (a :func:`message_stream`) queues."""
+    _, _, suffix = stream.partition("}")
+    return suffix[1:] if suffix.startswith(":") else DEFAULT_MODEL_ID
+
+
+def message_stream_of(token: str, model: str = DEFAULT_MODEL_ID) -> str:
+    """The message stream that queues a session's messages for ``model``."""
+    return message_stream(partition(token), model)
+
+
+def waiting_key(part: str, model: str = DEFAULT_MODEL_ID) -> str:
+    """The sorted set of a partition's sessions that may have messages for ``model``
+    without a reply (scored by the time, ms, they were last checked or sent one),
+    swept for messages whose stream entry is gone."""
+    return f"{PREFIX}:waiting:{{{part}}}{_of_model(model)}"
+
+
+def waiting_key_of(token: str, model: str = DEFAULT_MODEL_ID) -> str:
+    """The :func:`waiting_key` set a session belongs to while it waits on ``model``."""
+    return waiting_key(partition(token), model)
+
+
+def pool_key(model: str) -> str:
+    """The workers serving ``model``: a sorted set of consumer names scored by when
+    (ms, Unix time) each last said it was alive."""
+    return f"{PREFIX}:pool:{model}"
 
 
 def session_key(token: str) -> str:

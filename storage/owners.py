@@ -32,18 +32,13 @@ from redis.exceptions import ResponseError
 
 from protocol.wire import ConversationPage, ConversationSummary, utc_now
 from storage import keys
-from storage.base import StoreBase
+from storage.base import StoreBase, json_reply
 from storage.hub import CHECK
 from storage.scripts import Arg, OwnerAddStatus, Script, TitleStatus
 from storage.sessions import SessionExpired
 
 #: The fields of a session document a listing reads, as RedisJSON paths.
 _SUMMARY_PATHS = ("$.title", "$.name", "$.session_start", "$.messages[-1].timestamp")
-
-
-def _decoded(value: Any) -> Any:
-    """A ``JSON.GET`` reply: redis-py decodes it already, or leaves the JSON text."""
-    return json.loads(value) if isinstance(value, str) else value
 
 
 class OwnerUnknown(Exception):
@@ -181,7 +176,7 @@ class Owners(StoreBase):
         )
         if value is None:
             raise SessionExpired(token)
-        found = _decoded(value)
+        found = json_reply(value)
         session_owner = str(found[0]) if found else ""
         if owner is not None and session_owner != owner:
             raise NotTheOwner(token)
@@ -210,7 +205,7 @@ class Owners(StoreBase):
             if fields is None or isinstance(fields, Exception):
                 summaries.append(None)
                 continue
-            read = _decoded(fields)
+            read = json_reply(fields)
             title, name, created = (read[p][0] for p in _SUMMARY_PATHS[:3])
             newest = read[_SUMMARY_PATHS[3]]
             count = lengths[0] if isinstance(lengths, list) and lengths else 0

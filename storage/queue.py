@@ -37,6 +37,15 @@ class Overloaded(Exception):
     have not finished: the message is refused rather than accepted and left waiting."""
 
 
+class ModelChanged(Exception):
+    """The session's model is not the one the caller assumed (it was changed): nothing
+    was done; do it again with :attr:`model`."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"the session's model is {model!r}")
+        self.model = model
+
+
 class ReplyInProgress(Exception):
     """A reply of the session is being generated, or messages wait for one: a turn can
     be regenerated or edited only once every message is answered."""
@@ -89,6 +98,16 @@ _LOST = ErrorEvent(
 )
 
 
+def _queue_keys(token: str, model: str) -> list[str]:
+    """The keys of queueing a message of session ``token`` for ``model``: the session,
+    the model's message stream and waiting set in the session's partition."""
+    return [
+        keys.session_key(token),
+        keys.message_stream_of(token, model),
+        keys.waiting_key_of(token, model),
+    ]
+
+
 class Queue(Streams):
     """User messages in and lost ones out (a part of :class:`storage.store.Store`)."""
 
@@ -108,11 +127,18 @@ class Queue(Streams):
     def _due(self) -> Script[DueStatus]:
         return Script(self.redis, "due.lua", DueStatus)
 
-    async def enqueue(self, token: str, content: str, max_pending: int) -> StoredMessage:
-        """Record a user message in history and queue it for a reply, atomically.
+    async def enqueue(
+        self, token: str, content: str, max_pending: int, model: str = ""
+    ) -> StoredMessage:
+        """Record a user message in history and queue it for a reply, atomically, in
+        the message stream of the session's model.
 
         The partition's message stream is trimmed in the same step, never removing an
         entry the workers have not acknowledged.
+
+        Args:
+            model: the session's model as the caller knows it ("": the catalog's
+                default); checked in the same step.
 
         Returns:
             The stored message, with its ``seq`` and its stream entry id (``entry``).
@@ -122,17 +148,15 @@ class Queue(Streams):
             SessionFull: the session holds ``max_session_messages`` messages.
             TooManyPending: ``max_pending`` messages already wait for a reply.
             Overloaded: the partition's backlog is at ``max_backlog``.
+            ModelChanged: the session's model is another (nothing was done).
         """
+        model = model or self.settings.default_model
         message = StoredMessage(
             id=str(uuid.uuid4()), role="user", content=content, timestamp=utc_now()
         )
         body = message.model_dump_json(include={"id", "role", "content", "timestamp"})
         status, queued = await self._enqueue(
-            keys=[
-                keys.session_key(token),
-                keys.message_stream_of(token),
-                keys.waiting_key_of(token),
-            ],
+            keys=_queue_keys(token, model),
             args=[
                 body,
                 self.settings.session_ttl_seconds,
@@ -144,15 +168,24 @@ class Queue(Streams):
                 self.settings.max_backlog,
                 keys.CONSUMER_GROUP,
                 await self.trim_mode(),
+                model,
+                self.settings.default_model,
             ],
         )
+        if status is EnqueueStatus.WRONG_MODEL:
+            raise ModelChanged(str(queued))
         if (refusal := _REFUSALS.get(status)) is not None:
             raise refusal(token)
         message.seq, message.entry = int(queued[0]), str(queued[1])
         return message
 
     async def revise(
-        self, token: str, *, max_versions: int, edit: tuple[str, str] | None = None
+        self,
+        token: str,
+        *,
+        max_versions: int,
+        edit: tuple[str, str] | None = None,
+        model: str = "",
     ) -> Revision:
         """Ask again for the reply to the session's last user message (regenerate), or
         replace its text first (edit), atomically (``revise.lua``).
@@ -165,6 +198,7 @@ class Queue(Streams):
         Args:
             max_versions: the most earlier versions a turn keeps.
             edit: ``(message id, new content)`` to edit; None to regenerate.
+            model: the session's model as the caller knows it ("": the default).
 
         Raises:
             SessionExpired: no such session.
@@ -173,15 +207,12 @@ class Queue(Streams):
             ReplyInProgress: a message of the session waits for its reply.
             TooManyVersions: the turn keeps ``max_versions`` earlier versions.
             Overloaded: the partition's backlog is at ``max_backlog``.
+            ModelChanged: the session's model is another (nothing was done).
         """
+        model = model or self.settings.default_model
         message_id, content = edit if edit is not None else ("", None)
         status, revised = await self._revise(
-            keys=[
-                keys.session_key(token),
-                keys.message_stream_of(token),
-                keys.waiting_key_of(token),
-                keys.events_key(token),
-            ],
+            keys=[*_queue_keys(token, model), keys.events_key(token)],
             args=[
                 message_id,
                 json.dumps(content) if content is not None else "",
@@ -195,15 +226,24 @@ class Queue(Streams):
                 await self.trim_mode(),
                 keys.channel(token),
                 self.settings.events_maxlen,
+                model,
+                self.settings.default_model,
             ],
         )
+        if status is ReviseStatus.WRONG_MODEL:
+            raise ModelChanged(str(revised))
         if (refusal := _REVISE_REFUSALS.get(status)) is not None:
             raise refusal()  # no token in the error: errors get logged
         return Revision(int(revised[0]), str(revised[1]), str(revised[2]), str(revised[3]))
 
-    async def close_if_lost(self, token: str) -> tuple[int, int]:
+    async def close_if_lost(self, token: str, model: str = "") -> tuple[int, int]:
         """Close the session's oldest unanswered message with a ``message_lost`` error if
         its stream entry is gone and no consumer holds it (see ``lost.lua``).
+
+        Args:
+            model: the session's model ("": the default): its waiting messages are all
+                in that model's streams, as a session's model changes only while none
+                waits (``set_model.lua``).
 
         Returns:
             ``(replied_seq, seq closed)``, the latter 0 if nothing was lost.
@@ -215,8 +255,8 @@ class Queue(Streams):
             keys=[
                 keys.session_key(token),
                 keys.events_key(token),
-                keys.message_stream_of(token),
-                keys.waiting_key_of(token),
+                keys.message_stream_of(token, model or self.settings.default_model),
+                keys.waiting_key_of(token, model or self.settings.default_model),
             ],
             args=[
                 keys.CONSUMER_GROUP,
@@ -228,10 +268,14 @@ class Queue(Streams):
             raise SessionExpired(token)
         return int(replied), int(replied) if status is LostStatus.CLOSED else 0
 
-    async def due_for_sweep(self, part: str, older_than_ms: int, count: int = 100) -> list[str]:
-        """Sessions of partition ``part`` that may wait for replies and were not checked
-        (or sent a message) for ``older_than_ms``; they count as checked now, so
-        several workers sweeping share the work. Check each with :meth:`close_if_lost`.
+    async def due_for_sweep(
+        self, part: str, older_than_ms: int, count: int = 100, model: str = ""
+    ) -> list[str]:
+        """Sessions of partition ``part`` that may wait for replies of ``model`` ("": the
+        default) and were not checked (or sent a message) for ``older_than_ms``; they
+        count as checked now, so several workers sweeping share the work. Check each
+        with :meth:`close_if_lost`.
         """
-        _, tokens = await self._due(keys=[keys.waiting_key(part)], args=[older_than_ms, count])
+        waiting = keys.waiting_key(part, model or self.settings.default_model)
+        _, tokens = await self._due(keys=[waiting], args=[older_than_ms, count])
         return [str(token) for token in tokens]

@@ -19,16 +19,24 @@
 -- string ("" to regenerate), ARGV[3] the edit's timestamp, ARGV[4] max earlier versions
 -- of a turn, ARGV[5] token, ARGV[6] session TTL (s), ARGV[7] stream bound (entries, ~),
 -- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode,
--- ARGV[11] channel, ARGV[12] event stream MAXLEN (~)
+-- ARGV[11] channel, ARGV[12] event stream MAXLEN (~), ARGV[13] the model of KEYS[2]
+-- and KEYS[3], ARGV[14] the catalog's default model
 -- Returns {REVISED, {seq, message id, entry id, event id}}, or {NO_SESSION},
 -- {NOT_LAST_MESSAGE}, {IN_PROGRESS} (a reply is generated or messages wait),
--- {TOO_MANY_VERSIONS}, {OVERLOADED}.
-local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED = 0, 1, 2, 3, 4, 5
-local read = redis.call('JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.stop_seq')
+-- {TOO_MANY_VERSIONS}, {OVERLOADED}, {WRONG_MODEL, the session's model}.
+local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED, WRONG_MODEL = 0, 1, 2, 3, 4, 5, 6
+local read = redis.call('JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.stop_seq', '$.model')
 if not read then
   return reply(NO_SESSION)
 end
 read = cjson.decode(read)
+local model = read['$.model'][1]
+if type(model) ~= 'string' or model == '' then
+  model = ARGV[14]
+end
+if model ~= ARGV[13] then
+  return reply(WRONG_MODEL, model)
+end
 local seq = tonumber(read['$.seq'][1])
 local replied = tonumber(read['$.replied_seq'][1])
 if seq == 0 then

@@ -73,6 +73,7 @@ class EnqueueStatus(IntEnum):
     TOO_MANY_PENDING = 2
     SESSION_FULL = 3
     OVERLOADED = 4
+    WRONG_MODEL = 5
 
 
 class ReviseStatus(IntEnum):
@@ -85,6 +86,15 @@ class ReviseStatus(IntEnum):
     IN_PROGRESS = 3
     TOO_MANY_VERSIONS = 4
     OVERLOADED = 5
+    WRONG_MODEL = 6
+
+
+class SetModelStatus(IntEnum):
+    """``set_model.lua``: the session's model was set, or not (messages wait for replies)."""
+
+    SET = 0
+    BUSY = 1
+    NO_SESSION = 2
 
 
 class BeginStatus(IntEnum):

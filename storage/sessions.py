@@ -13,9 +13,9 @@ from typing import Any
 
 from protocol.wire import utc_now
 from storage import keys
-from storage.base import StoreBase
+from storage.base import StoreBase, json_reply
 from storage.models import Session
-from storage.scripts import Script, StopStatus
+from storage.scripts import Script, SetModelStatus, StopStatus
 
 
 class SessionExpired(Exception):
@@ -24,6 +24,10 @@ class SessionExpired(Exception):
 
 class Sessions(StoreBase):
     """Session documents (a part of :class:`storage.store.Store`)."""
+
+    @cached_property
+    def _set_model(self) -> Script[SetModelStatus]:
+        return Script(self.redis, "set_model.lua", SetModelStatus)
 
     @cached_property
     def _stop(self) -> Script[StopStatus]:
@@ -50,6 +54,32 @@ class Sessions(StoreBase):
         )
         await session.create(self.redis, self.settings.session_ttl_seconds)
         return session
+
+    async def session_model(self, token: str) -> str:
+        """The id of session ``token``'s model (the catalog's default if it chose none).
+
+        Raises:
+            SessionExpired: no such session.
+        """
+        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "JSON.GET", keys.session_key(token), "$.model"
+        )
+        if value is None:
+            raise SessionExpired(token)
+        found = json_reply(value)
+        return str(found[0]) if found and found[0] else self.settings.default_model
+
+    async def set_model(self, token: str, model: str) -> bool:
+        """Make ``model`` session ``token``'s model, unless messages of it wait for
+        replies (``set_model.lua``); whether it was set.
+
+        Raises:
+            SessionExpired: no such session.
+        """
+        status, _ = await self._set_model(keys=[keys.session_key(token)], args=[model])
+        if status is SetModelStatus.NO_SESSION:
+            raise SessionExpired(token)
+        return status is SetModelStatus.SET
 
     async def get_session(self, token: str, *, touch: bool = True) -> Session:
         """Load a session; with ``touch``, renew its TTL (and its event stream's).

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from storage.events import Events
 from storage.owners import NotTheOwner, OwnerFull, Owners, OwnerUnknown
+from storage.pools import Backlog, Pools
 from storage.queue import (
+    ModelChanged,
     NotLastMessage,
     Overloaded,
     Queue,
@@ -50,11 +52,13 @@ __all__ = [
     "STARTED",
     "TRIM_ACKED",
     "TRIM_MINID",
+    "Backlog",
     "Begun",
     "Claimed",
     "ClaimedEntry",
     "Emit",
     "Fenced",
+    "ModelChanged",
     "NotLastMessage",
     "NotTheOwner",
     "NotYourTurn",
@@ -71,7 +75,7 @@ __all__ = [
 ]
 
 
-class Store(Sessions, Owners, Queue, Replies, Events):
+class Store(Sessions, Owners, Queue, Pools, Replies, Events):
     """Sessions, the message streams and session events in one Redis.
 
     Args:

@@ -11,6 +11,7 @@ tries are counted by :meth:`Streams.count_failure`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
 from typing import NamedTuple
 
@@ -74,8 +75,15 @@ class Streams(StoreBase):
     def _heartbeat(self) -> Script[HeartbeatStatus]:
         return Script(self.redis, "heartbeat.lua", HeartbeatStatus)
 
-    async def ensure_group(self) -> None:
-        """Create the workers' consumer group (and the stream) of every partition if missing.
+    def streams_of(self, models: Sequence[str] | None = None) -> list[str]:
+        """The message streams of ``models`` (catalog ids; None: every model of the
+        catalog), each model's in partition order."""
+        ids = models if models is not None else [m.id for m in self.settings.models]
+        return [stream for model in ids for stream in keys.model_streams(model)]
+
+    async def ensure_group(self, models: Sequence[str] | None = None) -> None:
+        """Create the workers' consumer group (and the stream) of every partition of
+        ``models`` (None: every model of the catalog) if missing.
 
         A group starts at id 0 so messages queued before any worker ever ran are read.
         A Redis out of memory refuses even to say that a group exists: then it is
@@ -84,7 +92,7 @@ class Streams(StoreBase):
         Raises:
             redis.exceptions.ResponseError: any error but ``BUSYGROUP`` (already exists).
         """
-        for stream in keys.MESSAGE_STREAMS:
+        for stream in self.streams_of(models):
             try:
                 await self.redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
             except OutOfMemoryError:
@@ -105,7 +113,7 @@ class Streams(StoreBase):
                 without ``ACKED``.
         """
         if self._trim_mode is None:
-            stream = keys.MESSAGE_STREAMS[0]
+            stream = self.streams_of()[0]
             try:
                 await self.redis.execute_command(  # type: ignore[no-untyped-call]
                     "XTRIM", stream, "MAXLEN", "~", self.settings.message_stream_maxlen, "ACKED"
@@ -131,9 +139,10 @@ class Streams(StoreBase):
         )
         return int(removed)
 
-    async def group_exists(self) -> bool:
-        """Whether every partition's message stream and its consumer group exist."""
-        for stream in keys.MESSAGE_STREAMS:
+    async def group_exists(self, models: Sequence[str] | None = None) -> bool:
+        """Whether every partition's message stream of ``models`` (None: every model of
+        the catalog) and its consumer group exist."""
+        for stream in self.streams_of(models):
             if not await self._group_of(stream):
                 return False
         return True
@@ -145,10 +154,11 @@ class Streams(StoreBase):
             return False
         return any(g["name"] == keys.CONSUMER_GROUP for g in groups)
 
-    async def pending_count(self) -> int:
-        """How many entries, over every partition, are read but not yet acked."""
+    async def pending_count(self, models: Sequence[str] | None = None) -> int:
+        """How many entries of ``models`` (None: every model of the catalog), over every
+        partition, are read but not yet acked."""
         total = 0
-        for stream in keys.MESSAGE_STREAMS:
+        for stream in self.streams_of(models):
             summary = await self.redis.xpending(stream, keys.CONSUMER_GROUP)  # type: ignore[no-untyped-call]
             total += int(summary["pending"])
         return total

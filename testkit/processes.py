@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -35,6 +36,7 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from runtime.catalog import default_catalog
 from server.config import ServerSettings
 from stack.process import die_with_parent, log_tail
 from storage import keys
@@ -87,6 +89,7 @@ def pinned_environment(overrides: dict[str, str]) -> dict[str, str]:
             if info.default_factory is None and not info.is_required():
                 default = info.default
                 env[name.upper()] = "" if default is None else str(default)
+    env["MODELS"] = json.dumps([m.model_dump(exclude_none=True) for m in default_catalog()])
     env.update({name.upper(): str(value) for name, value in UNLIMITED_ADMISSION.items()})
     env.update({name.upper(): str(value) for name, value in NO_EXTRA_MODEL_CALLS.items()})
     env.update(overrides)
@@ -104,6 +107,7 @@ class Proc:
     log_path: Path
     port: int | None = None
     consumer: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -227,11 +231,13 @@ class Cluster:
         await self._wait_server_ready(proc)
         return proc
 
-    async def start_worker(self) -> Proc:
-        """Start one worker with a unique consumer name; wait until it reads the stream."""
+    async def start_worker(self, env: dict[str, str] | None = None) -> Proc:
+        """Start one worker with a unique consumer name and the settings ``env`` on top
+        of the cluster's (e.g. ``WORKER_MODELS``, ``LLM_BASE_URL``: a pool of its own);
+        wait until it serves its models. :meth:`replace` starts the same kind again."""
         name = f"worker-{next(self._numbers['worker'])}"
         consumer = f"sys-{self._run_id}-{name}"
-        env = {**self._env, "CONSUMER_NAME": consumer}
+        env = {**self._env, **(env or {}), "CONSUMER_NAME": consumer}
         proc = self._spawn("worker", name, [sys.executable, "-m", "worker"], env, consumer=consumer)
         await self._wait_worker_ready(proc)
         return proc
@@ -255,7 +261,7 @@ class Cluster:
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,  # no orphans if the test run itself is killed
             )
-        proc = Proc(role, name, popen, log_path, **extra)
+        proc = Proc(role, name, popen, log_path, env=env, **extra)
         self.procs.append(proc)
         return proc
 
@@ -264,10 +270,17 @@ class Cluster:
             await self._poll_ready(proc, lambda: _answers_200(http, f"{proc.url}/readyz"))
 
     async def _wait_worker_ready(self, proc: Proc) -> None:
+        served = [m.strip() for m in proc.env.get("WORKER_MODELS", "").split(",") if m.strip()]
+        served = served or [m["id"] for m in json.loads(proc.env["MODELS"])]
+
         async def registered() -> bool:
+            # In the pool of each model it serves, then reading the streams.
+            for model in served:
+                if await self.redis.zscore(keys.pool_key(model), proc.consumer or "") is None:
+                    return False
             try:
                 consumers = await self.redis.xinfo_consumers(  # type: ignore[no-untyped-call]
-                    keys.MESSAGE_STREAMS[0], keys.CONSUMER_GROUP
+                    keys.model_streams(served[0])[0], keys.CONSUMER_GROUP
                 )
             except ResponseError:  # no stream or group yet
                 return False
@@ -305,7 +318,9 @@ class Cluster:
         await self.wait_exit(proc)
         if proc.role == "server":
             return await self.start_server(port=proc.port)
-        return await self.start_worker()
+        return await self.start_worker(
+            {k: proc.env[k] for k in ("WORKER_MODELS", "LLM_BASE_URL") if k in proc.env}
+        )
 
     async def stop(self) -> None:
         """SIGTERM every live process, SIGKILL those still running after the grace period."""

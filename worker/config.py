@@ -116,10 +116,28 @@ class WorkerSettings(CommonSettings):
     worker_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0: off)."
     )
+    worker_models: str = Field(
+        default="",
+        description="The catalog models (MODELS ids, comma-separated) this worker serves, "
+        "through its own model API; empty: all of them.",
+    )
     consumer_name: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="This worker's name in the consumer group.",
     )
+
+    def served_models(self) -> list[str]:
+        """The ids of the catalog models this worker serves (``WORKER_MODELS``).
+
+        Raises:
+            ValueError: ``WORKER_MODELS`` names a model the catalog does not offer.
+        """
+        chosen = [m.strip() for m in self.worker_models.split(",") if m.strip()]
+        offered = [m.id for m in self.models]
+        unknown = [m for m in chosen if m not in offered]
+        if unknown:
+            raise ValueError(f"WORKER_MODELS names models MODELS does not offer: {unknown}")
+        return list(dict.fromkeys(chosen)) or offered
 
     def resolved_llm(self) -> tuple[str, str, str | None]:
         """``(base_url, model, api_key)`` as the contract selects them.

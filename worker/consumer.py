@@ -92,7 +92,10 @@ class Worker:
         self.redis = redis
         self.llm = llm
         self.consumer = settings.consumer_name
+        #: The catalog models this worker serves, and their message streams.
+        self.models = settings.served_models()
         self.store = Store(redis, settings)
+        self.streams = tuple(self.store.streams_of(self.models))
         self.hub = Hub(redis, control_channel=f"{keys.PREFIX}:worker:{self.consumer}")
         self.replies = Replies(settings, redis, llm, self.store, self.hub)
         #: Entries read or claimed and not yet acked, by (stream, entry id).
@@ -117,17 +120,24 @@ class Worker:
         stays in the pending entries list for another worker to take over.
         """
         self.stopped.clear()
-        await self.store.ensure_group()
+        await self.store.ensure_group(self.models)
+        await self.store.join_pools(self.models, self.consumer)
         await self.hub.start()
         loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._pool_loop(), name="pools"),
             asyncio.create_task(self._stop_loop(), name="stop"),
         ]
         if self.settings.conversation_titles:
             titler = Titler(self.store, self.llm, self.consumer, self._idle)
             loops.append(asyncio.create_task(titler.run(), name="titles"))
-        logger.info("worker %s consuming %d partitions", self.consumer, len(keys.MESSAGE_STREAMS))
+        logger.info(
+            "worker %s serving %s on %d partitions",
+            self.consumer,
+            ", ".join(self.models),
+            len(keys.PARTITIONS),
+        )
         try:
             await asyncio.gather(*(self._read_loop(streams) for streams in self._read_sets()))
             if self._in_flight:
@@ -139,6 +149,8 @@ class Worker:
         finally:
             await cancel_and_wait(loops)
             await cancel_and_wait(list(self._in_flight.values()))
+            with contextlib.suppress(*CONNECTION_ERRORS, ResponseError):
+                await self.store.leave_pools(self.models, self.consumer)
             await self.hub.aclose()
             self.stopped.set()
             logger.info("worker %s stopped", self.consumer)
@@ -152,8 +164,8 @@ class Worker:
         a hash slot, so each stream gets its own reader.
         """
         if is_cluster(self.redis):
-            return [(stream,) for stream in keys.MESSAGE_STREAMS]
-        return [keys.MESSAGE_STREAMS]
+            return [(stream,) for stream in self.streams]
+        return [self.streams]
 
     async def _read_loop(self, streams: tuple[str, ...]) -> None:
         while not self._stopping.is_set():
@@ -168,7 +180,7 @@ class Worker:
                 if not str(e).startswith("NOGROUP"):
                     raise
                 logger.warning("consumer group missing (stream deleted?); creating it again")
-                await self.store.ensure_group()
+                await self.store.ensure_group(self.models)
                 continue
             for stream, batch in response:
                 for entry_id, fields in batch:
@@ -206,7 +218,7 @@ class Worker:
                 await self.claim_stale()
                 # Also trimmed here, not only when a message is queued, so acknowledged
                 # entries do not outlive a quiet spell beyond the bound.
-                for stream in keys.MESSAGE_STREAMS:
+                for stream in self.streams:
                     await self.store.trim(stream)
                 await self.sweep_lost()
             except (*CONNECTION_ERRORS, ResponseError) as e:
@@ -222,7 +234,7 @@ class Worker:
             How many entries were taken over.
         """
         claimed = 0
-        for stream in keys.MESSAGE_STREAMS:
+        for stream in self.streams:
             start = "0-0"
             while True:
                 start, entries, deleted = await self.store.claim(
@@ -253,19 +265,38 @@ class Worker:
             How many messages were closed.
         """
         closed = 0
-        for part in keys.PARTITIONS:
-            for token in await self.store.due_for_sweep(part, 3 * self.settings.claim_idle_ms):
-                with contextlib.suppress(SessionExpired):
-                    _, seq = await self.store.close_if_lost(token)
-                    if seq:
-                        logger.warning(
-                            "seq %d of a session of partition %s: its stream entry is gone; "
-                            "closed with an error",
-                            seq,
-                            part,
-                        )
-                        closed += 1
+        older_than_ms = 3 * self.settings.claim_idle_ms
+        for model in self.models:
+            for part in keys.PARTITIONS:
+                closed += await self._sweep_lost(part, model, older_than_ms)
         return closed
+
+    async def _sweep_lost(self, part: str, model: str, older_than_ms: int) -> int:
+        closed = 0
+        for token in await self.store.due_for_sweep(part, older_than_ms, model=model):
+            with contextlib.suppress(SessionExpired):
+                _, seq = await self.store.close_if_lost(token, model)
+                if seq:
+                    logger.warning(
+                        "seq %d of a session of partition %s: its stream entry is gone; "
+                        "closed with an error",
+                        seq,
+                        part,
+                    )
+                    closed += 1
+        return closed
+
+    async def _pool_loop(self) -> None:
+        """Say, as often as the heartbeat, that this worker still serves its models
+        (:meth:`storage.store.Store.join_pools`): servers refuse the messages of a model
+        none serves (``model_unavailable``)."""
+        interval = self.settings.claim_idle_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.join_pools(self.models, self.consumer)
+            except (*CONNECTION_ERRORS, ResponseError) as e:
+                logger.warning("renewing this worker's place in its pools failed: %s", e)
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.claim_idle_ms / 3000

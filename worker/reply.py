@@ -162,7 +162,7 @@ class Replies:
         # Only a taken-over entry can follow a crash (a fresh read never does).
         suspect = bool(delivery.deliveries) and await self.store.crashes(entry.token, entry.seq) > 0
         while not await self._try(delivery, entry, attempt, stop, suspect=suspect):
-            await self._await_turn(entry)
+            await self._await_turn(entry, keys.model_of_stream(delivery.key[0]))
 
     async def _try(
         self,
@@ -209,8 +209,9 @@ class Replies:
                 attempt.acked = True  # by the script that closed the message
             return True
 
-    async def _await_turn(self, entry: MessageEntry) -> None:
-        """Return once every message of the session before ``entry`` is answered.
+    async def _await_turn(self, entry: MessageEntry, model: str) -> None:
+        """Return once every message of the session before ``entry`` (a message for
+        ``model``, as all those it waits behind) is answered.
 
         Each wake-up without news also asks whether the oldest unanswered message's
         entry is gone (``lost.lua``): such a message is closed with an error, so the
@@ -221,7 +222,7 @@ class Replies:
         """
         async with self.hub.subscribe(keys.channel(entry.token)) as sub:
             await asyncio.wait_for(sub.ready.wait(), timeout=10)
-            replied, _ = await self.store.close_if_lost(entry.token)
+            replied, _ = await self.store.close_if_lost(entry.token, model)
             while replied < entry.seq - 1:
                 # Woken by a reply's end in this session, or re-checked each second.
                 try:
@@ -231,7 +232,7 @@ class Replies:
                             if payload == RESYNC or ends_reply(payload):
                                 break
                 except TimeoutError:
-                    replied, closed = await self.store.close_if_lost(entry.token)
+                    replied, closed = await self.store.close_if_lost(entry.token, model)
                     if closed:
                         logger.warning(
                             "seq %d of the session of message_id=%s: its stream entry is "
@@ -272,7 +273,7 @@ class Replies:
                     await self.store.finish(entry, None, event, "")
                     return
                 except NotYourTurn:
-                    await self._await_turn(entry)
+                    await self._await_turn(entry, keys.model_of_stream(delivery.key[0]))
         except ResponseError as e:
             # The session itself is what fails (its document is broken): the entry is
             # dead-lettered all the same, and nothing more can be told to it.

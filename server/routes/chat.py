@@ -16,7 +16,15 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from server.connection import ChatConnection
-from server.deps import ChatTokenDep, HubDep, LeasesDep, SettingsDep, StoreDep, redis_unavailable
+from server.deps import (
+    ChatTokenDep,
+    HubDep,
+    LeasesDep,
+    PoolsDep,
+    SettingsDep,
+    StoreDep,
+    redis_unavailable,
+)
 from server.metrics import SOCKETS, SOCKETS_REFUSED
 from server.sockets import ChatSockets
 
@@ -30,6 +38,7 @@ async def chat(
     store: StoreDep,
     hub: HubDep,
     leases: LeasesDep,
+    pools: PoolsDep,
     settings: SettingsDep,
     after: Annotated[str | None, Query(description="Resume after this event_id.")] = None,
 ) -> None:
@@ -47,7 +56,7 @@ async def chat(
         return
     try:
         await websocket.accept()
-        connection = ChatConnection(websocket, token, store, hub, settings)
+        connection = ChatConnection(websocket, token, store, hub, settings, pools)
         sockets: ChatSockets = websocket.app.state.chat_sockets
         with SOCKETS.track_inprogress(), sockets.track(websocket):
             await connection.run(after)

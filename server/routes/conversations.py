@@ -83,7 +83,8 @@ async def change_session(
 
     Errors: 400 ``Session expired or does not exist``; 400 if the title is empty, blank
     or longer than ``MAX_TITLE_CHARS``, the model unknown, or the system prompt too
-    long; 422 for an empty object or an unknown field.
+    long; 409 (nothing changed) for a new model while messages wait for replies; 422 for
+    an empty object or an unknown field.
     """
     fields = checked_choice(body, settings)
     if body.title is not None:
@@ -96,7 +97,15 @@ async def change_session(
     if not well_formed(token):
         raise session_gone()
     try:
-        await store.update_session(token, fields)
+        # The model first, and only while no message waits: a message is answered by
+        # the pool of the model it was sent to (see storage/set_model.lua).
+        if "model" in fields and not await store.set_model(token, fields.pop("model")):
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail="messages wait for replies; change the model once they are answered",
+            )
+        if fields:
+            await store.update_session(token, fields)
     except SessionExpired as e:
         raise session_gone() from e
 

@@ -21,8 +21,10 @@ async def servers(
     redis_url: str, log_dir: Path, count: int = 1, **settings: str
 ) -> AsyncIterator[Cluster]:
     """``count`` server processes (no worker) on a flushed Redis; ``settings`` are
-    environment variables, e.g. ``MAX_PENDING_MESSAGES="1"``."""
-    async with Cluster(redis_url, NO_MODEL, log_dir, env=settings, stop_grace_s=5) as cluster:
+    environment variables, e.g. ``MAX_PENDING_MESSAGES="1"``. Messages wait for a
+    worker however long (``MODEL_WAIT_S=0``): none comes."""
+    env = {"MODEL_WAIT_S": "0", **settings}
+    async with Cluster(redis_url, NO_MODEL, log_dir, env=env, stop_grace_s=5) as cluster:
         await cluster.start(servers=count, workers=0)
         yield cluster
 

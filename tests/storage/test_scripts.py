@@ -22,6 +22,7 @@ STATUSES: dict[str, type[IntEnum]] = {
     "renew.lua": scripts.RenewStatus,
     "enqueue.lua": scripts.EnqueueStatus,
     "revise.lua": scripts.ReviseStatus,
+    "set_model.lua": scripts.SetModelStatus,
     "begin.lua": scripts.BeginStatus,
     "emit_batch.lua": scripts.EmitBatchStatus,
     "finish.lua": scripts.FinishStatus,

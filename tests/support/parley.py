@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from server.app import create_app
 from server.config import ServerSettings
+from storage import keys
 from storage.connection import connect, disconnect
 from testkit.ports import free_port
 from testkit.processes import NO_EXTRA_MODEL_CALLS, UNLIMITED_ADMISSION
@@ -89,6 +90,10 @@ async def running_parley(
     try:
         async with asyncio.timeout(10):
             while not server.started:  # noqa: ASYNC110  (uvicorn offers no event)
+                await asyncio.sleep(0.01)
+            # The worker in its pools, or the server would refuse its models' messages.
+            pool = keys.pool_key(worker.models[0])
+            while await redis.zscore(pool, worker.consumer) is None:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         yield Parley(
             url=f"http://127.0.0.1:{port}",

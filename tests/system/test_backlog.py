@@ -50,7 +50,8 @@ async def test_a_backlog_over_the_stream_bound_is_answered_in_full(
             model.base_url or "",
             tmp_path / "logs",
             claim_idle_ms=1000,
-            env={"MESSAGE_STREAM_MAXLEN": str(MAXLEN)},
+            # No worker until the backlog is built: its messages wait, however long.
+            env={"MESSAGE_STREAM_MAXLEN": str(MAXLEN), "MODEL_WAIT_S": "0"},
         ) as cluster,
     ):
         await cluster.start(servers=1, workers=0)
@@ -100,7 +101,7 @@ async def test_a_full_backlog_refuses_new_messages_at_once_and_loses_none(
             model.base_url or "",
             tmp_path / "logs",
             claim_idle_ms=1000,
-            env={"MAX_BACKLOG": str(bound)},
+            env={"MAX_BACKLOG": str(bound), "MODEL_WAIT_S": "0"},
         ) as cluster,
     ):
         await cluster.start(servers=1, workers=0)

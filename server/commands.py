@@ -1,0 +1,233 @@
+"""What a chat socket's commands do: send a message, regenerate or edit the last turn,
+stop a reply. Each is checked, admitted and stored, or refused with an ``error`` event;
+the socket's connection (:mod:`server.connection`) reads the frames and relays events.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import WebSocket
+
+from protocol.wire import EditCommand, ErrorCode, QueuedEvent, RegenerateCommand
+from runtime.logs import fingerprint
+from server.admission import ClientMark, admit_message
+from server.config import ServerSettings
+from server.metrics import MESSAGES_ACCEPTED
+from server.pools import PoolWatch
+from server.relay import REDIS_DOWN, EventRelay
+from storage.store import (
+    ModelChanged,
+    NotLastMessage,
+    Overloaded,
+    ReplyInProgress,
+    SessionFull,
+    Store,
+    TooManyPending,
+    TooManyVersions,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class SessionCommands:
+    """The commands of one socket of one session.
+
+    Every method raises :class:`storage.store.SessionExpired` when the session is gone
+    (the connection then closes the socket), and tells the client of any other refusal.
+    """
+
+    __slots__ = (
+        "_client_mark",
+        "model",
+        "pools",
+        "relay",
+        "session",
+        "settings",
+        "store",
+        "token",
+        "websocket",
+    )
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        token: str,
+        store: Store,
+        settings: ServerSettings,
+        relay: EventRelay,
+        pools: PoolWatch,
+    ) -> None:
+        self.websocket = websocket
+        self.token = token
+        self.session = fingerprint(token)  # what logs name the session by
+        self.store = store
+        self.settings = settings
+        self.relay = relay
+        self.pools = pools
+        # The session's model, as far as this socket knows: the enqueue script checks
+        # it, and a session whose model changed is told so (ModelChanged).
+        self.model = settings.default_model
+        self._client_mark = ClientMark()
+
+    async def stop(self) -> None:
+        """Ask for the reply being generated to stop (see ``stop.lua``)."""
+        try:
+            seq = await self.store.stop(self.token)
+        except REDIS_DOWN as e:
+            logger.warning("session=%s could not stop the reply: %s", self.session, e)
+            await self.relay.send_error(ErrorCode.UNAVAILABLE, "the stop could not be sent; retry")
+            return
+        logger.info("session=%s seq=%d stop requested", self.session, seq)
+
+    async def _content_refused(self, content: str) -> bool:
+        """Whether ``content`` breaks a message's rules (empty, too long); if so the
+        client got the error."""
+        if not content.strip():
+            await self.relay.send_error(ErrorCode.EMPTY_MESSAGE, "the message is empty")
+            return True
+        limit = self.settings.max_message_chars
+        if len(content) > limit:
+            await self.relay.send_error(
+                ErrorCode.MESSAGE_TOO_LONG,
+                f"the message has {len(content)} characters; at most {limit} are accepted",
+            )
+            return True
+        return False
+
+    async def revise(self, command: RegenerateCommand | EditCommand) -> None:
+        """Queue the last user message again, edited or not (see
+        :meth:`storage.store.Store.revise`); the ``revised`` event reaches every socket
+        of the session through its event stream. Admitted as a message is (a reply of
+        the model costs the same). A refusal is an ``error`` with ``message_id`` null:
+        it ends no reply."""
+        edit = (command.message_id, command.content) if isinstance(command, EditCommand) else None
+        if edit is not None and await self._content_refused(edit[1]):
+            return
+        refusal = await admit_message(self.websocket, self.token, self._client_mark)
+        if refusal is not None:
+            await self.relay.send(refusal.model_dump_json(exclude={"event_id"}))
+            return
+        try:
+            if await self._model_unserved():
+                return
+            try:
+                revision = await self.store.revise(
+                    self.token,
+                    max_versions=self.settings.max_message_versions,
+                    edit=edit,
+                    model=self.model,
+                )
+            except ModelChanged as changed:
+                self.model = changed.model
+                if await self._model_unserved():
+                    return
+                revision = await self.store.revise(
+                    self.token,
+                    max_versions=self.settings.max_message_versions,
+                    edit=edit,
+                    model=self.model,
+                )
+        except (ReplyInProgress, NotLastMessage, TooManyVersions, Overloaded, *REDIS_DOWN) as e:
+            await self.relay.send_error(*self._not_revised(e, command.type))
+            return
+        MESSAGES_ACCEPTED.inc()
+        logger.info(
+            "message_id=%s session=%s seq=%d %s queued",
+            revision.message_id,
+            self.session,
+            revision.seq,
+            command.type,
+        )
+
+    def _not_revised(self, error: Exception, command: str) -> tuple[ErrorCode, str]:
+        """The error event (code, detail) for a regenerate or edit the store refused."""
+        if isinstance(error, ReplyInProgress):
+            return ErrorCode.REPLY_IN_PROGRESS, (
+                f"a reply is still being generated; {command} once it is done"
+            )
+        if isinstance(error, NotLastMessage):
+            return ErrorCode.NOT_LAST_MESSAGE, (
+                "only the last message can be edited"
+                if command == "edit"
+                else "the session has no message to answer again"
+            )
+        if isinstance(error, TooManyVersions):
+            return ErrorCode.TOO_MANY_VERSIONS, (
+                f"this turn already keeps {self.settings.max_message_versions} earlier "
+                "versions, its most; send a new message instead"
+            )
+        return self._not_queued(error)
+
+    async def message(self, content: str) -> None:
+        """Accept a user message: checked, admitted, stored and queued, then ``queued``;
+        or refused with an error."""
+        if await self._content_refused(content):
+            return
+        refusal = await admit_message(self.websocket, self.token, self._client_mark)
+        if refusal is not None:
+            await self.relay.send(refusal.model_dump_json(exclude={"event_id"}))
+            return
+        limit = self.settings.max_pending_messages
+        try:
+            if await self._model_unserved():
+                return
+            try:
+                message = await self.store.enqueue(self.token, content, limit, self.model)
+            except ModelChanged as changed:  # since this socket last sent one
+                self.model = changed.model
+                if await self._model_unserved():
+                    return
+                message = await self.store.enqueue(self.token, content, limit, self.model)
+        except (TooManyPending, SessionFull, Overloaded, *REDIS_DOWN) as e:
+            await self.relay.send_error(*self._not_queued(e))
+            return
+        MESSAGES_ACCEPTED.inc()
+        logger.info("message_id=%s session=%s seq=%d queued", message.id, self.session, message.seq)
+        await self.relay.send(
+            QueuedEvent(message_id=message.id, message=message.public()).model_dump_json(
+                exclude_none=True
+            )
+        )
+
+    async def _model_unserved(self) -> bool:
+        """Whether no live worker serves the session's model (then the client got a
+        ``model_unavailable`` error). A model found unserved is first read again from
+        the session, which may have changed it.
+
+        Raises:
+            SessionExpired: the session is gone.
+            redis.exceptions.RedisError: Redis is unreachable.
+        """
+        if await self.pools.served(self.model):
+            return False
+        actual = await self.store.session_model(self.token)
+        if actual != self.model:
+            self.model = actual
+            if await self.pools.served(actual):
+                return False
+        await self.relay.send_error(
+            ErrorCode.MODEL_UNAVAILABLE,
+            f"no worker serves the model {actual!r} now: the message is not stored; "
+            "choose another model (PATCH /session) or send it again later",
+        )
+        return True
+
+    def _not_queued(self, error: Exception) -> tuple[ErrorCode, str]:
+        """The error event (code, detail) for a message the store did not queue."""
+        if isinstance(error, TooManyPending):
+            return ErrorCode.TOO_MANY_PENDING, (
+                f"{self.settings.max_pending_messages} messages already wait for a reply; "
+                "wait for one before sending more"
+            )
+        if isinstance(error, SessionFull):
+            return ErrorCode.SESSION_FULL, (
+                f"the session holds {self.settings.max_session_messages} messages, its "
+                "most; start a new session to go on"
+            )
+        if isinstance(error, Overloaded):
+            return ErrorCode.OVERLOADED, (
+                "too many messages wait for the workers; send it again in a while"
+            )
+        logger.warning("session=%s could not queue a message: %s", self.session, error)
+        return ErrorCode.UNAVAILABLE, "the message could not be stored; send it again"
