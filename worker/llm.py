@@ -8,6 +8,11 @@ and reads the server-sent events (:mod:`worker.sse`).
 Failures before the first delta are retried with the one backoff
 (:func:`runtime.retry.retrying`); after it, a break raises :class:`LLMStreamInterrupted`
 and the caller decides.
+
+Each client also counts tokens (:attr:`LLMClient.tokens`, a
+:class:`worker.tokens.TokenCounter`): every ``usage`` a response reports calibrates it,
+and so does llama.cpp's ``POST /tokenize`` (:meth:`LLMClient.count_tokens`) where the
+server has it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from worker.errors import (
     LLMUnavailable,
     error_for_status,
 )
+from worker.tokens import TokenCounter
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +125,13 @@ class LLMConfig:
         """``{base_url}/chat/completions``."""
         return self.base_url.rstrip("/") + "/chat/completions"
 
+    @property
+    def tokenize_url(self) -> str:
+        """llama.cpp's ``/tokenize``: the server's root (``base_url`` without a final
+        ``/v1``) plus ``/tokenize``."""
+        root = self.base_url.rstrip("/")
+        return root.removesuffix("/v1") + "/tokenize"
+
 
 class LLMClient:
     """Streams chat completions from one OpenAI-compatible server.
@@ -140,6 +153,10 @@ class LLMClient:
         self._headers = {"Accept": "text/event-stream"}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
+        #: The model's token counts, learned from its ``usage`` and ``/tokenize``.
+        self.tokens = TokenCounter()
+        #: Whether the server has ``/tokenize`` (None until asked).
+        self.can_tokenize: bool | None = None
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -194,12 +211,62 @@ class LLMClient:
         if self.config.stop:
             body["stop"] = list(self.config.stop)
         if self.config.include_usage:
-            # The model's own count of the tokens, for the quotas (a last chunk).
+            # The model's own count of the tokens, for the quotas and the token
+            # estimate's calibration (a last chunk).
             body["stream_options"] = {"include_usage": True}
-        return self._stream(body)
+        return self._stream(body, [m.content for m in messages])
 
-    async def _stream(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
-        response, first = await self._start(body)
+    async def count_tokens(self, text: str) -> int | None:
+        """The model's own count of the tokens of ``text``, from llama.cpp's
+        ``POST /tokenize`` (``{"content": text}`` -> ``{"tokens": [...]}``); it also
+        calibrates :attr:`tokens`.
+
+        Returns None, never raising, when the count cannot be had: a server without the
+        route (404, 405, 501: it is not asked again), an error, a timeout, or an answer
+        of another shape. One try, no retry: a count is a refinement, never needed.
+        """
+        if self._closed or self.can_tokenize is False:
+            return None
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        headers = {k: v for k, v in self._headers.items() if k != "Accept"}
+        try:
+            async with self._session.post(
+                self.config.tokenize_url,
+                json={"content": text},
+                headers=headers,
+                timeout=self._timeout,
+            ) as resp:
+                if resp.status in (404, 405, 501):
+                    self.can_tokenize = False
+                    logger.info("the model server has no /tokenize (%d)", resp.status)
+                    return None
+                if resp.status != 200:
+                    logger.debug("/tokenize answered %d", resp.status)
+                    return None
+                answer = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            logger.debug("/tokenize failed: %s", self._redact(repr(e)))
+            return None
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, list):
+            return None
+        self.can_tokenize = True
+        self.tokens.observe(len(text.encode("utf-8")), len(tokens))
+        return len(tokens)
+
+    def _calibrate(self, contents: list[str]) -> Callable[[dict[str, Any]], None]:
+        """What to do with a response's ``usage`` for a prompt of ``contents``."""
+
+        def observe(usage: dict[str, Any]) -> None:
+            prompt_tokens = usage.get("prompt_tokens")
+            if isinstance(prompt_tokens, int):
+                self.tokens.observe_prompt(contents, prompt_tokens)
+
+        return observe
+
+    async def _stream(self, body: dict[str, Any], contents: list[str]) -> AsyncGenerator[str, None]:
+        response, first = await self._start(body, self._calibrate(contents))
         try:
             if first is None:
                 return
@@ -215,7 +282,9 @@ class LLMClient:
         finally:
             response.close()
 
-    async def _start(self, body: dict[str, Any]) -> tuple[_Response, str | None]:
+    async def _start(
+        self, body: dict[str, Any], on_usage: Callable[[dict[str, Any]], None]
+    ) -> tuple[_Response, str | None]:
         """Send the request and read up to its first delta (None for an empty reply),
         trying again as :meth:`stream` says."""
         cfg = self.config
@@ -227,7 +296,7 @@ class LLMClient:
             wait_jitter_s=cfg.backoff_base_s,
         ):
             with attempt:
-                response = _Response(await self._post(body), self._redact)
+                response = _Response(await self._post(body), self._redact, on_usage)
                 try:
                     first = await response.next_delta()
                 except BaseException:
@@ -284,9 +353,15 @@ class LLMClient:
 class _Response:
     """One streaming response being read: its deltas, and whether the reply finished."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, redact: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        redact: Callable[[str], str],
+        on_usage: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self._resp = resp
         self._redact = redact
+        self._on_usage = on_usage
         #: A chunk carried a ``finish_reason``: the reply is whole.
         self.finished = False
         #: The stream ended as it should (``[DONE]``, or its end after a finish).
@@ -329,6 +404,8 @@ class _Response:
         if isinstance(event, sse.UsageReport):
             if (usage := _USAGE.get()) is not None:
                 usage.add(event.usage)
+            if self._on_usage is not None:
+                self._on_usage(event.usage)
             event = event.chunk
         if isinstance(event, sse.Done):
             return None
