@@ -35,6 +35,7 @@ from worker.config import WorkerSettings
 from worker.llm import LLMClient
 from worker.metrics import TAKEOVERS
 from worker.reply import Replies
+from worker.summary import Summarizer
 from worker.titles import Titler
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Worker:
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._room = asyncio.Event()
         self._room.set()
-        #: Set while no entry is in flight: title jobs run only then.
+        #: Set while no entry is in flight: title and summary jobs run only then.
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()
@@ -127,6 +128,9 @@ class Worker:
         if self.settings.conversation_titles:
             titler = Titler(self.store, self.llm, self.consumer, self._idle)
             loops.append(asyncio.create_task(titler.run(), name="titles"))
+        if self.settings.memory_summary:
+            summarizer = Summarizer(self.settings, self.store, self.llm, self.consumer, self._idle)
+            loops.append(asyncio.create_task(summarizer.run(), name="summaries"))
         logger.info("worker %s consuming %d partitions", self.consumer, len(keys.MESSAGE_STREAMS))
         try:
             await asyncio.gather(*(self._read_loop(streams) for streams in self._read_sets()))

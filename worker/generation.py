@@ -1,6 +1,8 @@
 """Generating one reply that has begun: its prompt, the model's stream published as
-coalesced ``token`` events, restarts after a broken stream, and its end, recorded: the
-reply with its ``done`` event, or the model's error."""
+coalesced ``token`` events, restarts after a broken stream, one more try with a smaller
+window when the model refuses the prompt as too long, and its end, recorded: the reply
+with its ``done`` event, or the model's error. Once recorded, a reply may queue its
+session's summary job (:mod:`worker.summary`)."""
 
 from __future__ import annotations
 
@@ -26,15 +28,17 @@ from protocol.wire import (
 from runtime.logs import fingerprint
 from runtime.tasks import cancel_and_wait
 from storage.admission import Limiter
-from storage.models import MessageRecord, StoredMessage
+from storage.models import MessageRecord, StoredMessage, SummaryRecord
 from storage.store import Begun, Emit, SessionExpired, Store
+from storage.summaries import Summaries
 from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
 from worker.config import WorkerSettings
 from worker.emits import EmitBatcher
-from worker.errors import LLMError, LLMStreamInterrupted
+from worker.errors import LLMError, LLMRejected, LLMStreamInterrupted
 from worker.llm import LLMClient, PromptMessage, track_usage
-from worker.memory import HistoryTooShort, build_prompt
+from worker.memory import HistoryTooShort, PromptPlan, plan_prompt, summary_due
 from worker.metrics import REPLIES, REPLY_SECONDS, TIME_TO_FIRST_TOKEN
+from worker.overflow import context_overflow
 from worker.quota import charge_reply, reply_cost
 from worker.titles import request_title
 
@@ -76,6 +80,7 @@ class ReplyGenerator:
         self.emits = EmitBatcher(store)
         self.llm = llm
         self.store = store
+        self.summaries = Summaries(store.redis, settings)
 
     async def generate(
         self,
@@ -101,19 +106,62 @@ class ReplyGenerator:
         assert begun.session is not None
         if begun.session.stop_seq >= entry.seq:
             stop.set()
-        prompt = await self._prompt(entry, begun)
+        plan = await self._prompt(entry, begun)
         usage = track_usage()  # filled by the model's responses, for the quotas
         started = time.perf_counter()
         try:
-            streamed = await self._stream_with_restarts(entry, attempt, prompt, started, stop)
+            plan, streamed = await self._stream_within_context(
+                entry, attempt, begun, plan, started, stop
+            )
         except LLMError as e:
             await self._fail(entry, attempt, e, ack)
             return
         # Charged before the reply is recorded, so a client that sees its `done` finds
         # the quota up to date; what the model generated counts, recorded or not.
-        cost = reply_cost(usage, prompt, streamed.text)
+        cost = reply_cost(usage, plan.messages, streamed.text)
         await charge_reply(self.limiter, self.settings, entry.token, cost)
-        await self._record(entry, attempt, streamed, started, stop.is_set(), ack)
+        await self._record(entry, attempt, streamed, started, stop.is_set(), ack, plan)
+
+    async def _stream_within_context(
+        self,
+        entry: MessageEntry,
+        attempt: str,
+        begun: Begun,
+        plan: PromptPlan,
+        started: float,
+        stop: asyncio.Event,
+    ) -> tuple[PromptPlan, _Streamed]:
+        """Stream the reply to ``plan``'s prompt; if the model refuses it as too long
+        for its context (:func:`worker.overflow.context_overflow`), once more with a
+        smaller window: the history's tokens scaled by the overflow's
+        :meth:`~worker.overflow.ContextOverflow.shrink` (at least halved), the turn just
+        before no longer kept over budget. Return the prompt used and the reply.
+
+        Raises:
+            LLMError: the model failed, or refused the smaller prompt too.
+        """
+        try:
+            return plan, await self._stream_with_restarts(
+                entry, attempt, plan.messages, started, stop
+            )
+        except LLMRejected as e:
+            overflow = context_overflow(e)
+            if overflow is None:
+                raise
+        budget = int(plan.history_tokens * overflow.shrink())
+        smaller = await self._prompt(entry, begun, max_tokens=budget, keep_previous=False)
+        logger.warning(
+            "message_id=%s prompt too long for the model (limit %s, asked %s tokens): "
+            "again with %d of %d turns, %d history tokens",
+            entry.message_id,
+            overflow.limit,
+            overflow.requested,
+            smaller.kept,
+            plan.kept,
+            smaller.history_tokens,
+        )
+        streamed = await self._stream_with_restarts(entry, attempt, smaller.messages, started, stop)
+        return smaller, streamed
 
     async def _stream_with_restarts(
         self,
@@ -150,8 +198,10 @@ class ReplyGenerator:
         started: float,
         stopped: bool,
         ack: tuple[str, str] | None,
+        plan: PromptPlan,
     ) -> None:
-        """Record the reply with its ``done`` event, then count and log it."""
+        """Record the reply with its ``done`` event, then count and log it, and queue
+        the session's title or summary job if it calls for one."""
         reply = StoredMessage(
             id=str(uuid.uuid4()),
             role="assistant",
@@ -171,6 +221,8 @@ class ReplyGenerator:
             REPLY_SECONDS.observe(total_s)
             if entry.seq == 1 and self.settings.conversation_titles:
                 await self._request_title(entry.token)
+            if self._summary_due(plan, reply):
+                await self._request_summary(entry.token)
         logger.info(
             "message_id=%s session=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
             entry.message_id,
@@ -190,26 +242,65 @@ class ReplyGenerator:
         except (RedisError, OSError) as e:
             logger.warning("session=%s title not requested: %s", fingerprint(token), e)
 
-    async def _prompt(self, entry: MessageEntry, begun: Begun) -> list[PromptMessage]:
-        """The prompt of ``entry``'s reply, from the newest messages that ``begin``
-        read; from the whole history only if they are not enough to tell."""
-        assert begun.session is not None
+    def _summary_due(self, plan: PromptPlan, reply: StoredMessage) -> bool:
+        """Whether the turns after the summary, with the one just recorded, call for a
+        summary job: some already left the prompt, or they pass the trigger."""
+        if not self.settings.memory_summary:
+            return False
+        left_out = plan.kept < len(plan.recent)
+        return left_out or summary_due(
+            [*plan.recent, (plan.message, reply)],
+            trigger_tokens=self.settings.memory_summary_trigger_tokens,
+            max_messages=self.settings.memory_max_messages,
+            count=self.llm.tokens.estimate,
+        )
 
-        def prompt(history: Sequence[MessageRecord], complete: bool) -> list[PromptMessage]:
-            return build_prompt(
+    async def _request_summary(self, token: str) -> None:
+        """Queue the session's summary job; best effort (the next reply asks again)."""
+        try:
+            await self.summaries.request_summary(token)
+        except (RedisError, OSError) as e:
+            logger.warning("session=%s summary not requested: %s", fingerprint(token), e)
+
+    async def _prompt(
+        self,
+        entry: MessageEntry,
+        begun: Begun,
+        *,
+        max_tokens: int | None = None,
+        keep_previous: bool = True,
+    ) -> PromptPlan:
+        """The prompt of ``entry``'s reply (see :func:`worker.memory.plan_prompt`),
+        from the newest messages that ``begin`` read; from the whole history only if
+        they are not enough to tell.
+
+        Args:
+            max_tokens: the history's token budget (None: ``memory_max_tokens``).
+            keep_previous: keep the turn just before even over budget.
+        """
+        assert begun.session is not None
+        use_summary = self.settings.memory_summary
+
+        def prompt(
+            history: Sequence[MessageRecord], summary: SummaryRecord | None, complete: bool
+        ) -> PromptPlan:
+            return plan_prompt(
                 history,
                 entry.seq,
                 system_prompt=self.settings.system_prompt,
                 max_messages=self.settings.memory_max_messages,
-                max_tokens=self.settings.memory_max_tokens,
+                max_tokens=self.settings.memory_max_tokens if max_tokens is None else max_tokens,
                 complete=complete,
+                summary=summary if use_summary else None,
+                count=self.llm.tokens.estimate,
+                keep_previous=keep_previous,
             )
 
         try:
-            return prompt(begun.session.messages, begun.complete)
+            return prompt(begun.session.messages, begun.session.summary, begun.complete)
         except HistoryTooShort:
             session = await self.store.get_session(entry.token, touch=False)
-            return prompt(session.messages, True)
+            return prompt(session.messages, session.summary, True)
 
     async def _fail(
         self, entry: MessageEntry, attempt: str, error: LLMError, ack: tuple[str, str] | None
