@@ -79,7 +79,11 @@ def _begun(status: BeginStatus, payload: Any) -> Begun:
     messages = MESSAGE_RECORDS.validate_json(payload[2])
     fields = json.loads(payload[1])
     session = SessionWindow(
-        stop_seq=fields.get("stop_seq", 0), summary=fields.get("summary"), messages=messages
+        stop_seq=fields.get("stop_seq", 0),
+        model=fields.get("model", ""),
+        system_prompt=fields.get("system_prompt", ""),
+        summary=fields.get("summary"),
+        messages=messages,
     )
     return Begun(
         status, session, crashes=int(payload[0]), complete=len(messages) == int(payload[3])

@@ -34,7 +34,7 @@ from storage.summaries import Summaries
 from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
 from worker.config import WorkerSettings
 from worker.emits import EmitBatcher
-from worker.errors import LLMError, LLMRejected, LLMStreamInterrupted
+from worker.errors import LLMError, LLMRejected, LLMStreamInterrupted, ModelNotServed
 from worker.llm import LLMClient, PromptMessage, track_usage
 from worker.memory import HistoryTooShort, PromptPlan, plan_prompt, summary_due
 from worker.metrics import REPLIES, REPLY_SECONDS, TIME_TO_FIRST_TOKEN
@@ -52,6 +52,14 @@ class EmptyReply(LLMError):
 
 
 Truncated = Literal["time", "length"] | None
+
+
+class _Model(NamedTuple):
+    """The model of one reply: its catalog id, and the name the API knows it by (None:
+    the worker's own)."""
+
+    id: str
+    api_model: str | None
 
 
 class _Streamed(NamedTuple):
@@ -110,8 +118,9 @@ class ReplyGenerator:
         usage = track_usage()  # filled by the model's responses, for the quotas
         started = time.perf_counter()
         try:
+            model = self._model(begun.session.model)
             plan, streamed = await self._stream_within_context(
-                entry, attempt, begun, plan, started, stop
+                entry, attempt, begun, plan, started, stop, model
             )
         except LLMError as e:
             await self._fail(entry, attempt, e, ack)
@@ -120,7 +129,7 @@ class ReplyGenerator:
         # the quota up to date; what the model generated counts, recorded or not.
         cost = reply_cost(usage, plan.messages, streamed.text)
         await charge_reply(self.limiter, self.settings, entry.token, cost)
-        await self._record(entry, attempt, streamed, started, stop.is_set(), ack, plan)
+        await self._record(entry, attempt, streamed, started, stop.is_set(), ack, plan, model.id)
 
     async def _stream_within_context(
         self,
@@ -130,6 +139,7 @@ class ReplyGenerator:
         plan: PromptPlan,
         started: float,
         stop: asyncio.Event,
+        model: _Model,
     ) -> tuple[PromptPlan, _Streamed]:
         """Stream the reply to ``plan``'s prompt; if the model refuses it as too long
         for its context (:func:`worker.overflow.context_overflow`), once more with a
@@ -142,7 +152,7 @@ class ReplyGenerator:
         """
         try:
             return plan, await self._stream_with_restarts(
-                entry, attempt, plan.messages, started, stop
+                entry, attempt, plan.messages, started, stop, model
             )
         except LLMRejected as e:
             overflow = context_overflow(e)
@@ -160,8 +170,21 @@ class ReplyGenerator:
             plan.kept,
             smaller.history_tokens,
         )
-        streamed = await self._stream_with_restarts(entry, attempt, smaller.messages, started, stop)
+        streamed = await self._stream_with_restarts(
+            entry, attempt, smaller.messages, started, stop, model
+        )
         return smaller, streamed
+
+    def _model(self, chosen: str) -> _Model:
+        """The model of a session that chose ``chosen`` ("": the catalog's default).
+
+        Raises:
+            ModelNotServed: the catalog has no such model.
+        """
+        offer = self.settings.offer(chosen)
+        if offer is None:
+            raise ModelNotServed(f"model {chosen!r} is not in this worker's catalog")
+        return _Model(offer.id, offer.api_model)
 
     async def _stream_with_restarts(
         self,
@@ -170,6 +193,7 @@ class ReplyGenerator:
         prompt: list[PromptMessage],
         started: float,
         stop: asyncio.Event,
+        model: _Model,
     ) -> _Streamed:
         """Stream the reply, generating it again (after a ``restart`` event) each time
         the model's stream breaks, up to ``llm_max_retries`` times.
@@ -180,7 +204,7 @@ class ReplyGenerator:
         restarts = 0
         while True:
             try:
-                return await self._stream(entry, attempt, prompt, started, stop)
+                return await self._stream(entry, attempt, prompt, started, stop, model)
             except LLMStreamInterrupted as e:
                 restarts += 1
                 if restarts > self.settings.llm_max_retries:
@@ -199,9 +223,11 @@ class ReplyGenerator:
         stopped: bool,
         ack: tuple[str, str] | None,
         plan: PromptPlan,
+        model: str,
     ) -> None:
-        """Record the reply with its ``done`` event, then count and log it, and queue
-        the session's title or summary job if it calls for one."""
+        """Record the reply of ``model`` (its catalog id) with its ``done`` event, then
+        count and log it, and queue the session's title or summary job if it calls for
+        one."""
         reply = StoredMessage(
             id=str(uuid.uuid4()),
             role="assistant",
@@ -210,6 +236,7 @@ class ReplyGenerator:
             reply_to=entry.message_id,
             stopped=stopped,
             truncated=None if stopped else streamed.truncated,
+            model=model,
         )
         done = DoneEvent(message_id=entry.message_id, reply=reply.public())
         event_id = await self.store.finish(entry, reply, done, attempt, ack=ack)
@@ -279,6 +306,7 @@ class ReplyGenerator:
             keep_previous: keep the turn just before even over budget.
         """
         assert begun.session is not None
+        session = begun.session
         use_summary = self.settings.memory_summary
 
         def prompt(
@@ -287,7 +315,7 @@ class ReplyGenerator:
             return plan_prompt(
                 history,
                 entry.seq,
-                system_prompt=self.settings.system_prompt,
+                system_prompt=session.system_prompt or self.settings.system_prompt,
                 max_messages=self.settings.memory_max_messages,
                 max_tokens=self.settings.memory_max_tokens if max_tokens is None else max_tokens,
                 complete=complete,
@@ -299,8 +327,8 @@ class ReplyGenerator:
         try:
             return prompt(begun.session.messages, begun.session.summary, begun.complete)
         except HistoryTooShort:
-            session = await self.store.get_session(entry.token, touch=False)
-            return prompt(session.messages, session.summary, True)
+            whole = await self.store.get_session(entry.token, touch=False)
+            return prompt(whole.messages, whole.summary, True)
 
     async def _fail(
         self, entry: MessageEntry, attempt: str, error: LLMError, ack: tuple[str, str] | None
@@ -317,8 +345,9 @@ class ReplyGenerator:
         prompt: list[PromptMessage],
         started: float,
         stop: asyncio.Event,
+        model: _Model,
     ) -> _Streamed:
-        """Stream one reply to the session, coalescing deltas; return it, its TTFT (s)
+        """Stream one reply of ``model`` to the session, coalescing deltas; return it, its TTFT (s)
         and why it was cut, if it was.
 
         When ``stop`` is set, the model request is aborted and the text published so
@@ -332,7 +361,9 @@ class ReplyGenerator:
             SessionExpired: the session ended meanwhile.
         """
         queue: asyncio.Queue[Delta] = asyncio.Queue()
-        reader = asyncio.create_task(read_deltas(self.llm.stream(prompt), queue))
+        reader = asyncio.create_task(
+            read_deltas(self.llm.stream(prompt, model=model.api_model), queue)
+        )
         deadline = started + self.settings.reply_timeout_s
         stopper = asyncio.create_task(_end_on_stop(stop, deadline, reader, queue))
         pieces = Coalescer(queue)

@@ -162,7 +162,10 @@ class Summarizer:
         fold = turns_to_fold(recent, count=count, **budget)
         if not fold:
             return None
-        made = await self._write(token, base.text if base is not None else "", fold)
+        # The session's own model, as its replies (None: the worker's configured one).
+        offer = self.settings.offer(session.model)
+        model = offer.api_model if offer is not None else None
+        made = await self._write(token, base.text if base is not None else "", fold, model)
         if made is None:
             return None
         text, tokens = made
@@ -183,7 +186,7 @@ class Summarizer:
         return status
 
     async def _write(
-        self, token: str, previous: str, fold: Sequence[Turn]
+        self, token: str, previous: str, fold: Sequence[Turn], model: str | None
     ) -> tuple[str, int] | None:
         """The new summary and its tokens (the model's count where it gives one), or
         None if the model failed or said nothing."""
@@ -191,7 +194,9 @@ class Summarizer:
         prompt = summary_prompt(previous, fold)
         usage = track_usage()
         try:
-            text = "".join([p async for p in self.llm.stream(prompt, max_tokens=limit)]).strip()
+            text = "".join(
+                [p async for p in self.llm.stream(prompt, max_tokens=limit, model=model)]
+            ).strip()
         except LLMError as e:
             logger.warning("session=%s no summary: %s", fingerprint(token), e)
             return None
