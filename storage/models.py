@@ -70,20 +70,48 @@ class StoredMessage(EmbeddedJsonModel, MessageRecord):
     """:class:`MessageRecord` as redis-om's model of a message in a :class:`Session`."""
 
 
+class SummaryRecord(BaseModel):
+    """A session's rolling summary: what its turns up to user message ``seq`` said.
+
+    Written only by ``summary.lua``, which accepts a new summary only if it extends
+    the stored one from exactly the ``seq`` where that one ended, so no turn is ever
+    folded into it twice or skipped (see :mod:`worker.summary`).
+
+    Attributes:
+        text: the summary.
+        seq: the last user message it covers (its turn, and every turn before it); the
+            prompt holds it, then the turns after ``seq``.
+        tokens: its length in model tokens (the model's own count where it gave one,
+            else the worker's estimate).
+        timestamp: when it was written (ISO 8601 UTC).
+    """
+
+    text: str
+    seq: int
+    tokens: int
+    timestamp: str
+
+
+class StoredSummary(EmbeddedJsonModel, SummaryRecord):
+    """:class:`SummaryRecord` as redis-om's model of a :class:`Session`'s summary."""
+
+
 class SessionWindow(BaseModel):
     """What a reply reads of its session (``begin.lua``): the stop mark, its choice of
-    model and system prompt, and the newest messages of its history.
+    model and system prompt, its summary, and the newest messages of its history.
 
     Attributes:
         stop_seq: the last message whose reply a client asked to stop.
         model: the id of its model ("": the catalog's default).
         system_prompt: its own system prompt ("": the deployment's).
+        summary: its rolling summary, if one was written.
         messages: the newest messages, in the order they were recorded.
     """
 
     stop_seq: int = 0
     model: str = ""
     system_prompt: str = ""
+    summary: SummaryRecord | None = None
     messages: list[MessageRecord]
 
 
@@ -106,6 +134,7 @@ class Session(JsonModel, index=True):
     list the session ("" if none) and ``title`` its title ("" until one is given).
     ``model`` is the id of the catalog model it chose ("" : the default; see
     :mod:`runtime.catalog`) and ``system_prompt`` its own ("" : the deployment's).
+    ``summary`` is the rolling summary of its oldest turns (None until one is written).
     """
 
     token: str = Field(primary_key=True)
@@ -120,6 +149,7 @@ class Session(JsonModel, index=True):
     title: str = ""
     model: str = ""
     system_prompt: str = ""
+    summary: StoredSummary | None = None
     messages: list[StoredMessage] = []  # noqa: RUF012  (pydantic copies defaults)
 
     class Meta:

@@ -82,6 +82,7 @@ def _begun(status: BeginStatus, payload: Any) -> Begun:
         stop_seq=fields.get("stop_seq", 0),
         model=fields.get("model", ""),
         system_prompt=fields.get("system_prompt", ""),
+        summary=fields.get("summary"),
         messages=messages,
     )
     return Begun(

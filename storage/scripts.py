@@ -161,6 +161,17 @@ class TitleStatus(IntEnum):
     NO_SESSION = 2
 
 
+class SummaryStatus(IntEnum):
+    """``summary.lua``: the new summary stored, or not: the stored one is not the one it
+    was made from (payload: the stored summary's seq), or its seq is out of range
+    (payload: ``[seq, replied_seq]``); nothing changed."""
+
+    STORED = 0
+    STALE = 1
+    OUT_OF_RANGE = 2
+    NO_SESSION = 3
+
+
 class StopStatus(IntEnum):
     """``stop.lua``: a stop recorded (payload: the seq of the message to stop), or not."""
 

@@ -69,9 +69,10 @@ UNLIMITED_ADMISSION: dict[str, int] = {
 
 
 #: Model calls beyond the replies stay off: the delivery checks and the benchmark count
-#: and time every request the stand-in model gets, and the direct baseline has no
-#: titles. The titles are tested on purpose (tests/server/test_conversations.py).
-NO_EXTRA_MODEL_CALLS: dict[str, bool] = {"conversation_titles": False}
+#: and time every request the stand-in model gets (and read each as a reply's prompt),
+#: and the direct baseline has neither titles nor summaries. Both are tested on purpose
+#: (tests/server/test_conversations.py, tests/worker/test_summary.py).
+NO_EXTRA_MODEL_CALLS: dict[str, bool] = {"conversation_titles": False, "memory_summary": False}
 
 
 def pinned_environment(overrides: dict[str, str]) -> dict[str, str]:

@@ -11,7 +11,8 @@ In process::
         model.fail_next(503)
 
 As a process: ``python -m testkit.standin --port 8081 --tokens 64 --delay-ms 20``.
-Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, and for
+Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``,
+``POST /tokenize`` (llama.cpp's: a token per word, as its ``usage`` counts), and for
 tests ``GET /_requests`` (bodies), ``GET /_headers``, ``GET /_stats``, ``POST /_reset``,
 ``POST /_faults`` (``{"kind": "fail"|"cut"|"hang", ...}``), ``POST /_settings``, and for
 benchmarks ``GET /_timings[?deltas=1]`` (the stand-in's own timing of each reply, see
@@ -107,6 +108,7 @@ class _Settings(BaseModel):
     ttft_ms: Annotated[float, Field(ge=0)] | None = None
     delay_ms: Annotated[float, Field(ge=0)] | None = None
     report_usage: bool | None = None
+    context_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
 @dataclass
@@ -173,6 +175,22 @@ def _error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
+def _context_exceeded(prompt_tokens: int, context: int) -> web.Response:
+    """A prompt beyond the context, refused as llama.cpp's server does."""
+    message = (
+        f"request ({prompt_tokens} tokens) exceeds the available context size "
+        f"({context} tokens), try increasing it"
+    )
+    error = {
+        "code": 400,
+        "message": message,
+        "type": "exceed_context_size_error",
+        "n_prompt_tokens": prompt_tokens,
+        "n_ctx": context,
+    }
+    return web.json_response({"error": error}, status=400)
+
+
 def _wants_usage(body: object) -> bool:
     """Whether a request asks for a ``usage`` chunk (``stream_options.include_usage``)."""
     options = body.get("stream_options") if isinstance(body, dict) else None
@@ -212,6 +230,13 @@ class StandinModel:
         #: a token per word of every message and per delta (False: ignore it, as some
         #: APIs do).
         self.report_usage = True
+        #: The context (tokens, a token per word of every message): a longer prompt is
+        #: refused with a 400 worded as llama.cpp's server words it. None: no limit.
+        self.context_tokens: int | None = None
+        #: Answer ``POST /tokenize`` (False: 404, as servers without it do).
+        self.tokenize = True
+        #: Every text ``POST /tokenize`` counted, in order.
+        self.tokenized: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.timings: list[Timing] = []
@@ -259,6 +284,7 @@ class StandinModel:
         self.requests.clear()
         self.headers.clear()
         self.timings.clear()
+        self.tokenized.clear()
         self._faults.clear()
         self.completed = self.cancelled = self.cut = 0
         self._notify()
@@ -275,6 +301,7 @@ class StandinModel:
             "tokens": self.tokens,
             "ttft_ms": self.ttft_ms,
             "delay_ms": self.delay_ms,
+            "context_tokens": self.context_tokens,
         }
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
@@ -300,6 +327,7 @@ class StandinModel:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/_requests", self._get_requests)
         app.router.add_get("/_headers", self._get_headers)
         app.router.add_get("/_stats", self._get_stats)
@@ -360,6 +388,9 @@ class StandinModel:
             )
             return _error_response(400, f"invalid request: {message}")
 
+        prompt_tokens = sum(len(m.content.split()) for m in chat.messages)
+        if self.context_tokens is not None and prompt_tokens > self.context_tokens:
+            return _context_exceeded(prompt_tokens, self.context_tokens)
         prompt = next((m.content for m in reversed(chat.messages) if m.role == "user"), "")
         tokens = reply_tokens(prompt, self.tokens)
         timing = Timing(prompt, received)
@@ -512,6 +543,19 @@ class StandinModel:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        if not self.tokenize:
+            return _error_response(404, "File Not Found")
+        try:
+            body = json.loads(await request.text())
+        except ValueError:
+            body = None
+        content = body.get("content") if isinstance(body, dict) else None
+        if not isinstance(content, str):
+            return _error_response(400, '"content" must be provided')
+        self.tokenized.append(content)
+        return web.json_response({"tokens": list(range(len(content.split())))})
 
     async def _get_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.requests)

@@ -76,7 +76,25 @@ class WorkerSettings(CommonSettings):
         default=20, ge=1, description="Most history messages (user and assistant) in a prompt."
     )
     memory_max_tokens: int = Field(
-        default=1500, ge=1, description="Most history tokens (estimated) in a prompt."
+        default=1500,
+        ge=1,
+        description="Most history tokens (summary and turns; estimated, calibrated by the "
+        "model's own counts) in a prompt.",
+    )
+    memory_summary: bool = Field(
+        default=True,
+        description="Fold the oldest turns into a rolling summary once they outgrow the "
+        "trigger (a model call between replies, never delaying one); the prompt then "
+        "holds the summary and the turns after it.",
+    )
+    memory_summary_max_tokens: int = Field(
+        default=200, ge=16, description="Longest summary (model tokens)."
+    )
+    memory_summary_trigger_tokens: int = Field(
+        default=1000,
+        ge=1,
+        description="Summarize once the turns after the summary use more tokens than this "
+        "(or nearly MEMORY_MAX_MESSAGES messages); half of it is left unsummarized.",
     )
     claim_idle_ms: int = Field(
         default=5000, gt=0, description="Pending entries idle this long (ms) are taken over."

@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -32,50 +31,17 @@ from storage.connection import CONNECTION_ERRORS, is_cluster
 from storage.hub import RESYNC, UNAVAILABLE, Hub
 from storage.store import SessionExpired, Store
 from worker.config import WorkerSettings
+from worker.entries import StreamEntry
 from worker.llm import LLMClient
 from worker.metrics import TAKEOVERS
 from worker.reply import Replies
+from worker.summary import Summarizer
 from worker.titles import Titler
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_MAXLEN = 10_000
-
 #: What ``XREADGROUP`` returns: ``[stream, [(entry id, fields), ...]]`` per stream.
 ReadResponse = list[tuple[str, list[tuple[str, dict[str, str]]]]]
-
-
-@dataclass(frozen=True)
-class StreamEntry:
-    """An entry of a message stream, read or claimed by ``consumer`` (a
-    :class:`worker.reply.Delivery`)."""
-
-    redis: Redis[str]
-    consumer: str
-    #: ``(stream, entry id)``.
-    key: tuple[str, str]
-    fields: dict[str, str]
-    #: The delivery count when taken over from another consumer, 0 when read fresh.
-    deliveries: int
-
-    async def ack(self) -> None:
-        """``XACK`` the entry: it leaves the group's pending entries list."""
-        stream, id_ = self.key
-        await self.redis.xack(stream, keys.CONSUMER_GROUP, id_)  # type: ignore[no-untyped-call]
-
-    async def dead_letter(self, reason: str) -> None:
-        """Add the entry to the dead-letter stream, with where it was, why and who gave up."""
-        stream, id_ = self.key
-        record: dict[str, str] = {
-            **self.fields,
-            "stream": stream,
-            "entry_id": id_,
-            "reason": reason,
-            "consumer": self.consumer,
-        }
-        await self.redis.xadd(
-            keys.DEAD_LETTER_STREAM, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True
-        )
 
 
 class Worker:
@@ -102,7 +68,7 @@ class Worker:
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._room = asyncio.Event()
         self._room.set()
-        #: Set while no entry is in flight: title jobs run only then.
+        #: Set while no entry is in flight: title and summary jobs run only then.
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()
@@ -132,6 +98,9 @@ class Worker:
         if self.settings.conversation_titles:
             titler = Titler(self.store, self.llm, self.consumer, self._idle)
             loops.append(asyncio.create_task(titler.run(), name="titles"))
+        if self.settings.memory_summary:
+            summarizer = Summarizer(self.settings, self.store, self.llm, self.consumer, self._idle)
+            loops.append(asyncio.create_task(summarizer.run(), name="summaries"))
         logger.info(
             "worker %s serving %s on %d partitions",
             self.consumer,

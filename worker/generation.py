@@ -1,6 +1,8 @@
 """Generating one reply that has begun: its prompt, the model's stream published as
-coalesced ``token`` events, restarts after a broken stream, and its end, recorded: the
-reply with its ``done`` event, or the model's error."""
+coalesced ``token`` events, restarts after a broken stream, one more try with a smaller
+window when the model refuses the prompt as too long, and its end, recorded: the reply
+with its ``done`` event, or the model's error. Once recorded, a reply may queue its
+session's summary job (:mod:`worker.summary`)."""
 
 from __future__ import annotations
 
@@ -20,22 +22,25 @@ from protocol.wire import (
     ErrorEvent,
     MessageEntry,
     RestartEvent,
-    TokenEvent,
     utc_now,
 )
 from runtime.logs import fingerprint
 from runtime.tasks import cancel_and_wait
 from storage.admission import Limiter
-from storage.models import MessageRecord, StoredMessage
-from storage.store import Begun, Emit, SessionExpired, Store
-from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
+from storage.models import MessageRecord, StoredMessage, SummaryRecord
+from storage.store import Begun, Store
+from storage.summaries import Summaries
+from worker.coalesce import Coalescer, Delta, read_deltas
 from worker.config import WorkerSettings
 from worker.emits import EmitBatcher
-from worker.errors import LLMError, LLMStreamInterrupted, ModelNotServed
-from worker.llm import LLMClient, PromptMessage, track_usage
-from worker.memory import HistoryTooShort, build_prompt
+from worker.errors import LLMError, LLMRejected, LLMStreamInterrupted, ModelNotServed
+from worker.llm import LLMClient, PromptMessage
+from worker.memory import HistoryTooShort, PromptPlan, plan_prompt, summary_due
 from worker.metrics import REPLIES, REPLY_SECONDS, TIME_TO_FIRST_TOKEN
+from worker.overflow import context_overflow
+from worker.publish import TokenPublisher, end_on_stop
 from worker.quota import charge_reply, reply_cost
+from worker.response import track_usage
 from worker.titles import request_title
 
 logger = logging.getLogger(__name__)
@@ -84,6 +89,7 @@ class ReplyGenerator:
         self.emits = EmitBatcher(store)
         self.llm = llm
         self.store = store
+        self.summaries = Summaries(store.redis, settings)
 
     async def generate(
         self,
@@ -109,22 +115,66 @@ class ReplyGenerator:
         assert begun.session is not None
         if begun.session.stop_seq >= entry.seq:
             stop.set()
-        prompt = await self._prompt(entry, begun)
+        plan = await self._prompt(entry, begun)
         usage = track_usage()  # filled by the model's responses, for the quotas
         started = time.perf_counter()
         try:
             model = self._model(begun.session.model)
-            streamed = await self._stream_with_restarts(
-                entry, attempt, prompt, started, stop, model
+            plan, streamed = await self._stream_within_context(
+                entry, attempt, begun, plan, started, stop, model
             )
         except LLMError as e:
             await self._fail(entry, attempt, e, ack)
             return
         # Charged before the reply is recorded, so a client that sees its `done` finds
         # the quota up to date; what the model generated counts, recorded or not.
-        cost = reply_cost(usage, prompt, streamed.text)
+        cost = reply_cost(usage, plan.messages, streamed.text)
         await charge_reply(self.limiter, self.settings, entry.token, cost)
-        await self._record(entry, attempt, streamed, started, stop.is_set(), ack, model.id)
+        await self._record(entry, attempt, streamed, started, stop.is_set(), ack, plan, model.id)
+
+    async def _stream_within_context(
+        self,
+        entry: MessageEntry,
+        attempt: str,
+        begun: Begun,
+        plan: PromptPlan,
+        started: float,
+        stop: asyncio.Event,
+        model: _Model,
+    ) -> tuple[PromptPlan, _Streamed]:
+        """Stream the reply to ``plan``'s prompt; if the model refuses it as too long
+        for its context (:func:`worker.overflow.context_overflow`), once more with a
+        smaller window: the history's tokens scaled by the overflow's
+        :meth:`~worker.overflow.ContextOverflow.shrink` (at least halved), the turn just
+        before no longer kept over budget. Return the prompt used and the reply.
+
+        Raises:
+            LLMError: the model failed, or refused the smaller prompt too.
+        """
+        try:
+            return plan, await self._stream_with_restarts(
+                entry, attempt, plan.messages, started, stop, model
+            )
+        except LLMRejected as e:
+            overflow = context_overflow(e)
+            if overflow is None:
+                raise
+        budget = int(plan.history_tokens * overflow.shrink())
+        smaller = await self._prompt(entry, begun, max_tokens=budget, keep_previous=False)
+        logger.warning(
+            "message_id=%s prompt too long for the model (limit %s, asked %s tokens): "
+            "again with %d of %d turns, %d history tokens",
+            entry.message_id,
+            overflow.limit,
+            overflow.requested,
+            smaller.kept,
+            plan.kept,
+            smaller.history_tokens,
+        )
+        streamed = await self._stream_with_restarts(
+            entry, attempt, smaller.messages, started, stop, model
+        )
+        return smaller, streamed
 
     def _model(self, chosen: str) -> _Model:
         """The model of a session that chose ``chosen`` ("": the catalog's default).
@@ -163,7 +213,8 @@ class ReplyGenerator:
                 logger.warning(
                     "message_id=%s stream interrupted (%s); generating again", entry.message_id, e
                 )
-                await self._emit(entry, attempt, RestartEvent(message_id=entry.message_id))
+                publisher = TokenPublisher(self.emits, self.settings, entry, attempt)
+                await publisher.emit(RestartEvent(message_id=entry.message_id))
 
     async def _record(
         self,
@@ -173,10 +224,12 @@ class ReplyGenerator:
         started: float,
         stopped: bool,
         ack: tuple[str, str] | None,
+        plan: PromptPlan,
         model: str,
     ) -> None:
         """Record the reply of ``model`` (its catalog id) with its ``done`` event, then
-        count and log it."""
+        count and log it, and queue the session's title or summary job if it calls for
+        one."""
         reply = StoredMessage(
             id=str(uuid.uuid4()),
             role="assistant",
@@ -197,6 +250,8 @@ class ReplyGenerator:
             REPLY_SECONDS.observe(total_s)
             if entry.seq == 1 and self.settings.conversation_titles:
                 await self._request_title(entry.token)
+            if self._summary_due(plan, reply):
+                await self._request_summary(entry.token)
         logger.info(
             "message_id=%s session=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
             entry.message_id,
@@ -216,27 +271,66 @@ class ReplyGenerator:
         except (RedisError, OSError) as e:
             logger.warning("session=%s title not requested: %s", fingerprint(token), e)
 
-    async def _prompt(self, entry: MessageEntry, begun: Begun) -> list[PromptMessage]:
-        """The prompt of ``entry``'s reply, from the newest messages that ``begin``
-        read; from the whole history only if they are not enough to tell."""
+    def _summary_due(self, plan: PromptPlan, reply: StoredMessage) -> bool:
+        """Whether the turns after the summary, with the one just recorded, call for a
+        summary job: some already left the prompt, or they pass the trigger."""
+        if not self.settings.memory_summary:
+            return False
+        left_out = plan.kept < len(plan.recent)
+        return left_out or summary_due(
+            [*plan.recent, (plan.message, reply)],
+            trigger_tokens=self.settings.memory_summary_trigger_tokens,
+            max_messages=self.settings.memory_max_messages,
+            count=self.llm.tokens.estimate,
+        )
+
+    async def _request_summary(self, token: str) -> None:
+        """Queue the session's summary job; best effort (the next reply asks again)."""
+        try:
+            await self.summaries.request_summary(token)
+        except (RedisError, OSError) as e:
+            logger.warning("session=%s summary not requested: %s", fingerprint(token), e)
+
+    async def _prompt(
+        self,
+        entry: MessageEntry,
+        begun: Begun,
+        *,
+        max_tokens: int | None = None,
+        keep_previous: bool = True,
+    ) -> PromptPlan:
+        """The prompt of ``entry``'s reply (see :func:`worker.memory.plan_prompt`),
+        from the newest messages that ``begin`` read; from the whole history only if
+        they are not enough to tell.
+
+        Args:
+            max_tokens: the history's token budget (None: ``memory_max_tokens``).
+            keep_previous: keep the turn just before even over budget.
+        """
         assert begun.session is not None
         session = begun.session
+        use_summary = self.settings.memory_summary
 
-        def prompt(history: Sequence[MessageRecord], complete: bool) -> list[PromptMessage]:
-            return build_prompt(
+        def prompt(
+            history: Sequence[MessageRecord], summary: SummaryRecord | None, complete: bool
+        ) -> PromptPlan:
+            return plan_prompt(
                 history,
                 entry.seq,
                 system_prompt=session.system_prompt or self.settings.system_prompt,
                 max_messages=self.settings.memory_max_messages,
-                max_tokens=self.settings.memory_max_tokens,
+                max_tokens=self.settings.memory_max_tokens if max_tokens is None else max_tokens,
                 complete=complete,
+                summary=summary if use_summary else None,
+                count=self.llm.tokens.estimate,
+                keep_previous=keep_previous,
             )
 
         try:
-            return prompt(begun.session.messages, begun.complete)
+            return prompt(begun.session.messages, begun.session.summary, begun.complete)
         except HistoryTooShort:
             whole = await self.store.get_session(entry.token, touch=False)
-            return prompt(whole.messages, True)
+            return prompt(whole.messages, whole.summary, True)
 
     async def _fail(
         self, entry: MessageEntry, attempt: str, error: LLMError, ack: tuple[str, str] | None
@@ -273,10 +367,11 @@ class ReplyGenerator:
             read_deltas(self.llm.stream(prompt, model=model.api_model), queue)
         )
         deadline = started + self.settings.reply_timeout_s
-        stopper = asyncio.create_task(_end_on_stop(stop, deadline, reader, queue))
+        stopper = asyncio.create_task(end_on_stop(stop, deadline, reader, queue))
         pieces = Coalescer(queue)
         try:
-            first_token_s, cut = await self._publish(entry, attempt, pieces, reader, started)
+            publisher = TokenPublisher(self.emits, self.settings, entry, attempt)
+            first_token_s, cut = await publisher.publish(pieces, reader, started)
             timed_out = stopper.done() and stopper.result()
         finally:
             await cancel_and_wait([reader, stopper])
@@ -288,70 +383,3 @@ class ReplyGenerator:
                 )
             raise EmptyReply("the model returned an empty reply")
         return _Streamed(text, first_token_s, "length" if cut else "time" if timed_out else None)
-
-    async def _publish(
-        self,
-        entry: MessageEntry,
-        attempt: str,
-        pieces: Coalescer,
-        reader: asyncio.Task[None],
-        started: float,
-    ) -> tuple[float, bool]:
-        """Publish the reply's pieces as ``token`` events until it ends; return its TTFT
-        (s) and whether it was cut at ``reply_max_chars``.
-
-        The first delta is published at once; after each publication, deltas that
-        arrive within ``stream_flush_ms`` are joined into the next event.
-        """
-        first_token_s = 0.0
-        first = True  # the attempt's first event gives the event stream its TTL
-        window = self.settings.stream_flush_ms / 1000
-        room = self.settings.reply_max_chars
-        while (body := await pieces.next_piece()) is not None:
-            cut = len(body) > room
-            if cut:
-                body = pieces.parts[-1] = body[:room]
-            room -= len(body)
-            if len(pieces.parts) == 1:
-                first_token_s = time.perf_counter() - started
-            sent_at = time.perf_counter()
-            if body:
-                event = TokenEvent(message_id=entry.message_id, content=body)
-                await self._emit(entry, attempt, event, first=first)
-                first = False
-            if cut:
-                return first_token_s, True
-            # Wait out the window only while the model is still sending: once the
-            # whole reply is queued (or a stop ends the reader), the rest goes out at
-            # once, so the end of a reply never waits for the window.
-            remaining = window - (time.perf_counter() - sent_at)
-            if remaining > 0 and not pieces.finished and not reader.done():
-                await asyncio.wait({reader}, timeout=remaining)
-        return first_token_s, False
-
-    async def _emit(
-        self,
-        entry: MessageEntry,
-        attempt: str,
-        event: TokenEvent | RestartEvent,
-        first: bool = True,
-    ) -> None:
-        emit = Emit(entry.token, event.model_dump_json(exclude_none=True), attempt, first)
-        if await self.emits.emit(emit) is None:
-            raise SessionExpired(entry.token)
-
-
-async def _end_on_stop(
-    stop: asyncio.Event, deadline: float, reader: asyncio.Task[None], queue: asyncio.Queue[Delta]
-) -> bool:
-    """Once ``stop`` is set or ``deadline`` (``time.perf_counter()``) has passed, abort
-    the model request and end the reply's queue; return whether the deadline did it."""
-    timed_out = False
-    try:
-        async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
-            await stop.wait()
-    except TimeoutError:
-        timed_out = True
-    reader.cancel()
-    queue.put_nowait(EndOfReply())
-    return timed_out

@@ -8,16 +8,17 @@ and reads the server-sent events (:mod:`worker.sse`).
 Failures before the first delta are retried with the one backoff
 (:func:`runtime.retry.retrying`); after it, a break raises :class:`LLMStreamInterrupted`
 and the caller decides.
+
+Each client also counts tokens (:attr:`LLMClient.tokens`, a
+:class:`worker.tokens.TokenCounter`): every ``usage`` a response reports calibrates it,
+and so does llama.cpp's ``POST /tokenize`` (:meth:`LLMClient.count_tokens`) where the
+server has it.
 """
 
 from __future__ import annotations
 
-import email.utils
-import json
 import logging
-import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,19 +26,23 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from runtime.retry import retrying
-from worker import sse
 from worker.errors import (
     LLMError,
     LLMRejected,
     LLMStreamInterrupted,
-    LLMUnavailable,
     error_for_status,
 )
+from worker.response import (
+    StreamResponse,
+    error_detail,
+    parse_retry_after,
+    request_failed,
+)
+from worker.tokens import TokenCounter
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-_MAX_DETAIL = 300  # characters of a server's error message kept in our errors
 
 
 class PromptMessage(BaseModel):
@@ -47,40 +52,6 @@ class PromptMessage(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str
-
-
-@dataclass
-class Usage:
-    """Model tokens a reply used, as the model reported them (OpenAI's ``usage``).
-
-    ``reported`` is False when no response carried a ``usage`` (an API that ignores
-    ``stream_options``); the caller then estimates. Several requests (retries, a stream
-    generated again) add up.
-    """
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    reported: bool = False
-
-    def add(self, usage: dict[str, Any]) -> None:
-        """Add one response's ``usage`` object; malformed fields count as 0."""
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        self.prompt_tokens += prompt if isinstance(prompt, int) else 0
-        self.completion_tokens += completion if isinstance(completion, int) else 0
-        self.reported = True
-
-
-#: The :class:`Usage` that model responses read in this context add to, if any. The
-#: worker sets one per reply (:func:`track_usage`); the reading task inherits it.
-_USAGE: ContextVar[Usage | None] = ContextVar("parley_llm_usage", default=None)
-
-
-def track_usage() -> Usage:
-    """A fresh :class:`Usage` that every model stream read from now on in this context
-    (and in tasks it creates) adds to."""
-    usage = Usage()
-    _USAGE.set(usage)
-    return usage
 
 
 @dataclass(frozen=True)
@@ -119,6 +90,13 @@ class LLMConfig:
         """``{base_url}/chat/completions``."""
         return self.base_url.rstrip("/") + "/chat/completions"
 
+    @property
+    def tokenize_url(self) -> str:
+        """llama.cpp's ``/tokenize``: the server's root (``base_url`` without a final
+        ``/v1``) plus ``/tokenize``."""
+        root = self.base_url.rstrip("/")
+        return root.removesuffix("/v1") + "/tokenize"
+
 
 class LLMClient:
     """Streams chat completions from one OpenAI-compatible server.
@@ -140,6 +118,10 @@ class LLMClient:
         self._headers = {"Accept": "text/event-stream"}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
+        #: The model's token counts, learned from its ``usage`` and ``/tokenize``.
+        self.tokens = TokenCounter()
+        #: Whether the server has ``/tokenize`` (None until asked).
+        self.can_tokenize: bool | None = None
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -199,12 +181,62 @@ class LLMClient:
         if self.config.stop:
             body["stop"] = list(self.config.stop)
         if self.config.include_usage:
-            # The model's own count of the tokens, for the quotas (a last chunk).
+            # The model's own count of the tokens, for the quotas and the token
+            # estimate's calibration (a last chunk).
             body["stream_options"] = {"include_usage": True}
-        return self._stream(body)
+        return self._stream(body, [m.content for m in messages])
 
-    async def _stream(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
-        response, first = await self._start(body)
+    async def count_tokens(self, text: str) -> int | None:
+        """The model's own count of the tokens of ``text``, from llama.cpp's
+        ``POST /tokenize`` (``{"content": text}`` -> ``{"tokens": [...]}``); it also
+        calibrates :attr:`tokens`.
+
+        Returns None, never raising, when the count cannot be had: a server without the
+        route (404, 405, 501: it is not asked again), an error, a timeout, or an answer
+        of another shape. One try, no retry: a count is a refinement, never needed.
+        """
+        if self._closed or self.can_tokenize is False:
+            return None
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        headers = {k: v for k, v in self._headers.items() if k != "Accept"}
+        try:
+            async with self._session.post(
+                self.config.tokenize_url,
+                json={"content": text},
+                headers=headers,
+                timeout=self._timeout,
+            ) as resp:
+                if resp.status in (404, 405, 501):
+                    self.can_tokenize = False
+                    logger.info("the model server has no /tokenize (%d)", resp.status)
+                    return None
+                if resp.status != 200:
+                    logger.debug("/tokenize answered %d", resp.status)
+                    return None
+                answer = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            logger.debug("/tokenize failed: %s", self._redact(repr(e)))
+            return None
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, list):
+            return None
+        self.can_tokenize = True
+        self.tokens.observe(len(text.encode("utf-8")), len(tokens))
+        return len(tokens)
+
+    def _calibrate(self, contents: list[str]) -> Callable[[dict[str, Any]], None]:
+        """What to do with a response's ``usage`` for a prompt of ``contents``."""
+
+        def observe(usage: dict[str, Any]) -> None:
+            prompt_tokens = usage.get("prompt_tokens")
+            if isinstance(prompt_tokens, int):
+                self.tokens.observe_prompt(contents, prompt_tokens)
+
+        return observe
+
+    async def _stream(self, body: dict[str, Any], contents: list[str]) -> AsyncGenerator[str, None]:
+        response, first = await self._start(body, self._calibrate(contents))
         try:
             if first is None:
                 return
@@ -220,7 +252,9 @@ class LLMClient:
         finally:
             response.close()
 
-    async def _start(self, body: dict[str, Any]) -> tuple[_Response, str | None]:
+    async def _start(
+        self, body: dict[str, Any], on_usage: Callable[[dict[str, Any]], None]
+    ) -> tuple[StreamResponse, str | None]:
         """Send the request and read up to its first delta (None for an empty reply),
         trying again as :meth:`stream` says."""
         cfg = self.config
@@ -232,7 +266,7 @@ class LLMClient:
             wait_jitter_s=cfg.backoff_base_s,
         ):
             with attempt:
-                response = _Response(await self._post(body), self._redact)
+                response = StreamResponse(await self._post(body), self._redact, on_usage)
                 try:
                     first = await response.next_delta()
                 except BaseException:
@@ -264,7 +298,7 @@ class LLMClient:
                 self.config.completions_url, json=body, headers=self._headers, timeout=self._timeout
             )
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            raise _request_failed(e, self._redact) from e
+            raise request_failed(e, self._redact) from e
         if 200 <= resp.status < 300:
             return resp
         try:
@@ -273,125 +307,14 @@ class LLMClient:
             text = ""
         finally:
             resp.close()
-        detail = self._redact(_error_detail(text) or resp.reason or "")
+        detail = self._redact(error_detail(text) or resp.reason or "")
         raise error_for_status(
             resp.status,
             f"model server answered {resp.status}: {detail}",
-            _parse_retry_after(resp.headers.get("Retry-After")),
+            parse_retry_after(resp.headers.get("Retry-After")),
             retryable=resp.status in RETRYABLE_STATUSES,
         )
 
     def _redact(self, text: str) -> str:
         key = self.config.api_key
         return text.replace(key, "***") if key else text
-
-
-class _Response:
-    """One streaming response being read: its deltas, and whether the reply finished."""
-
-    def __init__(self, resp: aiohttp.ClientResponse, redact: Callable[[str], str]) -> None:
-        self._resp = resp
-        self._redact = redact
-        #: A chunk carried a ``finish_reason``: the reply is whole.
-        self.finished = False
-        #: The stream ended as it should (``[DONE]``, or its end after a finish).
-        self.complete = False
-        self._garbage = 0
-
-    async def next_delta(self) -> str | None:
-        """The next non-empty content delta; None once the reply is whole.
-
-        Raises:
-            LLMError: an in-stream error (:class:`LLMRejected` for a 4xx code), or, as
-                :class:`LLMUnavailable`, a broken stream or one that ended unfinished.
-        """
-        try:
-            async for raw in self._resp.content:
-                content = self._content(raw)
-                if content is None:
-                    self.complete = True
-                    return None
-                if content:
-                    return content
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            # ValueError: aiohttp's "Chunk too big", a line over its read buffer.
-            if self.finished:  # the reply is whole; only the [DONE] line went missing
-                logger.debug("model stream broke after finish_reason: %r", e)
-                return None
-            raise _request_failed(e, self._redact) from e
-        if not self.finished:
-            raise LLMUnavailable("the model stream ended before it finished", retryable=True)
-        self.complete = True
-        return None
-
-    def _content(self, raw: bytes) -> str | None:
-        """The content one line adds ("" for none), or None for ``[DONE]``.
-
-        Raises:
-            LLMError: the line is an in-stream error.
-        """
-        event = sse.parse_line(raw)
-        if isinstance(event, sse.UsageReport):
-            if (usage := _USAGE.get()) is not None:
-                usage.add(event.usage)
-            event = event.chunk
-        if isinstance(event, sse.Done):
-            return None
-        if isinstance(event, sse.Garbage):
-            # One warning per response: an HTML page must not flood the log.
-            self._garbage += 1
-            logger.log(
-                logging.WARNING if self._garbage == 1 else logging.DEBUG,
-                "skipping unparsable line from the model: %.200s",
-                self._redact(raw.decode("utf-8", "replace").rstrip()),
-            )
-        elif isinstance(event, sse.StreamError):
-            message = f"model stream error: {event.message[:_MAX_DETAIL]}"
-            raise error_for_status(event.status, message, None, retryable=True)
-        elif isinstance(event, sse.Chunk):
-            self.finished = self.finished or event.finished
-            return event.content
-        return ""
-
-    def close(self) -> None:
-        """Release a complete response's connection for reuse; close any other, which
-        drops the connection, so an abandoned stream stops the model server at once."""
-        if self.complete:
-            self._resp.release()
-        else:
-            self._resp.close()
-
-
-def _request_failed(error: Exception, redact: Callable[[str], str]) -> LLMUnavailable:
-    kind = "timed out" if isinstance(error, TimeoutError) else "failed"
-    return LLMUnavailable(f"model request {kind}: {redact(repr(error))}", retryable=True)
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds from now (delta-seconds or HTTP date), None if absent."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            logger.debug("ignoring unparsable Retry-After %r", value)
-            return None
-    return max(0.0, seconds) if seconds == seconds else None  # NaN is not a delay
-
-
-def _error_detail(text: str) -> str:
-    """The message out of an OpenAI-, TGI- or FastAPI-style error body, else the text."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text.strip()[:_MAX_DETAIL]
-    if isinstance(data, dict):
-        err = data.get("error", data.get("detail", data.get("message")))
-        if isinstance(err, dict):
-            err = err.get("message", err)
-        if err is not None:
-            return str(err)[:_MAX_DETAIL]
-    return text.strip()[:_MAX_DETAIL]

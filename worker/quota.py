@@ -17,8 +17,9 @@ from redis.exceptions import RedisError
 from runtime.config import CommonSettings
 from runtime.logs import fingerprint
 from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter
-from worker.llm import PromptMessage, Usage
+from worker.llm import PromptMessage
 from worker.memory import estimate_tokens
+from worker.response import Usage
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ STATUSES: dict[str, type[IntEnum]] = {
     "stop.lua": scripts.StopStatus,
     "owner_add.lua": scripts.OwnerAddStatus,
     "title.lua": scripts.TitleStatus,
+    "summary.lua": scripts.SummaryStatus,
     "fail.lua": scripts.FailStatus,
     "due.lua": scripts.DueStatus,
     "trim_stream.lua": scripts.TrimStatus,

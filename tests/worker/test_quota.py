@@ -12,8 +12,9 @@ from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, digest, limit_key
 from testkit.standin import StandinModel
 from tests.support.events import count, read_until
 from tests.support.parley import running_parley
-from worker.llm import LLMClient, LLMConfig, PromptMessage, track_usage
+from worker.llm import LLMClient, LLMConfig, PromptMessage
 from worker.memory import estimate_tokens
+from worker.response import track_usage
 
 PROMPT = [
     PromptMessage(role="system", content="Be brief."),

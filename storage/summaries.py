@@ -1,0 +1,64 @@
+"""Rolling summaries: the summary jobs' stream, and storing a summary exactly once.
+
+A session's summary (:class:`storage.models.SummaryRecord`) covers its turns up to a
+``seq``; ``summary.lua`` stores a new one only if it extends the stored one from exactly
+that ``seq`` (compare-and-set), so a job retried after a crash or raced by another
+worker folds no turn twice and skips none. The workers' job is :mod:`worker.summary`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Final
+
+from storage import keys
+from storage.base import StoreBase
+from storage.models import SummaryRecord
+from storage.scripts import Script, SummaryStatus
+from storage.sessions import SessionExpired
+
+#: The summary jobs: a session's token once its recent turns outgrow the trigger. The
+#: workers' group :data:`SUMMARY_GROUP` reads it between replies (one stream, one slot).
+SUMMARY_STREAM: Final = f"{keys.PREFIX}:summaries"
+#: The consumer group of the workers on :data:`SUMMARY_STREAM`.
+SUMMARY_GROUP: Final = "summarizers"
+#: Bound of the summary stream (entries, approximate).
+SUMMARY_STREAM_MAXLEN: Final = 10_000
+
+
+class Summaries(StoreBase):
+    """Sessions' rolling summaries (a store part, used by the summary job)."""
+
+    @cached_property
+    def _summary(self) -> Script[SummaryStatus]:
+        return Script(self.redis, "summary.lua", SummaryStatus)
+
+    async def request_summary(self, token: str) -> None:
+        """Queue a summary job for session ``token``."""
+        await self.redis.xadd(
+            SUMMARY_STREAM, {"token": token}, maxlen=SUMMARY_STREAM_MAXLEN, approximate=True
+        )
+
+    async def store_summary(self, token: str, base: int, summary: SummaryRecord) -> SummaryStatus:
+        """Store ``summary`` as session ``token``'s, if the stored one is still ``base``.
+
+        Args:
+            base: the ``seq`` of the summary it was made from (0: there was none).
+            summary: the new summary; its ``seq`` must be after ``base``, answered, and
+                before the session's last message.
+
+        Returns:
+            ``STORED``; ``STALE`` (another summary was stored since: nothing changed);
+            ``OUT_OF_RANGE`` (``summary.seq`` is not a turn it may cover: nothing
+            changed).
+
+        Raises:
+            SessionExpired: the session no longer exists.
+        """
+        status, _ = await self._summary(
+            keys=[keys.session_key(token)],
+            args=[base, summary.seq, summary.model_dump_json()],
+        )
+        if status is SummaryStatus.NO_SESSION:
+            raise SessionExpired(token)
+        return status
