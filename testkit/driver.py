@@ -142,17 +142,22 @@ class ChatDriver:
         assert self._http is not None, "use ChatDriver in `async with`"
         return self._http
 
-    async def open(self, count: int) -> list[SessionTrace]:
-        """Open ``count`` more sessions at once (a token and a socket each)."""
+    async def open(self, count: int, model: str | None = None) -> list[SessionTrace]:
+        """Open ``count`` more sessions at once (a token and a socket each), of ``model``
+        (a catalog id; None: the default)."""
         first = len(self.sessions)
-        opened = await asyncio.gather(*(self._open_one(i) for i in range(first, first + count)))
+        opened = await asyncio.gather(
+            *(self._open_one(i, model) for i in range(first, first + count))
+        )
         self.sessions.extend(opened)
         return list(opened)
 
-    async def _open_one(self, index: int) -> SessionTrace:
+    async def _open_one(self, index: int, model: str | None) -> SessionTrace:
         server = index % len(self.server_urls)
         url = self.server_urls[server]
-        async with self.http.post(f"{url}/token", params={"name": f"s{index}"}) as response:
+        body = {"model": model} if model is not None else None
+        params = {"name": f"s{index}"}
+        async with self.http.post(f"{url}/token", params=params, json=body) as response:
             assert response.status == 200, await response.text()
             token: str = (await response.json())["token"]
         ws = await self.http.ws_connect(f"{url}/chat", params={"token": token}, heartbeat=None)
