@@ -36,6 +36,9 @@ class ErrorCode(StrEnum):
     MESSAGE_LOST = "message_lost"
     TOO_MANY_REQUESTS = "too_many_requests"
     QUOTA_EXCEEDED = "quota_exceeded"
+    REPLY_IN_PROGRESS = "reply_in_progress"
+    NOT_LAST_MESSAGE = "not_last_message"
+    TOO_MANY_VERSIONS = "too_many_versions"
 
 
 def utc_now() -> str:
@@ -62,6 +65,21 @@ class ChatMessage(_Wire):
         description="a reply cut at the worker's per-reply bound of time (REPLY_TIMEOUT_S) "
         "or length (REPLY_MAX_CHARS): content is partial",
     )
+    versions: list[MessageVersion] | None = Field(
+        default=None,
+        description="a user message's earlier versions, oldest first, left by regenerate "
+        "and edit commands; absent when it has none",
+        exclude_if=lambda value: value is None,  # absent, not null, from other messages
+    )
+
+
+class MessageVersion(_Wire):
+    """An earlier version of a turn, kept when a ``regenerate`` or ``edit`` replaced it:
+    the user's text then and the reply it got (None if it got none: its reply failed)."""
+
+    content: str
+    timestamp: str = Field(description="ISO 8601 UTC: when the user's text was sent")
+    reply: ChatMessage | None
 
 
 class SessionView(_Wire):
@@ -162,8 +180,21 @@ class ErrorEvent(_Wire):
     )
 
 
+class RevisedEvent(_Wire):
+    """A ``regenerate`` or ``edit`` command replaced a turn's reply: ``message`` is the
+    user message as it now stands, with the turn's earlier versions in ``versions``.
+    Clients replace the message and drop its reply; the new reply follows (``token``
+    events, then ``done`` or ``error``) for the same ``message_id``."""
+
+    type: Literal["revised"] = "revised"
+    message_id: str
+    message: ChatMessage
+    event_id: str | None = None
+
+
 ServerEvent = Annotated[
-    QueuedEvent | TokenEvent | RestartEvent | DoneEvent | ErrorEvent, Field(discriminator="type")
+    QueuedEvent | TokenEvent | RestartEvent | DoneEvent | ErrorEvent | RevisedEvent,
+    Field(discriminator="type"),
 ]
 SERVER_EVENT: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)
 
@@ -195,7 +226,36 @@ class StopCommand(_Wire):
     type: Literal["stop"] = "stop"
 
 
-ClientCommand = Annotated[MessageCommand | ResumeCommand | StopCommand, Field(discriminator="type")]
+class RegenerateCommand(_Wire):
+    """Ask again for the reply to the session's last user message.
+
+    Accepted once every message of the session is answered; the reply it replaces
+    becomes an earlier version of the turn (a ``revised`` event, then the new reply).
+    Refused with ``reply_in_progress`` while a reply is generated or messages wait, with
+    ``not_last_message`` if the session has no message, with ``too_many_versions`` at the
+    bound of versions.
+    """
+
+    type: Literal["regenerate"] = "regenerate"
+
+
+class EditCommand(_Wire):
+    """Replace the text of the session's last user message and ask for a new reply.
+
+    As :class:`RegenerateCommand`; ``message_id`` must be the last user message's id
+    (else ``not_last_message``), and ``content`` follows a message's rules
+    (``empty_message``, ``message_too_long``).
+    """
+
+    type: Literal["edit"] = "edit"
+    message_id: str = Field(max_length=64)
+    content: str
+
+
+ClientCommand = Annotated[
+    MessageCommand | ResumeCommand | StopCommand | RegenerateCommand | EditCommand,
+    Field(discriminator="type"),
+]
 CLIENT_COMMAND: TypeAdapter[ClientCommand] = TypeAdapter(ClientCommand)
 
 #: A JSON command nested deeper than this (objects and arrays) is refused unparsed.
@@ -301,7 +361,8 @@ def parse_frame(text: str, *, max_message_chars: int) -> ClientCommand:
         if any(err["type"] == "union_tag_invalid" for err in errors):
             raise FrameRefused(
                 ErrorCode.UNKNOWN_COMMAND,
-                f"unknown command type {_clip(repr(data['type']))}; known: message, resume, stop",
+                f"unknown command type {_clip(repr(data['type']))}; "
+                "known: message, resume, stop, regenerate, edit",
             ) from e
         detail = "; ".join(
             f"{_clip('.'.join(str(p) for p in err['loc'][1:]))}: {err['msg']}" for err in errors[:3]

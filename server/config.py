@@ -25,6 +25,11 @@ class ServerSettings(SecuritySettings):
     max_title_chars: int = Field(
         default=100, gt=0, description="Longest conversation title (characters)."
     )
+    max_message_versions: int = Field(
+        default=20,
+        gt=0,
+        description="Earlier versions a turn keeps at most (regenerate and edit add one each).",
+    )
     socket_queue_size: int = Field(
         default=1024, gt=0, description="Events buffered per socket before it resyncs."
     )

@@ -20,9 +20,11 @@ from starlette.websockets import WebSocketState
 
 from protocol.event_ids import stream_id_key
 from protocol.wire import (
+    EditCommand,
     ErrorCode,
     FrameRefused,
     QueuedEvent,
+    RegenerateCommand,
     ResumeCommand,
     StopCommand,
     parse_frame,
@@ -38,7 +40,16 @@ from server.metrics import MESSAGES_ACCEPTED
 from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, REDIS_DOWN, UNAVAILABLE_DETAIL, EventRelay
 from storage import keys
 from storage.hub import CHECK, RESYNC, Hub, Subscription
-from storage.store import Overloaded, SessionExpired, SessionFull, Store, TooManyPending
+from storage.store import (
+    NotLastMessage,
+    Overloaded,
+    ReplyInProgress,
+    SessionExpired,
+    SessionFull,
+    Store,
+    TooManyPending,
+    TooManyVersions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +241,8 @@ class ChatConnection:
             await self._on_resume(command.after)
         elif isinstance(command, StopCommand):
             await self._on_stop()
+        elif isinstance(command, RegenerateCommand | EditCommand):
+            await self._on_revise(command)
         else:
             await self._on_message(command.content)
 
@@ -275,16 +288,73 @@ class ChatConnection:
             return
         logger.info("session=%s seq=%d stop requested", self.session, seq)
 
-    async def _on_message(self, content: str) -> None:
+    async def _content_refused(self, content: str) -> bool:
+        """Whether ``content`` breaks a message's rules (empty, too long); if so the
+        client got the error."""
         if not content.strip():
             await self.relay.send_error(ErrorCode.EMPTY_MESSAGE, "the message is empty")
-            return
+            return True
         limit = self.settings.max_message_chars
         if len(content) > limit:
             await self.relay.send_error(
                 ErrorCode.MESSAGE_TOO_LONG,
                 f"the message has {len(content)} characters; at most {limit} are accepted",
             )
+            return True
+        return False
+
+    async def _on_revise(self, command: RegenerateCommand | EditCommand) -> None:
+        """Queue the last user message again, edited or not (see
+        :meth:`storage.store.Store.revise`); the ``revised`` event reaches every socket
+        of the session through its event stream. Admitted as a message is (a reply of
+        the model costs the same). A refusal is an ``error`` with ``message_id`` null:
+        it ends no reply."""
+        edit = (command.message_id, command.content) if isinstance(command, EditCommand) else None
+        if edit is not None and await self._content_refused(edit[1]):
+            return
+        refusal = await admit_message(self.websocket, self.token, self._client_mark)
+        if refusal is not None:
+            await self.relay.send(refusal.model_dump_json(exclude={"event_id"}))
+            return
+        try:
+            revision = await self.store.revise(
+                self.token, max_versions=self.settings.max_message_versions, edit=edit
+            )
+        except SessionExpired as e:
+            raise await self._session_gone() from e
+        except (ReplyInProgress, NotLastMessage, TooManyVersions, Overloaded, *REDIS_DOWN) as e:
+            await self.relay.send_error(*self._not_revised(e, command.type))
+            return
+        MESSAGES_ACCEPTED.inc()
+        logger.info(
+            "message_id=%s session=%s seq=%d %s queued",
+            revision.message_id,
+            self.session,
+            revision.seq,
+            command.type,
+        )
+
+    def _not_revised(self, error: Exception, command: str) -> tuple[ErrorCode, str]:
+        """The error event (code, detail) for a regenerate or edit the store refused."""
+        if isinstance(error, ReplyInProgress):
+            return ErrorCode.REPLY_IN_PROGRESS, (
+                f"a reply is still being generated; {command} once it is done"
+            )
+        if isinstance(error, NotLastMessage):
+            return ErrorCode.NOT_LAST_MESSAGE, (
+                "only the last message can be edited"
+                if command == "edit"
+                else "the session has no message to answer again"
+            )
+        if isinstance(error, TooManyVersions):
+            return ErrorCode.TOO_MANY_VERSIONS, (
+                f"this turn already keeps {self.settings.max_message_versions} earlier "
+                "versions, its most; send a new message instead"
+            )
+        return self._not_queued(error)
+
+    async def _on_message(self, content: str) -> None:
+        if await self._content_refused(content):
             return
         refusal = await admit_message(self.websocket, self.token, self._client_mark)
         if refusal is not None:

@@ -26,7 +26,7 @@ from aredis_om import EmbeddedJsonModel, Field, JsonModel
 from pydantic import BaseModel, TypeAdapter
 from redis.asyncio import Redis
 
-from protocol.wire import ChatMessage, ConversationExport, SessionView, utc_now
+from protocol.wire import ChatMessage, ConversationExport, MessageVersion, SessionView, utc_now
 from storage import keys
 
 
@@ -35,8 +35,9 @@ class MessageRecord(BaseModel):
 
     ``seq`` numbers user messages from 1; ``entry`` is a user message's entry id in its
     partition's message stream; ``reply_to`` is the id of the user message an assistant
-    message answers. ``stopped`` and ``truncated`` mark a partial reply (see
-    :class:`protocol.wire.ChatMessage`).
+    message answers. ``stopped`` and ``truncated`` mark a partial reply, and a user
+    message's ``versions`` are the turn's earlier versions (see
+    :class:`protocol.wire.ChatMessage`), written by ``revise.lua``.
     """
 
     id: str
@@ -48,6 +49,7 @@ class MessageRecord(BaseModel):
     reply_to: str | None = None
     stopped: bool = False
     truncated: Literal["time", "length"] | None = None
+    versions: list[MessageVersion] | None = None
 
     def public(self) -> ChatMessage:
         """The message as clients see it."""
@@ -58,6 +60,7 @@ class MessageRecord(BaseModel):
             timestamp=self.timestamp,
             stopped=self.stopped,
             truncated=self.truncated,
+            versions=self.versions or None,
         )
 
 

@@ -10,13 +10,15 @@ waiting behind it or by the sweep of sessions waiting for replies.
 
 from __future__ import annotations
 
+import json
 import uuid
+from dataclasses import dataclass
 from functools import cached_property
 
 from protocol.wire import ErrorCode, ErrorEvent, utc_now
 from storage import keys
 from storage.models import StoredMessage
-from storage.scripts import DueStatus, EnqueueStatus, LostStatus, Script
+from storage.scripts import DueStatus, EnqueueStatus, LostStatus, ReviseStatus, Script
 from storage.sessions import SessionExpired
 from storage.streams import Streams
 
@@ -35,11 +37,50 @@ class Overloaded(Exception):
     have not finished: the message is refused rather than accepted and left waiting."""
 
 
+class ReplyInProgress(Exception):
+    """A reply of the session is being generated, or messages wait for one: a turn can
+    be regenerated or edited only once every message is answered."""
+
+
+class NotLastMessage(Exception):
+    """Only the session's last user message can be edited or have its reply regenerated
+    (and a session without messages has none)."""
+
+
+class TooManyVersions(Exception):
+    """The turn already keeps ``max_versions`` earlier versions."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A turn queued again by :meth:`Queue.revise`.
+
+    Attributes:
+        seq: the user message's number (unchanged).
+        message_id: the user message's id (unchanged).
+        entry: its new entry id in the partition's message stream.
+        event_id: the ``revised`` event's id in the session's event stream.
+    """
+
+    seq: int
+    message_id: str
+    entry: str
+    event_id: str
+
+
 _REFUSALS: dict[EnqueueStatus, type[Exception]] = {
     EnqueueStatus.NO_SESSION: SessionExpired,
     EnqueueStatus.TOO_MANY_PENDING: TooManyPending,
     EnqueueStatus.SESSION_FULL: SessionFull,
     EnqueueStatus.OVERLOADED: Overloaded,
+}
+
+_REVISE_REFUSALS: dict[ReviseStatus, type[Exception]] = {
+    ReviseStatus.NO_SESSION: SessionExpired,
+    ReviseStatus.NOT_LAST_MESSAGE: NotLastMessage,
+    ReviseStatus.IN_PROGRESS: ReplyInProgress,
+    ReviseStatus.TOO_MANY_VERSIONS: TooManyVersions,
+    ReviseStatus.OVERLOADED: Overloaded,
 }
 
 _LOST = ErrorEvent(
@@ -54,6 +95,10 @@ class Queue(Streams):
     @cached_property
     def _enqueue(self) -> Script[EnqueueStatus]:
         return Script(self.redis, "enqueue.lua", EnqueueStatus, trims=True)
+
+    @cached_property
+    def _revise(self) -> Script[ReviseStatus]:
+        return Script(self.redis, "revise.lua", ReviseStatus, trims=True)
 
     @cached_property
     def _lost(self) -> Script[LostStatus]:
@@ -105,6 +150,56 @@ class Queue(Streams):
             raise refusal(token)
         message.seq, message.entry = int(queued[0]), str(queued[1])
         return message
+
+    async def revise(
+        self, token: str, *, max_versions: int, edit: tuple[str, str] | None = None
+    ) -> Revision:
+        """Ask again for the reply to the session's last user message (regenerate), or
+        replace its text first (edit), atomically (``revise.lua``).
+
+        The reply it replaces, and an edit's old text, become an earlier version of the
+        turn (the message's ``versions``); the message is queued again under the same
+        ``seq`` and id, and a ``revised`` event goes to every socket of the session. The
+        new reply is then recorded exactly once, as any reply.
+
+        Args:
+            max_versions: the most earlier versions a turn keeps.
+            edit: ``(message id, new content)`` to edit; None to regenerate.
+
+        Raises:
+            SessionExpired: no such session.
+            NotLastMessage: the message is not the session's last user message, or the
+                session has none.
+            ReplyInProgress: a message of the session waits for its reply.
+            TooManyVersions: the turn keeps ``max_versions`` earlier versions.
+            Overloaded: the partition's backlog is at ``max_backlog``.
+        """
+        message_id, content = edit if edit is not None else ("", None)
+        status, revised = await self._revise(
+            keys=[
+                keys.session_key(token),
+                keys.message_stream_of(token),
+                keys.waiting_key_of(token),
+                keys.events_key(token),
+            ],
+            args=[
+                message_id,
+                json.dumps(content) if content is not None else "",
+                utc_now(),
+                max_versions,
+                token,
+                self.settings.session_ttl_seconds,
+                self.settings.message_stream_maxlen,
+                self.settings.max_backlog,
+                keys.CONSUMER_GROUP,
+                await self.trim_mode(),
+                keys.channel(token),
+                self.settings.events_maxlen,
+            ],
+        )
+        if (refusal := _REVISE_REFUSALS.get(status)) is not None:
+            raise refusal()  # no token in the error: errors get logged
+        return Revision(int(revised[0]), str(revised[1]), str(revised[2]), str(revised[3]))
 
     async def close_if_lost(self, token: str) -> tuple[int, int]:
         """Close the session's oldest unanswered message with a ``message_lost`` error if

@@ -229,7 +229,7 @@ class Replies(StoreBase):
             ],
             args=[
                 entry.seq,
-                reply.model_dump_json() if reply is not None else "",
+                reply.model_dump_json(exclude={"versions"}) if reply is not None else "",
                 *self.event_args(entry.token, event.model_dump_json(exclude_none=True)),
                 attempt,
                 *([keys.CONSUMER_GROUP, ack[1]] if ack else []),

@@ -75,6 +75,18 @@ class EnqueueStatus(IntEnum):
     OVERLOADED = 4
 
 
+class ReviseStatus(IntEnum):
+    """``revise.lua``: the last message is queued again (payload: ``[seq, message id,
+    entry id, event id]``) or refused, unchanged."""
+
+    REVISED = 0
+    NO_SESSION = 1
+    NOT_LAST_MESSAGE = 2
+    IN_PROGRESS = 3
+    TOO_MANY_VERSIONS = 4
+    OVERLOADED = 5
+
+
 class BeginStatus(IntEnum):
     """``begin.lua``: an attempt began, first or after a ``restart`` event (payload:
     ``[crashes, fields JSON, messages JSON, message count]``), or nothing changed."""

@@ -19,7 +19,16 @@ from __future__ import annotations
 
 from storage.events import Events
 from storage.owners import NotTheOwner, OwnerFull, Owners, OwnerUnknown
-from storage.queue import Overloaded, Queue, SessionFull, TooManyPending
+from storage.queue import (
+    NotLastMessage,
+    Overloaded,
+    Queue,
+    ReplyInProgress,
+    Revision,
+    SessionFull,
+    TooManyPending,
+    TooManyVersions,
+)
 from storage.replies import (
     ANSWERED,
     NOT_YET,
@@ -46,15 +55,19 @@ __all__ = [
     "ClaimedEntry",
     "Emit",
     "Fenced",
+    "NotLastMessage",
     "NotTheOwner",
     "NotYourTurn",
     "Overloaded",
     "OwnerFull",
     "OwnerUnknown",
+    "ReplyInProgress",
+    "Revision",
     "SessionExpired",
     "SessionFull",
     "Store",
     "TooManyPending",
+    "TooManyVersions",
 ]
 
 

@@ -11,6 +11,7 @@ from protocol.wire import (
     ErrorEvent,
     QueuedEvent,
     RestartEvent,
+    RevisedEvent,
     ServerEvent,
     SessionView,
     TokenEvent,
@@ -46,6 +47,8 @@ def render_event(event: ServerEvent, streamed: str = "") -> str:
             return f"\n{REPLY_PREFIX}{reply.content}\n"
         case ErrorEvent(code=code, detail=detail):
             return ("\n" if streamed else "") + f"! {code.value}: {detail}\n"
+        case RevisedEvent(message=message):
+            return f"{RESTART_MARKER}\n{USER_PREFIX}{message.content}\n"
 
 
 def render_message(message: ChatMessage) -> str:

@@ -71,6 +71,7 @@ ALWAYS_SENT = {
     "token": {"event_id"},
     "restart": {"event_id"},
     "done": {"event_id"},
+    "revised": {"event_id"},
     "error": {"message_id"},
 }
 

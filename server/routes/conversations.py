@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field
 
-from protocol.wire import ConversationExport, ConversationPage, OwnerView
+from protocol.wire import ChatMessage, ConversationExport, ConversationPage, OwnerView
 from server.admission import admit_session
 from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
 from storage.store import NotTheOwner, OwnerUnknown, SessionExpired
@@ -120,11 +120,13 @@ def markdown(export: ConversationExport) -> str:
     """A conversation as Markdown: a heading, then each message under its role and time.
 
     Message contents go in as they are: they are Markdown already, as the model writes
-    and the web client renders them.
+    and the web client renders them. A turn's earlier versions (regenerate, edit) come
+    before it, under "Earlier version" headings one level down.
     """
     heading = export.title or f"Conversation of {export.name}"
     lines = [f"# {heading}", "", f"Started {export.session_start} by {export.name}.", ""]
-    for message in export.messages:
+
+    def section(message: ChatMessage, level: str, label: str = "") -> list[str]:
         who = export.name if message.role == "user" else "Assistant"
         notes = []
         if message.stopped:
@@ -132,7 +134,19 @@ def markdown(export: ConversationExport) -> str:
         if message.truncated:
             notes.append(f"cut at its {message.truncated} bound")
         suffix = f" ({', '.join(notes)})" if notes else ""
-        lines += [f"## {who}, {message.timestamp}{suffix}", "", message.content, ""]
+        return [f"{level} {label}{who}, {message.timestamp}{suffix}", "", message.content, ""]
+
+    for message in export.messages:
+        for n, version in enumerate(message.versions or [], start=1):
+            earlier = ChatMessage(
+                id=message.id, role="user", content=version.content, timestamp=version.timestamp
+            )
+            lines += section(earlier, "###", f"Earlier version {n}: ")
+            if version.reply is not None:
+                lines += section(version.reply, "###", f"Earlier version {n}: ")
+            else:
+                lines += [f"### Earlier version {n}: no reply", ""]
+        lines += section(message, "##")
     return "\n".join(lines)
 
 

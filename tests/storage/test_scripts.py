@@ -21,6 +21,7 @@ STATUSES: dict[str, type[IntEnum]] = {
     "quota.lua": scripts.QuotaStatus,
     "renew.lua": scripts.RenewStatus,
     "enqueue.lua": scripts.EnqueueStatus,
+    "revise.lua": scripts.ReviseStatus,
     "begin.lua": scripts.BeginStatus,
     "emit_batch.lua": scripts.EmitBatchStatus,
     "finish.lua": scripts.FinishStatus,

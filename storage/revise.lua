@@ -1,0 +1,142 @@
+-- Regenerate or edit: ask again for the reply to a session's last user message, keeping
+-- the reply it replaces (and, for an edit, the text it replaces) as an earlier version
+-- of the turn. One atomic step on the session's slot:
+-- - the reply leaves the history and joins the user message's "versions", with the
+--   user's text then: {content, timestamp, reply} (reply null if it got none: failed);
+-- - an edit replaces the user message's content and timestamp;
+-- - the message is queued again under the same seq and id: a new entry in the message
+--   stream (its "entry" in history), "replied_seq" goes back to seq - 1, and the
+--   attempt records ("generator", "crashes") and a stop of this seq are cleared, so
+--   the next attempt begins afresh and finish.lua records its reply exactly once;
+-- - a "revised" event (the user message as it now stands) goes to the session's event
+--   stream and channel: every socket of the session sees it, and resume replays it.
+-- Refused without any change unless every message of the session is answered, or for
+-- any message but the last, at the bound of versions, or when the partition's backlog
+-- is full (as enqueue.lua).
+-- KEYS[1] session document, KEYS[2] message stream, KEYS[3] waiting set,
+-- KEYS[4] session event stream
+-- ARGV[1] message id of an edit ("" to regenerate), ARGV[2] the edit's content as a JSON
+-- string ("" to regenerate), ARGV[3] the edit's timestamp, ARGV[4] max earlier versions
+-- of a turn, ARGV[5] token, ARGV[6] session TTL (s), ARGV[7] stream bound (entries, ~),
+-- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode,
+-- ARGV[11] channel, ARGV[12] event stream MAXLEN (~)
+-- Returns {REVISED, {seq, message id, entry id, event id}}, or {NO_SESSION},
+-- {NOT_LAST_MESSAGE}, {IN_PROGRESS} (a reply is generated or messages wait),
+-- {TOO_MANY_VERSIONS}, {OVERLOADED}.
+local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED = 0, 1, 2, 3, 4, 5
+local read = redis.call('JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.stop_seq')
+if not read then
+  return reply(NO_SESSION)
+end
+read = cjson.decode(read)
+local seq = tonumber(read['$.seq'][1])
+local replied = tonumber(read['$.replied_seq'][1])
+if seq == 0 then
+  return reply(NOT_LAST_MESSAGE)
+end
+
+-- The last user message (seq) and its reply: only replies follow it in history, so the
+-- search from the end is short (at most one step per message that waited with it).
+local count = redis.call('JSON.ARRLEN', KEYS[1], '.messages')
+local user, user_at, answer, answer_at
+local replies = {}
+for i = count - 1, 0, -1 do
+  local message = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.messages[' .. i .. ']'))[1]
+  if message.role == 'user' and tonumber(message.seq) == seq then
+    user, user_at = message, i
+    break
+  end
+  if message.role == 'assistant' then
+    replies[#replies + 1] = {message, i}
+  end
+end
+if user == nil or (ARGV[1] ~= '' and user.id ~= ARGV[1]) then
+  return reply(NOT_LAST_MESSAGE)
+end
+if seq > replied then
+  return reply(IN_PROGRESS)
+end
+for _, found in ipairs(replies) do
+  if found[1].reply_to == user.id then
+    answer, answer_at = found[1], found[2]
+  end
+end
+
+local edited = ARGV[1] ~= ''
+local versions = user.versions
+if type(versions) ~= 'table' then
+  versions = {}
+end
+-- A regenerate after a failed reply replaces nothing: no version to keep.
+local keep = answer ~= nil or edited
+if keep and #versions >= tonumber(ARGV[4]) then
+  return reply(TOO_MANY_VERSIONS)
+end
+
+local info = group_info(KEYS[2], ARGV[9])
+if info == nil then
+  redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[9], '0', 'MKSTREAM')
+  info = group_info(KEYS[2], ARGV[9])
+end
+local backlog = unacked(KEYS[2], info, tonumber(ARGV[8]) + 1)
+if backlog >= tonumber(ARGV[8]) then
+  return reply(OVERLOADED)
+end
+
+-- The reply as clients see it (ChatMessage's fields only).
+local function public(message)
+  local shown = {
+    id = message.id, role = message.role, content = message.content,
+    timestamp = message.timestamp, stopped = message.stopped == true,
+  }
+  if type(message.truncated) == 'string' then
+    shown.truncated = message.truncated
+  end
+  return shown
+end
+
+if keep then
+  local version = {
+    content = user.content, timestamp = user.timestamp,
+    reply = answer ~= nil and public(answer) or cjson.null,
+  }
+  versions[#versions + 1] = version
+  local path = '$.messages[' .. user_at .. '].versions'
+  if type(user.versions) == 'table' then
+    redis.call('JSON.ARRAPPEND', KEYS[1], path, cjson.encode(version))
+  else
+    redis.call('JSON.SET', KEYS[1], path, '[' .. cjson.encode(version) .. ']')
+  end
+end
+if answer_at ~= nil then
+  redis.call('JSON.ARRPOP', KEYS[1], '.messages', answer_at)
+end
+if edited then
+  user.content = cjson.decode(ARGV[2])
+  user.timestamp = ARGV[3]
+  redis.call('JSON.SET', KEYS[1], '$.messages[' .. user_at .. '].content', ARGV[2])
+  redis.call('JSON.SET', KEYS[1], '$.messages[' .. user_at .. '].timestamp', cjson.encode(ARGV[3]))
+end
+
+local id = redis.call('XADD', KEYS[2], '*', 'token', ARGV[5], 'seq', seq, 'message_id', user.id)
+redis.call('JSON.SET', KEYS[1], '$.messages[' .. user_at .. '].entry', cjson.encode(id))
+redis.call('JSON.SET', KEYS[1], '.replied_seq', seq - 1)
+redis.call('JSON.SET', KEYS[1], '$.generator', '""')
+redis.call('JSON.SET', KEYS[1], '$.crashes', '""')
+if tonumber(read['$.stop_seq'][1]) >= seq then
+  redis.call('JSON.SET', KEYS[1], '$.stop_seq', seq - 1)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[5])
+trim_stream(KEYS[2], ARGV[9], ARGV[7], ARGV[10], backlog + 1)
+
+local shown = public(user)
+shown.stopped = nil
+if #versions > 0 then
+  shown.versions = versions
+end
+local event = '{"type":"revised","message_id":' .. cjson.encode(user.id)
+  .. ',"message":' .. cjson.encode(shown) .. '}'
+local event_id = append_event(KEYS[4], redis.call('PTTL', KEYS[1]), ARGV[12], ARGV[11], event)
+return reply(REVISED, {seq, user.id, id, event_id})
