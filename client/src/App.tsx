@@ -32,8 +32,9 @@ type Phase =
 
 const api: Api = httpApi();
 
-/** After a reply, the list is loaded again this long after (ms): the server titles a
- * conversation after its first reply, in the background. */
+/** After a reply the list is loaded again this long after (ms), for its message count;
+ * and until an untitled conversation has its title, which the server gives it after its
+ * first reply, in the background, also at the later times. */
 const TITLE_CHECKS_MS = [1_000, 3_000, 8_000];
 
 const SIDEBAR_ID = "conversations";
@@ -129,13 +130,10 @@ export function App() {
   const titleChecks = useRef<ReturnType<typeof setTimeout>[]>([]);
   const untitled = currentSummary !== undefined && currentSummary.title === "";
   const onReplyDone = useCallback(() => {
-    if (!untitled) return;
     for (const timer of titleChecks.current) clearTimeout(timer);
-    titleChecks.current = TITLE_CHECKS_MS.map((ms) => setTimeout(refresh, ms));
+    const checks = untitled ? TITLE_CHECKS_MS : TITLE_CHECKS_MS.slice(0, 1);
+    titleChecks.current = checks.map((ms) => setTimeout(refresh, ms));
   }, [untitled, refresh]);
-  useEffect(() => {
-    if (!untitled) for (const timer of titleChecks.current) clearTimeout(timer);
-  }, [untitled]);
   useEffect(
     () => () => {
       for (const timer of titleChecks.current) clearTimeout(timer);

@@ -46,7 +46,7 @@ const EMPTY: ConversationList = {
 
 /** The name a conversation goes by: its title, or a placeholder until it has one. */
 export const conversationLabel = (c: Pick<ConversationSummary, "title">): string =>
-  c.title || "New conversation";
+  c.title || "Untitled conversation";
 
 /**
  * The conversations of `owner` (none when it is null). `onOwnerGone` is called when the

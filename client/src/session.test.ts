@@ -366,7 +366,7 @@ describe("regenerate and edit", () => {
     expect(h.socket().sent).toHaveLength(1);
   });
 
-  it("edit names the message; a refusal ends the wait and is shown on it", () => {
+  it("edit names the message; a refusal ends the wait and is shown in words", () => {
     const h = harness(answered());
     h.session.start();
     h.socket().open();
@@ -377,15 +377,17 @@ describe("regenerate and edit", () => {
     expect(sentFrames(h.socket())).toEqual([
       { type: "edit", message_id: "m1", content: "hello again" },
     ]);
+    // The server refuses a revision with no message id: it ends no reply.
     h.socket().receive({
       type: "error",
-      message_id: "m1",
+      message_id: null,
       code: "too_many_versions",
       detail: "at most 20",
     });
     const state = h.session.getState();
     expect(state.revising).toBeNull();
-    expect(state.conversation.items[0]).toMatchObject({ error: { code: "too_many_versions" } });
+    expect(state.conversation.notices[0]).toMatchObject({ code: "too_many_versions" });
+    expect(replyText(h.session)).toEqual(["hi"]); // nothing changed
   });
 
   it("a dropped socket ends the wait (history tells what happened)", () => {

@@ -5,6 +5,7 @@ import type { ExportFormat, SessionView } from "../protocol";
 import { ChatSession, type ConnectionStatus } from "../session";
 import { Composer } from "./Composer";
 import { ExportMenu } from "./ExportMenu";
+import { MenuIcon } from "./Icons";
 import { MessageList } from "./MessageList";
 
 interface Props {
@@ -78,6 +79,14 @@ export function ChatView({
   const retryAt = connection.kind === "reconnecting" ? connection.retryAt : null;
   const secondsLeft = useSecondsUntil(retryAt);
   const composer = useRef<HTMLDivElement>(null);
+  // A drawer that closes gives the focus back to the button that opened it.
+  const drawerToggle = useRef<HTMLButtonElement>(null);
+  const drawerOpen = drawer?.open ?? false;
+  const wasOpen = useRef(drawerOpen);
+  useEffect(() => {
+    if (wasOpen.current && !drawerOpen) drawerToggle.current?.focus();
+    wasOpen.current = drawerOpen;
+  }, [drawerOpen]);
   const revisable =
     connection.kind === "open" && state.revising === null
       ? (revisableTurn(conversation)?.id ?? null)
@@ -107,6 +116,7 @@ export function ChatView({
         <div className="title">
           {drawer !== null && (
             <button
+              ref={drawerToggle}
               type="button"
               className="ghost drawer-toggle"
               aria-label="Show conversations"
@@ -114,11 +124,11 @@ export function ChatView({
               aria-expanded={drawer.open}
               onClick={drawer.onOpen}
             >
-              <span aria-hidden="true">☰</span>
+              <MenuIcon />
             </button>
           )}
           <div className="title-text">
-            <h1 className={title ? undefined : "untitled"}>{title || "New conversation"}</h1>
+            <h1 className={title ? undefined : "untitled"}>{title || "Untitled conversation"}</h1>
             <p className="muted small">Chatting as {state.name}</p>
           </div>
         </div>

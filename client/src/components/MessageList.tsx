@@ -289,7 +289,7 @@ export function MessageList({
                   versions={versions}
                   actions={actions}
                   editing={
-                    isEditing && (
+                    isEditing ? (
                       <EditForm
                         initial={item.content}
                         canSave={canRevise}
@@ -302,7 +302,7 @@ export function MessageList({
                           setRefocusEdit(true);
                         }}
                       />
-                    )
+                    ) : undefined
                   }
                 />
                 {old !== undefined && item.id !== null && (

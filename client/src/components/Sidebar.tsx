@@ -2,6 +2,7 @@ import { useEffect, useId, useRef, useState, type KeyboardEvent, type SyntheticE
 import { conversationLabel, type ConversationList } from "../conversationList";
 import type { ConversationSummary } from "../protocol";
 import { fullTime, shortTime } from "../time";
+import { PencilIcon, TrashIcon } from "./Icons";
 
 const MAX_TITLE = 100;
 
@@ -69,7 +70,7 @@ export function Sidebar(props: Props) {
             className="primary new-chat"
             onClick={props.onNew}
             disabled={props.creating}
-            aria-label="New conversation"
+            aria-label="Start a new conversation"
           >
             + New chat
           </button>
@@ -200,7 +201,7 @@ function ConversationRow({
           aria-label={`Rename ${label}`}
           title="Rename"
         >
-          ✎
+          <PencilIcon />
         </button>
         <button
           type="button"
@@ -211,7 +212,7 @@ function ConversationRow({
           aria-label={`Delete ${label}`}
           title="Delete"
         >
-          🗑
+          <TrashIcon />
         </button>
       </div>
     </li>
