@@ -92,6 +92,8 @@ export function App() {
   const [drawerOpen, setDrawerOpen] = useState(false);
   const [confirmation, setConfirmation] = useState<Confirmation | null>(null);
   const [creating, setCreating] = useState(false);
+  /** Why the last delete failed, if it did. */
+  const [listNotice, setListNotice] = useState<string | null>(null);
   const loading = phase.kind === "loading" ? phase : null;
   const current =
     phase.kind === "chat" ? phase.view.token : phase.kind === "loading" ? phase.token : null;
@@ -245,10 +247,11 @@ export function App() {
     // The open conversation is closed first: its socket would only hear that it ended.
     if (wasOpen) setPhase({ kind: "busy" });
     try {
-      await api.deleteSession(token, owner);
+      await api.deleteSession(token);
+      setListNotice(null);
     } catch (e) {
       if (!(e instanceof SessionGone)) {
-        window.alert(`The conversation could not be deleted: ${explain(e)}`);
+        setListNotice(`The conversation could not be deleted: ${explain(e)}`);
         if (wasOpen) setPhase({ kind: "loading", token });
         return;
       }
@@ -333,6 +336,7 @@ export function App() {
           <Sidebar
             id={SIDEBAR_ID}
             list={list}
+            notice={listNotice}
             current={current}
             unlisted={unlisted}
             drawer={drawer}

@@ -62,8 +62,8 @@ export interface Api {
   listConversations(owner: string, offset: number, limit: number): Promise<ConversationPage>;
   /** @throws SessionGone, ApiError (a title that is blank or too long) */
   renameSession(token: string, title: string): Promise<void>;
-  /** Delete for good; with `owner`, only if it is that owner's. @throws SessionGone */
-  deleteSession(token: string, owner?: string | null): Promise<void>;
+  /** Delete for good. @throws SessionGone */
+  deleteSession(token: string): Promise<void>;
   /** @throws SessionGone */
   exportSession(token: string, format: ExportFormat): Promise<ExportedFile>;
 }
@@ -163,10 +163,10 @@ export function httpApi(base = ""): Api {
         throw e;
       }
     },
-    async deleteSession(token, owner) {
-      await naming(sessionGone, () =>
-        send("DELETE", "/session", owner ? { token, owner } : { token }),
-      );
+    async deleteSession(token) {
+      // The token alone is the credential: the owner check (`&owner=`) would only put
+      // a second one in a URL.
+      await naming(sessionGone, () => send("DELETE", "/session", { token }));
     },
     async exportSession(token, format) {
       const response = await naming(sessionGone, () =>

@@ -102,7 +102,9 @@ export function useConversationList(
     request.current += 1; // whatever was asked for another owner is moot
     // (An owner just forgotten leaves the note that it expired.)
     setList((l) =>
-      owner === null ? { ...EMPTY, ownerGone: l.ownerGone } : { ...EMPTY, complete: false, loading: true },
+      owner === null
+        ? { ...EMPTY, ownerGone: l.ownerGone }
+        : { ...EMPTY, complete: false, loading: true },
     );
     if (owner !== null) void load(0, PAGE_SIZE, true);
   }, [owner, load]);

@@ -66,7 +66,8 @@ const TEXTS: Record<string, Text> = {
     general: "Too many connections from your address right now.",
   },
   reply_in_progress: {
-    title: "A reply is still being written, so nothing was changed. Wait for it to finish, then try again.",
+    title:
+      "A reply is still being written, so nothing was changed. Wait for it to finish, then try again.",
   },
   not_last_message: {
     title: "Only the last message of the conversation can be edited or answered again.",

@@ -281,7 +281,12 @@ export function MessageList({
                   item={
                     old === undefined
                       ? item
-                      : { ...item, content: old.content, timestamp: old.timestamp, error: undefined }
+                      : {
+                          ...item,
+                          content: old.content,
+                          timestamp: old.timestamp,
+                          error: undefined,
+                        }
                   }
                   queuedBehind={queuedBehind}
                   expired={expired}

@@ -9,6 +9,8 @@ const MAX_TITLE = 100;
 interface Props {
   id: string;
   list: ConversationList;
+  /** A failure to show (a delete that did not happen). */
+  notice: string | null;
   /** The open conversation's token, if any. */
   current: string | null;
   /** The open conversation is not in the list (started before lists, or from a link). */
@@ -39,7 +41,8 @@ export function Sidebar(props: Props) {
   useEffect(() => {
     if (!drawer || !open) return;
     const element = panel.current;
-    (element?.querySelector<HTMLElement>("[aria-current='true']") ?? element?.querySelector("button"))?.focus();
+    const currentRow = element?.querySelector<HTMLElement>("[aria-current='true']");
+    (currentRow ?? element?.querySelector("button"))?.focus();
   }, [drawer, open]);
 
   function onKeyDown(event: KeyboardEvent) {
@@ -75,7 +78,12 @@ export function Sidebar(props: Props) {
             + New chat
           </button>
           {drawer && (
-            <button type="button" className="ghost" onClick={onClose} aria-label="Close conversations">
+            <button
+              type="button"
+              className="ghost"
+              onClick={onClose}
+              aria-label="Close conversations"
+            >
               ×
             </button>
           )}
@@ -90,12 +98,24 @@ export function Sidebar(props: Props) {
             The list could not be loaded: {list.error}
           </p>
         )}
+        {props.notice !== null && (
+          <p className="sidebar-note error-text" role="alert">
+            {props.notice}
+          </p>
+        )}
         <ul className="conversations">
           {props.unlisted !== null && current !== null && (
             <li className="conversation current unlisted">
-              <button type="button" className="conversation-open" aria-current="true" onClick={onClose}>
+              <button
+                type="button"
+                className="conversation-open"
+                aria-current="true"
+                onClick={onClose}
+              >
                 <span className="conversation-title">
-                  {props.unlisted.name ? `${props.unlisted.name}'s conversation` : "This conversation"}
+                  {props.unlisted.name
+                    ? `${props.unlisted.name}'s conversation`
+                    : "This conversation"}
                 </span>
                 <span className="conversation-meta">Not in your list: only its link opens it</span>
               </button>
@@ -139,7 +159,12 @@ export function Sidebar(props: Props) {
         )}
         <div className="sidebar-foot">
           {!list.complete && (
-            <button type="button" className="ghost" onClick={props.onLoadMore} disabled={list.loading}>
+            <button
+              type="button"
+              className="ghost"
+              onClick={props.onLoadMore}
+              disabled={list.loading}
+            >
               {list.loading ? "Loading…" : "Load more"}
             </button>
           )}
