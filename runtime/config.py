@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.catalog import ModelOffer, check_catalog, default_catalog
 from runtime.logs import LogFormat
 
 
@@ -71,3 +72,20 @@ class CommonSettings(BaseSettings):
     quota_period_s: float = Field(
         default=86_400.0, gt=0, description="Period (s) of the model-token quotas."
     )
+    models: list[ModelOffer] = Field(
+        default_factory=default_catalog,
+        description="The models sessions may choose (JSON list of {id, label, description, "
+        "api_model}); the first is the default. Default: one, `default`, the worker's own.",
+    )
+
+    _check_models = field_validator("models")(check_catalog)
+
+    @property
+    def default_model(self) -> str:
+        """The id of the catalog's default model (its first)."""
+        return self.models[0].id
+
+    def offer(self, model_id: str) -> ModelOffer | None:
+        """The catalog's model ``model_id`` ("" : the default), or None if it has none."""
+        wanted = model_id or self.default_model
+        return next((m for m in self.models if m.id == wanted), None)

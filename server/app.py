@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from server.admission import SocketAdmission
 from server.config import ServerSettings
-from server.routes import chat, conversations, health, sessions
+from server.routes import chat, conversations, health, models, sessions
 from server.security import SecurityMiddleware
 from server.sockets import ChatSockets
 from storage import keys
@@ -140,6 +140,7 @@ def _add_routes(app: FastAPI, settings: ServerSettings) -> None:
     app.add_exception_handler(RedisError, _redis_unavailable)
     app.include_router(sessions.router)
     app.include_router(conversations.router)
+    app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(chat.router)
     if (settings.web_dist / "index.html").is_file():

@@ -25,6 +25,12 @@ class ServerSettings(SecuritySettings):
     max_title_chars: int = Field(
         default=100, gt=0, description="Longest conversation title (characters)."
     )
+    max_system_prompt_chars: int = Field(
+        default=4000,
+        ge=0,
+        description="Longest system prompt a session may give itself (characters); 0: "
+        "sessions keep the deployment's.",
+    )
     max_message_versions: int = Field(
         default=20,
         gt=0,

@@ -19,15 +19,14 @@ from fastapi import WebSocket, WebSocketDisconnect, status
 from starlette.websockets import WebSocketState
 
 from protocol.event_ids import stream_id_key
+from protocol.frames import FrameRefused, parse_frame
 from protocol.wire import (
     EditCommand,
     ErrorCode,
-    FrameRefused,
     QueuedEvent,
     RegenerateCommand,
     ResumeCommand,
     StopCommand,
-    parse_frame,
 )
 from runtime.logs import fingerprint
 from runtime.retry import retrying

@@ -16,12 +16,13 @@
 -- return (the newest; 0: all)
 -- Returns {STARTED or RESTARTED, {crashes, fields JSON, messages JSON, message count}}:
 -- STARTED for a first attempt, RESTARTED if a restart was emitted; crashes the attempts
--- at this message whose worker died, fields {"stop_seq": n, "replied_seq": n}. Or {ANSWERED} (already answered), {NOT_YET} (an earlier message
+-- at this message whose worker died, fields {"stop_seq": n, "replied_seq": n, "model": s,
+-- "system_prompt": s} (a field the session lacks is left out). Or {ANSWERED} (already answered), {NOT_YET} (an earlier message
 -- is still unanswered: not its turn; nothing changed), {NO_SESSION}.
 local STARTED, RESTARTED, ANSWERED, NOT_YET, NO_SESSION = 0, 1, 2, 3, 4
 -- The session's scalar fields that the turn and the reply need, and its attempt
 -- records, in one read.
-local FIELDS = {'replied_seq', 'stop_seq'}
+local FIELDS = {'replied_seq', 'stop_seq', 'model', 'system_prompt'}
 local paths = {'$.generator', '$.crashes'}
 for _, name in ipairs(FIELDS) do
   paths[#paths + 1] = '$.' .. name

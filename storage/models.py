@@ -49,6 +49,7 @@ class MessageRecord(BaseModel):
     reply_to: str | None = None
     stopped: bool = False
     truncated: Literal["time", "length"] | None = None
+    model: str | None = None
     versions: list[MessageVersion] | None = None
 
     def public(self) -> ChatMessage:
@@ -60,6 +61,7 @@ class MessageRecord(BaseModel):
             timestamp=self.timestamp,
             stopped=self.stopped,
             truncated=self.truncated,
+            model=self.model,
             versions=self.versions or None,
         )
 
@@ -69,15 +71,19 @@ class StoredMessage(EmbeddedJsonModel, MessageRecord):
 
 
 class SessionWindow(BaseModel):
-    """What a reply reads of its session (``begin.lua``): the stop mark and the newest
-    messages of its history.
+    """What a reply reads of its session (``begin.lua``): the stop mark, its choice of
+    model and system prompt, and the newest messages of its history.
 
     Attributes:
         stop_seq: the last message whose reply a client asked to stop.
+        model: the id of its model ("": the catalog's default).
+        system_prompt: its own system prompt ("": the deployment's).
         messages: the newest messages, in the order they were recorded.
     """
 
     stop_seq: int = 0
+    model: str = ""
+    system_prompt: str = ""
     messages: list[MessageRecord]
 
 
@@ -98,6 +104,8 @@ class Session(JsonModel, index=True):
     unanswered message ended with their worker's death (``"<seq>:<n>"``), see
     :meth:`storage.store.Store.begin`. ``owner`` is the owner token whose conversations
     list the session ("" if none) and ``title`` its title ("" until one is given).
+    ``model`` is the id of the catalog model it chose ("" : the default; see
+    :mod:`runtime.catalog`) and ``system_prompt`` its own ("" : the deployment's).
     """
 
     token: str = Field(primary_key=True)
@@ -110,6 +118,8 @@ class Session(JsonModel, index=True):
     crashes: str = ""
     owner: str = ""
     title: str = ""
+    model: str = ""
+    system_prompt: str = ""
     messages: list[StoredMessage] = []  # noqa: RUF012  (pydantic copies defaults)
 
     class Meta:
@@ -144,6 +154,8 @@ class Session(JsonModel, index=True):
             name=self.name,
             session_start=self.session_start,
             exported=utc_now(),
+            model=self.model,
+            system_prompt=self.system_prompt,
             messages=[m.public() for m in conversation(self.messages)],
         )
 
@@ -157,6 +169,8 @@ class Session(JsonModel, index=True):
             token=self.token,
             name=self.name,
             session_start=self.session_start,
+            model=self.model,
+            system_prompt=self.system_prompt,
             messages=[m.public() for m in conversation(self.messages)],
         )
 

@@ -140,14 +140,19 @@ class Owners(StoreBase):
             conversations=page, total=total, next_offset=following if following < total else None
         )
 
-    async def rename(self, token: str, title: str) -> None:
-        """Set the title of session ``token``.
+    async def update_session(self, token: str, fields: dict[str, str]) -> None:
+        """Set top-level text fields of session ``token`` (its ``title``, ``model``,
+        ``system_prompt``), all or none, in one transaction.
 
         Raises:
             SessionExpired: no such session.
         """
+        key = keys.session_key(token)
         try:
-            await self.redis.json().set(keys.session_key(token), "$.title", title)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for name, value in fields.items():
+                    pipe.json().set(key, f"$.{name}", value)
+                await pipe.execute()
         except ResponseError as e:
             # RedisJSON refuses a path into a document that does not exist.
             if "created at the root" in str(e):

@@ -77,7 +77,13 @@ class Fenced(Exception):
 def _begun(status: BeginStatus, payload: Any) -> Begun:
     """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, fields, messages, count]``."""
     messages = MESSAGE_RECORDS.validate_json(payload[2])
-    session = SessionWindow(stop_seq=json.loads(payload[1]).get("stop_seq", 0), messages=messages)
+    fields = json.loads(payload[1])
+    session = SessionWindow(
+        stop_seq=fields.get("stop_seq", 0),
+        model=fields.get("model", ""),
+        system_prompt=fields.get("system_prompt", ""),
+        messages=messages,
+    )
     return Begun(
         status, session, crashes=int(payload[0]), complete=len(messages) == int(payload[3])
     )

@@ -83,7 +83,7 @@ if backlog >= tonumber(ARGV[8]) then
   return reply(OVERLOADED)
 end
 
--- The reply as clients see it (ChatMessage's fields only).
+-- A message as clients see it (ChatMessage's fields but versions).
 local function public(message)
   local shown = {
     id = message.id, role = message.role, content = message.content,
@@ -91,6 +91,9 @@ local function public(message)
   }
   if type(message.truncated) == 'string' then
     shown.truncated = message.truncated
+  end
+  if type(message.model) == 'string' then
+    shown.model = message.model
   end
   return shown
 end

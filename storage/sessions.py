@@ -29,14 +29,25 @@ class Sessions(StoreBase):
     def _stop(self) -> Script[StopStatus]:
         return Script(self.redis, "stop.lua", StopStatus)
 
-    async def create_session(self, name: str, owner: str = "") -> Session:
+    async def create_session(
+        self, name: str, owner: str = "", *, model: str = "", system_prompt: str = ""
+    ) -> Session:
         """Create a session with a new UUID4 token; it lives ``session_ttl_seconds``.
 
         Args:
             owner: the owner token whose conversations will list it ("" if none); the
                 caller adds it there (:meth:`storage.owners.Owners.add_conversation`).
+            model: the id of its model ("": the catalog's default).
+            system_prompt: its own system prompt ("": the deployment's).
         """
-        session = Session(token=str(uuid.uuid4()), name=name, session_start=utc_now(), owner=owner)
+        session = Session(
+            token=str(uuid.uuid4()),
+            name=name,
+            session_start=utc_now(),
+            owner=owner,
+            model=model,
+            system_prompt=system_prompt,
+        )
         await session.create(self.redis, self.settings.session_ttl_seconds)
         return session
 

@@ -14,10 +14,10 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import aiohttp
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from protocol.event_ids import stream_id_key
 from protocol.wire import (
@@ -26,10 +26,23 @@ from protocol.wire import (
     ErrorEvent,
     MessageCommand,
     ResumeCommand,
+    RevisedEvent,
     ServerEvent,
     SessionView,
 )
 from runtime.retry import retrying
+from terminal.api import ApiError, ChatClientError, ParleyApi
+
+__all__ = [
+    "ApiError",
+    "Backoff",
+    "ChatClient",
+    "ChatClientError",
+    "ClientClosed",
+    "ConnectionLost",
+    "ResumeCursor",
+    "SessionGone",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +57,6 @@ _ENDS = frozenset(
         aiohttp.WSMsgType.ERROR,
     }
 )
-
-
-class ChatClientError(Exception):
-    """Base of the errors this client raises."""
-
-
-class ApiError(ChatClientError):
-    """A REST call failed; ``detail`` is the server's ``{"detail": ...}``."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
 
 
 class SessionGone(ChatClientError):
@@ -97,11 +97,14 @@ class ResumeCursor:
 
     ``last_event_id`` is what a resume asks to continue after. ``finished`` holds the
     user-message ids whose reply ended (``done`` or ``error``); a resume from the start
-    of the stream ("0") replays them, and they are dropped.
+    of the stream ("0") replays them, and they are dropped. ``versions`` counts the
+    earlier versions known of each turn, so that a replayed ``revised`` event already
+    reflected in the history loaded is dropped too, while a new one reopens its turn.
     """
 
     last_event_id: str | None = None
     finished: set[str] = field(default_factory=set)
+    versions: dict[str, int] = field(default_factory=dict)
 
     def after(self) -> str:
         """The ``after`` of the next resume: the last event seen, or the stream's start."""
@@ -115,7 +118,13 @@ class ResumeCursor:
         last = self.last_event_id
         if last is not None and _stream_order(event_id) <= _stream_order(last):
             return False
-        if event.message_id in self.finished:
+        if isinstance(event, RevisedEvent):
+            count = len(event.message.versions or [])
+            if count <= self.versions.get(event.message_id, 0):
+                return False  # a revision the history loaded already holds
+            self.versions[event.message_id] = count
+            self.finished.discard(event.message_id)  # its new reply follows
+        elif event.message_id in self.finished:
             return False
         self.last_event_id = event_id
         if isinstance(event, DoneEvent | ErrorEvent) and event.message_id is not None:
@@ -123,10 +132,14 @@ class ResumeCursor:
         return True
 
     def seed(self, view: SessionView) -> None:
-        """Mark the user messages answered in ``view``'s history as finished."""
+        """Mark the user messages answered in ``view``'s history as finished, and note
+        each turn's earlier versions."""
         for message, following in zip(view.messages, view.messages[1:], strict=False):
             if message.role == "user" and following.role == "assistant":
                 self.finished.add(message.id)
+        for message in view.messages:
+            if message.role == "user":
+                self.versions[message.id] = len(message.versions or [])
 
 
 class ChatClient:
@@ -178,13 +191,15 @@ class ChatClient:
 
     # --- REST -------------------------------------------------------------------------
 
-    async def create_session(self, name: str) -> SessionView:
-        """Start a new session (``POST /token``) and make it this client's.
+    async def create_session(self, name: str, owner: str | None = None) -> SessionView:
+        """Start a new session (``POST /token``), one of ``owner``'s conversations if
+        given, and make it this client's.
 
         Raises:
-            ApiError: the server refused (e.g. 400 for a blank or too long name).
+            ApiError: the server refused (e.g. 400 for a blank or too long name, or an
+                owner that expired; 409 when the owner has too many conversations).
         """
-        view = await self._request("POST", "/token", name=name)
+        view = await ParleyApi(self.base_url, self.http).create_session(name, owner)
         self.token = view.token
         return view
 
@@ -194,22 +209,10 @@ class ChatClient:
         Raises:
             ApiError: 400 if the session expired or does not exist.
         """
-        view = await self._request("GET", "/refresh_token", token=token)
+        view = await ParleyApi(self.base_url, self.http).load_session(token)
         self.token = view.token
         self.cursor.seed(view)
         return view
-
-    async def _request(self, method: str, path: str, **params: str) -> SessionView:
-        url = self.base_url + path
-        try:
-            async with self.http.request(method, url, params=params) as response:
-                body: Any = await response.json(content_type=None)
-                if response.status != 200:
-                    detail = body.get("detail") if isinstance(body, dict) else body
-                    raise ApiError(response.status, str(detail))
-                return SessionView.model_validate(body)
-        except (aiohttp.ClientError, ValueError) as e:
-            raise ApiError(0, f"{method} {url} failed: {e}") from e
 
     # --- WebSocket --------------------------------------------------------------------
 
@@ -218,9 +221,13 @@ class ChatClient:
 
         Raises:
             SessionGone: the server refused the token.
-            aiohttp.ClientError, OSError: the server could not be reached.
+            ConnectionLost: the server could not be reached.
         """
-        self._ws = await self._open()
+        try:
+            self._ws = await self._open()
+        except _NETWORK_ERRORS as e:
+            # Only the error's type: aiohttp's messages quote the URL, token included.
+            raise ConnectionLost(f"cannot open the chat socket ({type(e).__name__})") from e
         self._connected.set()
 
     async def _open(self, after: str | None = None) -> aiohttp.ClientWebSocketResponse:
@@ -285,7 +292,15 @@ class ChatClient:
         Raises:
             ClientClosed: the client was closed.
         """
-        frame = MessageCommand(content=content).model_dump_json()
+        await self.send_command(MessageCommand(content=content))
+
+    async def send_command(self, command: BaseModel) -> None:
+        """Send a command (a wire model), waiting for the socket if it is reconnecting.
+
+        Raises:
+            ClientClosed: the client was closed.
+        """
+        frame = command.model_dump_json()
         while True:
             await self._connected.wait()
             ws = self._ws

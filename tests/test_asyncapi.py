@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from protocol.frames import parse_frame
 from protocol.wire import (
     SERVER_EVENT,
     ChatMessage,
@@ -36,7 +37,6 @@ from protocol.wire import (
     RestartEvent,
     ServerEvent,
     TokenEvent,
-    parse_frame,
 )
 from tests.browser.webclient import installed_client
 

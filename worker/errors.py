@@ -70,6 +70,13 @@ class LLMRejected(LLMError):
     summary = "the model API refused the request"
 
 
+class ModelNotServed(LLMError):
+    """The session's model is not one this worker serves (not in its catalog)."""
+
+    code = ErrorCode.MODEL_UNAVAILABLE
+    summary = "the conversation's model is not offered any more; choose another"
+
+
 class LLMStreamInterrupted(LLMUnavailable):
     """The stream broke after at least one delta was yielded; nothing was retried."""
 

@@ -31,7 +31,7 @@ from storage.store import Begun, Emit, SessionExpired, Store
 from worker.coalesce import Coalescer, Delta, EndOfReply, read_deltas
 from worker.config import WorkerSettings
 from worker.emits import EmitBatcher
-from worker.errors import LLMError, LLMStreamInterrupted
+from worker.errors import LLMError, LLMStreamInterrupted, ModelNotServed
 from worker.llm import LLMClient, PromptMessage, track_usage
 from worker.memory import HistoryTooShort, build_prompt
 from worker.metrics import REPLIES, REPLY_SECONDS, TIME_TO_FIRST_TOKEN
@@ -48,6 +48,14 @@ class EmptyReply(LLMError):
 
 
 Truncated = Literal["time", "length"] | None
+
+
+class _Model(NamedTuple):
+    """The model of one reply: its catalog id, and the name the API knows it by (None:
+    the worker's own)."""
+
+    id: str
+    api_model: str | None
 
 
 class _Streamed(NamedTuple):
@@ -105,7 +113,10 @@ class ReplyGenerator:
         usage = track_usage()  # filled by the model's responses, for the quotas
         started = time.perf_counter()
         try:
-            streamed = await self._stream_with_restarts(entry, attempt, prompt, started, stop)
+            model = self._model(begun.session.model)
+            streamed = await self._stream_with_restarts(
+                entry, attempt, prompt, started, stop, model
+            )
         except LLMError as e:
             await self._fail(entry, attempt, e, ack)
             return
@@ -113,7 +124,18 @@ class ReplyGenerator:
         # the quota up to date; what the model generated counts, recorded or not.
         cost = reply_cost(usage, prompt, streamed.text)
         await charge_reply(self.limiter, self.settings, entry.token, cost)
-        await self._record(entry, attempt, streamed, started, stop.is_set(), ack)
+        await self._record(entry, attempt, streamed, started, stop.is_set(), ack, model.id)
+
+    def _model(self, chosen: str) -> _Model:
+        """The model of a session that chose ``chosen`` ("": the catalog's default).
+
+        Raises:
+            ModelNotServed: the catalog has no such model.
+        """
+        offer = self.settings.offer(chosen)
+        if offer is None:
+            raise ModelNotServed(f"model {chosen!r} is not in this worker's catalog")
+        return _Model(offer.id, offer.api_model)
 
     async def _stream_with_restarts(
         self,
@@ -122,6 +144,7 @@ class ReplyGenerator:
         prompt: list[PromptMessage],
         started: float,
         stop: asyncio.Event,
+        model: _Model,
     ) -> _Streamed:
         """Stream the reply, generating it again (after a ``restart`` event) each time
         the model's stream breaks, up to ``llm_max_retries`` times.
@@ -132,7 +155,7 @@ class ReplyGenerator:
         restarts = 0
         while True:
             try:
-                return await self._stream(entry, attempt, prompt, started, stop)
+                return await self._stream(entry, attempt, prompt, started, stop, model)
             except LLMStreamInterrupted as e:
                 restarts += 1
                 if restarts > self.settings.llm_max_retries:
@@ -150,8 +173,10 @@ class ReplyGenerator:
         started: float,
         stopped: bool,
         ack: tuple[str, str] | None,
+        model: str,
     ) -> None:
-        """Record the reply with its ``done`` event, then count and log it."""
+        """Record the reply of ``model`` (its catalog id) with its ``done`` event, then
+        count and log it."""
         reply = StoredMessage(
             id=str(uuid.uuid4()),
             role="assistant",
@@ -160,6 +185,7 @@ class ReplyGenerator:
             reply_to=entry.message_id,
             stopped=stopped,
             truncated=None if stopped else streamed.truncated,
+            model=model,
         )
         done = DoneEvent(message_id=entry.message_id, reply=reply.public())
         event_id = await self.store.finish(entry, reply, done, attempt, ack=ack)
@@ -194,12 +220,13 @@ class ReplyGenerator:
         """The prompt of ``entry``'s reply, from the newest messages that ``begin``
         read; from the whole history only if they are not enough to tell."""
         assert begun.session is not None
+        session = begun.session
 
         def prompt(history: Sequence[MessageRecord], complete: bool) -> list[PromptMessage]:
             return build_prompt(
                 history,
                 entry.seq,
-                system_prompt=self.settings.system_prompt,
+                system_prompt=session.system_prompt or self.settings.system_prompt,
                 max_messages=self.settings.memory_max_messages,
                 max_tokens=self.settings.memory_max_tokens,
                 complete=complete,
@@ -208,8 +235,8 @@ class ReplyGenerator:
         try:
             return prompt(begun.session.messages, begun.complete)
         except HistoryTooShort:
-            session = await self.store.get_session(entry.token, touch=False)
-            return prompt(session.messages, True)
+            whole = await self.store.get_session(entry.token, touch=False)
+            return prompt(whole.messages, True)
 
     async def _fail(
         self, entry: MessageEntry, attempt: str, error: LLMError, ack: tuple[str, str] | None
@@ -226,8 +253,9 @@ class ReplyGenerator:
         prompt: list[PromptMessage],
         started: float,
         stop: asyncio.Event,
+        model: _Model,
     ) -> _Streamed:
-        """Stream one reply to the session, coalescing deltas; return it, its TTFT (s)
+        """Stream one reply of ``model`` to the session, coalescing deltas; return it, its TTFT (s)
         and why it was cut, if it was.
 
         When ``stop`` is set, the model request is aborted and the text published so
@@ -241,7 +269,9 @@ class ReplyGenerator:
             SessionExpired: the session ended meanwhile.
         """
         queue: asyncio.Queue[Delta] = asyncio.Queue()
-        reader = asyncio.create_task(read_deltas(self.llm.stream(prompt), queue))
+        reader = asyncio.create_task(
+            read_deltas(self.llm.stream(prompt, model=model.api_model), queue)
+        )
         deadline = started + self.settings.reply_timeout_s
         stopper = asyncio.create_task(_end_on_stop(stop, deadline, reader, queue))
         pieces = Coalescer(queue)

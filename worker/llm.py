@@ -155,10 +155,15 @@ class LLMClient:
             self._session = None
 
     def stream(
-        self, messages: Sequence[PromptMessage], *, max_tokens: int | None = None
+        self,
+        messages: Sequence[PromptMessage],
+        *,
+        max_tokens: int | None = None,
+        model: str | None = None,
     ) -> AsyncGenerator[str, None]:
         """Stream the reply to ``messages`` as non-empty content deltas, in order; at
-        most ``max_tokens`` tokens (None: the configured ``max_tokens``).
+        most ``max_tokens`` tokens (None: the configured ``max_tokens``), from ``model``
+        (the API's name for it; None: the configured ``model``).
 
         The result is an async generator: iterate it, and close it (``aclose()`` or
         ``contextlib.aclosing``) when stopping early, which closes the HTTP response at
@@ -185,7 +190,7 @@ class LLMClient:
         if self._closed:
             raise RuntimeError("LLMClient is closed")
         body: dict[str, Any] = {
-            "model": self.config.model,
+            "model": model or self.config.model,
             "messages": [m.model_dump() for m in messages],
             "stream": True,
             "max_tokens": max_tokens or self.config.max_tokens,

@@ -1,5 +1,6 @@
 """Owners and their conversations: ``POST /owner``, ``GET /conversations``,
-``PATCH /session`` (rename), ``DELETE /session`` and ``GET /session/export``.
+``PATCH /session`` (title, model, system prompt), ``DELETE /session`` and
+``GET /session/export``.
 
 An owner token is a bearer credential like a session token: whoever holds it lists the
 owner's conversations (with their session tokens) and may delete them. It holds no
@@ -13,11 +14,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from protocol.wire import ChatMessage, ConversationExport, ConversationPage, OwnerView
 from server.admission import admit_session
 from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
+from server.routes.models import ModelChoice, checked_choice
 from storage.store import NotTheOwner, OwnerUnknown, SessionExpired
 
 router = APIRouter(tags=["conversations"])
@@ -30,10 +32,10 @@ def owner_gone() -> HTTPException:
     return HTTPException(status.HTTP_400_BAD_REQUEST, detail=OWNER_GONE)
 
 
-class Rename(BaseModel):
-    """The body of ``PATCH /session``."""
+class SessionChanges(ModelChoice):
+    """The body of ``PATCH /session``: the fields to change, at least one."""
 
-    title: str = Field(description="The conversation's new title.")
+    title: str | None = Field(default=None, description="The conversation's new title.")
 
 
 @router.post("/owner", response_model=OwnerView, dependencies=[Depends(admit_session)])
@@ -69,22 +71,32 @@ async def list_conversations(
 
 
 @router.patch("/session", status_code=status.HTTP_204_NO_CONTENT)
-async def rename_session(
+async def change_session(
     token: Annotated[str, Query(description="The session token.")],
-    body: Rename,
+    body: SessionChanges,
     store: StoreDep,
     settings: SettingsDep,
 ) -> None:
-    """Rename a conversation (``{"title": "..."}``).
+    """Rename a conversation, or change its model or system prompt: a JSON object with
+    any of ``title``, ``model`` (``GET /models``), ``system_prompt`` (empty: the
+    deployment's). Replies from then on use the new model and prompt.
 
     Errors: 400 ``Session expired or does not exist``; 400 if the title is empty, blank
-    or longer than ``MAX_TITLE_CHARS``.
+    or longer than ``MAX_TITLE_CHARS``, the model unknown, or the system prompt too
+    long; 422 for an empty object or an unknown field.
     """
-    title = bounded_text(body.title, "title", settings.max_title_chars)
+    fields = checked_choice(body, settings)
+    if body.title is not None:
+        fields["title"] = bounded_text(body.title, "title", settings.max_title_chars)
+    if not fields:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail="give at least one of title, model, system_prompt",
+        )
     if not well_formed(token):
         raise session_gone()
     try:
-        await store.rename(token, title)
+        await store.update_session(token, fields)
     except SessionExpired as e:
         raise session_gone() from e
 

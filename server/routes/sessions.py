@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, status
 
 from protocol.wire import SessionView
 from server.admission import admit_session
 from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
 from server.routes.conversations import owner_gone
+from server.routes.models import ModelChoice, checked_choice
 from storage.store import OwnerFull, OwnerUnknown, SessionExpired
 
 router = APIRouter(tags=["sessions"])
@@ -23,21 +24,31 @@ async def create_token(
     owner: Annotated[
         str | None, Query(description="An owner token: list the session among its conversations.")
     ] = None,
+    choice: Annotated[ModelChoice | None, Body()] = None,
 ) -> SessionView:
     """Start a session: a new UUID4 token, valid ``SESSION_TTL_SECONDS`` after last use.
 
     With ``owner`` (from ``POST /owner``), the session is one of the owner's
-    conversations (``GET /conversations``).
+    conversations (``GET /conversations``). An optional JSON body
+    ``{"model", "system_prompt"}`` chooses the session's model (``GET /models``) and
+    system prompt; without it, the default model and the deployment's prompt.
 
-    Errors: 422 if ``name`` is missing; 400 if it is empty, blank or too long, or if the
-    owner is unknown or expired; 409 if the owner has ``MAX_CONVERSATIONS_PER_OWNER``
+    Errors: 422 if ``name`` is missing or the body malformed; 400 if the name is empty,
+    blank or too long, the model unknown, the system prompt too long, or the owner
+    unknown or expired; 409 if the owner has ``MAX_CONVERSATIONS_PER_OWNER``
     conversations already; 429 with ``Retry-After`` past ``RATE_SESSIONS_PER_CLIENT``
     (see :mod:`server.admission`).
     """
     name = bounded_text(name, "name", settings.max_name_chars)
     if owner is not None and not well_formed(owner):
         raise owner_gone()
-    session = await store.create_session(name, owner or "")
+    fields = checked_choice(choice or ModelChoice(), settings)
+    session = await store.create_session(
+        name,
+        owner or "",
+        model=fields.get("model", ""),
+        system_prompt=fields.get("system_prompt", ""),
+    )
     if owner is not None:
         limit = settings.max_conversations_per_owner
         try:

@@ -7,17 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.wire import (
-    MAX_JSON_DEPTH,
-    ErrorCode,
-    ErrorEvent,
-    FrameRefused,
-    MessageCommand,
-    ResumeCommand,
-    StopCommand,
-    max_command_chars,
-    parse_frame,
-)
+from protocol.frames import MAX_JSON_DEPTH, FrameRefused, max_command_chars, parse_frame
+from protocol.wire import ErrorCode, ErrorEvent, MessageCommand, ResumeCommand, StopCommand
 from tests.hostile.frames import FRAMES, Frame
 
 MAX_CHARS = 4000

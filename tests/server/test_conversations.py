@@ -232,7 +232,15 @@ async def test_export_gives_the_whole_conversation_without_its_token(
         text = await r.text()
     assert token not in text
     export = json.loads(text)
-    assert set(export) == {"title", "name", "session_start", "exported", "messages"}
+    assert set(export) == {
+        "title",
+        "name",
+        "session_start",
+        "exported",
+        "model",
+        "system_prompt",
+        "messages",
+    }
     assert (export["title"], export["name"]) == ("Questions", "Ada")
     assert export["messages"] == history  # conversation order, every field
     assert [m["role"] for m in export["messages"]] == ["user", "assistant"] * 2

@@ -1,14 +1,12 @@
-"""The terminal client: rendering and bookkeeping alone, then end to end on the real stack.
+"""The terminal client's socket and bookkeeping: alone, then end to end on the real stack.
 
-The end-to-end tests use the ``parley_url`` fixture (``tests/conftest.py``): a running
+The end-to-end tests use the ``parley`` fixture (``tests/conftest.py``): a running
 server, worker, Redis and stand-in model whose reply to "X" begins with "Reply to: X".
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,15 +18,17 @@ from protocol.wire import (
     DoneEvent,
     ErrorCode,
     ErrorEvent,
+    MessageVersion,
     QueuedEvent,
     RestartEvent,
+    RevisedEvent,
     ServerEvent,
     SessionView,
     TokenEvent,
 )
-from terminal.cli import Conversation
 from terminal.client import Backoff, ChatClient, ConnectionLost, ResumeCursor
-from terminal.render import REPLY_PREFIX, RESTART_MARKER, render_event, render_session
+from terminal.conversation import Conversation
+from terminal.render import REPLY_PREFIX, Renderer
 from testkit.ports import free_port
 from tests.support.parley import Parley
 
@@ -36,63 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TS = "2026-01-01T12:00:00.000Z"
 
 
-def reply(content: str, message_id: str = "m1") -> DoneEvent:
+def reply(content: str, message_id: str = "m1", event_id: str = "5-0") -> DoneEvent:
     message = ChatMessage(id=f"r-{message_id}", role="assistant", content=content, timestamp=TS)
-    return DoneEvent(message_id=message_id, reply=message, event_id="5-0")
-
-
-# --- rendering ------------------------------------------------------------------------
-
-
-def test_queued_prints_nothing() -> None:
-    assert render_event(QueuedEvent(message_id="m1")) == ""
-
-
-def test_tokens_print_as_is_without_newline_the_first_after_a_prefix() -> None:
-    assert render_event(TokenEvent(message_id="m1", content="Hel")) == REPLY_PREFIX + "Hel"
-    assert render_event(TokenEvent(message_id="m1", content="lo"), streamed="Hel") == "lo"
-
-
-def test_restart_prints_a_marker_on_its_own_line() -> None:
-    text = render_event(RestartEvent(message_id="m1"), streamed="Hel")
-    assert text == f"\n{RESTART_MARKER}\n"
-
-
-def test_done_ends_the_streamed_line() -> None:
-    assert render_event(reply("Hello"), streamed="Hello") == "\n"
-
-
-def test_done_completes_a_reply_whose_last_pieces_were_missed() -> None:
-    assert render_event(reply("Hello there"), streamed="Hello") == " there\n"
-
-
-def test_done_shows_the_whole_reply_when_nothing_or_something_else_was_streamed() -> None:
-    assert render_event(reply("Hello")) == f"{REPLY_PREFIX}Hello\n"
-    assert render_event(reply("Hello"), streamed="Bye") == f"\n{REPLY_PREFIX}Hello\n"
-
-
-def test_errors_are_readable_lines_never_json() -> None:
-    event = ErrorEvent(
-        message_id=None, code=ErrorCode.SESSION_EXPIRED, detail="Session expired or does not exist"
-    )
-    assert render_event(event) == "! session_expired: Session expired or does not exist\n"
-    failed = ErrorEvent(message_id="m1", code=ErrorCode.LLM_UNAVAILABLE, detail="model down")
-    assert render_event(failed, streamed="Hel") == "\n! llm_unavailable: model down\n"
-
-
-def test_session_history_one_message_a_line() -> None:
-    view = SessionView(
-        token="t",
-        name="Ada",
-        session_start=TS,
-        messages=[
-            ChatMessage(id="u1", role="user", content="hi", timestamp=TS),
-            ChatMessage(id="a1", role="assistant", content="Reply to: hi", timestamp=TS),
-        ],
-    )
-    text = render_session(view)
-    assert "Ada" in text
-    assert text.endswith(f"you: hi\n{REPLY_PREFIX}Reply to: hi\n")
+    return DoneEvent(message_id=message_id, reply=message, event_id=event_id)
 
 
 # --- bookkeeping ----------------------------------------------------------------------
@@ -139,18 +85,42 @@ def test_cursor_drops_replayed_events_of_finished_replies() -> None:
 
 
 def test_conversation_is_idle_once_every_message_is_answered_or_refused() -> None:
-    conversation = Conversation()
+    conversation = Conversation(Renderer(width=80))
     conversation.sent()
     conversation.sent()
     assert not conversation.idle.is_set()
     refused = ErrorEvent(code=ErrorCode.MESSAGE_TOO_LONG, detail="too long")
     assert conversation.show(refused) == "! message_too_long: too long\n"
-    conversation.show(QueuedEvent(message_id="m1"))
-    assert conversation.show(TokenEvent(message_id="m1", content="Hel")) == REPLY_PREFIX + "Hel"
-    assert conversation.show(TokenEvent(message_id="m1", content="lo")) == "lo"
+    assert conversation.show(QueuedEvent(message_id="m1")) == ""
+    assert conversation.show(TokenEvent(message_id="m1", content="Hel")) == ""
+    assert conversation.show(TokenEvent(message_id="m1", content="lo")) == ""
+    assert conversation.streamed == {"m1": "Hello"}
+    assert conversation.live(rows=10) == f"{REPLY_PREFIX}Hello\n"
     assert not conversation.idle.is_set()
-    assert conversation.show(reply("Hello")) == "\n"
+    assert conversation.show(reply("Hello")) == f"{REPLY_PREFIX}Hello\n"  # printed once, whole
+    assert conversation.live(rows=10) == ""
     assert conversation.idle.is_set()
+
+
+def test_a_restarted_reply_streams_again_from_nothing() -> None:
+    conversation = Conversation(Renderer(width=80))
+    conversation.show(QueuedEvent(message_id="m1"))
+    conversation.show(TokenEvent(message_id="m1", content="Hel"))
+    assert conversation.show(RestartEvent(message_id="m1")) == ""
+    assert conversation.live(rows=10) == ""
+    conversation.show(TokenEvent(message_id="m1", content="Hi"))
+    assert conversation.live(rows=10) == f"{REPLY_PREFIX}Hi\n"
+
+
+def test_several_replies_stream_side_by_side_each_printed_when_done() -> None:
+    conversation = Conversation(Renderer(width=80))
+    for message_id in ("m1", "m2"):
+        conversation.show(QueuedEvent(message_id=message_id))
+        conversation.show(TokenEvent(message_id=message_id, content=f"to {message_id}"))
+    assert conversation.live(rows=10) == f"{REPLY_PREFIX}to m1\n{REPLY_PREFIX}to m2\n"
+    assert conversation.show(reply("to m2 done", message_id="m2")) == f"{REPLY_PREFIX}to m2 done\n"
+    assert conversation.live(rows=10) == f"{REPLY_PREFIX}to m1\n"
+    assert not conversation.idle.is_set()
 
 
 async def test_client_gives_up_once_its_reconnect_attempts_are_spent() -> None:
@@ -181,62 +151,6 @@ async def test_client_gives_up_once_its_reconnect_attempts_are_spent() -> None:
 
 
 # --- end to end, on the real stack ----------------------------------------------------
-
-
-async def run_cli(*args: str, stdin: str) -> tuple[int, str]:
-    """Run ``python -m terminal ARGS`` with ``stdin`` as what is typed; (status, stdout)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "terminal",
-        *args,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, out.decode() + err.decode()
-
-
-def token_in(output: str) -> str:
-    """The session token the CLI prints (``-- token T (...) --``)."""
-    for line in output.splitlines():
-        if line.startswith("-- token "):
-            return line.split()[2]
-    raise AssertionError(f"no token in output:\n{output}")
-
-
-@pytest.mark.system
-async def test_cli_chats_then_continues_the_session_with_its_history(parley_url: str) -> None:
-    status, output = await run_cli("--url", parley_url, "--name", "Ada", stdin="hello\n")
-    assert status == 0, output
-    assert f"{REPLY_PREFIX}Reply to: hello" in output
-    assert '"type"' not in output  # readable text, never raw JSON
-    token = token_in(output)
-
-    status, output = await run_cli("--url", parley_url, "--token", token, stdin="again\n")
-    assert status == 0, output
-    history, _, live = output.partition(f"-- token {token}")
-    assert "you: hello\n" in history
-    assert f"{REPLY_PREFIX}Reply to: hello" in history
-    assert f"{REPLY_PREFIX}Reply to: again" in live
-
-
-@pytest.mark.system
-async def test_cli_reports_an_unknown_session(parley_url: str) -> None:
-    status, output = await run_cli(
-        "--url", parley_url, "--token", "00000000-0000-4000-8000-000000000000", stdin=""
-    )
-    assert status == 1
-    assert "! Session expired or does not exist" in output
 
 
 async def collect_reply(events: AsyncIterator[ServerEvent]) -> tuple[str, list[ServerEvent]]:
@@ -294,4 +208,52 @@ async def test_client_gets_an_error_event_for_a_refused_message(parley_url: str)
         event = await asyncio.wait_for(anext(events), 30)
         assert isinstance(event, ErrorEvent)
         assert event.code is ErrorCode.MESSAGE_TOO_LONG
-        assert render_event(event).startswith("! message_too_long: ")
+
+
+def revised(message_id: str, versions: int, event_id: str, content: str = "hi") -> RevisedEvent:
+    earlier = [MessageVersion(content="hi", timestamp=TS, reply=None)] * versions
+    message = ChatMessage(
+        id=message_id, role="user", content=content, timestamp=TS, versions=earlier
+    )
+    return RevisedEvent(message_id=message_id, message=message, event_id=event_id)
+
+
+def test_cursor_reopens_a_turn_on_a_new_revision_and_drops_one_it_knows() -> None:
+    view = SessionView(
+        token="t",
+        name="Ada",
+        session_start=TS,
+        messages=[
+            revised("u1", versions=1, event_id="1-0").message,
+            ChatMessage(id="a1", role="assistant", content="Reply 2", timestamp=TS),
+        ],
+    )
+    cursor = ResumeCursor()
+    cursor.seed(view)
+    # A replay from the stream's start: the first reply, the revision the history holds
+    # and the reply it got are all old.
+    assert not cursor.accept(reply("Reply 1", message_id="u1", event_id="2-0"))
+    assert not cursor.accept(revised("u1", versions=1, event_id="3-0"))
+    assert not cursor.accept(TokenEvent(message_id="u1", content="Reply 2", event_id="4-0"))
+    # A regenerate made since: its revision and its new reply are new.
+    assert cursor.accept(revised("u1", versions=2, event_id="5-0"))
+    assert cursor.accept(TokenEvent(message_id="u1", content="Reply 3", event_id="6-0"))
+    assert cursor.accept(reply("Reply 3", message_id="u1", event_id="7-0"))
+    assert not cursor.accept(TokenEvent(message_id="u1", content="late", event_id="8-0"))
+
+
+def test_a_revised_turn_shows_its_new_text_then_streams_its_new_reply() -> None:
+    conversation = Conversation(Renderer(width=80))
+    conversation.sent()
+    event = revised("u1", versions=1, event_id="5-0", content="changed")
+    assert conversation.show(event) == (
+        "-- edited --\nyou: changed\n     (1 earlier version: /versions)\n"
+    )
+    assert not conversation.idle.is_set()  # its new reply is awaited
+    assert conversation.last_user_message() == event.message
+    conversation.show(TokenEvent(message_id="u1", content="Reply", event_id="6-0"))
+    assert conversation.live(rows=10) == f"{REPLY_PREFIX}Reply\n"
+    conversation.show(reply("Reply", message_id="u1"))
+    assert conversation.idle.is_set()
+    same = revised("u1", versions=2, event_id="8-0", content="hi")
+    assert conversation.show(same).startswith("-- answering again --\nyou: hi\n")

@@ -1,0 +1,155 @@
+"""Parley's REST API as the terminal client uses it: owners, sessions, conversations.
+
+Every call returns a parsed wire model (or nothing) and raises :class:`ApiError` with the
+server's ``{"detail": ...}`` otherwise. Tokens travel as query parameters only, and no
+error message built here holds a URL with its query, so none can print a token.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from protocol.wire import ConversationPage, OwnerView, SessionView
+
+#: The server's 400 detail for an owner token that expired (``OWNER_TTL_SECONDS``) or is
+#: unknown (the README's API table).
+OWNER_GONE = "Owner expired or does not exist"
+M = TypeVar("M", bound=BaseModel)
+
+#: The largest page ``GET /conversations`` serves.
+MAX_PAGE = 100
+
+
+class ChatClientError(Exception):
+    """Base of the errors the terminal client raises."""
+
+
+class ApiError(ChatClientError):
+    """A REST call failed; ``status`` is the HTTP status (0: no answer), ``detail`` the
+    server's ``{"detail": ...}`` or what went wrong."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+    @property
+    def owner_gone(self) -> bool:
+        """Whether the server no longer knows the owner token sent."""
+        return self.status == 400 and self.detail == OWNER_GONE
+
+
+class ParleyApi:
+    """The REST calls, over one aiohttp session that the caller owns and closes.
+
+    Args:
+        base_url: the server, e.g. ``http://127.0.0.1:8000``.
+        http: the aiohttp session.
+    """
+
+    def __init__(self, base_url: str, http: aiohttp.ClientSession) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = http
+
+    async def create_owner(self) -> str:
+        """A new owner token (``POST /owner``).
+
+        Raises:
+            ApiError: 429 past the server's rate of new sessions and owners.
+        """
+        return _parse(OwnerView, await self._call("POST", "/owner", {})).owner
+
+    async def create_session(self, name: str, owner: str | None = None) -> SessionView:
+        """Start a session (``POST /token``), one of ``owner``'s conversations if given.
+
+        Raises:
+            ApiError: 400 for a blank or too long name, or an owner that expired; 409 when
+                the owner has the most conversations allowed.
+        """
+        params = {"name": name} | ({"owner": owner} if owner else {})
+        return _parse(SessionView, await self._call("POST", "/token", params))
+
+    async def load_session(self, token: str) -> SessionView:
+        """A session with its history (``GET /refresh_token``).
+
+        Raises:
+            ApiError: 400 if it expired or does not exist.
+        """
+        return _parse(SessionView, await self._call("GET", "/refresh_token", {"token": token}))
+
+    async def conversations(self, owner: str, limit: int = MAX_PAGE) -> ConversationPage:
+        """The owner's newest ``limit`` conversations (1 to :data:`MAX_PAGE`), newest first.
+
+        Raises:
+            ApiError: 400 if the owner expired or does not exist.
+        """
+        params = {"owner": owner, "limit": str(limit)}
+        return _parse(ConversationPage, await self._call("GET", "/conversations", params))
+
+    async def rename(self, token: str, title: str) -> None:
+        """Give the conversation a title (``PATCH /session``).
+
+        Raises:
+            ApiError: 400 for a blank or too long title, or a session that is gone.
+        """
+        await self._call("PATCH", "/session", {"token": token}, {"title": title})
+
+    async def delete(self, token: str, owner: str | None = None) -> None:
+        """Delete the conversation for good (``DELETE /session``).
+
+        Raises:
+            ApiError: 400 if it is gone already; 403 if ``owner`` does not own it.
+        """
+        params = {"token": token} | ({"owner": owner} if owner else {})
+        await self._call("DELETE", "/session", params)
+
+    async def export(self, token: str, form: Literal["json", "markdown"]) -> str:
+        """The whole conversation as JSON or Markdown text, without its token.
+
+        Raises:
+            ApiError: 400 if the session is gone.
+        """
+        return await self._call("GET", "/session/export", {"token": token, "format": form})
+
+    async def _call(self, method: str, path: str, params: dict[str, str], body: Any = None) -> str:
+        """One request; the body of its 2xx answer.
+
+        Raises:
+            ApiError: a status other than 2xx, or no answer.
+        """
+        url = self.base_url + path
+        try:
+            async with self.http.request(method, url, params=params, json=body) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            # Only the error's type: aiohttp's messages may quote the URL with its token.
+            raise ApiError(0, f"{method} {path} failed ({type(e).__name__})") from e
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, _detail(text))
+        return text
+
+
+def _parse(model: type[M], text: str) -> M:
+    """``text`` as ``model``.
+
+    Raises:
+        ApiError: the answer is not what Parley answers.
+    """
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as e:
+        raise ApiError(0, f"the server's answer is not a Parley {model.__name__}") from e
+
+
+def _detail(text: str) -> str:
+    """The ``detail`` of an error body, or the body itself (clipped) if it has none."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:200]
+    detail = data.get("detail") if isinstance(data, dict) else data
+    return str(detail)[:500]

@@ -1,0 +1,104 @@
+"""One open conversation as the terminal shows it: what streams, what waits, what was said.
+
+:class:`Conversation` takes the server's events in order and says what to print for
+good (a finished reply, rendered once; an error), while the replies still streaming
+stay in :attr:`Conversation.streamed` for the live area above the prompt. Several
+replies may stream at once (after a reconnect, or from another terminal on the same
+session): each keeps its own text, keyed by its user message's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from protocol.wire import (
+    ChatMessage,
+    DoneEvent,
+    ErrorEvent,
+    QueuedEvent,
+    RestartEvent,
+    RevisedEvent,
+    ServerEvent,
+    SessionView,
+    TokenEvent,
+)
+from terminal.render import Renderer
+
+
+class Conversation:
+    """The bookkeeping of one session's socket.
+
+    ``idle`` is set when every message and command sent has been answered (or refused),
+    which is when Ctrl-D or the end of piped input may exit. ``user_messages`` holds the
+    session's user messages by id, in conversation order, as they now stand.
+
+    Args:
+        renderer: renders what :meth:`show` returns.
+        view: the session as loaded, to know its user messages (None: a new session).
+    """
+
+    def __init__(self, renderer: Renderer, view: SessionView | None = None) -> None:
+        self.renderer = renderer
+        self.streamed: dict[str, str] = {}  # user message id -> reply text so far
+        self.unacked = 0  # sent, neither queued nor refused yet
+        self.waiting: set[str] = set()  # queued, reply not finished
+        self.user_messages: dict[str, ChatMessage] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+        for message in view.messages if view else []:
+            if message.role == "user":
+                self.user_messages[message.id] = message
+
+    def sent(self) -> None:
+        """Count a message or command just sent: it will be queued or refused."""
+        self.unacked += 1
+        self.idle.clear()
+
+    def last_user_message(self) -> ChatMessage | None:
+        """The session's newest user message, if any."""
+        return next(reversed(self.user_messages.values()), None)
+
+    def show(self, event: ServerEvent) -> str:
+        """What to print for good for ``event`` ("" if nothing), updating the state."""
+        message_id = event.message_id or ""
+        text = ""
+        match event:
+            case QueuedEvent(message=message):
+                self.unacked = max(0, self.unacked - 1)
+                self.waiting.add(message_id)
+                if message is not None:
+                    self.user_messages[message_id] = message
+            case TokenEvent(content=content):
+                self.streamed[message_id] = self.streamed.get(message_id, "") + content
+            case RestartEvent():
+                self.streamed[message_id] = ""  # its tokens come again from the start
+            case DoneEvent(reply=reply):
+                self.streamed.pop(message_id, None)
+                self.waiting.discard(message_id)
+                text = self.renderer.reply(reply)
+            case RevisedEvent(message=message):
+                self.unacked = max(0, self.unacked - 1)  # a regenerate or edit, accepted
+                self.waiting.add(message_id)
+                self.streamed.pop(message_id, None)
+                self.user_messages[message_id] = message
+                text = self.renderer.revised(message)
+            case ErrorEvent(code=code, detail=detail):
+                self.streamed.pop(message_id, None)
+                if message_id in self.waiting:
+                    self.waiting.discard(message_id)
+                else:
+                    self.unacked = max(0, self.unacked - 1)  # a refused message or command
+                text = self.renderer.error(f"{code.value}: {detail}")
+        if self.unacked == 0 and not self.waiting:
+            self.idle.set()
+        else:
+            self.idle.clear()  # a reply asked for elsewhere (another socket) is awaited too
+        return text
+
+    def live(self, rows: int) -> str:
+        """The replies still streaming, rendered, in ``rows`` lines at most (about)."""
+        replies = [text for text in self.streamed.values() if text]
+        if not replies:
+            return ""
+        each = max(rows // len(replies), 1)
+        return "".join(self.renderer.streaming(text, each) for text in replies)
