@@ -143,12 +143,11 @@ export function App() {
     [],
   );
 
-  /** This browser's owner token, made on first use. */
+  /** This browser's owner token, made on first use (kept, not yet listed: see start). */
   async function ensureOwner(renew = false): Promise<string> {
     if (owner !== null && !renew) return owner;
     const made = await api.createOwner();
     saveOwner(made);
-    setOwner(made);
     return made;
   }
 
@@ -157,13 +156,17 @@ export function App() {
     setCreating(true);
     try {
       let view: SessionView;
+      let listOwner = await ensureOwner();
       try {
-        view = await api.createSession(name, await ensureOwner());
+        view = await api.createSession(name, listOwner);
       } catch (e) {
         if (!(e instanceof OwnerGone)) throw e;
-        view = await api.createSession(name, await ensureOwner(true));
+        listOwner = await ensureOwner(true);
+        view = await api.createSession(name, listOwner);
       }
       saveSession(view.token, view.name);
+      // A new owner's list is loaded once its first conversation exists, so it holds it.
+      setOwner(listOwner);
       conversations.added(view);
       setPhase({ kind: "chat", view });
       setDrawerOpen(false);

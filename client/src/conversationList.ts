@@ -64,6 +64,9 @@ export function useConversationList(
   // dropped: the newest request wins.
   const request = useRef(0);
   const loaded = useRef(0);
+  // Conversations started here, with the number of the last request made before: an
+  // answer to that request or an earlier one may not know them yet, so it keeps them.
+  const startedHere = useRef(new Map<string, number>());
   loaded.current = list.items.length;
 
   const load = useCallback(
@@ -74,9 +77,20 @@ export function useConversationList(
       try {
         const page = await api.listConversations(owner, offset, limit);
         if (id !== request.current) return;
+        for (const [token, before] of startedHere.current) {
+          if (id > before) startedHere.current.delete(token); // the server's list has it
+        }
+        const kept = (items: ConversationSummary[]) =>
+          items.filter(
+            (c) =>
+              startedHere.current.has(c.token) &&
+              !page.conversations.some((p) => p.token === c.token),
+          );
         setList((l) => ({
-          items: replace ? page.conversations : mergePage(l.items, page.conversations),
-          total: page.total,
+          items: replace
+            ? [...kept(l.items), ...page.conversations]
+            : mergePage(l.items, page.conversations),
+          total: page.total + (replace ? kept(l.items).length : 0),
           complete: page.next_offset === null,
           loading: false,
           error: null,
@@ -100,6 +114,7 @@ export function useConversationList(
 
   useEffect(() => {
     request.current += 1; // whatever was asked for another owner is moot
+    startedHere.current.clear();
     // (An owner just forgotten leaves the note that it expired.)
     setList((l) =>
       owner === null
@@ -116,6 +131,7 @@ export function useConversationList(
       void load(loaded.current, PAGE_SIZE, false);
     }, [load]),
     added: useCallback((view: SessionView) => {
+      startedHere.current.set(view.token, request.current);
       const summary: ConversationSummary = {
         token: view.token,
         title: "",
@@ -137,6 +153,7 @@ export function useConversationList(
       }));
     }, []),
     removed: useCallback((token: string) => {
+      startedHere.current.delete(token);
       setList((l) => ({
         ...l,
         items: l.items.filter((c) => c.token !== token),

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Download, Locator, Page, Request, expect
+from playwright.async_api import Browser, Download, Locator, Page, Request, Route, expect
 from redis.asyncio import Redis
 
 from testkit.standin import reply_text
@@ -32,6 +32,7 @@ from tests.support.parley import Parley
 pytestmark = pytest.mark.browser
 
 OWNER_JS = "() => window.localStorage.getItem('parley.owner')"
+LIST = re.compile(r"/conversations\?")
 DOCS = ROOT / "docs"
 
 
@@ -173,6 +174,46 @@ async def test_new_conversations_are_listed_and_switched_between(page: Page, qui
     assert owner_requests and all(
         re.search(r"/(conversations|token|session)\?", url) for url in owner_requests
     ), owner_requests
+
+
+async def test_a_new_conversation_stays_listed_when_an_older_answer_of_the_list_arrives(
+    page: Page, quick: Parley
+) -> None:
+    await start_session(page, quick.url)
+    await expect(rows(page)).to_have_count(1)
+    # The next load of the list is answered as the server saw it then, but only after a
+    # new conversation has started: that answer does not know it. (It marks the first
+    # conversation's title, to show when the page has taken it.)
+    answered = asyncio.Event()
+    release = asyncio.Event()
+    fulfilled = asyncio.Event()
+
+    async def late(route: Route) -> None:
+        response = await route.fetch()
+        body = await response.json()
+        body["conversations"][0]["title"] = "As seen before"
+        answered.set()
+        await release.wait()
+        await route.fulfill(response=response, json=body)
+        fulfilled.set()
+
+    await page.route(LIST, late)
+    await page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    async with asyncio.timeout(10):
+        await answered.wait()
+    new = await new_conversation(page)
+    await expect(rows(page)).to_have_count(2)
+    release.set()
+    async with asyncio.timeout(10):
+        await fulfilled.wait()
+    await page.unroute(LIST)
+    await expect(rows(page).nth(1)).to_have_accessible_name("As seen before")
+    # The new conversation is still listed, as the open one, and counted.
+    await expect(rows(page)).to_have_count(2)
+    await expect(rows(page).nth(0)).to_have_attribute("aria-current", "true")
+    await expect(sidebar(page).locator("li.unlisted")).to_have_count(0)
+    await expect(sidebar(page).locator(".sidebar-foot")).to_contain_text("2 conversations")
+    assert token_of(page.url) == new
 
 
 async def test_a_conversation_is_renamed_in_place(page: Page, quick: Parley) -> None:
