@@ -14,6 +14,9 @@ export default defineConfig({
     proxy: {
       "/token": backend,
       "/refresh_token": backend,
+      "/owner": backend,
+      "/conversations": backend,
+      "/session": backend,
       "/healthz": backend,
       "/readyz": backend,
       "/chat": { target: backend.replace(/^http/, "ws"), ws: true },

@@ -1,26 +1,43 @@
-import { useCallback, useEffect, useState } from "react";
-import { httpApi, SessionGone, Unreachable, type Api } from "./api";
+import { useCallback, useEffect, useRef, useState } from "react";
+import { httpApi, OwnerGone, SessionGone, Unreachable, type Api } from "./api";
 import { ChatView } from "./components/ChatView";
+import { ConfirmDialog, type Confirmation } from "./components/ConfirmDialog";
 import { LinkedSession } from "./components/LinkedSession";
+import { Sidebar } from "./components/Sidebar";
 import { StartScreen } from "./components/StartScreen";
-import type { SessionView } from "./protocol";
+import { conversationLabel, useConversationList } from "./conversationList";
+import { exportFilename, saveFile } from "./download";
+import { useNarrow } from "./media";
+import type { ConversationSummary, ExportFormat, SessionView } from "./protocol";
 import {
+  forgetOwner,
   forgetSession,
   linkedToken,
+  saveOwner,
   savedName,
   storedName,
+  storedOwner,
   storedToken,
   saveSession,
 } from "./storage";
 
 type Phase =
-  | { kind: "loading"; token: string }
+  | { kind: "loading"; token: string; fromList?: boolean }
   | { kind: "confirm"; linked: string; stored: string | null }
   | { kind: "start"; notice?: string }
   | { kind: "unreachable"; token: string }
+  /** Between two conversations (one being deleted): nothing open. */
+  | { kind: "busy" }
   | { kind: "chat"; view: SessionView };
 
 const api: Api = httpApi();
+
+/** After a reply the list is loaded again this long after (ms), for its message count;
+ * and until an untitled conversation has its title, which the server gives it after its
+ * first reply, in the background, also at the later times. */
+const TITLE_CHECKS_MS = [1_000, 3_000, 8_000];
+
+const SIDEBAR_ID = "conversations";
 
 /** What a failed REST call means to the person. */
 function explain(error: unknown): string {
@@ -30,7 +47,7 @@ function explain(error: unknown): string {
 }
 
 /** The phase that continuing the session `token` leads to. */
-async function resume(token: string): Promise<Phase> {
+async function resume(token: string, fromList = false): Promise<Phase> {
   try {
     const view = await api.refreshSession(token);
     saveSession(view.token, view.name);
@@ -40,7 +57,9 @@ async function resume(token: string): Promise<Phase> {
     forgetSession();
     return {
       kind: "start",
-      notice: "Your last session has expired. Start a new one to chat again.",
+      notice: fromList
+        ? "That conversation has expired or was deleted. Start a new one to chat again."
+        : "Your last session has expired. Start a new one to chat again.",
     };
   }
 }
@@ -60,38 +79,220 @@ function initialPhase(): Phase {
 
 export function App() {
   const [phase, setPhase] = useState<Phase>(initialPhase);
-  const loading = phase.kind === "loading" ? phase.token : null;
+  const [owner, setOwner] = useState<string | null>(storedOwner);
+  // An owner the server no longer knows (it expired) is forgotten: the next new
+  // conversation makes another.
+  const ownerGone = useCallback(() => {
+    forgetOwner();
+    setOwner(null);
+  }, []);
+  const conversations = useConversationList(api, owner, ownerGone);
+  const { list, refresh } = conversations;
+  const narrow = useNarrow();
+  const [drawerOpen, setDrawerOpen] = useState(false);
+  const [confirmation, setConfirmation] = useState<Confirmation | null>(null);
+  const [creating, setCreating] = useState(false);
+  /** Why the last delete failed, if it did. */
+  const [listNotice, setListNotice] = useState<string | null>(null);
+  const loading = phase.kind === "loading" ? phase : null;
+  const current =
+    phase.kind === "chat" ? phase.view.token : phase.kind === "loading" ? phase.token : null;
+  const currentSummary = list.items.find((c) => c.token === current);
+  // The open conversation is in no list of this browser's: started before lists
+  // existed, or opened from a link. It keeps working; nothing adopts it.
+  const unlisted =
+    phase.kind === "chat" && currentSummary === undefined && (owner === null || list.complete)
+      ? { name: phase.view.name }
+      : null;
 
   useEffect(() => {
     if (loading === null) return;
-    let current = true;
-    void resume(loading).then((next) => {
-      if (current) setPhase(next);
+    let live = true;
+    void resume(loading.token, loading.fromList).then((next) => {
+      if (live) setPhase(next);
     });
     return () => {
-      current = false;
+      live = false;
     };
   }, [loading]);
 
-  /** Start a session for `name`; resolves to an error message, or null when started. */
-  const start = useCallback(async (name: string): Promise<string | null> => {
+  // The list is loaded again whenever it comes into view: the page comes back to the
+  // front, or the drawer opens.
+  useEffect(() => {
+    const onVisible = () => {
+      if (document.visibilityState === "visible") refresh();
+    };
+    document.addEventListener("visibilitychange", onVisible);
+    return () => {
+      document.removeEventListener("visibilitychange", onVisible);
+    };
+  }, [refresh]);
+
+  // After a reply, a few loads until the open conversation has its title.
+  const titleChecks = useRef<ReturnType<typeof setTimeout>[]>([]);
+  const untitled = currentSummary !== undefined && currentSummary.title === "";
+  const onReplyDone = useCallback(() => {
+    for (const timer of titleChecks.current) clearTimeout(timer);
+    const checks = untitled ? TITLE_CHECKS_MS : TITLE_CHECKS_MS.slice(0, 1);
+    titleChecks.current = checks.map((ms) => setTimeout(refresh, ms));
+  }, [untitled, refresh]);
+  useEffect(
+    () => () => {
+      for (const timer of titleChecks.current) clearTimeout(timer);
+    },
+    [],
+  );
+
+  /** This browser's owner token, made on first use (kept, not yet listed: see start). */
+  async function ensureOwner(renew = false): Promise<string> {
+    if (owner !== null && !renew) return owner;
+    const made = await api.createOwner();
+    saveOwner(made);
+    return made;
+  }
+
+  /** Start a conversation for `name`; resolves to an error message, or null when started. */
+  async function start(name: string): Promise<string | null> {
+    setCreating(true);
     try {
-      const view = await api.createSession(name);
+      let view: SessionView;
+      let listOwner = await ensureOwner();
+      try {
+        view = await api.createSession(name, listOwner);
+      } catch (e) {
+        if (!(e instanceof OwnerGone)) throw e;
+        listOwner = await ensureOwner(true);
+        view = await api.createSession(name, listOwner);
+      }
       saveSession(view.token, view.name);
+      // A new owner's list is loaded once its first conversation exists, so it holds it.
+      setOwner(listOwner);
+      conversations.added(view);
       setPhase({ kind: "chat", view });
+      setDrawerOpen(false);
       return null;
     } catch (e) {
       return explain(e);
+    } finally {
+      setCreating(false);
     }
-  }, []);
+  }
+
+  /** Leave the open conversation for `next`, after asking if it is in no list. */
+  function leave(next: () => void) {
+    if (unlisted === null) {
+      next();
+      return;
+    }
+    setConfirmation({
+      title: "Leave this conversation?",
+      body: (
+        <p>
+          It is not in your list of conversations (it was started before the list existed, or
+          opened from a link), so once you leave it only its link brings it back. Keep the
+          page&apos;s address if you want to return to it.
+        </p>
+      ),
+      confirmLabel: "Leave it",
+      cancelLabel: "Stay",
+      onConfirm: next,
+    });
+  }
+
+  function select(token: string) {
+    if (token === current) {
+      setDrawerOpen(false);
+      return;
+    }
+    leave(() => {
+      setDrawerOpen(false);
+      setPhase({ kind: "loading", token, fromList: true });
+    });
+  }
+
+  function newConversation() {
+    const name = phase.kind === "chat" ? phase.view.name : savedName();
+    leave(() => {
+      if (name) {
+        void start(name).then((error) => {
+          if (error !== null) setPhase({ kind: "start", notice: error });
+        });
+      } else {
+        setDrawerOpen(false);
+        forgetSession();
+        setPhase({ kind: "start" });
+      }
+    });
+  }
+
+  async function rename(token: string, title: string): Promise<string | null> {
+    try {
+      await api.renameSession(token, title);
+      conversations.renamed(token, title.trim());
+      return null;
+    } catch (e) {
+      if (e instanceof SessionGone) refresh();
+      return explain(e);
+    }
+  }
+
+  function askDelete(conversation: ConversationSummary) {
+    setConfirmation({
+      title: `Delete “${conversationLabel(conversation)}”?`,
+      body: <p>Its messages are deleted for good, for everyone who has its link.</p>,
+      confirmLabel: "Delete",
+      onConfirm: () => void remove(conversation.token),
+    });
+  }
+
+  async function remove(token: string) {
+    const wasOpen = token === current;
+    // The open conversation is closed first: its socket would only hear that it ended.
+    if (wasOpen) setPhase({ kind: "busy" });
+    try {
+      await api.deleteSession(token);
+      setListNotice(null);
+    } catch (e) {
+      if (!(e instanceof SessionGone)) {
+        setListNotice(`The conversation could not be deleted: ${explain(e)}`);
+        if (wasOpen) setPhase({ kind: "loading", token });
+        return;
+      }
+    }
+    conversations.removed(token);
+    refresh();
+    if (!wasOpen) return;
+    const next = list.items.find((c) => c.token !== token);
+    if (next !== undefined) {
+      setPhase({ kind: "loading", token: next.token, fromList: true });
+    } else {
+      forgetSession();
+      setPhase({ kind: "start", notice: "The conversation was deleted." });
+    }
+  }
+
+  async function exportConversation(format: ExportFormat, name: string): Promise<string | null> {
+    if (phase.kind !== "chat") return null;
+    try {
+      const file = await api.exportSession(phase.view.token, format);
+      const title = currentSummary?.title ?? "";
+      saveFile(file.blob, exportFilename(title, name, phase.view.session_start, format));
+      return null;
+    } catch (e) {
+      return `The conversation could not be exported: ${explain(e)}`;
+    }
+  }
+
+  const dialog = confirmation !== null && (
+    <ConfirmDialog
+      {...confirmation}
+      onClose={() => {
+        setConfirmation(null);
+      }}
+    />
+  );
 
   switch (phase.kind) {
-    case "loading":
-      return (
-        <main className="center-screen" aria-busy="true">
-          <p className="muted">Loading your conversation…</p>
-        </main>
-      );
     case "confirm":
       return (
         <LinkedSession
@@ -129,14 +330,62 @@ export function App() {
       );
     case "start":
       return <StartScreen initialName={savedName()} notice={phase.notice} onStart={start} />;
-    case "chat":
+    case "loading":
+    case "busy":
+    case "chat": {
+      const drawer = narrow;
       return (
-        <ChatView
-          key={phase.view.token}
-          view={phase.view}
-          api={api}
-          onNewSession={start}
-        />
+        <div className="app" data-drawer={drawer ? (drawerOpen ? "open" : "closed") : "none"}>
+          <Sidebar
+            id={SIDEBAR_ID}
+            list={list}
+            notice={listNotice}
+            current={current}
+            unlisted={unlisted}
+            drawer={drawer}
+            open={drawerOpen}
+            onClose={() => {
+              setDrawerOpen(false);
+            }}
+            onNew={newConversation}
+            creating={creating}
+            onSelect={select}
+            onRename={rename}
+            onDelete={askDelete}
+            onLoadMore={conversations.loadMore}
+          />
+          <main className="main" inert={drawer && drawerOpen}>
+            {phase.kind === "chat" ? (
+              <ChatView
+                key={phase.view.token}
+                view={phase.view}
+                api={api}
+                title={currentSummary?.title ?? ""}
+                onNewSession={start}
+                onReplyDone={onReplyDone}
+                onExport={exportConversation}
+                drawer={
+                  drawer
+                    ? {
+                        id: SIDEBAR_ID,
+                        open: drawerOpen,
+                        onOpen: () => {
+                          setDrawerOpen(true);
+                          refresh();
+                        },
+                      }
+                    : null
+                }
+              />
+            ) : (
+              <div className="center-screen" aria-busy="true">
+                <p className="muted">Loading your conversation…</p>
+              </div>
+            )}
+          </main>
+          {dialog}
+        </div>
       );
+    }
   }
 }

@@ -1,12 +1,28 @@
-// The REST half of the contract: start a session, load one with its history.
+// The REST half of the contract: sessions (start, load, rename, delete, export) and the
+// owner that lists a person's conversations.
 
-import { isSessionView, type SessionView } from "./protocol";
+import {
+  isConversationPage,
+  isOwnerView,
+  isSessionView,
+  type ConversationPage,
+  type ExportFormat,
+  type SessionView,
+} from "./protocol";
 
-/** The session expired or never existed (`/refresh_token` answered 400). */
+/** The session expired or never existed (the server answered 400 for its token). */
 export class SessionGone extends Error {
   constructor() {
     super("This session has expired or does not exist.");
     this.name = "SessionGone";
+  }
+}
+
+/** The owner token expired or never existed: its conversation list is gone. */
+export class OwnerGone extends Error {
+  constructor() {
+    super("Your conversation list has expired.");
+    this.name = "OwnerGone";
   }
 }
 
@@ -29,43 +45,134 @@ export class Unreachable extends Error {
   }
 }
 
+/** A conversation exported as a file. */
+export interface ExportedFile {
+  blob: Blob;
+  format: ExportFormat;
+}
+
 export interface Api {
-  createSession(name: string): Promise<SessionView>;
+  /** Start a session, one of `owner`'s conversations when given. @throws OwnerGone */
+  createSession(name: string, owner?: string | null): Promise<SessionView>;
   /** @throws SessionGone, Unreachable, ApiError */
   refreshSession(token: string): Promise<SessionView>;
+  /** A new owner token (`POST /owner`). */
+  createOwner(): Promise<string>;
+  /** A page of `owner`'s conversations, newest first. @throws OwnerGone */
+  listConversations(owner: string, offset: number, limit: number): Promise<ConversationPage>;
+  /** @throws SessionGone, ApiError (a title that is blank or too long) */
+  renameSession(token: string, title: string): Promise<void>;
+  /** Delete for good. @throws SessionGone */
+  deleteSession(token: string): Promise<void>;
+  /** @throws SessionGone */
+  exportSession(token: string, format: ExportFormat): Promise<ExportedFile>;
 }
+
+type Params = Record<string, string | number>;
 
 /** The API of the server at `base` ("" for the page's own origin). */
 export function httpApi(base = ""): Api {
-  async function call(method: string, path: string, params: Record<string, string>) {
-    const url = `${base}${path}?${new URLSearchParams(params).toString()}`;
+  /** The response to a request, or the error it stands for. */
+  async function send(method: string, path: string, params: Params, body?: unknown) {
+    const query = new URLSearchParams(
+      Object.entries(params).map(([key, value]) => [key, String(value)]),
+    );
+    const headers: Record<string, string> = { Accept: "application/json" };
+    const init: RequestInit = { method, headers };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
     let response: Response;
     try {
-      response = await fetch(url, { method, headers: { Accept: "application/json" } });
+      response = await fetch(`${base}${path}?${query.toString()}`, init);
     } catch (e) {
       throw new Unreachable(e);
     }
-    let body: unknown = null;
+    if (response.ok) return response;
+    let detail = `HTTP ${response.status}`;
     try {
-      body = await response.json();
+      detail = detailOf(await response.json()) ?? detail;
     } catch {
-      // not JSON: reported below with the status
+      // not JSON: the status says it
     }
-    if (response.ok && isSessionView(body)) return body;
-    const detail = detailOf(body) ?? `HTTP ${response.status}`;
     if (response.status >= 502 && response.status <= 504) throw new Unreachable(detail);
     throw new ApiError(response.status, detail);
   }
 
+  /** The JSON body of a request, checked by `valid`. */
+  async function json<T>(
+    method: string,
+    path: string,
+    params: Params,
+    valid: (value: unknown) => value is T,
+  ): Promise<T> {
+    const response = await send(method, path, params);
+    let body: unknown = null;
+    try {
+      body = await response.json();
+    } catch {
+      // reported below
+    }
+    if (valid(body)) return body;
+    throw new ApiError(response.status, `the server's answer to ${path} is not what was expected`);
+  }
+
+  /** `call()`, with a 400 turned into `gone` (the token it names is unknown). */
+  async function naming<T>(gone: () => Error, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 400) throw gone();
+      throw e;
+    }
+  }
+  const sessionGone = () => new SessionGone();
+  const ownerGone = () => new OwnerGone();
+
   return {
-    createSession: (name) => call("POST", "/token", { name }),
-    async refreshSession(token) {
+    async createSession(name, owner) {
+      const params: Params = owner ? { name, owner } : { name };
       try {
-        return await call("GET", "/refresh_token", { token });
+        return await json("POST", "/token", params, isSessionView);
       } catch (e) {
-        if (e instanceof ApiError && e.status === 400) throw new SessionGone();
+        // A 400 names the owner only when the name is fine: the page checks names first.
+        if (owner && e instanceof ApiError && e.status === 400 && /owner/i.test(e.detail)) {
+          throw new OwnerGone();
+        }
         throw e;
       }
+    },
+    refreshSession: (token) =>
+      naming(sessionGone, () => json("GET", "/refresh_token", { token }, isSessionView)),
+    async createOwner() {
+      return (await json("POST", "/owner", {}, isOwnerView)).owner;
+    },
+    listConversations: (owner, offset, limit) =>
+      naming(ownerGone, () =>
+        json("GET", "/conversations", { owner, offset, limit }, isConversationPage),
+      ),
+    async renameSession(token, title) {
+      try {
+        await send("PATCH", "/session", { token }, { title });
+      } catch (e) {
+        // 400 is also a bad title: only the server's words tell them apart.
+        if (e instanceof ApiError && e.status === 400 && /does not exist/.test(e.detail)) {
+          throw new SessionGone();
+        }
+        throw e;
+      }
+    },
+    async deleteSession(token) {
+      // The token alone is the credential: the owner check (`&owner=`) would only put
+      // a second one in a URL.
+      await naming(sessionGone, () => send("DELETE", "/session", { token }));
+    },
+    async exportSession(token, format) {
+      const response = await naming(sessionGone, () =>
+        send("GET", "/session/export", { token, format }),
+      );
+      return { blob: await response.blob(), format };
     },
   };
 }

@@ -3,13 +3,14 @@ import {
   activeMessage,
   emptyConversation,
   reduce,
+  revisableTurn,
   waitingToSend,
   type Action,
   type Conversation,
   type ReplyItem,
   type UserItem,
 } from "./conversation";
-import type { ChatMessage, ServerEvent } from "./protocol";
+import { parseEvent, type ChatMessage, type ServerEvent, type Version } from "./protocol";
 
 const T = "2026-01-01T12:00:00.000Z";
 
@@ -290,5 +291,99 @@ describe("a dropped socket", () => {
     state = run(state, token("m1", "tial", "1-1"), done("m1", "partial and more", "1-2"));
     expect(shown(state)).toEqual(["user:x:queued", "assistant:partial and more:done"]);
     expect(state.items[1]?.key).toBe(replyKey);
+  });
+});
+
+describe("regenerate and edit", () => {
+  const T2 = "2026-01-01T12:05:00.000Z";
+  const revised = (id: string, message: ChatMessage, eventId: string): Action =>
+    event({ type: "revised", message_id: id, message, event_id: eventId });
+  const version = (content: string, reply: ChatMessage | null): Version => ({
+    content,
+    timestamp: T,
+    reply,
+  });
+  const answered = () => run(sendAndQueue(emptyConversation(), "m1", "hi"), done("m1", "first", "1-0"));
+
+  it("regenerate: the reply leaves the view, the new one streams in, the old is a version", () => {
+    let state = answered();
+    const earlier = version("hi", assistant("r-m1", "first"));
+    state = reduce(state, revised("m1", { ...user("m1", "hi"), versions: [earlier] }, "2-0"));
+    expect(shown(state)).toEqual(["user:hi:queued"]);
+    expect((state.items[0] as UserItem).versions).toEqual([earlier]);
+    expect(activeMessage(state)?.id).toBe("m1");
+    expect(revisableTurn(state)).toBeUndefined();
+
+    state = run(state, token("m1", "sec", "2-1"), done("m1", "second", "2-2"));
+    expect(shown(state)).toEqual(["user:hi:queued", "assistant:second:done"]);
+    expect(revisableTurn(state)?.id).toBe("m1");
+  });
+
+  it("edit: the message takes its new text and time, the earlier text and reply are kept", () => {
+    let state = answered();
+    const message = { ...user("m1", "hello there"), timestamp: T2, versions: [version("hi", null)] };
+    state = run(state, revised("m1", message, "2-0"), done("m1", "again", "2-1"));
+    expect(shown(state)).toEqual(["user:hello there:queued", "assistant:again:done"]);
+    expect(state.items[0]).toMatchObject({ timestamp: T2, versions: [{ content: "hi", reply: null }] });
+  });
+
+  it("takes back a failed reply's error, so its new reply shows", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "x");
+    state = reduce(
+      state,
+      event({ type: "error", message_id: "m1", code: "llm_unavailable", detail: "", event_id: "1-0" }),
+    );
+    expect((state.items[0] as UserItem).error).toBeDefined();
+    expect(revisableTurn(state)?.id).toBe("m1"); // a failed turn can be asked again
+    state = run(
+      state,
+      revised("m1", { ...user("m1", "x"), versions: [version("x", null)] }, "2-0"),
+      token("m1", "ok", "2-1"),
+    );
+    expect((state.items[0] as UserItem).error).toBeUndefined();
+    expect(shown(state)).toEqual(["user:x:queued", "assistant:ok:streaming"]);
+  });
+
+  it("replays old done, revised, new done in order, and ends where history stands", () => {
+    const v1 = version("hi", assistant("a1", "first"));
+    const history = [{ ...user("m1", "hi"), versions: [v1] }, assistant("a2", "second")];
+    let state = reduce(emptyConversation(), view(history));
+    expect((state.items[0] as UserItem).versions).toEqual([v1]);
+    // The socket opens after "0-0": every stored event of the session comes again.
+    state = run(
+      state,
+      token("m1", "fir", "1-0"),
+      done("m1", "first", "1-1"),
+      revised("m1", { ...user("m1", "hi"), versions: [v1] }, "2-0"),
+      token("m1", "sec", "2-1"),
+      done("m1", "second", "2-2"),
+    );
+    expect(shown(state)).toEqual(["user:hi:queued", "assistant:second:done"]);
+    // Seen already: the same revised again changes nothing.
+    expect(reduce(state, revised("m1", user("m1", "hi"), "2-0"))).toBe(state);
+  });
+
+  it("is offered on the last turn only, and not while a reply is on its way", () => {
+    let state = answered();
+    state = sendAndQueue(state, "m2", "two");
+    expect(revisableTurn(state)).toBeUndefined(); // m2 is being answered
+    state = reduce(state, done("m2", "r2", "3-0"));
+    expect(revisableTurn(state)?.id).toBe("m2");
+    state = reduce(state, compose("typed, not sent"));
+    expect(revisableTurn(state)).toBeUndefined();
+  });
+
+  it("ignores a revised event for a message not on the page", () => {
+    const state = answered();
+    expect(reduce(state, revised("m9", user("m9", "?"), "9-0")).items).toBe(state.items);
+  });
+
+  it("reads revised events and versions from the wire, and refuses malformed ones", () => {
+    const message = { ...user("m1", "hi"), versions: [version("old", assistant("a1", "r"))] };
+    const frame = { type: "revised", message_id: "m1", message, event_id: "2-0" };
+    expect(parseEvent(JSON.stringify(frame))).toEqual(frame);
+    const badVersion = { ...message, versions: [{ content: "old", timestamp: T, reply: "r" }] };
+    expect(parseEvent(JSON.stringify({ ...frame, message: badVersion }))).toBeNull();
+    expect(parseEvent(JSON.stringify({ ...frame, message: assistant("a1", "r") }))).toBeNull();
   });
 });

@@ -8,9 +8,19 @@
 //   an event id, and events at or before the last id seen are dropped);
 // - the session's history (`/refresh_token`), the source of truth, loaded at start and
 //   before every reconnect.
+//
+// A turn can be answered again (regenerate) or its message edited: the server's
+// `revised` event then gives the message as it now stands, with its earlier versions,
+// and the turn's reply leaves the view until the new one streams in.
 
 import { describeError, REFUSALS, type Notice } from "./errors";
-import { compareEventIds, type ChatMessage, type ServerEvent, type SessionView } from "./protocol";
+import {
+  compareEventIds,
+  type ChatMessage,
+  type ServerEvent,
+  type SessionView,
+  type Version,
+} from "./protocol";
 
 /**
  * Where a user message is:
@@ -35,6 +45,8 @@ export interface UserItem {
   status: UserStatus;
   /** Why it was refused, or why it got no reply. */
   error?: Notice;
+  /** The turn's earlier versions, oldest first (regenerated or edited). */
+  versions: Version[];
 }
 
 export interface ReplyItem {
@@ -98,6 +110,7 @@ export function reduce(state: Conversation, action: Action): Conversation {
         content: action.content,
         timestamp: action.timestamp,
         status: "waiting",
+        versions: [],
       };
       return { ...state, items: [...state.items, item], nextKey: state.nextKey + 1 };
     }
@@ -128,6 +141,17 @@ export const waitingToSend = (state: Conversation): UserItem[] =>
 
 export const findReply = (state: Conversation, messageId: string): ReplyItem | undefined =>
   state.items.find((i): i is ReplyItem => i.kind === "assistant" && i.replyTo === messageId);
+
+/**
+ * The conversation's last turn, if it can be regenerated or edited: its user message is
+ * in history (queued), nothing typed waits behind it and no reply is in progress.
+ */
+export function revisableTurn(state: Conversation): UserItem | undefined {
+  if (activeMessage(state) !== undefined) return undefined;
+  const last = state.items.findLast((i): i is UserItem => i.kind === "user");
+  if (last?.status !== "queued" || last.id === null) return undefined;
+  return last;
+}
 
 /**
  * The user message being answered now: the first queued one whose reply has not ended.
@@ -185,6 +209,7 @@ function mergeHistory(state: Conversation, messages: ChatMessage[]): Conversatio
         timestamp: message.timestamp,
         status: "queued",
         error: local?.kind === "user" ? local.error : undefined,
+        versions: message.versions ?? [],
       });
       previousUser = message.id;
     } else {
@@ -256,7 +281,31 @@ function applyEvent(state: Conversation, event: ServerEvent): Conversation {
       }));
     case "error":
       return onError(state, event.message_id, event.code, event.detail, event.retry_after_s);
+    case "revised":
+      return onRevised(state, event.message_id, event.message);
   }
+}
+
+/**
+ * The turn of `messageId` was regenerated or edited: its message as it now stands
+ * (text, time, earlier versions), its reply out of view, any error of the old attempt
+ * gone. The new reply then arrives like any other.
+ */
+function onRevised(state: Conversation, messageId: string, message: ChatMessage): Conversation {
+  const user = state.items.find((i): i is UserItem => i.kind === "user" && i.id === messageId);
+  if (user === undefined) return state; // not on the page: the next history load brings it
+  const revised: UserItem = {
+    ...user,
+    content: message.content,
+    timestamp: message.timestamp,
+    status: "queued",
+    error: undefined,
+    versions: message.versions ?? [],
+  };
+  const items = state.items
+    .filter((i) => !(i.kind === "assistant" && i.replyTo === messageId))
+    .map((i) => (i === user ? revised : i));
+  return { ...state, items };
 }
 
 function onQueued(state: Conversation, messageId: string, message?: ChatMessage): Conversation {
@@ -280,6 +329,7 @@ function onQueued(state: Conversation, messageId: string, message?: ChatMessage)
       error: undefined,
       content: message?.content ?? item.content,
       timestamp: message?.timestamp ?? item.timestamp,
+      versions: message?.versions ?? item.versions,
     };
     return { ...state, items };
   }
@@ -292,6 +342,7 @@ function onQueued(state: Conversation, messageId: string, message?: ChatMessage)
     content: message.content,
     timestamp: message.timestamp,
     status: "queued",
+    versions: message.versions ?? [],
   };
   return { ...state, items: [...state.items, item] };
 }

@@ -29,3 +29,15 @@ describe("refusals by admission limits", () => {
     expect(parseEvent(JSON.stringify({ ...frame, retry_after_s: "soon" }))).toBeNull();
   });
 });
+
+describe("refusals of regenerate and edit", () => {
+  it("are worded, not shown as codes", () => {
+    expect(describeError("reply_in_progress", "").title).toMatch(/still being written/);
+    expect(describeError("not_last_message", "").title).toMatch(/Only the last message/);
+    expect(describeError("too_many_versions", "at most 20 versions")).toEqual({
+      code: "too_many_versions",
+      title: "This message has as many earlier versions as can be kept, so it was not changed.",
+      detail: "At most 20 versions.",
+    });
+  });
+});

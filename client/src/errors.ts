@@ -65,6 +65,17 @@ const TEXTS: Record<string, Text> = {
     title: "Too many messages in a short time, so this one was not sent.",
     general: "Too many connections from your address right now.",
   },
+  reply_in_progress: {
+    title:
+      "A reply is still being written, so nothing was changed. Wait for it to finish, then try again.",
+  },
+  not_last_message: {
+    title: "Only the last message of the conversation can be edited or answered again.",
+  },
+  too_many_versions: {
+    title: "This message has as many earlier versions as can be kept, so it was not changed.",
+    showDetail: true,
+  },
   quota_exceeded: {
     title: "This conversation has used its share of the model for now, so this was not sent.",
     general: "Your share of the model is used up for now.",

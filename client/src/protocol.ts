@@ -10,6 +10,19 @@ export interface ChatMessage {
   timestamp: string;
   /** Replies only: the person stopped it; `content` is then the partial text. */
   stopped?: boolean;
+  /**
+   * User messages only, absent when empty: the turn's earlier versions, oldest first
+   * (each regenerate or edit keeps the text and reply it replaced).
+   */
+  versions?: Version[];
+}
+
+/** An earlier version of a turn: the user's text then, and the reply it got (null: none). */
+export interface Version {
+  content: string;
+  /** ISO 8601 UTC. */
+  timestamp: string;
+  reply: ChatMessage | null;
 }
 
 export interface Reply extends ChatMessage {
@@ -60,7 +73,54 @@ export interface ErrorEvent {
   retry_after_s?: number;
 }
 
-export type ServerEvent = QueuedEvent | TokenEvent | RestartEvent | DoneEvent | ErrorEvent;
+/**
+ * A turn was regenerated or edited: `message` is the user message as it now stands,
+ * with its earlier versions. The turn's reply is gone from view; the new one follows
+ * as usual (`token` events, then `done` or an `error`).
+ */
+export interface RevisedEvent {
+  type: "revised";
+  message_id: string;
+  message: ChatMessage;
+  event_id?: string;
+}
+
+export type ServerEvent =
+  | QueuedEvent
+  | TokenEvent
+  | RestartEvent
+  | DoneEvent
+  | ErrorEvent
+  | RevisedEvent;
+
+/** `POST /owner`: the token that owns and lists a person's conversations. */
+export interface OwnerView {
+  owner: string;
+}
+
+/** One conversation of an owner (`GET /conversations`). */
+export interface ConversationSummary {
+  token: string;
+  /** Empty until the server titles it (after its first reply) or the person does. */
+  title: string;
+  name: string;
+  /** ISO 8601 UTC. */
+  created: string;
+  /** ISO 8601 UTC: its newest message, or `created`. */
+  last_activity: string;
+  message_count: number;
+}
+
+/** A page of an owner's conversations, newest first. */
+export interface ConversationPage {
+  conversations: ConversationSummary[];
+  total: number;
+  /** The offset of the next page; null on the last one. */
+  next_offset: number | null;
+}
+
+/** The formats `GET /session/export` offers. */
+export type ExportFormat = "json" | "markdown";
 
 /** Close codes the client acts on. */
 export const CLOSE_POLICY_VIOLATION = 1008; // bad token or session expired: do not reconnect
@@ -78,7 +138,18 @@ function isMessage(value: unknown): value is ChatMessage {
     isString(value.id) &&
     (value.role === "user" || value.role === "assistant") &&
     isString(value.content) &&
-    isString(value.timestamp)
+    isString(value.timestamp) &&
+    (value.versions === undefined ||
+      (Array.isArray(value.versions) && value.versions.every(isVersion)))
+  );
+}
+
+function isVersion(value: unknown): value is Version {
+  return (
+    isObject(value) &&
+    isString(value.content) &&
+    isString(value.timestamp) &&
+    (value.reply === null || isMessage(value.reply))
   );
 }
 
@@ -106,6 +177,10 @@ export function parseEvent(text: string): ServerEvent | null {
       return data as unknown as RestartEvent;
     case "done":
       return isMessage(data.reply) ? (data as unknown as DoneEvent) : null;
+    case "revised":
+      return isMessage(data.message) && data.message.role === "user"
+        ? (data as unknown as RevisedEvent)
+        : null;
     case "error":
       return (data.message_id === null || isString(data.message_id)) &&
         isString(data.code) &&
@@ -130,6 +205,30 @@ export function isSessionView(value: unknown): value is SessionView {
   );
 }
 
+const isSummary = (value: unknown): value is ConversationSummary =>
+  isObject(value) &&
+  isString(value.token) &&
+  isString(value.title) &&
+  isString(value.name) &&
+  isString(value.created) &&
+  isString(value.last_activity) &&
+  typeof value.message_count === "number";
+
+/** Whether `value` has the shape of a page of conversations. */
+export function isConversationPage(value: unknown): value is ConversationPage {
+  return (
+    isObject(value) &&
+    Array.isArray(value.conversations) &&
+    value.conversations.every(isSummary) &&
+    typeof value.total === "number" &&
+    (value.next_offset === null || typeof value.next_offset === "number")
+  );
+}
+
+/** Whether `value` has the shape of an owner. */
+export const isOwnerView = (value: unknown): value is OwnerView =>
+  isObject(value) && isString(value.owner);
+
 /**
  * Stream entry ids ("<ms>-<n>") compared in stream order: negative, zero or positive.
  * The server's event ids are Redis stream ids, so this is the order events were made.
@@ -143,6 +242,22 @@ export function compareEventIds(a: string, b: string): number {
 /** The id to resume after when nothing has been seen yet: the start of the stream. */
 export const STREAM_START = "0-0";
 
+/** Ask again for the reply to the session's last user message. */
+export interface RegenerateCommand {
+  type: "regenerate";
+}
+
+/** Replace the text of the session's last user message and ask for a new reply. */
+export interface EditCommand {
+  type: "edit";
+  message_id: string;
+  content: string;
+}
+
 export const messageCommand = (content: string): string =>
   JSON.stringify({ type: "message", content });
 export const stopCommand = (): string => JSON.stringify({ type: "stop" });
+export const regenerateCommand = (): string =>
+  JSON.stringify({ type: "regenerate" } satisfies RegenerateCommand);
+export const editCommand = (messageId: string, content: string): string =>
+  JSON.stringify({ type: "edit", message_id: messageId, content } satisfies EditCommand);

@@ -74,7 +74,7 @@ function harness(history: ChatMessage[] = []): Harness {
   const sockets: FakeSocket[] = [];
   const refresh = vi.fn<Api["refreshSession"]>();
   refresh.mockResolvedValue(sessionView(history));
-  const api: Api = { createSession: vi.fn(), refreshSession: refresh };
+  const api: Pick<Api, "refreshSession"> = { refreshSession: refresh };
   const session = new ChatSession(sessionView(history), {
     api,
     socketBase: "ws://parley.test",
@@ -335,5 +335,67 @@ describe("ChatSession", () => {
     h.socket().onmessage?.({ data: '{"type":"token"}' } as MessageEvent);
     expect(h.session.getState().conversation.items).toEqual([]);
     expect(warn).toHaveBeenCalledTimes(2);
+  });
+});
+
+describe("regenerate and edit", () => {
+  const answered = (): ChatMessage[] => [
+    userMessage("m1", "hello"),
+    { id: "a1", role: "assistant", content: "hi", timestamp: T },
+  ];
+
+  it("send their command for the last turn, once, until the server answers", () => {
+    const h = harness(answered());
+    h.session.start();
+    h.session.regenerate(); // not connected: nothing can be sent
+    h.socket().open();
+    h.session.regenerate();
+    h.session.regenerate(); // waiting for the first one's answer
+    expect(sentFrames(h.socket())).toEqual([{ type: "regenerate" }]);
+    expect(h.session.getState().revising).toBe("m1");
+
+    h.socket().receive({
+      type: "revised",
+      message_id: "m1",
+      message: { ...userMessage("m1", "hello"), versions: [{ content: "hello", timestamp: T, reply: null }] },
+      event_id: "5-0",
+    });
+    expect(h.session.getState().revising).toBeNull();
+    expect(replyText(h.session)).toEqual([]); // the new reply is on its way
+    h.session.edit("m1", "changed"); // not while it is
+    expect(h.socket().sent).toHaveLength(1);
+  });
+
+  it("edit names the message; a refusal ends the wait and is shown in words", () => {
+    const h = harness(answered());
+    h.session.start();
+    h.socket().open();
+    h.session.edit("m0", "not the last one");
+    h.session.edit("m1", "   ");
+    expect(h.socket().sent).toEqual([]);
+    h.session.edit("m1", "hello again");
+    expect(sentFrames(h.socket())).toEqual([
+      { type: "edit", message_id: "m1", content: "hello again" },
+    ]);
+    // The server refuses a revision with no message id: it ends no reply.
+    h.socket().receive({
+      type: "error",
+      message_id: null,
+      code: "too_many_versions",
+      detail: "at most 20",
+    });
+    const state = h.session.getState();
+    expect(state.revising).toBeNull();
+    expect(state.conversation.notices[0]).toMatchObject({ code: "too_many_versions" });
+    expect(replyText(h.session)).toEqual(["hi"]); // nothing changed
+  });
+
+  it("a dropped socket ends the wait (history tells what happened)", () => {
+    const h = harness(answered());
+    h.session.start();
+    h.socket().open();
+    h.session.regenerate();
+    h.socket().drop();
+    expect(h.session.getState().revising).toBeNull();
   });
 });

@@ -17,14 +17,17 @@ import {
   activeMessage,
   emptyConversation,
   reduce,
+  revisableTurn,
   waitingToSend,
   type Action,
   type Conversation,
 } from "./conversation";
 import {
   CLOSE_POLICY_VIOLATION,
+  editCommand,
   messageCommand,
   parseEvent,
+  regenerateCommand,
   STREAM_START,
   stopCommand,
   type SessionView,
@@ -46,6 +49,8 @@ export interface ChatState {
   connection: ConnectionStatus;
   /** The message whose reply the person asked to stop, until that reply ends. */
   stopping: string | null;
+  /** The message whose turn was sent to be regenerated or edited, until the server answers. */
+  revising: string | null;
 }
 
 /** The part of the browser's WebSocket the session uses (tests pass a fake). */
@@ -76,7 +81,7 @@ export function backoffDelay(backoff: Backoff, attempt: number, random: number):
 }
 
 export interface SessionDeps {
-  api: Api;
+  api: Pick<Api, "refreshSession">;
   /** `ws://host:port`: the socket URL is `${socketBase}/chat?token=...&after=...`. */
   socketBase: string;
   openSocket?: (url: string) => SocketLike;
@@ -88,7 +93,7 @@ export interface SessionDeps {
 export class ChatSession {
   private state: ChatState;
   private readonly listeners = new Set<() => void>();
-  private readonly api: Api;
+  private readonly api: Pick<Api, "refreshSession">;
   private readonly socketBase: string;
   private readonly openSocket: (url: string) => SocketLike;
   private readonly backoff: Backoff;
@@ -118,6 +123,7 @@ export class ChatSession {
       conversation: reduce(emptyConversation(), { type: "history", view }),
       connection: { kind: "connecting" },
       stopping: null,
+      revising: null,
     };
   }
 
@@ -152,6 +158,31 @@ export class ChatSession {
     if (active?.id == null || !this.isOpen()) return;
     this.socket?.send(stopCommand());
     this.update({ stopping: active.id });
+  }
+
+  /**
+   * Ask for a new reply to the last turn (only while connected, with no reply on its
+   * way); the current reply becomes an earlier version.
+   */
+  regenerate(): void {
+    const turn = this.revisable();
+    if (turn?.id == null) return;
+    this.socket?.send(regenerateCommand());
+    this.update({ revising: turn.id });
+  }
+
+  /** Replace the last turn's message with `content` and ask for a new reply. */
+  edit(messageId: string, content: string): void {
+    const turn = this.revisable();
+    if (turn?.id !== messageId || !content.trim()) return;
+    this.socket?.send(editCommand(messageId, content));
+    this.update({ revising: messageId });
+  }
+
+  /** The last turn, if it can be regenerated or edited now. */
+  revisable(): ReturnType<typeof revisableTurn> {
+    if (!this.isOpen() || this.state.revising !== null) return undefined;
+    return revisableTurn(this.state.conversation);
   }
 
   /** Send a refused message again. */
@@ -262,7 +293,7 @@ export class ChatSession {
   }
 
   private expire(): void {
-    this.update({ connection: { kind: "expired" }, stopping: null });
+    this.update({ connection: { kind: "expired" }, stopping: null, revising: null });
   }
 
   private isOpen(): boolean {
@@ -282,7 +313,14 @@ export class ChatSession {
 
   private dispatch(action: Action): void {
     const conversation = reduce(this.state.conversation, action);
-    if (conversation === this.state.conversation) return;
+    // A revision ends with its `revised` event or a refusal; a lost socket may have
+    // lost either, and history (loaded before the next socket) shows what happened.
+    const revisionEnded =
+      (action.type === "event" &&
+        (action.event.type === "revised" || action.event.type === "error")) ||
+      action.type === "socketLost";
+    const revising = revisionEnded ? null : this.state.revising;
+    if (conversation === this.state.conversation && revising === this.state.revising) return;
     let { stopping } = this.state;
     if (stopping !== null && activeMessage(conversation)?.id !== stopping) stopping = null;
     // A stop the server could not act on (unavailable, unknown to an older server)
@@ -290,7 +328,7 @@ export class ChatSession {
     if (action.type === "event" && action.event.type === "error" && !action.event.message_id) {
       stopping = null;
     }
-    this.update({ conversation, stopping });
+    this.update({ conversation, stopping, revising });
   }
 
   private update(change: Partial<ChatState>): void {

@@ -2,9 +2,12 @@
 // a reload returns to the conversation) and in localStorage (so opening the bare URL
 // again does too), and the name (to offer it for the next session). A token in the URL
 // that is not the stored one is never taken silently: the page asks first (App.tsx).
+// The owner token, which lists the person's conversations, is kept in localStorage
+// only: never in the URL, so it is in no link, bookmark or server log.
 
 const TOKEN_KEY = "parley.token";
 const NAME_KEY = "parley.name";
+const OWNER_KEY = "parley.owner";
 
 function storage(): Storage | null {
   try {
@@ -45,4 +48,16 @@ export function forgetSession(): void {
   const url = new URL(window.location.href);
   url.searchParams.delete("token");
   window.history.replaceState(null, "", url);
+}
+
+/** The owner token of this browser's conversation list, if it has one. */
+export const storedOwner = (): string | null => storage()?.getItem(OWNER_KEY) ?? null;
+
+export function saveOwner(owner: string): void {
+  storage()?.setItem(OWNER_KEY, owner);
+}
+
+/** Forget the owner token (it expired: its list is gone). */
+export function forgetOwner(): void {
+  storage()?.removeItem(OWNER_KEY);
 }

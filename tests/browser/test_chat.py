@@ -155,7 +155,7 @@ async def test_a_reply_streams_in_and_the_conversation_survives_a_reload(
         assert await finished_reply(page, 0) == expected_first
         assert await finished_reply(page, 1) == expected_second
         assert token_of(page.url) == token
-        await expect(page.locator("li time")).to_have_count(4)
+        await expect(page.locator("li.message time")).to_have_count(4)
 
 
 async def test_a_reply_completes_after_the_socket_is_killed_mid_reply(

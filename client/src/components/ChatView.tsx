@@ -1,17 +1,31 @@
-import { useEffect, useState, useSyncExternalStore } from "react";
+import { useEffect, useRef, useState, useSyncExternalStore } from "react";
 import { pageSocketBase, type Api } from "../api";
-import { activeMessage } from "../conversation";
-import type { SessionView } from "../protocol";
+import { activeMessage, revisableTurn, type Conversation } from "../conversation";
+import type { ExportFormat, SessionView } from "../protocol";
 import { ChatSession, type ConnectionStatus } from "../session";
 import { Composer } from "./Composer";
+import { ExportMenu } from "./ExportMenu";
+import { MenuIcon } from "./Icons";
 import { MessageList } from "./MessageList";
 
 interface Props {
   view: SessionView;
-  api: Api;
+  api: Pick<Api, "refreshSession">;
+  /** The conversation's title ("" until it has one). */
+  title: string;
   /** Start a new session with this name; resolves to an error to show, or null. */
   onNewSession: (name: string) => Promise<string | null>;
+  /** A reply ended (the server may title the conversation soon after). */
+  onReplyDone: () => void;
+  /** Save the conversation as a file; resolves to an error to show, or null. */
+  onExport: (format: ExportFormat, name: string) => Promise<string | null>;
+  /** The sidebar is a drawer (narrow page): the button that shows it, and its state. */
+  drawer: { id: string; open: boolean; onOpen: () => void } | null;
 }
+
+/** Replies that have ended, counted to notice the next one. */
+const finishedReplies = (conversation: Conversation): number =>
+  conversation.items.filter((i) => i.kind === "assistant" && !i.streaming).length;
 
 /** Seconds until `at`, re-rendered every second while `at` is set. */
 function useSecondsUntil(at: number | null): number | null {
@@ -36,7 +50,15 @@ const CONNECTION_LABELS: Record<ConnectionStatus["kind"], string> = {
   closed: "Closed",
 };
 
-export function ChatView({ view, api, onNewSession }: Props) {
+export function ChatView({
+  view,
+  api,
+  title,
+  onNewSession,
+  onReplyDone,
+  onExport,
+  drawer,
+}: Props) {
   const [session] = useState(() => new ChatSession(view, { api, socketBase: pageSocketBase() }));
   const state = useSyncExternalStore(session.subscribe, session.getState);
   const [newSessionError, setNewSessionError] = useState<string | null>(null);
@@ -56,6 +78,31 @@ export function ChatView({ view, api, onNewSession }: Props) {
   const expired = connection.kind === "expired";
   const retryAt = connection.kind === "reconnecting" ? connection.retryAt : null;
   const secondsLeft = useSecondsUntil(retryAt);
+  const composer = useRef<HTMLDivElement>(null);
+  // A drawer that closes gives the focus back to the button that opened it.
+  const drawerToggle = useRef<HTMLButtonElement>(null);
+  const drawerOpen = drawer?.open ?? false;
+  const wasOpen = useRef(drawerOpen);
+  useEffect(() => {
+    if (wasOpen.current && !drawerOpen) drawerToggle.current?.focus();
+    wasOpen.current = drawerOpen;
+  }, [drawerOpen]);
+  const revisable =
+    connection.kind === "open" && state.revising === null
+      ? (revisableTurn(conversation)?.id ?? null)
+      : null;
+
+  const finished = finishedReplies(conversation);
+  const seenFinished = useRef(finished);
+  useEffect(() => {
+    if (finished > seenFinished.current) onReplyDone();
+    seenFinished.current = finished;
+  }, [finished, onReplyDone]);
+
+  /** The composer takes the focus from a button that is about to go away. */
+  function focusComposer() {
+    composer.current?.querySelector("textarea")?.focus();
+  }
 
   async function startNew() {
     setStartingNew(true);
@@ -67,9 +114,21 @@ export function ChatView({ view, api, onNewSession }: Props) {
     <div className="chat" data-connection={connection.kind}>
       <header className="topbar">
         <div className="title">
-          <img src="/favicon.svg" alt="" width="28" height="28" />
-          <div>
-            <h1>Parley</h1>
+          {drawer !== null && (
+            <button
+              ref={drawerToggle}
+              type="button"
+              className="ghost drawer-toggle"
+              aria-label="Show conversations"
+              aria-controls={drawer.id}
+              aria-expanded={drawer.open}
+              onClick={drawer.onOpen}
+            >
+              <MenuIcon />
+            </button>
+          )}
+          <div className="title-text">
+            <h1 className={title ? undefined : "untitled"}>{title || "Untitled conversation"}</h1>
             <p className="muted small">Chatting as {state.name}</p>
           </div>
         </div>
@@ -78,15 +137,7 @@ export function ChatView({ view, api, onNewSession }: Props) {
             <span className="dot" aria-hidden="true" />
             {CONNECTION_LABELS[connection.kind]}
           </span>
-          <button
-            type="button"
-            className="ghost"
-            onClick={() => void startNew()}
-            disabled={startingNew}
-            aria-label="Start a new conversation"
-          >
-            New chat
-          </button>
+          <ExportMenu onExport={(format) => onExport(format, state.name)} />
         </div>
       </header>
 
@@ -133,6 +184,15 @@ export function ChatView({ view, api, onNewSession }: Props) {
         onRetry={(key) => {
           session.retry(key);
         }}
+        revisable={revisable}
+        onRegenerate={() => {
+          focusComposer();
+          session.regenerate();
+        }}
+        onEdit={(messageId, content) => {
+          focusComposer();
+          session.edit(messageId, content);
+        }}
       />
 
       {conversation.notices.length > 0 && (
@@ -158,18 +218,20 @@ export function ChatView({ view, api, onNewSession }: Props) {
         </ul>
       )}
 
-      <Composer
-        disabled={expired}
-        connected={connection.kind === "open"}
-        replying={active !== undefined}
-        stopping={state.stopping !== null}
-        onSend={(text) => {
-          session.send(text);
-        }}
-        onStop={() => {
-          session.stop();
-        }}
-      />
+      <div ref={composer} className="composer-wrap">
+        <Composer
+          disabled={expired}
+          connected={connection.kind === "open"}
+          replying={active !== undefined}
+          stopping={state.stopping !== null}
+          onSend={(text) => {
+            session.send(text);
+          }}
+          onStop={() => {
+            session.stop();
+          }}
+        />
+      </div>
     </div>
   );
 }
