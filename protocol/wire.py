@@ -112,6 +112,10 @@ class ModelInfo(_Wire):
     label: str = Field(description="Its name for people.")
     description: str
     default: bool = Field(description="Whether sessions get it unless they choose.")
+    available: bool = Field(
+        description="Whether a live worker serves it now: if not, its messages are refused "
+        "with model_unavailable."
+    )
 
 
 class ModelList(_Wire):

@@ -8,6 +8,7 @@ import logging
 
 from redis.exceptions import RedisError
 
+from runtime.tasks import cancel_and_wait
 from server.config import ServerSettings
 from server.metrics import MODEL_QUEUE_LAG, MODEL_WORKERS
 from storage.store import Store
@@ -65,8 +66,7 @@ class PoolWatch:
     async def aclose(self) -> None:
         """Stop the watch loop."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
 
     async def _run(self) -> None:
         wait_s = self.settings.model_wait_s

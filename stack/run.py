@@ -10,6 +10,7 @@ everything stops and we exit 1.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -126,17 +127,26 @@ def _check_alive(watched: dict[str, Poll]) -> None:
 
 
 def _wait_ready(url: str, watched: dict[str, Poll], timeout: float) -> None:
+    """Wait until the server at ``url`` is ready (``/readyz`` 200) and a worker serves
+    each of its models (``GET /models``: every one ``available``).
+
+    Raises:
+        StackError: not within ``timeout`` (s), or a process exited.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _check_alive(watched)
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                ready = response.status == 200
+            with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
+                models = json.load(response)["models"]
+            if ready and all(m["available"] for m in models):
+                return
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
             pass  # not listening yet, or 503 until Redis and the consumer group are there
         time.sleep(0.25)
-    raise StackError(f"{url} did not answer 200 within {timeout:.0f} s")
+    raise StackError(f"{url} was not ready, its workers serving, within {timeout:.0f} s")
 
 
 def _start(settings: StackSettings, stack: contextlib.ExitStack) -> dict[str, Poll]:
@@ -201,7 +211,7 @@ def _serve(settings: StackSettings, stack: contextlib.ExitStack) -> int:
     url = f"http://127.0.0.1:{settings.parley_port}"
     try:
         watched = _start(settings, stack)
-        _wait_ready(f"{url}/readyz", watched, settings.parley_ready_timeout)
+        _wait_ready(url, watched, settings.parley_ready_timeout)
         print(f"Parley is running at {url}", flush=True)
         while True:
             _check_alive(watched)

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.wire import ModelInfo, ModelList
 from server.config import ServerSettings
-from server.deps import SettingsDep
+from server.deps import PoolsDep, SettingsDep
 
 router = APIRouter(tags=["models"])
 
@@ -58,13 +58,21 @@ def checked_choice(choice: ModelChoice, settings: ServerSettings) -> dict[str, s
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(settings: SettingsDep) -> ModelList:
-    """The models a session may choose (``MODELS``), the default first."""
+async def list_models(settings: SettingsDep, pools: PoolsDep) -> ModelList:
+    """The models a session may choose (``MODELS``), the default first, and whether a
+    live worker serves each now.
+
+    Errors: 503 if Redis is unreachable.
+    """
     default = settings.default_model
     return ModelList(
         models=[
             ModelInfo(
-                id=m.id, label=m.label or m.id, description=m.description, default=m.id == default
+                id=m.id,
+                label=m.label or m.id,
+                description=m.description,
+                default=m.id == default,
+                available=await pools.served(m.id),
             )
             for m in settings.models
         ]

@@ -44,8 +44,20 @@ async def test_models_are_listed_default_first(
         body = await r.json()
     assert body == {
         "models": [
-            {"id": "small", "label": "Small", "description": "fast", "default": True},
-            {"id": "large", "label": "Large", "description": "", "default": False},
+            {
+                "id": "small",
+                "label": "Small",
+                "description": "fast",
+                "default": True,
+                "available": True,
+            },
+            {
+                "id": "large",
+                "label": "Large",
+                "description": "",
+                "default": False,
+                "available": True,
+            },
         ]
     }
 
