@@ -8,16 +8,19 @@ error message built here holds a URL with its query, so none can print a token.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from protocol.wire import ConversationPage, OwnerView, SessionView
+from protocol.wire import ConversationPage, ModelList, OwnerView, SessionView
 
 #: The server's 400 detail for an owner token that expired (``OWNER_TTL_SECONDS``) or is
 #: unknown (the README's API table).
 OWNER_GONE = "Owner expired or does not exist"
+#: The same for a session token.
+SESSION_GONE = "Session expired or does not exist"
 M = TypeVar("M", bound=BaseModel)
 
 #: The largest page ``GET /conversations`` serves.
@@ -42,6 +45,27 @@ class ApiError(ChatClientError):
         """Whether the server no longer knows the owner token sent."""
         return self.status == 400 and self.detail == OWNER_GONE
 
+    @property
+    def session_gone(self) -> bool:
+        """Whether the server no longer knows the session token sent."""
+        return self.status == 400 and self.detail == SESSION_GONE
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A conversation's model (an id of ``GET /models``) and system prompt, as sent in
+    ``POST /token``'s body. None leaves the server's default: the catalog's default
+    model, the deployment's prompt."""
+
+    model: str | None = None
+    system_prompt: str | None = None
+
+    def body(self) -> dict[str, str] | None:
+        """The JSON body that asks for this choice; None if nothing is chosen."""
+        fields = {"model": self.model, "system_prompt": self.system_prompt}
+        chosen = {key: value for key, value in fields.items() if value is not None}
+        return chosen or None
+
 
 class ParleyApi:
     """The REST calls, over one aiohttp session that the caller owns and closes.
@@ -63,15 +87,28 @@ class ParleyApi:
         """
         return _parse(OwnerView, await self._call("POST", "/owner", {})).owner
 
-    async def create_session(self, name: str, owner: str | None = None) -> SessionView:
-        """Start a session (``POST /token``), one of ``owner``'s conversations if given.
+    async def create_session(
+        self, name: str, owner: str | None = None, choice: Choice | None = None
+    ) -> SessionView:
+        """Start a session (``POST /token``), one of ``owner``'s conversations if given,
+        with ``choice``'s model and system prompt.
 
         Raises:
-            ApiError: 400 for a blank or too long name, or an owner that expired; 409 when
-                the owner has the most conversations allowed.
+            ApiError: 400 for a blank or too long name, an owner that expired, an unknown
+                model or a system prompt too long; 409 when the owner has the most
+                conversations allowed.
         """
         params = {"name": name} | ({"owner": owner} if owner else {})
-        return _parse(SessionView, await self._call("POST", "/token", params))
+        body = choice.body() if choice else None
+        return _parse(SessionView, await self._call("POST", "/token", params, body))
+
+    async def models(self) -> ModelList:
+        """The models a conversation may choose (``GET /models``), the default first.
+
+        Raises:
+            ApiError: no answer, or not a Parley one.
+        """
+        return _parse(ModelList, await self._call("GET", "/models", {}))
 
     async def load_session(self, token: str) -> SessionView:
         """A session with its history (``GET /refresh_token``).
@@ -96,7 +133,18 @@ class ParleyApi:
         Raises:
             ApiError: 400 for a blank or too long title, or a session that is gone.
         """
-        await self._call("PATCH", "/session", {"token": token}, {"title": title})
+        await self.change(token, {"title": title})
+
+    async def change(self, token: str, fields: dict[str, str]) -> None:
+        """Change the conversation's ``title``, ``model`` or ``system_prompt`` (empty: the
+        deployment's), as ``PATCH /session`` does; replies from then on use them.
+
+        Raises:
+            ApiError: 400 for a session that is gone, an unknown model, or a title or
+                system prompt the server refuses; 409 for a new model while messages
+                still wait for replies (nothing changed).
+        """
+        await self._call("PATCH", "/session", {"token": token}, fields)
 
     async def delete(self, token: str, owner: str | None = None) -> None:
         """Delete the conversation for good (``DELETE /session``).

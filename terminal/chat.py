@@ -3,8 +3,9 @@
 :class:`Chat` is what the slash commands (:mod:`terminal.commands`) and the main loop
 act on. New conversations belong to the owner kept in :class:`ClientSettings`, made on
 first use (``POST /owner``), and are created when their first message is sent, so that
-starting the client and leaving leaves no empty conversation behind. One conversation
-is open at a time: its socket's events are printed by a task of its own.
+starting the client and leaving leaves no empty conversation behind, with the model and
+system prompt of :attr:`Chat.choice`. One conversation is open at a time: its socket's
+events are printed by a task of its own.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from protocol.wire import ConversationSummary, EditCommand, RegenerateCommand, SessionView
-from terminal.api import ApiError, ChatClientError, ParleyApi
+from terminal.api import ApiError, ChatClientError, Choice, ParleyApi
 from terminal.client import Backoff, ChatClient, SessionGone
 from terminal.conversation import Conversation
 from terminal.lines import LineReader
-from terminal.render import Renderer
+from terminal.render import Renderer, setup
 from terminal.settings import ClientSettings
 
 PROMPT = "you: "
@@ -56,6 +57,7 @@ class Chat:
         out: where the conversation is printed.
         renderer: how it looks.
         name: the name for new conversations (asked once if None and none is kept).
+        choice: the model and system prompt of new conversations.
         backoff: reconnect policy of the sockets.
     """
 
@@ -68,6 +70,7 @@ class Chat:
         renderer: Renderer,
         *,
         name: str | None = None,
+        choice: Choice | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         self.api = api
@@ -76,6 +79,7 @@ class Chat:
         self.out = out
         self.renderer = renderer
         self.name = name or settings.name
+        self.choice = choice or Choice()
         self.backoff = backoff
         self.current: Opened | None = None
         self.listing: list[ConversationSummary] = []
@@ -189,20 +193,24 @@ class Chat:
         self.current = opened
 
     async def _create(self) -> Opened:
-        """Start a new conversation of the owner's and open it."""
+        """Start a new conversation of the owner's, with the chosen model and system
+        prompt, and open it."""
         name = await self.ask_name()
         client = self._client()
         try:
             try:
-                view = await client.create_session(name, await self.owner())
+                view = await client.create_session(name, await self.owner(), self.choice)
             except ApiError as e:
                 if not e.owner_gone:
                     raise
-                view = await client.create_session(name, await self.owner(renew=True))
+                owner = await self.owner(renew=True)
+                view = await client.create_session(name, owner, self.choice)
             await self._attach(client, view, "", owned=True)
         except BaseException:
             await client.aclose()
             raise
+        if self.choice.body():
+            self.notice(f"new conversation: {setup(view.model, view.system_prompt)}")
         assert self.current is not None
         return self.current
 

@@ -2,7 +2,8 @@
 
 Each line typed is a message; replies are rendered as Markdown, and stream in above the
 prompt as they are generated. Lines starting with / are commands (/help lists them):
-list, resume, rename, delete and export conversations. Conversations belong to an owner
+list, resume, rename, delete and export conversations, choose the model and system
+prompt. Conversations belong to an owner
 token kept in the user's config folder, so they can be listed and resumed later
 (--list, --resume N). Ctrl-D exits once the replies in progress have arrived, Ctrl-C
 exits at once. With stdin a pipe, ``echo hi | python -m terminal --name me`` prints
@@ -24,8 +25,9 @@ import aiohttp
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from runtime.retry import setup_retries
-from terminal.api import ChatClientError, ParleyApi
+from terminal.api import ChatClientError, Choice, ParleyApi
 from terminal.chat import PROMPT, Chat, UsageError
+from terminal.choice import offer
 from terminal.commands import handle
 from terminal.lines import LineReader, PipeReader, PromptReader
 from terminal.render import Renderer
@@ -59,6 +61,8 @@ async def start(chat: Chat, args: argparse.Namespace, interactive: bool) -> bool
         await chat.conversations()
         return False
     else:
+        if chat.choice.model is not None:
+            await offer(chat, chat.choice.model)  # an unknown one is said before any typing
         await chat.ask_name()
         if interactive:
             await chat.conversations(shown=RECENT)
@@ -80,7 +84,9 @@ async def chat(
     interactive = isinstance(reader, PromptReader)
     async with aiohttp.ClientSession() as http:
         settings = ClientSettings(settings_path())
-        client = Chat(ParleyApi(args.url, http), settings, reader, out, renderer, name=args.name)
+        choice = Choice(args.model, args.system_prompt or None)
+        api = ParleyApi(args.url, http)
+        client = Chat(api, settings, reader, out, renderer, name=args.name, choice=choice)
         if isinstance(reader, PromptReader):
             reader.live = client.live
         try:
@@ -116,8 +122,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     which.add_argument("--list", action="store_true", help="list your conversations and exit")
     which.add_argument("--resume", type=int, metavar="N", help="open conversation N of --list")
     which.add_argument("--token", help="open the session with this token (owned or not)")
+    parser.add_argument("--model", metavar="ID", help="the model of new conversations (/models)")
+    parser.add_argument(
+        "--system-prompt", metavar="TEXT", help="the system prompt of new conversations"
+    )
     parser.add_argument("--log-level", default="WARNING", help="log level (default WARNING)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.model or args.system_prompt) and (args.list or args.token or args.resume is not None):
+        parser.error(
+            "--model and --system-prompt are for new conversations; "
+            "in an open one, use /model and /system"
+        )
+    return args
 
 
 def color_wanted(out: TextIO) -> bool:

@@ -31,7 +31,7 @@ from protocol.wire import (
     SessionView,
 )
 from runtime.retry import retrying
-from terminal.api import ApiError, ChatClientError, ParleyApi
+from terminal.api import ApiError, ChatClientError, Choice, ParleyApi
 
 __all__ = [
     "ApiError",
@@ -191,15 +191,19 @@ class ChatClient:
 
     # --- REST -------------------------------------------------------------------------
 
-    async def create_session(self, name: str, owner: str | None = None) -> SessionView:
+    async def create_session(
+        self, name: str, owner: str | None = None, choice: Choice | None = None
+    ) -> SessionView:
         """Start a new session (``POST /token``), one of ``owner``'s conversations if
-        given, and make it this client's.
+        given, with ``choice``'s model and system prompt, and make it this client's.
 
         Raises:
-            ApiError: the server refused (e.g. 400 for a blank or too long name, or an
-                owner that expired; 409 when the owner has too many conversations).
+            ApiError: the server refused (e.g. 400 for a blank or too long name, an
+                owner that expired, an unknown model or a system prompt too long; 409
+                when the owner has too many conversations).
         """
-        view = await ParleyApi(self.base_url, self.http).create_session(name, owner)
+        api = ParleyApi(self.base_url, self.http)
+        view = await api.create_session(name, owner, choice)
         self.token = view.token
         return view
 

@@ -15,6 +15,7 @@ from typing import Final, Literal
 from protocol.wire import EditCommand, RegenerateCommand
 from terminal.api import ApiError
 from terminal.chat import Chat, UsageError
+from terminal.choice import choose_model, list_models, system_prompt
 
 Command = Callable[[Chat, str], Awaitable[None]]
 
@@ -146,6 +147,16 @@ COMMANDS: Final[dict[str, Spec]] = {
     "regenerate": Spec(regenerate, "/regenerate", "a new reply to your last message", settles=True),
     "edit": Spec(edit, "/edit TEXT", "replace your last message, for a new reply", settles=True),
     "versions": Spec(versions, "/versions", "earlier versions of the turns", settles=True),
+    "models": Spec(list_models, "/models", "the models to choose from; * marks the one in use"),
+    "model": Spec(
+        choose_model, "/model ID", "answer with model ID from the next reply", settles=True
+    ),
+    "system": Spec(
+        system_prompt,
+        "/system [TEXT|-]",
+        "show the system prompt, set it to TEXT, or (-) use the deployment's",
+        settles=True,
+    ),
     "quit": Spec(leave, "/quit", "exit once the replies in progress have arrived (or Ctrl-D)"),
 }
 

@@ -4,7 +4,8 @@
 good (a finished reply, rendered once; an error), while the replies still streaming
 stay in :attr:`Conversation.streamed` for the live area above the prompt. Several
 replies may stream at once (after a reconnect, or from another terminal on the same
-session): each keeps its own text, keyed by its user message's id.
+session): each keeps its own text, keyed by its user message's id. Once replies have
+come from more than one model, each says which model wrote it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 from protocol.wire import (
     ChatMessage,
     DoneEvent,
+    ErrorCode,
     ErrorEvent,
     QueuedEvent,
     RestartEvent,
@@ -22,7 +24,14 @@ from protocol.wire import (
     SessionView,
     TokenEvent,
 )
-from terminal.render import Renderer
+from terminal.render import Renderer, models_used
+
+#: What to do about a ``model_unavailable`` error, in the terminal's words (the server's
+#: detail names its REST API).
+MODEL_UNAVAILABLE = (
+    "no worker serves this conversation's model ({model}) now, so the message is not "
+    "answered: choose another with /model ID (/models lists them), or send it again later"
+)
 
 
 class Conversation:
@@ -30,7 +39,9 @@ class Conversation:
 
     ``idle`` is set when every message and command sent has been answered (or refused),
     which is when Ctrl-D or the end of piped input may exit. ``user_messages`` holds the
-    session's user messages by id, in conversation order, as they now stand.
+    session's user messages by id, in conversation order, as they now stand. ``model``
+    and ``system_prompt`` are the session's choice ("": the default model, the
+    deployment's prompt), ``used`` the models its replies came from.
 
     Args:
         renderer: renders what :meth:`show` returns.
@@ -45,6 +56,9 @@ class Conversation:
         self.user_messages: dict[str, ChatMessage] = {}
         self.idle = asyncio.Event()
         self.idle.set()
+        self.model = view.model if view else ""
+        self.system_prompt = view.system_prompt if view else ""
+        self.used = models_used(view.messages) if view else set()
         for message in view.messages if view else []:
             if message.role == "user":
                 self.user_messages[message.id] = message
@@ -75,7 +89,8 @@ class Conversation:
             case DoneEvent(reply=reply):
                 self.streamed.pop(message_id, None)
                 self.waiting.discard(message_id)
-                text = self.renderer.reply(reply)
+                self.used |= models_used([reply])
+                text = self.renderer.reply(reply, by_model=len(self.used) > 1)
             case RevisedEvent(message=message):
                 self.unacked = max(0, self.unacked - 1)  # a regenerate or edit, accepted
                 self.waiting.add(message_id)
@@ -88,12 +103,18 @@ class Conversation:
                     self.waiting.discard(message_id)
                 else:
                     self.unacked = max(0, self.unacked - 1)  # a refused message or command
-                text = self.renderer.error(f"{code.value}: {detail}")
+                text = self.renderer.error(self._words(code, detail))
         if self.unacked == 0 and not self.waiting:
             self.idle.set()
         else:
             self.idle.clear()  # a reply asked for elsewhere (another socket) is awaited too
         return text
+
+    def _words(self, code: ErrorCode, detail: str) -> str:
+        """An error event, said to the person."""
+        if code is ErrorCode.MODEL_UNAVAILABLE:
+            return MODEL_UNAVAILABLE.format(model=self.model or "the default")
+        return f"{code.value}: {detail}"
 
     def live(self, rows: int) -> str:
         """The replies still streaming, rendered, in ``rows`` lines at most (about)."""

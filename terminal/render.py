@@ -18,7 +18,7 @@ from rich.console import Console, RenderableType
 from rich.markdown import Markdown
 from rich.text import Text
 
-from protocol.wire import ChatMessage, ConversationSummary, SessionView
+from protocol.wire import ChatMessage, ConversationSummary, ModelInfo, SessionView
 
 USER_PREFIX: Final = "you: "
 REPLY_PREFIX: Final = "parley: "
@@ -45,13 +45,28 @@ def local_time(timestamp: str) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def reply_notes(message: ChatMessage) -> str:
-    """Why a reply is partial, in words (" (stopped)"), or ""."""
+def reply_notes(message: ChatMessage, by_model: bool = False) -> str:
+    """Why a reply is partial, in words (" (stopped)"), and which model wrote it if
+    ``by_model`` (" (by large, stopped)"), or ""."""
+    notes = [f"by {clean(message.model)}"] if by_model and message.model else []
     if message.stopped:
-        return " (stopped)"
-    if message.truncated:
-        return f" (cut at its {message.truncated} bound)"
-    return ""
+        notes.append("stopped")
+    elif message.truncated:
+        notes.append(f"cut at its {message.truncated} bound")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
+def models_used(messages: list[ChatMessage]) -> set[str]:
+    """The models that wrote the replies of ``messages`` (replies older than the choice
+    of models name none)."""
+    return {m.model for m in messages if m.role == "assistant" and m.model}
+
+
+def setup(model: str, system_prompt: str) -> str:
+    """A conversation's model and system prompt in words: "model large, own system
+    prompt"; "default model" when it chose neither."""
+    words = f"model {clean(model)}" if model else "default model"
+    return words + (", own system prompt" if system_prompt else "")
 
 
 class Renderer:
@@ -108,10 +123,11 @@ class Renderer:
         """``text`` rendered as Markdown (links as ``text (url)``, never hidden)."""
         return self._lines(Markdown(clean(text), hyperlinks=False), width or self.width)
 
-    def reply(self, message: ChatMessage) -> str:
-        """A finished reply: ``parley:`` then its Markdown, with a note if it is partial."""
+    def reply(self, message: ChatMessage, by_model: bool = False) -> str:
+        """A finished reply: ``parley:`` then its Markdown, with a note if it is partial,
+        or (``by_model``) to say which model wrote it."""
         lines = self.markdown(message.content, self.width - len(REPLY_PREFIX))
-        notes = reply_notes(message)
+        notes = reply_notes(message, by_model)
         if notes:
             lines += self._paint(notes.strip(), "dim italic")
         return self._labelled(REPLY_PREFIX, "bold cyan", lines)
@@ -130,11 +146,11 @@ class Renderer:
         lines = self._paint(clean(content), "", self.width - len(USER_PREFIX))
         return self._labelled(USER_PREFIX, "bold green", lines)
 
-    def message(self, message: ChatMessage) -> str:
+    def message(self, message: ChatMessage, by_model: bool = False) -> str:
         """One history message; a user message says how many earlier versions its turn
-        has (/versions prints them)."""
+        has (/versions prints them), a reply which model wrote it if ``by_model``."""
         if message.role == "assistant":
-            return self.reply(message)
+            return self.reply(message, by_model)
         count = len(message.versions or [])
         note = f"({count} earlier version{'s' if count > 1 else ''}: /versions)" if count else ""
         return self.user(message.content) + (self._indented(note) if note else "")
@@ -142,6 +158,12 @@ class Renderer:
     def _indented(self, note: str) -> str:
         pad = " " * len(USER_PREFIX)
         return "".join(f"{pad}{line}\n" for line in self._paint(note, "dim", self.width - len(pad)))
+
+    def quote(self, text: str) -> str:
+        """``text`` as it is, indented like a message's text."""
+        pad = " " * len(USER_PREFIX)
+        lines = self._paint(clean(text), "", self.width - len(pad))
+        return "".join(f"{pad}{line}\n" if line else "\n" for line in lines)
 
     def revised(self, message: ChatMessage) -> str:
         """A turn regenerated or edited (its new reply follows): what the user message
@@ -174,11 +196,32 @@ class Renderer:
         return "".join(line + "\n" for line in self._paint(f"! {clean(text)}", "red"))
 
     def session(self, view: SessionView, title: str = "") -> str:
-        """A session's header, then its history."""
+        """A session's header (its model, and whether it has its own system prompt),
+        then its history; replies say which model wrote them if it has used several."""
         name = title or "untitled"
         started = local_time(view.session_start)
-        header = self.notice(f"{name}: conversation of {view.name}, started {started}")
-        return header + "".join(self.message(m) for m in view.messages)
+        chosen = setup(view.model, view.system_prompt)
+        header = self.notice(f"{name}: conversation of {view.name}, started {started}, {chosen}")
+        by_model = len(models_used(view.messages)) > 1
+        return header + "".join(self.message(m, by_model) for m in view.messages)
+
+    def models(self, models: list[ModelInfo], current: str, whose: str) -> str:
+        """The models a conversation may choose, ``current`` (an id; "" : the default)
+        marked with ``*`` and ``whose`` it is ("this conversation")."""
+        current = current or next((m.id for m in models if m.default), "")
+        width = max((len(clean(m.id)) for m in models), default=0)
+        lines = []
+        for model in models:
+            about = clean(model.label) if model.label != model.id else ""
+            if model.description:
+                about += (": " if about else "") + clean(model.description)
+            tags = ["default"] if model.default else []
+            if model.id == current:
+                tags.append(whose)
+            mark = "*" if model.id == current else " "
+            line = f"{mark} {clean(model.id):<{width}}  {about}"
+            lines.append(line.rstrip() + (f"  ({', '.join(tags)})" if tags else "") + "\n")
+        return "".join(lines) + self.notice("/model ID chooses one")
 
     def conversations(self, listing: list[ConversationSummary], total: int) -> str:
         """A numbered list, newest first: title, last activity, message count."""

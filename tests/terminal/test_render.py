@@ -104,3 +104,30 @@ def test_conversations_are_numbered_newest_first_with_their_activity() -> None:
     assert second.startswith("  2. (untitled, Ada)") and second.endswith("·  1 message")
     assert more == "-- the newest 2 of 3 --"
     assert Renderer().conversations([], total=0) == "-- no conversations yet --\n"
+
+
+def test_the_header_names_the_model_and_a_custom_system_prompt() -> None:
+    renderer = Renderer(width=120)
+    plain = SessionView(token="t", name="Ada", session_start=TS, messages=[])
+    assert renderer.session(plain).endswith(", default model --\n")
+    chosen = plain.model_copy(update={"model": "large", "system_prompt": "Be terse."})
+    assert renderer.session(chosen).endswith(", model large, own system prompt --\n")
+    assert "Be terse." not in renderer.session(chosen)  # /system shows it, on demand
+
+
+def test_replies_name_their_model_once_the_conversation_has_used_two() -> None:
+    small, large = (
+        assistant(text).model_copy(update={"model": model})
+        for text, model in (("Small one", "small"), ("Large one", "large"))
+    )
+    question = ChatMessage(id="u1", role="user", content="hi", timestamp=TS)
+    renderer = Renderer(width=80)
+    one = SessionView(token="t", name="Ada", session_start=TS, messages=[question, small])
+    assert "(by " not in renderer.session(one)
+    two = one.model_copy(update={"messages": [question, small, question, large]})
+    assert renderer.session(two).endswith(
+        f"{REPLY_PREFIX}Small one\n        (by small)\n"
+        f"you: hi\n{REPLY_PREFIX}Large one\n        (by large)\n"
+    )
+    stopped = large.model_copy(update={"stopped": True})
+    assert renderer.reply(stopped, by_model=True).endswith("(by large, stopped)\n")
