@@ -173,7 +173,7 @@ export function ChatView({
           </button>
           <span className={`pill pill-${connection.kind}`} role="status" aria-live="polite">
             <span className="dot" aria-hidden="true" />
-            {CONNECTION_LABELS[connection.kind]}
+            <span className="pill-label">{CONNECTION_LABELS[connection.kind]}</span>
           </span>
           <ExportMenu onExport={(format) => onExport(format, state.name)} />
         </div>
