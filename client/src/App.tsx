@@ -8,7 +8,8 @@ import { StartScreen } from "./components/StartScreen";
 import { conversationLabel, useConversationList } from "./conversationList";
 import { exportFilename, saveFile } from "./download";
 import { useNarrow } from "./media";
-import type { ConversationSummary, ExportFormat, SessionView } from "./protocol";
+import { describeChoiceError, useCatalog } from "./models";
+import type { ConversationSummary, ExportFormat, SessionChoice, SessionView } from "./protocol";
 import {
   forgetOwner,
   forgetSession,
@@ -88,6 +89,7 @@ export function App() {
   }, []);
   const conversations = useConversationList(api, owner, ownerGone);
   const { list, refresh } = conversations;
+  const catalog = useCatalog(api);
   const narrow = useNarrow();
   const [drawerOpen, setDrawerOpen] = useState(false);
   const [confirmation, setConfirmation] = useState<Confirmation | null>(null);
@@ -151,18 +153,21 @@ export function App() {
     return made;
   }
 
-  /** Start a conversation for `name`; resolves to an error message, or null when started. */
-  async function start(name: string): Promise<string | null> {
+  /**
+   * Start a conversation for `name`, with the model and system prompt of `choice`;
+   * resolves to an error message, or null when started.
+   */
+  async function start(name: string, choice: SessionChoice = {}): Promise<string | null> {
     setCreating(true);
     try {
       let view: SessionView;
       let listOwner = await ensureOwner();
       try {
-        view = await api.createSession(name, listOwner);
+        view = await api.createSession(name, listOwner, choice);
       } catch (e) {
         if (!(e instanceof OwnerGone)) throw e;
         listOwner = await ensureOwner(true);
-        view = await api.createSession(name, listOwner);
+        view = await api.createSession(name, listOwner, choice);
       }
       saveSession(view.token, view.name);
       // A new owner's list is loaded once its first conversation exists, so it holds it.
@@ -172,7 +177,7 @@ export function App() {
       setDrawerOpen(false);
       return null;
     } catch (e) {
-      return explain(e);
+      return describeChoiceError(e);
     } finally {
       setCreating(false);
     }
@@ -329,7 +334,14 @@ export function App() {
         </main>
       );
     case "start":
-      return <StartScreen initialName={savedName()} notice={phase.notice} onStart={start} />;
+      return (
+        <StartScreen
+          initialName={savedName()}
+          notice={phase.notice}
+          models={catalog.models}
+          onStart={start}
+        />
+      );
     case "loading":
     case "busy":
     case "chat": {
@@ -360,6 +372,7 @@ export function App() {
                 key={phase.view.token}
                 view={phase.view}
                 api={api}
+                models={catalog.models}
                 title={currentSummary?.title ?? ""}
                 onNewSession={start}
                 onReplyDone={onReplyDone}

@@ -1,12 +1,16 @@
-// The REST half of the contract: sessions (start, load, rename, delete, export) and the
-// owner that lists a person's conversations.
+// The REST half of the contract: sessions (start, load, rename, change model and system
+// prompt, delete, export), the models on offer, and the owner that lists a person's
+// conversations.
 
 import {
   isConversationPage,
+  isModelList,
   isOwnerView,
   isSessionView,
   type ConversationPage,
   type ExportFormat,
+  type ModelInfo,
+  type SessionChoice,
   type SessionView,
 } from "./protocol";
 
@@ -37,6 +41,16 @@ export class ApiError extends Error {
   }
 }
 
+/** The model was not changed: messages of the session still wait for their replies (409). */
+export class ReplyInProgress extends Error {
+  constructor() {
+    super(
+      "A reply is still being written, so nothing was changed. Wait for it to finish, then change the model.",
+    );
+    this.name = "ReplyInProgress";
+  }
+}
+
 /** The server could not be reached (network down, server stopped). */
 export class Unreachable extends Error {
   constructor(cause: unknown) {
@@ -52,8 +66,14 @@ export interface ExportedFile {
 }
 
 export interface Api {
-  /** Start a session, one of `owner`'s conversations when given. @throws OwnerGone */
-  createSession(name: string, owner?: string | null): Promise<SessionView>;
+  /**
+   * Start a session, one of `owner`'s conversations when given, with the model and
+   * system prompt of `choice` (the defaults for what it leaves out).
+   * @throws OwnerGone, ApiError (an unknown model, a system prompt refused)
+   */
+  createSession(name: string, owner?: string | null, choice?: SessionChoice): Promise<SessionView>;
+  /** The models a session may choose, the default first. */
+  listModels(): Promise<ModelInfo[]>;
   /** @throws SessionGone, Unreachable, ApiError */
   refreshSession(token: string): Promise<SessionView>;
   /** A new owner token (`POST /owner`). */
@@ -62,6 +82,13 @@ export interface Api {
   listConversations(owner: string, offset: number, limit: number): Promise<ConversationPage>;
   /** @throws SessionGone, ApiError (a title that is blank or too long) */
   renameSession(token: string, title: string): Promise<void>;
+  /**
+   * Change the session's model or system prompt (empty: the deployment's); replies from
+   * then on use them. Nothing changes when it throws.
+   * @throws SessionGone, ReplyInProgress (a new model while replies are due),
+   *   ApiError (an unknown model, a system prompt too long or not taken here)
+   */
+  changeSession(token: string, choice: SessionChoice): Promise<void>;
   /** Delete for good. @throws SessionGone */
   deleteSession(token: string): Promise<void>;
   /** @throws SessionGone */
@@ -100,14 +127,15 @@ export function httpApi(base = ""): Api {
     throw new ApiError(response.status, detail);
   }
 
-  /** The JSON body of a request, checked by `valid`. */
+  /** The JSON answer to a request (with `payload` as its body), checked by `valid`. */
   async function json<T>(
     method: string,
     path: string,
     params: Params,
     valid: (value: unknown) => value is T,
+    payload?: unknown,
   ): Promise<T> {
-    const response = await send(method, path, params);
+    const response = await send(method, path, params, payload);
     let body: unknown = null;
     try {
       body = await response.json();
@@ -130,11 +158,27 @@ export function httpApi(base = ""): Api {
   const sessionGone = () => new SessionGone();
   const ownerGone = () => new OwnerGone();
 
+  /** `PATCH /session`; a 400 that names the session is SessionGone. */
+  async function patch(token: string, changes: SessionChoice & { title?: string }) {
+    try {
+      await send("PATCH", "/session", { token }, changes);
+    } catch (e) {
+      // 400 is also a bad title, model or prompt: only the server's words tell them apart.
+      if (e instanceof ApiError && e.status === 400 && /does not exist/.test(e.detail)) {
+        throw new SessionGone();
+      }
+      if (e instanceof ApiError && e.status === 409) throw new ReplyInProgress();
+      throw e;
+    }
+  }
+
   return {
-    async createSession(name, owner) {
+    async createSession(name, owner, choice) {
       const params: Params = owner ? { name, owner } : { name };
+      // No body without a choice: the request stays the one every server takes.
+      const body = choice && Object.keys(choice).length > 0 ? choice : undefined;
       try {
-        return await json("POST", "/token", params, isSessionView);
+        return await json("POST", "/token", params, isSessionView, body);
       } catch (e) {
         // A 400 names the owner only when the name is fine: the page checks names first.
         if (owner && e instanceof ApiError && e.status === 400 && /owner/i.test(e.detail)) {
@@ -152,17 +196,11 @@ export function httpApi(base = ""): Api {
       naming(ownerGone, () =>
         json("GET", "/conversations", { owner, offset, limit }, isConversationPage),
       ),
-    async renameSession(token, title) {
-      try {
-        await send("PATCH", "/session", { token }, { title });
-      } catch (e) {
-        // 400 is also a bad title: only the server's words tell them apart.
-        if (e instanceof ApiError && e.status === 400 && /does not exist/.test(e.detail)) {
-          throw new SessionGone();
-        }
-        throw e;
-      }
+    async listModels() {
+      return (await json("GET", "/models", {}, isModelList)).models;
     },
+    renameSession: (token, title) => patch(token, { title }),
+    changeSession: (token, choice) => patch(token, choice),
     async deleteSession(token) {
       // The token alone is the credential: the owner check (`&owner=`) would only put
       // a second one in a URL.

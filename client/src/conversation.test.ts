@@ -3,6 +3,7 @@ import {
   activeMessage,
   emptyConversation,
   reduce,
+  replyModels,
   revisableTurn,
   waitingToSend,
   type Action,
@@ -385,5 +386,70 @@ describe("regenerate and edit", () => {
     const badVersion = { ...message, versions: [{ content: "old", timestamp: T, reply: "r" }] };
     expect(parseEvent(JSON.stringify({ ...frame, message: badVersion }))).toBeNull();
     expect(parseEvent(JSON.stringify({ ...frame, message: assistant("a1", "r") }))).toBeNull();
+  });
+});
+
+describe("the models that wrote the replies", () => {
+  const by = (message: ChatMessage, model: string): ChatMessage => ({ ...message, model });
+
+  it("come from history, done events and earlier versions", () => {
+    let state = run(
+      emptyConversation(),
+      view([
+        {
+          ...user("m1", "hi"),
+          versions: [{ content: "hi", timestamp: T, reply: by(assistant("r0", "old"), "small") }],
+        },
+        by(assistant("r1", "Hello"), "small"),
+      ]),
+    );
+    expect([...replyModels(state)]).toEqual(["small"]);
+    state = sendAndQueue(state, "m2", "again");
+    state = run(
+      state,
+      token("m2", "Hi", "1-0"),
+      event({
+        type: "done",
+        message_id: "m2",
+        reply: { ...by(assistant("r2", "Hi"), "large"), role: "assistant" },
+        event_id: "1-1",
+      }),
+    );
+    const replies = state.items.filter((i): i is ReplyItem => i.kind === "assistant");
+    expect(replies.map((r) => r.model)).toEqual(["small", "large"]);
+    expect(replyModels(state)).toEqual(new Set(["small", "large"]));
+  });
+
+  it("leave out a reply still streaming and one from a server that does not say", () => {
+    let state = run(emptyConversation(), view([user("m1", "hi"), assistant("r1", "Hello")]));
+    state = sendAndQueue(state, "m2", "again");
+    state = run(state, token("m2", "Hi", "1-0"));
+    expect(replyModels(state).size).toBe(0);
+  });
+
+  it("refuse a reply whose model is not a string", () => {
+    const frame = {
+      type: "done",
+      message_id: "m1",
+      reply: { ...assistant("r1", "Hello"), model: 3 },
+      event_id: "1-0",
+    };
+    expect(parseEvent(JSON.stringify(frame))).toBeNull();
+  });
+});
+
+describe("a message refused because its model is not served", () => {
+  it("is marked refused, with what to do", () => {
+    let state = reduce(emptyConversation(), compose("hello"));
+    const key = state.items[0]?.key ?? "";
+    state = run(
+      state,
+      { type: "sent", keys: [key] },
+      event({ type: "error", message_id: null, code: "model_unavailable", detail: "no worker" }),
+    );
+    const item = state.items[0] as UserItem;
+    expect(item.status).toBe("refused");
+    expect(item.error?.title).toMatch(/Choose another model/);
+    expect(state.notices).toEqual([]);
   });
 });

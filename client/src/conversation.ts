@@ -62,6 +62,8 @@ export interface ReplyItem {
   streaming: boolean;
   /** The person stopped it; `content` is what had been generated. */
   stopped: boolean;
+  /** The id of the model that wrote it, once done (null: not known yet, or an older server). */
+  model: string | null;
 }
 
 export type Item = UserItem | ReplyItem;
@@ -154,6 +156,22 @@ export function revisableTurn(state: Conversation): UserItem | undefined {
 }
 
 /**
+ * The models that wrote the conversation's replies, earlier versions included: when
+ * there are several, each reply says which one wrote it.
+ */
+export function replyModels(state: Conversation): Set<string> {
+  const models = new Set<string>();
+  for (const item of state.items) {
+    if (item.kind === "assistant" && item.model !== null) models.add(item.model);
+    if (item.kind !== "user") continue;
+    for (const version of item.versions) {
+      if (version.reply?.model !== undefined) models.add(version.reply.model);
+    }
+  }
+  return models;
+}
+
+/**
  * The user message being answered now: the first queued one whose reply has not ended.
  * Replies come in the order messages were sent, so later ones wait behind it.
  */
@@ -224,6 +242,7 @@ function mergeHistory(state: Conversation, messages: ChatMessage[]): Conversatio
         timestamp: message.timestamp,
         streaming: false,
         stopped: message.stopped === true || (local?.kind === "assistant" && local.stopped),
+        model: message.model ?? null,
       });
       if (previousUser !== null) answered.add(previousUser);
       previousUser = null;
@@ -278,6 +297,7 @@ function applyEvent(state: Conversation, event: ServerEvent): Conversation {
         timestamp: event.reply.timestamp,
         streaming: false,
         stopped: event.reply.stopped === true,
+        model: event.reply.model ?? null,
       }));
     case "error":
       return onError(state, event.message_id, event.code, event.detail, event.retry_after_s);
@@ -377,6 +397,7 @@ function updateReply(
     timestamp: null,
     streaming: true,
     stopped: false,
+    model: null,
   });
   const items = [...state.items];
   insertAfterMessage(items, messageId, reply);

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
+import { ApiError, SessionGone } from "./api";
 import { describeError, formatWait } from "./errors";
+import { describeChoiceError, modelLabel, sessionModel } from "./models";
 import { parseEvent } from "./protocol";
 
 const plain = (text: string): string => text.replaceAll("\u00a0", " ");
@@ -39,5 +41,38 @@ describe("refusals of regenerate and edit", () => {
       title: "This message has as many earlier versions as can be kept, so it was not changed.",
       detail: "At most 20 versions.",
     });
+  });
+});
+
+describe("choices of model and system prompt", () => {
+  const models = [
+    { id: "small", label: "Small", description: "", default: true },
+    { id: "large", label: "Large", description: "", default: false },
+  ];
+
+  it("name the session's model, the default when it chose none", () => {
+    expect(sessionModel(models, null)).toBe("small");
+    expect(sessionModel(models, "large")).toBe("large");
+    expect(sessionModel([], null)).toBeNull();
+    expect(modelLabel(models, "large")).toBe("Large");
+    expect(modelLabel(models, "retired")).toBe("retired");
+  });
+
+  it("say in words why the server refused one", () => {
+    const refused = (status: number, detail: string) =>
+      describeChoiceError(new ApiError(status, detail));
+    expect(refused(400, "system_prompt must be at most 20 characters")).toBe(
+      "The system prompt is too long: at most 20 characters.",
+    );
+    expect(refused(400, "this deployment does not take a session's own system prompt")).toMatch(
+      /cannot set one/,
+    );
+    expect(refused(400, "unknown model 'x'; GET /models lists the models")).toMatch(
+      /Choose another one/,
+    );
+    expect(refused(400, "name must be at most 100 characters")).toBe(
+      "name must be at most 100 characters",
+    );
+    expect(describeChoiceError(new SessionGone())).toMatch(/expired/);
   });
 });

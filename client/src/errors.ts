@@ -80,6 +80,12 @@ const TEXTS: Record<string, Text> = {
     title: "This conversation has used its share of the model for now, so this was not sent.",
     general: "Your share of the model is used up for now.",
   },
+  model_unavailable: {
+    title:
+      "This conversation's model is not available right now, so this message got no reply. Choose another model in the conversation's settings, or send it again later.",
+    general:
+      "This conversation's model is not available right now. Choose another model in the conversation's settings, or try again later.",
+  },
 };
 
 const NBSP = "\u00a0"; // a number and its unit stay on one line
@@ -125,6 +131,7 @@ export const REFUSALS = new Set([
   "unavailable",
   "too_many_requests",
   "quota_exceeded",
+  "model_unavailable",
 ]);
 
 function sentence(text: string): string {

@@ -10,6 +10,8 @@ export interface ChatMessage {
   timestamp: string;
   /** Replies only: the person stopped it; `content` is then the partial text. */
   stopped?: boolean;
+  /** Replies only: the id of the model that wrote it (`GET /models`). */
+  model?: string;
   /**
    * User messages only, absent when empty: the turn's earlier versions, oldest first
    * (each regenerate or edit keeps the text and reply it replaced).
@@ -34,7 +36,28 @@ export interface SessionView {
   token: string;
   name: string;
   session_start: string;
+  /** The model the session chose; absent: the catalog's default. */
+  model?: string;
+  /** The session's own system prompt; absent: the deployment's. */
+  system_prompt?: string;
   messages: ChatMessage[];
+}
+
+/** A model a session may choose (`GET /models`). */
+export interface ModelInfo {
+  id: string;
+  /** Its name for people. */
+  label: string;
+  description: string;
+  /** Sessions get it unless they choose another. */
+  default: boolean;
+}
+
+/** What a session chooses when it starts or later (`POST /token`'s body, `PATCH /session`). */
+export interface SessionChoice {
+  model?: string;
+  /** Empty: the deployment's own. */
+  system_prompt?: string;
 }
 
 export interface QueuedEvent {
@@ -139,6 +162,7 @@ function isMessage(value: unknown): value is ChatMessage {
     (value.role === "user" || value.role === "assistant") &&
     isString(value.content) &&
     isString(value.timestamp) &&
+    optionalString(value.model) &&
     (value.versions === undefined ||
       (Array.isArray(value.versions) && value.versions.every(isVersion)))
   );
@@ -200,6 +224,8 @@ export function isSessionView(value: unknown): value is SessionView {
     isString(value.token) &&
     isString(value.name) &&
     isString(value.session_start) &&
+    optionalString(value.model) &&
+    optionalString(value.system_prompt) &&
     Array.isArray(value.messages) &&
     value.messages.every(isMessage)
   );
@@ -224,6 +250,17 @@ export function isConversationPage(value: unknown): value is ConversationPage {
     (value.next_offset === null || typeof value.next_offset === "number")
   );
 }
+
+const isModelInfo = (value: unknown): value is ModelInfo =>
+  isObject(value) &&
+  isString(value.id) &&
+  isString(value.label) &&
+  isString(value.description) &&
+  typeof value.default === "boolean";
+
+/** Whether `value` has the shape of `GET /models`'s answer. */
+export const isModelList = (value: unknown): value is { models: ModelInfo[] } =>
+  isObject(value) && Array.isArray(value.models) && value.models.every(isModelInfo);
 
 /** Whether `value` has the shape of an owner. */
 export const isOwnerView = (value: unknown): value is OwnerView =>

@@ -125,6 +125,23 @@ describe("backoffDelay", () => {
 });
 
 describe("ChatSession", () => {
+  it("keeps the session's model and prompt: from the view, from a change, from a reload", async () => {
+    const h = harness();
+    expect(h.session.getState()).toMatchObject({ model: null, systemPrompt: "" });
+    h.session.start();
+    h.socket().open();
+    h.session.chose({ model: "large", system_prompt: "  Be terse.  " });
+    expect(h.session.getState()).toMatchObject({ model: "large", systemPrompt: "Be terse." });
+    h.session.chose({ system_prompt: "" });
+    expect(h.session.getState()).toMatchObject({ model: "large", systemPrompt: "" });
+
+    // Another tab changed them: the history loaded before the next socket says so.
+    h.refresh.mockResolvedValue({ ...sessionView(), model: "small", system_prompt: "Rhyme." });
+    h.socket().drop(1001);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(h.session.getState()).toMatchObject({ model: "small", systemPrompt: "Rhyme." });
+  });
+
   it("opens the socket replaying from the start and sends what was typed before it opened", () => {
     const h = harness();
     h.session.start();

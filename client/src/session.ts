@@ -30,6 +30,7 @@ import {
   regenerateCommand,
   STREAM_START,
   stopCommand,
+  type SessionChoice,
   type SessionView,
 } from "./protocol";
 
@@ -45,6 +46,10 @@ export interface ChatState {
   token: string;
   name: string;
   sessionStart: string;
+  /** The model the session chose (`GET /models`); null: the catalog's default. */
+  model: string | null;
+  /** The session's own system prompt; "": the deployment's. */
+  systemPrompt: string;
   conversation: Conversation;
   connection: ConnectionStatus;
   /** The message whose reply the person asked to stop, until that reply ends. */
@@ -90,6 +95,12 @@ export interface SessionDeps {
   random?: () => number;
 }
 
+/** The model and system prompt a session view says the session chose. */
+const choiceOf = (view: SessionView): Pick<ChatState, "model" | "systemPrompt"> => ({
+  model: view.model ?? null,
+  systemPrompt: view.system_prompt ?? "",
+});
+
 export class ChatSession {
   private state: ChatState;
   private readonly listeners = new Set<() => void>();
@@ -120,6 +131,7 @@ export class ChatSession {
       token: view.token,
       name: view.name,
       sessionStart: view.session_start,
+      ...choiceOf(view),
       conversation: reduce(emptyConversation(), { type: "history", view }),
       connection: { kind: "connecting" },
       stopping: null,
@@ -183,6 +195,14 @@ export class ChatSession {
   revisable(): ReturnType<typeof revisableTurn> {
     if (!this.isOpen() || this.state.revising !== null) return undefined;
     return revisableTurn(this.state.conversation);
+  }
+
+  /** The server took `choice` (`PATCH /session`): show it until history says otherwise. */
+  chose(choice: SessionChoice): void {
+    const change: Partial<ChatState> = {};
+    if (choice.model !== undefined) change.model = choice.model;
+    if (choice.system_prompt !== undefined) change.systemPrompt = choice.system_prompt.trim();
+    this.update(change);
   }
 
   /** Send a refused message again. */
@@ -288,6 +308,8 @@ export class ChatSession {
       return;
     }
     if (this.disposed || generation !== this.generation) return;
+    // Another tab may have changed the model or prompt meanwhile.
+    this.update(choiceOf(view));
     this.dispatch({ type: "history", view });
     this.connect();
   }

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from testkit.standin import reply_text
 from tests.browser.cutter import SocketCutter
+from tests.browser.shots import readme_shot
 from tests.support.browser import new_page, snap, token_of, web_parley
 from tests.support.parley import Parley
 
@@ -141,7 +142,7 @@ async def test_a_reply_streams_in_and_the_conversation_survives_a_reload(
     assert await finished_reply(page, 0) == expected_first
 
     await partial_reply(page, 1, min_length=len("Reply to: And how does"))
-    await snap(page, "chat-streaming")
+    await readme_shot(page, "chat-streaming")
     assert await finished_reply(page, 1) == expected_second
     await expect(writing).to_have_count(0)
     await expect(page.get_by_role("button", name="Stop the reply")).to_have_count(0)

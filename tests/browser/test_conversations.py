@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,25 +22,15 @@ from playwright.async_api import Browser, Download, Locator, Page, Request, Rout
 from redis.asyncio import Redis
 
 from testkit.standin import reply_text
+from tests.browser.shots import readme_shot
 from tests.browser.test_chat import finished_reply, replies, send, start_session, user_messages
-from tests.browser.webclient import ROOT
-from tests.support.browser import new_page, snap, token_of, web_parley
+from tests.support.browser import new_page, token_of, web_parley
 from tests.support.parley import Parley
 
 pytestmark = pytest.mark.browser
 
 OWNER_JS = "() => window.localStorage.getItem('parley.owner')"
 LIST = re.compile(r"/conversations\?")
-DOCS = ROOT / "docs"
-
-
-async def readme_shot(page: Page, name: str) -> None:
-    """A screenshot for the README: ``test-artifacts/browser/<name>.png`` always, and
-    ``docs/<name>.png`` too when ``PARLEY_README_SHOTS=1`` (so ordinary runs leave the
-    committed images alone)."""
-    path = await snap(page, name)
-    if os.environ.get("PARLEY_README_SHOTS") == "1":
-        shutil.copyfile(path, DOCS / f"{name}.png")
 
 
 def words(text: str) -> str:

@@ -1,16 +1,20 @@
 import { useEffect, useRef, useState, useSyncExternalStore } from "react";
 import { pageSocketBase, type Api } from "../api";
-import { activeMessage, revisableTurn, type Conversation } from "../conversation";
-import type { ExportFormat, SessionView } from "../protocol";
+import { activeMessage, replyModels, revisableTurn, type Conversation } from "../conversation";
+import { describeChoiceError, modelLabel, sessionModel } from "../models";
+import type { ExportFormat, ModelInfo, SessionChoice, SessionView } from "../protocol";
 import { ChatSession, type ConnectionStatus } from "../session";
 import { Composer } from "./Composer";
 import { ExportMenu } from "./ExportMenu";
 import { MenuIcon } from "./Icons";
 import { MessageList } from "./MessageList";
+import { SettingsDialog } from "./SettingsDialog";
 
 interface Props {
   view: SessionView;
-  api: Pick<Api, "refreshSession">;
+  api: Pick<Api, "refreshSession" | "changeSession">;
+  /** The models on offer (empty until loaded). */
+  models: ModelInfo[];
   /** The conversation's title ("" until it has one). */
   title: string;
   /** Start a new session with this name; resolves to an error to show, or null. */
@@ -53,6 +57,7 @@ const CONNECTION_LABELS: Record<ConnectionStatus["kind"], string> = {
 export function ChatView({
   view,
   api,
+  models,
   title,
   onNewSession,
   onReplyDone,
@@ -63,6 +68,7 @@ export function ChatView({
   const state = useSyncExternalStore(session.subscribe, session.getState);
   const [newSessionError, setNewSessionError] = useState<string | null>(null);
   const [startingNew, setStartingNew] = useState(false);
+  const [settingsOpen, setSettingsOpen] = useState(false);
 
   useEffect(() => {
     session.start();
@@ -104,6 +110,24 @@ export function ChatView({
     composer.current?.querySelector("textarea")?.focus();
   }
 
+  const model = sessionModel(models, state.model);
+  const label = model === null ? "…" : modelLabel(models, model);
+  // Which model wrote each reply is worth saying only once there were several.
+  const usedModels = replyModels(conversation);
+  if (model !== null && usedModels.size > 0) usedModels.add(model);
+  const replyModelLabel =
+    usedModels.size > 1 ? (id: string) => modelLabel(models, id) : null;
+
+  async function saveSettings(choice: SessionChoice): Promise<string | null> {
+    try {
+      await api.changeSession(state.token, choice);
+    } catch (e) {
+      return describeChoiceError(e);
+    }
+    session.chose(choice);
+    return null;
+  }
+
   async function startNew() {
     setStartingNew(true);
     setNewSessionError(await onNewSession(state.name));
@@ -133,9 +157,23 @@ export function ChatView({
           </div>
         </div>
         <div className="topbar-actions">
+          <button
+            type="button"
+            className="ghost model-button"
+            aria-haspopup="dialog"
+            // The name keeps "Model" where a phone hides the word.
+            aria-label={`Model: ${label}${state.systemPrompt ? ", own system prompt" : ""}`}
+            title="Change the model or the system prompt"
+            onClick={() => {
+              setSettingsOpen(true);
+            }}
+          >
+            <span className="muted">Model:</span> <span className="model-name">{label}</span>
+            {state.systemPrompt !== "" && <span className="tag own-prompt">own prompt</span>}
+          </button>
           <span className={`pill pill-${connection.kind}`} role="status" aria-live="polite">
             <span className="dot" aria-hidden="true" />
-            {CONNECTION_LABELS[connection.kind]}
+            <span className="pill-label">{CONNECTION_LABELS[connection.kind]}</span>
           </span>
           <ExportMenu onExport={(format) => onExport(format, state.name)} />
         </div>
@@ -185,6 +223,10 @@ export function ChatView({
           session.retry(key);
         }}
         revisable={revisable}
+        replyModelLabel={replyModelLabel}
+        onChooseModel={() => {
+          setSettingsOpen(true);
+        }}
         onRegenerate={() => {
           focusComposer();
           session.regenerate();
@@ -232,6 +274,18 @@ export function ChatView({
           }}
         />
       </div>
+      {settingsOpen && (
+        <SettingsDialog
+          models={models}
+          model={model ?? ""}
+          systemPrompt={state.systemPrompt}
+          replying={active !== undefined}
+          onSave={saveSettings}
+          onClose={() => {
+            setSettingsOpen(false);
+          }}
+        />
+      )}
     </div>
   );
 }

@@ -15,6 +15,10 @@ interface Props {
   onRetry: (key: string) => void;
   /** The message whose turn can be regenerated or edited now (the last one), if any. */
   revisable: string | null;
+  /** The name of a reply's model, when replies say which model wrote them (null: not). */
+  replyModelLabel: ((id: string) => string) | null;
+  /** Open the conversation's settings (its model is not available). */
+  onChooseModel: () => void;
   onRegenerate: () => void;
   onEdit: (messageId: string, content: string) => void;
 }
@@ -39,6 +43,7 @@ function UserMessage({
   queuedBehind,
   expired,
   onRetry,
+  onChooseModel,
   versions,
   editing,
   actions,
@@ -47,6 +52,7 @@ function UserMessage({
   queuedBehind: boolean;
   expired: boolean;
   onRetry: (key: string) => void;
+  onChooseModel: () => void;
   /** The version navigator, when the turn has earlier versions. */
   versions?: ReactNode;
   /** The edit form, in place of the bubble. */
@@ -71,6 +77,11 @@ function UserMessage({
             <strong>{item.error.title}</strong>
             {item.error.detail !== undefined && <> {item.error.detail}</>}
           </p>
+          {item.error.code === "model_unavailable" && !expired && (
+            <button type="button" className="ghost" onClick={onChooseModel}>
+              Choose another model
+            </button>
+          )}
           {item.status === "refused" && (
             <button
               type="button"
@@ -88,7 +99,15 @@ function UserMessage({
   );
 }
 
-function Reply({ item, actions }: { item: ReplyItem; actions?: ReactNode }) {
+function Reply({
+  item,
+  actions,
+  modelLabel,
+}: {
+  item: ReplyItem;
+  actions?: ReactNode;
+  modelLabel?: ((id: string) => string) | null;
+}) {
   return (
     <li
       className="message assistant"
@@ -109,6 +128,12 @@ function Reply({ item, actions }: { item: ReplyItem; actions?: ReactNode }) {
       </div>
       <div className="meta">
         <Time iso={item.timestamp} />
+        {modelLabel && item.model !== null && (
+          <span className="reply-model" data-model={item.model}>
+            <span className="sr-only">Written by </span>
+            {modelLabel(item.model)}
+          </span>
+        )}
         {item.stopped && <span className="tag">Stopped</span>}
         {actions}
       </div>
@@ -117,7 +142,15 @@ function Reply({ item, actions }: { item: ReplyItem; actions?: ReactNode }) {
 }
 
 /** An earlier version's reply, shown while that version is browsed. */
-function VersionReply({ version, messageId }: { version: Version; messageId: string }) {
+function VersionReply({
+  version,
+  messageId,
+  modelLabel,
+}: {
+  version: Version;
+  messageId: string;
+  modelLabel: ((id: string) => string) | null;
+}) {
   const reply = version.reply;
   if (reply === null) {
     return (
@@ -135,8 +168,9 @@ function VersionReply({ version, messageId }: { version: Version; messageId: str
     timestamp: reply.timestamp,
     streaming: false,
     stopped: reply.stopped === true,
+    model: reply.model ?? null,
   };
-  return <Reply item={item} />;
+  return <Reply item={item} modelLabel={modelLabel} />;
 }
 
 /** The reply shown for the active message before its first token arrives. */
@@ -149,6 +183,7 @@ const pendingReply = (messageId: string): ReplyItem => ({
   timestamp: null,
   streaming: true,
   stopped: false,
+  model: null,
 });
 
 /** The items to show, with the pending reply of the active message put in place. */
@@ -167,6 +202,8 @@ export function MessageList({
   expired,
   onRetry,
   revisable,
+  replyModelLabel,
+  onChooseModel,
   onRegenerate,
   onEdit,
 }: Props) {
@@ -231,6 +268,7 @@ export function MessageList({
                 <Reply
                   key={item.key}
                   item={item}
+                  modelLabel={replyModelLabel}
                   actions={regenerate && <RegenerateButton onClick={onRegenerate} />}
                 />
               );
@@ -291,6 +329,7 @@ export function MessageList({
                   queuedBehind={queuedBehind}
                   expired={expired}
                   onRetry={onRetry}
+                  onChooseModel={onChooseModel}
                   versions={versions}
                   actions={actions}
                   editing={
@@ -311,7 +350,7 @@ export function MessageList({
                   }
                 />
                 {old !== undefined && item.id !== null && (
-                  <VersionReply version={old} messageId={item.id} />
+                  <VersionReply version={old} messageId={item.id} modelLabel={replyModelLabel} />
                 )}
               </Fragment>
             );
