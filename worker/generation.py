@@ -115,11 +115,15 @@ class ReplyGenerator:
         assert begun.session is not None
         if begun.session.stop_seq >= entry.seq:
             stop.set()
-        plan = await self._prompt(entry, begun)
+        try:
+            model = self._model(begun.session.model)
+        except LLMError as e:
+            await self._fail(entry, attempt, e, ack)
+            return
+        plan = await self._prompt(entry, begun, model)
         usage = track_usage()  # filled by the model's responses, for the quotas
         started = time.perf_counter()
         try:
-            model = self._model(begun.session.model)
             plan, streamed = await self._stream_within_context(
                 entry, attempt, begun, plan, started, stop, model
             )
@@ -130,7 +134,7 @@ class ReplyGenerator:
         # the quota up to date; what the model generated counts, recorded or not.
         cost = reply_cost(usage, plan.messages, streamed.text)
         await charge_reply(self.limiter, self.settings, entry.token, cost)
-        await self._record(entry, attempt, streamed, started, stop.is_set(), ack, plan, model.id)
+        await self._record(entry, attempt, streamed, started, stop.is_set(), ack, plan, model)
 
     async def _stream_within_context(
         self,
@@ -160,7 +164,7 @@ class ReplyGenerator:
             if overflow is None:
                 raise
         budget = int(plan.history_tokens * overflow.shrink())
-        smaller = await self._prompt(entry, begun, max_tokens=budget, keep_previous=False)
+        smaller = await self._prompt(entry, begun, model, max_tokens=budget, keep_previous=False)
         logger.warning(
             "message_id=%s prompt too long for the model (limit %s, asked %s tokens): "
             "again with %d of %d turns, %d history tokens",
@@ -225,9 +229,9 @@ class ReplyGenerator:
         stopped: bool,
         ack: tuple[str, str] | None,
         plan: PromptPlan,
-        model: str,
+        model: _Model,
     ) -> None:
-        """Record the reply of ``model`` (its catalog id) with its ``done`` event, then
+        """Record the reply of ``model`` with its ``done`` event, then
         count and log it, and queue the session's title or summary job if it calls for
         one."""
         reply = StoredMessage(
@@ -238,7 +242,7 @@ class ReplyGenerator:
             reply_to=entry.message_id,
             stopped=stopped,
             truncated=None if stopped else streamed.truncated,
-            model=model,
+            model=model.id,
         )
         done = DoneEvent(message_id=entry.message_id, reply=reply.public())
         event_id = await self.store.finish(entry, reply, done, attempt, ack=ack)
@@ -250,7 +254,7 @@ class ReplyGenerator:
             REPLY_SECONDS.observe(total_s)
             if entry.seq == 1 and self.settings.conversation_titles:
                 await self._request_title(entry.token)
-            if self._summary_due(plan, reply):
+            if self._summary_due(plan, reply, model):
                 await self._request_summary(entry.token)
         logger.info(
             "message_id=%s session=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
@@ -271,7 +275,7 @@ class ReplyGenerator:
         except (RedisError, OSError) as e:
             logger.warning("session=%s title not requested: %s", fingerprint(token), e)
 
-    def _summary_due(self, plan: PromptPlan, reply: StoredMessage) -> bool:
+    def _summary_due(self, plan: PromptPlan, reply: StoredMessage, model: _Model) -> bool:
         """Whether the turns after the summary, with the one just recorded, call for a
         summary job: some already left the prompt, or they pass the trigger."""
         if not self.settings.memory_summary:
@@ -281,7 +285,7 @@ class ReplyGenerator:
             [*plan.recent, (plan.message, reply)],
             trigger_tokens=self.settings.memory_summary_trigger_tokens,
             max_messages=self.settings.memory_max_messages,
-            count=self.llm.tokens.estimate,
+            count=self.llm.counter(model.api_model).estimate,
         )
 
     async def _request_summary(self, token: str) -> None:
@@ -295,6 +299,7 @@ class ReplyGenerator:
         self,
         entry: MessageEntry,
         begun: Begun,
+        model: _Model,
         *,
         max_tokens: int | None = None,
         keep_previous: bool = True,
@@ -322,7 +327,7 @@ class ReplyGenerator:
                 max_tokens=self.settings.memory_max_tokens if max_tokens is None else max_tokens,
                 complete=complete,
                 summary=summary if use_summary else None,
-                count=self.llm.tokens.estimate,
+                count=self.llm.counter(model.api_model).estimate,
                 keep_previous=keep_previous,
             )
 

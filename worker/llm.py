@@ -118,10 +118,20 @@ class LLMClient:
         self._headers = {"Accept": "text/event-stream"}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
-        #: The model's token counts, learned from its ``usage`` and ``/tokenize``.
-        self.tokens = TokenCounter()
+        #: Each model's token counts (by its API name), learned from its ``usage`` and
+        #: ``/tokenize``: models behind one API may have different tokenizers.
+        self._counters: dict[str, TokenCounter] = {}
         #: Whether the server has ``/tokenize`` (None until asked).
         self.can_tokenize: bool | None = None
+
+    def counter(self, model: str | None = None) -> TokenCounter:
+        """The token counter of ``model`` (its API name; None: the configured ``model``)."""
+        return self._counters.setdefault(model or self.config.model, TokenCounter())
+
+    @property
+    def tokens(self) -> TokenCounter:
+        """The token counter of the configured ``model``."""
+        return self.counter()
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -186,10 +196,11 @@ class LLMClient:
             body["stream_options"] = {"include_usage": True}
         return self._stream(body, [m.content for m in messages])
 
-    async def count_tokens(self, text: str) -> int | None:
+    async def count_tokens(self, text: str, model: str | None = None) -> int | None:
         """The model's own count of the tokens of ``text``, from llama.cpp's
         ``POST /tokenize`` (``{"content": text}`` -> ``{"tokens": [...]}``); it also
-        calibrates :attr:`tokens`.
+        calibrates :meth:`counter` of ``model`` (the API's name; None: the configured
+        one), the model the server serves.
 
         Returns None, never raising, when the count cannot be had: a server without the
         route (404, 405, 501: it is not asked again), an error, a timeout, or an answer
@@ -222,21 +233,22 @@ class LLMClient:
         if not isinstance(tokens, list):
             return None
         self.can_tokenize = True
-        self.tokens.observe(len(text.encode("utf-8")), len(tokens))
+        self.counter(model).observe(len(text.encode("utf-8")), len(tokens))
         return len(tokens)
 
-    def _calibrate(self, contents: list[str]) -> Callable[[dict[str, Any]], None]:
-        """What to do with a response's ``usage`` for a prompt of ``contents``."""
+    def _calibrate(self, contents: list[str], model: str) -> Callable[[dict[str, Any]], None]:
+        """What to do with a response's ``usage`` for ``model``'s prompt of ``contents``."""
+        counter = self.counter(model)
 
         def observe(usage: dict[str, Any]) -> None:
             prompt_tokens = usage.get("prompt_tokens")
             if isinstance(prompt_tokens, int):
-                self.tokens.observe_prompt(contents, prompt_tokens)
+                counter.observe_prompt(contents, prompt_tokens)
 
         return observe
 
     async def _stream(self, body: dict[str, Any], contents: list[str]) -> AsyncGenerator[str, None]:
-        response, first = await self._start(body, self._calibrate(contents))
+        response, first = await self._start(body, self._calibrate(contents, body["model"]))
         try:
             if first is None:
                 return

@@ -150,7 +150,12 @@ class Summarizer:
         except SessionExpired:
             return None
         s = self.settings
-        count = self.llm.tokens.estimate
+        # The session's own model, as its replies, if this worker's pool serves it; else
+        # this worker's own (None): any model can summarize, but only through its API.
+        offer = s.offer(session.model)
+        served = offer is not None and offer.id in s.served_models()
+        model = offer.api_model if offer is not None and served else None
+        count = self.llm.counter(model).estimate
         base = session.summary
         base_seq = base.seq if base is not None else 0
         recent = answered_turns(session.messages, after=base_seq)
@@ -163,11 +168,6 @@ class Summarizer:
         fold = turns_to_fold(recent, count=count, **budget)
         if not fold:
             return None
-        # The session's own model, as its replies, if this worker's pool serves it; else
-        # this worker's own (None): any model can summarize, but only through its API.
-        offer = self.settings.offer(session.model)
-        served = offer is not None and offer.id in self.settings.served_models()
-        model = offer.api_model if offer is not None and served else None
         made = await self._write(token, base.text if base is not None else "", fold, model)
         if made is None:
             return None
@@ -208,12 +208,14 @@ class Summarizer:
             return None
         # Idle time: the exact count of what was folded calibrates the estimate (where
         # the server can count), and the summary's own count bounds it.
-        await self.llm.count_tokens("\n".join(m.content for turn in fold for m in turn))
+        await self.llm.count_tokens("\n".join(m.content for turn in fold for m in turn), model)
         tokens = usage.completion_tokens if usage.reported else None
         if tokens is None:
-            tokens = await self.llm.count_tokens(text) or self.llm.tokens.estimate(text)
+            tokens = await self.llm.count_tokens(text, model) or self.llm.counter(model).estimate(
+                text
+            )
         if tokens > limit:  # an API that ignores max_tokens: cut, keep the budget
-            keep = int(limit * self.llm.tokens.bytes_per_token)
+            keep = int(limit * self.llm.counter(model).bytes_per_token)
             text = text.encode("utf-8")[:keep].decode("utf-8", "ignore").rsplit(" ", 1)[0]
             tokens = limit
         return text, tokens

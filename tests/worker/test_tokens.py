@@ -77,6 +77,16 @@ async def test_each_reported_usage_calibrates_the_client(
     assert client.tokens.bytes_per_token == size / (20 - MESSAGE_OVERHEAD_TOKENS)
 
 
+async def test_each_model_behind_one_api_is_calibrated_on_its_own(
+    standin: StandinModel, client: LLMClient
+) -> None:
+    prompt = [PromptMessage(role="user", content=" ".join(["word"] * 20))]
+    assert [d async for d in client.stream(prompt, model="org/other-model")]
+    assert client.counter("org/other-model").observations == 1
+    assert client.tokens.observations == 0  # the configured model learned nothing
+    assert client.counter(client.config.model) is client.tokens
+
+
 async def test_count_tokens_asks_llama_cpps_tokenize(
     standin: StandinModel, client: LLMClient
 ) -> None:
