@@ -23,10 +23,7 @@ if not read then
   return reply(NO_SESSION)
 end
 read = cjson.decode(read)
-local model = read['$.model'][1]
-if type(model) ~= 'string' or model == '' then
-  model = ARGV[12]
-end
+local model = model_of(read, ARGV[12])
 if model ~= ARGV[11] then
   return reply(WRONG_MODEL, model)
 end
@@ -39,14 +36,7 @@ if seq - replied >= tonumber(ARGV[3]) then
   return reply(TOO_MANY_PENDING)
 end
 
-local info = group_info(KEYS[2], ARGV[9])
-if info == nil then
-  -- No group yet (or the stream was deleted): create it, from the start, so that what
-  -- is queued now is read.
-  redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[9], '0', 'MKSTREAM')
-  info = group_info(KEYS[2], ARGV[9])
-end
-local backlog = unacked(KEYS[2], info, tonumber(ARGV[8]) + 1)
+local backlog = backlog_of(KEYS[2], ARGV[9], tonumber(ARGV[8]))
 if backlog >= tonumber(ARGV[8]) then
   return reply(OVERLOADED)
 end

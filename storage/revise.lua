@@ -30,10 +30,7 @@ if not read then
   return reply(NO_SESSION)
 end
 read = cjson.decode(read)
-local model = read['$.model'][1]
-if type(model) ~= 'string' or model == '' then
-  model = ARGV[14]
-end
+local model = model_of(read, ARGV[14])
 if model ~= ARGV[13] then
   return reply(WRONG_MODEL, model)
 end
@@ -81,12 +78,7 @@ if keep and #versions >= tonumber(ARGV[4]) then
   return reply(TOO_MANY_VERSIONS)
 end
 
-local info = group_info(KEYS[2], ARGV[9])
-if info == nil then
-  redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[9], '0', 'MKSTREAM')
-  info = group_info(KEYS[2], ARGV[9])
-end
-local backlog = unacked(KEYS[2], info, tonumber(ARGV[8]) + 1)
+local backlog = backlog_of(KEYS[2], ARGV[9], tonumber(ARGV[8]))
 if backlog >= tonumber(ARGV[8]) then
   return reply(OVERLOADED)
 end

@@ -54,6 +54,28 @@ local function unacked(stream, info, cap)
   return tonumber(info['pending']) + lag
 end
 
+-- The entries of `stream` that `group` has not acknowledged (up to `bound` + 1 counted),
+-- creating the group (from the start, so that what is queued now is read) if it or the
+-- stream is missing: what enqueue.lua and revise.lua bound before they queue.
+local function backlog_of(stream, group, bound)
+  local info = group_info(stream, group)
+  if info == nil then
+    redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+    info = group_info(stream, group)
+  end
+  return unacked(stream, info, bound + 1)
+end
+
+-- The model of a session whose JSON.GET read (decoded) holds '$.model': its own, or
+-- `default` if it chose none.
+local function model_of(read, default)
+  local model = read['$.model'][1]
+  if type(model) ~= 'string' or model == '' then
+    return default
+  end
+  return model
+end
+
 -- Trim `stream` (read by `group`) to about `maxlen` acknowledged entries; `backlog` is
 -- its unacknowledged entries if known, else nil. Returns the entries removed.
 local function trim_stream(stream, group, maxlen, mode, backlog)

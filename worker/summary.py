@@ -9,7 +9,7 @@ A summary is a low-priority job that never delays a reply, run as the titles are
   nearly ``MEMORY_MAX_MESSAGES``); best effort, the next reply asks again;
 - each worker reads that stream in the group :data:`storage.summaries.SUMMARY_GROUP`,
   one job at a time and only while it has no reply in flight; a job its worker died on
-  is taken over after :data:`CLAIM_IDLE_MS`;
+  is taken over after :data:`worker.jobs.CLAIM_IDLE_MS`;
 - the job reads the whole session, picks the oldest turns after the summary
   (:func:`worker.memory.turns_to_fold`, never the newest) and asks the model for the
   summary of the stored summary plus those turns, in at most
@@ -26,11 +26,8 @@ A summary is a low-priority job that never delays a reply, run as the titles are
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
-
-from redis.exceptions import RedisError, ResponseError
 
 from protocol.wire import utc_now
 from runtime.logs import fingerprint
@@ -41,6 +38,7 @@ from storage.store import Store
 from storage.summaries import SUMMARY_GROUP, SUMMARY_STREAM, Summaries
 from worker.config import WorkerSettings
 from worker.errors import LLMError
+from worker.jobs import IdleJobs
 from worker.llm import LLMClient, PromptMessage
 from worker.memory import Turn, answered_turns, summary_due, turns_to_fold
 from worker.response import track_usage
@@ -48,7 +46,6 @@ from worker.response import track_usage
 logger = logging.getLogger(__name__)
 
 #: A summary job pending this long (ms) on a worker is taken over.
-CLAIM_IDLE_MS = 60_000
 #: Characters of each message shown to the model (a long one is cut).
 EXCERPT_CHARS = 2000
 
@@ -72,7 +69,7 @@ def summary_prompt(previous: str, turns: Sequence[Turn]) -> list[PromptMessage]:
     ]
 
 
-class Summarizer:
+class Summarizer(IdleJobs):
     """One worker's reader of summary jobs.
 
     Args:
@@ -83,6 +80,9 @@ class Summarizer:
         idle: set while the worker has no reply in flight (summaries wait for it).
     """
 
+    stream = SUMMARY_STREAM
+    group = SUMMARY_GROUP
+
     def __init__(
         self,
         settings: WorkerSettings,
@@ -91,49 +91,15 @@ class Summarizer:
         consumer: str,
         idle: asyncio.Event,
     ) -> None:
+        super().__init__(store.redis, consumer, idle)
         self.settings = settings
         self.store = store
         self.summaries = Summaries(store.redis, settings)
-        self.redis = store.redis
         self.llm = llm
-        self.consumer = consumer
-        self.idle = idle
 
-    async def run(self) -> None:
-        """Take summary jobs one at a time, between replies, until cancelled."""
-        await self._ensure_group()
-        while True:
-            await self.idle.wait()
-            try:
-                job = await self._next()
-                if job is None:
-                    continue
-                entry_id, token = job
-                await self.summarize(token)
-                await self.redis.xack(SUMMARY_STREAM, SUMMARY_GROUP, entry_id)  # type: ignore[no-untyped-call]
-            except (RedisError, OSError) as e:
-                logger.warning("summary jobs: Redis unavailable: %s", e)
-                await asyncio.sleep(1.0)
-
-    async def _ensure_group(self) -> None:
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-            await self.redis.xgroup_create(SUMMARY_STREAM, SUMMARY_GROUP, id="0", mkstream=True)
-
-    async def _next(self) -> tuple[str, str] | None:
-        """A job taken over from a dead worker, else a new one (waiting up to 1 s)."""
-        claimed = await self.redis.xautoclaim(
-            SUMMARY_STREAM, SUMMARY_GROUP, self.consumer, CLAIM_IDLE_MS, count=1
-        )
-        entries = claimed[1] if claimed else []
-        if not entries:
-            read = await self.redis.xreadgroup(
-                SUMMARY_GROUP, self.consumer, {SUMMARY_STREAM: ">"}, count=1, block=1000
-            )
-            entries = read[0][1] if read else []
-        if not entries:
-            return None
-        entry_id, fields = entries[0]
-        return entry_id, str(fields.get("token", ""))
+    async def handle(self, token: str) -> None:
+        """Summarize session ``token`` if it is due (see :meth:`summarize`)."""
+        await self.summarize(token)
 
     async def summarize(self, token: str) -> SummaryStatus | None:
         """Fold session ``token``'s oldest turns into its summary, if it is due.

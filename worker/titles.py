@@ -7,7 +7,7 @@ A title is a low-priority job that never delays a reply:
   the conversation untitled, which a person can rename);
 - each worker reads that stream in the consumer group :data:`storage.keys.TITLE_GROUP`,
   one job at a time, and only while it has no reply in flight; a job its worker died on
-  is taken over after :data:`CLAIM_IDLE_MS`;
+  is taken over after :data:`worker.jobs.CLAIM_IDLE_MS`;
 - the model gets the first message and reply, and at most :data:`TITLE_MAX_TOKENS`
   tokens to answer; the answer's first line, without quotes or Markdown marks, cut at
   :data:`TITLE_MAX_CHARS`, becomes the title unless the session has one by then
@@ -18,17 +18,16 @@ A title is a low-priority job that never delays a reply:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
 
 from runtime.logs import fingerprint
 from storage import keys
 from storage.store import SessionExpired, Store
 from worker.errors import LLMError
+from worker.jobs import IdleJobs
 from worker.llm import LLMClient, PromptMessage
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,6 @@ TITLE_MAX_CHARS = 80
 #: Characters of the first message and of the first reply shown to the model.
 EXCERPT_CHARS = 600
 #: A title job pending this long (ms) on a worker is taken over.
-CLAIM_IDLE_MS = 60_000
 #: Bound of the title stream (entries, approximate).
 TITLE_STREAM_MAXLEN = 10_000
 
@@ -70,7 +68,7 @@ async def request_title(redis: Redis[str], token: str) -> None:
     )
 
 
-class Titler:
+class Titler(IdleJobs):
     """One worker's reader of title jobs.
 
     Args:
@@ -80,50 +78,17 @@ class Titler:
         idle: set while the worker has no reply in flight (titles wait for it).
     """
 
+    stream = keys.TITLE_STREAM
+    group = keys.TITLE_GROUP
+
     def __init__(self, store: Store, llm: LLMClient, consumer: str, idle: asyncio.Event) -> None:
+        super().__init__(store.redis, consumer, idle)
         self.store = store
-        self.redis = store.redis
         self.llm = llm
-        self.consumer = consumer
-        self.idle = idle
 
-    async def run(self) -> None:
-        """Take title jobs one at a time, between replies, until cancelled."""
-        await self._ensure_group()
-        while True:
-            await self.idle.wait()
-            try:
-                job = await self._next()
-                if job is None:
-                    continue
-                entry_id, token = job
-                await self._title(token)
-                await self.redis.xack(keys.TITLE_STREAM, keys.TITLE_GROUP, entry_id)  # type: ignore[no-untyped-call]
-            except (RedisError, OSError) as e:
-                logger.warning("title jobs: Redis unavailable: %s", e)
-                await asyncio.sleep(1.0)
-
-    async def _ensure_group(self) -> None:
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-            await self.redis.xgroup_create(
-                keys.TITLE_STREAM, keys.TITLE_GROUP, id="0", mkstream=True
-            )
-
-    async def _next(self) -> tuple[str, str] | None:
-        """A job taken over from a dead worker, else a new one (waiting up to 1 s)."""
-        claimed = await self.redis.xautoclaim(
-            keys.TITLE_STREAM, keys.TITLE_GROUP, self.consumer, CLAIM_IDLE_MS, count=1
-        )
-        entries = claimed[1] if claimed else []
-        if not entries:
-            read = await self.redis.xreadgroup(
-                keys.TITLE_GROUP, self.consumer, {keys.TITLE_STREAM: ">"}, count=1, block=1000
-            )
-            entries = read[0][1] if read else []
-        if not entries:
-            return None
-        entry_id, fields = entries[0]
-        return entry_id, str(fields.get("token", ""))
+    async def handle(self, token: str) -> None:
+        """Title session ``token`` (see :meth:`_title`)."""
+        await self._title(token)
 
     async def _title(self, token: str) -> None:
         """Ask the model for ``token``'s title and set it unless the session has one."""

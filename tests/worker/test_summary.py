@@ -22,7 +22,7 @@ from storage.summaries import SUMMARY_GROUP, SUMMARY_STREAM, Summaries
 from testkit.standin import StandinModel
 from tests.support.events import Event, count, of_type, read_until
 from tests.support.parley import Parley, running_parley
-from worker import summary as summary_module
+from worker import jobs as jobs_module
 from worker.config import WorkerSettings
 from worker.llm import LLMClient, LLMConfig
 from worker.memory import SUMMARY_HEADING
@@ -175,7 +175,7 @@ async def test_a_job_taken_over_from_a_dead_worker_is_done_once(
     # A worker reads the job and dies before storing anything (its entry stays pending).
     await redis.xgroup_create(SUMMARY_STREAM, SUMMARY_GROUP, id="0", mkstream=True)
     assert await redis.xreadgroup(SUMMARY_GROUP, "dead", {SUMMARY_STREAM: ">"}, count=1)
-    monkeypatch.setattr(summary_module, "CLAIM_IDLE_MS", 0)
+    monkeypatch.setattr(jobs_module, "CLAIM_IDLE_MS", 0)
     idle = asyncio.Event()
     idle.set()
     base_url = parley.standin.base_url
