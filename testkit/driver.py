@@ -155,15 +155,21 @@ class ChatDriver:
     async def _open_one(self, index: int, model: str | None) -> SessionTrace:
         server = index % len(self.server_urls)
         url = self.server_urls[server]
+        token = await self.new_token(url, index, model)
+        ws = await self.http.ws_connect(f"{url}/chat", params={"token": token}, heartbeat=None)
+        trace = SessionTrace(index, token, server, ws)
+        self._readers.append(asyncio.create_task(self._read(trace)))
+        return trace
+
+    async def new_token(self, url: str, index: int, model: str | None) -> str:
+        """A new session's token from the server at ``url`` (``POST /token``), of
+        ``model`` (None: the default)."""
         body = {"model": model} if model is not None else None
         params = {"name": f"s{index}"}
         async with self.http.post(f"{url}/token", params=params, json=body) as response:
             assert response.status == 200, await response.text()
             token: str = (await response.json())["token"]
-        ws = await self.http.ws_connect(f"{url}/chat", params={"token": token}, heartbeat=None)
-        trace = SessionTrace(index, token, server, ws)
-        self._readers.append(asyncio.create_task(self._read(trace)))
-        return trace
+            return token
 
     async def _read(self, trace: SessionTrace) -> None:
         while True:

@@ -23,19 +23,12 @@ class PartitionDriver(ChatDriver):
         super().__init__(server_urls)
         self.part = part
 
-    async def _open_one(self, index: int) -> SessionTrace:
-        server = index % len(self.server_urls)
-        url = self.server_urls[server]
+    async def new_token(self, url: str, index: int, model: str | None) -> str:
+        """A new session's token in partition ``part`` (others are left to expire)."""
         while True:
-            async with self.http.post(f"{url}/token", params={"name": f"s{index}"}) as response:
-                assert response.status == 200, await response.text()
-                token: str = (await response.json())["token"]
+            token = await super().new_token(url, index, model)
             if keys.partition(token) == self.part:
-                break
-        ws = await self.http.ws_connect(f"{url}/chat", params={"token": token}, heartbeat=None)
-        trace = SessionTrace(index, token, server, ws)
-        self._readers.append(asyncio.create_task(self._read(trace)))
-        return trace
+                return token
 
 
 async def wait_events(
