@@ -66,13 +66,6 @@ class Pools(Streams, Replies):
                 pipe.zremrangebyscore(keys.pool_key(model), "-inf", now - _FORGET_MS)
             await pipe.execute()
 
-    async def leave_pools(self, models: Sequence[str], consumer: str) -> None:
-        """Take ``consumer`` out of the pools of ``models`` (it is stopping)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for model in models:
-                pipe.zrem(keys.pool_key(model), consumer)
-            await pipe.execute()
-
     async def pool_workers(self, model: str, within_ms: int) -> int:
         """How many workers of ``model``'s pool were alive within the last ``within_ms``."""
         count: int = await self.redis.zcount(keys.pool_key(model), _now_ms() - within_ms, "+inf")

@@ -118,8 +118,8 @@ class Worker:
         finally:
             await cancel_and_wait(loops)
             await cancel_and_wait(list(self._in_flight.values()))
-            with contextlib.suppress(*CONNECTION_ERRORS, ResponseError):
-                await self.store.leave_pools(self.models, self.consumer)
+            # It stays in its pools as last seen now: a worker restarting (a deploy) is
+            # not taken for a pool gone before MODEL_WAIT_S has passed.
             await self.hub.aclose()
             self.stopped.set()
             logger.info("worker %s stopped", self.consumer)

@@ -143,3 +143,19 @@ async def test_a_model_changes_only_once_no_message_waits(
             assert r.status == 204
         async with http.get(f"{parley.url}/refresh_token", params={"token": token}) as r:
             assert (await r.json())["model"] == "large"
+
+
+async def test_a_worker_that_stops_leaves_its_model_served_for_the_grace_period(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    # A deploy restarts the only worker: its model must not be refused meanwhile.
+    async with running_parley(redis_url, redis, models=CATALOG, model_wait_s=30) as parley:
+        parley.worker.stop()
+        await asyncio.wait_for(parley.worker.stopped.wait(), 10)
+        async with http.get(f"{parley.url}/models") as r:
+            assert all(m["available"] for m in (await r.json())["models"])
+        token = await session_of(parley, http, "small")
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await ws.send_str("queued for the next worker")
+            (queued,) = of_type(await read_until(ws, count("queued", 1)), "queued")
+        assert queued["message"]["content"] == "queued for the next worker"
