@@ -10,7 +10,6 @@ import logging
 from fastapi import WebSocket
 
 from protocol.wire import EditCommand, ErrorCode, QueuedEvent, RegenerateCommand
-from runtime.logs import fingerprint
 from server.admission import ClientMark, admit_message
 from server.config import ServerSettings
 from server.metrics import MESSAGES_ACCEPTED
@@ -31,46 +30,30 @@ logger = logging.getLogger(__name__)
 
 
 class SessionCommands:
-    """The commands of one socket of one session.
+    """The commands of one socket of one session: the part of
+    :class:`server.connection.ChatConnection` that carries them out, which sets the
+    attributes they use (``websocket``, ``token``, ``session``, ``store``, ``settings``,
+    ``relay``, ``pools``, ``model``, ``_client_mark``).
 
     Every method raises :class:`storage.store.SessionExpired` when the session is gone
     (the connection then closes the socket), and tells the client of any other refusal.
     """
 
-    __slots__ = (
-        "_client_mark",
-        "model",
-        "pools",
-        "relay",
-        "session",
-        "settings",
-        "store",
-        "token",
-        "websocket",
-    )
+    __slots__ = ("_client_mark", "model", "pools")
 
-    def __init__(
-        self,
-        websocket: WebSocket,
-        token: str,
-        store: Store,
-        settings: ServerSettings,
-        relay: EventRelay,
-        pools: PoolWatch,
-    ) -> None:
-        self.websocket = websocket
-        self.token = token
-        self.session = fingerprint(token)  # what logs name the session by
-        self.store = store
-        self.settings = settings
-        self.relay = relay
-        self.pools = pools
-        # The session's model, as far as this socket knows: the enqueue script checks
-        # it, and a session whose model changed is told so (ModelChanged).
-        self.model = settings.default_model
-        self._client_mark = ClientMark()
+    websocket: WebSocket
+    token: str
+    session: str
+    store: Store
+    settings: ServerSettings
+    relay: EventRelay
+    pools: PoolWatch
+    #: The session's model, as far as this socket knows: the enqueue script checks it,
+    #: and a session whose model changed is told so (ModelChanged).
+    model: str
+    _client_mark: ClientMark
 
-    async def stop(self) -> None:
+    async def _on_stop(self) -> None:
         """Ask for the reply being generated to stop (see ``stop.lua``)."""
         try:
             seq = await self.store.stop(self.token)
@@ -95,7 +78,7 @@ class SessionCommands:
             return True
         return False
 
-    async def revise(self, command: RegenerateCommand | EditCommand) -> None:
+    async def _on_revise(self, command: RegenerateCommand | EditCommand) -> None:
         """Queue the last user message again, edited or not (see
         :meth:`storage.store.Store.revise`); the ``revised`` event reaches every socket
         of the session through its event stream. Admitted as a message is (a reply of
@@ -159,7 +142,7 @@ class SessionCommands:
             )
         return self._not_queued(error)
 
-    async def message(self, content: str) -> None:
+    async def _on_message(self, content: str) -> None:
         """Accept a user message: checked, admitted, stored and queued, then ``queued``;
         or refused with an error."""
         if await self._content_refused(content):

@@ -31,6 +31,7 @@ from protocol.wire import (
 from runtime.logs import fingerprint
 from runtime.retry import retrying
 from runtime.tasks import cancel_and_wait
+from server.admission import ClientMark
 from server.commands import SessionCommands
 from server.config import ServerSettings
 from server.deps import SESSION_GONE
@@ -93,12 +94,11 @@ async def _first_of(*loops: Coroutine[Any, Any, None]) -> None:
             raise task.exception()  # type: ignore[misc]
 
 
-class ChatConnection:
-    """One accepted WebSocket of one session."""
+class ChatConnection(SessionCommands):
+    """One accepted WebSocket of one session (its commands: :class:`SessionCommands`)."""
 
     __slots__ = (
         "_resumes",
-        "commands",
         "hub",
         "relay",
         "session",
@@ -125,7 +125,9 @@ class ChatConnection:
         self.settings = settings
         self.relay = EventRelay(websocket, token, store)
         self._resumes = TokenBucket(settings.resume_rate_per_s, settings.resume_burst)
-        self.commands = SessionCommands(websocket, token, store, settings, self.relay, pools)
+        self.pools = pools
+        self.model = settings.default_model
+        self._client_mark = ClientMark()
 
     async def run(self, after: str | None) -> None:
         """Serve the connection until the client leaves or it must close.
@@ -240,11 +242,11 @@ class ChatConnection:
             if isinstance(command, ResumeCommand):
                 await self._on_resume(command.after)
             elif isinstance(command, StopCommand):
-                await self.commands.stop()
+                await self._on_stop()
             elif isinstance(command, RegenerateCommand | EditCommand):
-                await self.commands.revise(command)
+                await self._on_revise(command)
             else:
-                await self.commands.message(command.content)
+                await self._on_message(command.content)
         except SessionExpired as e:
             raise await self._session_gone() from e
 
