@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from storage import keys
-from testkit.delivery import Findings
+from testkit.delivery import Findings, check_deliveries
 from testkit.driver import SessionTrace
 
 _MARKER = re.compile(r"s(\d+)-m(\d+)-[0-9a-f]{8}")
@@ -171,3 +171,12 @@ async def missing_events(redis: Any, sessions: Sequence[SessionTrace]) -> list[s
             f"{lacking[:8]}{' ...' if len(lacking) > 8 else ''}"
         )
     return lines
+
+
+def verdict(sessions: Sequence[SessionTrace]) -> Findings:
+    """What every client received and every history holds, checked: delivery (each
+    reply once, in order, on its own socket) and histories (see :func:`check_histories`)."""
+    findings = Findings()
+    check_deliveries(sessions, findings)
+    check_histories(sessions, findings)
+    return findings

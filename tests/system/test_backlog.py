@@ -17,9 +17,9 @@ import pytest
 from redis.asyncio import Redis
 
 from storage import keys
-from testkit.delivery import Findings, assert_clean, check_deliveries
+from testkit.delivery import assert_clean
 from testkit.processes import Cluster
-from testkit.records import check_histories
+from testkit.records import verdict
 from testkit.standin import StandinModel
 from tests.system.partition import (
     PartitionDriver,
@@ -71,9 +71,7 @@ async def test_a_backlog_over_the_stream_bound_is_answered_in_full(
             was_trimmed = await poll(cluster.redis, trimmed, timeout_s=10)
             after = await cluster.redis.xlen(stream)
             await driver.fetch_histories()
-        findings = Findings()
-        check_deliveries(driver.sessions, findings)
-        check_histories(driver.sessions, findings)
+        findings = verdict(driver.sessions)
         with capsys.disabled():
             print(
                 f"\n[backlog] MESSAGE_STREAM_MAXLEN={MAXLEN}, {SESSIONS} sessions in partition 0 "

@@ -20,11 +20,11 @@ import pytest
 
 from runtime.tasks import cancel_and_wait
 from stack.redis import EmbeddedRedis
-from testkit.delivery import Findings, assert_clean, check_deliveries
+from testkit.delivery import assert_clean
 from testkit.driver import ChatDriver, SessionTrace
 from testkit.ports import free_port
 from testkit.processes import Cluster, Proc
-from testkit.records import check_histories, missing_events, pending_owners
+from testkit.records import missing_events, pending_owners, verdict
 from testkit.redis_cluster import EmbeddedRedisCluster
 from testkit.standin import StandinModel
 
@@ -130,9 +130,7 @@ async def test_chaos_100_sessions_with_a_worker_killed_every_2_s(
                 stuck = [] if complete else await missing_events(cluster.redis, driver.sessions)
                 await driver.fetch_histories()
 
-        findings = Findings()
-        check_deliveries(driver.sessions, findings)
-        check_histories(driver.sessions, findings)
+        findings = verdict(driver.sessions)
         takeovers = takeover_times_ms(kills, driver.sessions)
         line = (
             f"\n[chaos {topology}] {SESSIONS}x{MESSAGES}, {SERVERS} servers, {WORKERS} workers, "

@@ -20,11 +20,11 @@ from redis.asyncio import Redis
 from runtime.config import CommonSettings
 from stack.redis import EmbeddedRedis
 from storage.store import Store
-from testkit.delivery import Findings, assert_clean, check_deliveries, show
+from testkit.delivery import assert_clean, show
 from testkit.driver import ChatDriver, SessionTrace
 from testkit.ports import free_port
 from testkit.processes import Cluster
-from testkit.records import check_histories, pending_owners
+from testkit.records import pending_owners, verdict
 from testkit.standin import StandinModel
 
 pytestmark = pytest.mark.system
@@ -44,13 +44,6 @@ async def no_pending(redis: Redis[str], timeout_s: float = 10) -> int:
     while (left := await store.pending_count()) and time.monotonic() < deadline:  # noqa: ASYNC110  (Redis state: no event to wait on)
         await asyncio.sleep(0.05)
     return left
-
-
-def verdict(sessions: list[SessionTrace]) -> Findings:
-    findings = Findings()
-    check_deliveries(sessions, findings)
-    check_histories(sessions, findings)
-    return findings
 
 
 @pytest.mark.timeout(180)

@@ -18,10 +18,10 @@ from redis.asyncio import Redis
 from runtime.config import CommonSettings
 from runtime.tasks import cancel_and_wait
 from storage.store import Store
-from testkit.delivery import Findings, assert_clean, check_deliveries, show
+from testkit.delivery import assert_clean, show
 from testkit.driver import ChatDriver, SessionTrace
 from testkit.processes import Cluster
-from testkit.records import check_histories, check_prompts, pending_owners
+from testkit.records import check_prompts, pending_owners, verdict
 from testkit.standin import StandinModel
 
 pytestmark = pytest.mark.system
@@ -86,9 +86,7 @@ async def test_many_sessions_over_servers_and_workers(
                 elapsed = time.perf_counter() - started
             await driver.fetch_histories()
 
-        findings = Findings()
-        check_deliveries(driver.sessions, findings)
-        check_histories(driver.sessions, findings)
+        findings = verdict(driver.sessions)
         check_prompts(driver.sessions, model.requests, findings, once=True)
         counts = zip(with_few, with_all, peak, strict=True)
         connections = ", ".join(f"server-{i + 1} {a}/{b}/{c}" for i, (a, b, c) in enumerate(counts))
@@ -148,9 +146,7 @@ async def test_worker_killed_mid_reply_is_taken_over(
             complete = await driver.wait_replies(timeout_s=60)
             await driver.fetch_histories()
 
-        findings = Findings()
-        check_deliveries(driver.sessions, findings)
-        check_histories(driver.sessions, findings)
+        findings = verdict(driver.sessions)
         check_prompts(driver.sessions, model.requests, findings, once=False)
         with capsys.disabled():
             print(

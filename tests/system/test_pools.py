@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from testkit.delivery import Findings, assert_clean, check_deliveries
+from testkit.delivery import assert_clean
 from testkit.driver import ChatDriver, SessionTrace
 from testkit.processes import Cluster
-from testkit.records import check_histories, missing_events
+from testkit.records import missing_events, verdict
 from testkit.standin import StandinModel
 from tests.system.test_chaos import redis_of
 
@@ -77,9 +77,7 @@ async def test_each_pool_answers_only_its_model_while_a_worker_of_each_is_killed
                 stuck = [] if complete else await missing_events(cluster.redis, driver.sessions)
                 await driver.fetch_histories()
 
-    findings = Findings()
-    check_deliveries(driver.sessions, findings)
-    check_histories(driver.sessions, findings)
+    findings = verdict(driver.sessions)
     with capsys.disabled():
         print(
             f"\n[pools {topology}] 2 models x {SESSIONS} sessions x {MESSAGES} messages, "
