@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from protocol.wire import ChatMessage, ConversationExport, MessageVersion, SessionView, utc_now
 from storage import keys
+from storage.base import json_set_command
 
 
 class MessageRecord(BaseModel):
@@ -173,7 +174,7 @@ class Session(JsonModel, index=True):
         """
         key = keys.session_key(self.token)
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.json().set(key, "$", self.model_dump(mode="json"))
+            pipe.execute_command(*json_set_command(key, "$", self.model_dump(mode="json")))
             pipe.expire(key, ttl_s)
             await pipe.execute()
 

@@ -26,13 +26,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
 
 from redis.exceptions import ResponseError
 
 from protocol.wire import ConversationPage, ConversationSummary, utc_now
 from storage import keys
-from storage.base import StoreBase, json_reply
+from storage.base import StoreBase, json_get_command, json_reply, json_set_command
 from storage.hub import CHECK
 from storage.scripts import Arg, OwnerAddStatus, Script, TitleStatus
 from storage.sessions import SessionExpired
@@ -146,7 +145,7 @@ class Owners(StoreBase):
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 for name, value in fields.items():
-                    pipe.json().set(key, f"$.{name}", value)
+                    pipe.execute_command(*json_set_command(key, f"$.{name}", value))
                 await pipe.execute()
         except ResponseError as e:
             # RedisJSON refuses a path into a document that does not exist.
@@ -171,12 +170,9 @@ class Owners(StoreBase):
             SessionExpired: no such session.
             NotTheOwner: ``owner`` was given and is not the session's owner.
         """
-        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "JSON.GET", keys.session_key(token), "$.owner"
-        )
-        if value is None:
+        found = await self.json_get(keys.session_key(token), "$.owner")
+        if found is None:
             raise SessionExpired(token)
-        found = json_reply(value)
         session_owner = str(found[0]) if found else ""
         if owner is not None and session_owner != owner:
             raise NotTheOwner(token)
@@ -197,7 +193,7 @@ class Owners(StoreBase):
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for token in tokens:
-                pipe.execute_command("JSON.GET", keys.session_key(token), *_SUMMARY_PATHS)
+                pipe.execute_command(*json_get_command(keys.session_key(token), *_SUMMARY_PATHS))
                 pipe.execute_command("JSON.ARRLEN", keys.session_key(token), "$.messages")
             replies = await pipe.execute(raise_on_error=False)
         summaries: list[ConversationSummary | None] = []

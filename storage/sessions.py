@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import uuid
 from functools import cached_property
-from typing import Any
 
 from protocol.wire import utc_now
 from storage import keys
-from storage.base import StoreBase, json_reply
+from storage.base import StoreBase
 from storage.models import Session
 from storage.scripts import Script, SetModelStatus, StopStatus
 
@@ -61,12 +60,9 @@ class Sessions(StoreBase):
         Raises:
             SessionExpired: no such session.
         """
-        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "JSON.GET", keys.session_key(token), "$.model"
-        )
-        if value is None:
+        found = await self.json_get(keys.session_key(token), "$.model")
+        if found is None:
             raise SessionExpired(token)
-        found = json_reply(value)
         return str(found[0]) if found and found[0] else self.settings.default_model
 
     async def set_model(self, token: str, model: str) -> bool:
@@ -90,10 +86,10 @@ class Sessions(StoreBase):
         # JSON.GET and validation, as redis-om's Session.get does, without its walks over
         # the document for datetime and bytes fields (Session has none): a third of
         # the time for a session with 40 messages (bench: the worker reads one a reply).
-        document = await self.redis.json().get(keys.session_key(token))
-        if document is None:
+        found = await self.json_get(keys.session_key(token))
+        if not found:
             raise SessionExpired(token)
-        session = Session.model_validate(document)
+        session = Session.model_validate(found[0])
         if touch:
             await self.touch(token)
         return session
@@ -143,7 +139,7 @@ class Sessions(StoreBase):
         Raises:
             SessionExpired: no such session.
         """
-        return await self._counter(token, ".stop_seq")
+        return await self._counter(token, "$.stop_seq")
 
     async def replied_seq(self, token: str) -> int:
         """The ``seq`` of the session's last answered (or failed) message.
@@ -151,23 +147,19 @@ class Sessions(StoreBase):
         Raises:
             SessionExpired: no such session.
         """
-        return await self._counter(token, ".replied_seq")
+        return await self._counter(token, "$.replied_seq")
 
     async def _counter(self, token: str, path: str) -> int:
-        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "JSON.GET", keys.session_key(token), path
-        )
-        if value is None:
+        found = await self.json_get(keys.session_key(token), path)
+        if found is None:
             raise SessionExpired(token)
-        return int(value)
+        return int(found[0]) if found else 0
 
     async def crashes(self, token: str, seq: int) -> int:
         """How many attempts at message ``seq`` of the session ended with their worker's
         death, as counted so far (by :meth:`storage.replies.Replies.begin`; 0 if the
         session is gone)."""
-        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "JSON.GET", keys.session_key(token), "$.crashes"
-        )
-        record = str(json.loads(value)[0]) if value else ""
+        found = await self.json_get(keys.session_key(token), "$.crashes")
+        record = str(found[0]) if found else ""
         crashed_seq, _, n = record.partition(":")
         return int(n) if crashed_seq == str(seq) and n.isdigit() else 0
