@@ -31,3 +31,22 @@ local function append_event(stream, pttl, maxlen, channel, event)
   redis.call('SPUBLISH', channel, '{"event_id":"' .. id .. '",' .. string.sub(event, 2))
   return id
 end
+
+-- The entry id that user message `seq` of session document `key` was last queued under
+-- (enqueue.lua, revise.lua), as a JSONPath for a JSON.GET that reads other paths too.
+local function entry_path(seq)
+  return '$.messages[?(@.seq==' .. tonumber(seq) .. '&&@.role=="user")].entry'
+end
+
+-- Whether `entry` (a stream entry id; "" checks nothing) is not the one user message
+-- `seq` is queued under now, by a JSON.GET `read` that included entry_path(seq): an
+-- entry left over from before a regenerate or edit queued the message again. A message
+-- without a recorded entry (older data) accepts any.
+local function stale_entry(read, seq, entry)
+  if entry == '' then
+    return false
+  end
+  local stored = read[entry_path(seq)]
+  stored = stored and stored[1]
+  return type(stored) == 'string' and stored ~= entry
+end

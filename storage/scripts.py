@@ -106,6 +106,7 @@ class BeginStatus(IntEnum):
     ANSWERED = 2
     NOT_YET = 3
     NO_SESSION = 4
+    STALE = 5
 
 
 class EmitStatus(IntEnum):
@@ -132,6 +133,7 @@ class FinishStatus(IntEnum):
     NO_SESSION = 2
     FENCED = 3
     NOT_YOUR_TURN = 4
+    STALE = 5
 
 
 class LostStatus(IntEnum):
