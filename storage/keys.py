@@ -22,11 +22,10 @@ PARTITIONS: Final = tuple("0123456789abcdef")
 #: Entries given up: their tries kept failing (``MAX_DELIVERIES``), their attempts kept
 #: crashing their workers (``MAX_CRASHES``), or they could not be decoded.
 DEAD_LETTER_STREAM = f"{PREFIX}:messages:dead"
-#: Title jobs: a session's token once its first reply is recorded; the workers' group
-#: :data:`TITLE_GROUP` reads it between replies (low volume: one stream, one slot).
-TITLE_STREAM = f"{PREFIX}:titles"
-#: The consumer group of the workers on :data:`TITLE_STREAM`.
+#: The consumer group of the workers on every title stream (:func:`title_stream`).
 TITLE_GROUP = "titlers"
+#: The consumer group of the workers on every summary stream (:func:`summary_stream`).
+SUMMARY_GROUP = "summarizers"
 #: Sharded channel where servers announce stop commands to every worker (one per click).
 STOP_CHANNEL = f"{PREFIX}:stop"
 #: The consumer group of the workers on every message stream.
@@ -81,6 +80,25 @@ def model_of_stream(stream: str) -> str:
 def message_stream_of(token: str, model: str = DEFAULT_MODEL_ID) -> str:
     """The message stream that queues a session's messages for ``model``."""
     return message_stream(partition(token), model)
+
+
+def title_stream(model: str = DEFAULT_MODEL_ID) -> str:
+    """The title jobs of ``model``'s sessions (a catalog id): a session's token once its
+    first reply is recorded, read between replies by the group :data:`TITLE_GROUP` of
+    the workers that serve the model. One stream a model (low volume: any slot)."""
+    return f"{PREFIX}:titles{_of_model(model)}"
+
+
+def summary_stream(model: str = DEFAULT_MODEL_ID) -> str:
+    """The summary jobs of ``model``'s sessions: a session's token once its turns after
+    the summary near the budget, read between replies by the group
+    :data:`SUMMARY_GROUP` of the workers that serve the model."""
+    return f"{PREFIX}:summaries{_of_model(model)}"
+
+
+#: The title and summary streams of the default model (the names they always had).
+TITLE_STREAM: Final = title_stream(DEFAULT_MODEL_ID)
+SUMMARY_STREAM: Final = summary_stream(DEFAULT_MODEL_ID)
 
 
 def waiting_key(part: str, model: str = DEFAULT_MODEL_ID) -> str:

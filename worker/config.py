@@ -111,6 +111,13 @@ class WorkerSettings(CommonSettings):
         description="Attempts at one message that may end with their worker dying before "
         "it goes to the dead-letter stream.",
     )
+    job_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Tries at one title or summary job (its delivery count: 1 when read, "
+        "plus 1 each time it is taken over) before it is given up and acknowledged.",
+    )
     worker_concurrency: int = Field(
         default=32, ge=1, description="Replies generated at once by one worker process."
     )

@@ -32,6 +32,7 @@ from storage.hub import RESYNC, UNAVAILABLE, Hub
 from storage.store import SessionExpired, Store
 from worker.config import WorkerSettings
 from worker.entries import StreamEntry
+from worker.jobs import IdleJobs
 from worker.llm import LLMClient
 from worker.metrics import TAKEOVERS
 from worker.reply import Replies
@@ -95,12 +96,10 @@ class Worker:
             asyncio.create_task(self._pool_loop(), name="pools"),
             asyncio.create_task(self._stop_loop(), name="stop"),
         ]
-        if self.settings.conversation_titles:
-            titler = Titler(self.store, self.llm, self.consumer, self._idle)
-            loops.append(asyncio.create_task(titler.run(), name="titles"))
-        if self.settings.memory_summary:
-            summarizer = Summarizer(self.settings, self.store, self.llm, self.consumer, self._idle)
-            loops.append(asyncio.create_task(summarizer.run(), name="summaries"))
+        loops += [
+            asyncio.create_task(jobs.run(), name=f"{jobs.kind}:{jobs.model}")
+            for jobs in self._job_readers()
+        ]
         logger.info(
             "worker %s serving %s on %d partitions",
             self.consumer,
@@ -123,6 +122,21 @@ class Worker:
             await self.hub.aclose()
             self.stopped.set()
             logger.info("worker %s stopped", self.consumer)
+
+    def _job_readers(self) -> list[IdleJobs]:
+        """The readers of title and summary jobs, as the settings ask: one of each kind
+        per model served, so a job reaches only its own model's pool."""
+        kinds: list[type[IdleJobs]] = []
+        if self.settings.conversation_titles:
+            kinds.append(Titler)
+        if self.settings.memory_summary:
+            kinds.append(Summarizer)
+        limiter = self.replies.generator.limiter
+        return [
+            kind(self.settings, self.store, self.llm, model, self.consumer, self._idle, limiter)
+            for kind in kinds
+            for model in self.models
+        ]
 
     # -- reading and claiming ------------------------------------------------------
 
