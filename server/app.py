@@ -97,7 +97,7 @@ def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncConte
             lease_seconds=settings.socket_lease_seconds,
         )
         leases.start()
-        pools = PoolWatch(store, settings, consumer=f"server-{uuid.uuid4().hex[:12]}")
+        pools = PoolWatch(store, settings)
         pools.start()
         logger.info("server ready")
         try:

@@ -30,6 +30,12 @@ SUMMARY_GROUP = "summarizers"
 STOP_CHANNEL = f"{PREFIX}:stop"
 #: The consumer group of the workers on every message stream.
 CONSUMER_GROUP = "workers"
+#: The consumer that a stopping worker hands its unfinished entries to, in each group it
+#: read (:mod:`storage.consumers`): one name for all, so it can delete its own.
+HEIR_CONSUMER = "released"
+#: The one consumer name of every server, when its pool watch reads a model's streams
+#: to close the messages nobody serves (:mod:`server.pools`).
+SERVER_CONSUMER = "servers"
 
 
 def hash_tag(key: str) -> str:

@@ -215,6 +215,23 @@ class HeartbeatStatus(IntEnum):
     REFRESHED = 0
 
 
+class ReleaseStatus(IntEnum):
+    """``release.lua``: the consumer deleted (payload: entries handed to the heir), or
+    kept, holding entries (it is the heir itself), or no such stream or group."""
+
+    RELEASED = 0
+    KEPT = 1
+    NO_GROUP = 2
+
+
+class SweepStatus(IntEnum):
+    """``sweep_consumers.lua``: payload, the names of the consumers deleted; or no such
+    stream or group."""
+
+    SWEPT = 0
+    NO_GROUP = 1
+
+
 S = TypeVar("S", bound=IntEnum)
 
 

@@ -99,6 +99,12 @@ class WorkerSettings(CommonSettings):
     claim_idle_ms: int = Field(
         default=5000, gt=0, description="Pending entries idle this long (ms) are taken over."
     )
+    consumer_idle_delete_ms: int = Field(
+        default=600_000,
+        gt=0,
+        description="A consumer of a group this worker reads that has been idle this long "
+        "(ms) and holds no pending entry is deleted (a crashed worker's, a server's).",
+    )
     max_deliveries: int = Field(
         default=3,
         ge=1,

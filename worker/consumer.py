@@ -32,6 +32,7 @@ from storage.hub import RESYNC, UNAVAILABLE, Hub
 from storage.store import SessionExpired, Store
 from worker.config import WorkerSettings
 from worker.entries import StreamEntry
+from worker.groups import ConsumerGroups
 from worker.jobs import IdleJobs
 from worker.llm import LLMClient
 from worker.metrics import TAKEOVERS
@@ -84,21 +85,27 @@ class Worker:
         """Consume until :meth:`stop`.
 
         In-flight replies get ``drain_timeout_s`` (s) to finish; what is left unfinished
-        stays in the pending entries list for another worker to take over.
+        stays in the pending entries list, handed over for the next takeover of another
+        worker, and this worker's consumers leave their groups
+        (:meth:`worker.groups.ConsumerGroups.release`).
         """
         self.stopped.clear()
         await self.store.ensure_group(self.models)
         await self.store.join_pools(self.models, self.consumer)
         await self.hub.start()
+        jobs = self._job_readers()
+        self.groups = ConsumerGroups(
+            self.store,
+            self.consumer,
+            [(s, keys.CONSUMER_GROUP) for s in self.streams] + [(j.stream, j.group) for j in jobs],
+            self.settings.consumer_idle_delete_ms,
+        )
         loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._pool_loop(), name="pools"),
             asyncio.create_task(self._stop_loop(), name="stop"),
-        ]
-        loops += [
-            asyncio.create_task(jobs.run(), name=f"{jobs.kind}:{jobs.model}")
-            for jobs in self._job_readers()
+            *(asyncio.create_task(job.run(), name=f"{job.kind}:{job.model}") for job in jobs),
         ]
         logger.info(
             "worker %s serving %s on %d partitions",
@@ -117,6 +124,9 @@ class Worker:
         finally:
             await cancel_and_wait(loops)
             await cancel_and_wait(list(self._in_flight.values()))
+            # Nothing reads or holds an entry any more: what is unfinished goes to the
+            # next worker at once, and this worker's consumers leave their groups.
+            await self.groups.release()
             # It stays in its pools as last seen now: a worker restarting (a deploy) is
             # not taken for a pool gone before MODEL_WAIT_S has passed.
             await self.hub.aclose()
@@ -204,6 +214,7 @@ class Worker:
                 for stream in self.streams:
                     await self.store.trim(stream)
                 await self.sweep_lost()
+                await self.groups.sweep_if_due()
             except (*CONNECTION_ERRORS, ResponseError) as e:
                 logger.warning("claiming stale entries failed: %s", e)
             except Exception:
