@@ -5,13 +5,21 @@ kept; against a real Redis, a real worker and the stand-in model (the in-process
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
+from typing import Any, cast
 
 import aiohttp
+from fastapi import WebSocket
 from redis.asyncio import Redis
 
 from protocol.event_ids import stream_id_key
+from protocol.wire import TokenEvent
+from runtime.config import CommonSettings
+from server.relay import EventRelay
 from storage import keys
+from storage.hub import RESYNC
+from storage.store import Store
 from tests.support.events import Event, count, kept, of_type, read_until, trim_past
 from tests.support.parley import Parley, running_parley
 
@@ -243,3 +251,37 @@ async def test_cursors_within_the_events_kept_get_no_gap(
             await ws.send_str("fresh")
             events = await read_until(ws, reply_done("fresh"))
         assert not of_type(events, "gap")
+
+
+class RecordingSocket:
+    """The sending side of a WebSocket, recording what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+async def test_a_resync_past_the_events_kept_gets_a_gap_too(redis: Redis[str]) -> None:
+    """A socket whose queue overflowed catches up from its own cursor: if the stream moved
+    on past it meanwhile, that is a gap as well."""
+    token = str(uuid.uuid4())
+    stream = keys.events_key(token)
+
+    async def append(n: int) -> None:
+        event = TokenEvent(message_id="m", content=str(n)).model_dump_json(exclude={"event_id"})
+        await redis.xadd(stream, {"event": event}, maxlen=5, approximate=False)
+
+    socket = RecordingSocket()
+    relay = EventRelay(cast(WebSocket, socket), token, Store(redis, CommonSettings()))
+    await append(0)
+    await relay.replay("0")
+    assert [e["content"] for e in socket.sent] == ["0"]
+    for n in range(1, 10):
+        await append(n)  # published while the socket's queue was full: missed live
+    await relay.deliver(RESYNC)
+    stored = await kept(redis, token)
+    gap, *rest = socket.sent[1:]
+    assert gap["type"] == "gap" and gap["oldest_event_id"] == stored[0]
+    assert ids(rest) == stored and [e["content"] for e in rest] == ["5", "6", "7", "8", "9"]
