@@ -229,8 +229,27 @@ class RevisedEvent(_Wire):
     event_id: str | None = None
 
 
+class GapEvent(_Wire):
+    """A resume went past the events the session keeps: events after the client's cursor
+    were trimmed from its event stream (the newest ``EVENTS_MAXLEN`` are kept), so the
+    replay that follows starts at ``oldest_event_id``, the oldest event kept, and does
+    not hold everything the client missed.
+
+    Sent before the replayed events, only on a resume (``?after=``, ``resume``, or a
+    socket's own catch-up) whose cursor is older than the oldest event kept. Replies that
+    finished meanwhile are in history: reload it (``GET /refresh_token``). A reply still
+    streaming may have lost its first tokens: its ``done`` brings it whole.
+    """
+
+    type: Literal["gap"] = "gap"
+    oldest_event_id: str = Field(
+        description="the oldest event the session keeps: the replay starts there"
+    )
+    detail: str
+
+
 ServerEvent = Annotated[
-    QueuedEvent | TokenEvent | RestartEvent | DoneEvent | ErrorEvent | RevisedEvent,
+    QueuedEvent | TokenEvent | RestartEvent | DoneEvent | ErrorEvent | RevisedEvent | GapEvent,
     Field(discriminator="type"),
 ]
 SERVER_EVENT: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)

@@ -5,6 +5,10 @@ messages while :meth:`ChatClient.events` yields the server's events. When the so
 drops, ``events`` reconnects with backoff and sends ``{"type": "resume", "after": <last
 event id>}`` as the first frame, so a reply in progress continues where it stopped;
 events seen before are dropped (:class:`ResumeCursor`), so nothing prints twice.
+
+When the client was away for longer than the session keeps events, the server says so
+with a ``gap`` event before its replay: :meth:`ChatClient.catch_up` then reloads the
+history, and the reply whose first tokens were lost shows when its ``done`` comes.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from protocol.wire import (
     SERVER_EVENT,
     DoneEvent,
     ErrorEvent,
+    GapEvent,
     MessageCommand,
     ResumeCommand,
     RevisedEvent,
     ServerEvent,
     SessionView,
+    TokenEvent,
 )
 from runtime.retry import retrying
 from terminal.api import ApiError, ChatClientError, Choice, ParleyApi
@@ -100,24 +106,48 @@ class ResumeCursor:
     of the stream ("0") replays them, and they are dropped. ``versions`` counts the
     earlier versions known of each turn, so that a replayed ``revised`` event already
     reflected in the history loaded is dropped too, while a new one reopens its turn.
+
+    After a ``gap`` event, the replay starts at the oldest event kept, which may be in
+    the middle of a reply (replies of a session come one at a time, so at most one):
+    when the first event after the gap is a ``token``, that reply's tokens are dropped
+    (``partial``) until its ``done``, ``error`` or ``restart``, which are whole.
     """
 
     last_event_id: str | None = None
     finished: set[str] = field(default_factory=set)
     versions: dict[str, int] = field(default_factory=dict)
+    partial: str | None = None
+    _after_gap: bool = False
 
     def after(self) -> str:
         """The ``after`` of the next resume: the last event seen, or the stream's start."""
         return self.last_event_id or "0-0"
 
     def accept(self, event: ServerEvent) -> bool:
-        """Record ``event``; False if it was seen before and must be dropped."""
+        """Record ``event``; False if it was seen before and must be dropped (a ``gap``:
+        if nothing was missed, as when a second replay of the same resume reports it)."""
+        if isinstance(event, GapEvent):
+            last = self.last_event_id
+            if last is not None and _stream_order(last) >= _stream_order(event.oldest_event_id):
+                return False
+            self._after_gap = True
+            return True
         event_id = getattr(event, "event_id", None)
         if event_id is None:
             return True  # not from the event stream (``queued``, refusals): never replayed
         last = self.last_event_id
         if last is not None and _stream_order(event_id) <= _stream_order(last):
             return False
+        # Seen from here on, even if not shown: a resume continues after it.
+        self.last_event_id = event_id
+        if self._after_gap:
+            self._after_gap = False
+            if isinstance(event, TokenEvent):
+                self.partial = event.message_id  # its first tokens were trimmed away
+        if self.partial is not None and event.message_id == self.partial:
+            if isinstance(event, TokenEvent):
+                return False
+            self.partial = None  # done, error, restart or revised: whole from here
         if isinstance(event, RevisedEvent):
             count = len(event.message.versions or [])
             if count <= self.versions.get(event.message_id, 0):
@@ -126,7 +156,6 @@ class ResumeCursor:
             self.finished.discard(event.message_id)  # its new reply follows
         elif event.message_id in self.finished:
             return False
-        self.last_event_id = event_id
         if isinstance(event, DoneEvent | ErrorEvent) and event.message_id is not None:
             self.finished.add(event.message_id)
         return True
@@ -217,6 +246,18 @@ class ChatClient:
         self.token = view.token
         self.cursor.seed(view)
         return view
+
+    async def catch_up(self) -> SessionView:
+        """Reload the session's history after a ``gap`` event (``GET /refresh_token``):
+        it holds the replies that finished while the client was away, and their events,
+        if replayed, are dropped from now on.
+
+        Raises:
+            ApiError: the history could not be loaded (400 if the session is gone).
+        """
+        if self.token is None:
+            raise ChatClientError("no session: call create_session or load_session first")
+        return await self.load_session(self.token)
 
     # --- WebSocket --------------------------------------------------------------------
 

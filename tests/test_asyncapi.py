@@ -33,6 +33,7 @@ from protocol.wire import (
     DoneEvent,
     ErrorCode,
     ErrorEvent,
+    GapEvent,
     QueuedEvent,
     RestartEvent,
     ServerEvent,
@@ -227,6 +228,7 @@ SERIALIZED = [
         "ErrorEvent",
         sent(ErrorEvent(message_id=MID, code=ErrorCode.LLM_REJECTED, detail="no"), "2-0"),
     ),
+    ("GapEvent", sent(GapEvent(oldest_event_id="1767268805000-0", detail="trimmed"))),
 ]
 
 

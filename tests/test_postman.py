@@ -113,6 +113,7 @@ def test_the_websocket_guide_shows_every_command_and_event(collection: dict[str,
         "revised",
         "done",
         "error",
+        "gap",
     }
     assert "\n```\nHello! What can you do?\n```" in guide  # a plain text message
 

@@ -453,3 +453,57 @@ describe("a message refused because its model is not served", () => {
     expect(state.notices).toEqual([]);
   });
 });
+
+describe("a resume past the events kept (a gap)", () => {
+  const gap = (oldest: string): Action =>
+    event({ type: "gap", oldest_event_id: oldest, detail: "events after 1-1 are gone" });
+
+  it("drops the text streamed so far, and skips the tokens of the reply it cut until done", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "one");
+    state = run(state, token("m1", "Hel", "1-0"), token("m1", "lo", "1-1"));
+    state = reduce(state, gap("9-0"));
+    expect(shown(state)).toEqual(["user:one:queued"]); // its text has a hole
+    expect(activeMessage(state)?.id).toBe("m1");
+    // The replay starts mid-reply: its tail is not shown, its done is whole.
+    state = run(state, token("m1", " wor", "9-0"), token("m1", "ld", "9-1"));
+    expect(shown(state)).toEqual(["user:one:queued"]);
+    expect(state.lastEventId).toBe("9-1");
+    state = reduce(state, done("m1", "Hello world", "9-2"));
+    expect(shown(state)).toEqual(["user:one:queued", "assistant:Hello world:done"]);
+    // The next reply streams from its start.
+    state = sendAndQueue(state, "m2", "two");
+    state = run(state, token("m2", "Fr", "9-3"), token("m2", "om start", "9-4"));
+    expect(shown(state).at(-1)).toBe("assistant:From start:streaming");
+  });
+
+  it("cuts no reply when the replay starts with the end or the restart of one", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "one");
+    state = run(state, gap("9-0"), done("m1", "Whole", "9-0"));
+    state = sendAndQueue(state, "m2", "two");
+    state = reduce(state, token("m2", "All", "9-1"));
+    expect(shown(state).at(-1)).toBe("assistant:All:streaming");
+
+    state = sendAndQueue(emptyConversation(), "m1", "one");
+    state = run(
+      state,
+      gap("9-0"),
+      token("m1", "tail", "9-0"),
+      event({ type: "restart", message_id: "m1", event_id: "9-1" }),
+      token("m1", "again", "9-2"),
+    );
+    expect(shown(state).at(-1)).toBe("assistant:again:streaming");
+  });
+
+  it("changes nothing when it names an event seen already", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "one");
+    state = run(state, token("m1", "Hel", "9-0"));
+    expect(reduce(state, gap("9-0"))).toBe(state);
+  });
+
+  it("reads gap events from the wire, and refuses malformed ones", () => {
+    const frame = { type: "gap", oldest_event_id: "9-0", detail: "gone" };
+    expect(parseEvent(JSON.stringify(frame))).toEqual(frame);
+    expect(parseEvent(JSON.stringify({ ...frame, oldest_event_id: 9 }))).toBeNull();
+    expect(parseEvent(JSON.stringify({ type: "gap", detail: "gone" }))).toBeNull();
+  });
+});

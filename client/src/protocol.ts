@@ -108,13 +108,26 @@ export interface RevisedEvent {
   event_id?: string;
 }
 
+/**
+ * A resume went past the events the session keeps (its newest `EVENTS_MAXLEN`): events
+ * after the cursor were trimmed, and the replay that follows starts at `oldest_event_id`.
+ * The replies that finished meanwhile are in history: load it again. It is not an event
+ * of the stream itself (no `event_id`).
+ */
+export interface GapEvent {
+  type: "gap";
+  oldest_event_id: string;
+  detail: string;
+}
+
 export type ServerEvent =
   | QueuedEvent
   | TokenEvent
   | RestartEvent
   | DoneEvent
   | ErrorEvent
-  | RevisedEvent;
+  | RevisedEvent
+  | GapEvent;
 
 /** `POST /owner`: the token that owns and lists a person's conversations. */
 export interface OwnerView {
@@ -188,7 +201,13 @@ export function parseEvent(text: string): ServerEvent | null {
   } catch {
     return null;
   }
-  if (!isObject(data) || (!isString(data.message_id) && data.type !== "error")) return null;
+  if (!isObject(data)) return null;
+  if (data.type === "gap") {
+    return isString(data.oldest_event_id) && isString(data.detail)
+      ? (data as unknown as GapEvent)
+      : null;
+  }
+  if (!isString(data.message_id) && data.type !== "error") return null;
   if (!optionalString(data.event_id)) return null;
   switch (data.type) {
     case "queued":
