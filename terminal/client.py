@@ -16,28 +16,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from protocol.event_ids import stream_id_key
 from protocol.wire import (
     SERVER_EVENT,
-    DoneEvent,
-    ErrorEvent,
-    GapEvent,
     MessageCommand,
     ResumeCommand,
-    RevisedEvent,
     ServerEvent,
     SessionView,
-    TokenEvent,
 )
 from runtime.retry import retrying
 from terminal.api import ApiError, ChatClientError, Choice, ParleyApi
+from terminal.cursor import ResumeCursor
 
 __all__ = [
     "ApiError",
@@ -87,88 +82,6 @@ class Backoff:
     maximum: float = 10.0
     jitter: float = 0.1
     attempts: int = 10
-
-
-def _stream_order(event_id: str) -> tuple[int, int]:
-    """A stream entry id as a sortable pair (:func:`stream_id_key`); malformed ids sort first."""
-    try:
-        return stream_id_key(event_id)
-    except ValueError:
-        return -1, -1
-
-
-@dataclass
-class ResumeCursor:
-    """Where the client is in the session's event stream, and which replies it has seen.
-
-    ``last_event_id`` is what a resume asks to continue after. ``finished`` holds the
-    user-message ids whose reply ended (``done`` or ``error``); a resume from the start
-    of the stream ("0") replays them, and they are dropped. ``versions`` counts the
-    earlier versions known of each turn, so that a replayed ``revised`` event already
-    reflected in the history loaded is dropped too, while a new one reopens its turn.
-
-    After a ``gap`` event, the replay starts at the oldest event kept, which may be in
-    the middle of a reply (replies of a session come one at a time, so at most one):
-    when the first event after the gap is a ``token``, that reply's tokens are dropped
-    (``partial``) until its ``done``, ``error`` or ``restart``, which are whole.
-    """
-
-    last_event_id: str | None = None
-    finished: set[str] = field(default_factory=set)
-    versions: dict[str, int] = field(default_factory=dict)
-    partial: str | None = None
-    _after_gap: bool = False
-
-    def after(self) -> str:
-        """The ``after`` of the next resume: the last event seen, or the stream's start."""
-        return self.last_event_id or "0-0"
-
-    def accept(self, event: ServerEvent) -> bool:
-        """Record ``event``; False if it was seen before and must be dropped (a ``gap``:
-        if nothing was missed, as when a second replay of the same resume reports it)."""
-        if isinstance(event, GapEvent):
-            last = self.last_event_id
-            if last is not None and _stream_order(last) >= _stream_order(event.oldest_event_id):
-                return False
-            self._after_gap = True
-            return True
-        event_id = getattr(event, "event_id", None)
-        if event_id is None:
-            return True  # not from the event stream (``queued``, refusals): never replayed
-        last = self.last_event_id
-        if last is not None and _stream_order(event_id) <= _stream_order(last):
-            return False
-        # Seen from here on, even if not shown: a resume continues after it.
-        self.last_event_id = event_id
-        if self._after_gap:
-            self._after_gap = False
-            if isinstance(event, TokenEvent):
-                self.partial = event.message_id  # its first tokens were trimmed away
-        if self.partial is not None and event.message_id == self.partial:
-            if isinstance(event, TokenEvent):
-                return False
-            self.partial = None  # done, error, restart or revised: whole from here
-        if isinstance(event, RevisedEvent):
-            count = len(event.message.versions or [])
-            if count <= self.versions.get(event.message_id, 0):
-                return False  # a revision the history loaded already holds
-            self.versions[event.message_id] = count
-            self.finished.discard(event.message_id)  # its new reply follows
-        elif event.message_id in self.finished:
-            return False
-        if isinstance(event, DoneEvent | ErrorEvent) and event.message_id is not None:
-            self.finished.add(event.message_id)
-        return True
-
-    def seed(self, view: SessionView) -> None:
-        """Mark the user messages answered in ``view``'s history as finished, and note
-        each turn's earlier versions."""
-        for message, following in zip(view.messages, view.messages[1:], strict=False):
-            if message.role == "user" and following.role == "assistant":
-                self.finished.add(message.id)
-        for message in view.messages:
-            if message.role == "user":
-                self.versions[message.id] = len(message.versions or [])
 
 
 class ChatClient:
