@@ -128,6 +128,10 @@ class ReplyGenerator:
                 entry, attempt, begun, plan, started, stop, model
             )
         except LLMError as e:
+            # Every request the model server answered is paid for, failed or retried.
+            await charge_reply(
+                self.limiter, self.settings, entry.token, reply_cost(usage, plan.messages, "")
+            )
             await self._fail(entry, attempt, e, ack)
             return
         # Charged before the reply is recorded, so a client that sees its `done` finds
