@@ -8,6 +8,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from runtime.catalog import ModelOffer, check_catalog, default_catalog
 from runtime.logs import LogFormat
 
+#: The system prompt of sessions that give none of their own: tiny instruction-tuned
+#: models need one that says how to answer.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Reply in English."
+
 
 class CommonSettings(BaseSettings):
     """Settings that the server and the worker must agree on.
@@ -71,6 +75,11 @@ class CommonSettings(BaseSettings):
     )
     quota_period_s: float = Field(
         default=86_400.0, gt=0, description="Period (s) of the model-token quotas."
+    )
+    system_prompt: str = Field(
+        default=DEFAULT_SYSTEM_PROMPT,
+        description="System prompt of sessions that give none of their own (workers send "
+        "it; servers count it when they check that a message fits the model's context).",
     )
     models: list[ModelOffer] = Field(
         default_factory=default_catalog,

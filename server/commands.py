@@ -20,6 +20,7 @@ from storage.store import (
     ModelChanged,
     NotLastMessage,
     Overloaded,
+    PromptTooLong,
     ReplyInProgress,
     Revision,
     SessionFull,
@@ -170,7 +171,7 @@ class SessionCommands:
         message = None
         try:
             message = await self._enqueue(content)
-        except (TooManyPending, SessionFull, Overloaded, *REDIS_DOWN) as e:
+        except (TooManyPending, SessionFull, Overloaded, PromptTooLong, *REDIS_DOWN) as e:
             await self.relay.send_error(*self._not_queued(e))
             return
         finally:
@@ -192,8 +193,8 @@ class SessionCommands:
         was told).
 
         Raises:
-            SessionExpired, TooManyPending, SessionFull, Overloaded, ModelChanged: as
-                :meth:`Store.enqueue`.
+            SessionExpired, TooManyPending, SessionFull, Overloaded, ModelChanged,
+                PromptTooLong: as :meth:`Store.enqueue`.
         """
         limit = self.settings.max_pending_messages
         if await self._model_unserved():
@@ -240,6 +241,12 @@ class SessionCommands:
             return ErrorCode.SESSION_FULL, (
                 f"the session holds {self.settings.max_session_messages} messages, its "
                 "most; start a new session to go on"
+            )
+        if isinstance(error, PromptTooLong):
+            return ErrorCode.MESSAGE_TOO_LONG, (
+                f"the message and the system prompt come to about {error.tokens} tokens, "
+                f"more than the model's context of {error.context} tokens can hold; "
+                "send a shorter message"
             )
         if isinstance(error, Overloaded):
             return ErrorCode.OVERLOADED, (

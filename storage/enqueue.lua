@@ -12,13 +12,17 @@
 -- ARGV[5] token, ARGV[6] message id, ARGV[7] max messages of a session,
 -- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode,
 -- ARGV[11] the model whose stream and waiting set KEYS[2] and KEYS[3] are, ARGV[12] the
--- catalog's default model (a session without one has it)
+-- catalog's default model (a session without one has it), ARGV[13] the model's context
+-- (tokens; 0: not checked), ARGV[14] the bytes of the deployment's system prompt (a
+-- session without its own has it), ARGV[15] the bytes of the message's text
 -- Returns {QUEUED, {seq, entry id}}, or {NO_SESSION}, {TOO_MANY_PENDING} (too many
 -- wait), {SESSION_FULL}, {OVERLOADED} (the partition's backlog is full), {WRONG_MODEL,
--- the session's model} (the keys are another model's: nothing changed).
-local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED, WRONG_MODEL = 0, 1, 2, 3, 4, 5
--- One read: {"$.seq": [n], "$.replied_seq": [m], "$.model": [s] or []}; nil: no session.
-local read = redis.call('JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.model')
+-- the session's model} (the keys are another model's: nothing changed), {TOO_LONG, the
+-- prompt's tokens} (its system prompt and the message cannot fit the model's context).
+local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED, WRONG_MODEL, TOO_LONG = 0, 1, 2, 3, 4, 5, 6
+-- One read: {"$.seq": [n], "$.replied_seq": [m], "$.model": [s] or [], ...}; nil: no
+-- session.
+local read = redis.call('JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.model', '$.system_prompt')
 if not read then
   return reply(NO_SESSION)
 end
@@ -26,6 +30,15 @@ read = cjson.decode(read)
 local model = model_of(read, ARGV[12])
 if model ~= ARGV[11] then
   return reply(WRONG_MODEL, model)
+end
+local context = tonumber(ARGV[13])
+if context > 0 then
+  local own = read['$.system_prompt'][1]
+  local system = (type(own) == 'string' and #own > 0) and #own or tonumber(ARGV[14])
+  local tokens = prompt_tokens(system, tonumber(ARGV[15]))
+  if tokens > context then
+    return reply(TOO_LONG, tokens)
+  end
 end
 local seq = tonumber(read['$.seq'][1])
 local replied = tonumber(read['$.replied_seq'][1])

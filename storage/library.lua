@@ -50,3 +50,11 @@ local function stale_entry(read, seq, entry)
   stored = stored and stored[1]
   return type(stored) == 'string' and stored ~= entry
 end
+
+-- The fewest tokens a prompt of a system prompt of `system` bytes and a message of
+-- `message` bytes can take, as admission counts it: 4 bytes a token (English prose;
+-- most texts take more tokens, so a prompt refused on this count cannot fit), plus the
+-- chat template's 4 tokens a message.
+local function prompt_tokens(system, message)
+  return math.ceil(system / 4) + math.ceil(message / 4) + 8
+end

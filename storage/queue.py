@@ -60,6 +60,21 @@ class TooManyVersions(Exception):
     """The turn already keeps ``max_versions`` earlier versions."""
 
 
+class PromptTooLong(Exception):
+    """The session's system prompt and the message cannot fit the model's context
+    (``ModelOffer.context_tokens``), counted as admission counts them.
+
+    Attributes:
+        tokens: the prompt's tokens as counted.
+        context: the model's context (tokens).
+    """
+
+    def __init__(self, tokens: int, context: int) -> None:
+        super().__init__(f"a prompt of about {tokens} tokens; the model's context is {context}")
+        self.tokens = tokens
+        self.context = context
+
+
 @dataclass(frozen=True)
 class Revision:
     """A turn queued again by :meth:`Queue.revise`.
@@ -149,8 +164,12 @@ class Queue(Streams):
             TooManyPending: ``max_pending`` messages already wait for a reply.
             Overloaded: the partition's backlog is at ``max_backlog``.
             ModelChanged: the session's model is another (nothing was done).
+            PromptTooLong: the session's system prompt and ``content`` cannot fit the
+                model's context (when the catalog gives it).
         """
         model = model or self.settings.default_model
+        offer = self.settings.offer(model)
+        context = offer.context_tokens if offer is not None and offer.context_tokens else 0
         message = StoredMessage(
             id=str(uuid.uuid4()), role="user", content=content, timestamp=utc_now()
         )
@@ -170,10 +189,15 @@ class Queue(Streams):
                 await self.trim_mode(),
                 model,
                 self.settings.default_model,
+                context,
+                len(self.settings.system_prompt.encode(errors="replace")),
+                len(content.encode(errors="replace")),
             ],
         )
         if status is EnqueueStatus.WRONG_MODEL:
             raise ModelChanged(str(queued))
+        if status is EnqueueStatus.TOO_LONG:
+            raise PromptTooLong(int(queued), context)
         if (refusal := _REFUSALS.get(status)) is not None:
             raise refusal(token)
         message.seq, message.entry = int(queued[0]), str(queued[1])

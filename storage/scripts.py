@@ -74,6 +74,7 @@ class EnqueueStatus(IntEnum):
     SESSION_FULL = 3
     OVERLOADED = 4
     WRONG_MODEL = 5
+    TOO_LONG = 6
 
 
 class ReviseStatus(IntEnum):

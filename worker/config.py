@@ -17,7 +17,6 @@ LOCAL_MODEL_NAME = "smollm2-135m-instruct"
 # Embedded model): this prompt at temperature 0.2 answered 21 of 24 samples right, the
 # earlier transcript-style prompt 12 of 24. Without "Reply in English" the tiny model
 # drifts into French whenever France is mentioned.
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Reply in English."
 
 
 class WorkerSettings(CommonSettings):
@@ -71,7 +70,6 @@ class WorkerSettings(CommonSettings):
         description="Ask the model for its token usage (stream_options); off for an API "
         "that refuses the field (usage is then estimated).",
     )
-    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt.")
     memory_max_messages: int = Field(
         default=20, ge=1, description="Most history messages (user and assistant) in a prompt."
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import aiohttp
 from redis.asyncio import Redis
 
+from runtime.catalog import ModelOffer
 from storage.admission import limit_key
 from tests.support.events import Event, count, of_type, read_until
 from tests.support.parley import Parley, running_parley
@@ -134,3 +135,35 @@ async def test_a_refused_socket_gives_its_open_back(
             await ws.send_str("still admitted")
             await read_until(ws, count("done", 1))
         assert await spent(redis, "socket_opens", address) == 2
+
+
+async def test_a_message_that_cannot_fit_the_models_context_is_refused_at_admission(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    # A model with a small context (64 tokens), as the catalog can say.
+    small = ModelOffer(id="default", label="Small", context_tokens=64)
+    async with running_parley(redis_url, redis, models=[small]) as parley:
+        token = await parley.create_session(http)
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            # 400 bytes: at least 100 tokens by admission's count, with the system prompt.
+            long = "word " * 80
+            await ws.send_json({"type": "message", "content": long})
+            (error,) = of_type(await read_until(ws, count("error", 1)), "error")
+            assert error["code"] == "message_too_long"
+            assert "context of 64 tokens" in error["detail"]
+            assert await spent(redis, "messages", token) == 0
+            await ws.send_str("a short one fits")
+            await read_until(ws, count("done", 1))
+        assert len(parley.standin.requests) == 1  # the long one never reached the model
+        async with http.get(f"{parley.url}/refresh_token", params={"token": token}) as r:
+            contents = [m["content"] for m in (await r.json())["messages"]]
+        assert long not in contents
+        # A session's own system prompt counts in place of the deployment's.
+        body = {"system_prompt": "Answer as a pirate would. " * 12}
+        async with http.post(f"{parley.url}/token", params={"name": "b"}, json=body) as r:
+            assert r.status == 200, await r.text()
+            own = (await r.json())["token"]
+        async with http.ws_connect(parley.ws_url, params={"token": own}) as ws:
+            await ws.send_str("hi")
+            (error,) = of_type(await read_until(ws, count("error", 1)), "error")
+            assert error["code"] == "message_too_long"
