@@ -14,7 +14,8 @@ send messages, and how often, across every replica (counted in Redis, see
   by the worker), ``quota_exceeded`` (:func:`admit_message`).
 
 The client address is the peer's, or what a trusted proxy says (``TRUSTED_PROXIES``,
-:func:`server.security.client_address`). Refusals are counted in
+:func:`server.security.client_address`); an IPv6 client counts by its
+``CLIENT_IPV6_PREFIX`` network (:func:`server.security.client_key`). Refusals are counted in
 ``parley_admission_refusals_total{limit}``; the label is the limit's name only, never an
 address or a token. When Redis is unreachable, sockets and messages are admitted (their
 own handling reports the outage) and ``POST /token`` answers 503 as any REST call does.
@@ -36,7 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from protocol.wire import ErrorCode, ErrorEvent
 from server.config import ServerSettings
-from server.security import SecuritySettings, client_address
+from server.security import SecuritySettings, client_key
 from storage.admission import (
     CLIENT_TOKENS,
     SESSION_TOKENS,
@@ -81,7 +82,7 @@ async def admit_session(request: Request) -> None:
         HTTPException: 429 with ``Retry-After`` (s) past ``RATE_SESSIONS_PER_CLIENT``.
     """
     settings: SecuritySettings = request.state.settings
-    address = client_address(request.scope, settings.proxies())
+    address = client_key(request.scope, settings.proxies(), settings.client_ipv6_prefix)
     try:
         await _limiter(request).hit(
             "sessions", address, settings.rate_sessions_per_client, settings.rate_window_s
@@ -128,7 +129,7 @@ async def admit_message(websocket: WebSocket, token: str, mark: ClientMark) -> E
     """
     settings: SecuritySettings = websocket.state.settings
     limiter = _limiter(websocket)
-    client = digest(client_address(websocket.scope, settings.proxies()))
+    client = digest(client_key(websocket.scope, settings.proxies(), settings.client_ipv6_prefix))
     try:
         quotas = await asyncio.gather(
             limiter.check_quota(SESSION_TOKENS, token, settings.model_tokens_per_session),
@@ -187,7 +188,7 @@ class SocketAdmission:
             await self.app(scope, receive, send)
             return
         s = self.settings
-        address = client_address(scope, self.proxies)
+        address = client_key(scope, self.proxies, s.client_ipv6_prefix)
         holder = uuid.uuid4().hex
         try:
             await limiter.hit(

@@ -33,6 +33,8 @@ from runtime.config import CommonSettings
 
 logger = logging.getLogger(__name__)
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 #: The Vite dev server (``npm run dev``), which proxies the API to a running server.
 DEV_ORIGINS = "http://127.0.0.1:5173,http://localhost:5173"
 
@@ -83,6 +85,13 @@ class SecuritySettings(CommonSettings):
         description="Serve metrics on this port of the server's interface instead of "
         "/metrics on the main port (0: on the main port).",
     )
+    client_ipv6_prefix: int = Field(
+        default=64,
+        ge=32,
+        le=128,
+        description="IPv6 clients are counted by network of this prefix length (bits), "
+        "since one host usually holds a whole /64; 128: by address.",
+    )
     rate_window_s: float = Field(
         default=60.0, gt=0, description="Window (s) of the rate limits below."
     )
@@ -103,7 +112,7 @@ class SecuritySettings(CommonSettings):
         """``ALLOWED_ORIGINS`` normalized (see :func:`normalize_origin`)."""
         return frozenset(normalize_origin(o) for o in self.allowed_origins.split(",") if o.strip())
 
-    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    def proxies(self) -> tuple[Network, ...]:
         """``TRUSTED_PROXIES`` as networks.
 
         Raises:
@@ -139,15 +148,17 @@ def same_origin(origin: str, host_header: str | None) -> bool:
     return normalize_origin(origin) == normalize_origin(f"{scheme}://{host_header}")
 
 
-def client_address(
-    scope: Scope, trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
-) -> str:
+def client_address(scope: Scope, trusted: Iterable[Network]) -> str:
     """The client's IP address: the peer's, or, when the peer is a trusted proxy, the
     right-most address of ``X-Forwarded-For`` that is not itself a trusted proxy.
 
     Proxies append the address they received from, so the right-most untrusted entry
     is the first one no trusted proxy vouches for; anything left of it is whatever the
-    client wrote. Returns ``"unknown"`` when the server knows no peer (a test client).
+    client wrote. An entry that is not an IP address (``random-7``, ``1.2.3.4:80``,
+    ``unknown``) was written by no proxy of ours: the whole header is then disbelieved
+    and the peer, the proxy itself, is the client, so such requests share the proxy's
+    one budget instead of naming a budget of their own. Returns ``"unknown"`` when the
+    server knows no peer (a test client).
     """
     trusted = tuple(trusted)
     peer = scope.get("client")
@@ -156,16 +167,43 @@ def client_address(
         return address
     forwarded = Headers(scope=scope).getlist("x-forwarded-for")
     hops = [h.strip() for value in forwarded for h in value.split(",") if h.strip()]
+    found = address
     for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
-            return hop
-        address = hop
-    return address
+        try:
+            ip = ipaddress.ip_address(hop)
+        except ValueError:
+            logger.debug("disbelieved an X-Forwarded-For holding a non-address")
+            return address
+        if not any(ip in net for net in trusted):
+            return str(ip)
+        found = str(ip)
+    return found
 
 
-def _is_trusted(
-    address: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-) -> bool:
+def client_subject(address: str, ipv6_prefix: int) -> str:
+    """What the per-client limits count for ``address``: an IPv4 address as it is, an
+    IPv6 address as its ``/ipv6_prefix`` network (one host usually holds a whole /64,
+    and rotating addresses inside it must not buy new budgets). An IPv4-mapped IPv6
+    address (``::ffff:1.2.3.4``) counts as its IPv4 address; anything that is not an
+    address (``unknown``) as itself."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
+    return str(ip)
+
+
+def client_key(scope: Scope, trusted: Iterable[Network], ipv6_prefix: int) -> str:
+    """The client a request counts against: :func:`client_subject` of
+    :func:`client_address`."""
+    return client_subject(client_address(scope, trusted), ipv6_prefix)
+
+
+def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from server.security import client_address, normalize_origin
+from server.security import client_address, client_subject, normalize_origin
 from tests.browser.webclient import built_client
 from tests.support.parley import Parley, running_parley
 
@@ -133,6 +133,12 @@ def test_origins_are_normalized() -> None:
         ("10.0.0.2", "6.6.6.6, 1.2.3.4", "10.0.0.0/8", "1.2.3.4"),  # a forged left part
         ("10.0.0.2", "1.2.3.4, 10.0.0.7", "10.0.0.0/8", "1.2.3.4"),  # two proxies
         ("10.0.0.2", "", "10.0.0.0/8", "10.0.0.2"),
+        # Entries that are not addresses: the header is disbelieved, the proxy counts.
+        ("172.18.0.1", "random-7, 172.18.0.1", "172.16.0.0/12", "172.18.0.1"),
+        ("10.0.0.2", "random-7", "10.0.0.0/8", "10.0.0.2"),
+        ("10.0.0.2", "1.2.3.4:80", "10.0.0.0/8", "10.0.0.2"),
+        ("10.0.0.2", "1.2.3.4, unknown", "10.0.0.0/8", "10.0.0.2"),
+        ("10.0.0.2", "2001:DB8::1", "10.0.0.0/8", "2001:db8::1"),
     ],
 )
 def test_client_address_behind_trusted_proxies(
@@ -147,3 +153,41 @@ def test_client_address_behind_trusted_proxies(
     }
     proxies = SecuritySettings(trusted_proxies=trusted).proxies()
     assert client_address(scope, proxies) == client
+
+
+@pytest.mark.parametrize(
+    ("address", "prefix", "subject"),
+    [
+        ("203.0.113.9", 64, "203.0.113.9"),
+        ("2001:db8:1:2::1", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:fffe", 64, "2001:db8:1:2::/64"),  # same /64
+        ("2001:db8:1:3::1", 64, "2001:db8:1:3::/64"),  # the next /64: another client
+        ("2001:db8:1:2::1", 48, "2001:db8:1::/48"),
+        ("2001:db8:1:2::1", 128, "2001:db8:1:2::1/128"),
+        ("::ffff:203.0.113.9", 64, "203.0.113.9"),  # IPv4-mapped: the IPv4 client
+        ("unknown", 64, "unknown"),
+    ],
+)
+def test_ipv6_clients_count_by_prefix(address: str, prefix: int, subject: str) -> None:
+    assert client_subject(address, prefix) == subject
+
+
+async def test_addresses_of_one_ipv6_network_share_one_budget(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    """Rotating addresses inside one /64 buys no new sessions (behind a trusted proxy
+    that reports IPv6 clients; here the test client itself)."""
+    async with running_parley(
+        redis_url, redis, trusted_proxies="127.0.0.1", rate_sessions_per_client=2
+    ) as parley:
+        statuses = []
+        for host in range(1, 5):
+            forwarded = {"X-Forwarded-For": f"2001:db8:1:2::{host:x}"}
+            async with http.post(
+                f"{parley.url}/token", params={"name": "ada"}, headers=forwarded
+            ) as r:
+                statuses.append(r.status)
+        assert statuses == [200, 200, 429, 429]
+        forwarded = {"X-Forwarded-For": "2001:db8:1:3::1"}  # another /64: its own budget
+        async with http.post(f"{parley.url}/token", params={"name": "ada"}, headers=forwarded) as r:
+            assert r.status == 200
