@@ -22,7 +22,7 @@ from server.security import SecurityMiddleware
 from server.sockets import ChatSockets
 from storage import keys
 from storage.admission import Limiter
-from storage.connection import connect, disconnect
+from storage.connection import CONNECTION_ERRORS, TRANSIENT_ERRORS, connect, disconnect
 from storage.hub import Hub
 from storage.leases import SocketLeases
 from storage.store import Store
@@ -132,9 +132,17 @@ def _add_middleware(app: FastAPI, settings: ServerSettings) -> None:
 
 
 async def _redis_unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    """Any REST call that meets an unreachable Redis: 503."""
+    """A REST call that meets an unreachable, loading or full Redis: 503."""
     logger.warning("request failed, Redis unavailable: %s", exc)
     return JSONResponse({"detail": "Redis unavailable; retry shortly"}, status_code=503)
+
+
+async def _redis_refused(_request: Request, exc: Exception) -> JSONResponse:
+    """A REST call whose command Redis refused for what it was (a wrong type, a value
+    out of range, a script's error): a fault of the server, 500. Saying "unavailable;
+    retry" would send clients into retries that fail the same way."""
+    logger.error("request failed, Redis refused a command: %s", exc)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
 async def _placeholder() -> HTMLResponse:
@@ -143,7 +151,12 @@ async def _placeholder() -> HTMLResponse:
 
 def _add_routes(app: FastAPI, settings: ServerSettings) -> None:
     """The REST and WebSocket routes, and the web client (or a placeholder page) at ``/``."""
-    app.add_exception_handler(RedisError, _redis_unavailable)
+    # The most specific handler wins: the link's errors and Redis's passing states are
+    # 503, any other refusal 500.
+    app.add_exception_handler(RedisError, _redis_refused)
+    unavailable_errors: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, *TRANSIENT_ERRORS)
+    for unavailable in unavailable_errors:
+        app.add_exception_handler(unavailable, _redis_unavailable)
     app.include_router(sessions.router)
     app.include_router(conversations.router)
     app.include_router(models.router)

@@ -129,7 +129,12 @@ _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
 
 def normalize_origin(origin: str) -> str:
-    """``scheme://host[:port]`` in lower case, without a default port or a trailing slash."""
+    """``scheme://host[:port]`` in lower case, without a default port or a trailing slash.
+
+    Raises:
+        ValueError: ``origin`` is no URL (a port out of range or not a number, an
+            unclosed ``[``).
+    """
     parts = urlsplit(origin.strip().lower())
     host = parts.hostname or ""
     if ":" in host:
@@ -141,7 +146,11 @@ def normalize_origin(origin: str) -> str:
 
 
 def same_origin(origin: str, host_header: str | None) -> bool:
-    """Whether ``origin`` names the host and port the request was sent to (its ``Host``)."""
+    """Whether ``origin`` names the host and port the request was sent to (its ``Host``).
+
+    Raises:
+        ValueError: ``origin`` or ``host_header`` is malformed (see :func:`normalize_origin`).
+    """
     if not host_header:
         return False
     scheme = urlsplit(origin.strip().lower()).scheme
@@ -269,7 +278,14 @@ class SecurityMiddleware:
 
         An opaque origin (``null``: a sandboxed frame, a file) never may.
         """
-        parts = urlsplit(origin.strip().lower())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(origin.strip().lower())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return False
+            if normalize_origin(origin) in self.allowed_origins:
+                return True
+            return same_origin(origin, host_header)
+        except ValueError:
+            # A port out of range or not a number, an unclosed IPv6 bracket, in the
+            # Origin or the Host: no page's origin, and no server's own.
             return False
-        return same_origin(origin, host_header) or normalize_origin(origin) in self.allowed_origins

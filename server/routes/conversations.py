@@ -25,6 +25,9 @@ from storage.store import NotTheOwner, OwnerUnknown, SessionExpired
 router = APIRouter(tags=["conversations"])
 
 OWNER_GONE = "Owner expired or does not exist"
+#: The largest ``offset`` of ``GET /conversations``: far beyond any owner's list
+#: (``MAX_CONVERSATIONS_PER_OWNER``), and far from the 64-bit range Redis's indexes take.
+MAX_OFFSET = 1_000_000
 
 
 def owner_gone() -> HTTPException:
@@ -53,14 +56,14 @@ async def create_owner(store: StoreDep) -> OwnerView:
 async def list_conversations(
     owner: Annotated[str, Query(description="The owner token.")],
     store: StoreDep,
-    offset: Annotated[int, Query(ge=0, description="Conversations to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Conversations to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=100, description="Conversations a page.")] = 20,
 ) -> ConversationPage:
     """The owner's conversations, newest first: title, created, last activity, message
     count, and the session token to open each; renews the owner's TTL.
 
-    Errors: 400 ``Owner expired or does not exist``; 422 for an offset or limit out of
-    range.
+    Errors: 400 ``Owner expired or does not exist``; 422 for an offset (0 to
+    1,000,000) or limit (1 to 100) out of range.
     """
     if not well_formed(owner):
         raise owner_gone()
@@ -83,8 +86,9 @@ async def change_session(
 
     Errors: 400 ``Session expired or does not exist``; 400 if the title is empty, blank
     or longer than ``MAX_TITLE_CHARS``, the model unknown, or the system prompt too
-    long; 409 (nothing changed) for a new model while messages wait for replies; 422 for
-    an empty object or an unknown field.
+    long; 409 (nothing changed) for a new model while messages wait for replies (the
+    model the session has already is no change, and succeeds); 422 for an empty object
+    or an unknown field.
     """
     fields = checked_choice(body, settings)
     if body.title is not None:
@@ -97,6 +101,10 @@ async def change_session(
     if not well_formed(token):
         raise session_gone()
     try:
+        # Naming the model the session has already changes nothing, so it succeeds
+        # whether or not messages wait.
+        if "model" in fields and fields["model"] == await store.session_model(token):
+            del fields["model"]
         # The model first, and only while no message waits: a message is answered by
         # the pool of the model it was sent to (see storage/set_model.lua).
         if "model" in fields and not await store.set_model(token, fields.pop("model")):

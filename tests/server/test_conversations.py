@@ -356,3 +356,56 @@ async def test_deleting_a_session_closes_its_open_sockets_at_once(
             assert error["code"] == "session_expired"
             assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
         assert ws.close_code == 1008
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"offset": "9223372036854775807"},  # once answered 503 "Redis unavailable"
+        {"offset": "1000001"},
+        {"offset": "-1"},
+        {"limit": "0"},
+        {"limit": "101"},
+        {"limit": "9223372036854775807"},
+    ],
+)
+async def test_offsets_and_limits_out_of_range_are_422(
+    parley: Parley, http: aiohttp.ClientSession, params: dict[str, str]
+) -> None:
+    owner = await _owner(parley, http)
+    async with http.get(f"{parley.url}/conversations", params={"owner": owner, **params}) as r:
+        assert r.status == 422, await r.text()
+
+
+async def test_the_largest_offset_is_an_empty_page(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    owner = await _owner(parley, http)
+    await _session(parley, http, owner)
+    page = await _list(parley, http, owner, offset=1_000_000, limit=100)
+    assert (page["conversations"], page["total"], page["next_offset"]) == ([], 1, None)
+
+
+async def test_a_command_redis_refuses_is_500_not_unavailable(
+    parley: Parley, http: aiohttp.ClientSession, redis: Redis[str]
+) -> None:
+    """Only a Redis that cannot answer now is 503 ("retry shortly"); a command refused
+    for what it is (here a session key of the wrong type) fails the same way on retry."""
+    token = str(uuid.uuid4())
+    await redis.set(keys.session_key(token), "not a document")
+    async with http.get(f"{parley.url}/refresh_token", params={"token": token}) as r:
+        assert r.status == 500
+        assert await r.json() == {"detail": "internal error"}
+
+
+async def test_a_full_redis_is_503(
+    parley: Parley, http: aiohttp.ClientSession, redis: Redis[str]
+) -> None:
+    """Out of memory (noeviction) is a passing state: 503, retry shortly."""
+    await redis.config_set("maxmemory", "1")
+    try:
+        async with http.post(f"{parley.url}/token", params={"name": "ada"}) as r:
+            assert r.status == 503
+            assert await r.json() == {"detail": "Redis unavailable; retry shortly"}
+    finally:
+        await redis.config_set("maxmemory", "0")

@@ -38,6 +38,9 @@ async def _open(parley: Parley, http: aiohttp.ClientSession, origin: str | None)
         ("http://evil.example", 403),
         ("http://127.0.0.1:1", 403),  # same host, another port: another origin
         ("null", 403),  # a sandboxed frame or a file
+        ("http://127.0.0.1:99999", 403),  # malformed: refused, never a 500
+        ("http://x:abc", 403),
+        ("http://[::1", 403),
     ],
 )
 async def test_websocket_origin_is_checked_at_the_handshake(
@@ -48,6 +51,18 @@ async def test_websocket_origin_is_checked_at_the_handshake(
         if origin == "SELF":
             origin = parley.url
         assert await _open(parley, http, origin) == status
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:99999", "127.0.0.1:abc"])
+async def test_a_malformed_host_is_refused_at_the_handshake(
+    parley: Parley, http: aiohttp.ClientSession, host: str
+) -> None:
+    token = await parley.create_session(http)
+    headers = {"Origin": parley.url, "Host": host}
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        async with http.ws_connect(parley.ws_url, params={"token": token}, headers=headers):
+            pass
+    assert refused.value.status == 403
 
 
 async def test_pages_and_tokens_carry_security_headers(
