@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Query, WebSocketException, status
 from fastapi.requests import HTTPConnection
 from redis.exceptions import RedisError
 
+from protocol.labels import hidden_characters
 from server.config import ServerSettings
 from server.pools import PoolWatch
 from storage.hub import Hub
@@ -54,11 +55,12 @@ LeasesDep = Annotated[SocketLeases, Depends(_leases)]
 
 
 def bounded_text(value: str, what: str, max_chars: int) -> str:
-    """``value`` stripped of surrounding white space, if 1 to ``max_chars`` characters remain.
+    """``value`` stripped of surrounding white space, if 1 to ``max_chars`` characters
+    remain and none is a control or format character (:mod:`protocol.labels`).
 
     Raises:
-        HTTPException: 400 ``<what> must not be empty`` or ``<what> must be at most N
-            characters``.
+        HTTPException: 400 ``<what> must not be empty``, ``<what> must be at most N
+            characters`` or ``<what> must be one line of plain text: ...``.
     """
     value = value.strip()
     if not value:
@@ -66,6 +68,13 @@ def bounded_text(value: str, what: str, max_chars: int) -> str:
     if len(value) > max_chars:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, detail=f"{what} must be at most {max_chars} characters"
+        )
+    hidden = hidden_characters(value)
+    if hidden:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"{what} must be one line of plain text: no line breaks, tabs, control "
+            f"or format characters (such as bidi overrides); found {', '.join(hidden[:5])}",
         )
     return value
 

@@ -11,11 +11,13 @@ one hash slot on a Redis Cluster.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from pydantic import Field
 
+from protocol.labels import strip_hidden
 from protocol.wire import ChatMessage, ConversationExport, ConversationPage, OwnerView
 from server.admission import admit_session
 from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
@@ -145,18 +147,34 @@ async def delete_session(
         ) from e
 
 
+#: ASCII punctuation: CommonMark lets a backslash escape any of it, and every character
+#: with a meaning in Markdown (``#``, ``*``, ``[``, ``<``, ``|``, ``` ` ``` ...) is one.
+_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def inline(text: str) -> str:
+    """``text`` as literal Markdown inline text: on one line (control and format
+    characters become spaces, :mod:`protocol.labels`), every punctuation mark escaped,
+    so a name or a title can neither leave its heading nor start a link, an image, an
+    HTML tag or a block of its own."""
+    return _PUNCTUATION.sub(r"\\\1", " ".join(strip_hidden(text).split()))
+
+
 def markdown(export: ConversationExport) -> str:
     """A conversation as Markdown: a heading, then each message under its role and time.
 
-    Message contents go in as they are: they are Markdown already, as the model writes
-    and the web client renders them. A turn's earlier versions (regenerate, edit) come
-    before it, under "Earlier version" headings one level down.
+        Message contents go in as they are: they are Markdown already, as the model writes
+        and the web client renders them. Titles and names are :func:`inline` text (times are
+    the server's own ISO 8601). A
+        turn's earlier versions (regenerate, edit) come before it, under "Earlier version"
+        headings one level down.
     """
-    heading = export.title or f"Conversation of {export.name}"
-    lines = [f"# {heading}", "", f"Started {export.session_start} by {export.name}.", ""]
+    name = inline(export.name)
+    heading = inline(export.title) if export.title.strip() else f"Conversation of {name}"
+    lines = [f"# {heading}", "", f"Started {export.session_start} by {name}.", ""]
 
     def section(message: ChatMessage, level: str, label: str = "") -> list[str]:
-        who = export.name if message.role == "user" else "Assistant"
+        who = name if message.role == "user" else "Assistant"
         notes = []
         if message.stopped:
             notes.append("stopped")

@@ -334,6 +334,9 @@ async def test_a_title_given_by_the_person_is_kept(
         ("# Tides explained.", "Tides explained"),
         ("   \n  ", ""),
         ("word " * 40, ("word " * 16).strip()),
+        ("\u202eevil\u202c title", "evil title"),  # bidi override and pop
+        ("Tides\tand\x1bMoon\u200b", "Tides and Moon"),
+        ("\u202e# Tides", "# Tides"),  # what is left is escaped in exports
     ],
 )
 def test_clean_title(answer: str, title: str) -> None:
@@ -409,3 +412,66 @@ async def test_a_full_redis_is_503(
             assert await r.json() == {"detail": "Redis unavailable; retry shortly"}
     finally:
         await redis.config_set("maxmemory", "0")
+
+
+HIDDEN = ["a\nb", "a\tb", "a\x1b[31mb", "\u202eexe.txt", "a\u2066b", "a\u200bb", "a\u00adb"]
+
+
+@pytest.mark.parametrize("text", HIDDEN)
+async def test_names_and_titles_are_one_line_of_plain_text(
+    parley: Parley, http: aiohttp.ClientSession, text: str
+) -> None:
+    owner = await _owner(parley, http)
+    params = {"name": text, "owner": owner}
+    async with http.post(f"{parley.url}/token", params=params) as r:
+        assert r.status == 400
+        assert "one line of plain text" in (await r.json())["detail"]
+    token = (await _session(parley, http, owner))["token"]
+    url = f"{parley.url}/session"
+    async with http.patch(url, params={"token": token}, json={"title": text}) as r:
+        assert r.status == 400
+        detail = (await r.json())["detail"]
+        assert detail.startswith("title must be one line of plain text") and "U+" in detail
+    assert [c["title"] for c in (await _list(parley, http, owner))["conversations"]] == [""]
+
+
+async def test_joiners_stay_in_names_and_titles(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # one emoji, joined
+    owner = await _owner(parley, http)
+    token = (await _session(parley, http, owner, name=f"Ada {family}"))["token"]
+    async with http.patch(
+        f"{parley.url}/session", params={"token": token}, json={"title": f"Mi\u200cn {family}"}
+    ) as r:
+        assert r.status == 204
+
+
+async def test_markdown_export_keeps_names_and_titles_in_their_headings(
+    parley: Parley, http: aiohttp.ClientSession, redis: Redis[str]
+) -> None:
+    """A title or name that got in before the check (or from a model, or by hand) can
+    neither leave its heading nor add a block, a link, an image or HTML to the file."""
+    from markdown_it import MarkdownIt
+
+    owner = await _owner(parley, http)
+    token = (await _session(parley, http, owner, "Ada"))["token"]
+    await _chat(parley, http, token, "a question")
+    forged = {
+        "$.title": "Notes\n\n# Forged heading\n\n[click](http://evil.example) ###",
+        "$.name": "Ada <img src=x onerror=alert(1)>\n## Assistant, ![t](http://evil.example/t.png)",
+    }
+    for path, value in forged.items():
+        await redis.execute_command("JSON.SET", keys.session_key(token), path, json.dumps(value))
+    url = f"{parley.url}/session/export"
+    async with http.get(url, params={"token": token, "format": "markdown"}) as r:
+        assert r.status == 200
+        text = await r.text()
+    tokens = MarkdownIt("commonmark").parse(text)
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert len(headings) == 3  # the title, the question, the reply
+    assert headings[0].startswith("Notes") and "Forged heading" in headings[0]
+    assert headings[1].startswith("Ada ") and headings[2].startswith("Assistant, ")
+    kinds = {c.type for t in tokens if t.children for c in t.children}
+    assert not kinds & {"link_open", "image", "html_inline"}, kinds
+    assert not [t for t in tokens if t.type == "html_block"]
