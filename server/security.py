@@ -9,8 +9,8 @@ Starlette's ``BaseHTTPMiddleware`` cannot):
   styles and sockets from this origin only, no inline script, ``frame-ancestors
   'none'``); the API explorer (``/docs``, ``/redoc``), which loads its scripts from a CDN,
   gets ``frame-ancestors 'none'`` alone;
-- responses that carry a session token (``POST /token``, ``GET /refresh_token``) get
-  ``Cache-Control: no-store``;
+- responses that carry a session or owner token, or answer a request naming one
+  (:data:`NO_STORE_PATHS`), get ``Cache-Control: no-store``;
 - a WebSocket whose ``Origin`` is neither the server's own (the request's ``Host``) nor
   in ``ALLOWED_ORIGINS`` is refused at the handshake (HTTP 403), so a page elsewhere
   cannot open a socket with a visitor's token. A request without ``Origin`` is not from
@@ -55,8 +55,11 @@ CSP = "; ".join(
 #: The API explorer's pages load Swagger UI / ReDoc from a CDN with an inline script.
 EXPLORER_CSP = "frame-ancestors 'none'"
 EXPLORER_PATHS = ("/docs", "/redoc")
-#: Responses that hold a session token: never stored by a browser or a proxy cache.
-NO_STORE_PATHS = frozenset({"/token", "/refresh_token"})
+#: Responses that hold a credential (a session or owner token), or answer a request
+#: that names one: never stored by a browser or a proxy cache.
+NO_STORE_PATHS = frozenset(
+    {"/token", "/refresh_token", "/owner", "/conversations", "/session", "/session/export"}
+)
 NOT_FOUND = JSONResponse({"detail": "Not Found"}, status_code=404)
 
 

@@ -3,9 +3,11 @@ operations surface (API explorer, metrics) that can be turned off."""
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -83,6 +85,69 @@ async def test_pages_and_tokens_carry_security_headers(
     async with http.get(f"{parley.url}/refresh_token", params={"token": token}) as r:
         assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
         assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def _holds_credentials(schema: object, components: dict[str, object]) -> bool:
+    """Whether a JSON Schema (refs resolved in ``components``) has a ``token`` or
+    ``owner`` property anywhere."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            return _holds_credentials(components[ref.rsplit("/", 1)[1]], components)
+        properties = schema.get("properties", {})
+        if {"token", "owner"} & set(properties):
+            return True
+        return any(_holds_credentials(v, components) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_holds_credentials(v, components) for v in schema)
+    return False
+
+
+def test_every_route_that_holds_a_credential_is_no_store() -> None:
+    """Read from the OpenAPI schema, so a new route is checked without a word here: a
+    route that takes a token or an owner, or answers with one, is never cached."""
+    from server.app import create_app
+    from server.config import ServerSettings
+    from server.security import NO_STORE_PATHS
+
+    schema = create_app(ServerSettings()).openapi()
+    components = schema["components"]["schemas"]
+    holding = set()
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            names = {p["name"].lower() for p in operation.get("parameters", [])}
+            if {"token", "owner", "authorization"} & names or _holds_credentials(
+                operation.get("responses", {}), components
+            ):
+                holding.add(path)
+    assert holding >= {"/token", "/owner", "/conversations", "/refresh_token"}
+    assert holding <= NO_STORE_PATHS, holding - NO_STORE_PATHS
+
+
+async def test_responses_with_credentials_are_never_stored(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    url = parley.url
+    seen: list[tuple[str, int, str | None]] = []
+
+    async def call(method: str, path: str, **kwargs: Any) -> Any:
+        async with http.request(method, f"{url}{path}", **kwargs) as r:
+            body = await r.read()
+            seen.append((f"{method} {path}", r.status, r.headers.get("Cache-Control")))
+            return json.loads(body) if body and r.content_type == "application/json" else None
+
+    owner = (await call("POST", "/owner"))["owner"]
+    token = (await call("POST", "/token", params={"name": "ada", "owner": owner}))["token"]
+    await call("GET", "/conversations", params={"owner": owner})
+    await call("GET", "/conversations", params={"owner": "not-an-owner"})
+    await call("GET", "/refresh_token", params={"token": token})
+    await call("PATCH", "/session", params={"token": token}, json={"title": "t"})
+    await call("GET", "/session/export", params={"token": token})
+    await call("GET", "/session/export", params={"token": token, "format": "markdown"})
+    await call("DELETE", "/session", params={"token": token})
+    await call("GET", "/refresh_token", params={"token": token})
+    assert len(seen) == 10
+    assert [call for call in seen if call[2] != "no-store"] == []
 
 
 @pytest.mark.parametrize("enabled", [True, False])
