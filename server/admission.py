@@ -4,6 +4,8 @@ send messages, and how often, across every replica (counted in Redis, see
 
 - ``POST /token``: ``RATE_SESSIONS_PER_CLIENT`` per client address per
   ``RATE_WINDOW_S``; past it, 429 with ``Retry-After`` (:func:`admit_session`).
+- ``POST /owner``: ``RATE_OWNERS_PER_CLIENT`` per client address per window, likewise
+  (:func:`admit_owner`).
 - ``WS /chat``: ``RATE_SOCKET_OPENS_PER_CLIENT`` opens per client address per window and
   ``MAX_SOCKETS_PER_CLIENT`` open at once (:class:`SocketAdmission`); a refused socket is
   accepted, told ``too_many_requests`` with ``retry_after_s``, and closed with 1013 (try
@@ -93,6 +95,29 @@ async def admit_session(request: Request) -> None:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             detail=f"too many new sessions from your address; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        ) from e
+
+
+async def admit_owner(request: Request) -> None:
+    """Dependency of ``POST /owner``: one more owner for this client address, under a
+    budget of its own (an owner costs no session, and a session no owner).
+
+    Raises:
+        HTTPException: 429 with ``Retry-After`` (s) past ``RATE_OWNERS_PER_CLIENT``.
+    """
+    settings: SecuritySettings = request.state.settings
+    address = client_key(request.scope, settings.proxies(), settings.client_ipv6_prefix)
+    try:
+        await _limiter(request).hit(
+            "owners", address, settings.rate_owners_per_client, settings.rate_window_s
+        )
+    except Refused as e:
+        REFUSALS.labels(e.limit).inc()
+        wait = math.ceil(e.retry_after_s)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many new owners from your address; try again in {wait} s",
             headers={"Retry-After": str(wait)},
         ) from e
 

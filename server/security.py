@@ -101,6 +101,9 @@ class SecuritySettings(CommonSettings):
     rate_sessions_per_client: int = Field(
         default=10, gt=0, description="POST /token per client address per window."
     )
+    rate_owners_per_client: int = Field(
+        default=5, gt=0, description="POST /owner per client address per window."
+    )
     rate_socket_opens_per_client: int = Field(
         default=60, gt=0, description="Chat sockets opened per client address per window."
     )

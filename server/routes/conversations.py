@@ -19,7 +19,7 @@ from pydantic import Field
 
 from protocol.labels import strip_hidden
 from protocol.wire import ChatMessage, ConversationExport, ConversationPage, OwnerView
-from server.admission import admit_session
+from server.admission import admit_owner
 from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
 from server.routes.models import ModelChoice, checked_choice
 from storage.store import NotTheOwner, OwnerUnknown, SessionExpired
@@ -43,13 +43,13 @@ class SessionChanges(ModelChoice):
     title: str | None = Field(default=None, description="The conversation's new title.")
 
 
-@router.post("/owner", response_model=OwnerView, dependencies=[Depends(admit_session)])
+@router.post("/owner", response_model=OwnerView, dependencies=[Depends(admit_owner)])
 async def create_owner(store: StoreDep) -> OwnerView:
     """Issue an owner token: pass it as ``owner`` to ``POST /token`` and
-    ``GET /conversations``. It lives ``OWNER_TTL_SECONDS`` after its last use.
+    ``GET /conversations``. It lives ``OWNER_UNUSED_TTL_SECONDS`` until its first
+    conversation, then ``OWNER_TTL_SECONDS`` after its last use.
 
-    Errors: 429 with ``Retry-After`` past ``RATE_SESSIONS_PER_CLIENT`` (owners count as
-    sessions).
+    Errors: 429 with ``Retry-After`` past ``RATE_OWNERS_PER_CLIENT``.
     """
     return OwnerView(owner=await store.create_owner())
 

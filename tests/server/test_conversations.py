@@ -475,3 +475,42 @@ async def test_markdown_export_keeps_names_and_titles_in_their_headings(
     kinds = {c.type for t in tokens if t.children for c in t.children}
     assert not kinds & {"link_open", "image", "html_inline"}, kinds
     assert not [t for t in tokens if t.type == "html_block"]
+
+
+async def test_an_owner_lives_minutes_until_its_first_conversation(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(
+        redis_url, redis, owner_unused_ttl_seconds=300, owner_ttl_seconds=86_400
+    ) as parley:
+        owner = await _owner(parley, http)
+        assert 0 < await redis.ttl(keys.owner_key(owner)) <= 300
+        # Listing an unused owner does not keep it for long.
+        assert (await _list(parley, http, owner))["total"] == 0
+        assert 0 < await redis.ttl(keys.owner_key(owner)) <= 300
+        await _session(parley, http, owner)
+        assert await redis.ttl(keys.owner_key(owner)) > 300
+        assert await redis.ttl(keys.conversations_key(owner)) > 300
+        await redis.expire(keys.owner_key(owner), 10)
+        await _list(parley, http, owner)  # used: listing renews it
+        assert await redis.ttl(keys.owner_key(owner)) > 300
+
+
+async def test_owners_have_a_rate_of_their_own(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(
+        redis_url, redis, rate_owners_per_client=2, rate_sessions_per_client=3
+    ) as parley:
+        owners = [await _owner(parley, http) for _ in range(2)]
+        async with http.post(f"{parley.url}/owner") as r:
+            assert r.status == 429
+            assert 0 < int(r.headers["Retry-After"]) <= 60
+            assert "owners" in (await r.json())["detail"]
+        # Sessions have their budget, untouched by owners, and owners by sessions.
+        for owner in [*owners, None]:
+            params = {"name": "ada"} | ({"owner": owner} if owner else {})
+            async with http.post(f"{parley.url}/token", params=params) as r:
+                assert r.status == 200, await r.text()
+        async with http.post(f"{parley.url}/token", params={"name": "ada"}) as r:
+            assert r.status == 429
