@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from server.admission import SocketAdmission
 from server.config import ServerSettings
@@ -120,7 +121,8 @@ def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncConte
 
 
 def _add_middleware(app: FastAPI, settings: ServerSettings) -> None:
-    """The security middleware (headers, Origin) around the per-client socket limits."""
+    """The allowed hosts, then the security middleware (headers, Origin), around the
+    per-client socket limits."""
     # /metrics off, or served on METRICS_PORT by ``python -m server`` instead.
     metrics_here = settings.metrics_enabled and not settings.metrics_port
     app.add_middleware(SocketAdmission, settings=settings)  # inside: foreign origins never count
@@ -129,6 +131,8 @@ def _add_middleware(app: FastAPI, settings: ServerSettings) -> None:
         allowed_origins=settings.origins(),
         hidden_paths=frozenset() if metrics_here else frozenset({"/metrics"}),
     )
+    # Outermost: a request for another host name (DNS rebinding) gets 400 before anything.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.hosts(), www_redirect=False)
 
 
 async def _redis_unavailable(_request: Request, exc: Exception) -> JSONResponse:

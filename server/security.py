@@ -11,6 +11,9 @@ Starlette's ``BaseHTTPMiddleware`` cannot):
   gets ``frame-ancestors 'none'`` alone;
 - responses that carry a session or owner token, or answer a request naming one
   (:data:`NO_STORE_PATHS`), get ``Cache-Control: no-store``;
+- a request (HTTP or WebSocket) whose ``Host`` is not in ``ALLOWED_HOSTS`` is refused
+  with 400 by Starlette's ``TrustedHostMiddleware`` (:func:`server.app.create_app`), so
+  a page at a name that an attacker points at the server (DNS rebinding) gets nothing;
 - a WebSocket whose ``Origin`` is neither the server's own (the request's ``Host``) nor
   in ``ALLOWED_ORIGINS`` is refused at the handshake (HTTP 403), so a page elsewhere
   cannot open a socket with a visitor's token. A request without ``Origin`` is not from
@@ -22,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import Self
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -37,6 +41,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The Vite dev server (``npm run dev``), which proxies the API to a running server.
 DEV_ORIGINS = "http://127.0.0.1:5173,http://localhost:5173"
+#: The names of the local machine: what ``make run``'s page is reached by.
+LOCAL_HOSTS = "127.0.0.1,localhost,[::1]"
 
 CSP = "; ".join(
     (
@@ -71,6 +77,12 @@ class SecuritySettings(CommonSettings):
         default=DEV_ORIGINS,
         description="Origins (comma-separated) whose pages may open chat sockets, besides "
         "the server's own.",
+    )
+    allowed_hosts: str = Field(
+        default=LOCAL_HOSTS,
+        description="Host names (comma-separated; *.example.org for its subdomains, * for "
+        "any) the server answers to; other Host headers get 400 (a DNS-rebinding page). "
+        "The --host address is added.",
     )
     trusted_proxies: str = Field(
         default="",
@@ -117,6 +129,27 @@ class SecuritySettings(CommonSettings):
     def origins(self) -> frozenset[str]:
         """``ALLOWED_ORIGINS`` normalized (see :func:`normalize_origin`)."""
         return frozenset(normalize_origin(o) for o in self.allowed_origins.split(",") if o.strip())
+
+    def hosts(self) -> list[str]:
+        """``ALLOWED_HOSTS`` as a list, lower case (``["*"]``: any host)."""
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    def serving(self, interface: str) -> Self:
+        """These settings with the address the server listens on (``--host``) among the
+        allowed hosts, unless it is a wildcard address (``0.0.0.0``, ``::``) or any host
+        is allowed."""
+        hosts = self.hosts()
+        try:
+            ip = ipaddress.ip_address(interface)
+        except ValueError:
+            name = interface.lower()
+        else:
+            if ip.is_unspecified:
+                return self
+            name = f"[{ip}]" if ip.version == 6 else str(ip)
+        if "*" in hosts or name in hosts:
+            return self
+        return self.model_copy(update={"allowed_hosts": ",".join([*hosts, name])})
 
     def proxies(self) -> tuple[Network, ...]:
         """``TRUSTED_PROXIES`` as networks.

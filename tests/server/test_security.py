@@ -55,16 +55,79 @@ async def test_websocket_origin_is_checked_at_the_handshake(
         assert await _open(parley, http, origin) == status
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:99999", "127.0.0.1:abc"])
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:99999", 403),  # an allowed host, a port no origin can match
+        ("127.0.0.1:abc", 400),  # no Host at all: refused before the origin is read
+        ("[::1", 400),
+    ],
+)
 async def test_a_malformed_host_is_refused_at_the_handshake(
-    parley: Parley, http: aiohttp.ClientSession, host: str
+    parley: Parley, http: aiohttp.ClientSession, host: str, status: int
 ) -> None:
     token = await parley.create_session(http)
     headers = {"Origin": parley.url, "Host": host}
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         async with http.ws_connect(parley.ws_url, params={"token": token}, headers=headers):
             pass
-    assert refused.value.status == 403
+    assert refused.value.status == status
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        (None, 200),  # the URL's own: 127.0.0.1:<port>
+        ("localhost:{port}", 200),
+        ("[::1]:{port}", 200),
+        ("LOCALHOST", 200),
+        ("evil.example", 400),  # a DNS-rebinding page
+        ("evil.example:{port}", 400),
+        ("127.0.0.1.evil.example", 400),
+        ("", 400),
+    ],
+)
+async def test_only_allowed_hosts_are_answered(
+    parley: Parley, http: aiohttp.ClientSession, host: str | None, status: int
+) -> None:
+    port = parley.url.rsplit(":", 1)[1]
+    headers = {} if host is None else {"Host": host.format(port=port)}
+    async with http.post(f"{parley.url}/token", params={"name": "ada"}, headers=headers) as r:
+        assert r.status == status, await r.text()
+    token = await parley.create_session(http)
+    if status == 200:
+        return
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        async with http.ws_connect(parley.ws_url, params={"token": token}, headers=headers):
+            pass
+    assert refused.value.status == 400
+
+
+async def test_allowed_hosts_can_name_a_site(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(redis_url, redis, allowed_hosts="chat.example.org") as parley:
+        for host, status in (("chat.example.org", 200), ("127.0.0.1", 400)):
+            async with http.get(f"{parley.url}/healthz", headers={"Host": host}) as r:
+                assert r.status == status
+
+
+@pytest.mark.parametrize(
+    ("interface", "hosts"),
+    [
+        ("127.0.0.1", "127.0.0.1,localhost,[::1]"),
+        ("0.0.0.0", "127.0.0.1,localhost,[::1]"),  # every interface: no name of its own
+        ("::", "127.0.0.1,localhost,[::1]"),
+        ("192.168.1.5", "127.0.0.1,localhost,[::1],192.168.1.5"),
+        ("fe80::1", "127.0.0.1,localhost,[::1],[fe80::1]"),
+        ("Chat.Example.org", "127.0.0.1,localhost,[::1],chat.example.org"),
+    ],
+)
+def test_the_listening_address_is_an_allowed_host(interface: str, hosts: str) -> None:
+    from server.security import SecuritySettings
+
+    assert SecuritySettings().serving(interface).allowed_hosts == hosts
+    assert SecuritySettings(allowed_hosts="*").serving(interface).hosts() == ["*"]
 
 
 async def test_pages_and_tokens_carry_security_headers(
