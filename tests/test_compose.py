@@ -136,7 +136,6 @@ def test_the_servers_trust_only_the_proxy() -> None:
     assert trusted == [ipaddress.ip_network(f"{proxy}/32")]
 
 
-
 def test_the_servers_answer_their_names_and_their_healthcheck(
     services: dict[str, dict[str, Any]],
 ) -> None:
@@ -148,6 +147,7 @@ def test_the_servers_answer_their_names_and_their_healthcheck(
     (url,) = re.findall(r"http://[^'\"]+", probe)
     assert urlparse(url).hostname in hosts
     assert "localhost" in hosts and "*" not in hosts
+
 
 @pytest.mark.parametrize("name", ["server", "worker"])
 def test_redis_url_points_at_the_redis_service(
