@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the lifespan's state, and the session token checks."""
+"""FastAPI dependencies: the lifespan's state, the session token checks, and where a
+REST route finds its credential (``Authorization: Bearer``, or the query)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, WebSocketException, status
 from fastapi.requests import HTTPConnection
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.exceptions import RedisError
 
 from protocol.labels import hidden_characters
@@ -52,6 +54,44 @@ SettingsDep = Annotated[ServerSettings, Depends(_settings)]
 HubDep = Annotated[Hub, Depends(_hub)]
 PoolsDep = Annotated[PoolWatch, Depends(_pools)]
 LeasesDep = Annotated[SocketLeases, Depends(_leases)]
+
+
+#: ``Authorization: Bearer <token>``: a session token, or an owner token for the routes
+#: that take one (``POST /token``, ``GET /conversations``). Headers stay out of access
+#: logs, browser history and ``Referer``; the query form (``?token=``, ``?owner=``) is
+#: kept for the contract and for Postman.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="A session token (or an owner token, for POST /token and GET "
+    "/conversations), instead of the token or owner query parameter.",
+)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+SessionTokenQuery = Annotated[
+    str | None, Query(description="The session token (or Authorization: Bearer <token>).")
+]
+
+
+def credential(query: str | None, bearer: HTTPAuthorizationCredentials | None, name: str) -> str:
+    """The token a REST request names: in ``Authorization: Bearer``, or in the query
+    parameter ``name`` (``token``, ``owner``); both may be given if they agree.
+
+    Raises:
+        HTTPException: 422 if neither is given; 400 if they differ.
+    """
+    header = bearer.credentials if bearer is not None else None
+    if header is not None and query is not None and header != query:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"two different tokens: give it once, in Authorization or in ?{name}=",
+        )
+    found = header if header is not None else query
+    if found is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"give the {name}: Authorization: Bearer <{name}>, or ?{name}=",
+        )
+    return found
 
 
 def bounded_text(value: str, what: str, max_chars: int) -> str:

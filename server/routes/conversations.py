@@ -1,6 +1,7 @@
 """Owners and their conversations: ``POST /owner``, ``GET /conversations``,
 ``PATCH /session`` (title, model, system prompt), ``DELETE /session`` and
-``GET /session/export``.
+``GET /session/export``. Each takes its token as ``Authorization: Bearer`` or in the
+query (:func:`server.deps.credential`).
 
 An owner token is a bearer credential like a session token: whoever holds it lists the
 owner's conversations (with their session tokens) and may delete them. It holds no
@@ -20,7 +21,16 @@ from pydantic import Field
 from protocol.labels import strip_hidden
 from protocol.wire import ChatMessage, ConversationExport, ConversationPage, OwnerView
 from server.admission import admit_owner
-from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
+from server.deps import (
+    BearerDep,
+    SessionTokenQuery,
+    SettingsDep,
+    StoreDep,
+    bounded_text,
+    credential,
+    session_gone,
+    well_formed,
+)
 from server.routes.models import ModelChoice, checked_choice
 from storage.store import NotTheOwner, OwnerUnknown, SessionExpired
 
@@ -56,8 +66,11 @@ async def create_owner(store: StoreDep) -> OwnerView:
 
 @router.get("/conversations", response_model=ConversationPage)
 async def list_conversations(
-    owner: Annotated[str, Query(description="The owner token.")],
     store: StoreDep,
+    bearer: BearerDep,
+    owner: Annotated[
+        str | None, Query(description="The owner token (or Authorization: Bearer <owner>).")
+    ] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Conversations to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=100, description="Conversations a page.")] = 20,
 ) -> ConversationPage:
@@ -65,8 +78,9 @@ async def list_conversations(
     count, and the session token to open each; renews the owner's TTL.
 
     Errors: 400 ``Owner expired or does not exist``; 422 for an offset (0 to
-    1,000,000) or limit (1 to 100) out of range.
+    1,000,000) or limit (1 to 100) out of range, or without an owner.
     """
+    owner = credential(owner, bearer, "owner")
     if not well_formed(owner):
         raise owner_gone()
     try:
@@ -77,10 +91,11 @@ async def list_conversations(
 
 @router.patch("/session", status_code=status.HTTP_204_NO_CONTENT)
 async def change_session(
-    token: Annotated[str, Query(description="The session token.")],
     body: SessionChanges,
     store: StoreDep,
     settings: SettingsDep,
+    bearer: BearerDep,
+    token: SessionTokenQuery = None,
 ) -> None:
     """Rename a conversation, or change its model or system prompt: a JSON object with
     any of ``title``, ``model`` (``GET /models``), ``system_prompt`` (empty: the
@@ -92,6 +107,7 @@ async def change_session(
     model the session has already is no change, and succeeds); 422 for an empty object
     or an unknown field.
     """
+    token = credential(token, bearer, "token")
     fields = checked_choice(body, settings)
     if body.title is not None:
         fields["title"] = bounded_text(body.title, "title", settings.max_title_chars)
@@ -122,8 +138,9 @@ async def change_session(
 
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_session(
-    token: Annotated[str, Query(description="The session token.")],
     store: StoreDep,
+    bearer: BearerDep,
+    token: SessionTokenQuery = None,
     owner: Annotated[
         str | None, Query(description="If given, the session must belong to this owner.")
     ] = None,
@@ -135,6 +152,7 @@ async def delete_session(
     Errors: 400 ``Session expired or does not exist``; 403 if ``owner`` is given and
     does not own the session.
     """
+    token = credential(token, bearer, "token")
     if not well_formed(token) or (owner is not None and not well_formed(owner)):
         raise session_gone()
     try:
@@ -203,8 +221,9 @@ def markdown(export: ConversationExport) -> str:
     responses={200: {"content": {"text/markdown": {}}}},
 )
 async def export_session(
-    token: Annotated[str, Query(description="The session token.")],
     store: StoreDep,
+    bearer: BearerDep,
+    token: SessionTokenQuery = None,
     format: Annotated[Literal["json", "markdown"], Query(description="json or markdown")] = "json",
 ) -> Response:
     """The whole conversation to keep, as a download: JSON (:class:`ConversationExport`)
@@ -212,6 +231,7 @@ async def export_session(
 
     Errors: 400 ``Session expired or does not exist``; 422 for another format.
     """
+    token = credential(token, bearer, "token")
     if not well_formed(token):
         raise session_gone()
     try:

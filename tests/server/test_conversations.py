@@ -514,3 +514,49 @@ async def test_owners_have_a_rate_of_their_own(
                 assert r.status == 200, await r.text()
         async with http.post(f"{parley.url}/token", params={"name": "ada"}) as r:
             assert r.status == 429
+
+
+async def test_every_token_can_travel_in_the_authorization_header(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    """Session and owner tokens as ``Authorization: Bearer``, never in a URL; the query
+    form still works (the contract, Postman)."""
+    url = parley.url
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    owner = await _owner(parley, http)
+    async with http.post(f"{url}/token", params={"name": "ada"}, headers=bearer(owner)) as r:
+        assert r.status == 200, await r.text()
+        token = (await r.json())["token"]
+    async with http.get(f"{url}/conversations", headers=bearer(owner)) as r:
+        assert r.status == 200
+        assert [c["token"] for c in (await r.json())["conversations"]] == [token]
+    async with http.get(f"{url}/refresh_token", headers=bearer(token)) as r:
+        assert r.status == 200 and (await r.json())["token"] == token
+    async with http.patch(f"{url}/session", json={"title": "Hi"}, headers=bearer(token)) as r:
+        assert r.status == 204
+    async with http.get(
+        f"{url}/session/export", params={"format": "markdown"}, headers=bearer(token)
+    ) as r:
+        assert r.status == 200 and (await r.text()).startswith("# Hi\n")
+    # The same token in both places is fine; two different ones are refused.
+    async with http.get(
+        f"{url}/refresh_token", params={"token": token}, headers=bearer(token)
+    ) as r:
+        assert r.status == 200
+    async with http.get(
+        f"{url}/refresh_token", params={"token": str(uuid.uuid4())}, headers=bearer(token)
+    ) as r:
+        assert r.status == 400 and "two different tokens" in (await r.json())["detail"]
+    async with http.get(f"{url}/refresh_token", headers={"Authorization": "Basic eDp5"}) as r:
+        assert r.status == 422
+    async with http.get(f"{url}/refresh_token", headers=bearer("not-a-token")) as r:
+        assert (r.status, await r.json()) == (400, GONE)
+    async with http.get(f"{url}/conversations", headers=bearer(token)) as r:
+        assert (r.status, await r.json()) == (400, OWNER_GONE)  # a session is no owner
+    async with http.delete(f"{url}/session", headers=bearer(token)) as r:
+        assert r.status == 204
+    async with http.get(f"{url}/refresh_token", headers=bearer(token)) as r:
+        assert (r.status, await r.json()) == (400, GONE)

@@ -179,8 +179,10 @@ def test_every_route_that_holds_a_credential_is_no_store() -> None:
     for path, operations in schema["paths"].items():
         for operation in operations.values():
             names = {p["name"].lower() for p in operation.get("parameters", [])}
-            if {"token", "owner", "authorization"} & names or _holds_credentials(
-                operation.get("responses", {}), components
+            if (
+                operation.get("security")
+                or {"token", "owner"} & names
+                or _holds_credentials(operation.get("responses", {}), components)
             ):
                 holding.add(path)
     assert holding >= {"/token", "/owner", "/conversations", "/refresh_token"}
