@@ -165,17 +165,19 @@ async def delete_session(
         ) from e
 
 
-#: ASCII punctuation: CommonMark lets a backslash escape any of it, and every character
-#: with a meaning in Markdown (``#``, ``*``, ``[``, ``<``, ``|``, ``` ` ``` ...) is one.
-_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+#: The characters that make inline Markdown (CommonMark, and GitHub's tables and
+#: strikethrough), each escaped with a backslash: links and images (``[``), HTML and
+#: autolinks (``<``), entities (``&#x202E;``), emphasis, code, a heading's closing ``#``s.
+#: Other punctuation (``Tides: a primer!``) means nothing there and stays as written.
+_MARKUP = re.compile(r"([\\`*_\[\]<>&#~|])")
 
 
 def inline(text: str) -> str:
     """``text`` as literal Markdown inline text: on one line (control and format
-    characters become spaces, :mod:`protocol.labels`), every punctuation mark escaped,
-    so a name or a title can neither leave its heading nor start a link, an image, an
-    HTML tag or a block of its own."""
-    return _PUNCTUATION.sub(r"\\\1", " ".join(strip_hidden(text).split()))
+    characters become spaces, :mod:`protocol.labels`), every markup character escaped
+    (:data:`_MARKUP`), so a name or a title can neither leave its heading nor start a
+    link, an image, an HTML tag or a block of its own."""
+    return _MARKUP.sub(r"\\\1", " ".join(strip_hidden(text).split()))
 
 
 def markdown(export: ConversationExport) -> str:

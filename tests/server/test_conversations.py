@@ -458,7 +458,7 @@ async def test_markdown_export_keeps_names_and_titles_in_their_headings(
     token = (await _session(parley, http, owner, "Ada"))["token"]
     await _chat(parley, http, token, "a question")
     forged = {
-        "$.title": "Notes\n\n# Forged heading\n\n[click](http://evil.example) ###",
+        "$.title": "Notes\n\n# Forged heading\n\n[click](http://evil.example) &#x202E; ###",
         "$.name": "Ada <img src=x onerror=alert(1)>\n## Assistant, ![t](http://evil.example/t.png)",
     }
     for path, value in forged.items():
@@ -472,8 +472,10 @@ async def test_markdown_export_keeps_names_and_titles_in_their_headings(
     assert len(headings) == 3  # the title, the question, the reply
     assert headings[0].startswith("Notes") and "Forged heading" in headings[0]
     assert headings[1].startswith("Ada ") and headings[2].startswith("Assistant, ")
-    kinds = {c.type for t in tokens if t.children for c in t.children}
+    children = [c for t in tokens if t.children for c in t.children]
+    kinds = {c.type for c in children}
     assert not kinds & {"link_open", "image", "html_inline"}, kinds
+    assert not [c for c in children if "\u202e" in c.content]  # no entity decoded to one
     assert not [t for t in tokens if t.type == "html_block"]
 
 
