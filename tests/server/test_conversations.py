@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from runtime.logs import redact
 from storage import keys
+from storage.connection import is_cluster
 from tests.support.parley import Parley, running_parley
 from worker.titles import TITLE_MAX_CHARS, clean_title
 
@@ -405,13 +406,18 @@ async def test_a_full_redis_is_503(
     parley: Parley, http: aiohttp.ClientSession, redis: Redis[str]
 ) -> None:
     """Out of memory (noeviction) is a passing state: 503, retry shortly."""
-    await redis.config_set("maxmemory", "1")
+
+    async def maxmemory(value: str) -> None:  # on every node of a cluster
+        nodes = {"target_nodes": "all"} if is_cluster(redis) else {}
+        await redis.execute_command("CONFIG SET", "maxmemory", value, **nodes)  # type: ignore[no-untyped-call]
+
+    await maxmemory("1")
     try:
         async with http.post(f"{parley.url}/token", params={"name": "ada"}) as r:
             assert r.status == 503
             assert await r.json() == {"detail": "Redis unavailable; retry shortly"}
     finally:
-        await redis.config_set("maxmemory", "0")
+        await maxmemory("0")
 
 
 HIDDEN = ["a\nb", "a\tb", "a\x1b[31mb", "\u202eexe.txt", "a\u2066b", "a\u200bb", "a\u00adb"]
