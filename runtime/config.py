@@ -34,6 +34,12 @@ class CommonSettings(BaseSettings):
         description="An owner (the identity that lists its conversations) lives this long "
         "(s) after its last use.",
     )
+    owner_unused_ttl_seconds: int = Field(
+        default=600,
+        gt=0,
+        description="An owner without a conversation lives this long (s) after POST /owner; "
+        "its first conversation extends it to OWNER_TTL_SECONDS.",
+    )
     message_stream_maxlen: int = Field(
         default=100_000,
         gt=0,

@@ -4,6 +4,8 @@ send messages, and how often, across every replica (counted in Redis, see
 
 - ``POST /token``: ``RATE_SESSIONS_PER_CLIENT`` per client address per
   ``RATE_WINDOW_S``; past it, 429 with ``Retry-After`` (:func:`admit_session`).
+- ``POST /owner``: ``RATE_OWNERS_PER_CLIENT`` per client address per window, likewise
+  (:func:`admit_owner`).
 - ``WS /chat``: ``RATE_SOCKET_OPENS_PER_CLIENT`` opens per client address per window and
   ``MAX_SOCKETS_PER_CLIENT`` open at once (:class:`SocketAdmission`); a refused socket is
   accepted, told ``too_many_requests`` with ``retry_after_s``, and closed with 1013 (try
@@ -14,7 +16,8 @@ send messages, and how often, across every replica (counted in Redis, see
   by the worker), ``quota_exceeded`` (:func:`admit_message`).
 
 The client address is the peer's, or what a trusted proxy says (``TRUSTED_PROXIES``,
-:func:`server.security.client_address`). Refusals are counted in
+:func:`server.security.client_address`); an IPv6 client counts by its
+``CLIENT_IPV6_PREFIX`` network (:func:`server.security.client_key`). Refusals are counted in
 ``parley_admission_refusals_total{limit}``; the label is the limit's name only, never an
 address or a token. When Redis is unreachable, sockets and messages are admitted (their
 own handling reports the outage) and ``POST /token`` answers 503 as any REST call does.
@@ -36,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol.wire import ErrorCode, ErrorEvent
 from server.config import ServerSettings
-from server.security import SecuritySettings, client_address
+from server.security import SecuritySettings, client_key
 from storage.admission import (
     CLIENT_TOKENS,
     SESSION_TOKENS,
@@ -81,7 +84,7 @@ async def admit_session(request: Request) -> None:
         HTTPException: 429 with ``Retry-After`` (s) past ``RATE_SESSIONS_PER_CLIENT``.
     """
     settings: SecuritySettings = request.state.settings
-    address = client_address(request.scope, settings.proxies())
+    address = client_key(request.scope, settings.proxies(), settings.client_ipv6_prefix)
     try:
         await _limiter(request).hit(
             "sessions", address, settings.rate_sessions_per_client, settings.rate_window_s
@@ -92,6 +95,29 @@ async def admit_session(request: Request) -> None:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             detail=f"too many new sessions from your address; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        ) from e
+
+
+async def admit_owner(request: Request) -> None:
+    """Dependency of ``POST /owner``: one more owner for this client address, under a
+    budget of its own (an owner costs no session, and a session no owner).
+
+    Raises:
+        HTTPException: 429 with ``Retry-After`` (s) past ``RATE_OWNERS_PER_CLIENT``.
+    """
+    settings: SecuritySettings = request.state.settings
+    address = client_key(request.scope, settings.proxies(), settings.client_ipv6_prefix)
+    try:
+        await _limiter(request).hit(
+            "owners", address, settings.rate_owners_per_client, settings.rate_window_s
+        )
+    except Refused as e:
+        REFUSALS.labels(e.limit).inc()
+        wait = math.ceil(e.retry_after_s)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many new owners from your address; try again in {wait} s",
             headers={"Retry-After": str(wait)},
         ) from e
 
@@ -161,7 +187,7 @@ async def admit_message(
     """
     settings: SecuritySettings = websocket.state.settings
     limiter = _limiter(websocket)
-    client = digest(client_address(websocket.scope, settings.proxies()))
+    client = digest(client_key(websocket.scope, settings.proxies(), settings.client_ipv6_prefix))
     admitted = MessageAdmission(None, token, "")
     try:
         quotas = await asyncio.gather(
@@ -222,7 +248,7 @@ class SocketAdmission:
             await self.app(scope, receive, send)
             return
         s = self.settings
-        address = client_address(scope, self.proxies)
+        address = client_key(scope, self.proxies, s.client_ipv6_prefix)
         holder = uuid.uuid4().hex
         opened = ""
         try:

@@ -72,11 +72,13 @@ class Owners(StoreBase):
         return Script(self.redis, "owner_add.lua", OwnerAddStatus)
 
     async def create_owner(self) -> str:
-        """Issue a new owner token; it lives ``owner_ttl_seconds`` after its last use."""
+        """Issue a new owner token. It lives ``owner_unused_ttl_seconds`` until its first
+        conversation (``owner_add.lua`` extends it), then ``owner_ttl_seconds`` after its
+        last use: an owner that is never used costs minutes of memory, not a month."""
         owner = str(uuid.uuid4())
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.owner_key(owner), "created", utc_now())
-            pipe.expire(keys.owner_key(owner), self.settings.owner_ttl_seconds)
+            pipe.expire(keys.owner_key(owner), self.settings.owner_unused_ttl_seconds)
             await pipe.execute()
         return owner
 
@@ -183,9 +185,16 @@ class Owners(StoreBase):
             await self.redis.zrem(keys.conversations_key(session_owner), token)
 
     async def _touch_owner(self, owner: str) -> bool:
-        return await self.renew(
-            self.settings.owner_ttl_seconds, keys.owner_key(owner), keys.conversations_key(owner)
-        )
+        """Renew an owner that has conversations (an unused one keeps its short TTL, so
+        listing it cannot keep it for a month); whether the owner exists."""
+        ttl = self.settings.owner_ttl_seconds
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.owner_key(owner))
+            pipe.expire(keys.conversations_key(owner), ttl)  # 0 when it has none
+            exists, used = await pipe.execute()
+        if exists and used:
+            await self.redis.expire(keys.owner_key(owner), ttl)
+        return bool(exists)
 
     async def _summaries(self, tokens: Sequence[str]) -> list[ConversationSummary | None]:
         """Each session's summary, or None where the session is gone."""

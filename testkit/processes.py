@@ -60,6 +60,7 @@ def _setting_names() -> set[str]:
 #: are tested on purpose, with their own settings (tests/system/test_admission.py).
 UNLIMITED_ADMISSION: dict[str, int] = {
     "rate_sessions_per_client": 1_000_000,
+    "rate_owners_per_client": 1_000_000,
     "rate_socket_opens_per_client": 1_000_000,
     "rate_messages_per_session": 1_000_000,
     "max_sockets_per_client": 1_000_000,

@@ -25,6 +25,7 @@ import re
 
 from redis.asyncio import Redis
 
+from protocol.labels import strip_hidden
 from runtime.logs import fingerprint
 from storage import keys
 from worker.errors import LLMError
@@ -50,11 +51,12 @@ INSTRUCTION = (
 
 def clean_title(answer: str) -> str:
     """The title in a model's answer: its first non-empty line, without surrounding
-    quotes, Markdown marks or a ``Title:`` label, white space collapsed, cut at a word
+    quotes, Markdown marks, a ``Title:`` label, control or format characters
+    (:mod:`protocol.labels`), white space collapsed, cut at a word
     to :data:`TITLE_MAX_CHARS`; "" if nothing is left."""
     line = next((x for x in answer.splitlines() if x.strip()), "")
     line = re.sub(r"^\s*(?:#+|\*+|title\s*:)\s*", "", line, flags=re.IGNORECASE)
-    line = " ".join(line.split()).strip(" \"'`*_.")
+    line = " ".join(strip_hidden(line).split()).strip(" \"'`*_.")
     if len(line) > TITLE_MAX_CHARS:
         cut = line[:TITLE_MAX_CHARS].rsplit(" ", 1)[0]
         line = (cut or line[:TITLE_MAX_CHARS]).rstrip(" ,;:-")

@@ -141,6 +141,9 @@ async def test_a_model_changes_only_once_no_message_waits(
             async with http.patch(url, params={"token": token}, json={"model": "large"}) as r:
                 assert r.status == 409
                 assert "once they are answered" in await r.text()
+            # The model it has already: no change, so no conflict.
+            async with http.patch(url, params={"token": token}, json={"model": "small"}) as r:
+                assert r.status == 204, await r.text()
             await read_until(ws, count("done", 1), timeout_s=30)
         async with http.patch(url, params={"token": token}, json={"model": "large"}) as r:
             assert r.status == 204
