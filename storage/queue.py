@@ -28,8 +28,23 @@ class TooManyPending(Exception):
 
 
 class SessionFull(Exception):
-    """The session holds ``max_session_messages`` user messages: a new session must be
-    started to go on."""
+    """The session holds ``max_session_messages`` user messages, or would hold more than
+    ``max_session_bytes`` bytes with this message or revision: a new session must be
+    started to go on.
+
+    Attributes:
+        held_bytes: the bytes the session holds (see ``session_size`` in
+            ``library.lua``) when the bound of bytes refused it; None when the bound of
+            messages did.
+    """
+
+    def __init__(self, held_bytes: int | None = None) -> None:
+        super().__init__(
+            "the session holds its most messages"
+            if held_bytes is None
+            else f"the session holds {held_bytes} bytes"
+        )
+        self.held_bytes = held_bytes
 
 
 class Overloaded(Exception):
@@ -80,7 +95,6 @@ class Revision:
 _REFUSALS: dict[EnqueueStatus, type[Exception]] = {
     EnqueueStatus.NO_SESSION: SessionExpired,
     EnqueueStatus.TOO_MANY_PENDING: TooManyPending,
-    EnqueueStatus.SESSION_FULL: SessionFull,
     EnqueueStatus.OVERLOADED: Overloaded,
 }
 
@@ -145,7 +159,8 @@ class Queue(Streams):
 
         Raises:
             SessionExpired: no such session.
-            SessionFull: the session holds ``max_session_messages`` messages.
+            SessionFull: the session holds ``max_session_messages`` messages, or would
+                hold more than ``max_session_bytes`` bytes with this one.
             TooManyPending: ``max_pending`` messages already wait for a reply.
             Overloaded: the partition's backlog is at ``max_backlog``.
             ModelChanged: the session's model is another (nothing was done).
@@ -156,7 +171,7 @@ class Queue(Streams):
         )
         body = message.model_dump_json(include={"id", "role", "content", "timestamp"})
         status, queued = await self._enqueue(
-            keys=_queue_keys(token, model),
+            keys=[*_queue_keys(token, model), keys.versions_key(token)],
             args=[
                 body,
                 self.settings.session_ttl_seconds,
@@ -170,10 +185,15 @@ class Queue(Streams):
                 await self.trim_mode(),
                 model,
                 self.settings.default_model,
+                self.settings.max_session_bytes,
             ],
         )
         if status is EnqueueStatus.WRONG_MODEL:
             raise ModelChanged(str(queued))
+        if status is EnqueueStatus.SESSION_FULL:
+            raise SessionFull
+        if status is EnqueueStatus.TOO_LARGE:
+            raise SessionFull(int(queued))
         if (refusal := _REFUSALS.get(status)) is not None:
             raise refusal(token)
         message.seq, message.entry = int(queued[0]), str(queued[1])
@@ -191,8 +211,10 @@ class Queue(Streams):
         replace its text first (edit), atomically (``revise.lua``).
 
         The reply it replaces, and an edit's old text, become an earlier version of the
-        turn (the message's ``versions``); the message is queued again under the same
-        ``seq`` and id, and a ``revised`` event goes to every socket of the session. The
+        turn, kept in the session's versions document (:func:`storage.keys.versions_key`;
+        :meth:`storage.sessions.Sessions.get_session` joins them back as the message's
+        ``versions``); the message is queued again under the same ``seq`` and id, and a
+        ``revised`` event with the version kept goes to every socket of the session. The
         new reply is then recorded exactly once, as any reply.
 
         Args:
@@ -206,16 +228,22 @@ class Queue(Streams):
                 session has none.
             ReplyInProgress: a message of the session waits for its reply.
             TooManyVersions: the turn keeps ``max_versions`` earlier versions.
+            SessionFull: the session would hold more than ``max_session_bytes`` bytes.
             Overloaded: the partition's backlog is at ``max_backlog``.
             ModelChanged: the session's model is another (nothing was done).
         """
         model = model or self.settings.default_model
         message_id, content = edit if edit is not None else ("", None)
         status, revised = await self._revise(
-            keys=[*_queue_keys(token, model), keys.events_key(token)],
+            keys=[
+                *_queue_keys(token, model),
+                keys.events_key(token),
+                keys.versions_key(token),
+            ],
             args=[
                 message_id,
-                json.dumps(content) if content is not None else "",
+                # As the text is stored (UTF-8), so the session's byte count is exact.
+                json.dumps(content, ensure_ascii=False) if content is not None else "",
                 utc_now(),
                 max_versions,
                 token,
@@ -228,10 +256,13 @@ class Queue(Streams):
                 self.settings.events_maxlen,
                 model,
                 self.settings.default_model,
+                self.settings.max_session_bytes,
             ],
         )
         if status is ReviseStatus.WRONG_MODEL:
             raise ModelChanged(str(revised))
+        if status is ReviseStatus.TOO_LARGE:
+            raise SessionFull(int(revised))
         if (refusal := _REVISE_REFUSALS.get(status)) is not None:
             raise refusal()  # no token in the error: errors get logged
         return Revision(int(revised[0]), str(revised[1]), str(revised[2]), str(revised[3]))
