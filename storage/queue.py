@@ -114,11 +114,13 @@ _LOST = ErrorEvent(
 
 def _queue_keys(token: str, model: str) -> list[str]:
     """The keys of queueing a message of session ``token`` for ``model``: the session,
-    the model's message stream and waiting set in the session's partition."""
+    the model's message stream and waiting set in the session's partition, and the
+    session's versions (whose TTL is the session's)."""
     return [
         keys.session_key(token),
         keys.message_stream_of(token, model),
         keys.waiting_key_of(token, model),
+        keys.versions_key(token),
     ]
 
 
@@ -171,7 +173,7 @@ class Queue(Streams):
         )
         body = message.model_dump_json(include={"id", "role", "content", "timestamp"})
         status, queued = await self._enqueue(
-            keys=[*_queue_keys(token, model), keys.versions_key(token)],
+            keys=_queue_keys(token, model),
             args=[
                 body,
                 self.settings.session_ttl_seconds,
@@ -211,11 +213,10 @@ class Queue(Streams):
         replace its text first (edit), atomically (``revise.lua``).
 
         The reply it replaces, and an edit's old text, become an earlier version of the
-        turn, kept in the session's versions document (:func:`storage.keys.versions_key`;
-        :meth:`storage.sessions.Sessions.get_session` joins them back as the message's
-        ``versions``); the message is queued again under the same ``seq`` and id, and a
-        ``revised`` event with the version kept goes to every socket of the session. The
-        new reply is then recorded exactly once, as any reply.
+        turn, kept beside the session (:func:`storage.keys.versions_key`); the message is
+        queued again under the same ``seq`` and id, and a ``revised`` event with that
+        version goes to every socket of the session. The new reply is then recorded
+        exactly once, as any reply.
 
         Args:
             max_versions: the most earlier versions a turn keeps.
@@ -224,8 +225,7 @@ class Queue(Streams):
 
         Raises:
             SessionExpired: no such session.
-            NotLastMessage: the message is not the session's last user message, or the
-                session has none.
+            NotLastMessage: not the session's last user message (or it has none).
             ReplyInProgress: a message of the session waits for its reply.
             TooManyVersions: the turn keeps ``max_versions`` earlier versions.
             SessionFull: the session would hold more than ``max_session_bytes`` bytes.
@@ -235,14 +235,9 @@ class Queue(Streams):
         model = model or self.settings.default_model
         message_id, content = edit if edit is not None else ("", None)
         status, revised = await self._revise(
-            keys=[
-                *_queue_keys(token, model),
-                keys.events_key(token),
-                keys.versions_key(token),
-            ],
+            keys=[*_queue_keys(token, model), keys.events_key(token)],
             args=[
                 message_id,
-                # As the text is stored (UTF-8), so the session's byte count is exact.
                 json.dumps(content, ensure_ascii=False) if content is not None else "",
                 utc_now(),
                 max_versions,

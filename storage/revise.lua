@@ -23,9 +23,10 @@
 -- any message but the last, at the bound of versions, when the session would hold more
 -- than its bound of bytes, or when the partition's backlog is full (as enqueue.lua).
 -- KEYS[1] session document, KEYS[2] message stream, KEYS[3] waiting set,
--- KEYS[4] session event stream, KEYS[5] the session's versions document
+-- KEYS[4] the session's versions document, KEYS[5] session event stream
 -- ARGV[1] message id of an edit ("" to regenerate), ARGV[2] the edit's content as a JSON
--- string ("" to regenerate), ARGV[3] the edit's timestamp, ARGV[4] max earlier versions
+-- string, in UTF-8 rather than \u escapes so that its length is what it adds to the
+-- session ("" to regenerate), ARGV[3] the edit's timestamp, ARGV[4] max earlier versions
 -- of a turn, ARGV[5] token, ARGV[6] session TTL (s), ARGV[7] stream bound (entries, ~),
 -- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode,
 -- ARGV[11] channel, ARGV[12] event stream MAXLEN (~), ARGV[13] the model of KEYS[2]
@@ -83,8 +84,8 @@ local edited = ARGV[1] ~= ''
 -- still inside the message (older data).
 local path = '$[' .. cjson.encode(user.id) .. ']'
 local stored = 0
-if redis.call('EXISTS', KEYS[5]) == 1 then
-  stored = redis.call('JSON.ARRLEN', KEYS[5], path)[1] or 0
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  stored = redis.call('JSON.ARRLEN', KEYS[4], path)[1] or 0
 end
 local inside = type(user.versions) == 'table' and user.versions or {}
 -- A regenerate after a failed reply replaces nothing: no version to keep.
@@ -140,12 +141,12 @@ end
 
 if #moving > 0 then
   if stored > 0 then
-    redis.call('JSON.ARRAPPEND', KEYS[5], path, unpack(moving))
+    redis.call('JSON.ARRAPPEND', KEYS[4], path, unpack(moving))
   else
-    if redis.call('EXISTS', KEYS[5]) == 0 then
-      redis.call('JSON.SET', KEYS[5], '$', '{}')
+    if redis.call('EXISTS', KEYS[4]) == 0 then
+      redis.call('JSON.SET', KEYS[4], '$', '{}')
     end
-    redis.call('JSON.SET', KEYS[5], path, '[' .. table.concat(moving, ',') .. ']')
+    redis.call('JSON.SET', KEYS[4], path, '[' .. table.concat(moving, ',') .. ']')
   end
 end
 if #inside > 0 then
@@ -171,7 +172,7 @@ if tonumber(read['$.stop_seq'][1]) >= seq then
 end
 redis.call('JSON.SET', KEYS[1], '$.size_bytes', size + growth)
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[5], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
 local now = redis.call('TIME')
 redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[5])
 trim_stream(KEYS[2], ARGV[9], ARGV[7], ARGV[10], backlog + 1)
@@ -184,5 +185,5 @@ if keep then
   event = event .. ',"version":' .. moving[#moving]
 end
 event = event .. ',"version_count":' .. (stored + #moving) .. '}'
-local event_id = append_event(KEYS[4], redis.call('PTTL', KEYS[1]), ARGV[12], ARGV[11], event)
+local event_id = append_event(KEYS[5], redis.call('PTTL', KEYS[1]), ARGV[12], ARGV[11], event)
 return reply(REVISED, {seq, user.id, id, event_id})
