@@ -72,7 +72,8 @@ class ChatMessage(_Wire):
     versions: list[MessageVersion] | None = Field(
         default=None,
         description="a user message's earlier versions, oldest first, left by regenerate "
-        "and edit commands; absent when it has none",
+        "and edit commands, in history and export; absent when it has none, and from a "
+        "revised event's message (its version brings the new one)",
         exclude_if=lambda value: value is None,  # absent, not null, from other messages
     )
 
