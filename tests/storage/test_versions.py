@@ -67,6 +67,10 @@ async def test_versions_live_beside_the_session_and_share_its_lifetime(
     await store.revise(token, max_versions=20)
     await answer_again(store, token, user, 1)
     await store.revise(token, max_versions=20, edit=(user.id, "better question"))
+    # Written with the session's TTL.
+    session_ttl = await redis.ttl(keys.session_key(token))
+    versions_ttl = await redis.ttl(keys.versions_key(token))
+    assert 0 < versions_ttl <= TTL_S and abs(session_ttl - versions_ttl) <= 1
 
     # The session document holds no version: a reply's read of it (begin.lua) never
     # loads them.
@@ -101,6 +105,10 @@ async def test_versions_live_beside_the_session_and_share_its_lifetime(
     assert min(await ttls()) > 5
     await shorten()
     await answer_again(store, token, user, 2)
+    await store.revise(token, max_versions=20)
+    assert min(await ttls()) > 5
+    await shorten()
+    await answer_again(store, token, user, 3)
     await store.enqueue(token, "next", max_pending=10)
     assert min(await ttls()) > 5
     await shorten()
