@@ -57,6 +57,14 @@ class CommonSettings(BaseSettings):
         gt=0,
         description="User messages of one session, at most; beyond, `session_full`.",
     )
+    max_session_bytes: int = Field(
+        default=2_000_000,
+        ge=1024,
+        description="Bytes one session may hold: the JSON text of its messages, replies "
+        "and earlier versions of turns; a message or a regenerate or edit that would take "
+        "it past this is refused with `session_full` (a reply is never cut for it, so a "
+        "session may pass it by one reply).",
+    )
     events_maxlen: int = Field(
         default=1000,
         gt=0,

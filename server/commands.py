@@ -97,7 +97,14 @@ class SessionCommands:
         revision = None
         try:
             revision = await self._revise(edit)
-        except (ReplyInProgress, NotLastMessage, TooManyVersions, Overloaded, *REDIS_DOWN) as e:
+        except (
+            ReplyInProgress,
+            NotLastMessage,
+            TooManyVersions,
+            SessionFull,
+            Overloaded,
+            *REDIS_DOWN,
+        ) as e:
             await self.relay.send_error(*self._not_revised(e, command.type))
             return
         finally:
@@ -236,6 +243,12 @@ class SessionCommands:
             return ErrorCode.TOO_MANY_PENDING, (
                 f"{self.settings.max_pending_messages} messages already wait for a reply; "
                 "wait for one before sending more"
+            )
+        if isinstance(error, SessionFull) and error.held_bytes is not None:
+            return ErrorCode.SESSION_FULL, (
+                f"the conversation holds {error.held_bytes} bytes, and "
+                f"{self.settings.max_session_bytes} at most: this does not fit; start a "
+                "new session to go on"
             )
         if isinstance(error, SessionFull):
             return ErrorCode.SESSION_FULL, (

@@ -1,4 +1,5 @@
--- Close a user message: record its reply (if any) and emit the closing event, once.
+-- Close a user message: record its reply (if any), counted in the session's bytes, and
+-- emit the closing event, once.
 -- Replies are recorded in seq order, so "seq <= replied_seq" means this one already was:
 -- a retried or re-claimed message then changes nothing and emits nothing.
 -- KEYS[1] session document, KEYS[2] session event stream
@@ -60,6 +61,9 @@ elseif read['$.generator'][1] ~= ARGV[6] then
 end
 if ARGV[2] ~= '' then
   redis.call('JSON.ARRAPPEND', KEYS[1], '.messages', ARGV[2])
+  -- The session's byte count (session_size, library.lua): a document without one is
+  -- measured whole by its next message.
+  redis.call('JSON.NUMINCRBY', KEYS[1], '$.size_bytes', #ARGV[2])
 end
 redis.call('JSON.SET', KEYS[1], '.replied_seq', seq)
 local pttl = redis.call('PTTL', KEYS[1])

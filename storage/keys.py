@@ -3,7 +3,8 @@
 Sessions are spread over :data:`PARTITIONS` partitions by the first hex digit of their
 token (a UUID4, so the spread is uniform). A partition's digit is the hash tag of every
 key of its sessions and of its message stream: ``parley:session:{7}:<token>``,
-``parley:events:{7}:<token>`` and ``parley:messages:{7}`` share one hash slot. The
+``parley:versions:{7}:<token>``, ``parley:events:{7}:<token>`` and
+``parley:messages:{7}`` share one hash slot. The
 scripts that append a message to a session's history and queue it in the same step stay
 legal on a Redis Cluster, and the 16 message streams spread writes over its nodes.
 """
@@ -128,6 +129,13 @@ def pool_key(model: str) -> str:
 def session_key(token: str) -> str:
     """The RedisJSON document of a session (written by :class:`storage.models.Session`)."""
     return f"{PREFIX}:session:{{{partition(token)}}}:{token}"
+
+
+def versions_key(token: str) -> str:
+    """The RedisJSON document of a session's earlier versions of turns (regenerate,
+    edit): ``{"<user message id>": [{content, timestamp, reply}, ...]}``, oldest first,
+    written by ``revise.lua``; it lives and dies with the session document."""
+    return f"{PREFIX}:versions:{{{partition(token)}}}:{token}"
 
 
 def events_key(token: str) -> str:

@@ -18,6 +18,19 @@ local function json_field(key, name)
   return cjson.decode(redis.call('JSON.GET', key, '$.' .. name))[1]
 end
 
+-- The bytes session document `key` holds: the JSON text of its messages and of their
+-- earlier versions (kept in the versions document), counted in "size_bytes" by the
+-- scripts that write them (enqueue.lua, finish.lua, revise.lua), from a JSON.GET `read`
+-- that included '$.size_bytes'. A document written before the count was kept is
+-- measured once, by the text of its messages (its versions were then inside them).
+local function session_size(key, read)
+  local size = read['$.size_bytes'][1]
+  if type(size) == 'number' then
+    return size
+  end
+  return #redis.call('JSON.GET', key, '$.messages') - 2
+end
+
 -- Append an event to a session's event stream and announce it: the stream keeps about
 -- `maxlen` events and lives as long as the session (`pttl`, ms: the session's PTTL; no
 -- expiry is set if it has none), and the session's sharded channel gets the event with

@@ -162,8 +162,8 @@ class Owners(StoreBase):
         return status is TitleStatus.SET
 
     async def delete_session(self, token: str, owner: str | None = None) -> None:
-        """Delete session ``token`` for good: its document, its event stream, and its
-        place in its owner's conversations.
+        """Delete session ``token`` for good: its document, the earlier versions of its
+        turns, its event stream, and its place in its owner's conversations.
 
         Args:
             owner: if given, the session must belong to this owner.
@@ -178,7 +178,9 @@ class Owners(StoreBase):
         session_owner = str(found[0]) if found else ""
         if owner is not None and session_owner != owner:
             raise NotTheOwner(token)
-        await self.redis.delete(keys.session_key(token), keys.events_key(token))
+        await self.redis.delete(
+            keys.session_key(token), keys.versions_key(token), keys.events_key(token)
+        )
         # Its open sockets, on any server, close now rather than at their next check.
         await self.redis.spublish(keys.channel(token), CHECK)  # type: ignore[attr-defined]  # stale stubs
         if session_owner:

@@ -66,7 +66,8 @@ class QuotaStatus(IntEnum):
 
 
 class EnqueueStatus(IntEnum):
-    """``enqueue.lua``: queued (payload: ``[seq, entry id]``) or refused, unchanged."""
+    """``enqueue.lua``: queued (payload: ``[seq, entry id]``) or refused, unchanged
+    (``TOO_LARGE``'s payload: the bytes the session holds)."""
 
     QUEUED = 0
     NO_SESSION = 1
@@ -74,12 +75,14 @@ class EnqueueStatus(IntEnum):
     SESSION_FULL = 3
     OVERLOADED = 4
     WRONG_MODEL = 5
-    TOO_LONG = 6
+    TOO_LARGE = 6
+    TOO_LONG = 7
 
 
 class ReviseStatus(IntEnum):
     """``revise.lua``: the last message is queued again (payload: ``[seq, message id,
-    entry id, event id]``) or refused, unchanged."""
+    entry id, event id]``) or refused, unchanged (``TOO_LARGE``'s payload: the bytes
+    the session holds)."""
 
     REVISED = 0
     NO_SESSION = 1
@@ -88,6 +91,7 @@ class ReviseStatus(IntEnum):
     TOO_MANY_VERSIONS = 4
     OVERLOADED = 5
     WRONG_MODEL = 6
+    TOO_LARGE = 7
 
 
 class SetModelStatus(IntEnum):

@@ -1,7 +1,11 @@
 """Session documents: creating, reading and renewing them, and the counters scripts keep.
 
 A session is one RedisJSON document (:class:`storage.models.Session`) at
-:func:`storage.keys.session_key`, with a TTL renewed by activity.
+:func:`storage.keys.session_key`, with a TTL renewed by activity. The earlier versions of
+its turns (regenerate, edit) are a document of their own
+(:func:`storage.keys.versions_key`), with the same TTL, read only when a client asks for
+the whole history (:meth:`Sessions.get_session` with ``versions``): a reply reads
+neither them nor their bytes.
 """
 
 from __future__ import annotations
@@ -9,10 +13,11 @@ from __future__ import annotations
 import json
 import uuid
 from functools import cached_property
+from typing import Any
 
 from protocol.wire import utc_now
 from storage import keys
-from storage.base import StoreBase
+from storage.base import StoreBase, json_get_command, json_reply
 from storage.models import Session
 from storage.scripts import Script, SetModelStatus, StopStatus
 
@@ -77,8 +82,12 @@ class Sessions(StoreBase):
             raise SessionExpired(token)
         return status is SetModelStatus.SET
 
-    async def get_session(self, token: str, *, touch: bool = True) -> Session:
-        """Load a session; with ``touch``, renew its TTL (and its event stream's).
+    async def get_session(
+        self, token: str, *, touch: bool = True, versions: bool = False
+    ) -> Session:
+        """Load a session; with ``touch``, renew its TTL (and its event stream's and
+        versions'); with ``versions``, each user message that has earlier versions
+        carries them, oldest first, in its ``versions`` (as clients see the history).
 
         Raises:
             SessionExpired: no such session.
@@ -86,18 +95,50 @@ class Sessions(StoreBase):
         # JSON.GET and validation, as redis-om's Session.get does, without its walks over
         # the document for datetime and bytes fields (Session has none): a third of
         # the time for a session with 40 messages (bench: the worker reads one a reply).
-        found = await self.json_get(keys.session_key(token))
-        if not found:
+        if versions:
+            document = await self._with_versions(token)
+        else:
+            found = await self.json_get(keys.session_key(token))
+            document = found[0] if found else None
+        if document is None:
             raise SessionExpired(token)
-        session = Session.model_validate(found[0])
+        session = Session.model_validate(document)
         if touch:
             await self.touch(token)
         return session
 
+    async def _with_versions(self, token: str) -> dict[str, Any] | None:
+        """The session document (None if none) with the versions of its turns joined
+        into its messages: both read in one ``MULTI`` (one slot), so a revision in
+        between cannot show a reply twice or not at all.
+
+        Versions still inside a message (a session written before they had a document
+        of their own) are newer than those of the versions document: ``revise.lua``
+        moves them over, after those already there.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.execute_command(*json_get_command(keys.session_key(token)))
+            pipe.execute_command(*json_get_command(keys.versions_key(token)))
+            session, stored = await pipe.execute()
+        found, earlier = json_reply(session), json_reply(stored)
+        if not found:
+            return None
+        document: dict[str, Any] = found[0]
+        by_message: dict[str, list[Any]] = earlier[0] if earlier else {}
+        for message in document.get("messages", []):
+            kept = by_message.get(message.get("id"))
+            if kept:
+                message["versions"] = [*kept, *(message.get("versions") or [])]
+        return document
+
     async def touch(self, token: str) -> bool:
-        """Renew a session's TTL; False if it no longer exists."""
+        """Renew a session's TTL (and its event stream's and versions'); False if it no
+        longer exists."""
         return await self.renew(
-            self.settings.session_ttl_seconds, keys.session_key(token), keys.events_key(token)
+            self.settings.session_ttl_seconds,
+            keys.session_key(token),
+            keys.events_key(token),
+            keys.versions_key(token),
         )
 
     async def ping(self) -> None:

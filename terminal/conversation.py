@@ -102,10 +102,11 @@ class Conversation:
                 self.waiting.discard(message_id)
                 self.used |= models_used([reply])
                 text = self.renderer.reply(reply, by_model=len(self.used) > 1)
-            case RevisedEvent(message=message):
+            case RevisedEvent():
                 self.unacked = max(0, self.unacked - 1)  # a regenerate or edit, accepted
                 self.waiting.add(message_id)
                 self.streamed.pop(message_id, None)
+                message = self._revised(event)
                 self.user_messages[message_id] = message
                 text = self.renderer.revised(message)
             case ErrorEvent(code=code, detail=detail):
@@ -117,6 +118,15 @@ class Conversation:
                 text = self.renderer.error(self._words(code, detail))
         self._settle()
         return text
+
+    def _revised(self, event: RevisedEvent) -> ChatMessage:
+        """The user message of ``event`` as it now stands, with the turn's earlier
+        versions: those known, and the one the revision kept unless they hold it."""
+        known = self.user_messages.get(event.message_id)
+        versions = list(known.versions or []) if known is not None else []
+        if event.version is not None and len(versions) < event.version_count:
+            versions.append(event.version)
+        return event.message.model_copy(update={"versions": versions or None})
 
     def caught_up(self, view: SessionView) -> str:
         """What to print for good of the history reloaded after a ``gap``: the replies

@@ -33,7 +33,11 @@ class ResumeCursor:
     user-message ids whose reply ended (``done`` or ``error``); a resume from the start
     of the stream ("0") replays them, and they are dropped. ``versions`` counts the
     earlier versions known of each turn, so that a replayed ``revised`` event already
-    reflected in the history loaded is dropped too, while a new one reopens its turn.
+    reflected in the history loaded is dropped too, while a new one reopens its turn: a
+    revision that kept a version is new if its ``version_count`` is more than the count
+    known. One that kept none (a regenerate after a failed reply) leaves the count as it
+    was; it is new only while the turn is known to have no reply (``replyless``: none in
+    the history loaded, or an ``error`` since), as it can only follow such a turn.
 
     After a ``gap`` event, the replay starts at the oldest event kept, which may be in
     the middle of a reply (replies of a session come one at a time, so at most one):
@@ -44,6 +48,7 @@ class ResumeCursor:
     last_event_id: str | None = None
     finished: set[str] = field(default_factory=set)
     versions: dict[str, int] = field(default_factory=dict)
+    replyless: set[str] = field(default_factory=set)
     partial: str | None = None
     _after_gap: bool = False
 
@@ -77,23 +82,38 @@ class ResumeCursor:
                 return False
             self.partial = None  # done, error, restart or revised: whole from here
         if isinstance(event, RevisedEvent):
-            count = len(event.message.versions or [])
-            if count <= self.versions.get(event.message_id, 0):
+            if not self._new_revision(event):
                 return False  # a revision the history loaded already holds
-            self.versions[event.message_id] = count
+            self.versions[event.message_id] = event.version_count
             self.finished.discard(event.message_id)  # its new reply follows
+            self.replyless.discard(event.message_id)
         elif event.message_id in self.finished:
             return False
         if isinstance(event, DoneEvent | ErrorEvent) and event.message_id is not None:
             self.finished.add(event.message_id)
+            if isinstance(event, ErrorEvent):
+                self.replyless.add(event.message_id)
+            else:
+                self.replyless.discard(event.message_id)
         return True
 
+    def _new_revision(self, event: RevisedEvent) -> bool:
+        """Whether ``event`` is a revision not yet reflected in what the client knows."""
+        known = self.versions.get(event.message_id, 0)
+        if event.version is not None:
+            return event.version_count > known
+        return event.version_count >= known and event.message_id in self.replyless
+
     def seed(self, view: SessionView) -> None:
-        """Mark the user messages answered in ``view``'s history as finished, and note
-        each turn's earlier versions."""
-        for message, following in zip(view.messages, view.messages[1:], strict=False):
-            if message.role == "user" and following.role == "assistant":
+        """Mark the user messages answered in ``view``'s history as finished (and the
+        others as without a reply), and note each turn's earlier versions."""
+        messages = view.messages
+        for n, message in enumerate(messages):
+            if message.role != "user":
+                continue
+            self.versions[message.id] = len(message.versions or [])
+            if n + 1 < len(messages) and messages[n + 1].role == "assistant":
                 self.finished.add(message.id)
-        for message in view.messages:
-            if message.role == "user":
-                self.versions[message.id] = len(message.versions or [])
+                self.replyless.discard(message.id)
+            else:
+                self.replyless.add(message.id)

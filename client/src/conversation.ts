@@ -10,8 +10,10 @@
 //   before every reconnect.
 //
 // A turn can be answered again (regenerate) or its message edited: the server's
-// `revised` event then gives the message as it now stands, with its earlier versions,
-// and the turn's reply leaves the view until the new one streams in.
+// `revised` event then gives the message as it now stands and the one earlier version
+// the revision kept, numbered (`version_count`), and the turn's reply leaves the view
+// until the new one streams in. A turn's versions come from history, then accumulate
+// from these events; a replayed revision that history already holds adds nothing.
 //
 // A `gap` event says that a resume went past the events the server keeps: replies that
 // finished meanwhile come from history (the session loads it again), and the replies
@@ -24,6 +26,7 @@ import { describeError, REFUSALS, type Notice } from "./errors";
 import {
   compareEventIds,
   type ChatMessage,
+  type RevisedEvent,
   type ServerEvent,
   type SessionView,
   type Version,
@@ -324,7 +327,7 @@ function applyEvent(state: Conversation, event: ServerEvent): Conversation {
     case "error":
       return onError(state, event.message_id, event.code, event.detail, event.retry_after_s);
     case "revised":
-      return onRevised(state, event.message_id, event.message);
+      return onRevised(state, event);
   }
 }
 
@@ -341,20 +344,28 @@ function onGap(state: Conversation, oldestEventId: string): Conversation {
 }
 
 /**
- * The turn of `messageId` was regenerated or edited: its message as it now stands
- * (text, time, earlier versions), its reply out of view, any error of the old attempt
- * gone. The new reply then arrives like any other.
+ * A turn was regenerated or edited: its message as it now stands (text, time), the
+ * version the revision kept added to its earlier versions, its reply out of view, any
+ * error of the old attempt gone. The new reply then arrives like any other.
+ *
+ * The version is added only if the turn has fewer than `version_count` versions: a
+ * revision replayed after a history load that holds it (a resume from before it) adds
+ * nothing. Versions missed in between (none, unless events were lost, which a `gap`
+ * reports, and the history then reloaded brings them) are not guessed.
  */
-function onRevised(state: Conversation, messageId: string, message: ChatMessage): Conversation {
+function onRevised(state: Conversation, event: RevisedEvent): Conversation {
+  const messageId = event.message_id;
   const user = state.items.find((i): i is UserItem => i.kind === "user" && i.id === messageId);
   if (user === undefined) return state; // not on the page: the next history load brings it
+  const { message, version } = event;
+  const added = version !== undefined && user.versions.length < event.version_count;
   const revised: UserItem = {
     ...user,
     content: message.content,
     timestamp: message.timestamp,
     status: "queued",
     error: undefined,
-    versions: message.versions ?? [],
+    versions: added ? [...user.versions, version] : user.versions,
   };
   const items = state.items
     .filter((i) => !(i.kind === "assistant" && i.replyTo === messageId))

@@ -97,14 +97,18 @@ export interface ErrorEvent {
 }
 
 /**
- * A turn was regenerated or edited: `message` is the user message as it now stands,
- * with its earlier versions. The turn's reply is gone from view; the new one follows
- * as usual (`token` events, then `done` or an `error`).
+ * A turn was regenerated or edited: `message` is the user message as it now stands
+ * (without its earlier versions), `version` the earlier version this revision kept
+ * (absent when it kept none: a regenerate after a failed reply) and `version_count` how
+ * many the turn keeps now, this one included. The turn's reply is gone from view; the
+ * new one follows as usual (`token` events, then `done` or an `error`).
  */
 export interface RevisedEvent {
   type: "revised";
   message_id: string;
   message: ChatMessage;
+  version?: Version;
+  version_count: number;
   event_id?: string;
 }
 
@@ -221,7 +225,10 @@ export function parseEvent(text: string): ServerEvent | null {
     case "done":
       return isMessage(data.reply) ? (data as unknown as DoneEvent) : null;
     case "revised":
-      return isMessage(data.message) && data.message.role === "user"
+      return isMessage(data.message) &&
+        data.message.role === "user" &&
+        (data.version === undefined || isVersion(data.version)) &&
+        typeof data.version_count === "number"
         ? (data as unknown as RevisedEvent)
         : null;
     case "error":

@@ -411,7 +411,9 @@ describe("regenerate and edit", () => {
     h.socket().receive({
       type: "revised",
       message_id: "m1",
-      message: { ...userMessage("m1", "hello"), versions: [{ content: "hello", timestamp: T, reply: null }] },
+      message: userMessage("m1", "hello"),
+      version: { content: "hello", timestamp: T, reply: null },
+      version_count: 1,
       event_id: "5-0",
     });
     expect(h.session.getState().revising).toBeNull();

@@ -237,7 +237,7 @@ async def export_session(
     if not well_formed(token):
         raise session_gone()
     try:
-        session = await store.get_session(token, touch=False)
+        session = await store.get_session(token, touch=False, versions=True)
     except SessionExpired as e:
         raise session_gone() from e
     export = session.export()

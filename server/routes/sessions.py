@@ -94,7 +94,7 @@ async def refresh_token(
     if not well_formed(token):
         raise session_gone()
     try:
-        session = await store.get_session(token)
+        session = await store.get_session(token, versions=True)
     except SessionExpired as e:
         raise session_gone() from e
     return session.view()

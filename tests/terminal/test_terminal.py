@@ -215,20 +215,27 @@ async def test_client_gets_an_error_event_for_a_refused_message(parley_url: str)
 
 
 def revised(message_id: str, versions: int, event_id: str, content: str = "hi") -> RevisedEvent:
-    earlier = [MessageVersion(content="hi", timestamp=TS, reply=None)] * versions
-    message = ChatMessage(
-        id=message_id, role="user", content=content, timestamp=TS, versions=earlier
+    """The event of a revision that kept its turn's earlier version number ``versions``
+    (none if 0: a regenerate after a failed reply)."""
+    kept = MessageVersion(content="hi", timestamp=TS, reply=None) if versions else None
+    message = ChatMessage(id=message_id, role="user", content=content, timestamp=TS)
+    return RevisedEvent(
+        message_id=message_id,
+        message=message,
+        version=kept,
+        version_count=versions,
+        event_id=event_id,
     )
-    return RevisedEvent(message_id=message_id, message=message, event_id=event_id)
 
 
 def test_cursor_reopens_a_turn_on_a_new_revision_and_drops_one_it_knows() -> None:
+    earlier = MessageVersion(content="hi", timestamp=TS, reply=None)
     view = SessionView(
         token="t",
         name="Ada",
         session_start=TS,
         messages=[
-            revised("u1", versions=1, event_id="1-0").message,
+            ChatMessage(id="u1", role="user", content="hi", timestamp=TS, versions=[earlier]),
             ChatMessage(id="a1", role="assistant", content="Reply 2", timestamp=TS),
         ],
     )
@@ -246,6 +253,45 @@ def test_cursor_reopens_a_turn_on_a_new_revision_and_drops_one_it_knows() -> Non
     assert not cursor.accept(TokenEvent(message_id="u1", content="late", event_id="8-0"))
 
 
+def failed(message_id: str, event_id: str) -> ErrorEvent:
+    return ErrorEvent(
+        message_id=message_id, code=ErrorCode.LLM_UNAVAILABLE, detail="x", event_id=event_id
+    )
+
+
+def test_cursor_takes_a_regenerate_after_a_failed_reply_once() -> None:
+    """A revision that kept no version leaves the count as it was: it is new after the
+    turn's failure, live or in the history loaded, and old once the turn has a reply."""
+    cursor = ResumeCursor()
+    cursor.seed(SessionView(token="t", name="Ada", session_start=TS, messages=[]))
+    assert cursor.accept(failed("u1", "1-0"))
+    assert cursor.accept(revised("u1", versions=0, event_id="2-0"))
+    assert cursor.accept(reply("Reply", message_id="u1", event_id="3-0"))
+
+    # Loaded with that reply in history, a replay from the start drops it all.
+    answered = SessionView(
+        token="t",
+        name="Ada",
+        session_start=TS,
+        messages=[
+            ChatMessage(id="u1", role="user", content="hi", timestamp=TS),
+            ChatMessage(id="a1", role="assistant", content="Reply", timestamp=TS),
+        ],
+    )
+    cursor = ResumeCursor()
+    cursor.seed(answered)
+    assert not cursor.accept(failed("u1", "1-0"))
+    assert not cursor.accept(revised("u1", versions=0, event_id="2-0"))
+    assert not cursor.accept(reply("Reply", message_id="u1", event_id="3-0"))
+
+    # Loaded while the turn had no reply (it failed): a regenerate then is new.
+    unanswered = answered.model_copy(update={"messages": answered.messages[:1]})
+    cursor = ResumeCursor(last_event_id="1-0")
+    cursor.seed(unanswered)
+    assert cursor.accept(revised("u1", versions=0, event_id="2-0"))
+    assert cursor.accept(reply("Reply", message_id="u1", event_id="3-0"))
+
+
 def test_a_revised_turn_shows_its_new_text_then_streams_its_new_reply() -> None:
     conversation = Conversation(Renderer(width=80))
     conversation.sent()
@@ -254,13 +300,38 @@ def test_a_revised_turn_shows_its_new_text_then_streams_its_new_reply() -> None:
         "-- edited --\nyou: changed\n     (1 earlier version: /versions)\n"
     )
     assert not conversation.idle.is_set()  # its new reply is awaited
-    assert conversation.last_user_message() == event.message
+    assert conversation.last_user_message() == event.message.model_copy(
+        update={"versions": [event.version]}
+    )
     conversation.show(TokenEvent(message_id="u1", content="Reply", event_id="6-0"))
     assert conversation.live(rows=10) == f"{REPLY_PREFIX}Reply\n"
     conversation.show(reply("Reply", message_id="u1"))
     assert conversation.idle.is_set()
     same = revised("u1", versions=2, event_id="8-0", content="hi")
     assert conversation.show(same).startswith("-- answering again --\nyou: hi\n")
+
+
+def test_a_turn_gathers_its_versions_from_history_and_revised_events() -> None:
+    first = MessageVersion(content="one", timestamp=TS, reply=None)
+    view = SessionView(
+        token="t",
+        name="Ada",
+        session_start=TS,
+        messages=[ChatMessage(id="u1", role="user", content="two", timestamp=TS, versions=[first])],
+    )
+    conversation = Conversation(Renderer(width=80), view)
+    second = MessageVersion(content="two", timestamp=TS, reply=None)
+    message = ChatMessage(id="u1", role="user", content="three", timestamp=TS)
+    event = RevisedEvent(
+        message_id="u1", message=message, version=second, version_count=2, event_id="5-0"
+    )
+    assert "(2 earlier versions: /versions)" in conversation.show(event)
+    # The same revision shown again (a replay the cursor let through) adds nothing.
+    conversation.show(event.model_copy(update={"event_id": "6-0"}))
+    (turn,) = conversation.user_messages.values()
+    assert [v.content for v in turn.versions or []] == ["one", "two"]
+    listed = conversation.renderer.versions([turn])
+    assert listed.index("you: one") < listed.index("you: two") < listed.index("you: three")
 
 
 # --- a resume past the events kept ----------------------------------------------------
