@@ -14,11 +14,12 @@ import json
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from protocol.wire import ErrorCode, ErrorEvent, utc_now
 from storage import keys
 from storage.models import StoredMessage
-from storage.scripts import DueStatus, EnqueueStatus, LostStatus, ReviseStatus, Script
+from storage.scripts import Arg, DueStatus, EnqueueStatus, LostStatus, ReviseStatus, Script
 from storage.sessions import SessionExpired
 from storage.streams import Streams
 
@@ -185,8 +186,6 @@ class Queue(Streams):
                 model's context (when the catalog gives it).
         """
         model = model or self.settings.default_model
-        offer = self.settings.offer(model)
-        context = offer.context_tokens if offer is not None and offer.context_tokens else 0
         message = StoredMessage(
             id=str(uuid.uuid4()), role="user", content=content, timestamp=utc_now()
         )
@@ -207,23 +206,40 @@ class Queue(Streams):
                 model,
                 self.settings.default_model,
                 self.settings.max_session_bytes,
-                context,
-                len(self.settings.system_prompt.encode(errors="replace")),
-                len(content.encode(errors="replace")),
+                *self._fit_args(model, content),
             ],
         )
-        if status is EnqueueStatus.WRONG_MODEL:
-            raise ModelChanged(str(queued))
-        if status is EnqueueStatus.TOO_LONG:
-            raise PromptTooLong(int(queued), context)
-        if status is EnqueueStatus.SESSION_FULL:
-            raise SessionFull
-        if status is EnqueueStatus.TOO_LARGE:
-            raise SessionFull(int(queued))
-        if (refusal := _REFUSALS.get(status)) is not None:
-            raise refusal(token)
+        if status is not EnqueueStatus.QUEUED:
+            raise self._refused(status, queued, token, model)
         message.seq, message.entry = int(queued[0]), str(queued[1])
         return message
+
+    def _refused(self, status: EnqueueStatus, payload: Any, token: str, model: str) -> Exception:
+        """The exception of an ``enqueue.lua`` refusal (see :meth:`enqueue`)."""
+        if status is EnqueueStatus.WRONG_MODEL:
+            return ModelChanged(str(payload))
+        if status is EnqueueStatus.TOO_LONG:
+            return PromptTooLong(int(payload), self._context(model))
+        if status is EnqueueStatus.SESSION_FULL:
+            return SessionFull()
+        if status is EnqueueStatus.TOO_LARGE:
+            return SessionFull(int(payload))
+        return _REFUSALS[status](token)
+
+    def _context(self, model: str) -> int:
+        """The context of ``model`` (tokens) as the catalog gives it; 0: unknown."""
+        offer = self.settings.offer(model)
+        return offer.context_tokens if offer is not None and offer.context_tokens else 0
+
+    def _fit_args(self, model: str, content: str) -> list[Arg]:
+        """The arguments of ``enqueue.lua``'s context check: the context of ``model``
+        (tokens; 0: not checked), the bytes of the deployment's system prompt and of
+        ``content``."""
+        return [
+            self._context(model),
+            len(self.settings.system_prompt.encode(errors="replace")),
+            len(content.encode(errors="replace")),
+        ]
 
     async def revise(
         self,
