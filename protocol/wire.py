@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     REPLY_IN_PROGRESS = "reply_in_progress"
     NOT_LAST_MESSAGE = "not_last_message"
     TOO_MANY_VERSIONS = "too_many_versions"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
     MODEL_UNAVAILABLE = "model_unavailable"
 
 

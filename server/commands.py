@@ -25,6 +25,7 @@ from storage.store import (
     Revision,
     SessionFull,
     Store,
+    TooManyAttempts,
     TooManyPending,
     TooManyVersions,
 )
@@ -101,6 +102,8 @@ class SessionCommands:
             ReplyInProgress,
             NotLastMessage,
             TooManyVersions,
+            TooManyAttempts,
+            PromptTooLong,
             SessionFull,
             Overloaded,
             *REDIS_DOWN,
@@ -136,6 +139,7 @@ class SessionCommands:
             return await self.store.revise(
                 self.token,
                 max_versions=self.settings.max_message_versions,
+                max_attempts=self.settings.max_attempts_per_turn,
                 edit=edit,
                 model=self.model,
             )
@@ -144,7 +148,11 @@ class SessionCommands:
         if await self._model_unserved():
             return None
         return await self.store.revise(
-            self.token, max_versions=self.settings.max_message_versions, edit=edit, model=self.model
+            self.token,
+            max_versions=self.settings.max_message_versions,
+            max_attempts=self.settings.max_attempts_per_turn,
+            edit=edit,
+            model=self.model,
         )
 
     def _not_revised(self, error: Exception, command: str) -> tuple[ErrorCode, str]:
@@ -158,6 +166,11 @@ class SessionCommands:
                 "only the last message can be edited"
                 if command == "edit"
                 else "the session has no message to answer again"
+            )
+        if isinstance(error, TooManyAttempts):
+            return ErrorCode.TOO_MANY_ATTEMPTS, (
+                f"this turn was already asked again {self.settings.max_attempts_per_turn} "
+                "times, its most; send a new message instead"
             )
         if isinstance(error, TooManyVersions):
             return ErrorCode.TOO_MANY_VERSIONS, (

@@ -43,6 +43,12 @@ class ServerSettings(SecuritySettings):
         gt=0,
         description="Earlier versions a turn keeps at most (regenerate and edit add one each).",
     )
+    max_attempts_per_turn: int = Field(
+        default=20,
+        gt=0,
+        description="Regenerates and edits of one turn, at most, failed replies included "
+        "(each asks the model again); beyond, too_many_attempts.",
+    )
     socket_queue_size: int = Field(
         default=1024, gt=0, description="Events buffered per socket before it resyncs."
     )

@@ -76,6 +76,11 @@ class TooManyVersions(Exception):
     """The turn already keeps ``max_versions`` earlier versions."""
 
 
+class TooManyAttempts(Exception):
+    """The turn was regenerated or edited ``max_attempts`` times already (failed
+    replies included): every attempt asks the model, so their number is bounded."""
+
+
 class PromptTooLong(Exception):
     """The session's system prompt and the message cannot fit the model's context
     (``ModelOffer.context_tokens``), counted as admission counts them.
@@ -119,6 +124,7 @@ _REVISE_REFUSALS: dict[ReviseStatus, type[Exception]] = {
     ReviseStatus.NOT_LAST_MESSAGE: NotLastMessage,
     ReviseStatus.IN_PROGRESS: ReplyInProgress,
     ReviseStatus.TOO_MANY_VERSIONS: TooManyVersions,
+    ReviseStatus.TOO_MANY_ATTEMPTS: TooManyAttempts,
     ReviseStatus.OVERLOADED: Overloaded,
 }
 
@@ -235,17 +241,33 @@ class Queue(Streams):
         """The arguments of ``enqueue.lua``'s context check: the context of ``model``
         (tokens; 0: not checked), the bytes of the deployment's system prompt and of
         ``content``."""
-        return [
+        return [*self._fit(model, content)]
+
+    def _fit(self, model: str, content: str) -> tuple[int, int, int]:
+        """See :meth:`_fit_args`."""
+        return (
             self._context(model),
             len(self.settings.system_prompt.encode(errors="replace")),
             len(content.encode(errors="replace")),
-        ]
+        )
+
+    def _turn_bounds(self, model: str, max_attempts: int, content: str | None) -> dict[str, int]:
+        """``revise.lua``'s bounds of a turn (its ``ARGV[16]``): attempts, and for an
+        edit (``content``), the context check of :meth:`_fit_args`."""
+        context, system_bytes, content_bytes = self._fit(model, content or "")
+        return {
+            "max_attempts": max_attempts,
+            "context": context if content is not None else 0,
+            "system_bytes": system_bytes,
+            "content_bytes": content_bytes,
+        }
 
     async def revise(
         self,
         token: str,
         *,
         max_versions: int,
+        max_attempts: int,
         edit: tuple[str, str] | None = None,
         model: str = "",
     ) -> Revision:
@@ -254,12 +276,12 @@ class Queue(Streams):
 
         The reply it replaces, and an edit's old text, become an earlier version of the
         turn, kept beside the session (:func:`storage.keys.versions_key`); the message is
-        queued again under the same ``seq`` and id, and a ``revised`` event with that
-        version goes to every socket of the session. The new reply is then recorded
-        exactly once, as any reply.
+        queued again under the same ``seq`` and id, a ``revised`` event with that version
+        goes to every socket, and the new reply is recorded exactly once.
 
         Args:
             max_versions: the most earlier versions a turn keeps.
+            max_attempts: the most regenerates and edits of one turn, failed or not.
             edit: ``(message id, new content)`` to edit; None to regenerate.
             model: the session's model as the caller knows it ("": the default).
 
@@ -268,6 +290,8 @@ class Queue(Streams):
             NotLastMessage: not the session's last user message (or it has none).
             ReplyInProgress: a message of the session waits for its reply.
             TooManyVersions: the turn keeps ``max_versions`` earlier versions.
+            TooManyAttempts: the turn was regenerated or edited ``max_attempts`` times.
+            PromptTooLong: the edit and the system prompt cannot fit the model's context.
             SessionFull: the session would hold more than ``max_session_bytes`` bytes.
             Overloaded: the partition's backlog is at ``max_backlog``.
             ModelChanged: the session's model is another (nothing was done).
@@ -292,15 +316,23 @@ class Queue(Streams):
                 model,
                 self.settings.default_model,
                 self.settings.max_session_bytes,
+                json.dumps(self._turn_bounds(model, max_attempts, content)),
             ],
         )
-        if status is ReviseStatus.WRONG_MODEL:
-            raise ModelChanged(str(revised))
-        if status is ReviseStatus.TOO_LARGE:
-            raise SessionFull(int(revised))
-        if (refusal := _REVISE_REFUSALS.get(status)) is not None:
-            raise refusal()  # no token in the error: errors get logged
+        if status is not ReviseStatus.REVISED:
+            raise self._revise_refused(status, revised, model)
         return Revision(int(revised[0]), str(revised[1]), str(revised[2]), str(revised[3]))
+
+    def _revise_refused(self, status: ReviseStatus, payload: Any, model: str) -> Exception:
+        """The exception of a ``revise.lua`` refusal (see :meth:`revise`); no token in
+        it: errors get logged."""
+        if status is ReviseStatus.WRONG_MODEL:
+            return ModelChanged(str(payload))
+        if status is ReviseStatus.TOO_LONG:
+            return PromptTooLong(int(payload), self._context(model))
+        if status is ReviseStatus.TOO_LARGE:
+            return SessionFull(int(payload))
+        return _REVISE_REFUSALS[status]()
 
     async def close_if_lost(self, token: str, model: str = "") -> tuple[int, int]:
         """Close the session's oldest unanswered message with a ``message_lost`` error if

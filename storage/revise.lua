@@ -30,14 +30,21 @@
 -- of a turn, ARGV[5] token, ARGV[6] session TTL (s), ARGV[7] stream bound (entries, ~),
 -- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode,
 -- ARGV[11] channel, ARGV[12] event stream MAXLEN (~), ARGV[13] the model of KEYS[2]
--- and KEYS[3], ARGV[14] the catalog's default model, ARGV[15] max bytes of a session
+-- and KEYS[3], ARGV[14] the catalog's default model, ARGV[15] max bytes of a session,
+-- ARGV[16] a JSON object of the turn's bounds: "max_attempts" (regenerates and edits
+-- of one turn, failed or not: the user message counts them in "revisions"), and for an
+-- edit, as enqueue.lua checks a message: "context" (the model's, tokens; 0: not
+-- checked), "system_bytes" (the deployment's system prompt), "content_bytes"
 -- Returns {REVISED, {seq, message id, entry id, event id}}, or {NO_SESSION},
 -- {NOT_LAST_MESSAGE}, {IN_PROGRESS} (a reply is generated or messages wait),
 -- {TOO_MANY_VERSIONS}, {OVERLOADED}, {WRONG_MODEL, the session's model},
--- {TOO_LARGE, the bytes the session holds}.
-local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED, WRONG_MODEL, TOO_LARGE = 0, 1, 2, 3, 4, 5, 6, 7
+-- {TOO_LARGE, the bytes the session holds}, {TOO_MANY_ATTEMPTS}, {TOO_LONG, the
+-- prompt's tokens}.
+local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_MANY_ATTEMPTS, TOO_LONG = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+local bounds = cjson.decode(ARGV[16])
 local read = redis.call(
-  'JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.stop_seq', '$.model', '$.size_bytes')
+  'JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.stop_seq', '$.model', '$.size_bytes',
+  '$.system_prompt')
 if not read then
   return reply(NO_SESSION)
 end
@@ -80,6 +87,18 @@ for _, found in ipairs(replies) do
 end
 
 local edited = ARGV[1] ~= ''
+local revisions = tonumber(user.revisions) or 0
+if revisions >= bounds.max_attempts then
+  return reply(TOO_MANY_ATTEMPTS)
+end
+if edited and bounds.context > 0 then
+  local own = read['$.system_prompt'][1]
+  local system = (type(own) == 'string' and #own > 0) and #own or bounds.system_bytes
+  local tokens = prompt_tokens(system, bounds.content_bytes)
+  if tokens > bounds.context then
+    return reply(TOO_LONG, tokens)
+  end
+end
 -- The turn's earlier versions: those of the versions document (at `path`), then any
 -- still inside the message (older data).
 local path = '$[' .. cjson.encode(user.id) .. ']'
@@ -164,6 +183,7 @@ end
 
 local id = redis.call('XADD', KEYS[2], '*', 'token', ARGV[5], 'seq', seq, 'message_id', user.id)
 redis.call('JSON.SET', KEYS[1], '$.messages[' .. user_at .. '].entry', cjson.encode(id))
+redis.call('JSON.SET', KEYS[1], '$.messages[' .. user_at .. '].revisions', revisions + 1)
 redis.call('JSON.SET', KEYS[1], '.replied_seq', seq - 1)
 redis.call('JSON.SET', KEYS[1], '$.generator', '""')
 redis.call('JSON.SET', KEYS[1], '$.crashes', '""')

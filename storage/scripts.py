@@ -82,7 +82,7 @@ class EnqueueStatus(IntEnum):
 class ReviseStatus(IntEnum):
     """``revise.lua``: the last message is queued again (payload: ``[seq, message id,
     entry id, event id]``) or refused, unchanged (``TOO_LARGE``'s payload: the bytes
-    the session holds)."""
+    the session holds; ``TOO_LONG``'s: the prompt's tokens)."""
 
     REVISED = 0
     NO_SESSION = 1
@@ -92,6 +92,8 @@ class ReviseStatus(IntEnum):
     OVERLOADED = 5
     WRONG_MODEL = 6
     TOO_LARGE = 7
+    TOO_MANY_ATTEMPTS = 8
+    TOO_LONG = 9
 
 
 class SetModelStatus(IntEnum):

@@ -31,6 +31,7 @@ from storage.queue import (
     ReplyInProgress,
     Revision,
     SessionFull,
+    TooManyAttempts,
     TooManyPending,
     TooManyVersions,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "SessionExpired",
     "SessionFull",
     "Store",
+    "TooManyAttempts",
     "TooManyPending",
     "TooManyVersions",
 ]

@@ -76,6 +76,10 @@ const TEXTS: Record<string, Text> = {
     title: "This message has as many earlier versions as can be kept, so it was not changed.",
     showDetail: true,
   },
+  too_many_attempts: {
+    title: "This message was answered again as many times as it can be, so it was not changed.",
+    showDetail: true,
+  },
   quota_exceeded: {
     title: "This conversation has used its share of the model for now, so this was not sent.",
     general: "Your share of the model is used up for now.",

@@ -8,6 +8,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from protocol.wire import ChatMessage
+from runtime.catalog import ModelOffer
 from storage import keys
 from storage.base import json_get_command, json_reply
 from tests.support.events import Event, count, of_type, read_until
@@ -321,3 +322,44 @@ async def test_a_session_at_its_bound_of_bytes_refuses_messages_and_revisions(
                 assert "revised" not in [e["type"] for e in events]
         assert await history(parley, http, token) == before
         assert await redis.exists(keys.versions_key(token)) == 0
+
+
+async def test_regenerates_of_a_turn_are_bounded_even_when_every_reply_fails(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    """A failed reply keeps no version, so the versions bound never stopped a turn
+    regenerated again and again after failures: each asked the model once more."""
+    # Two regenerates or edits a turn: the bound this test reaches.
+    async with running_parley(redis_url, redis, max_attempts_per_turn=2) as parley:
+        token = await parley.create_session(http)
+        parley.standin.fail_next(400, count=3)  # refused by the model: not retried
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await ws.send_str("one")
+            assert errors(await read_until(ws, count("error", 1))) == ["llm_rejected"]
+            for _ in range(2):
+                await ws.send_json({"type": "regenerate"})
+                events = await read_until(ws, count("error", 1))
+                assert events[0]["type"] == "revised"
+                assert errors(events) == ["llm_rejected"]
+            await ws.send_json({"type": "regenerate"})
+            (refusal,) = of_type(await read_until(ws, count("error", 1)), "error")
+        assert refusal["code"] == "too_many_attempts" and refusal["message_id"] is None
+        assert len(parley.standin.requests) == 3
+
+
+async def test_an_edit_that_cannot_fit_the_models_context_is_refused(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    # A model with a small context (64 tokens), as the catalog can say.
+    small = ModelOffer(id="default", label="Small", context_tokens=64)
+    async with running_parley(redis_url, redis, models=[small]) as parley:
+        token = await parley.create_session(http)
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await answered(ws, "hi")
+            before = await history(parley, http, token)
+            last = before[0]["id"]
+            await ws.send_json({"type": "edit", "message_id": last, "content": "word " * 80})
+            (refusal,) = of_type(await read_until(ws, count("error", 1)), "error")
+        assert refusal["code"] == "message_too_long"
+        assert "context of 64 tokens" in refusal["detail"]
+        assert await history(parley, http, token) == before

@@ -64,9 +64,9 @@ async def test_versions_live_beside_the_session_and_share_its_lifetime(
 ) -> None:
     token = (await store.create_session("ada")).token
     user = await answer(store, token, "question")
-    await store.revise(token, max_versions=20)
+    await store.revise(token, max_versions=20, max_attempts=20)
     await answer_again(store, token, user, 1)
-    await store.revise(token, max_versions=20, edit=(user.id, "better question"))
+    await store.revise(token, max_versions=20, max_attempts=20, edit=(user.id, "better question"))
     # Written with the session's TTL.
     session_ttl = await redis.ttl(keys.session_key(token))
     versions_ttl = await redis.ttl(keys.versions_key(token))
@@ -105,7 +105,7 @@ async def test_versions_live_beside_the_session_and_share_its_lifetime(
     assert min(await ttls()) > 5
     await shorten()
     await answer_again(store, token, user, 2)
-    await store.revise(token, max_versions=20)
+    await store.revise(token, max_versions=20, max_attempts=20)
     assert min(await ttls()) > 5
     await shorten()
     await answer_again(store, token, user, 3)
@@ -138,9 +138,9 @@ async def answer_again(store: Store, token: str, user: StoredMessage, n: int) ->
 async def test_the_revised_event_carries_the_new_version_and_the_count(store: Store) -> None:
     token = (await store.create_session("ada")).token
     user = await answer(store, token, "question")
-    await store.revise(token, max_versions=20)
+    await store.revise(token, max_versions=20, max_attempts=20)
     await answer_again(store, token, user, 1)
-    await store.revise(token, max_versions=20, edit=(user.id, "better"))
+    await store.revise(token, max_versions=20, max_attempts=20, edit=(user.id, "better"))
     first, second = await revised_events(store, token)
     assert "versions" not in first["message"] and "versions" not in second["message"]
     assert (first["version_count"], first["version"]["reply"]["content"]) == (
@@ -168,7 +168,7 @@ async def test_versions_written_inside_a_message_move_out_at_the_next_revision(
 
     (message, _) = (await store.get_session(token, versions=True)).view().messages
     assert [v.content for v in message.versions or []] == ["older"]
-    await store.revise(token, max_versions=20)
+    await store.revise(token, max_versions=20, max_attempts=20)
 
     document = await json_of(redis, key)
     assert "versions" not in document["messages"][0]
@@ -190,9 +190,11 @@ async def test_the_byte_count_follows_the_text_of_messages_and_versions(
 ) -> None:
     token = (await store.create_session("ada")).token
     user = await answer(store, token, "déjà vu " * 20)
-    await store.revise(token, max_versions=20, edit=(user.id, "edited: ça va ? " * 10))
+    await store.revise(
+        token, max_versions=20, max_attempts=20, edit=(user.id, "edited: ça va ? " * 10)
+    )
     await answer_again(store, token, user, 1)
-    await store.revise(token, max_versions=20)
+    await store.revise(token, max_versions=20, max_attempts=20)
     await answer_again(store, token, user, 2)
     await answer(store, token, "and another", 5)
 
@@ -222,11 +224,11 @@ async def test_a_session_at_its_bound_of_bytes_refuses_messages_and_revisions(
         await store.enqueue(token, "z" * 400, max_pending=10)
     assert full.value.held_bytes == held
     with pytest.raises(SessionFull) as full:
-        await store.revise(token, max_versions=20)
+        await store.revise(token, max_versions=20, max_attempts=20)
     assert full.value.held_bytes == held
     last = before["messages"][2]["id"]
     with pytest.raises(SessionFull):
-        await store.revise(token, max_versions=20, edit=(last, "w" * 700))
+        await store.revise(token, max_versions=20, max_attempts=20, edit=(last, "w" * 700))
 
     assert await json_of(redis, key) == before
     assert await redis.exists(keys.versions_key(token)) == 0

@@ -44,7 +44,7 @@ async def test_a_leftover_entry_given_up_after_a_regenerate_closes_nothing(
     failed = ErrorEvent(message_id=message.id, code=ErrorCode.DELIVERY_FAILED, detail="x")
     assert await store.finish(entry, None, failed, "") is not None
     # The person regenerates: the same message under a new entry.
-    revision = await store.revise(token, max_versions=20)
+    revision = await store.revise(token, max_versions=20, max_attempts=20)
     assert revision.entry != old_entry
     assert await store.replied_seq(token) == 0
     events_before = await redis.xlen(keys.events_key(token))
