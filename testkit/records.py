@@ -17,30 +17,49 @@ from typing import Any
 from storage import keys
 from testkit.delivery import Findings, check_deliveries
 from testkit.driver import SessionTrace
+from testkit.jobs import of_kind
 
 _MARKER = re.compile(r"s(\d+)-m(\d+)-[0-9a-f]{8}")
 
 
-def replies(trace: SessionTrace) -> dict[str, dict[str, Any]]:
-    """The reply (``done.reply``) of each message id, first ``done`` kept."""
-    out: dict[str, dict[str, Any]] = {}
-    for e in trace.events("done"):
-        out.setdefault(e["message_id"], e["reply"])
+def answers(trace: SessionTrace) -> dict[str, list[tuple[str, dict[str, Any] | None]]]:
+    """Each message id's answers, as the socket saw them: (the message's content then,
+    the reply of its first ``done``, None if none), oldest first; a ``revised`` event
+    starts the next."""
+    out: dict[str, list[tuple[str, dict[str, Any] | None]]] = {}
+    for e in trace.events("queued", "revised", "done"):
+        mid = e["message_id"]
+        if e["type"] in ("queued", "revised"):
+            out.setdefault(mid, []).append(((e.get("message") or {}).get("content", ""), None))
+        elif mid in out and out[mid][-1][1] is None:
+            out[mid][-1] = (out[mid][-1][0], e["reply"])
     return out
 
 
+def replies(trace: SessionTrace) -> dict[str, dict[str, Any]]:
+    """The reply (``done.reply``) of each message id: its latest answer's first ``done``."""
+    return {
+        mid: versions[-1][1]
+        for mid, versions in answers(trace).items()
+        if versions[-1][1] is not None
+    }
+
+
 def check_histories(sessions: Sequence[SessionTrace], findings: Findings) -> None:
-    """Each session's ``/refresh_token`` history (invariant 3): every message sent,
-    each followed by its reply, contents and ids as the socket saw them, each id once."""
+    """Each session's ``/refresh_token`` history (invariant 3): every message sent, as
+    it stands (an edit's text), each followed by its latest reply, contents and ids as
+    the socket saw them, each id once; a revised message keeps its earlier versions
+    (content and reply) in order, and no other message has any."""
     for t in sessions:
         assert t.history is not None, "call ChatDriver.fetch_histories() first"
         got = [(m["role"], m["id"], m["content"]) for m in t.history["messages"]]
-        answered = replies(t)
+        seen = answers(t)
         expected: list[tuple[str, str, str]] = []
         for sent, mid in zip(t.sent, t.message_ids(), strict=False):
-            expected.append(("user", mid, sent.content))
-            if mid in answered:
-                expected.append(("assistant", answered[mid]["id"], answered[mid]["content"]))
+            content, reply = seen[mid][-1] if seen.get(mid) else (sent.content, None)
+            expected.append(("user", mid, content or sent.content))
+            if reply is not None:
+                expected.append(("assistant", reply["id"], reply["content"]))
         if got != expected:
             findings.history_mismatches.append(
                 f"s{t.index}: history {_roles(got)} != expected {_roles(expected)}: "
@@ -49,6 +68,18 @@ def check_histories(sessions: Sequence[SessionTrace], findings: Findings) -> Non
         repeated = [i for i, n in Counter(m[1] for m in got).items() if n > 1]
         if repeated:
             findings.history_mismatches.append(f"s{t.index}: ids more than once: {repeated}")
+        for m in t.history["messages"]:
+            earlier = [(c, r["id"] if r else None, r["content"] if r else None)
+                       for c, r in seen.get(m["id"], [])[:-1]]  # fmt: skip
+            kept = [
+                (v["content"], (v.get("reply") or {}).get("id"),
+                 (v.get("reply") or {}).get("content"))
+                for v in m.get("versions") or []
+            ]  # fmt: skip
+            if kept != earlier:
+                findings.history_mismatches.append(
+                    f"s{t.index} {m['id']}: versions {kept} != earlier answers {earlier}"
+                )
 
 
 def _roles(messages: list[tuple[str, str, str]]) -> str:
@@ -69,16 +100,18 @@ def check_prompts(
     *,
     once: bool,
 ) -> None:
-    """The stand-in model's recorded requests against the conversations (invariant 2).
+    """The stand-in model's recorded replies' prompts against the conversations
+    (invariant 2); its title and summary requests are :mod:`testkit.jobs`'s to check.
 
-    The prompt of reply ``k`` ends with user message ``k``, holds message ``k-1`` and its
-    reply (``k > 1``), its earlier user messages in order, and no text of a later message
-    or of another session. With ``once``, each message was generated exactly once
-    (no crash or retry happened, so a second generation means a double delivery).
+    The prompt of reply ``k`` ends with user message ``k`` (as sent, or as an edit made
+    it), holds message ``k-1`` and its reply (``k > 1``), its earlier user messages in
+    order, and no text of a later message or of another session. With ``once``, each
+    message was generated exactly once, and once more per revision (no crash or retry
+    happened, so a second generation means a double delivery).
     """
     by_index = {t.index: t for t in sessions}
     generations: Counter[tuple[int, int]] = Counter()
-    for body in requests:
+    for body in of_kind(requests, "reply"):
         messages = body.get("messages", [])
         last = messages[-1] if messages else {}
         match = _MARKER.fullmatch(last.get("content", "")) if last.get("role") == "user" else None
@@ -88,7 +121,7 @@ def check_prompts(
             continue
         s, k = trace.index, int(match.group(2))
         generations[s, k] += 1
-        if trace.sent[k - 1].content != last["content"]:
+        if last["content"] not in trace.contents(k):
             findings.prompt_problems.append(f"s{s} m{k}: unknown content {last['content']!r}")
         user_ks = []
         for m in messages:
@@ -116,9 +149,11 @@ def check_prompts(
                     f"prompt of s{s} m{k} lacks m{k - 1} and its reply: {plain}"
                 )
     for t in sessions:
+        ids = t.message_ids()
         for k in range(1, len(t.sent) + 1):
             n = generations[t.index, k]
-            if n == 0 or (once and n > 1):
+            revised = sum(1 for r in t.revisions if k <= len(ids) and r.message_id == ids[k - 1])
+            if n < 1 + revised or (once and n > 1 + revised):
                 findings.prompt_problems.append(f"s{t.index} m{k} generated {n} times")
 
 
@@ -155,7 +190,7 @@ async def missing_events(redis: Any, sessions: Sequence[SessionTrace]) -> list[s
     """
     lines: list[str] = []
     for t in sessions:
-        if t.closed or t.closing_count() >= len(t.sent):
+        if t.closed or t.closing_count() >= t.owed():
             continue
         stored = await redis.xrange(keys.events_key(t.token))
         got = {e["event_id"] for e in t.events() if "event_id" in e}

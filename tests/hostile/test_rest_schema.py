@@ -20,8 +20,9 @@ from schemathesis.checks import not_a_server_error
 
 from stack.process import die_with_parent, stop_process
 from stack.redis import EmbeddedRedis
+from testkit.overrides import pinned_environment
 from testkit.ports import free_port
-from testkit.processes import REPO_ROOT, pinned_environment
+from testkit.processes import REPO_ROOT
 from testkit.redis_cluster import EmbeddedRedisCluster
 
 pytestmark = pytest.mark.system
@@ -46,7 +47,7 @@ def rest_server(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("schema") / "server.log"
-    env = pinned_environment({"REDIS_URL": redis_server.url, "LOG_LEVEL": "WARNING"})
+    env = pinned_environment({"REDIS_URL": redis_server.url})
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)],
