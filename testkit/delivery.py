@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from testkit.driver import Received, Sent, SessionTrace
@@ -248,6 +248,15 @@ class Findings:
             f"prompt problems {len(self.prompt_problems)}, "
             f"job problems {len(self.job_problems)}; "
             f"latency median {median:.0f} ms, p99 {p99:.0f} ms"
+        )
+
+    def details(self, limit: int = 5) -> str:
+        """The first ``limit`` problems of each kind found, under its name; "" if none."""
+        kinds = [f for f in fields(self) if f.name not in ("sent", "delivered", "latencies_ms")]
+        return "".join(
+            f"\n  {f.name}:\n    " + show(getattr(self, f.name), limit).replace("\n", "\n    ")
+            for f in kinds
+            if getattr(self, f.name)
         )
 
 

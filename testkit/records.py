@@ -14,6 +14,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import ResponseError
+
+from runtime.catalog import DEFAULT_MODEL_ID
 from storage import keys
 from testkit.delivery import Findings, check_deliveries
 from testkit.driver import SessionTrace
@@ -157,17 +160,21 @@ def check_prompts(
                 findings.prompt_problems.append(f"s{t.index} m{k} generated {n} times")
 
 
-async def pending_owners(redis: Any) -> dict[str, str]:
-    """Which consumer holds each pending message: ``{message_id: consumer}``, every partition.
+async def pending_owners(redis: Any, models: Sequence[str] = (DEFAULT_MODEL_ID,)) -> dict[str, str]:
+    """Which consumer holds each pending message: ``{message_id: consumer}``, every
+    partition of every one of ``models`` (catalog ids) that has a stream yet.
 
     Args:
         redis: a client of the cluster's Redis (``decode_responses=True``).
     """
     owner: dict[str, str] = {}
-    for stream in keys.MESSAGE_STREAMS:
-        pending = await redis.xpending_range(
-            stream, keys.CONSUMER_GROUP, min="-", max="+", count=1000
-        )
+    for stream in (s for model in models for s in keys.model_streams(model)):
+        try:
+            pending = await redis.xpending_range(
+                stream, keys.CONSUMER_GROUP, min="-", max="+", count=1000
+            )
+        except ResponseError:  # no stream or group yet: nothing read from it
+            continue
         if not pending:
             continue
         entries = dict(await redis.xrange(stream))
