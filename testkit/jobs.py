@@ -125,26 +125,32 @@ def check_summaries(
     summaries: Mapping[str, dict[str, Any] | None],
     answer: Answer,
     findings: Findings,
+    due_at: int,
 ) -> None:
-    """Each session of ``sessions`` has a summary, made by its own model, that folds
-    its oldest turns in order, each once: the ``User:`` lines of the stored text (which
-    holds the prompts of every summary before it) name messages 1 to its ``seq``, each
-    once and in order, and the text is the model's answer to one of the session's
-    summary requests.
+    """Each session of ``sessions`` with at least ``due_at`` answered turns has a
+    summary, made by its own model; and every summary folds its session's oldest turns
+    in order, each once: the ``User:`` lines of the stored text (which holds the prompts
+    of every summary before it) name messages 1 to its ``seq``, each once and in order,
+    and the text is the model's answer to one of the session's summary requests.
 
     Args:
         sessions: the sessions of one model.
         requests: what that model's stand-in got.
         summaries: each session's stored summary (``text``, ``seq``), by token.
         answer: the stand-in's answer to a question.
+        due_at: answered turns that outgrow ``MEMORY_SUMMARY_TRIGGER_TOKENS`` however
+            the worker counts them.
     """
     asked = _jobs_by_session(sessions, of_kind(requests, "summary"), "a summary", findings)
     for t in sessions:
         summary = summaries.get(t.token)
-        if summary is None:
+        answered = len({e["message_id"] for e in t.events("done")})
+        if summary is None and answered >= due_at:
             findings.job_problems.append(
-                f"s{t.index}: no summary ({len(asked.get(t.index, []))} asked)"
+                f"s{t.index}: no summary of its {answered} turns "
+                f"({len(asked.get(t.index, []))} asked)"
             )
+        if summary is None:
             continue
         folded = [
             (int(m.group(2)), int(m.group(3)), m.group(1))

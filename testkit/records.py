@@ -8,6 +8,7 @@ checks. Message contents are ``s<session>-m<k>-<8 hex digits>`` (see
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -72,8 +73,13 @@ def check_histories(sessions: Sequence[SessionTrace], findings: Findings) -> Non
         if repeated:
             findings.history_mismatches.append(f"s{t.index}: ids more than once: {repeated}")
         for m in t.history["messages"]:
-            earlier = [(c, r["id"] if r else None, r["content"] if r else None)
-                       for c, r in seen.get(m["id"], [])[:-1]]  # fmt: skip
+            answered = seen.get(m["id"], [])
+            # A revision keeps what it replaced, but for a failed reply regenerated.
+            earlier = [
+                (c, r["id"] if r else None, r["content"] if r else None)
+                for (c, r), (after, _) in itertools.pairwise(answered)
+                if r is not None or after != c
+            ]
             kept = [
                 (v["content"], (v.get("reply") or {}).get("id"),
                  (v.get("reply") or {}).get("content"))
@@ -108,9 +114,9 @@ def check_prompts(
 
     The prompt of reply ``k`` ends with user message ``k`` (as sent, or as an edit made
     it), holds message ``k-1`` and its reply (``k > 1``), its earlier user messages in
-    order, and no text of a later message or of another session. With ``once``, each
-    message was generated exactly once, and once more per revision (no crash or retry
-    happened, so a second generation means a double delivery).
+    order, and no text of a later message or of another session. Each answer that
+    came was generated; with ``once``, no answer was generated twice (no crash or
+    retry happened, so a second generation means a double delivery).
     """
     by_index = {t.index: t for t in sessions}
     generations: Counter[tuple[int, int]] = Counter()
@@ -138,13 +144,12 @@ def check_prompts(
                 user_ks.append(int(user.group(2)))
         if user_ks != sorted(set(user_ks)):
             findings.prompt_problems.append(f"prompt of s{s} m{k}: user messages {user_ks}")
-        if k > 1:
-            previous = trace.sent[k - 2].content
-            ids = trace.message_ids()
-            reply = replies(trace).get(ids[k - 2]) if len(ids) >= k - 1 else None
+        ids = trace.message_ids()
+        reply = replies(trace).get(ids[k - 2]) if k > 1 and len(ids) >= k - 1 else None
+        if reply is not None:  # (a message closed by an error has no turn to hold)
             pair = [
-                {"role": "user", "content": previous},
-                {"role": "assistant", "content": reply["content"] if reply else None},
+                {"role": "user", "content": trace.sent[k - 2].content},
+                {"role": "assistant", "content": reply["content"]},
             ]
             plain = [{"role": m["role"], "content": m["content"]} for m in messages]
             if not any(plain[i : i + 2] == pair for i in range(len(plain) - 1)):
@@ -152,12 +157,16 @@ def check_prompts(
                     f"prompt of s{s} m{k} lacks m{k - 1} and its reply: {plain}"
                 )
     for t in sessions:
-        ids = t.message_ids()
+        seen, ids = answers(t), t.message_ids()
         for k in range(1, len(t.sent) + 1):
             n = generations[t.index, k]
-            revised = sum(1 for r in t.revisions if k <= len(ids) and r.message_id == ids[k - 1])
-            if n < 1 + revised or (once and n > 1 + revised):
-                findings.prompt_problems.append(f"s{t.index} m{k} generated {n} times")
+            asked = seen.get(ids[k - 1], []) if len(ids) >= k else []
+            # Each answer that came was generated; an error may close one before that.
+            done = sum(1 for _, reply in asked if reply is not None)
+            if n < done or (once and n > len(asked)):
+                findings.prompt_problems.append(
+                    f"s{t.index} m{k} generated {n} times for {done} of {len(asked)} answers"
+                )
 
 
 async def pending_owners(redis: Any, models: Sequence[str] = (DEFAULT_MODEL_ID,)) -> dict[str, str]:

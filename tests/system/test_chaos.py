@@ -70,6 +70,9 @@ OVERRIDES = declare(
     ),
     CLAIM_IDLE_MS=(2000, "the killed workers' messages taken over between two kills"),
 )
+#: Turns that outgrow the trigger (60), however a worker counts them: at least 25
+#: tokens each (140 bytes at most 8 bytes a token, and 8 of overhead).
+SUMMARY_DUE_AT = 3
 
 
 @dataclass
@@ -224,7 +227,7 @@ def check_jobs(
             return reply_text(question, model.tokens)
 
         check_titles(sessions, model.requests, named, answer, findings, written)
-        check_summaries(sessions, model.requests, summed, answer, findings)
+        check_summaries(sessions, model.requests, summed, answer, findings, SUMMARY_DUE_AT)
         api_model = next(m["api_model"] for m in CATALOG if m["id"] == model_id)
         findings.job_problems += [
             f"{kind(r)} asked of {model_id} as model {r['model']!r}, not {api_model!r}"
