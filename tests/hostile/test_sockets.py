@@ -27,6 +27,10 @@ LEASE_S = 3.0
 OVERRIDES = declare(
     MAX_SOCKETS_PER_SESSION=(3, "the bound is reached with a few sockets"),
     SOCKET_LEASE_SECONDS=(LEASE_S, "a dead server's sockets lapse within the test"),
+    RATE_SOCKET_OPENS_PER_CLIENT=(
+        400,
+        "sockets are opened every 50 ms until the leases lapse (320 tries), from 127.0.0.1",
+    ),
 )
 
 

@@ -18,6 +18,7 @@ from server.app import create_app
 from server.config import ServerSettings
 from storage import keys
 from storage.connection import connect, disconnect
+from testkit.jobs import of_kind
 from testkit.overrides import Overrides, declare
 from testkit.ports import free_port
 from testkit.processes import STANDIN_MODEL
@@ -59,18 +60,19 @@ class PinnedWorkerSettings(_OnlyGiven, WorkerSettings):
 
 
 def in_process_settings(
-    redis_url: str, llm_base_url: str, overrides: Overrides = IN_PROCESS, **settings: Any
+    redis_url: str, standin_url: str, overrides: Overrides = IN_PROCESS, **settings: Any
 ) -> tuple[ServerSettings, WorkerSettings]:
     """The settings of an in-process stack: every one at the product's default, but
-    the wiring (this Redis, this model, a unique consumer name), ``overrides`` and the
-    settings a test names (``settings``, by field name, e.g. ``max_pending_messages=2``)."""
+    the wiring (this Redis, the stand-in at ``standin_url``, a unique consumer name),
+    ``overrides`` and the settings a test names (``settings``, by field name, e.g.
+    ``max_pending_messages=2``; they may name other wiring too)."""
     common: dict[str, Any] = {"redis_url": redis_url, **overrides.fields(), **settings}
     server = PinnedServerSettings(
         **{k: v for k, v in common.items() if k in ServerSettings.model_fields}
     )
     worker = PinnedWorkerSettings(
         **{
-            "llm_base_url": llm_base_url,
+            "llm_base_url": standin_url,
             "llm_model": STANDIN_MODEL,
             "consumer_name": f"test-worker-{uuid.uuid4().hex[:6]}",
             **{k: v for k, v in common.items() if k in WorkerSettings.model_fields},
@@ -90,6 +92,11 @@ class Parley:
     worker_settings: WorkerSettings
     worker: Worker
     redis: Redis[str]
+
+    def prompts(self) -> list[dict[str, Any]]:
+        """The requests the stand-in got for replies, in order (titles and summaries,
+        asked between replies, left out)."""
+        return of_kind(self.standin.requests, "reply")
 
     async def create_session(self, http: aiohttp.ClientSession, name: str = "ada") -> str:
         """A new session's token."""
