@@ -252,10 +252,13 @@ async def test_chaos_with_every_feature_on_and_a_worker_killed_every_2_s(
             aiohttp.ClientSession() as http,
         ):
             await cluster.start(servers=SERVERS, workers=0)
-            for model_id, standin in (("alpha", alpha), ("beta", beta)):
-                pool = {"WORKER_MODELS": model_id, "LLM_BASE_URL": standin.base_url or ""}
-                for _ in range(WORKERS_PER_POOL):
-                    await cluster.start_worker(pool)
+            wiring = [
+                {"WORKER_MODELS": model_id, "LLM_BASE_URL": standin.base_url or ""}
+                for model_id, standin in (("alpha", alpha), ("beta", beta))
+            ]
+            await asyncio.gather(
+                *(cluster.start_worker(pool) for pool in wiring for _ in range(WORKERS_PER_POOL))
+            )
             async with ChatDriver([s.url for s in cluster.servers]) as driver:
                 owner = await driver.new_owner()
                 on_alpha = await driver.open(SESSIONS_PER_MODEL, model="alpha", owner=owner)

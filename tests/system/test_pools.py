@@ -59,10 +59,13 @@ async def test_each_pool_answers_only_its_model_while_a_worker_of_each_is_killed
             ) as cluster,
         ):
             await cluster.start(servers=2, workers=0)
-            for model, standin in (("alpha", alpha), ("beta", beta)):
-                pool = {"WORKER_MODELS": model, "LLM_BASE_URL": standin.base_url or ""}
-                for _ in range(WORKERS_PER_POOL):
-                    await cluster.start_worker(pool)
+            pools = [
+                {"WORKER_MODELS": model, "LLM_BASE_URL": standin.base_url or ""}
+                for model, standin in (("alpha", alpha), ("beta", beta))
+            ]
+            await asyncio.gather(
+                *(cluster.start_worker(pool) for pool in pools for _ in range(WORKERS_PER_POOL))
+            )
             async with ChatDriver([s.url for s in cluster.servers]) as driver:
                 on_alpha = await driver.open(SESSIONS, model="alpha")
                 on_beta = await driver.open(SESSIONS, model="beta")
