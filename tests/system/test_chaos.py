@@ -187,16 +187,31 @@ async def summaries(store: Store, tokens: list[str]) -> dict[str, dict[str, Any]
     return found
 
 
+#: The models have been asked nothing new for this long (s): the jobs are over.
+QUIET_S = 5.0
+
+
 async def jobs_done(
-    http: aiohttp.ClientSession, server: str, owner: str, store: Store, tokens: list[str]
+    http: aiohttp.ClientSession,
+    server: str,
+    owner: str,
+    store: Store,
+    tokens: list[str],
+    models: list[StandinModel],
 ) -> tuple[dict[str, str], dict[str, dict[str, Any] | None]]:
-    """The titles and summaries once every session has both, or after 60 s (Redis and
-    REST state: no event to wait on)."""
+    """The titles and summaries once every session has both, or once the models have
+    been asked nothing for :data:`QUIET_S`, or after 60 s (Redis and REST state: no
+    event to wait on)."""
     deadline = time.monotonic() + 60
+    asked, quiet_since = -1, time.monotonic()
     while True:
         named, summed = await titles(http, server, owner), await summaries(store, tokens)
         every = all(named.get(t) for t in tokens) and all(summed[t] for t in tokens)
-        if every or time.monotonic() > deadline:
+        now = time.monotonic()
+        total = sum(len(m.requests) for m in models)
+        if total != asked or any(m.in_flight for m in models):
+            asked, quiet_since = total, now
+        if every or now - quiet_since > QUIET_S or now > deadline:
             return named, summed
         await asyncio.sleep(0.5)
 
@@ -276,7 +291,9 @@ async def test_chaos_with_every_feature_on_and_a_worker_killed_every_2_s(
                 await driver.fetch_histories()
                 tokens = [t.token for t in driver.sessions]
                 store = Store(cluster.redis, CommonSettings())
-                named, summed = await jobs_done(http, cluster.servers[0].url, owner, store, tokens)
+                named, summed = await jobs_done(
+                    http, cluster.servers[0].url, owner, store, tokens, [alpha, beta]
+                )
             logs = [line for p in cluster.procs for line in p.log_path.read_text().splitlines()]
 
     findings = verdict(driver.sessions)
