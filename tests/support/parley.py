@@ -114,7 +114,11 @@ async def running_parley(
     default but :data:`IN_PROCESS` and those the test names (``settings``)."""
     standin = StandinModel(tokens=6)
     base_url = await standin.start()
-    server_settings, worker_settings = in_process_settings(redis_url, base_url, **settings)
+    try:
+        server_settings, worker_settings = in_process_settings(redis_url, base_url, **settings)
+    except BaseException:
+        await standin.stop()
+        raise
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
