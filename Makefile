@@ -46,7 +46,7 @@ CHROMIUM ?= /usr/bin/chromium
 # Things `make run` builds before starting.
 RUN_DEPS := $(CLIENT_BUILD)
 
-.PHONY: help install lock run test lint chat bench clean distclean client client-deps chromium node-check libgomp
+.PHONY: help install lock run test lint chat bench clean distclean client client-deps chromium nginx node-check libgomp
 
 help:
 	@echo "make run    start the whole stack (Redis, model, worker, server) at http://127.0.0.1:8000"
@@ -124,8 +124,8 @@ run: $(RUN_STAMP) $(RUN_DEPS)
 
 # Every test, the web client's Vitest suite and the browser tests included
 # (tests/browser). ARGS='tests/server -x' runs a subset.
-test: $(STAMP) $(CLIENT_BUILD) chromium
-	PARLEY_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(ARGS)
+test: $(STAMP) $(CLIENT_BUILD) chromium nginx
+	PARLEY_CHROMIUM=$(CHROMIUM) PARLEY_NGINX=$(NGINX) $(BIN)/python -m pytest $(ARGS)
 ifeq ($(strip $(ARGS)),)
 	@echo "The in-process suites again, against a 3-node Redis Cluster:"
 	PARLEY_TEST_REDIS=cluster $(BIN)/python -m pytest tests/storage tests/server tests/worker
@@ -163,6 +163,15 @@ chromium:
 	@[ -x "$(CHROMIUM)" ] || { [ "$(CHROMIUM)" = /usr/bin/chromium ] \
 		|| { echo "$(CHROMIUM_HINT)" >&2; exit 1; }; \
 		$(call apt-install,chromium,for the browser tests,$(CHROMIUM_HINT)); }
+
+# Debian's nginx, for the test that runs deploy/nginx.conf (tests/test_deploy_security.py).
+NGINX ?= /usr/sbin/nginx
+NGINX_HINT := The deployment tests need nginx at $(NGINX): install Debian's nginx-light \
+	package (apt-get install nginx-light), or pass NGINX=/path/to/nginx
+nginx:
+	@[ -x "$(NGINX)" ] || { [ "$(NGINX)" = /usr/sbin/nginx ] \
+		|| { echo "$(NGINX_HINT)" >&2; exit 1; }; \
+		$(call apt-install,nginx-light,for the deployment tests,$(NGINX_HINT)); }
 
 chat: $(RUN_STAMP)
 	$(BIN)/python -m terminal $(ARGS)

@@ -32,8 +32,8 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from protocol.event_ids import with_event_id
 from protocol.wire import ChatMessage, DoneEvent, ErrorCode, ErrorEvent, QueuedEvent, TokenEvent
 from protocol.wire import utc_now as now_iso
+from runtime.config import DEFAULT_SYSTEM_PROMPT
 from worker.coalesce import Coalescer, Delta, read_deltas
-from worker.config import DEFAULT_SYSTEM_PROMPT
 from worker.errors import LLMError
 from worker.llm import LLMClient, LLMConfig, PromptMessage
 

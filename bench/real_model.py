@@ -35,13 +35,14 @@ import aiohttp
 from bench.runner import run_loop
 from bench.settings import real_model_overrides
 from bench.stats import Distribution, ratio
+from runtime.config import DEFAULT_SYSTEM_PROMPT
 from stack.model import EmbeddedModel
 from stack.redis import EmbeddedRedis
 from testkit.delivery import follow
 from testkit.driver import ChatDriver
 from testkit.ports import free_port
 from testkit.processes import Cluster
-from worker.config import DEFAULT_SYSTEM_PROMPT, WorkerSettings
+from worker.config import WorkerSettings
 
 logger = logging.getLogger(__name__)
 

@@ -72,7 +72,8 @@ class ChatMessage(_Wire):
     versions: list[MessageVersion] | None = Field(
         default=None,
         description="a user message's earlier versions, oldest first, left by regenerate "
-        "and edit commands; absent when it has none",
+        "and edit commands, in history and export; absent when it has none, and from a "
+        "revised event's message (its version brings the new one)",
         exclude_if=lambda value: value is None,  # absent, not null, from other messages
     )
 
@@ -219,18 +220,51 @@ class ErrorEvent(_Wire):
 
 class RevisedEvent(_Wire):
     """A ``regenerate`` or ``edit`` command replaced a turn's reply: ``message`` is the
-    user message as it now stands, with the turn's earlier versions in ``versions``.
-    Clients replace the message and drop its reply; the new reply follows (``token``
-    events, then ``done`` or ``error``) for the same ``message_id``."""
+    user message as it now stands (without its earlier versions), ``version`` the
+    earlier version this revision kept, and ``version_count`` how many the turn keeps
+    now. Clients replace the message, add ``version`` to the versions they know (unless
+    they know ``version_count`` already: a replayed revision) and drop its reply; the new
+    reply follows (``token`` events, then ``done`` or ``error``) for the same
+    ``message_id``. The history (``GET /refresh_token``) holds every version."""
 
     type: Literal["revised"] = "revised"
     message_id: str
     message: ChatMessage
+    version: MessageVersion | None = Field(
+        default=None,
+        description="the earlier version this revision kept: the text and the reply it "
+        "replaced; absent when it kept none (a regenerate after a failed reply)",
+        exclude_if=lambda value: value is None,
+    )
+    version_count: int = Field(
+        ge=0,
+        description="the turn's earlier versions now, this one included: ``version`` is "
+        "the turn's version number ``version_count`` (from 1, oldest first)",
+    )
     event_id: str | None = None
 
 
+class GapEvent(_Wire):
+    """A resume went past the events the session keeps: events after the client's cursor
+    were trimmed from its event stream (the newest ``EVENTS_MAXLEN`` are kept), so the
+    replay that follows starts at ``oldest_event_id``, the oldest event kept, and does
+    not hold everything the client missed.
+
+    Sent before the replayed events, only on a resume (``?after=``, ``resume``, or a
+    socket's own catch-up) whose cursor is older than the oldest event kept. Replies that
+    finished meanwhile are in history: reload it (``GET /refresh_token``). A reply still
+    streaming may have lost its first tokens: its ``done`` brings it whole.
+    """
+
+    type: Literal["gap"] = "gap"
+    oldest_event_id: str = Field(
+        description="the oldest event the session keeps: the replay starts there"
+    )
+    detail: str
+
+
 ServerEvent = Annotated[
-    QueuedEvent | TokenEvent | RestartEvent | DoneEvent | ErrorEvent | RevisedEvent,
+    QueuedEvent | TokenEvent | RestartEvent | DoneEvent | ErrorEvent | RevisedEvent | GapEvent,
     Field(discriminator="type"),
 ]
 SERVER_EVENT: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)

@@ -26,6 +26,9 @@ class ModelOffer(BaseModel):
         description: a line about it, for people.
         api_model: the ``model`` sent to the chat completions API; None: the worker's
             own (``LLM_MODEL``, or its API's default).
+        context_tokens: the model's context window (tokens, prompt and reply): a
+            message whose system prompt and text cannot fit in it is refused at
+            admission (``message_too_long``); None: unknown, not checked.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -34,6 +37,7 @@ class ModelOffer(BaseModel):
     label: str = Field(default="", max_length=100)
     description: str = Field(default="", max_length=500)
     api_model: str | None = Field(default=None, min_length=1, max_length=200)
+    context_tokens: int | None = Field(default=None, ge=16)
 
 
 def default_catalog() -> list[ModelOffer]:

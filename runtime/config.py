@@ -8,6 +8,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from runtime.catalog import ModelOffer, check_catalog, default_catalog
 from runtime.logs import LogFormat
 
+#: The system prompt of sessions that give none of their own: tiny instruction-tuned
+#: models need one that says how to answer.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Reply in English."
+
 
 class CommonSettings(BaseSettings):
     """Settings that the server and the worker must agree on.
@@ -30,6 +34,12 @@ class CommonSettings(BaseSettings):
         description="An owner (the identity that lists its conversations) lives this long "
         "(s) after its last use.",
     )
+    owner_unused_ttl_seconds: int = Field(
+        default=600,
+        gt=0,
+        description="An owner without a conversation lives this long (s) after POST /owner; "
+        "its first conversation extends it to OWNER_TTL_SECONDS.",
+    )
     message_stream_maxlen: int = Field(
         default=100_000,
         gt=0,
@@ -46,6 +56,14 @@ class CommonSettings(BaseSettings):
         default=500,
         gt=0,
         description="User messages of one session, at most; beyond, `session_full`.",
+    )
+    max_session_bytes: int = Field(
+        default=2_000_000,
+        ge=1024,
+        description="Bytes one session may hold: the JSON text of its messages, replies "
+        "and earlier versions of turns; a message or a regenerate or edit that would take "
+        "it past this is refused with `session_full` (a reply is never cut for it, so a "
+        "session may pass it by one reply).",
     )
     events_maxlen: int = Field(
         default=1000,
@@ -71,6 +89,11 @@ class CommonSettings(BaseSettings):
     )
     quota_period_s: float = Field(
         default=86_400.0, gt=0, description="Period (s) of the model-token quotas."
+    )
+    system_prompt: str = Field(
+        default=DEFAULT_SYSTEM_PROMPT,
+        description="System prompt of sessions that give none of their own (workers send "
+        "it; servers count it when they check that a message fits the model's context).",
     )
     models: list[ModelOffer] = Field(
         default_factory=default_catalog,

@@ -4,6 +4,8 @@ send messages, and how often, across every replica (counted in Redis, see
 
 - ``POST /token``: ``RATE_SESSIONS_PER_CLIENT`` per client address per
   ``RATE_WINDOW_S``; past it, 429 with ``Retry-After`` (:func:`admit_session`).
+- ``POST /owner``: ``RATE_OWNERS_PER_CLIENT`` per client address per window, likewise
+  (:func:`admit_owner`).
 - ``WS /chat``: ``RATE_SOCKET_OPENS_PER_CLIENT`` opens per client address per window and
   ``MAX_SOCKETS_PER_CLIENT`` open at once (:class:`SocketAdmission`); a refused socket is
   accepted, told ``too_many_requests`` with ``retry_after_s``, and closed with 1013 (try
@@ -14,7 +16,8 @@ send messages, and how often, across every replica (counted in Redis, see
   by the worker), ``quota_exceeded`` (:func:`admit_message`).
 
 The client address is the peer's, or what a trusted proxy says (``TRUSTED_PROXIES``,
-:func:`server.security.client_address`). Refusals are counted in
+:func:`server.security.client_address`); an IPv6 client counts by its
+``CLIENT_IPV6_PREFIX`` network (:func:`server.security.client_key`). Refusals are counted in
 ``parley_admission_refusals_total{limit}``; the label is the limit's name only, never an
 address or a token. When Redis is unreachable, sockets and messages are admitted (their
 own handling reports the outage) and ``POST /token`` answers 503 as any REST call does.
@@ -32,11 +35,11 @@ import uuid
 from fastapi import HTTPException, Request, WebSocket, status
 from prometheus_client import Counter
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol.wire import ErrorCode, ErrorEvent
 from server.config import ServerSettings
-from server.security import SecuritySettings, client_address
+from server.security import SecuritySettings, client_key
 from storage.admission import (
     CLIENT_TOKENS,
     SESSION_TOKENS,
@@ -81,7 +84,7 @@ async def admit_session(request: Request) -> None:
         HTTPException: 429 with ``Retry-After`` (s) past ``RATE_SESSIONS_PER_CLIENT``.
     """
     settings: SecuritySettings = request.state.settings
-    address = client_address(request.scope, settings.proxies())
+    address = client_key(request.scope, settings.proxies(), settings.client_ipv6_prefix)
     try:
         await _limiter(request).hit(
             "sessions", address, settings.rate_sessions_per_client, settings.rate_window_s
@@ -92,6 +95,29 @@ async def admit_session(request: Request) -> None:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             detail=f"too many new sessions from your address; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        ) from e
+
+
+async def admit_owner(request: Request) -> None:
+    """Dependency of ``POST /owner``: one more owner for this client address, under a
+    budget of its own (an owner costs no session, and a session no owner).
+
+    Raises:
+        HTTPException: 429 with ``Retry-After`` (s) past ``RATE_OWNERS_PER_CLIENT``.
+    """
+    settings: SecuritySettings = request.state.settings
+    address = client_key(request.scope, settings.proxies(), settings.client_ipv6_prefix)
+    try:
+        await _limiter(request).hit(
+            "owners", address, settings.rate_owners_per_client, settings.rate_window_s
+        )
+    except Refused as e:
+        REFUSALS.labels(e.limit).inc()
+        wait = math.ceil(e.retry_after_s)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many new owners from your address; try again in {wait} s",
             headers={"Retry-After": str(wait)},
         ) from e
 
@@ -117,18 +143,52 @@ class ClientMark:
         self._at = time.monotonic()
 
 
-async def admit_message(websocket: WebSocket, token: str, mark: ClientMark) -> ErrorEvent | None:
-    """One more message of session ``token``: None if admitted, else the error to send.
+class MessageAdmission:
+    """A message (or regenerate, or edit) admitted by :func:`admit_message`: its place in
+    the session's rate window, to be given back if it is refused further on (a full
+    queue, a model no worker serves, a reply in progress...), so a refusal spends
+    nothing.
+
+    Args:
+        limiter: where it was counted (None: nothing was, Redis being unreachable).
+        token: the session.
+        admission: its id in the window (:meth:`Limiter.hit`).
+    """
+
+    __slots__ = ("_admission", "_limiter", "_token")
+
+    def __init__(self, limiter: Limiter | None, token: str, admission: str) -> None:
+        self._limiter = limiter
+        self._token = token
+        self._admission = admission
+
+    async def give_back(self) -> None:
+        """Take the admission out of the window; best effort (Redis may be down)."""
+        if self._limiter is None:
+            return
+        limiter, self._limiter = self._limiter, None
+        try:
+            await limiter.give_back("messages", self._token, self._admission)
+        except (RedisError, OSError) as e:
+            logger.warning("an admission could not be given back, Redis unavailable: %s", e)
+
+
+async def admit_message(
+    websocket: WebSocket, token: str, mark: ClientMark
+) -> ErrorEvent | MessageAdmission:
+    """One more message of session ``token``: its admission, or the error to send.
 
     Two round trips to Redis: the two quotas are read at once, then the message is
     counted in the rate window. ``mark`` is the socket's :class:`ClientMark`: the
     session's client is recorded on its first message, then once a quarter of the
     session's TTL has passed. Redis being unreachable admits (storing the message
-    reports the outage).
+    reports the outage). A message refused after its admission gives it back
+    (:meth:`MessageAdmission.give_back`).
     """
     settings: SecuritySettings = websocket.state.settings
     limiter = _limiter(websocket)
-    client = digest(client_address(websocket.scope, settings.proxies()))
+    client = digest(client_key(websocket.scope, settings.proxies(), settings.client_ipv6_prefix))
+    admitted = MessageAdmission(None, token, "")
     try:
         quotas = await asyncio.gather(
             limiter.check_quota(SESSION_TOKENS, token, settings.model_tokens_per_session),
@@ -138,9 +198,10 @@ async def admit_message(websocket: WebSocket, token: str, mark: ClientMark) -> E
         for outcome in quotas:  # the session's refusal first, as if checked in turn
             if isinstance(outcome, BaseException):
                 raise outcome
-        await limiter.hit(
+        admission = await limiter.hit(
             "messages", token, settings.rate_messages_per_session, settings.rate_window_s
         )
+        admitted = MessageAdmission(limiter, token, admission)
         if mark.due(settings.session_ttl_seconds):
             await limiter.set_client(token, client, settings.session_ttl_seconds)
             mark.done()
@@ -164,7 +225,7 @@ async def admit_message(websocket: WebSocket, token: str, mark: ClientMark) -> E
         )
     except (RedisError, OSError) as e:
         logger.warning("message limits not checked, Redis unavailable: %s", e)
-    return None
+    return admitted
 
 
 class SocketAdmission:
@@ -187,16 +248,19 @@ class SocketAdmission:
             await self.app(scope, receive, send)
             return
         s = self.settings
-        address = client_address(scope, self.proxies)
+        address = client_key(scope, self.proxies, s.client_ipv6_prefix)
         holder = uuid.uuid4().hex
+        opened = ""
         try:
-            await limiter.hit(
+            opened = await limiter.hit(
                 "socket_opens", address, s.rate_socket_opens_per_client, s.rate_window_s
             )
             await limiter.hold(
                 "sockets", address, s.max_sockets_per_client, s.socket_lease_seconds, holder
             )
         except Refused as e:
+            if opened:  # refused for its open sockets: the open is given back
+                await self._give_back(limiter, address, opened)
             detail = (
                 f"at most {s.rate_socket_opens_per_client} sockets opened every "
                 f"{s.rate_window_s:g} s from one address"
@@ -215,12 +279,29 @@ class SocketAdmission:
         leases: SocketLeases = scope["state"]["leases"]
         place = limit_key("sockets", address)
         leases.track(place, holder)
+        accepted = False
+
+        async def watched(message: Message) -> None:
+            nonlocal accepted
+            accepted = accepted or message["type"] == "websocket.accept"
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, watched)
         finally:
             leases.untrack(place, holder)
             with contextlib.suppress(RedisError, OSError):  # the lease lapses anyway
                 await limiter.release("sockets", address, holder)
+            if not accepted:  # the handshake was refused (a bad token, a full session)
+                await self._give_back(limiter, address, opened)
+
+    @staticmethod
+    async def _give_back(limiter: Limiter, address: str, opened: str) -> None:
+        """Give a refused socket's open back: a refusal spends nothing."""
+        try:
+            await limiter.give_back("socket_opens", address, opened)
+        except (RedisError, OSError) as e:
+            logger.warning("a socket open could not be given back, Redis unavailable: %s", e)
 
     @staticmethod
     async def _refuse(event: ErrorEvent, receive: Receive, send: Send) -> None:

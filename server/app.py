@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from server.admission import SocketAdmission
 from server.config import ServerSettings
@@ -22,7 +23,7 @@ from server.security import SecurityMiddleware
 from server.sockets import ChatSockets
 from storage import keys
 from storage.admission import Limiter
-from storage.connection import connect, disconnect
+from storage.connection import CONNECTION_ERRORS, TRANSIENT_ERRORS, connect, disconnect
 from storage.hub import Hub
 from storage.leases import SocketLeases
 from storage.store import Store
@@ -97,7 +98,7 @@ def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncConte
             lease_seconds=settings.socket_lease_seconds,
         )
         leases.start()
-        pools = PoolWatch(store, settings, consumer=f"server-{uuid.uuid4().hex[:12]}")
+        pools = PoolWatch(store, settings)
         pools.start()
         logger.info("server ready")
         try:
@@ -120,7 +121,8 @@ def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncConte
 
 
 def _add_middleware(app: FastAPI, settings: ServerSettings) -> None:
-    """The security middleware (headers, Origin) around the per-client socket limits."""
+    """The allowed hosts, then the security middleware (headers, Origin), around the
+    per-client socket limits."""
     # /metrics off, or served on METRICS_PORT by ``python -m server`` instead.
     metrics_here = settings.metrics_enabled and not settings.metrics_port
     app.add_middleware(SocketAdmission, settings=settings)  # inside: foreign origins never count
@@ -129,12 +131,22 @@ def _add_middleware(app: FastAPI, settings: ServerSettings) -> None:
         allowed_origins=settings.origins(),
         hidden_paths=frozenset() if metrics_here else frozenset({"/metrics"}),
     )
+    # Outermost: a request for another host name (DNS rebinding) gets 400 before anything.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.hosts(), www_redirect=False)
 
 
 async def _redis_unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    """Any REST call that meets an unreachable Redis: 503."""
+    """A REST call that meets an unreachable, loading or full Redis: 503."""
     logger.warning("request failed, Redis unavailable: %s", exc)
     return JSONResponse({"detail": "Redis unavailable; retry shortly"}, status_code=503)
+
+
+async def _redis_refused(_request: Request, exc: Exception) -> JSONResponse:
+    """A REST call whose command Redis refused for what it was (a wrong type, a value
+    out of range, a script's error): a fault of the server, 500. Saying "unavailable;
+    retry" would send clients into retries that fail the same way."""
+    logger.error("request failed, Redis refused a command: %s", exc)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
 async def _placeholder() -> HTMLResponse:
@@ -143,7 +155,12 @@ async def _placeholder() -> HTMLResponse:
 
 def _add_routes(app: FastAPI, settings: ServerSettings) -> None:
     """The REST and WebSocket routes, and the web client (or a placeholder page) at ``/``."""
-    app.add_exception_handler(RedisError, _redis_unavailable)
+    # The most specific handler wins: the link's errors and Redis's passing states are
+    # 503, any other refusal 500.
+    app.add_exception_handler(RedisError, _redis_refused)
+    unavailable_errors: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, *TRANSIENT_ERRORS)
+    for unavailable in unavailable_errors:
+        app.add_exception_handler(unavailable, _redis_unavailable)
     app.include_router(sessions.router)
     app.include_router(conversations.router)
     app.include_router(models.router)

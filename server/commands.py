@@ -9,17 +9,20 @@ import logging
 
 from fastapi import WebSocket
 
-from protocol.wire import EditCommand, ErrorCode, QueuedEvent, RegenerateCommand
+from protocol.wire import EditCommand, ErrorCode, ErrorEvent, QueuedEvent, RegenerateCommand
 from server.admission import ClientMark, admit_message
 from server.config import ServerSettings
 from server.metrics import MESSAGES_ACCEPTED
 from server.pools import PoolWatch
 from server.relay import REDIS_DOWN, EventRelay
+from storage.models import StoredMessage
 from storage.store import (
     ModelChanged,
     NotLastMessage,
     Overloaded,
+    PromptTooLong,
     ReplyInProgress,
+    Revision,
     SessionFull,
     Store,
     TooManyPending,
@@ -82,37 +85,32 @@ class SessionCommands:
         """Queue the last user message again, edited or not (see
         :meth:`storage.store.Store.revise`); the ``revised`` event reaches every socket
         of the session through its event stream. Admitted as a message is (a reply of
-        the model costs the same). A refusal is an ``error`` with ``message_id`` null:
-        it ends no reply."""
+        the model costs the same), and given back if refused. A refusal is an ``error``
+        with ``message_id`` null: it ends no reply."""
         edit = (command.message_id, command.content) if isinstance(command, EditCommand) else None
         if edit is not None and await self._content_refused(edit[1]):
             return
-        refusal = await admit_message(self.websocket, self.token, self._client_mark)
-        if refusal is not None:
-            await self.relay.send(refusal.model_dump_json(exclude={"event_id"}))
+        admitted = await admit_message(self.websocket, self.token, self._client_mark)
+        if isinstance(admitted, ErrorEvent):
+            await self.relay.send(admitted.model_dump_json(exclude={"event_id"}))
             return
+        revision = None
         try:
-            if await self._model_unserved():
-                return
-            try:
-                revision = await self.store.revise(
-                    self.token,
-                    max_versions=self.settings.max_message_versions,
-                    edit=edit,
-                    model=self.model,
-                )
-            except ModelChanged as changed:
-                self.model = changed.model
-                if await self._model_unserved():
-                    return
-                revision = await self.store.revise(
-                    self.token,
-                    max_versions=self.settings.max_message_versions,
-                    edit=edit,
-                    model=self.model,
-                )
-        except (ReplyInProgress, NotLastMessage, TooManyVersions, Overloaded, *REDIS_DOWN) as e:
+            revision = await self._revise(edit)
+        except (
+            ReplyInProgress,
+            NotLastMessage,
+            TooManyVersions,
+            SessionFull,
+            Overloaded,
+            *REDIS_DOWN,
+        ) as e:
             await self.relay.send_error(*self._not_revised(e, command.type))
+            return
+        finally:
+            if revision is None:  # refused: a refusal spends nothing
+                await admitted.give_back()
+        if revision is None:
             return
         MESSAGES_ACCEPTED.inc()
         logger.info(
@@ -121,6 +119,32 @@ class SessionCommands:
             self.session,
             revision.seq,
             command.type,
+        )
+
+    async def _revise(self, edit: tuple[str, str] | None) -> Revision | None:
+        """:meth:`Store.revise` for the session's model as this socket knows it, once
+        more if the session changed it; None if no worker serves it (the client was
+        told).
+
+        Raises:
+            SessionExpired, ReplyInProgress, NotLastMessage, TooManyVersions,
+            Overloaded, ModelChanged: as :meth:`Store.revise`.
+        """
+        if await self._model_unserved():
+            return None
+        try:
+            return await self.store.revise(
+                self.token,
+                max_versions=self.settings.max_message_versions,
+                edit=edit,
+                model=self.model,
+            )
+        except ModelChanged as changed:
+            self.model = changed.model
+        if await self._model_unserved():
+            return None
+        return await self.store.revise(
+            self.token, max_versions=self.settings.max_message_versions, edit=edit, model=self.model
         )
 
     def _not_revised(self, error: Exception, command: str) -> tuple[ErrorCode, str]:
@@ -144,26 +168,23 @@ class SessionCommands:
 
     async def _on_message(self, content: str) -> None:
         """Accept a user message: checked, admitted, stored and queued, then ``queued``;
-        or refused with an error."""
+        or refused with an error (its admission given back)."""
         if await self._content_refused(content):
             return
-        refusal = await admit_message(self.websocket, self.token, self._client_mark)
-        if refusal is not None:
-            await self.relay.send(refusal.model_dump_json(exclude={"event_id"}))
+        admitted = await admit_message(self.websocket, self.token, self._client_mark)
+        if isinstance(admitted, ErrorEvent):
+            await self.relay.send(admitted.model_dump_json(exclude={"event_id"}))
             return
-        limit = self.settings.max_pending_messages
+        message = None
         try:
-            if await self._model_unserved():
-                return
-            try:
-                message = await self.store.enqueue(self.token, content, limit, self.model)
-            except ModelChanged as changed:  # since this socket last sent one
-                self.model = changed.model
-                if await self._model_unserved():
-                    return
-                message = await self.store.enqueue(self.token, content, limit, self.model)
-        except (TooManyPending, SessionFull, Overloaded, *REDIS_DOWN) as e:
+            message = await self._enqueue(content)
+        except (TooManyPending, SessionFull, Overloaded, PromptTooLong, *REDIS_DOWN) as e:
             await self.relay.send_error(*self._not_queued(e))
+            return
+        finally:
+            if message is None:  # refused: a refusal spends nothing
+                await admitted.give_back()
+        if message is None:
             return
         MESSAGES_ACCEPTED.inc()
         logger.info("message_id=%s session=%s seq=%d queued", message.id, self.session, message.seq)
@@ -172,6 +193,26 @@ class SessionCommands:
                 exclude_none=True
             )
         )
+
+    async def _enqueue(self, content: str) -> StoredMessage | None:
+        """:meth:`Store.enqueue` for the session's model as this socket knows it, once
+        more if the session changed it since; None if no worker serves it (the client
+        was told).
+
+        Raises:
+            SessionExpired, TooManyPending, SessionFull, Overloaded, ModelChanged,
+                PromptTooLong: as :meth:`Store.enqueue`.
+        """
+        limit = self.settings.max_pending_messages
+        if await self._model_unserved():
+            return None
+        try:
+            return await self.store.enqueue(self.token, content, limit, self.model)
+        except ModelChanged as changed:  # since this socket last sent one
+            self.model = changed.model
+        if await self._model_unserved():
+            return None
+        return await self.store.enqueue(self.token, content, limit, self.model)
 
     async def _model_unserved(self) -> bool:
         """Whether no live worker serves the session's model (then the client got a
@@ -203,10 +244,22 @@ class SessionCommands:
                 f"{self.settings.max_pending_messages} messages already wait for a reply; "
                 "wait for one before sending more"
             )
+        if isinstance(error, SessionFull) and error.held_bytes is not None:
+            return ErrorCode.SESSION_FULL, (
+                f"the conversation holds {error.held_bytes} bytes, and "
+                f"{self.settings.max_session_bytes} at most: this does not fit; start a "
+                "new session to go on"
+            )
         if isinstance(error, SessionFull):
             return ErrorCode.SESSION_FULL, (
                 f"the session holds {self.settings.max_session_messages} messages, its "
                 "most; start a new session to go on"
+            )
+        if isinstance(error, PromptTooLong):
+            return ErrorCode.MESSAGE_TOO_LONG, (
+                f"the message and the system prompt come to about {error.tokens} tokens, "
+                f"more than the model's context of {error.context} tokens can hold; "
+                "send a shorter message"
             )
         if isinstance(error, Overloaded):
             return ErrorCode.OVERLOADED, (

@@ -133,7 +133,8 @@ class ChatConnection(SessionCommands):
         """Serve the connection until the client leaves or it must close.
 
         Args:
-            after: the event id to resume after (``?after=``); None: from the start.
+            after: the event id to resume after (``?after=``); None: live events only,
+                from the newest.
         """
         close: _Closed | None = None
         try:
@@ -147,7 +148,9 @@ class ChatConnection(SessionCommands):
                     await self.relay.send_error(
                         ErrorCode.INVALID_FRAME, f"after {problem}; live events only"
                     )
-                await self.relay.replay(start)
+                # A gap matters only after a cursor the client saw: the newest event
+                # (no cursor, or a refused one) is the server's own starting point.
+                await self.relay.replay(start, check_gap=after is not None and problem is None)
                 await _first_of(self._receive_loop(), self._send_loop(sub))
         except WebSocketDisconnect:
             pass

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the lifespan's state, and the session token checks."""
+"""FastAPI dependencies: the lifespan's state, the session token checks, and where a
+REST route finds its credential (``Authorization: Bearer``, or the query)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, WebSocketException, status
 from fastapi.requests import HTTPConnection
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.exceptions import RedisError
 
+from protocol.labels import hidden_characters
 from server.config import ServerSettings
 from server.pools import PoolWatch
 from storage.hub import Hub
@@ -53,12 +56,51 @@ PoolsDep = Annotated[PoolWatch, Depends(_pools)]
 LeasesDep = Annotated[SocketLeases, Depends(_leases)]
 
 
-def bounded_text(value: str, what: str, max_chars: int) -> str:
-    """``value`` stripped of surrounding white space, if 1 to ``max_chars`` characters remain.
+#: ``Authorization: Bearer <token>``: a session token, or an owner token for the routes
+#: that take one (``POST /token``, ``GET /conversations``). Headers stay out of access
+#: logs, browser history and ``Referer``; the query form (``?token=``, ``?owner=``) is
+#: kept for the contract and for Postman.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="A session token (or an owner token, for POST /token and GET "
+    "/conversations), instead of the token or owner query parameter.",
+)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+SessionTokenQuery = Annotated[
+    str | None, Query(description="The session token (or Authorization: Bearer <token>).")
+]
+
+
+def credential(query: str | None, bearer: HTTPAuthorizationCredentials | None, name: str) -> str:
+    """The token a REST request names: in ``Authorization: Bearer``, or in the query
+    parameter ``name`` (``token``, ``owner``); both may be given if they agree.
 
     Raises:
-        HTTPException: 400 ``<what> must not be empty`` or ``<what> must be at most N
-            characters``.
+        HTTPException: 422 if neither is given; 400 if they differ.
+    """
+    header = bearer.credentials if bearer is not None else None
+    if header is not None and query is not None and header != query:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"two different tokens: give it once, in Authorization or in ?{name}=",
+        )
+    found = header if header is not None else query
+    if found is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"give the {name}: Authorization: Bearer <{name}>, or ?{name}=",
+        )
+    return found
+
+
+def bounded_text(value: str, what: str, max_chars: int) -> str:
+    """``value`` stripped of surrounding white space, if 1 to ``max_chars`` characters
+    remain and none is a control or format character (:mod:`protocol.labels`).
+
+    Raises:
+        HTTPException: 400 ``<what> must not be empty``, ``<what> must be at most N
+            characters`` or ``<what> must be one line of plain text: ...``.
     """
     value = value.strip()
     if not value:
@@ -66,6 +108,13 @@ def bounded_text(value: str, what: str, max_chars: int) -> str:
     if len(value) > max_chars:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, detail=f"{what} must be at most {max_chars} characters"
+        )
+    hidden = hidden_characters(value)
+    if hidden:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"{what} must be one line of plain text: no line breaks, tabs, control "
+            f"or format characters (such as bidi overrides); found {', '.join(hidden[:5])}",
         )
     return value
 

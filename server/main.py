@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     args = parser.parse_args(argv)
-    settings = ServerSettings()
+    settings = ServerSettings().serving(args.host)
     setup_logging(settings.log_level, settings.log_format, "server")
     app = create_app(settings)
     if settings.metrics_enabled and settings.metrics_port:

@@ -9,6 +9,11 @@ MESSAGES_ACCEPTED = Counter("parley_messages_accepted", "User messages recorded 
 EVENTS_RELAYED = Counter(
     "parley_events_relayed", "Reply events sent to sockets (live or replayed)."
 )
+RESUME_GAPS = Counter(
+    "parley_resume_gaps",
+    "Replays whose cursor was older than the oldest event kept (a gap event was sent): "
+    "clients away for more than EVENTS_MAXLEN events.",
+)
 CLIENT_ERRORS = Counter(
     "parley_client_errors", "Error events sent by the server itself, by code.", ["code"]
 )

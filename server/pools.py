@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from runtime.tasks import cancel_and_wait
 from server.config import ServerSettings
 from server.metrics import MODEL_QUEUE_LAG, MODEL_WORKERS
+from storage import keys
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -26,16 +27,26 @@ class PoolWatch:
     ``MODEL_WAIT_S``; with ``MODEL_WAIT_S`` 0, every model counts as served (messages
     wait for a worker however long).
 
+    Every server reads the streams of an unserved model under one consumer name,
+    :data:`storage.keys.SERVER_CONSUMER`: a server has no identity that outlives its
+    process, and a name a process would add to 16 groups a model at each restart, for
+    ever. One name is safe for many servers: a consumer name only says who holds an
+    entry, each read hands out entries no other read gets, and an entry held by a
+    server is taken over only once idle for ``MODEL_WAIT_S``, whoever took it. When it
+    holds nothing and has been idle a while, the workers' sweep deletes it
+    (:mod:`storage.consumers`); its next read makes it again.
+
     Args:
         store: the server's store.
         settings: the server's settings (the catalog, ``MODEL_WAIT_S``).
-        consumer: this server's name when it takes over unserved messages to close them.
     """
 
-    def __init__(self, store: Store, settings: ServerSettings, consumer: str) -> None:
+    #: The consumer name under which servers take unserved messages to close them.
+    consumer = keys.SERVER_CONSUMER
+
+    def __init__(self, store: Store, settings: ServerSettings) -> None:
         self.store = store
         self.settings = settings
-        self.consumer = consumer
         self._served_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 

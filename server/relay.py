@@ -7,6 +7,10 @@ or before it. A replay may be capped (a ``resume`` sends at most ``resume_max_ev
 when more remain, live events are held back (they stay in the stream) until a later
 replay reaches the newest event, so the client never sees a gap.
 
+The stream keeps only the newest ``EVENTS_MAXLEN`` events: a replay whose cursor is
+older than the oldest one kept cannot send everything after it, and says so first with a
+``gap`` event (:class:`protocol.wire.GapEvent`) naming the oldest event kept.
+
 Every send takes one lock, so a replay and live events never interleave.
 """
 
@@ -19,10 +23,10 @@ from fastapi import WebSocket
 from redis.exceptions import RedisError
 
 from protocol.event_ids import event_id_of, stream_id_key
-from protocol.wire import ErrorCode, ErrorEvent
+from protocol.wire import ErrorCode, ErrorEvent, GapEvent
 from runtime.logs import fingerprint
 from runtime.retry import retrying
-from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED
+from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED, RESUME_GAPS
 from storage.hub import RESYNC, UNAVAILABLE
 from storage.store import Store
 
@@ -90,14 +94,21 @@ class EventRelay:
             self._told_unavailable = True
             await self.send_error(ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL)
 
-    async def replay(self, after: str | None = None, limit: int | None = None) -> None:
+    async def replay(
+        self, after: str | None = None, limit: int | None = None, *, check_gap: bool = True
+    ) -> None:
         """Send the stored events after the cursor, moving it as they go.
+
+        When events after the cursor were trimmed away (it is older than the oldest event
+        kept), a ``gap`` event goes first (:meth:`storage.events.Events.events_since`).
 
         Args:
             after: move the cursor to this event id first (``"0"``: the beginning);
                 None keeps it (a resync after missed live events).
             limit: send at most this many events; if more remain, hold live events
                 back until a later replay reaches the newest event. None: every event.
+            check_gap: look for a gap (False: the cursor is the server's own choice, not
+                something the client saw). A cursor at the beginning never has one.
 
         Raises:
             redis.exceptions.RedisError, OSError: Redis could not be read.
@@ -105,19 +116,46 @@ class EventRelay:
         async with self._lock:
             if after is not None:
                 self._cursor = stream_id_key(after) if after != "0" else (0, 0)
+            first = limit + 1 if limit is not None else _REPLAY_CHUNK
+            if check_gap and self._cursor != (0, 0):
+                since = await self._store.events_since(self._token, self._cursor_id(), first)
+                payloads = since.payloads
+                if since.gap is not None:
+                    await self._send_gap(since.gap)
+            else:
+                payloads = await self._store.events_after(self._token, self._cursor_id(), first)
             if limit is not None:
-                payloads = await self._store.events_after(self._token, self._cursor_id(), limit + 1)
                 self._held_back = len(payloads) > limit
                 await self._send_stored(payloads[:limit])
                 return
             self._held_back = False
             while True:
-                payloads = await self._store.events_after(
-                    self._token, self._cursor_id(), _REPLAY_CHUNK
-                )
                 await self._send_stored(payloads)
                 if len(payloads) < _REPLAY_CHUNK:
                     return
+                payloads = await self._store.events_after(
+                    self._token, self._cursor_id(), _REPLAY_CHUNK
+                )
+
+    async def _send_gap(self, oldest: str) -> None:
+        """Tell the client that events after its cursor are gone; the lock is held."""
+        after = self._cursor_id()
+        logger.info(
+            "session=%s resume after %s: older than the oldest event kept (%s)",
+            self._session,
+            after,
+            oldest,
+        )
+        RESUME_GAPS.inc()
+        event = GapEvent(
+            oldest_event_id=oldest,
+            detail=(
+                f"events after {after} are no longer kept (the session keeps its newest "
+                f"EVENTS_MAXLEN); the replay starts at {oldest}: reload the history "
+                "(GET /refresh_token) for the replies that finished meanwhile"
+            ),
+        )
+        await self._websocket.send_text(event.model_dump_json())
 
     async def deliver(self, payload: str) -> None:
         """Relay one of the hub's messages for the session (:class:`storage.hub.Subscription`):

@@ -9,8 +9,11 @@ Starlette's ``BaseHTTPMiddleware`` cannot):
   styles and sockets from this origin only, no inline script, ``frame-ancestors
   'none'``); the API explorer (``/docs``, ``/redoc``), which loads its scripts from a CDN,
   gets ``frame-ancestors 'none'`` alone;
-- responses that carry a session token (``POST /token``, ``GET /refresh_token``) get
-  ``Cache-Control: no-store``;
+- responses that carry a session or owner token, or answer a request naming one
+  (:data:`NO_STORE_PATHS`), get ``Cache-Control: no-store``;
+- a request (HTTP or WebSocket) whose ``Host`` is not in ``ALLOWED_HOSTS`` is refused
+  with 400 by Starlette's ``TrustedHostMiddleware`` (:func:`server.app.create_app`), so
+  a page at a name that an attacker points at the server (DNS rebinding) gets nothing;
 - a WebSocket whose ``Origin`` is neither the server's own (the request's ``Host``) nor
   in ``ALLOWED_ORIGINS`` is refused at the handshake (HTTP 403), so a page elsewhere
   cannot open a socket with a visitor's token. A request without ``Origin`` is not from
@@ -22,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import Self
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -33,8 +37,12 @@ from runtime.config import CommonSettings
 
 logger = logging.getLogger(__name__)
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 #: The Vite dev server (``npm run dev``), which proxies the API to a running server.
 DEV_ORIGINS = "http://127.0.0.1:5173,http://localhost:5173"
+#: The names of the local machine: what ``make run``'s page is reached by.
+LOCAL_HOSTS = "127.0.0.1,localhost,[::1]"
 
 CSP = "; ".join(
     (
@@ -53,8 +61,11 @@ CSP = "; ".join(
 #: The API explorer's pages load Swagger UI / ReDoc from a CDN with an inline script.
 EXPLORER_CSP = "frame-ancestors 'none'"
 EXPLORER_PATHS = ("/docs", "/redoc")
-#: Responses that hold a session token: never stored by a browser or a proxy cache.
-NO_STORE_PATHS = frozenset({"/token", "/refresh_token"})
+#: Responses that hold a credential (a session or owner token), or answer a request
+#: that names one: never stored by a browser or a proxy cache.
+NO_STORE_PATHS = frozenset(
+    {"/token", "/refresh_token", "/owner", "/conversations", "/session", "/session/export"}
+)
 NOT_FOUND = JSONResponse({"detail": "Not Found"}, status_code=404)
 
 
@@ -66,6 +77,12 @@ class SecuritySettings(CommonSettings):
         default=DEV_ORIGINS,
         description="Origins (comma-separated) whose pages may open chat sockets, besides "
         "the server's own.",
+    )
+    allowed_hosts: str = Field(
+        default=LOCAL_HOSTS,
+        description="Host names (comma-separated; *.example.org for its subdomains, * for "
+        "any) the server answers to; other Host headers get 400 (a DNS-rebinding page). "
+        "The --host address is added.",
     )
     trusted_proxies: str = Field(
         default="",
@@ -83,11 +100,21 @@ class SecuritySettings(CommonSettings):
         description="Serve metrics on this port of the server's interface instead of "
         "/metrics on the main port (0: on the main port).",
     )
+    client_ipv6_prefix: int = Field(
+        default=64,
+        ge=32,
+        le=128,
+        description="IPv6 clients are counted by network of this prefix length (bits), "
+        "since one host usually holds a whole /64; 128: by address.",
+    )
     rate_window_s: float = Field(
         default=60.0, gt=0, description="Window (s) of the rate limits below."
     )
     rate_sessions_per_client: int = Field(
         default=10, gt=0, description="POST /token per client address per window."
+    )
+    rate_owners_per_client: int = Field(
+        default=5, gt=0, description="POST /owner per client address per window."
     )
     rate_socket_opens_per_client: int = Field(
         default=60, gt=0, description="Chat sockets opened per client address per window."
@@ -103,7 +130,28 @@ class SecuritySettings(CommonSettings):
         """``ALLOWED_ORIGINS`` normalized (see :func:`normalize_origin`)."""
         return frozenset(normalize_origin(o) for o in self.allowed_origins.split(",") if o.strip())
 
-    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    def hosts(self) -> list[str]:
+        """``ALLOWED_HOSTS`` as a list, lower case (``["*"]``: any host)."""
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    def serving(self, interface: str) -> Self:
+        """These settings with the address the server listens on (``--host``) among the
+        allowed hosts, unless it is a wildcard address (``0.0.0.0``, ``::``) or any host
+        is allowed."""
+        hosts = self.hosts()
+        try:
+            ip = ipaddress.ip_address(interface)
+        except ValueError:
+            name = interface.lower()
+        else:
+            if ip.is_unspecified:
+                return self
+            name = f"[{ip}]" if ip.version == 6 else str(ip)
+        if "*" in hosts or name in hosts:
+            return self
+        return self.model_copy(update={"allowed_hosts": ",".join([*hosts, name])})
+
+    def proxies(self) -> tuple[Network, ...]:
         """``TRUSTED_PROXIES`` as networks.
 
         Raises:
@@ -120,7 +168,12 @@ _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
 
 def normalize_origin(origin: str) -> str:
-    """``scheme://host[:port]`` in lower case, without a default port or a trailing slash."""
+    """``scheme://host[:port]`` in lower case, without a default port or a trailing slash.
+
+    Raises:
+        ValueError: ``origin`` is no URL (a port out of range or not a number, an
+            unclosed ``[``).
+    """
     parts = urlsplit(origin.strip().lower())
     host = parts.hostname or ""
     if ":" in host:
@@ -132,22 +185,28 @@ def normalize_origin(origin: str) -> str:
 
 
 def same_origin(origin: str, host_header: str | None) -> bool:
-    """Whether ``origin`` names the host and port the request was sent to (its ``Host``)."""
+    """Whether ``origin`` names the host and port the request was sent to (its ``Host``).
+
+    Raises:
+        ValueError: ``origin`` or ``host_header`` is malformed (see :func:`normalize_origin`).
+    """
     if not host_header:
         return False
     scheme = urlsplit(origin.strip().lower()).scheme
     return normalize_origin(origin) == normalize_origin(f"{scheme}://{host_header}")
 
 
-def client_address(
-    scope: Scope, trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
-) -> str:
+def client_address(scope: Scope, trusted: Iterable[Network]) -> str:
     """The client's IP address: the peer's, or, when the peer is a trusted proxy, the
     right-most address of ``X-Forwarded-For`` that is not itself a trusted proxy.
 
     Proxies append the address they received from, so the right-most untrusted entry
     is the first one no trusted proxy vouches for; anything left of it is whatever the
-    client wrote. Returns ``"unknown"`` when the server knows no peer (a test client).
+    client wrote. An entry that is not an IP address (``random-7``, ``1.2.3.4:80``,
+    ``unknown``) was written by no proxy of ours: the whole header is then disbelieved
+    and the peer, the proxy itself, is the client, so such requests share the proxy's
+    one budget instead of naming a budget of their own. Returns ``"unknown"`` when the
+    server knows no peer (a test client).
     """
     trusted = tuple(trusted)
     peer = scope.get("client")
@@ -156,16 +215,43 @@ def client_address(
         return address
     forwarded = Headers(scope=scope).getlist("x-forwarded-for")
     hops = [h.strip() for value in forwarded for h in value.split(",") if h.strip()]
+    found = address
     for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
-            return hop
-        address = hop
-    return address
+        try:
+            ip = ipaddress.ip_address(hop)
+        except ValueError:
+            logger.debug("disbelieved an X-Forwarded-For holding a non-address")
+            return address
+        if not any(ip in net for net in trusted):
+            return str(ip)
+        found = str(ip)
+    return found
 
 
-def _is_trusted(
-    address: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-) -> bool:
+def client_subject(address: str, ipv6_prefix: int) -> str:
+    """What the per-client limits count for ``address``: an IPv4 address as it is, an
+    IPv6 address as its ``/ipv6_prefix`` network (one host usually holds a whole /64,
+    and rotating addresses inside it must not buy new budgets). An IPv4-mapped IPv6
+    address (``::ffff:1.2.3.4``) counts as its IPv4 address; anything that is not an
+    address (``unknown``) as itself."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
+    return str(ip)
+
+
+def client_key(scope: Scope, trusted: Iterable[Network], ipv6_prefix: int) -> str:
+    """The client a request counts against: :func:`client_subject` of
+    :func:`client_address`."""
+    return client_subject(client_address(scope, trusted), ipv6_prefix)
+
+
+def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -231,7 +317,14 @@ class SecurityMiddleware:
 
         An opaque origin (``null``: a sandboxed frame, a file) never may.
         """
-        parts = urlsplit(origin.strip().lower())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(origin.strip().lower())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return False
+            if normalize_origin(origin) in self.allowed_origins:
+                return True
+            return same_origin(origin, host_header)
+        except ValueError:
+            # A port out of range or not a number, an unclosed IPv6 bracket, in the
+            # Origin or the Host: no page's origin, and no server's own.
             return False
-        return same_origin(origin, host_header) or normalize_origin(origin) in self.allowed_origins

@@ -23,9 +23,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.catalog import default_catalog
 from runtime.logs import LogFormat, setup_logging
 from stack.cpu import missing_cpu_flags, unsupported_cpu_message
 from stack.model import DEFAULT_MODEL, EmbeddedModel
@@ -149,6 +151,16 @@ def _wait_ready(url: str, watched: dict[str, Poll], timeout: float) -> None:
     raise StackError(f"{url} was not ready, its workers serving, within {timeout:.0f} s")
 
 
+def _embedded_catalog(context_tokens: int) -> str:
+    """``MODELS`` of a stack on the embedded model: the default catalog, with the
+    model's context (tokens a reply), so servers refuse a message that cannot fit it
+    instead of passing it to the model."""
+    catalog = [
+        offer.model_copy(update={"context_tokens": context_tokens}) for offer in default_catalog()
+    ]
+    return json.dumps([offer.model_dump(exclude_none=True) for offer in catalog])
+
+
 def _start(settings: StackSettings, stack: contextlib.ExitStack) -> dict[str, Poll]:
     """Start every process, in dependency order, registering each on ``stack``."""
     data_dir = settings.parley_data_dir.resolve()
@@ -193,6 +205,8 @@ def _start(settings: StackSettings, stack: contextlib.ExitStack) -> dict[str, Po
         env["LLM_BASE_URL"] = model.base_url
         env["LLM_MODEL"] = model.model
         watched["model server"] = model.poll
+        if "MODELS" not in env and "MODELS" not in dotenv_values(".env"):
+            env["MODELS"] = _embedded_catalog(settings.parley_model_ctx_size)
 
     # Entered before the server so that the server stops first, then the workers.
     for i in range(1, settings.parley_workers + 1):

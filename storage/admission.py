@@ -76,7 +76,7 @@ class Limiter:
         self._admit = Script(redis, "admit.lua", AdmitStatus)
         self._quota = Script(redis, "quota.lua", QuotaStatus)
 
-    async def hit(self, limit: str, subject: str, max_count: int, window_s: float) -> None:
+    async def hit(self, limit: str, subject: str, max_count: int, window_s: float) -> str:
         """Admit one more event of ``subject`` under a sliding window.
 
         Args:
@@ -85,11 +85,25 @@ class Limiter:
             max_count: admissions allowed in any ``window_s`` seconds.
             window_s: the window (s).
 
+        Returns:
+            The admission's id, for :meth:`give_back`.
+
         Raises:
             Refused: ``max_count`` admissions already count; not recorded.
             redis.exceptions.RedisError: Redis is unreachable.
         """
-        await self._run("window", limit, subject, max_count, window_s, uuid.uuid4().hex)
+        admission = uuid.uuid4().hex
+        await self._run("window", limit, subject, max_count, window_s, admission)
+        return admission
+
+    async def give_back(self, limit: str, subject: str, admission: str) -> None:
+        """Undo an admission of :meth:`hit` (what it admitted was refused further on:
+        a refusal spends nothing).
+
+        Raises:
+            redis.exceptions.RedisError: Redis is unreachable.
+        """
+        await self.redis.zrem(limit_key(limit, subject), admission)
 
     async def hold(
         self, limit: str, subject: str, max_count: int, lease_s: float, holder: str

@@ -13,14 +13,16 @@
 -- KEYS[1] session document, KEYS[2] session event stream
 -- ARGV[1] seq, ARGV[2] attempt ("<seq>:<id>"), ARGV[3] restart event JSON without
 -- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~), ARGV[6] messages to
--- return (the newest; 0: all)
+-- return (the newest; 0: all), ARGV[7] the stream entry id of this attempt's message
+-- ("": not checked): fencing by entry, see stale_entry (library.lua)
 -- Returns {STARTED or RESTARTED, {crashes, fields JSON, messages JSON, message count}}:
 -- STARTED for a first attempt, RESTARTED if a restart was emitted; crashes the attempts
 -- at this message whose worker died, fields {"stop_seq": n, "replied_seq": n, "model": s,
 -- "system_prompt": s, "summary": the rolling summary or null} (a field the session
 -- lacks is left out). Or {ANSWERED} (already answered), {NOT_YET} (an earlier message
--- is still unanswered: not its turn; nothing changed), {NO_SESSION}.
-local STARTED, RESTARTED, ANSWERED, NOT_YET, NO_SESSION = 0, 1, 2, 3, 4
+-- is still unanswered: not its turn; nothing changed), {NO_SESSION}, {STALE} (the entry
+-- is not the one the message is queued under now: nothing changed; ack it).
+local STARTED, RESTARTED, ANSWERED, NOT_YET, NO_SESSION, STALE = 0, 1, 2, 3, 4, 5
 -- The session's scalar fields that the turn and the reply need, and its attempt
 -- records, in one read.
 local FIELDS = {'replied_seq', 'stop_seq', 'model', 'system_prompt', 'summary'}
@@ -28,11 +30,17 @@ local paths = {'$.generator', '$.crashes'}
 for _, name in ipairs(FIELDS) do
   paths[#paths + 1] = '$.' .. name
 end
+if ARGV[7] ~= '' then
+  paths[#paths + 1] = entry_path(ARGV[1])
+end
 local read = redis.call('JSON.GET', KEYS[1], unpack(paths))
 if not read then
   return reply(NO_SESSION)
 end
 read = cjson.decode(read)
+if stale_entry(read, ARGV[1], ARGV[7]) then
+  return reply(STALE)
+end
 local seq = tonumber(ARGV[1])
 local replied = tonumber(read['$.replied_seq'][1])
 if seq <= replied then

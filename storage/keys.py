@@ -3,7 +3,8 @@
 Sessions are spread over :data:`PARTITIONS` partitions by the first hex digit of their
 token (a UUID4, so the spread is uniform). A partition's digit is the hash tag of every
 key of its sessions and of its message stream: ``parley:session:{7}:<token>``,
-``parley:events:{7}:<token>`` and ``parley:messages:{7}`` share one hash slot. The
+``parley:versions:{7}:<token>``, ``parley:events:{7}:<token>`` and
+``parley:messages:{7}`` share one hash slot. The
 scripts that append a message to a session's history and queue it in the same step stay
 legal on a Redis Cluster, and the 16 message streams spread writes over its nodes.
 """
@@ -22,15 +23,20 @@ PARTITIONS: Final = tuple("0123456789abcdef")
 #: Entries given up: their tries kept failing (``MAX_DELIVERIES``), their attempts kept
 #: crashing their workers (``MAX_CRASHES``), or they could not be decoded.
 DEAD_LETTER_STREAM = f"{PREFIX}:messages:dead"
-#: Title jobs: a session's token once its first reply is recorded; the workers' group
-#: :data:`TITLE_GROUP` reads it between replies (low volume: one stream, one slot).
-TITLE_STREAM = f"{PREFIX}:titles"
-#: The consumer group of the workers on :data:`TITLE_STREAM`.
+#: The consumer group of the workers on every title stream (:func:`title_stream`).
 TITLE_GROUP = "titlers"
+#: The consumer group of the workers on every summary stream (:func:`summary_stream`).
+SUMMARY_GROUP = "summarizers"
 #: Sharded channel where servers announce stop commands to every worker (one per click).
 STOP_CHANNEL = f"{PREFIX}:stop"
 #: The consumer group of the workers on every message stream.
 CONSUMER_GROUP = "workers"
+#: The consumer that a stopping worker hands its unfinished entries to, in each group it
+#: read (:mod:`storage.consumers`): one name for all, so it can delete its own.
+HEIR_CONSUMER = "released"
+#: The one consumer name of every server, when its pool watch reads a model's streams
+#: to close the messages nobody serves (:mod:`server.pools`).
+SERVER_CONSUMER = "servers"
 
 
 def hash_tag(key: str) -> str:
@@ -83,6 +89,25 @@ def message_stream_of(token: str, model: str = DEFAULT_MODEL_ID) -> str:
     return message_stream(partition(token), model)
 
 
+def title_stream(model: str = DEFAULT_MODEL_ID) -> str:
+    """The title jobs of ``model``'s sessions (a catalog id): a session's token once its
+    first reply is recorded, read between replies by the group :data:`TITLE_GROUP` of
+    the workers that serve the model. One stream a model (low volume: any slot)."""
+    return f"{PREFIX}:titles{_of_model(model)}"
+
+
+def summary_stream(model: str = DEFAULT_MODEL_ID) -> str:
+    """The summary jobs of ``model``'s sessions: a session's token once its turns after
+    the summary near the budget, read between replies by the group
+    :data:`SUMMARY_GROUP` of the workers that serve the model."""
+    return f"{PREFIX}:summaries{_of_model(model)}"
+
+
+#: The title and summary streams of the default model (the names they always had).
+TITLE_STREAM: Final = title_stream(DEFAULT_MODEL_ID)
+SUMMARY_STREAM: Final = summary_stream(DEFAULT_MODEL_ID)
+
+
 def waiting_key(part: str, model: str = DEFAULT_MODEL_ID) -> str:
     """The sorted set of a partition's sessions that may have messages for ``model``
     without a reply (scored by the time, ms, they were last checked or sent one),
@@ -104,6 +129,13 @@ def pool_key(model: str) -> str:
 def session_key(token: str) -> str:
     """The RedisJSON document of a session (written by :class:`storage.models.Session`)."""
     return f"{PREFIX}:session:{{{partition(token)}}}:{token}"
+
+
+def versions_key(token: str) -> str:
+    """The RedisJSON document of a session's earlier versions of turns (regenerate,
+    edit): ``{"<user message id>": [{content, timestamp, reply}, ...]}``, oldest first,
+    written by ``revise.lua``; it lives and dies with the session document."""
+    return f"{PREFIX}:versions:{{{partition(token)}}}:{token}"
 
 
 def events_key(token: str) -> str:

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from protocol.wire import ChatMessage, ConversationExport, MessageVersion, SessionView, utc_now
 from storage import keys
+from storage.base import json_set_command
 
 
 class MessageRecord(BaseModel):
@@ -37,7 +38,10 @@ class MessageRecord(BaseModel):
     partition's message stream; ``reply_to`` is the id of the user message an assistant
     message answers. ``stopped`` and ``truncated`` mark a partial reply, and a user
     message's ``versions`` are the turn's earlier versions (see
-    :class:`protocol.wire.ChatMessage`), written by ``revise.lua``.
+    :class:`protocol.wire.ChatMessage`): kept apart from the session document by
+    ``revise.lua`` (:func:`storage.keys.versions_key`), they are here only when the
+    history was read with them (:meth:`storage.sessions.Sessions.get_session`), or in a
+    document written before they moved out.
     """
 
     id: str
@@ -135,6 +139,9 @@ class Session(JsonModel, index=True):
     ``model`` is the id of the catalog model it chose ("" : the default; see
     :mod:`runtime.catalog`) and ``system_prompt`` its own ("" : the deployment's).
     ``summary`` is the rolling summary of its oldest turns (None until one is written).
+    ``size_bytes`` is the JSON text of its messages and of their earlier versions (which
+    live in a document of their own, :func:`storage.keys.versions_key`), in bytes: kept
+    by the scripts that write them and bounded by ``max_session_bytes``.
     """
 
     token: str = Field(primary_key=True)
@@ -150,6 +157,7 @@ class Session(JsonModel, index=True):
     model: str = ""
     system_prompt: str = ""
     summary: StoredSummary | None = None
+    size_bytes: int = 0
     messages: list[StoredMessage] = []  # noqa: RUF012  (pydantic copies defaults)
 
     class Meta:
@@ -173,7 +181,7 @@ class Session(JsonModel, index=True):
         """
         key = keys.session_key(self.token)
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.json().set(key, "$", self.model_dump(mode="json"))
+            pipe.execute_command(*json_set_command(key, "$", self.model_dump(mode="json")))
             pipe.expire(key, ttl_s)
             await pipe.execute()
 

@@ -26,13 +26,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
 
 from redis.exceptions import ResponseError
 
 from protocol.wire import ConversationPage, ConversationSummary, utc_now
 from storage import keys
-from storage.base import StoreBase, json_reply
+from storage.base import StoreBase, json_get_command, json_reply, json_set_command
 from storage.hub import CHECK
 from storage.scripts import Arg, OwnerAddStatus, Script, TitleStatus
 from storage.sessions import SessionExpired
@@ -73,11 +72,13 @@ class Owners(StoreBase):
         return Script(self.redis, "owner_add.lua", OwnerAddStatus)
 
     async def create_owner(self) -> str:
-        """Issue a new owner token; it lives ``owner_ttl_seconds`` after its last use."""
+        """Issue a new owner token. It lives ``owner_unused_ttl_seconds`` until its first
+        conversation (``owner_add.lua`` extends it), then ``owner_ttl_seconds`` after its
+        last use: an owner that is never used costs minutes of memory, not a month."""
         owner = str(uuid.uuid4())
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.owner_key(owner), "created", utc_now())
-            pipe.expire(keys.owner_key(owner), self.settings.owner_ttl_seconds)
+            pipe.expire(keys.owner_key(owner), self.settings.owner_unused_ttl_seconds)
             await pipe.execute()
         return owner
 
@@ -146,7 +147,7 @@ class Owners(StoreBase):
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 for name, value in fields.items():
-                    pipe.json().set(key, f"$.{name}", value)
+                    pipe.execute_command(*json_set_command(key, f"$.{name}", value))
                 await pipe.execute()
         except ResponseError as e:
             # RedisJSON refuses a path into a document that does not exist.
@@ -161,8 +162,8 @@ class Owners(StoreBase):
         return status is TitleStatus.SET
 
     async def delete_session(self, token: str, owner: str | None = None) -> None:
-        """Delete session ``token`` for good: its document, its event stream, and its
-        place in its owner's conversations.
+        """Delete session ``token`` for good: its document, the earlier versions of its
+        turns, its event stream, and its place in its owner's conversations.
 
         Args:
             owner: if given, the session must belong to this owner.
@@ -171,25 +172,31 @@ class Owners(StoreBase):
             SessionExpired: no such session.
             NotTheOwner: ``owner`` was given and is not the session's owner.
         """
-        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "JSON.GET", keys.session_key(token), "$.owner"
-        )
-        if value is None:
+        found = await self.json_get(keys.session_key(token), "$.owner")
+        if found is None:
             raise SessionExpired(token)
-        found = json_reply(value)
         session_owner = str(found[0]) if found else ""
         if owner is not None and session_owner != owner:
             raise NotTheOwner(token)
-        await self.redis.delete(keys.session_key(token), keys.events_key(token))
+        await self.redis.delete(
+            keys.session_key(token), keys.versions_key(token), keys.events_key(token)
+        )
         # Its open sockets, on any server, close now rather than at their next check.
         await self.redis.spublish(keys.channel(token), CHECK)  # type: ignore[attr-defined]  # stale stubs
         if session_owner:
             await self.redis.zrem(keys.conversations_key(session_owner), token)
 
     async def _touch_owner(self, owner: str) -> bool:
-        return await self.renew(
-            self.settings.owner_ttl_seconds, keys.owner_key(owner), keys.conversations_key(owner)
-        )
+        """Renew an owner that has conversations (an unused one keeps its short TTL, so
+        listing it cannot keep it for a month); whether the owner exists."""
+        ttl = self.settings.owner_ttl_seconds
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.owner_key(owner))
+            pipe.expire(keys.conversations_key(owner), ttl)  # 0 when it has none
+            exists, used = await pipe.execute()
+        if exists and used:
+            await self.redis.expire(keys.owner_key(owner), ttl)
+        return bool(exists)
 
     async def _summaries(self, tokens: Sequence[str]) -> list[ConversationSummary | None]:
         """Each session's summary, or None where the session is gone."""
@@ -197,7 +204,7 @@ class Owners(StoreBase):
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for token in tokens:
-                pipe.execute_command("JSON.GET", keys.session_key(token), *_SUMMARY_PATHS)
+                pipe.execute_command(*json_get_command(keys.session_key(token), *_SUMMARY_PATHS))
                 pipe.execute_command("JSON.ARRLEN", keys.session_key(token), "$.messages")
             replies = await pipe.execute(raise_on_error=False)
         summaries: list[ConversationSummary | None] = []

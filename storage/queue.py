@@ -28,8 +28,23 @@ class TooManyPending(Exception):
 
 
 class SessionFull(Exception):
-    """The session holds ``max_session_messages`` user messages: a new session must be
-    started to go on."""
+    """The session holds ``max_session_messages`` user messages, or would hold more than
+    ``max_session_bytes`` bytes with this message or revision: a new session must be
+    started to go on.
+
+    Attributes:
+        held_bytes: the bytes the session holds (see ``session_size`` in
+            ``library.lua``) when the bound of bytes refused it; None when the bound of
+            messages did.
+    """
+
+    def __init__(self, held_bytes: int | None = None) -> None:
+        super().__init__(
+            "the session holds its most messages"
+            if held_bytes is None
+            else f"the session holds {held_bytes} bytes"
+        )
+        self.held_bytes = held_bytes
 
 
 class Overloaded(Exception):
@@ -60,6 +75,21 @@ class TooManyVersions(Exception):
     """The turn already keeps ``max_versions`` earlier versions."""
 
 
+class PromptTooLong(Exception):
+    """The session's system prompt and the message cannot fit the model's context
+    (``ModelOffer.context_tokens``), counted as admission counts them.
+
+    Attributes:
+        tokens: the prompt's tokens as counted.
+        context: the model's context (tokens).
+    """
+
+    def __init__(self, tokens: int, context: int) -> None:
+        super().__init__(f"a prompt of about {tokens} tokens; the model's context is {context}")
+        self.tokens = tokens
+        self.context = context
+
+
 @dataclass(frozen=True)
 class Revision:
     """A turn queued again by :meth:`Queue.revise`.
@@ -80,7 +110,6 @@ class Revision:
 _REFUSALS: dict[EnqueueStatus, type[Exception]] = {
     EnqueueStatus.NO_SESSION: SessionExpired,
     EnqueueStatus.TOO_MANY_PENDING: TooManyPending,
-    EnqueueStatus.SESSION_FULL: SessionFull,
     EnqueueStatus.OVERLOADED: Overloaded,
 }
 
@@ -100,11 +129,13 @@ _LOST = ErrorEvent(
 
 def _queue_keys(token: str, model: str) -> list[str]:
     """The keys of queueing a message of session ``token`` for ``model``: the session,
-    the model's message stream and waiting set in the session's partition."""
+    the model's message stream and waiting set in the session's partition, and the
+    session's versions (whose TTL is the session's)."""
     return [
         keys.session_key(token),
         keys.message_stream_of(token, model),
         keys.waiting_key_of(token, model),
+        keys.versions_key(token),
     ]
 
 
@@ -145,12 +176,17 @@ class Queue(Streams):
 
         Raises:
             SessionExpired: no such session.
-            SessionFull: the session holds ``max_session_messages`` messages.
+            SessionFull: the session holds ``max_session_messages`` messages, or would
+                hold more than ``max_session_bytes`` bytes with this one.
             TooManyPending: ``max_pending`` messages already wait for a reply.
             Overloaded: the partition's backlog is at ``max_backlog``.
             ModelChanged: the session's model is another (nothing was done).
+            PromptTooLong: the session's system prompt and ``content`` cannot fit the
+                model's context (when the catalog gives it).
         """
         model = model or self.settings.default_model
+        offer = self.settings.offer(model)
+        context = offer.context_tokens if offer is not None and offer.context_tokens else 0
         message = StoredMessage(
             id=str(uuid.uuid4()), role="user", content=content, timestamp=utc_now()
         )
@@ -170,10 +206,20 @@ class Queue(Streams):
                 await self.trim_mode(),
                 model,
                 self.settings.default_model,
+                self.settings.max_session_bytes,
+                context,
+                len(self.settings.system_prompt.encode(errors="replace")),
+                len(content.encode(errors="replace")),
             ],
         )
         if status is EnqueueStatus.WRONG_MODEL:
             raise ModelChanged(str(queued))
+        if status is EnqueueStatus.TOO_LONG:
+            raise PromptTooLong(int(queued), context)
+        if status is EnqueueStatus.SESSION_FULL:
+            raise SessionFull
+        if status is EnqueueStatus.TOO_LARGE:
+            raise SessionFull(int(queued))
         if (refusal := _REFUSALS.get(status)) is not None:
             raise refusal(token)
         message.seq, message.entry = int(queued[0]), str(queued[1])
@@ -191,9 +237,10 @@ class Queue(Streams):
         replace its text first (edit), atomically (``revise.lua``).
 
         The reply it replaces, and an edit's old text, become an earlier version of the
-        turn (the message's ``versions``); the message is queued again under the same
-        ``seq`` and id, and a ``revised`` event goes to every socket of the session. The
-        new reply is then recorded exactly once, as any reply.
+        turn, kept beside the session (:func:`storage.keys.versions_key`); the message is
+        queued again under the same ``seq`` and id, and a ``revised`` event with that
+        version goes to every socket of the session. The new reply is then recorded
+        exactly once, as any reply.
 
         Args:
             max_versions: the most earlier versions a turn keeps.
@@ -202,10 +249,10 @@ class Queue(Streams):
 
         Raises:
             SessionExpired: no such session.
-            NotLastMessage: the message is not the session's last user message, or the
-                session has none.
+            NotLastMessage: not the session's last user message (or it has none).
             ReplyInProgress: a message of the session waits for its reply.
             TooManyVersions: the turn keeps ``max_versions`` earlier versions.
+            SessionFull: the session would hold more than ``max_session_bytes`` bytes.
             Overloaded: the partition's backlog is at ``max_backlog``.
             ModelChanged: the session's model is another (nothing was done).
         """
@@ -215,7 +262,7 @@ class Queue(Streams):
             keys=[*_queue_keys(token, model), keys.events_key(token)],
             args=[
                 message_id,
-                json.dumps(content) if content is not None else "",
+                json.dumps(content, ensure_ascii=False) if content is not None else "",
                 utc_now(),
                 max_versions,
                 token,
@@ -228,10 +275,13 @@ class Queue(Streams):
                 self.settings.events_maxlen,
                 model,
                 self.settings.default_model,
+                self.settings.max_session_bytes,
             ],
         )
         if status is ReviseStatus.WRONG_MODEL:
             raise ModelChanged(str(revised))
+        if status is ReviseStatus.TOO_LARGE:
+            raise SessionFull(int(revised))
         if (refusal := _REVISE_REFUSALS.get(status)) is not None:
             raise refusal()  # no token in the error: errors get logged
         return Revision(int(revised[0]), str(revised[1]), str(revised[2]), str(revised[3]))

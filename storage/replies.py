@@ -27,6 +27,7 @@ ANSWERED: Final = BeginStatus.ANSWERED
 STARTED: Final = BeginStatus.STARTED
 RESTARTED: Final = BeginStatus.RESTARTED
 NOT_YET: Final = BeginStatus.NOT_YET
+STALE: Final = BeginStatus.STALE
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Begun:
     """What :meth:`Replies.begin` did.
 
     Attributes:
-        status: :data:`STARTED`, :data:`RESTARTED`, :data:`ANSWERED` or :data:`NOT_YET`.
+        status: :data:`STARTED`, :data:`RESTARTED`, :data:`ANSWERED`, :data:`NOT_YET`
+            or :data:`STALE`.
         session: once the attempt began, what the reply needs of the session: its
             ``messages`` are the newest ``window`` ones (all of them if ``complete``).
         crashes: earlier attempts at this message whose worker died (or lost Redis)
@@ -105,7 +107,9 @@ class Replies(StoreBase):
     def _finish(self) -> Script[FinishStatus]:
         return Script(self.redis, "finish.lua", FinishStatus)
 
-    async def begin(self, entry: MessageEntry, attempt: str, *, window: int = 0) -> Begun:
+    async def begin(
+        self, entry: MessageEntry, attempt: str, *, window: int = 0, entry_id: str = ""
+    ) -> Begun:
         """If it is ``entry``'s turn, make ``attempt`` the one generating its reply.
 
         The turn check, the fence and the session read are one script (one round trip):
@@ -118,12 +122,16 @@ class Replies(StoreBase):
         Args:
             attempt: ``"<seq>:<unique id>"``, new for every attempt.
             window: return only the newest ``window`` messages of the history (0: all).
+            entry_id: the stream entry the attempt answers ("": not checked); an entry
+                other than the one the message is queued under now (a regenerate or
+                edit queued it again) begins nothing.
 
         Returns:
             ``Begun.status``: :data:`STARTED` (with ``session``), :data:`RESTARTED`
             (a ``restart`` was emitted; with ``session``), :data:`ANSWERED` (nothing
-            changed) or :data:`NOT_YET` (an earlier message is unanswered; nothing
-            changed).
+            changed), :data:`NOT_YET` (an earlier message is unanswered; nothing
+            changed) or :data:`STALE` (``entry_id`` is not the message's entry now:
+            nothing changed; the entry is to be acknowledged).
 
         Raises:
             SessionExpired: the session no longer exists.
@@ -136,11 +144,12 @@ class Replies(StoreBase):
                 attempt,
                 *self.event_args(entry.token, restart.model_dump_json(exclude_none=True)),
                 window,
+                entry_id,
             ],
         )
         if status is BeginStatus.NO_SESSION:
             raise SessionExpired(entry.token)
-        if status in (BeginStatus.ANSWERED, BeginStatus.NOT_YET):
+        if status in (BeginStatus.ANSWERED, BeginStatus.NOT_YET, BeginStatus.STALE):
             return Begun(status)
         return _begun(status, payload)
 
@@ -218,10 +227,13 @@ class Replies(StoreBase):
                 the same script (no round trip of its own) once the message is closed
                 or its session gone; when this returns or raises
                 :class:`SessionExpired`, it is acked. Not with ``Fenced`` or
-                ``NotYourTurn``.
+                ``NotYourTurn``. The entry is also fenced: one that is not the entry
+                the message is queued under now (a regenerate or edit queued it again)
+                closes nothing and is acknowledged.
 
         Returns:
-            The event id; None if the reply was already recorded (nothing changed).
+            The event id; None if the reply was already recorded or the entry is stale
+            (nothing changed).
 
         Raises:
             SessionExpired: the session no longer exists.

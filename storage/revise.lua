@@ -1,31 +1,43 @@
 -- Regenerate or edit: ask again for the reply to a session's last user message, keeping
 -- the reply it replaces (and, for an edit, the text it replaces) as an earlier version
 -- of the turn. One atomic step on the session's slot:
--- - the reply leaves the history and joins the user message's "versions", with the
---   user's text then: {content, timestamp, reply} (reply null if it got none: failed);
+-- - the reply leaves the history and joins the turn's earlier versions, with the user's
+--   text then: {content, timestamp, reply} (reply null if it got none: failed). They
+--   are kept outside the session document, in the session's versions document
+--   ({"<message id>": [version, ...]}, oldest first), which the worker's read of the
+--   history (begin.lua) never loads; a session written before they moved there has
+--   them in the message's "versions": they move over, after those already there;
 -- - an edit replaces the user message's content and timestamp;
 -- - the message is queued again under the same seq and id: a new entry in the message
 --   stream (its "entry" in history), "replied_seq" goes back to seq - 1, and the
 --   attempt records ("generator", "crashes") and a stop of this seq are cleared, so
 --   the next attempt begins afresh and finish.lua records its reply exactly once;
--- - a "revised" event (the user message as it now stands) goes to the session's event
---   stream and channel: every socket of the session sees it, and resume replays it.
+-- - the session's byte count ("size_bytes", see session_size in library.lua) follows;
+--   its TTL is renewed, and its versions document's with it;
+-- - a "revised" event goes to the session's event stream and channel: the user message
+--   as it now stands (without versions), the version just kept ("version", absent if
+--   none was) and how many the turn keeps now ("version_count"), so that a client can
+--   tell a replayed revision from a new one; every socket of the session sees it, and
+--   resume replays it.
 -- Refused without any change unless every message of the session is answered, or for
--- any message but the last, at the bound of versions, or when the partition's backlog
--- is full (as enqueue.lua).
+-- any message but the last, at the bound of versions, when the session would hold more
+-- than its bound of bytes, or when the partition's backlog is full (as enqueue.lua).
 -- KEYS[1] session document, KEYS[2] message stream, KEYS[3] waiting set,
--- KEYS[4] session event stream
+-- KEYS[4] the session's versions document, KEYS[5] session event stream
 -- ARGV[1] message id of an edit ("" to regenerate), ARGV[2] the edit's content as a JSON
--- string ("" to regenerate), ARGV[3] the edit's timestamp, ARGV[4] max earlier versions
+-- string, in UTF-8 rather than \u escapes so that its length is what it adds to the
+-- session ("" to regenerate), ARGV[3] the edit's timestamp, ARGV[4] max earlier versions
 -- of a turn, ARGV[5] token, ARGV[6] session TTL (s), ARGV[7] stream bound (entries, ~),
 -- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode,
 -- ARGV[11] channel, ARGV[12] event stream MAXLEN (~), ARGV[13] the model of KEYS[2]
--- and KEYS[3], ARGV[14] the catalog's default model
+-- and KEYS[3], ARGV[14] the catalog's default model, ARGV[15] max bytes of a session
 -- Returns {REVISED, {seq, message id, entry id, event id}}, or {NO_SESSION},
 -- {NOT_LAST_MESSAGE}, {IN_PROGRESS} (a reply is generated or messages wait),
--- {TOO_MANY_VERSIONS}, {OVERLOADED}, {WRONG_MODEL, the session's model}.
-local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED, WRONG_MODEL = 0, 1, 2, 3, 4, 5, 6
-local read = redis.call('JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.stop_seq', '$.model')
+-- {TOO_MANY_VERSIONS}, {OVERLOADED}, {WRONG_MODEL, the session's model},
+-- {TOO_LARGE, the bytes the session holds}.
+local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED, WRONG_MODEL, TOO_LARGE = 0, 1, 2, 3, 4, 5, 6, 7
+local read = redis.call(
+  'JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.stop_seq', '$.model', '$.size_bytes')
 if not read then
   return reply(NO_SESSION)
 end
@@ -68,19 +80,18 @@ for _, found in ipairs(replies) do
 end
 
 local edited = ARGV[1] ~= ''
-local versions = user.versions
-if type(versions) ~= 'table' then
-  versions = {}
+-- The turn's earlier versions: those of the versions document (at `path`), then any
+-- still inside the message (older data).
+local path = '$[' .. cjson.encode(user.id) .. ']'
+local stored = 0
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  stored = redis.call('JSON.ARRLEN', KEYS[4], path)[1] or 0
 end
+local inside = type(user.versions) == 'table' and user.versions or {}
 -- A regenerate after a failed reply replaces nothing: no version to keep.
 local keep = answer ~= nil or edited
-if keep and #versions >= tonumber(ARGV[4]) then
+if keep and stored + #inside >= tonumber(ARGV[4]) then
   return reply(TOO_MANY_VERSIONS)
-end
-
-local backlog = backlog_of(KEYS[2], ARGV[9], tonumber(ARGV[8]))
-if backlog >= tonumber(ARGV[8]) then
-  return reply(OVERLOADED)
 end
 
 -- A message as clients see it (ChatMessage's fields but versions).
@@ -98,18 +109,48 @@ local function public(message)
   return shown
 end
 
+-- What the session holds after this step: the version kept, less the reply that leaves
+-- the history, and an edit's new text for its old one.
+local moving = {}
+for _, version in ipairs(inside) do
+  moving[#moving + 1] = cjson.encode(version)
+end
+local growth = 0
 if keep then
-  local version = {
+  moving[#moving + 1] = cjson.encode({
     content = user.content, timestamp = user.timestamp,
     reply = answer ~= nil and public(answer) or cjson.null,
-  }
-  versions[#versions + 1] = version
-  local path = '$.messages[' .. user_at .. '].versions'
-  if type(user.versions) == 'table' then
-    redis.call('JSON.ARRAPPEND', KEYS[1], path, cjson.encode(version))
+  })
+  growth = #moving[#moving]
+end
+if answer ~= nil then
+  growth = growth - #cjson.encode(answer)
+end
+if edited then
+  growth = growth + #ARGV[2] - #cjson.encode(user.content)
+end
+local size = session_size(KEYS[1], read)
+if size + growth > tonumber(ARGV[15]) then
+  return reply(TOO_LARGE, size)
+end
+
+local backlog = backlog_of(KEYS[2], ARGV[9], tonumber(ARGV[8]))
+if backlog >= tonumber(ARGV[8]) then
+  return reply(OVERLOADED)
+end
+
+if #moving > 0 then
+  if stored > 0 then
+    redis.call('JSON.ARRAPPEND', KEYS[4], path, unpack(moving))
   else
-    redis.call('JSON.SET', KEYS[1], path, '[' .. cjson.encode(version) .. ']')
+    if redis.call('EXISTS', KEYS[4]) == 0 then
+      redis.call('JSON.SET', KEYS[4], '$', '{}')
+    end
+    redis.call('JSON.SET', KEYS[4], path, '[' .. table.concat(moving, ',') .. ']')
   end
+end
+if #inside > 0 then
+  redis.call('JSON.DEL', KEYS[1], '$.messages[' .. user_at .. '].versions')
 end
 if answer_at ~= nil then
   redis.call('JSON.ARRPOP', KEYS[1], '.messages', answer_at)
@@ -129,17 +170,20 @@ redis.call('JSON.SET', KEYS[1], '$.crashes', '""')
 if tonumber(read['$.stop_seq'][1]) >= seq then
   redis.call('JSON.SET', KEYS[1], '$.stop_seq', seq - 1)
 end
+redis.call('JSON.SET', KEYS[1], '$.size_bytes', size + growth)
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
 local now = redis.call('TIME')
 redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[5])
 trim_stream(KEYS[2], ARGV[9], ARGV[7], ARGV[10], backlog + 1)
 
 local shown = public(user)
 shown.stopped = nil
-if #versions > 0 then
-  shown.versions = versions
-end
 local event = '{"type":"revised","message_id":' .. cjson.encode(user.id)
-  .. ',"message":' .. cjson.encode(shown) .. '}'
-local event_id = append_event(KEYS[4], redis.call('PTTL', KEYS[1]), ARGV[12], ARGV[11], event)
+  .. ',"message":' .. cjson.encode(shown)
+if keep then
+  event = event .. ',"version":' .. moving[#moving]
+end
+event = event .. ',"version_count":' .. (stored + #moving) .. '}'
+local event_id = append_event(KEYS[5], redis.call('PTTL', KEYS[1]), ARGV[12], ARGV[11], event)
 return reply(REVISED, {seq, user.id, id, event_id})

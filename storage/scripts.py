@@ -66,7 +66,8 @@ class QuotaStatus(IntEnum):
 
 
 class EnqueueStatus(IntEnum):
-    """``enqueue.lua``: queued (payload: ``[seq, entry id]``) or refused, unchanged."""
+    """``enqueue.lua``: queued (payload: ``[seq, entry id]``) or refused, unchanged
+    (``TOO_LARGE``'s payload: the bytes the session holds)."""
 
     QUEUED = 0
     NO_SESSION = 1
@@ -74,11 +75,14 @@ class EnqueueStatus(IntEnum):
     SESSION_FULL = 3
     OVERLOADED = 4
     WRONG_MODEL = 5
+    TOO_LARGE = 6
+    TOO_LONG = 7
 
 
 class ReviseStatus(IntEnum):
     """``revise.lua``: the last message is queued again (payload: ``[seq, message id,
-    entry id, event id]``) or refused, unchanged."""
+    entry id, event id]``) or refused, unchanged (``TOO_LARGE``'s payload: the bytes
+    the session holds)."""
 
     REVISED = 0
     NO_SESSION = 1
@@ -87,6 +91,7 @@ class ReviseStatus(IntEnum):
     TOO_MANY_VERSIONS = 4
     OVERLOADED = 5
     WRONG_MODEL = 6
+    TOO_LARGE = 7
 
 
 class SetModelStatus(IntEnum):
@@ -106,6 +111,7 @@ class BeginStatus(IntEnum):
     ANSWERED = 2
     NOT_YET = 3
     NO_SESSION = 4
+    STALE = 5
 
 
 class EmitStatus(IntEnum):
@@ -132,6 +138,7 @@ class FinishStatus(IntEnum):
     NO_SESSION = 2
     FENCED = 3
     NOT_YOUR_TURN = 4
+    STALE = 5
 
 
 class LostStatus(IntEnum):
@@ -211,6 +218,23 @@ class HeartbeatStatus(IntEnum):
     """``heartbeat.lua``: payload, the entry ids still owned by the consumer."""
 
     REFRESHED = 0
+
+
+class ReleaseStatus(IntEnum):
+    """``release.lua``: the consumer deleted (payload: entries handed to the heir), or
+    kept, holding entries (it is the heir itself), or no such stream or group."""
+
+    RELEASED = 0
+    KEPT = 1
+    NO_GROUP = 2
+
+
+class SweepStatus(IntEnum):
+    """``sweep_consumers.lua``: payload, the names of the consumers deleted; or no such
+    stream or group."""
+
+    SWEPT = 0
+    NO_GROUP = 1
 
 
 S = TypeVar("S", bound=IntEnum)

@@ -1,7 +1,11 @@
 """Session documents: creating, reading and renewing them, and the counters scripts keep.
 
 A session is one RedisJSON document (:class:`storage.models.Session`) at
-:func:`storage.keys.session_key`, with a TTL renewed by activity.
+:func:`storage.keys.session_key`, with a TTL renewed by activity. The earlier versions of
+its turns (regenerate, edit) are a document of their own
+(:func:`storage.keys.versions_key`), with the same TTL, read only when a client asks for
+the whole history (:meth:`Sessions.get_session` with ``versions``): a reply reads
+neither them nor their bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from protocol.wire import utc_now
 from storage import keys
-from storage.base import StoreBase, json_reply
+from storage.base import StoreBase, json_get_command, json_reply
 from storage.models import Session
 from storage.scripts import Script, SetModelStatus, StopStatus
 
@@ -61,12 +65,9 @@ class Sessions(StoreBase):
         Raises:
             SessionExpired: no such session.
         """
-        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "JSON.GET", keys.session_key(token), "$.model"
-        )
-        if value is None:
+        found = await self.json_get(keys.session_key(token), "$.model")
+        if found is None:
             raise SessionExpired(token)
-        found = json_reply(value)
         return str(found[0]) if found and found[0] else self.settings.default_model
 
     async def set_model(self, token: str, model: str) -> bool:
@@ -81,8 +82,12 @@ class Sessions(StoreBase):
             raise SessionExpired(token)
         return status is SetModelStatus.SET
 
-    async def get_session(self, token: str, *, touch: bool = True) -> Session:
-        """Load a session; with ``touch``, renew its TTL (and its event stream's).
+    async def get_session(
+        self, token: str, *, touch: bool = True, versions: bool = False
+    ) -> Session:
+        """Load a session; with ``touch``, renew its TTL (and its event stream's and
+        versions'); with ``versions``, each user message that has earlier versions
+        carries them, oldest first, in its ``versions`` (as clients see the history).
 
         Raises:
             SessionExpired: no such session.
@@ -90,7 +95,11 @@ class Sessions(StoreBase):
         # JSON.GET and validation, as redis-om's Session.get does, without its walks over
         # the document for datetime and bytes fields (Session has none): a third of
         # the time for a session with 40 messages (bench: the worker reads one a reply).
-        document = await self.redis.json().get(keys.session_key(token))
+        if versions:
+            document = await self._with_versions(token)
+        else:
+            found = await self.json_get(keys.session_key(token))
+            document = found[0] if found else None
         if document is None:
             raise SessionExpired(token)
         session = Session.model_validate(document)
@@ -98,10 +107,38 @@ class Sessions(StoreBase):
             await self.touch(token)
         return session
 
+    async def _with_versions(self, token: str) -> dict[str, Any] | None:
+        """The session document (None if none) with the versions of its turns joined
+        into its messages: both read in one ``MULTI`` (one slot), so a revision in
+        between cannot show a reply twice or not at all.
+
+        Versions still inside a message (a session written before they had a document
+        of their own) are newer than those of the versions document: ``revise.lua``
+        moves them over, after those already there.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.execute_command(*json_get_command(keys.session_key(token)))
+            pipe.execute_command(*json_get_command(keys.versions_key(token)))
+            session, stored = await pipe.execute()
+        found, earlier = json_reply(session), json_reply(stored)
+        if not found:
+            return None
+        document: dict[str, Any] = found[0]
+        by_message: dict[str, list[Any]] = earlier[0] if earlier else {}
+        for message in document.get("messages", []):
+            kept = by_message.get(message.get("id"))
+            if kept:
+                message["versions"] = [*kept, *(message.get("versions") or [])]
+        return document
+
     async def touch(self, token: str) -> bool:
-        """Renew a session's TTL; False if it no longer exists."""
+        """Renew a session's TTL (and its event stream's and versions'); False if it no
+        longer exists."""
         return await self.renew(
-            self.settings.session_ttl_seconds, keys.session_key(token), keys.events_key(token)
+            self.settings.session_ttl_seconds,
+            keys.session_key(token),
+            keys.events_key(token),
+            keys.versions_key(token),
         )
 
     async def ping(self) -> None:
@@ -143,7 +180,7 @@ class Sessions(StoreBase):
         Raises:
             SessionExpired: no such session.
         """
-        return await self._counter(token, ".stop_seq")
+        return await self._counter(token, "$.stop_seq")
 
     async def replied_seq(self, token: str) -> int:
         """The ``seq`` of the session's last answered (or failed) message.
@@ -151,23 +188,19 @@ class Sessions(StoreBase):
         Raises:
             SessionExpired: no such session.
         """
-        return await self._counter(token, ".replied_seq")
+        return await self._counter(token, "$.replied_seq")
 
     async def _counter(self, token: str, path: str) -> int:
-        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "JSON.GET", keys.session_key(token), path
-        )
-        if value is None:
+        found = await self.json_get(keys.session_key(token), path)
+        if found is None:
             raise SessionExpired(token)
-        return int(value)
+        return int(found[0]) if found else 0
 
     async def crashes(self, token: str, seq: int) -> int:
         """How many attempts at message ``seq`` of the session ended with their worker's
         death, as counted so far (by :meth:`storage.replies.Replies.begin`; 0 if the
         session is gone)."""
-        value: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "JSON.GET", keys.session_key(token), "$.crashes"
-        )
-        record = str(json.loads(value)[0]) if value else ""
+        found = await self.json_get(keys.session_key(token), "$.crashes")
+        record = str(found[0]) if found else ""
         crashed_seq, _, n = record.partition(":")
         return int(n) if crashed_seq == str(seq) and n.isdigit() else 0

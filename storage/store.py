@@ -4,8 +4,9 @@
 :mod:`storage.sessions` (session documents), :mod:`storage.owners` (owners and their
 conversations), :mod:`storage.queue` (accepting messages,
 closing lost ones), :mod:`storage.streams` (the consumer group, trimming, pending
-entries), :mod:`storage.replies` (attempts at replies, recorded once) and
-:mod:`storage.events` (reading a session's events back). Its errors and constants are
+entries), :mod:`storage.replies` (attempts at replies, recorded once),
+:mod:`storage.events` (reading a session's events back) and :mod:`storage.consumers`
+(the groups' consumers, deleted once they hold nothing). Its errors and constants are
 importable from here too.
 
 The writes that must be atomic and idempotent are Lua scripts over the RedisJSON and
@@ -17,6 +18,7 @@ session's keys only plus its partition's message stream and waiting set: one has
 
 from __future__ import annotations
 
+from storage.consumers import Consumers, Released
 from storage.events import Events
 from storage.owners import NotTheOwner, OwnerFull, Owners, OwnerUnknown
 from storage.pools import Backlog, Pools
@@ -24,6 +26,7 @@ from storage.queue import (
     ModelChanged,
     NotLastMessage,
     Overloaded,
+    PromptTooLong,
     Queue,
     ReplyInProgress,
     Revision,
@@ -35,6 +38,7 @@ from storage.replies import (
     ANSWERED,
     NOT_YET,
     RESTARTED,
+    STALE,
     STARTED,
     Begun,
     Emit,
@@ -49,6 +53,7 @@ __all__ = [
     "ANSWERED",
     "NOT_YET",
     "RESTARTED",
+    "STALE",
     "STARTED",
     "TRIM_ACKED",
     "TRIM_MINID",
@@ -65,6 +70,8 @@ __all__ = [
     "Overloaded",
     "OwnerFull",
     "OwnerUnknown",
+    "PromptTooLong",
+    "Released",
     "ReplyInProgress",
     "Revision",
     "SessionExpired",
@@ -75,7 +82,7 @@ __all__ = [
 ]
 
 
-class Store(Sessions, Owners, Queue, Pools, Replies, Events):
+class Store(Sessions, Owners, Queue, Pools, Replies, Events, Consumers):
     """Sessions, the message streams and session events in one Redis.
 
     Args:

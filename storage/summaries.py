@@ -1,4 +1,4 @@
-"""Rolling summaries: the summary jobs' stream, and storing a summary exactly once.
+"""Rolling summaries: queueing summary jobs, and storing a summary exactly once.
 
 A session's summary (:class:`storage.models.SummaryRecord`) covers its turns up to a
 ``seq``; ``summary.lua`` stores a new one only if it extends the stored one from exactly
@@ -17,12 +17,7 @@ from storage.models import SummaryRecord
 from storage.scripts import Script, SummaryStatus
 from storage.sessions import SessionExpired
 
-#: The summary jobs: a session's token once its recent turns outgrow the trigger. The
-#: workers' group :data:`SUMMARY_GROUP` reads it between replies (one stream, one slot).
-SUMMARY_STREAM: Final = f"{keys.PREFIX}:summaries"
-#: The consumer group of the workers on :data:`SUMMARY_STREAM`.
-SUMMARY_GROUP: Final = "summarizers"
-#: Bound of the summary stream (entries, approximate).
+#: Bound of each model's summary stream (entries, approximate).
 SUMMARY_STREAM_MAXLEN: Final = 10_000
 
 
@@ -33,10 +28,14 @@ class Summaries(StoreBase):
     def _summary(self) -> Script[SummaryStatus]:
         return Script(self.redis, "summary.lua", SummaryStatus)
 
-    async def request_summary(self, token: str) -> None:
-        """Queue a summary job for session ``token``."""
+    async def request_summary(self, token: str, model: str) -> None:
+        """Queue a summary job for session ``token`` in the stream of ``model`` (its
+        catalog id), read only by the workers that serve it."""
         await self.redis.xadd(
-            SUMMARY_STREAM, {"token": token}, maxlen=SUMMARY_STREAM_MAXLEN, approximate=True
+            keys.summary_stream(model),
+            {"token": token},
+            maxlen=SUMMARY_STREAM_MAXLEN,
+            approximate=True,
         )
 
     async def store_summary(self, token: str, base: int, summary: SummaryRecord) -> SummaryStatus:

@@ -1,8 +1,9 @@
 """Parley's REST API as the terminal client uses it: owners, sessions, conversations.
 
 Every call returns a parsed wire model (or nothing) and raises :class:`ApiError` with the
-server's ``{"detail": ...}`` otherwise. Tokens travel as query parameters only, and no
-error message built here holds a URL with its query, so none can print a token.
+server's ``{"detail": ...}`` otherwise. Tokens travel in the ``Authorization: Bearer``
+header, never in a URL (which a proxy's log or a traceback could keep), and no error
+message built here holds a URL with its query.
 """
 
 from __future__ import annotations
@@ -98,9 +99,9 @@ class ParleyApi:
                 model or a system prompt too long; 409 when the owner has the most
                 conversations allowed.
         """
-        params = {"name": name} | ({"owner": owner} if owner else {})
         body = choice.body() if choice else None
-        return _parse(SessionView, await self._call("POST", "/token", params, body))
+        answer = await self._call("POST", "/token", {"name": name}, body, bearer=owner)
+        return _parse(SessionView, answer)
 
     async def models(self) -> ModelList:
         """The models a conversation may choose (``GET /models``), the default first.
@@ -116,7 +117,7 @@ class ParleyApi:
         Raises:
             ApiError: 400 if it expired or does not exist.
         """
-        return _parse(SessionView, await self._call("GET", "/refresh_token", {"token": token}))
+        return _parse(SessionView, await self._call("GET", "/refresh_token", {}, bearer=token))
 
     async def conversations(self, owner: str, limit: int = MAX_PAGE) -> ConversationPage:
         """The owner's newest ``limit`` conversations (1 to :data:`MAX_PAGE`), newest first.
@@ -124,8 +125,9 @@ class ParleyApi:
         Raises:
             ApiError: 400 if the owner expired or does not exist.
         """
-        params = {"owner": owner, "limit": str(limit)}
-        return _parse(ConversationPage, await self._call("GET", "/conversations", params))
+        params = {"limit": str(limit)}
+        answer = await self._call("GET", "/conversations", params, bearer=owner)
+        return _parse(ConversationPage, answer)
 
     async def rename(self, token: str, title: str) -> None:
         """Give the conversation a title (``PATCH /session``).
@@ -144,7 +146,7 @@ class ParleyApi:
                 system prompt the server refuses; 409 for a new model while messages
                 still wait for replies (nothing changed).
         """
-        await self._call("PATCH", "/session", {"token": token}, fields)
+        await self._call("PATCH", "/session", {}, fields, bearer=token)
 
     async def delete(self, token: str, owner: str | None = None) -> None:
         """Delete the conversation for good (``DELETE /session``).
@@ -152,8 +154,8 @@ class ParleyApi:
         Raises:
             ApiError: 400 if it is gone already; 403 if ``owner`` does not own it.
         """
-        params = {"token": token} | ({"owner": owner} if owner else {})
-        await self._call("DELETE", "/session", params)
+        params = {"owner": owner} if owner else {}  # the server's check takes the query only
+        await self._call("DELETE", "/session", params, bearer=token)
 
     async def export(self, token: str, form: Literal["json", "markdown"]) -> str:
         """The whole conversation as JSON or Markdown text, without its token.
@@ -161,17 +163,29 @@ class ParleyApi:
         Raises:
             ApiError: 400 if the session is gone.
         """
-        return await self._call("GET", "/session/export", {"token": token, "format": form})
+        return await self._call("GET", "/session/export", {"format": form}, bearer=token)
 
-    async def _call(self, method: str, path: str, params: dict[str, str], body: Any = None) -> str:
-        """One request; the body of its 2xx answer.
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        body: Any = None,
+        *,
+        bearer: str | None = None,
+    ) -> str:
+        """One request, with ``bearer`` (a session or owner token) as its
+        ``Authorization``; the body of its 2xx answer.
 
         Raises:
             ApiError: a status other than 2xx, or no answer.
         """
         url = self.base_url + path
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         try:
-            async with self.http.request(method, url, params=params, json=body) as response:
+            async with self.http.request(
+                method, url, params=params, json=body, headers=headers
+            ) as response:
                 text = await response.text()
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             # Only the error's type: aiohttp's messages may quote the URL with its token.

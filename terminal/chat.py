@@ -15,7 +15,13 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from protocol.wire import ConversationSummary, EditCommand, RegenerateCommand, SessionView
+from protocol.wire import (
+    ConversationSummary,
+    EditCommand,
+    GapEvent,
+    RegenerateCommand,
+    SessionView,
+)
 from terminal.api import ApiError, ChatClientError, Choice, ParleyApi
 from terminal.client import Backoff, ChatClient, SessionGone
 from terminal.conversation import Conversation
@@ -230,6 +236,8 @@ class Chat:
         try:
             async for event in opened.client.events():
                 self.print(opened.conversation.show(event))
+                if isinstance(event, GapEvent):
+                    await self._catch_up(opened)
                 self.reader.refresh()
         except SessionGone as e:
             opened.conversation.streamed.clear()
@@ -242,6 +250,16 @@ class Chat:
         except ChatClientError as e:
             self.fail(e)
         self.reader.refresh()
+
+    async def _catch_up(self, opened: Opened) -> None:
+        """After a ``gap``: reload the history and print what the events missed; the
+        socket carries on live either way."""
+        try:
+            view = await opened.client.catch_up()
+        except ApiError as e:
+            self.print(self.renderer.error(f"the history could not be reloaded ({e})"))
+            return
+        self.print(opened.conversation.caught_up(view))
 
     # --- what the person does -----------------------------------------------------------
 

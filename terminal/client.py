@@ -5,6 +5,10 @@ messages while :meth:`ChatClient.events` yields the server's events. When the so
 drops, ``events`` reconnects with backoff and sends ``{"type": "resume", "after": <last
 event id>}`` as the first frame, so a reply in progress continues where it stopped;
 events seen before are dropped (:class:`ResumeCursor`), so nothing prints twice.
+
+When the client was away for longer than the session keeps events, the server says so
+with a ``gap`` event before its replay: :meth:`ChatClient.catch_up` then reloads the
+history, and the reply whose first tokens were lost shows when its ``done`` comes.
 """
 
 from __future__ import annotations
@@ -12,26 +16,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from protocol.event_ids import stream_id_key
 from protocol.wire import (
     SERVER_EVENT,
-    DoneEvent,
-    ErrorEvent,
     MessageCommand,
     ResumeCommand,
-    RevisedEvent,
     ServerEvent,
     SessionView,
 )
 from runtime.retry import retrying
 from terminal.api import ApiError, ChatClientError, Choice, ParleyApi
+from terminal.cursor import ResumeCursor
 
 __all__ = [
     "ApiError",
@@ -81,65 +82,6 @@ class Backoff:
     maximum: float = 10.0
     jitter: float = 0.1
     attempts: int = 10
-
-
-def _stream_order(event_id: str) -> tuple[int, int]:
-    """A stream entry id as a sortable pair (:func:`stream_id_key`); malformed ids sort first."""
-    try:
-        return stream_id_key(event_id)
-    except ValueError:
-        return -1, -1
-
-
-@dataclass
-class ResumeCursor:
-    """Where the client is in the session's event stream, and which replies it has seen.
-
-    ``last_event_id`` is what a resume asks to continue after. ``finished`` holds the
-    user-message ids whose reply ended (``done`` or ``error``); a resume from the start
-    of the stream ("0") replays them, and they are dropped. ``versions`` counts the
-    earlier versions known of each turn, so that a replayed ``revised`` event already
-    reflected in the history loaded is dropped too, while a new one reopens its turn.
-    """
-
-    last_event_id: str | None = None
-    finished: set[str] = field(default_factory=set)
-    versions: dict[str, int] = field(default_factory=dict)
-
-    def after(self) -> str:
-        """The ``after`` of the next resume: the last event seen, or the stream's start."""
-        return self.last_event_id or "0-0"
-
-    def accept(self, event: ServerEvent) -> bool:
-        """Record ``event``; False if it was seen before and must be dropped."""
-        event_id = getattr(event, "event_id", None)
-        if event_id is None:
-            return True  # not from the event stream (``queued``, refusals): never replayed
-        last = self.last_event_id
-        if last is not None and _stream_order(event_id) <= _stream_order(last):
-            return False
-        if isinstance(event, RevisedEvent):
-            count = len(event.message.versions or [])
-            if count <= self.versions.get(event.message_id, 0):
-                return False  # a revision the history loaded already holds
-            self.versions[event.message_id] = count
-            self.finished.discard(event.message_id)  # its new reply follows
-        elif event.message_id in self.finished:
-            return False
-        self.last_event_id = event_id
-        if isinstance(event, DoneEvent | ErrorEvent) and event.message_id is not None:
-            self.finished.add(event.message_id)
-        return True
-
-    def seed(self, view: SessionView) -> None:
-        """Mark the user messages answered in ``view``'s history as finished, and note
-        each turn's earlier versions."""
-        for message, following in zip(view.messages, view.messages[1:], strict=False):
-            if message.role == "user" and following.role == "assistant":
-                self.finished.add(message.id)
-        for message in view.messages:
-            if message.role == "user":
-                self.versions[message.id] = len(message.versions or [])
 
 
 class ChatClient:
@@ -217,6 +159,18 @@ class ChatClient:
         self.token = view.token
         self.cursor.seed(view)
         return view
+
+    async def catch_up(self) -> SessionView:
+        """Reload the session's history after a ``gap`` event (``GET /refresh_token``):
+        it holds the replies that finished while the client was away, and their events,
+        if replayed, are dropped from now on.
+
+        Raises:
+            ApiError: the history could not be loaded (400 if the session is gone).
+        """
+        if self.token is None:
+            raise ChatClientError("no session: call create_session or load_session first")
+        return await self.load_session(self.token)
 
     # --- WebSocket --------------------------------------------------------------------
 

@@ -71,9 +71,10 @@ async def delete(chat: Chat, arg: str) -> None:
     if (answer or "").strip().lower() not in {"y", "yes"}:
         chat.notice("kept")
         return
-    owner = chat.settings.owner(chat.api.base_url) if opened.owned else None
     await chat.close()  # first, so that its socket's end is not news
-    await chat.api.delete(opened.token, owner)
+    # The session token alone is the credential: the owner check (?owner=) would put the
+    # owner token in a URL.
+    await chat.api.delete(opened.token)
     chat.listing = []
     chat.notice("deleted; the next message starts a new conversation")
 

@@ -18,6 +18,7 @@ from rich.console import Console, RenderableType
 from rich.markdown import Markdown
 from rich.text import Text
 
+from protocol.labels import strip_hidden
 from protocol.wire import ChatMessage, ConversationSummary, ModelInfo, SessionView
 
 USER_PREFIX: Final = "you: "
@@ -33,6 +34,12 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def clean(text: str) -> str:
     """``text`` with its control characters shown as ``^X`` instead of obeyed."""
     return _CONTROL.sub(lambda m: "^" + chr((ord(m[0]) + 64) % 128), text)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: control characters (line breaks, ESC) and format characters
+    (bidi overrides would reorder what follows them) as spaces, white space collapsed."""
+    return " ".join(strip_hidden(text).split())
 
 
 def local_time(timestamp: str) -> str:
@@ -229,7 +236,7 @@ class Renderer:
             return self.notice("no conversations yet")
         lines = []
         for number, item in enumerate(listing, 1):
-            title = clean(item.title) or f"(untitled, {clean(item.name)})"
+            title = one_line(item.title) or f"(untitled, {one_line(item.name)})"
             when = local_time(item.last_activity)
             count = f"{item.message_count} message" + ("" if item.message_count == 1 else "s")
             lines.append(f"{number:>3}. {title}  ·  {when}  ·  {count}\n")

@@ -33,8 +33,11 @@ from protocol.wire import (
     DoneEvent,
     ErrorCode,
     ErrorEvent,
+    GapEvent,
+    MessageVersion,
     QueuedEvent,
     RestartEvent,
+    RevisedEvent,
     ServerEvent,
     TokenEvent,
 )
@@ -226,6 +229,29 @@ SERIALIZED = [
     (
         "ErrorEvent",
         sent(ErrorEvent(message_id=MID, code=ErrorCode.LLM_REJECTED, detail="no"), "2-0"),
+    ),
+    ("GapEvent", sent(GapEvent(oldest_event_id="1767268805000-0", detail="trimmed"))),
+    # A revision carries the version it kept, or none (a regenerate after a failure).
+    (
+        "RevisedEvent",
+        sent(
+            RevisedEvent(
+                message_id=MID,
+                message=REPLY.model_copy(update={"role": "user", "stopped": False}),
+                version=MessageVersion(content="Hi", timestamp=REPLY.timestamp, reply=REPLY),
+                version_count=3,
+            ),
+            "3-0",
+        ),
+    ),
+    (
+        "RevisedEvent",
+        sent(
+            RevisedEvent(
+                message_id=MID, message=REPLY.model_copy(update={"role": "user"}), version_count=0
+            ),
+            "4-0",
+        ),
     ),
 ]
 

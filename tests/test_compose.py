@@ -6,6 +6,7 @@ at the services and ports that exist, and the worker must stay scalable.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -115,6 +116,37 @@ def test_proxy_passes_websockets_to_the_servers(services: dict[str, dict[str, An
     (timeout,) = re.findall(r"proxy_read_timeout (\d+)s;", conf)
     assert int(timeout) >= 600
     assert conf.count("{") == conf.count("}")
+
+
+def test_the_servers_trust_only_the_proxy() -> None:
+    """docker-compose's servers trust the proxy's pinned address and nothing else of
+    the network, and no other container can be given that address."""
+    compose = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    (pool,) = compose["networks"]["default"]["ipam"]["config"]
+    subnet = ipaddress.ip_network(pool["subnet"])
+    dynamic = ipaddress.ip_network(pool["ip_range"])
+    proxy = ipaddress.ip_address(
+        compose["services"]["proxy"]["networks"]["default"]["ipv4_address"]
+    )
+    assert proxy in subnet and proxy not in dynamic and dynamic.subnet_of(subnet)  # type: ignore[arg-type]
+    trusted = [
+        ipaddress.ip_network(p.strip())
+        for p in compose["services"]["server"]["environment"]["TRUSTED_PROXIES"].split(",")
+    ]
+    assert trusted == [ipaddress.ip_network(f"{proxy}/32")]
+
+
+def test_the_servers_answer_their_names_and_their_healthcheck(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """ALLOWED_HOSTS is set (a default for the site's names), and holds the host the
+    healthcheck asks, or every replica would be unhealthy."""
+    server = services["server"]
+    hosts = environment(server)["ALLOWED_HOSTS"].split(",")
+    probe = " ".join(server["healthcheck"]["test"])
+    (url,) = re.findall(r"http://[^'\"]+", probe)
+    assert urlparse(url).hostname in hosts
+    assert "localhost" in hosts and "*" not in hosts
 
 
 @pytest.mark.parametrize("name", ["server", "worker"])

@@ -18,6 +18,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 from starlette.routing import Match
 
+from protocol.wire import CLIENT_COMMAND, SERVER_EVENT
 from server.app import create_app
 from server.config import ServerSettings
 from tests.browser.webclient import installed_client
@@ -113,8 +114,15 @@ def test_the_websocket_guide_shows_every_command_and_event(collection: dict[str,
         "revised",
         "done",
         "error",
+        "gap",
     }
     assert "\n```\nHello! What can you do?\n```" in guide  # a plain text message
+    # Each frame shown is one the server sends or takes, as the wire models say.
+    for frame in frames:
+        if frame["type"] in {"message", "stop", "resume", "regenerate", "edit"}:
+            CLIENT_COMMAND.validate_python(frame)
+        else:
+            SERVER_EVENT.validate_python(frame)
 
 
 async def test_newman_runs_the_collection_against_a_running_parley(

@@ -23,7 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from stack.model import EmbeddedModel
-from storage.summaries import SUMMARY_GROUP, SUMMARY_STREAM
+from storage.keys import SUMMARY_GROUP, SUMMARY_STREAM
 from tests.support.events import count, of_type, read_until
 from tests.support.parley import running_parley
 from worker.llm import LLMClient, LLMConfig, PromptMessage

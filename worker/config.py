@@ -17,7 +17,6 @@ LOCAL_MODEL_NAME = "smollm2-135m-instruct"
 # Embedded model): this prompt at temperature 0.2 answered 21 of 24 samples right, the
 # earlier transcript-style prompt 12 of 24. Without "Reply in English" the tiny model
 # drifts into French whenever France is mentioned.
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Reply in English."
 
 
 class WorkerSettings(CommonSettings):
@@ -71,7 +70,6 @@ class WorkerSettings(CommonSettings):
         description="Ask the model for its token usage (stream_options); off for an API "
         "that refuses the field (usage is then estimated).",
     )
-    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt.")
     memory_max_messages: int = Field(
         default=20, ge=1, description="Most history messages (user and assistant) in a prompt."
     )
@@ -99,6 +97,12 @@ class WorkerSettings(CommonSettings):
     claim_idle_ms: int = Field(
         default=5000, gt=0, description="Pending entries idle this long (ms) are taken over."
     )
+    consumer_idle_delete_ms: int = Field(
+        default=600_000,
+        gt=0,
+        description="A consumer of a group this worker reads that has been idle this long "
+        "(ms) and holds no pending entry is deleted (a crashed worker's, a server's).",
+    )
     max_deliveries: int = Field(
         default=3,
         ge=1,
@@ -110,6 +114,13 @@ class WorkerSettings(CommonSettings):
         ge=1,
         description="Attempts at one message that may end with their worker dying before "
         "it goes to the dead-letter stream.",
+    )
+    job_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Tries at one title or summary job (its delivery count: 1 when read, "
+        "plus 1 each time it is taken over) before it is given up and acknowledged.",
     )
     worker_concurrency: int = Field(
         default=32, ge=1, description="Replies generated at once by one worker process."

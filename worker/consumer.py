@@ -32,6 +32,8 @@ from storage.hub import RESYNC, UNAVAILABLE, Hub
 from storage.store import SessionExpired, Store
 from worker.config import WorkerSettings
 from worker.entries import StreamEntry
+from worker.groups import ConsumerGroups
+from worker.jobs import IdleJobs
 from worker.llm import LLMClient
 from worker.metrics import TAKEOVERS
 from worker.reply import Replies
@@ -83,24 +85,28 @@ class Worker:
         """Consume until :meth:`stop`.
 
         In-flight replies get ``drain_timeout_s`` (s) to finish; what is left unfinished
-        stays in the pending entries list for another worker to take over.
+        stays in the pending entries list, handed over for the next takeover of another
+        worker, and this worker's consumers leave their groups
+        (:meth:`worker.groups.ConsumerGroups.release`).
         """
         self.stopped.clear()
         await self.store.ensure_group(self.models)
         await self.store.join_pools(self.models, self.consumer)
         await self.hub.start()
+        jobs = self._job_readers()
+        self.groups = ConsumerGroups(
+            self.store,
+            self.consumer,
+            [(s, keys.CONSUMER_GROUP) for s in self.streams] + [(j.stream, j.group) for j in jobs],
+            self.settings.consumer_idle_delete_ms,
+        )
         loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._pool_loop(), name="pools"),
             asyncio.create_task(self._stop_loop(), name="stop"),
+            *(asyncio.create_task(job.run(), name=f"{job.kind}:{job.model}") for job in jobs),
         ]
-        if self.settings.conversation_titles:
-            titler = Titler(self.store, self.llm, self.consumer, self._idle)
-            loops.append(asyncio.create_task(titler.run(), name="titles"))
-        if self.settings.memory_summary:
-            summarizer = Summarizer(self.settings, self.store, self.llm, self.consumer, self._idle)
-            loops.append(asyncio.create_task(summarizer.run(), name="summaries"))
         logger.info(
             "worker %s serving %s on %d partitions",
             self.consumer,
@@ -118,11 +124,29 @@ class Worker:
         finally:
             await cancel_and_wait(loops)
             await cancel_and_wait(list(self._in_flight.values()))
+            # Nothing reads or holds an entry any more: what is unfinished goes to the
+            # next worker at once, and this worker's consumers leave their groups.
+            await self.groups.release()
             # It stays in its pools as last seen now: a worker restarting (a deploy) is
             # not taken for a pool gone before MODEL_WAIT_S has passed.
             await self.hub.aclose()
             self.stopped.set()
             logger.info("worker %s stopped", self.consumer)
+
+    def _job_readers(self) -> list[IdleJobs]:
+        """The readers of title and summary jobs, as the settings ask: one of each kind
+        per model served, so a job reaches only its own model's pool."""
+        kinds: list[type[IdleJobs]] = []
+        if self.settings.conversation_titles:
+            kinds.append(Titler)
+        if self.settings.memory_summary:
+            kinds.append(Summarizer)
+        limiter = self.replies.generator.limiter
+        return [
+            kind(self.settings, self.store, self.llm, model, self.consumer, self._idle, limiter)
+            for kind in kinds
+            for model in self.models
+        ]
 
     # -- reading and claiming ------------------------------------------------------
 
@@ -190,6 +214,7 @@ class Worker:
                 for stream in self.streams:
                     await self.store.trim(stream)
                 await self.sweep_lost()
+                await self.groups.sweep_if_due()
             except (*CONNECTION_ERRORS, ResponseError) as e:
                 logger.warning("claiming stale entries failed: %s", e)
             except Exception:

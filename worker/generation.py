@@ -128,6 +128,10 @@ class ReplyGenerator:
                 entry, attempt, begun, plan, started, stop, model
             )
         except LLMError as e:
+            # Every request the model server answered is paid for, failed or retried.
+            await charge_reply(
+                self.limiter, self.settings, entry.token, reply_cost(usage, plan.messages, "")
+            )
             await self._fail(entry, attempt, e, ack)
             return
         # Charged before the reply is recorded, so a client that sees its `done` finds
@@ -253,9 +257,9 @@ class ReplyGenerator:
             TIME_TO_FIRST_TOKEN.observe(streamed.first_token_s)
             REPLY_SECONDS.observe(total_s)
             if entry.seq == 1 and self.settings.conversation_titles:
-                await self._request_title(entry.token)
+                await self._request_title(entry.token, model.id)
             if self._summary_due(plan, reply, model):
-                await self._request_summary(entry.token)
+                await self._request_summary(entry.token, model.id)
         logger.info(
             "message_id=%s session=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
             entry.message_id,
@@ -268,10 +272,11 @@ class ReplyGenerator:
             "" if event_id else " (already recorded)",
         )
 
-    async def _request_title(self, token: str) -> None:
-        """Queue the session's title job; best effort, the reply being recorded already."""
+    async def _request_title(self, token: str, model: str) -> None:
+        """Queue the session's title job for the pool of ``model``, the reply's; best
+        effort, the reply being recorded already."""
         try:
-            await request_title(self.store.redis, token)
+            await request_title(self.store.redis, token, model)
         except (RedisError, OSError) as e:
             logger.warning("session=%s title not requested: %s", fingerprint(token), e)
 
@@ -288,10 +293,11 @@ class ReplyGenerator:
             count=self.llm.counter(model.api_model).estimate,
         )
 
-    async def _request_summary(self, token: str) -> None:
-        """Queue the session's summary job; best effort (the next reply asks again)."""
+    async def _request_summary(self, token: str, model: str) -> None:
+        """Queue the session's summary job for the pool of ``model``, the reply's; best
+        effort (the next reply asks again)."""
         try:
-            await self.summaries.request_summary(token)
+            await self.summaries.request_summary(token, model)
         except (RedisError, OSError) as e:
             logger.warning("session=%s summary not requested: %s", fingerprint(token), e)
 

@@ -35,6 +35,7 @@ from worker.errors import (
 from worker.response import (
     StreamResponse,
     error_detail,
+    note_request,
     parse_retry_after,
     request_failed,
 )
@@ -311,6 +312,8 @@ class LLMClient:
             )
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise request_failed(e, self._redact) from e
+        # Answered, whatever the status: a request the quotas pay for.
+        note_request()
         if 200 <= resp.status < 300:
             return resp
         try:

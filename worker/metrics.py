@@ -19,3 +19,8 @@ REPLY_SECONDS = Histogram(
     "From the start of generation to the reply recorded (s).",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+JOB_FAILURES = Counter(
+    "parley_job_failures",
+    "Tries at title and summary jobs that raised an error, by kind (titles, summaries).",
+    ["kind"],
+)

@@ -25,10 +25,20 @@ logger = logging.getLogger(__name__)
 
 
 def reply_cost(usage: Usage, prompt: Sequence[PromptMessage], reply: str) -> int:
-    """Model tokens a reply cost: the reported usage, else an estimate."""
-    if usage.reported:
-        return usage.prompt_tokens + usage.completion_tokens
-    return sum(estimate_tokens(m.content) for m in prompt) + estimate_tokens(reply)
+    """Model tokens the requests of a reply (or a job) cost, whether it came or not.
+
+    Every ``usage`` the model reported, plus, for each request answered without one (a
+    429 or 503, a retry, a stream that broke, an API that ignores ``stream_options``),
+    an estimate of ``prompt``; and an estimate of ``reply`` (the text streamed, whole or
+    partial) unless the request that streamed it reported its usage. No request
+    answered (none was made, or none reached the server): nothing.
+    """
+    cost = usage.prompt_tokens + usage.completion_tokens
+    if usage.unreported:
+        cost += usage.unreported * sum(estimate_tokens(m.content) for m in prompt)
+    if usage.requests and not usage.last_reported:
+        cost += estimate_tokens(reply)
+    return cost
 
 
 async def charge_reply(limiter: Limiter, settings: CommonSettings, token: str, tokens: int) -> None:

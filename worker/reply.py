@@ -27,7 +27,7 @@ from runtime.logs import fingerprint
 from storage import keys
 from storage.connection import CONNECTION_ERRORS, TRANSIENT_ERRORS
 from storage.hub import RESYNC, Hub
-from storage.store import ANSWERED, NOT_YET, Fenced, NotYourTurn, SessionExpired, Store
+from storage.store import ANSWERED, NOT_YET, STALE, Fenced, NotYourTurn, SessionExpired, Store
 from worker.config import WorkerSettings
 from worker.generation import ReplyGenerator
 from worker.llm import LLMClient
@@ -158,6 +158,7 @@ class Replies:
             # failed before any attempt could begin): give up before any work.
             reason = f"delivered {delivery.deliveries} times"
             await self._give_up(delivery, entry, "", reason)
+            attempt.acked = True  # by the script that closed the message
             return
         # Only a taken-over entry can follow a crash (a fresh read never does).
         suspect = bool(delivery.deliveries) and await self.store.crashes(entry.token, entry.seq) > 0
@@ -182,7 +183,20 @@ class Replies:
         """
         async with self._suspect if suspect else contextlib.nullcontext(), self._slots:
             window = history_window(self.settings.memory_max_messages)
-            begun = await self.store.begin(entry, attempt.id, window=window)
+            begun = await self.store.begin(
+                entry, attempt.id, window=window, entry_id=delivery.key[1]
+            )
+            if begun.status == STALE:
+                # Left over from before a regenerate or edit queued the message again:
+                # the new entry is the one answered; this one is acked by answer().
+                logger.info(
+                    "message_id=%s session=%s seq=%d: entry %s is stale (queued again)",
+                    entry.message_id,
+                    fingerprint(entry.token),
+                    entry.seq,
+                    delivery.key[1],
+                )
+                return True
             if begun.status == ANSWERED:
                 logger.info(
                     "message_id=%s session=%s seq=%d already answered",
@@ -203,6 +217,7 @@ class Replies:
                 )
             if begun.crashes >= self.settings.max_crashes:
                 await self._give_up(delivery, entry, attempt.id, f"{begun.crashes} crashes")
+                attempt.acked = True  # by the script that closed the message
             else:
                 with GENERATING.track_inprogress():
                     await self.generator.generate(entry, attempt.id, begun, stop, delivery.key)
@@ -246,35 +261,50 @@ class Replies:
     async def _give_up(
         self, delivery: Delivery, entry: MessageEntry, attempt: str, reason: str
     ) -> None:
-        """Dead-letter an entry that failed ``max_deliveries`` tries or crashed its
-        workers ``max_crashes`` times; close it with an error.
+        """Close an entry that failed ``max_deliveries`` tries or crashed its workers
+        ``max_crashes`` times with an error, acknowledging it in the same script, and
+        dead-letter it.
+
+        Closing and acknowledging are one step (``finish.lua`` with ``ack``): a worker
+        that dies after closing leaves no entry behind to be given up again, which
+        could otherwise close the turn a regenerate queued since. The entry is
+        dead-lettered only if this closed the message: an entry that is stale (the
+        message was queued again since) or already answered changes nothing.
 
         Args:
             attempt: the attempt that began, or ``""`` if none could (the message is
                 then closed whatever attempt may run, see :meth:`Store.finish`).
             reason: why, for the log and the dead-letter record.
+
+        Raises:
+            Fenced: (``attempt`` given) another attempt has begun since.
         """
-        # In the dead-letter stream before the session is told, so that an operator
-        # finds it there as soon as a client sees the error.
-        logger.error("message_id=%s seq=%d %s: dead-lettered", entry.message_id, entry.seq, reason)
-        await delivery.dead_letter(reason)
-        REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
         event = ErrorEvent(
             message_id=entry.message_id,
             code=ErrorCode.DELIVERY_FAILED,
             detail="The reply could not be generated; please send it again.",
         )
-        if attempt:
-            await self.store.finish(entry, None, event, attempt)
-            return
+        closed: str | None = None
         try:
             while True:
                 try:
-                    await self.store.finish(entry, None, event, "")
-                    return
+                    closed = await self.store.finish(entry, None, event, attempt, ack=delivery.key)
+                    break
                 except NotYourTurn:
                     await self._await_turn(entry, keys.model_of_stream(delivery.key[0]))
         except ResponseError as e:
             # The session itself is what fails (its document is broken): the entry is
             # dead-lettered all the same, and nothing more can be told to it.
             logger.error("message_id=%s: its session cannot be told: %s", entry.message_id, e)
+            closed = "unknown"
+            await delivery.ack()
+        if closed is None:
+            logger.info(
+                "message_id=%s seq=%d: already closed or queued again; entry acked",
+                entry.message_id,
+                entry.seq,
+            )
+            return
+        logger.error("message_id=%s seq=%d %s: dead-lettered", entry.message_id, entry.seq, reason)
+        REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
+        await delivery.dead_letter(reason)

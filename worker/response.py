@@ -24,16 +24,24 @@ _MAX_DETAIL = 300  # characters of a server's error message kept in our errors
 
 @dataclass
 class Usage:
-    """Model tokens a reply used, as the model reported them (OpenAI's ``usage``).
+    """Model tokens a reply used, as the model reported them (OpenAI's ``usage``), and
+    the requests that reported none.
 
-    ``reported`` is False when no response carried a ``usage`` (an API that ignores
-    ``stream_options``); the caller then estimates. Several requests (retries, a stream
-    generated again) add up.
+    Several requests (retries, a stream generated again, a smaller prompt) add up.
+    ``requests`` counts every request the model server answered, with any status;
+    ``reports`` those whose response carried a ``usage`` (``reported`` if any did).
+    The others (a 429 or 503, a stream that broke, an API that ignores
+    ``stream_options``) are paid for by an estimate (:func:`worker.quota.reply_cost`).
+    ``last_reported``: the latest request reported its usage, which then covers the text
+    it streamed.
     """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reported: bool = False
+    requests: int = 0
+    reports: int = 0
+    last_reported: bool = False
 
     def add(self, usage: dict[str, Any]) -> None:
         """Add one response's ``usage`` object; malformed fields count as 0."""
@@ -41,6 +49,25 @@ class Usage:
         self.prompt_tokens += prompt if isinstance(prompt, int) else 0
         self.completion_tokens += completion if isinstance(completion, int) else 0
         self.reported = True
+        self.reports += 1
+        self.last_reported = True
+
+    def request(self) -> None:
+        """Count one more request answered by the model server."""
+        self.requests += 1
+        self.last_reported = False
+
+    @property
+    def unreported(self) -> int:
+        """Requests answered without a ``usage``: each is charged an estimate."""
+        return max(self.requests - self.reports, 0)
+
+
+def note_request() -> None:
+    """Count a request the model server answered in this context's :class:`Usage`, if
+    one is tracked (:func:`track_usage`)."""
+    if (usage := _USAGE.get()) is not None:
+        usage.request()
 
 
 #: The :class:`Usage` that model responses read in this context add to, if any. The

@@ -1,19 +1,21 @@
 """Rolling summary memory: a session's oldest turns, folded into a summary by the model.
 
 A summary is a low-priority job that never delays a reply, run as the titles are
-(:mod:`worker.titles`):
+(:mod:`worker.jobs`, :mod:`worker.titles`):
 
-- once a reply is recorded, its worker queues a job for the session
-  (:data:`storage.summaries.SUMMARY_STREAM`) if the turns after the summary call for one
-  (:func:`worker.memory.summary_due`: more than ``MEMORY_SUMMARY_TRIGGER_TOKENS``, or
-  nearly ``MEMORY_MAX_MESSAGES``); best effort, the next reply asks again;
-- each worker reads that stream in the group :data:`storage.summaries.SUMMARY_GROUP`,
-  one job at a time and only while it has no reply in flight; a job its worker died on
-  is taken over after :data:`worker.jobs.CLAIM_IDLE_MS`;
+- once a reply is recorded, its worker queues a job for the session in the summary
+  stream of the session's model (:func:`storage.keys.summary_stream`) if the turns
+  after the summary call for one (:func:`worker.memory.summary_due`: more than
+  ``MEMORY_SUMMARY_TRIGGER_TOKENS``, or nearly ``MEMORY_MAX_MESSAGES``); best effort,
+  the next reply asks again;
+- the workers that serve that model read it in the group
+  :data:`storage.keys.SUMMARY_GROUP`, one job at a time and only while they have no
+  reply in flight; a job its worker died on is taken over after
+  :data:`worker.jobs.CLAIM_IDLE_MS`;
 - the job reads the whole session, picks the oldest turns after the summary
-  (:func:`worker.memory.turns_to_fold`, never the newest) and asks the model for the
-  summary of the stored summary plus those turns, in at most
-  ``MEMORY_SUMMARY_MAX_TOKENS`` tokens;
+  (:func:`worker.memory.turns_to_fold`, never the newest) and asks the session's model
+  (its API name) for the summary of the stored summary plus those turns, in at most
+  ``MEMORY_SUMMARY_MAX_TOKENS`` tokens, charged to the session's quotas;
 - ``summary.lua`` stores it only if the stored summary is still the one it was made
   from (compare-and-set on its ``seq``): a retried job, or two workers on the same
   session, store one summary, and no turn is folded twice or skipped. The loser's model
@@ -31,21 +33,21 @@ from collections.abc import Sequence
 
 from protocol.wire import utc_now
 from runtime.logs import fingerprint
+from storage import keys
+from storage.admission import Limiter
 from storage.models import SummaryRecord
 from storage.scripts import SummaryStatus
 from storage.sessions import SessionExpired
 from storage.store import Store
-from storage.summaries import SUMMARY_GROUP, SUMMARY_STREAM, Summaries
+from storage.summaries import Summaries
 from worker.config import WorkerSettings
 from worker.errors import LLMError
 from worker.jobs import IdleJobs
 from worker.llm import LLMClient, PromptMessage
 from worker.memory import Turn, answered_turns, summary_due, turns_to_fold
-from worker.response import track_usage
 
 logger = logging.getLogger(__name__)
 
-#: A summary job pending this long (ms) on a worker is taken over.
 #: Characters of each message shown to the model (a long one is cut).
 EXCERPT_CHARS = 2000
 
@@ -70,57 +72,56 @@ def summary_prompt(previous: str, turns: Sequence[Turn]) -> list[PromptMessage]:
 
 
 class Summarizer(IdleJobs):
-    """One worker's reader of summary jobs.
+    """One worker's reader of the summary jobs of one of its models (see
+    :class:`worker.jobs.IdleJobs` for its arguments; the settings also give the memory
+    budget and the summary's)."""
 
-    Args:
-        settings: the worker's settings (the memory budget and the summary's).
-        store: the worker's store.
-        llm: the worker's model client (its token counter is calibrated here too).
-        consumer: the worker's consumer name.
-        idle: set while the worker has no reply in flight (summaries wait for it).
-    """
-
-    stream = SUMMARY_STREAM
-    group = SUMMARY_GROUP
+    kind = "summaries"
+    group = keys.SUMMARY_GROUP
 
     def __init__(
         self,
         settings: WorkerSettings,
         store: Store,
         llm: LLMClient,
+        model: str,
         consumer: str,
         idle: asyncio.Event,
+        limiter: Limiter | None = None,
     ) -> None:
-        super().__init__(store.redis, consumer, idle)
-        self.settings = settings
-        self.store = store
+        super().__init__(settings, store, llm, model, consumer, idle, limiter)
         self.summaries = Summaries(store.redis, settings)
-        self.llm = llm
+
+    @staticmethod
+    def stream_of(model: str) -> str:
+        """The summary stream of ``model``."""
+        return keys.summary_stream(model)
+
+    async def requeue(self, token: str, model: str) -> None:
+        """Queue session ``token``'s summary job again, for ``model``'s pool."""
+        await self.summaries.request_summary(token, model)
 
     async def handle(self, token: str) -> None:
         """Summarize session ``token`` if it is due (see :meth:`summarize`)."""
         await self.summarize(token)
 
     async def summarize(self, token: str) -> SummaryStatus | None:
-        """Fold session ``token``'s oldest turns into its summary, if it is due.
+        """Fold session ``token``'s oldest turns into its summary, if it is due, with
+        the session's model if this reader's model is still its.
 
         Returns:
             What ``summary.lua`` did with the new summary; None if none was made (the
-            session is gone, no summary is due, or the model failed).
+            session is gone or chose another model, no summary is due, or the model
+            failed).
 
         Raises:
             redis.exceptions.RedisError: Redis failed (the job stays pending).
         """
-        try:
-            session = await self.store.get_session(token, touch=False)
-        except SessionExpired:
+        found = await self.session_of(token)
+        if found is None:
             return None
+        session, model = found
         s = self.settings
-        # The session's own model, as its replies, if this worker's pool serves it; else
-        # this worker's own (None): any model can summarize, but only through its API.
-        offer = s.offer(session.model)
-        served = offer is not None and offer.id in s.served_models()
-        model = offer.api_model if offer is not None and served else None
         count = self.llm.counter(model).estimate
         base = session.summary
         base_seq = base.seq if base is not None else 0
@@ -161,14 +162,12 @@ class Summarizer(IdleJobs):
         None if the model failed or said nothing."""
         limit = self.settings.memory_summary_max_tokens
         prompt = summary_prompt(previous, fold)
-        usage = track_usage()
         try:
-            text = "".join(
-                [p async for p in self.llm.stream(prompt, max_tokens=limit, model=model)]
-            ).strip()
+            text, usage = await self.ask(token, prompt, limit, model)
         except LLMError as e:
             logger.warning("session=%s no summary: %s", fingerprint(token), e)
             return None
+        text = text.strip()
         if not text:
             logger.warning("session=%s no summary: the model said nothing", fingerprint(token))
             return None

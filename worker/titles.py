@@ -1,15 +1,18 @@
 """Conversation titles: after a session's first reply, the model is asked for a short title.
 
-A title is a low-priority job that never delays a reply:
+A title is a low-priority job that never delays a reply (:mod:`worker.jobs`):
 
-- once a session's first reply is recorded, its worker adds the session's token to
-  :data:`storage.keys.TITLE_STREAM` (best effort: a worker that dies in between leaves
-  the conversation untitled, which a person can rename);
-- each worker reads that stream in the consumer group :data:`storage.keys.TITLE_GROUP`,
-  one job at a time, and only while it has no reply in flight; a job its worker died on
-  is taken over after :data:`worker.jobs.CLAIM_IDLE_MS`;
-- the model gets the first message and reply, and at most :data:`TITLE_MAX_TOKENS`
-  tokens to answer; the answer's first line, without quotes or Markdown marks, cut at
+- once a session's first reply is recorded, its worker adds the session's token to the
+  title stream of the session's model (:func:`storage.keys.title_stream`; best effort:
+  a worker that dies in between leaves the conversation untitled, which a person can
+  rename);
+- the workers that serve that model read it in the consumer group
+  :data:`storage.keys.TITLE_GROUP`, one job at a time, and only while they have no
+  reply in flight; a job its worker died on is taken over after
+  :data:`worker.jobs.CLAIM_IDLE_MS`;
+- the session's model (its API name) gets the first message and reply, and at most
+  :data:`TITLE_MAX_TOKENS` tokens to answer, charged to the session's quotas; the
+  answer's first line, without quotes or Markdown marks, cut at
   :data:`TITLE_MAX_CHARS`, becomes the title unless the session has one by then
   (``title.lua``);
 - a job whose model request fails is dropped with a warning: titles are a convenience.
@@ -17,18 +20,17 @@ A title is a low-priority job that never delays a reply:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
 from redis.asyncio import Redis
 
+from protocol.labels import strip_hidden
 from runtime.logs import fingerprint
 from storage import keys
-from storage.store import SessionExpired, Store
 from worker.errors import LLMError
 from worker.jobs import IdleJobs
-from worker.llm import LLMClient, PromptMessage
+from worker.llm import PromptMessage
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +40,7 @@ TITLE_MAX_TOKENS = 24
 TITLE_MAX_CHARS = 80
 #: Characters of the first message and of the first reply shown to the model.
 EXCERPT_CHARS = 600
-#: A title job pending this long (ms) on a worker is taken over.
-#: Bound of the title stream (entries, approximate).
+#: Bound of each model's title stream (entries, approximate).
 TITLE_STREAM_MAXLEN = 10_000
 
 INSTRUCTION = (
@@ -50,52 +51,49 @@ INSTRUCTION = (
 
 def clean_title(answer: str) -> str:
     """The title in a model's answer: its first non-empty line, without surrounding
-    quotes, Markdown marks or a ``Title:`` label, white space collapsed, cut at a word
+    quotes, Markdown marks, a ``Title:`` label, control or format characters
+    (:mod:`protocol.labels`), white space collapsed, cut at a word
     to :data:`TITLE_MAX_CHARS`; "" if nothing is left."""
     line = next((x for x in answer.splitlines() if x.strip()), "")
     line = re.sub(r"^\s*(?:#+|\*+|title\s*:)\s*", "", line, flags=re.IGNORECASE)
-    line = " ".join(line.split()).strip(" \"'`*_.")
+    line = " ".join(strip_hidden(line).split()).strip(" \"'`*_.")
     if len(line) > TITLE_MAX_CHARS:
         cut = line[:TITLE_MAX_CHARS].rsplit(" ", 1)[0]
         line = (cut or line[:TITLE_MAX_CHARS]).rstrip(" ,;:-")
     return line
 
 
-async def request_title(redis: Redis[str], token: str) -> None:
-    """Queue a title job for session ``token`` (after its first reply is recorded)."""
+async def request_title(redis: Redis[str], token: str, model: str) -> None:
+    """Queue a title job for session ``token`` (after its first reply is recorded) in
+    the stream of ``model`` (its catalog id), read only by the workers that serve it."""
     await redis.xadd(
-        keys.TITLE_STREAM, {"token": token}, maxlen=TITLE_STREAM_MAXLEN, approximate=True
+        keys.title_stream(model), {"token": token}, maxlen=TITLE_STREAM_MAXLEN, approximate=True
     )
 
 
 class Titler(IdleJobs):
-    """One worker's reader of title jobs.
+    """One worker's reader of the title jobs of one of its models (see
+    :class:`worker.jobs.IdleJobs` for its arguments)."""
 
-    Args:
-        store: the worker's store.
-        llm: the worker's model client.
-        consumer: the worker's consumer name.
-        idle: set while the worker has no reply in flight (titles wait for it).
-    """
-
-    stream = keys.TITLE_STREAM
+    kind = "titles"
     group = keys.TITLE_GROUP
 
-    def __init__(self, store: Store, llm: LLMClient, consumer: str, idle: asyncio.Event) -> None:
-        super().__init__(store.redis, consumer, idle)
-        self.store = store
-        self.llm = llm
+    @staticmethod
+    def stream_of(model: str) -> str:
+        """The title stream of ``model``."""
+        return keys.title_stream(model)
+
+    async def requeue(self, token: str, model: str) -> None:
+        """Queue session ``token``'s title job again, for ``model``'s pool."""
+        await request_title(self.redis, token, model)
 
     async def handle(self, token: str) -> None:
-        """Title session ``token`` (see :meth:`_title`)."""
-        await self._title(token)
-
-    async def _title(self, token: str) -> None:
-        """Ask the model for ``token``'s title and set it unless the session has one."""
-        try:
-            session = await self.store.get_session(token, touch=False)
-        except SessionExpired:
+        """Ask the session's model for ``token``'s title and set it unless the session
+        has one."""
+        found = await self.session_of(token)
+        if found is None:
             return
+        session, model = found
         if session.title or not session.messages:
             return
         first = next((m for m in session.messages if m.role == "user"), None)
@@ -111,10 +109,10 @@ class Titler(IdleJobs):
             ),
         ]
         try:
-            pieces = [p async for p in self.llm.stream(prompt, max_tokens=TITLE_MAX_TOKENS)]
+            answer = await self.ask(token, prompt, TITLE_MAX_TOKENS, model)
         except LLMError as e:
             logger.warning("session=%s no title: %s", fingerprint(token), e)
             return
-        title = clean_title("".join(pieces))
+        title = clean_title(answer.text)
         if title and await self.store.set_title_if_none(token, title):
             logger.info("session=%s titled (%d chars)", fingerprint(token), len(title))

@@ -1,6 +1,6 @@
 // The REST half of the contract: sessions (start, load, rename, change model and system
 // prompt, delete, export), the models on offer, and the owner that lists a person's
-// conversations.
+// conversations. Tokens travel as `Authorization: Bearer`, never in a request's URL.
 
 import {
   isConversationPage,
@@ -99,12 +99,22 @@ type Params = Record<string, string | number>;
 
 /** The API of the server at `base` ("" for the page's own origin). */
 export function httpApi(base = ""): Api {
-  /** The response to a request, or the error it stands for. */
-  async function send(method: string, path: string, params: Params, body?: unknown) {
+  /**
+   * The response to a request, its token (`bearer`: a session or owner token) in the
+   * Authorization header; or the error it stands for.
+   */
+  async function send(
+    method: string,
+    path: string,
+    params: Params,
+    bearer: string | null,
+    body?: unknown,
+  ) {
     const query = new URLSearchParams(
       Object.entries(params).map(([key, value]) => [key, String(value)]),
     );
     const headers: Record<string, string> = { Accept: "application/json" };
+    if (bearer) headers.Authorization = `Bearer ${bearer}`;
     const init: RequestInit = { method, headers };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -112,7 +122,8 @@ export function httpApi(base = ""): Api {
     }
     let response: Response;
     try {
-      response = await fetch(`${base}${path}?${query.toString()}`, init);
+      const search = query.toString();
+      response = await fetch(`${base}${path}${search ? `?${search}` : ""}`, init);
     } catch (e) {
       throw new Unreachable(e);
     }
@@ -132,10 +143,11 @@ export function httpApi(base = ""): Api {
     method: string,
     path: string,
     params: Params,
+    bearer: string | null,
     valid: (value: unknown) => value is T,
     payload?: unknown,
   ): Promise<T> {
-    const response = await send(method, path, params, payload);
+    const response = await send(method, path, params, bearer, payload);
     let body: unknown = null;
     try {
       body = await response.json();
@@ -161,7 +173,7 @@ export function httpApi(base = ""): Api {
   /** `PATCH /session`; a 400 that names the session is SessionGone. */
   async function patch(token: string, changes: SessionChoice & { title?: string }) {
     try {
-      await send("PATCH", "/session", { token }, changes);
+      await send("PATCH", "/session", {}, token, changes);
     } catch (e) {
       // 400 is also a bad title, model or prompt: only the server's words tell them apart.
       if (e instanceof ApiError && e.status === 400 && /does not exist/.test(e.detail)) {
@@ -174,11 +186,10 @@ export function httpApi(base = ""): Api {
 
   return {
     async createSession(name, owner, choice) {
-      const params: Params = owner ? { name, owner } : { name };
       // No body without a choice: the request stays the one every server takes.
       const body = choice && Object.keys(choice).length > 0 ? choice : undefined;
       try {
-        return await json("POST", "/token", params, isSessionView, body);
+        return await json("POST", "/token", { name }, owner ?? null, isSessionView, body);
       } catch (e) {
         // A 400 names the owner only when the name is fine: the page checks names first.
         if (owner && e instanceof ApiError && e.status === 400 && /owner/i.test(e.detail)) {
@@ -188,27 +199,27 @@ export function httpApi(base = ""): Api {
       }
     },
     refreshSession: (token) =>
-      naming(sessionGone, () => json("GET", "/refresh_token", { token }, isSessionView)),
+      naming(sessionGone, () => json("GET", "/refresh_token", {}, token, isSessionView)),
     async createOwner() {
-      return (await json("POST", "/owner", {}, isOwnerView)).owner;
+      return (await json("POST", "/owner", {}, null, isOwnerView)).owner;
     },
     listConversations: (owner, offset, limit) =>
       naming(ownerGone, () =>
-        json("GET", "/conversations", { owner, offset, limit }, isConversationPage),
+        json("GET", "/conversations", { offset, limit }, owner, isConversationPage),
       ),
     async listModels() {
-      return (await json("GET", "/models", {}, isModelList)).models;
+      return (await json("GET", "/models", {}, null, isModelList)).models;
     },
     renameSession: (token, title) => patch(token, { title }),
     changeSession: (token, choice) => patch(token, choice),
     async deleteSession(token) {
-      // The token alone is the credential: the owner check (`&owner=`) would only put
-      // a second one in a URL.
-      await naming(sessionGone, () => send("DELETE", "/session", { token }));
+      // The token alone is the credential: the owner check (`&owner=`) would put the
+      // owner token in a URL.
+      await naming(sessionGone, () => send("DELETE", "/session", {}, token));
     },
     async exportSession(token, format) {
       const response = await naming(sessionGone, () =>
-        send("GET", "/session/export", { token, format }),
+        send("GET", "/session/export", { format }, token),
       );
       return { blob: await response.blob(), format };
     },

@@ -297,8 +297,21 @@ describe("a dropped socket", () => {
 
 describe("regenerate and edit", () => {
   const T2 = "2026-01-01T12:05:00.000Z";
-  const revised = (id: string, message: ChatMessage, eventId: string): Action =>
-    event({ type: "revised", message_id: id, message, event_id: eventId });
+  const revised = (
+    id: string,
+    message: ChatMessage,
+    eventId: string,
+    version: Version | undefined,
+    count: number,
+  ): Action =>
+    event({
+      type: "revised",
+      message_id: id,
+      message,
+      ...(version === undefined ? {} : { version }),
+      version_count: count,
+      event_id: eventId,
+    });
   const version = (content: string, reply: ChatMessage | null): Version => ({
     content,
     timestamp: T,
@@ -309,7 +322,7 @@ describe("regenerate and edit", () => {
   it("regenerate: the reply leaves the view, the new one streams in, the old is a version", () => {
     let state = answered();
     const earlier = version("hi", assistant("r-m1", "first"));
-    state = reduce(state, revised("m1", { ...user("m1", "hi"), versions: [earlier] }, "2-0"));
+    state = reduce(state, revised("m1", user("m1", "hi"), "2-0", earlier, 1));
     expect(shown(state)).toEqual(["user:hi:queued"]);
     expect((state.items[0] as UserItem).versions).toEqual([earlier]);
     expect(activeMessage(state)?.id).toBe("m1");
@@ -322,10 +335,22 @@ describe("regenerate and edit", () => {
 
   it("edit: the message takes its new text and time, the earlier text and reply are kept", () => {
     let state = answered();
-    const message = { ...user("m1", "hello there"), timestamp: T2, versions: [version("hi", null)] };
-    state = run(state, revised("m1", message, "2-0"), done("m1", "again", "2-1"));
+    const message = { ...user("m1", "hello there"), timestamp: T2 };
+    state = run(state, revised("m1", message, "2-0", version("hi", null), 1), done("m1", "again", "2-1"));
     expect(shown(state)).toEqual(["user:hello there:queued", "assistant:again:done"]);
     expect(state.items[0]).toMatchObject({ timestamp: T2, versions: [{ content: "hi", reply: null }] });
+  });
+
+  it("adds each revision's version to those the turn has, in order", () => {
+    const v1 = version("hi", assistant("a1", "first"));
+    const v2 = version("hi", assistant("a2", "second"));
+    const history = [{ ...user("m1", "hi"), versions: [v1] }, assistant("a2", "second")];
+    let state = reduce(emptyConversation(), view(history));
+    state = run(state, revised("m1", user("m1", "hi"), "5-0", v2, 2), done("m1", "third", "5-1"));
+    expect((state.items[0] as UserItem).versions).toEqual([v1, v2]);
+    const v3 = version("hi", assistant("a3", "third"));
+    state = reduce(state, revised("m1", user("m1", "hey"), "6-0", v3, 3));
+    expect((state.items[0] as UserItem).versions).toEqual([v1, v2, v3]);
   });
 
   it("takes back a failed reply's error, so its new reply shows", () => {
@@ -336,12 +361,10 @@ describe("regenerate and edit", () => {
     );
     expect((state.items[0] as UserItem).error).toBeDefined();
     expect(revisableTurn(state)?.id).toBe("m1"); // a failed turn can be asked again
-    state = run(
-      state,
-      revised("m1", { ...user("m1", "x"), versions: [version("x", null)] }, "2-0"),
-      token("m1", "ok", "2-1"),
-    );
+    // Nothing to keep: the revision has no version, and the turn still has none.
+    state = run(state, revised("m1", user("m1", "x"), "2-0", undefined, 0), token("m1", "ok", "2-1"));
     expect((state.items[0] as UserItem).error).toBeUndefined();
+    expect((state.items[0] as UserItem).versions).toEqual([]);
     expect(shown(state)).toEqual(["user:x:queued", "assistant:ok:streaming"]);
   });
 
@@ -355,13 +378,15 @@ describe("regenerate and edit", () => {
       state,
       token("m1", "fir", "1-0"),
       done("m1", "first", "1-1"),
-      revised("m1", { ...user("m1", "hi"), versions: [v1] }, "2-0"),
+      revised("m1", user("m1", "hi"), "2-0", v1, 1),
       token("m1", "sec", "2-1"),
       done("m1", "second", "2-2"),
     );
     expect(shown(state)).toEqual(["user:hi:queued", "assistant:second:done"]);
+    // History held that revision's version already: it is not added twice.
+    expect((state.items[0] as UserItem).versions).toEqual([v1]);
     // Seen already: the same revised again changes nothing.
-    expect(reduce(state, revised("m1", user("m1", "hi"), "2-0"))).toBe(state);
+    expect(reduce(state, revised("m1", user("m1", "hi"), "2-0", v1, 1))).toBe(state);
   });
 
   it("is offered on the last turn only, and not while a reply is on its way", () => {
@@ -376,16 +401,22 @@ describe("regenerate and edit", () => {
 
   it("ignores a revised event for a message not on the page", () => {
     const state = answered();
-    expect(reduce(state, revised("m9", user("m9", "?"), "9-0")).items).toBe(state.items);
+    expect(reduce(state, revised("m9", user("m9", "?"), "9-0", undefined, 0)).items).toBe(state.items);
   });
 
   it("reads revised events and versions from the wire, and refuses malformed ones", () => {
-    const message = { ...user("m1", "hi"), versions: [version("old", assistant("a1", "r"))] };
-    const frame = { type: "revised", message_id: "m1", message, event_id: "2-0" };
-    expect(parseEvent(JSON.stringify(frame))).toEqual(frame);
-    const badVersion = { ...message, versions: [{ content: "old", timestamp: T, reply: "r" }] };
-    expect(parseEvent(JSON.stringify({ ...frame, message: badVersion }))).toBeNull();
-    expect(parseEvent(JSON.stringify({ ...frame, message: assistant("a1", "r") }))).toBeNull();
+    const kept = version("old", assistant("a1", "r"));
+    const none = { type: "revised", message_id: "m1", message: user("m1", "hi"), event_id: "2-0" };
+    const frame = { ...none, version: kept, version_count: 1 };
+    const parsed = (value: object) => parseEvent(JSON.stringify(value));
+    expect(parsed(frame)).toEqual(frame);
+    expect(parsed({ ...none, version_count: 0 })).toEqual({ ...none, version_count: 0 });
+    const badVersion = { content: "old", timestamp: T, reply: "r" };
+    expect(parsed({ ...frame, version: badVersion })).toBeNull();
+    expect(parsed({ ...frame, version_count: "1" })).toBeNull();
+    expect(parsed({ ...none, version: kept })).toBeNull(); // no count
+    expect(parsed({ ...frame, message: assistant("a1", "r") })).toBeNull();
+    expect(parsed({ ...frame, message: { ...user("m1", "hi"), versions: [badVersion] } })).toBeNull();
   });
 });
 
@@ -451,5 +482,59 @@ describe("a message refused because its model is not served", () => {
     expect(item.status).toBe("refused");
     expect(item.error?.title).toMatch(/Choose another model/);
     expect(state.notices).toEqual([]);
+  });
+});
+
+describe("a resume past the events kept (a gap)", () => {
+  const gap = (oldest: string): Action =>
+    event({ type: "gap", oldest_event_id: oldest, detail: "events after 1-1 are gone" });
+
+  it("drops the text streamed so far, and skips the tokens of the reply it cut until done", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "one");
+    state = run(state, token("m1", "Hel", "1-0"), token("m1", "lo", "1-1"));
+    state = reduce(state, gap("9-0"));
+    expect(shown(state)).toEqual(["user:one:queued"]); // its text has a hole
+    expect(activeMessage(state)?.id).toBe("m1");
+    // The replay starts mid-reply: its tail is not shown, its done is whole.
+    state = run(state, token("m1", " wor", "9-0"), token("m1", "ld", "9-1"));
+    expect(shown(state)).toEqual(["user:one:queued"]);
+    expect(state.lastEventId).toBe("9-1");
+    state = reduce(state, done("m1", "Hello world", "9-2"));
+    expect(shown(state)).toEqual(["user:one:queued", "assistant:Hello world:done"]);
+    // The next reply streams from its start.
+    state = sendAndQueue(state, "m2", "two");
+    state = run(state, token("m2", "Fr", "9-3"), token("m2", "om start", "9-4"));
+    expect(shown(state).at(-1)).toBe("assistant:From start:streaming");
+  });
+
+  it("cuts no reply when the replay starts with the end or the restart of one", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "one");
+    state = run(state, gap("9-0"), done("m1", "Whole", "9-0"));
+    state = sendAndQueue(state, "m2", "two");
+    state = reduce(state, token("m2", "All", "9-1"));
+    expect(shown(state).at(-1)).toBe("assistant:All:streaming");
+
+    state = sendAndQueue(emptyConversation(), "m1", "one");
+    state = run(
+      state,
+      gap("9-0"),
+      token("m1", "tail", "9-0"),
+      event({ type: "restart", message_id: "m1", event_id: "9-1" }),
+      token("m1", "again", "9-2"),
+    );
+    expect(shown(state).at(-1)).toBe("assistant:again:streaming");
+  });
+
+  it("changes nothing when it names an event seen already", () => {
+    let state = sendAndQueue(emptyConversation(), "m1", "one");
+    state = run(state, token("m1", "Hel", "9-0"));
+    expect(reduce(state, gap("9-0"))).toBe(state);
+  });
+
+  it("reads gap events from the wire, and refuses malformed ones", () => {
+    const frame = { type: "gap", oldest_event_id: "9-0", detail: "gone" };
+    expect(parseEvent(JSON.stringify(frame))).toEqual(frame);
+    expect(parseEvent(JSON.stringify({ ...frame, oldest_event_id: 9 }))).toBeNull();
+    expect(parseEvent(JSON.stringify({ type: "gap", detail: "gone" }))).toBeNull();
   });
 });

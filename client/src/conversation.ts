@@ -10,13 +10,23 @@
 //   before every reconnect.
 //
 // A turn can be answered again (regenerate) or its message edited: the server's
-// `revised` event then gives the message as it now stands, with its earlier versions,
-// and the turn's reply leaves the view until the new one streams in.
+// `revised` event then gives the message as it now stands and the one earlier version
+// the revision kept, numbered (`version_count`), and the turn's reply leaves the view
+// until the new one streams in. A turn's versions come from history, then accumulate
+// from these events; a replayed revision that history already holds adds nothing.
+//
+// A `gap` event says that a resume went past the events the server keeps: replies that
+// finished meanwhile come from history (the session loads it again), and the replies
+// streaming here lost tokens, so their text goes. The replay then starts at the oldest
+// event kept, which may be in the middle of a reply (a session's replies come one at a
+// time, so at most one): when its first event is a `token`, that reply's tokens are
+// skipped until its `done` (or `restart`), which is whole.
 
 import { describeError, REFUSALS, type Notice } from "./errors";
 import {
   compareEventIds,
   type ChatMessage,
+  type RevisedEvent,
   type ServerEvent,
   type SessionView,
   type Version,
@@ -78,6 +88,10 @@ export interface Conversation {
   lastEventId: string | null;
   /** Errors that concern no message on the page. */
   notices: GeneralNotice[];
+  /** A `gap` came, and no event with an id since. */
+  afterGap: boolean;
+  /** The message whose reply a gap cut: its tokens are skipped until it ends or restarts. */
+  cutReply: string | null;
   /** Counter for local keys. */
   nextKey: number;
 }
@@ -95,6 +109,8 @@ export const emptyConversation = (): Conversation => ({
   items: [],
   lastEventId: null,
   notices: [],
+  afterGap: false,
+  cutReply: null,
   nextKey: 1,
 });
 
@@ -272,12 +288,21 @@ const adoptedKeys = (adopted: Map<string, UserItem>): Set<string> =>
 // -- events ---------------------------------------------------------------------------
 
 function applyEvent(state: Conversation, event: ServerEvent): Conversation {
+  if (event.type === "gap") return onGap(state, event.oldest_event_id);
   const eventId = event.type === "queued" ? undefined : event.event_id;
   if (eventId !== undefined) {
     if (state.lastEventId !== null && compareEventIds(eventId, state.lastEventId) <= 0) {
       return state; // seen already (a replay overlapping what arrived live)
     }
     state = { ...state, lastEventId: eventId };
+    if (state.afterGap) {
+      const cutReply = event.type === "token" ? event.message_id : null;
+      state = { ...state, afterGap: false, cutReply };
+    }
+    if (state.cutReply !== null && event.message_id === state.cutReply) {
+      if (event.type === "token") return state; // its beginning is gone: its done is whole
+      state = { ...state, cutReply: null };
+    }
   }
   switch (event.type) {
     case "queued":
@@ -302,25 +327,45 @@ function applyEvent(state: Conversation, event: ServerEvent): Conversation {
     case "error":
       return onError(state, event.message_id, event.code, event.detail, event.retry_after_s);
     case "revised":
-      return onRevised(state, event.message_id, event.message);
+      return onRevised(state, event);
   }
 }
 
 /**
- * The turn of `messageId` was regenerated or edited: its message as it now stands
- * (text, time, earlier versions), its reply out of view, any error of the old attempt
- * gone. The new reply then arrives like any other.
+ * A resume went past the events kept (unless what it names was seen already): the
+ * replies streaming here lost tokens, so their text goes; their `done` brings it whole.
  */
-function onRevised(state: Conversation, messageId: string, message: ChatMessage): Conversation {
+function onGap(state: Conversation, oldestEventId: string): Conversation {
+  if (state.lastEventId !== null && compareEventIds(state.lastEventId, oldestEventId) >= 0) {
+    return state;
+  }
+  const items = state.items.filter((i) => !(i.kind === "assistant" && i.streaming));
+  return { ...state, items, afterGap: true, cutReply: null };
+}
+
+/**
+ * A turn was regenerated or edited: its message as it now stands (text, time), the
+ * version the revision kept added to its earlier versions, its reply out of view, any
+ * error of the old attempt gone. The new reply then arrives like any other.
+ *
+ * The version is added only if the turn has fewer than `version_count` versions: a
+ * revision replayed after a history load that holds it (a resume from before it) adds
+ * nothing. Versions missed in between (none, unless events were lost, which a `gap`
+ * reports, and the history then reloaded brings them) are not guessed.
+ */
+function onRevised(state: Conversation, event: RevisedEvent): Conversation {
+  const messageId = event.message_id;
   const user = state.items.find((i): i is UserItem => i.kind === "user" && i.id === messageId);
   if (user === undefined) return state; // not on the page: the next history load brings it
+  const { message, version } = event;
+  const added = version !== undefined && user.versions.length < event.version_count;
   const revised: UserItem = {
     ...user,
     content: message.content,
     timestamp: message.timestamp,
     status: "queued",
     error: undefined,
-    versions: message.versions ?? [],
+    versions: added ? [...user.versions, version] : user.versions,
   };
   const items = state.items
     .filter((i) => !(i.kind === "assistant" && i.replyTo === messageId))

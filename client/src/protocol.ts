@@ -97,15 +97,31 @@ export interface ErrorEvent {
 }
 
 /**
- * A turn was regenerated or edited: `message` is the user message as it now stands,
- * with its earlier versions. The turn's reply is gone from view; the new one follows
- * as usual (`token` events, then `done` or an `error`).
+ * A turn was regenerated or edited: `message` is the user message as it now stands
+ * (without its earlier versions), `version` the earlier version this revision kept
+ * (absent when it kept none: a regenerate after a failed reply) and `version_count` how
+ * many the turn keeps now, this one included. The turn's reply is gone from view; the
+ * new one follows as usual (`token` events, then `done` or an `error`).
  */
 export interface RevisedEvent {
   type: "revised";
   message_id: string;
   message: ChatMessage;
+  version?: Version;
+  version_count: number;
   event_id?: string;
+}
+
+/**
+ * A resume went past the events the session keeps (its newest `EVENTS_MAXLEN`): events
+ * after the cursor were trimmed, and the replay that follows starts at `oldest_event_id`.
+ * The replies that finished meanwhile are in history: load it again. It is not an event
+ * of the stream itself (no `event_id`).
+ */
+export interface GapEvent {
+  type: "gap";
+  oldest_event_id: string;
+  detail: string;
 }
 
 export type ServerEvent =
@@ -114,7 +130,8 @@ export type ServerEvent =
   | RestartEvent
   | DoneEvent
   | ErrorEvent
-  | RevisedEvent;
+  | RevisedEvent
+  | GapEvent;
 
 /** `POST /owner`: the token that owns and lists a person's conversations. */
 export interface OwnerView {
@@ -188,7 +205,13 @@ export function parseEvent(text: string): ServerEvent | null {
   } catch {
     return null;
   }
-  if (!isObject(data) || (!isString(data.message_id) && data.type !== "error")) return null;
+  if (!isObject(data)) return null;
+  if (data.type === "gap") {
+    return isString(data.oldest_event_id) && isString(data.detail)
+      ? (data as unknown as GapEvent)
+      : null;
+  }
+  if (!isString(data.message_id) && data.type !== "error") return null;
   if (!optionalString(data.event_id)) return null;
   switch (data.type) {
     case "queued":
@@ -202,7 +225,10 @@ export function parseEvent(text: string): ServerEvent | null {
     case "done":
       return isMessage(data.reply) ? (data as unknown as DoneEvent) : null;
     case "revised":
-      return isMessage(data.message) && data.message.role === "user"
+      return isMessage(data.message) &&
+        data.message.role === "user" &&
+        (data.version === undefined || isVersion(data.version)) &&
+        typeof data.version_count === "number"
         ? (data as unknown as RevisedEvent)
         : null;
     case "error":

@@ -194,6 +194,43 @@ describe("ChatSession", () => {
     expect(sentFrames(h.sockets[1] as FakeSocket)).toEqual([]); // "hello" was not sent twice
   });
 
+  it("loads the history again when the server says a resume went past the events kept", async () => {
+    const h = harness([userMessage("m1", "hello")]);
+    h.session.start();
+    h.socket().open();
+    h.socket().receive({ type: "token", message_id: "m1", content: "Hi ", event_id: "10-0" });
+    h.socket().drop(1001);
+    // Away meanwhile: m1 was answered, and another tab's m2 too.
+    const answered = (id: string, reply: string): ChatMessage[] => [
+      userMessage(id, id),
+      { id: `r-${id}`, role: "assistant", content: reply, timestamp: T },
+    ];
+    h.refresh.mockResolvedValue(sessionView([userMessage("m1", "hello")]));
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(h.refresh).toHaveBeenCalledTimes(1);
+    h.socket().open();
+    const history = [...answered("m1", "Hi there"), ...answered("m2", "Yes")];
+    h.refresh.mockResolvedValue(sessionView(history));
+    h.socket().receive({ type: "gap", oldest_event_id: "20-0", detail: "after 10-0: gone" });
+    expect(replyText(h.session)).toEqual([]); // the text streamed had a hole
+    await vi.advanceTimersByTimeAsync(0);
+    expect(h.refresh).toHaveBeenCalledTimes(2);
+    expect(replyText(h.session)).toEqual(["Hi there", "Yes"]);
+    // The socket carries on: a replayed done changes nothing, a live reply streams.
+    h.socket().receive({
+      type: "done",
+      message_id: "m2",
+      reply: { id: "r-m2", role: "assistant", content: "Yes", timestamp: T },
+      event_id: "20-0",
+    });
+    h.session.send("more");
+    h.socket().receive({ type: "queued", message_id: "m3", message: userMessage("m3", "more") });
+    h.socket().receive({ type: "token", message_id: "m3", content: "Sure", event_id: "21-0" });
+    expect(replyText(h.session)).toEqual(["Hi there", "Yes", "Sure"]);
+    expect(h.session.getState().connection.kind).toBe("open");
+    expect(h.sockets).toHaveLength(2);
+  });
+
   it("doubles the wait while the server stays down, and starts over once connected", async () => {
     const h = harness();
     h.session.start();
@@ -374,7 +411,9 @@ describe("regenerate and edit", () => {
     h.socket().receive({
       type: "revised",
       message_id: "m1",
-      message: { ...userMessage("m1", "hello"), versions: [{ content: "hello", timestamp: T, reply: null }] },
+      message: userMessage("m1", "hello"),
+      version: { content: "hello", timestamp: T, reply: null },
+      version_count: 1,
       event_id: "5-0",
     });
     expect(h.session.getState().revising).toBeNull();

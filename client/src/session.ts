@@ -8,6 +8,8 @@
 //   exponential backoff and jitter, loads the history (`/refresh_token`: it also tells an
 //   expired session from a server that is down, which a failed handshake cannot), then
 //   opens a new socket that resumes after the last event seen;
+// - when the server says the resume went past the events it keeps (a `gap` event), the
+//   history is loaded again, and the socket goes on with the events that follow;
 // - messages typed meanwhile wait in order and go out as soon as a socket is open; none
 //   is dropped: one sent just before a drop is looked for in the history and sent again
 //   only if it is not there.
@@ -268,6 +270,7 @@ export class ChatSession {
         this.retryAfterMs = event.retry_after_s * 1000;
       }
       this.dispatch({ type: "event", event });
+      if (event.type === "gap") void this.reloadHistory(socket);
     };
     socket.onclose = (close) => {
       if (this.socket !== socket) return;
@@ -312,6 +315,21 @@ export class ChatSession {
     this.update(choiceOf(view));
     this.dispatch({ type: "history", view });
     this.connect();
+  }
+
+  /** Load the history again while `socket` stays the session's (after a `gap`). */
+  private async reloadHistory(socket: SocketLike): Promise<void> {
+    let view: SessionView;
+    try {
+      view = await this.api.refreshSession(this.state.token);
+    } catch (e) {
+      // The socket goes on; the next reconnect loads the history anyway.
+      console.warn("cannot reload the history after a gap:", e);
+      return;
+    }
+    if (this.socket !== socket) return;
+    this.update(choiceOf(view));
+    this.dispatch({ type: "history", view });
   }
 
   private expire(): void {

@@ -1,6 +1,7 @@
 """Owners and their conversations: ``POST /owner``, ``GET /conversations``,
 ``PATCH /session`` (title, model, system prompt), ``DELETE /session`` and
-``GET /session/export``.
+``GET /session/export``. Each takes its token as ``Authorization: Bearer`` or in the
+query (:func:`server.deps.credential`).
 
 An owner token is a bearer credential like a session token: whoever holds it lists the
 owner's conversations (with their session tokens) and may delete them. It holds no
@@ -11,20 +12,34 @@ one hash slot on a Redis Cluster.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from pydantic import Field
 
+from protocol.labels import strip_hidden
 from protocol.wire import ChatMessage, ConversationExport, ConversationPage, OwnerView
-from server.admission import admit_session
-from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
+from server.admission import admit_owner
+from server.deps import (
+    BearerDep,
+    SessionTokenQuery,
+    SettingsDep,
+    StoreDep,
+    bounded_text,
+    credential,
+    session_gone,
+    well_formed,
+)
 from server.routes.models import ModelChoice, checked_choice
 from storage.store import NotTheOwner, OwnerUnknown, SessionExpired
 
 router = APIRouter(tags=["conversations"])
 
 OWNER_GONE = "Owner expired or does not exist"
+#: The largest ``offset`` of ``GET /conversations``: far beyond any owner's list
+#: (``MAX_CONVERSATIONS_PER_OWNER``), and far from the 64-bit range Redis's indexes take.
+MAX_OFFSET = 1_000_000
 
 
 def owner_gone() -> HTTPException:
@@ -38,30 +53,34 @@ class SessionChanges(ModelChoice):
     title: str | None = Field(default=None, description="The conversation's new title.")
 
 
-@router.post("/owner", response_model=OwnerView, dependencies=[Depends(admit_session)])
+@router.post("/owner", response_model=OwnerView, dependencies=[Depends(admit_owner)])
 async def create_owner(store: StoreDep) -> OwnerView:
     """Issue an owner token: pass it as ``owner`` to ``POST /token`` and
-    ``GET /conversations``. It lives ``OWNER_TTL_SECONDS`` after its last use.
+    ``GET /conversations``. It lives ``OWNER_UNUSED_TTL_SECONDS`` until its first
+    conversation, then ``OWNER_TTL_SECONDS`` after its last use.
 
-    Errors: 429 with ``Retry-After`` past ``RATE_SESSIONS_PER_CLIENT`` (owners count as
-    sessions).
+    Errors: 429 with ``Retry-After`` past ``RATE_OWNERS_PER_CLIENT``.
     """
     return OwnerView(owner=await store.create_owner())
 
 
 @router.get("/conversations", response_model=ConversationPage)
 async def list_conversations(
-    owner: Annotated[str, Query(description="The owner token.")],
     store: StoreDep,
-    offset: Annotated[int, Query(ge=0, description="Conversations to skip.")] = 0,
+    bearer: BearerDep,
+    owner: Annotated[
+        str | None, Query(description="The owner token (or Authorization: Bearer <owner>).")
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Conversations to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=100, description="Conversations a page.")] = 20,
 ) -> ConversationPage:
     """The owner's conversations, newest first: title, created, last activity, message
     count, and the session token to open each; renews the owner's TTL.
 
-    Errors: 400 ``Owner expired or does not exist``; 422 for an offset or limit out of
-    range.
+    Errors: 400 ``Owner expired or does not exist``; 422 for an offset (0 to
+    1,000,000) or limit (1 to 100) out of range, or without an owner.
     """
+    owner = credential(owner, bearer, "owner")
     if not well_formed(owner):
         raise owner_gone()
     try:
@@ -72,10 +91,11 @@ async def list_conversations(
 
 @router.patch("/session", status_code=status.HTTP_204_NO_CONTENT)
 async def change_session(
-    token: Annotated[str, Query(description="The session token.")],
     body: SessionChanges,
     store: StoreDep,
     settings: SettingsDep,
+    bearer: BearerDep,
+    token: SessionTokenQuery = None,
 ) -> None:
     """Rename a conversation, or change its model or system prompt: a JSON object with
     any of ``title``, ``model`` (``GET /models``), ``system_prompt`` (empty: the
@@ -83,9 +103,11 @@ async def change_session(
 
     Errors: 400 ``Session expired or does not exist``; 400 if the title is empty, blank
     or longer than ``MAX_TITLE_CHARS``, the model unknown, or the system prompt too
-    long; 409 (nothing changed) for a new model while messages wait for replies; 422 for
-    an empty object or an unknown field.
+    long; 409 (nothing changed) for a new model while messages wait for replies (the
+    model the session has already is no change, and succeeds); 422 for an empty object
+    or an unknown field.
     """
+    token = credential(token, bearer, "token")
     fields = checked_choice(body, settings)
     if body.title is not None:
         fields["title"] = bounded_text(body.title, "title", settings.max_title_chars)
@@ -97,6 +119,10 @@ async def change_session(
     if not well_formed(token):
         raise session_gone()
     try:
+        # Naming the model the session has already changes nothing, so it succeeds
+        # whether or not messages wait.
+        if "model" in fields and fields["model"] == await store.session_model(token):
+            del fields["model"]
         # The model first, and only while no message waits: a message is answered by
         # the pool of the model it was sent to (see storage/set_model.lua).
         if "model" in fields and not await store.set_model(token, fields.pop("model")):
@@ -112,8 +138,9 @@ async def change_session(
 
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_session(
-    token: Annotated[str, Query(description="The session token.")],
     store: StoreDep,
+    bearer: BearerDep,
+    token: SessionTokenQuery = None,
     owner: Annotated[
         str | None, Query(description="If given, the session must belong to this owner.")
     ] = None,
@@ -125,6 +152,7 @@ async def delete_session(
     Errors: 400 ``Session expired or does not exist``; 403 if ``owner`` is given and
     does not own the session.
     """
+    token = credential(token, bearer, "token")
     if not well_formed(token) or (owner is not None and not well_formed(owner)):
         raise session_gone()
     try:
@@ -137,18 +165,36 @@ async def delete_session(
         ) from e
 
 
+#: The characters that make inline Markdown (CommonMark, and GitHub's tables and
+#: strikethrough), each escaped with a backslash: links and images (``[``), HTML and
+#: autolinks (``<``), entities (``&#x202E;``), emphasis, code, a heading's closing ``#``s.
+#: Other punctuation (``Tides: a primer!``) means nothing there and stays as written.
+_MARKUP = re.compile(r"([\\`*_\[\]<>&#~|])")
+
+
+def inline(text: str) -> str:
+    """``text`` as literal Markdown inline text: on one line (control and format
+    characters become spaces, :mod:`protocol.labels`), every markup character escaped
+    (:data:`_MARKUP`), so a name or a title can neither leave its heading nor start a
+    link, an image, an HTML tag or a block of its own."""
+    return _MARKUP.sub(r"\\\1", " ".join(strip_hidden(text).split()))
+
+
 def markdown(export: ConversationExport) -> str:
     """A conversation as Markdown: a heading, then each message under its role and time.
 
-    Message contents go in as they are: they are Markdown already, as the model writes
-    and the web client renders them. A turn's earlier versions (regenerate, edit) come
-    before it, under "Earlier version" headings one level down.
+        Message contents go in as they are: they are Markdown already, as the model writes
+        and the web client renders them. Titles and names are :func:`inline` text (times are
+    the server's own ISO 8601). A
+        turn's earlier versions (regenerate, edit) come before it, under "Earlier version"
+        headings one level down.
     """
-    heading = export.title or f"Conversation of {export.name}"
-    lines = [f"# {heading}", "", f"Started {export.session_start} by {export.name}.", ""]
+    name = inline(export.name)
+    heading = inline(export.title) if export.title.strip() else f"Conversation of {name}"
+    lines = [f"# {heading}", "", f"Started {export.session_start} by {name}.", ""]
 
     def section(message: ChatMessage, level: str, label: str = "") -> list[str]:
-        who = export.name if message.role == "user" else "Assistant"
+        who = name if message.role == "user" else "Assistant"
         notes = []
         if message.stopped:
             notes.append("stopped")
@@ -177,8 +223,9 @@ def markdown(export: ConversationExport) -> str:
     responses={200: {"content": {"text/markdown": {}}}},
 )
 async def export_session(
-    token: Annotated[str, Query(description="The session token.")],
     store: StoreDep,
+    bearer: BearerDep,
+    token: SessionTokenQuery = None,
     format: Annotated[Literal["json", "markdown"], Query(description="json or markdown")] = "json",
 ) -> Response:
     """The whole conversation to keep, as a download: JSON (:class:`ConversationExport`)
@@ -186,10 +233,11 @@ async def export_session(
 
     Errors: 400 ``Session expired or does not exist``; 422 for another format.
     """
+    token = credential(token, bearer, "token")
     if not well_formed(token):
         raise session_gone()
     try:
-        session = await store.get_session(token, touch=False)
+        session = await store.get_session(token, touch=False, versions=True)
     except SessionExpired as e:
         raise session_gone() from e
     export = session.export()

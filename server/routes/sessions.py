@@ -8,7 +8,16 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, status
 
 from protocol.wire import SessionView
 from server.admission import admit_session
-from server.deps import SettingsDep, StoreDep, bounded_text, session_gone, well_formed
+from server.deps import (
+    BearerDep,
+    SessionTokenQuery,
+    SettingsDep,
+    StoreDep,
+    bounded_text,
+    credential,
+    session_gone,
+    well_formed,
+)
 from server.routes.conversations import owner_gone
 from server.routes.models import ModelChoice, checked_choice
 from storage.store import OwnerFull, OwnerUnknown, SessionExpired
@@ -21,15 +30,20 @@ async def create_token(
     name: Annotated[str, Query(description="The person's name.")],
     store: StoreDep,
     settings: SettingsDep,
+    bearer: BearerDep,
     owner: Annotated[
-        str | None, Query(description="An owner token: list the session among its conversations.")
+        str | None,
+        Query(
+            description="An owner token: list the session among its conversations (or "
+            "Authorization: Bearer <owner>)."
+        ),
     ] = None,
     choice: Annotated[ModelChoice | None, Body()] = None,
 ) -> SessionView:
     """Start a session: a new UUID4 token, valid ``SESSION_TTL_SECONDS`` after last use.
 
-    With ``owner`` (from ``POST /owner``), the session is one of the owner's
-    conversations (``GET /conversations``). An optional JSON body
+    With ``owner`` (from ``POST /owner``; in the query or as ``Authorization: Bearer``),
+    the session is one of the owner's conversations (``GET /conversations``). An optional JSON body
     ``{"model", "system_prompt"}`` chooses the session's model (``GET /models``) and
     system prompt; without it, the default model and the deployment's prompt.
 
@@ -40,6 +54,8 @@ async def create_token(
     (see :mod:`server.admission`).
     """
     name = bounded_text(name, "name", settings.max_name_chars)
+    if owner is not None or bearer is not None:
+        owner = credential(owner, bearer, "owner")
     if owner is not None and not well_formed(owner):
         raise owner_gone()
     fields = checked_choice(choice or ModelChoice(), settings)
@@ -67,17 +83,18 @@ async def create_token(
 
 @router.get("/refresh_token", response_model=SessionView)
 async def refresh_token(
-    token: Annotated[str, Query(description="The session token.")], store: StoreDep
+    store: StoreDep, bearer: BearerDep, token: SessionTokenQuery = None
 ) -> SessionView:
     """The session and its history in conversation order; renews the session's TTL.
 
     Errors: 400 ``Session expired or does not exist`` for a malformed, unknown or
-    expired token.
+    expired token; 422 without a token (``?token=`` or ``Authorization: Bearer``).
     """
+    token = credential(token, bearer, "token")
     if not well_formed(token):
         raise session_gone()
     try:
-        session = await store.get_session(token)
+        session = await store.get_session(token, versions=True)
     except SessionExpired as e:
         raise session_gone() from e
     return session.view()

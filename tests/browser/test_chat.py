@@ -27,7 +27,7 @@ from tests.support.parley import Parley
 
 pytestmark = pytest.mark.browser
 
-REFRESH = re.compile(r"/refresh_token\?")
+REFRESH = re.compile(r"/refresh_token$")
 
 # A reply's text as the page shows it: white space collapsed, as innerText does.
 PARTIAL_REPLY_JS = """

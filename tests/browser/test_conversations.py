@@ -121,11 +121,10 @@ async def titling(redis_url: str, redis: Redis[str], web_dist: Path) -> AsyncIte
 
 
 async def test_new_conversations_are_listed_and_switched_between(page: Page, quick: Parley) -> None:
-    owner_requests: list[str] = []
+    requests: list[tuple[str, str]] = []  # (URL, Authorization) of every request
 
     def on_request(request: Request) -> None:
-        if "owner=" in request.url:
-            owner_requests.append(request.url)
+        requests.append((request.url, request.headers.get("authorization", "")))
 
     page.on("request", on_request)
     first = await start_session(page, quick.url)
@@ -159,12 +158,18 @@ async def test_new_conversations_are_listed_and_switched_between(page: Page, qui
     await page.reload()
     await expect(user_messages(page)).to_have_text(["First question", "Still there?"])
     await expect(rows(page)).to_have_count(2)
-    # The owner token stays in this browser: never in the page's URL, only in the
-    # requests the API defines it for.
+    # The owner token stays in this browser: never in the page's URL nor any request's,
+    # only in the Authorization header of the requests the API defines it for. Session
+    # tokens travel in URLs only to open chat sockets (a browser cannot set their
+    # headers); the page keeps its own in the URL's fragment, which no request carries.
     assert owner not in page.url
-    assert owner_requests and all(
-        re.search(r"/(conversations|token|session)\?", url) for url in owner_requests
-    ), owner_requests
+    assert "?" not in page.url and page.url.endswith(f"#token={first}")
+    assert not [url for url, _ in requests if owner in url]
+    with_owner = {re.sub(r"\?.*", "", url) for url, auth in requests if auth == f"Bearer {owner}"}
+    assert with_owner == {f"{quick.url}/token", f"{quick.url}/conversations"}, with_owner
+    for token in (first, second):
+        assert not [url for url, _ in requests if token in url and "/chat?" not in url]
+    assert (f"{quick.url}/refresh_token", f"Bearer {first}") in requests  # switched to
 
 
 async def test_a_new_conversation_stays_listed_when_an_older_answer_of_the_list_arrives(

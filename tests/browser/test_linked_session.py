@@ -25,7 +25,8 @@ def _asked_for(page: Page, token: str) -> list[str]:
     seen: list[str] = []
 
     def on_request(request: Request) -> None:
-        if token in request.url and ("/refresh_token" in request.url or "/chat" in request.url):
+        named = token in request.url or token in request.headers.get("authorization", "")
+        if named and ("/refresh_token" in request.url or "/chat" in request.url):
             seen.append(request.url)
 
     page.on("request", on_request)
@@ -68,11 +69,14 @@ async def test_a_link_to_another_session_asks_before_replacing_mine(
     assert token_of(page.url) == mine and await page.evaluate(STORED_TOKEN_JS) == mine
     assert not used
 
-    # Opening it, on purpose this time: it becomes this browser's conversation.
-    await page.goto(f"{stack.url}/?token={theirs}")
+    # Opening it, on purpose this time (a link of today, the token in its fragment, to
+    # the page already open): it becomes this browser's conversation.
+    await page.goto(f"{stack.url}/#token={theirs}")
+    await expect(dialog).to_be_visible()
     await page.get_by_role("button", name="Open the linked conversation").click()
     await expect(page.get_by_text("Chatting as Mallory")).to_be_visible()
     assert await page.evaluate(STORED_TOKEN_JS) == theirs
+    assert page.url == f"{stack.url}/#token={theirs}"  # in the fragment, not the query
     # A reload of the same URL asks nothing.
     await page.reload()
     await expect(page.get_by_text("Chatting as Mallory")).to_be_visible()

@@ -18,12 +18,12 @@ from playwright.async_api import Locator, Page, expect
 from redis.asyncio import Redis
 
 from runtime.catalog import ModelOffer
+from runtime.config import DEFAULT_SYSTEM_PROMPT
 from tests.browser.shots import readme_shot
 from tests.browser.test_chat import finished_reply, partial_reply, replies, send, start_session
 from tests.browser.test_conversations import tab_to
 from tests.support.browser import snap, web_parley
 from tests.support.parley import Parley
-from worker.config import DEFAULT_SYSTEM_PROMPT
 
 pytestmark = pytest.mark.browser
 

@@ -128,3 +128,60 @@ def generate(count: int, seed: int) -> list[Frame]:
 
     collect()
     return frames
+
+
+# -- handshake headers ------------------------------------------------------------------
+
+#: Text a header may carry (aiohttp sends headers as Latin-1): printable, and the rest.
+_HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=60)
+_PORTS = st.one_of(st.integers(-5, 70_000).map(str), st.sampled_from(["", "abc", "0x50", "٣"]))
+_HOSTS = st.one_of(
+    st.sampled_from(["127.0.0.1", "localhost", "[::1]", "[::1", "evil.example", "", "::1"]),
+    st.ip_addresses().map(lambda ip: f"[{ip}]" if ip.version == 6 else str(ip)),
+    _HEADER_TEXT,
+)
+_AUTHORITIES = st.one_of(
+    st.tuples(_HOSTS, _PORTS).map(lambda hp: f"{hp[0]}:{hp[1]}"), _HOSTS, _HEADER_TEXT
+)
+_ORIGINS = st.one_of(
+    st.tuples(st.sampled_from(["http", "https", "ws", "null", "", "file"]), _AUTHORITIES).map(
+        lambda sa: f"{sa[0]}://{sa[1]}"
+    ),
+    st.sampled_from(["null", "http://[::1", "http://127.0.0.1:99999", "http://x:abc"]),
+    _HEADER_TEXT,
+)
+_FORWARDED = st.lists(
+    st.one_of(st.ip_addresses().map(str), _HEADER_TEXT, st.just("random-7")), max_size=4
+).map(", ".join)
+
+#: One handshake's headers: any of Origin, Host, X-Forwarded-For, Authorization.
+Handshake = dict[str, str]
+HANDSHAKES = st.fixed_dictionaries(
+    {},
+    optional={
+        "Origin": _ORIGINS,
+        "Host": _AUTHORITIES,
+        "X-Forwarded-For": _FORWARDED,
+        "Authorization": st.one_of(_HEADER_TEXT, _HEADER_TEXT.map("Bearer {}".format)),
+    },
+)
+
+
+def generate_handshakes(count: int, seed: int) -> list[Handshake]:
+    """``count`` sets of handshake headers drawn by Hypothesis, reproducible by ``seed``."""
+    found: list[Handshake] = []
+
+    @hypothesis_seed(seed)
+    @settings(
+        max_examples=count,
+        phases=[Phase.generate],
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(HANDSHAKES)
+    def collect(headers: Handshake) -> None:
+        found.append(headers)
+
+    collect()
+    return found

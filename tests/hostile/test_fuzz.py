@@ -1,4 +1,6 @@
-"""Fuzzing ``WS /chat`` of a real ``python -m server`` with Hypothesis-generated frames.
+"""Fuzzing ``WS /chat`` of a real ``python -m server`` with Hypothesis-generated frames,
+and its handshake (and a REST route) with generated ``Origin``, ``Host``,
+``X-Forwarded-For`` and ``Authorization`` headers.
 
 Ten sockets, each on a session of its own, get 10,000 frames between them: random bytes
 (binary frames), random Unicode (lone surrogates too, as text frames that are not UTF-8
@@ -25,7 +27,7 @@ from redis.asyncio import Redis
 
 from protocol.wire import SERVER_EVENT, ErrorCode, ErrorEvent
 from testkit.overrides import declare
-from tests.hostile.frames import Frame, generate
+from tests.hostile.frames import Frame, generate, generate_handshakes
 from tests.hostile.servers import new_session, rss_mb, servers, tracebacks
 
 pytestmark = pytest.mark.system
@@ -37,6 +39,12 @@ RSS_SLACK_MB = 20.0
 
 ONE_PENDING = declare(
     MAX_PENDING_MESSAGES=(1, "the frames' messages are refused past the first, not queued"),
+)
+BEHIND_A_PROXY = declare(
+    TRUSTED_PROXIES=(
+        "127.0.0.1",
+        "the client stands for a proxy: its X-Forwarded-For is read",
+    ),
 )
 
 
@@ -188,3 +196,48 @@ async def test_text_frames_that_are_not_utf8_get_invalid_frame_and_the_socket_st
             queued = SERVER_EVENT.validate_json((await ws.receive(timeout=10)).data)
             assert queued.type == "queued"
         assert not tracebacks(server)
+
+
+HANDSHAKES = 400
+
+
+async def test_hostile_handshake_headers_get_4xx_never_5xx(
+    redis_url: str, redis: Redis[str], tmp_path: Path
+) -> None:
+    """Malformed origins and hosts (``http://[::1``, ports out of range or not numbers),
+    forwarded addresses that are not addresses, and odd credentials: each handshake is
+    accepted or refused with a 4xx, each REST call answers below 500, and the server
+    logs no traceback."""
+    handshakes = generate_handshakes(HANDSHAKES, seed=20261207)
+    statuses: dict[int, int] = {}
+    unsent = 0
+    async with (
+        servers(redis_url, tmp_path / "logs", overrides=BEHIND_A_PROXY) as cluster,
+        aiohttp.ClientSession() as http,
+    ):
+        (server,) = cluster.servers
+        token = await new_session(http, server)
+        ws_url = f"{server.url.replace('http', 'ws')}/chat"
+        for headers in handshakes:
+            try:
+                async with http.ws_connect(ws_url, params={"token": token}, headers=headers):
+                    status = 101
+            except aiohttp.WSServerHandshakeError as e:
+                status = e.status
+            except (ValueError, aiohttp.ClientConnectionError):
+                unsent += 1  # a header aiohttp will not send, or a request h11 drops
+                continue
+            statuses[status] = statuses.get(status, 0) + 1
+            try:
+                async with http.get(
+                    f"{server.url}/refresh_token", params={"token": token}, headers=headers
+                ) as r:
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+            except (ValueError, aiohttp.ClientConnectionError):
+                unsent += 1
+        logged = tracebacks(server)
+    print(f"\nhandshake fuzz: statuses {dict(sorted(statuses.items()))}, not sent {unsent}")
+    assert not [s for s in statuses if s >= 500], statuses
+    assert statuses.get(101, 0) > 0 and statuses.get(400, 0) > 0 and statuses.get(403, 0) > 0
+    assert unsent < HANDSHAKES // 4
+    assert not logged, "tracebacks in the server's log:\n" + "\n".join(logged[:10])

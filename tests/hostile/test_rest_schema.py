@@ -1,5 +1,6 @@
 """The REST routes of a real ``python -m server``, fuzzed by Schemathesis from their
-OpenAPI schema: no input may get a 5xx answer."""
+OpenAPI schema, and again with hostile ``Host``, ``Origin``, ``X-Forwarded-For`` and
+``Authorization`` headers: no input may get a 5xx answer."""
 
 from __future__ import annotations
 
@@ -20,12 +21,20 @@ from schemathesis.checks import not_a_server_error
 
 from stack.process import die_with_parent, stop_process
 from stack.redis import EmbeddedRedis
-from testkit.overrides import pinned_environment
+from testkit.overrides import declare, pinned_environment
 from testkit.ports import free_port
 from testkit.processes import REPO_ROOT
 from testkit.redis_cluster import EmbeddedRedisCluster
+from tests.hostile.frames import HANDSHAKES
 
 pytestmark = pytest.mark.system
+
+BEHIND_A_PROXY = declare(
+    TRUSTED_PROXIES=(
+        "127.0.0.1",
+        "the client stands for a proxy: its X-Forwarded-For is read",
+    ),
+)
 
 #: Examples per operation and mode (valid, invalid): about 10 s in all.
 EXAMPLES = 150
@@ -47,7 +56,7 @@ def rest_server(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("schema") / "server.log"
-    env = pinned_environment({"REDIS_URL": redis_server.url})
+    env = pinned_environment({"REDIS_URL": redis_server.url}, BEHIND_A_PROXY)
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)],
@@ -95,6 +104,37 @@ def test_no_input_gets_a_server_error(rest_server: tuple[str, Path]) -> None:
 
         no_server_error()
     print(f"\nschemathesis: {calls} requests over {len(operations)} operations, no 5xx")
+
+
+def test_no_header_gets_a_server_error(rest_server: tuple[str, Path]) -> None:
+    """Every operation, valid requests with hostile headers (``tests.hostile.frames``):
+    malformed hosts and origins, forwarded entries that are not addresses, odd bearer
+    tokens. Each is answered below 500."""
+    url, _ = rest_server
+    api = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    operations = [result.ok() for result in api.get_all_operations()]
+    assert any(op.definition.raw.get("security") for op in operations), "no Bearer route"
+    statuses: dict[int, int] = {}
+    for operation in operations:
+
+        @settings(
+            max_examples=EXAMPLES // 3,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy(), headers=HANDSHAKES)
+        def no_server_error(case: schemathesis.Case, headers: dict[str, str]) -> None:
+            try:
+                response = case.call(headers=headers, timeout=10)
+            except (ValueError, UnicodeError):
+                return  # a header value the HTTP client will not send
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            assert response.status_code < 500, (headers, response.text[:200])
+
+        no_server_error()
+    print(f"\nschemathesis with hostile headers: statuses {dict(sorted(statuses.items()))}")
+    assert statuses.get(400, 0) > 0 and statuses.get(200, 0) > 0
 
 
 def test_no_traceback_in_the_log(rest_server: tuple[str, Path]) -> None:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from runtime.logs import redact
 from storage import keys
+from storage.connection import is_cluster
 from tests.support.parley import Parley, running_parley
 from worker.titles import TITLE_MAX_CHARS, clean_title
 
@@ -334,6 +335,9 @@ async def test_a_title_given_by_the_person_is_kept(
         ("# Tides explained.", "Tides explained"),
         ("   \n  ", ""),
         ("word " * 40, ("word " * 16).strip()),
+        ("\u202eevil\u202c title", "evil title"),  # bidi override and pop
+        ("Tides\tand\x1bMoon\u200b", "Tides and Moon"),
+        ("\u202e# Tides", "# Tides"),  # what is left is escaped in exports
     ],
 )
 def test_clean_title(answer: str, title: str) -> None:
@@ -356,3 +360,211 @@ async def test_deleting_a_session_closes_its_open_sockets_at_once(
             assert error["code"] == "session_expired"
             assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
         assert ws.close_code == 1008
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"offset": "9223372036854775807"},  # once answered 503 "Redis unavailable"
+        {"offset": "1000001"},
+        {"offset": "-1"},
+        {"limit": "0"},
+        {"limit": "101"},
+        {"limit": "9223372036854775807"},
+    ],
+)
+async def test_offsets_and_limits_out_of_range_are_422(
+    parley: Parley, http: aiohttp.ClientSession, params: dict[str, str]
+) -> None:
+    owner = await _owner(parley, http)
+    async with http.get(f"{parley.url}/conversations", params={"owner": owner, **params}) as r:
+        assert r.status == 422, await r.text()
+
+
+async def test_the_largest_offset_is_an_empty_page(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    owner = await _owner(parley, http)
+    await _session(parley, http, owner)
+    page = await _list(parley, http, owner, offset=1_000_000, limit=100)
+    assert (page["conversations"], page["total"], page["next_offset"]) == ([], 1, None)
+
+
+async def test_a_command_redis_refuses_is_500_not_unavailable(
+    parley: Parley, http: aiohttp.ClientSession, redis: Redis[str]
+) -> None:
+    """Only a Redis that cannot answer now is 503 ("retry shortly"); a command refused
+    for what it is (here a session key of the wrong type) fails the same way on retry."""
+    token = str(uuid.uuid4())
+    await redis.set(keys.session_key(token), "not a document")
+    async with http.get(f"{parley.url}/refresh_token", params={"token": token}) as r:
+        assert r.status == 500
+        assert await r.json() == {"detail": "internal error"}
+
+
+async def test_a_full_redis_is_503(
+    parley: Parley, http: aiohttp.ClientSession, redis: Redis[str]
+) -> None:
+    """Out of memory (noeviction) is a passing state: 503, retry shortly."""
+
+    async def maxmemory(value: str) -> None:  # on every node of a cluster
+        nodes = {"target_nodes": "all"} if is_cluster(redis) else {}
+        await redis.execute_command("CONFIG SET", "maxmemory", value, **nodes)  # type: ignore[no-untyped-call]
+
+    await maxmemory("1")
+    try:
+        async with http.post(f"{parley.url}/token", params={"name": "ada"}) as r:
+            assert r.status == 503
+            assert await r.json() == {"detail": "Redis unavailable; retry shortly"}
+    finally:
+        await maxmemory("0")
+
+
+HIDDEN = ["a\nb", "a\tb", "a\x1b[31mb", "\u202eexe.txt", "a\u2066b", "a\u200bb", "a\u00adb"]
+
+
+@pytest.mark.parametrize("text", HIDDEN)
+async def test_names_and_titles_are_one_line_of_plain_text(
+    parley: Parley, http: aiohttp.ClientSession, text: str
+) -> None:
+    owner = await _owner(parley, http)
+    params = {"name": text, "owner": owner}
+    async with http.post(f"{parley.url}/token", params=params) as r:
+        assert r.status == 400
+        assert "one line of plain text" in (await r.json())["detail"]
+    token = (await _session(parley, http, owner))["token"]
+    url = f"{parley.url}/session"
+    async with http.patch(url, params={"token": token}, json={"title": text}) as r:
+        assert r.status == 400
+        detail = (await r.json())["detail"]
+        assert detail.startswith("title must be one line of plain text") and "U+" in detail
+    assert [c["title"] for c in (await _list(parley, http, owner))["conversations"]] == [""]
+
+
+async def test_joiners_stay_in_names_and_titles(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # one emoji, joined
+    owner = await _owner(parley, http)
+    token = (await _session(parley, http, owner, name=f"Ada {family}"))["token"]
+    async with http.patch(
+        f"{parley.url}/session", params={"token": token}, json={"title": f"Mi\u200cn {family}"}
+    ) as r:
+        assert r.status == 204
+
+
+async def test_markdown_export_keeps_names_and_titles_in_their_headings(
+    parley: Parley, http: aiohttp.ClientSession, redis: Redis[str]
+) -> None:
+    """A title or name that got in before the check (or from a model, or by hand) can
+    neither leave its heading nor add a block, a link, an image or HTML to the file."""
+    from markdown_it import MarkdownIt
+
+    owner = await _owner(parley, http)
+    token = (await _session(parley, http, owner, "Ada"))["token"]
+    await _chat(parley, http, token, "a question")
+    forged = {
+        "$.title": "Notes\n\n# Forged heading\n\n[click](http://evil.example) &#x202E; ###",
+        "$.name": "Ada <img src=x onerror=alert(1)>\n## Assistant, ![t](http://evil.example/t.png)",
+    }
+    for path, value in forged.items():
+        await redis.execute_command("JSON.SET", keys.session_key(token), path, json.dumps(value))
+    url = f"{parley.url}/session/export"
+    async with http.get(url, params={"token": token, "format": "markdown"}) as r:
+        assert r.status == 200
+        text = await r.text()
+    tokens = MarkdownIt("commonmark").parse(text)
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert len(headings) == 3  # the title, the question, the reply
+    assert headings[0].startswith("Notes") and "Forged heading" in headings[0]
+    assert headings[1].startswith("Ada ") and headings[2].startswith("Assistant, ")
+    children = [c for t in tokens if t.children for c in t.children]
+    kinds = {c.type for c in children}
+    assert not kinds & {"link_open", "image", "html_inline"}, kinds
+    assert not [c for c in children if "\u202e" in c.content]  # no entity decoded to one
+    assert not [t for t in tokens if t.type == "html_block"]
+
+
+async def test_an_owner_lives_minutes_until_its_first_conversation(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(
+        redis_url, redis, owner_unused_ttl_seconds=300, owner_ttl_seconds=86_400
+    ) as parley:
+        owner = await _owner(parley, http)
+        assert 0 < await redis.ttl(keys.owner_key(owner)) <= 300
+        # Listing an unused owner does not keep it for long.
+        assert (await _list(parley, http, owner))["total"] == 0
+        assert 0 < await redis.ttl(keys.owner_key(owner)) <= 300
+        await _session(parley, http, owner)
+        assert await redis.ttl(keys.owner_key(owner)) > 300
+        assert await redis.ttl(keys.conversations_key(owner)) > 300
+        await redis.expire(keys.owner_key(owner), 10)
+        await _list(parley, http, owner)  # used: listing renews it
+        assert await redis.ttl(keys.owner_key(owner)) > 300
+
+
+async def test_owners_have_a_rate_of_their_own(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(
+        redis_url, redis, rate_owners_per_client=2, rate_sessions_per_client=3
+    ) as parley:
+        owners = [await _owner(parley, http) for _ in range(2)]
+        async with http.post(f"{parley.url}/owner") as r:
+            assert r.status == 429
+            assert 0 < int(r.headers["Retry-After"]) <= 60
+            assert "owners" in (await r.json())["detail"]
+        # Sessions have their budget, untouched by owners, and owners by sessions.
+        for owner in [*owners, None]:
+            params = {"name": "ada"} | ({"owner": owner} if owner else {})
+            async with http.post(f"{parley.url}/token", params=params) as r:
+                assert r.status == 200, await r.text()
+        async with http.post(f"{parley.url}/token", params={"name": "ada"}) as r:
+            assert r.status == 429
+
+
+async def test_every_token_can_travel_in_the_authorization_header(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    """Session and owner tokens as ``Authorization: Bearer``, never in a URL; the query
+    form still works (the contract, Postman)."""
+    url = parley.url
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    owner = await _owner(parley, http)
+    async with http.post(f"{url}/token", params={"name": "ada"}, headers=bearer(owner)) as r:
+        assert r.status == 200, await r.text()
+        token = (await r.json())["token"]
+    async with http.get(f"{url}/conversations", headers=bearer(owner)) as r:
+        assert r.status == 200
+        assert [c["token"] for c in (await r.json())["conversations"]] == [token]
+    async with http.get(f"{url}/refresh_token", headers=bearer(token)) as r:
+        assert r.status == 200 and (await r.json())["token"] == token
+    async with http.patch(f"{url}/session", json={"title": "Hi"}, headers=bearer(token)) as r:
+        assert r.status == 204
+    async with http.get(
+        f"{url}/session/export", params={"format": "markdown"}, headers=bearer(token)
+    ) as r:
+        assert r.status == 200 and (await r.text()).startswith("# Hi\n")
+    # The same token in both places is fine; two different ones are refused.
+    async with http.get(
+        f"{url}/refresh_token", params={"token": token}, headers=bearer(token)
+    ) as r:
+        assert r.status == 200
+    async with http.get(
+        f"{url}/refresh_token", params={"token": str(uuid.uuid4())}, headers=bearer(token)
+    ) as r:
+        assert r.status == 400 and "two different tokens" in (await r.json())["detail"]
+    async with http.get(f"{url}/refresh_token", headers={"Authorization": "Basic eDp5"}) as r:
+        assert r.status == 422
+    async with http.get(f"{url}/refresh_token", headers=bearer("not-a-token")) as r:
+        assert (r.status, await r.json()) == (400, GONE)
+    async with http.get(f"{url}/conversations", headers=bearer(token)) as r:
+        assert (r.status, await r.json()) == (400, OWNER_GONE)  # a session is no owner
+    async with http.delete(f"{url}/session", headers=bearer(token)) as r:
+        assert r.status == 204
+    async with http.get(f"{url}/refresh_token", headers=bearer(token)) as r:
+        assert (r.status, await r.json()) == (400, GONE)

@@ -9,10 +9,10 @@ import aiohttp
 from redis.asyncio import Redis
 
 from runtime.catalog import ModelOffer
+from runtime.config import DEFAULT_SYSTEM_PROMPT
 from storage.store import Store
 from tests.support.events import of_type, read_until
 from tests.support.parley import Parley, running_parley
-from worker.config import DEFAULT_SYSTEM_PROMPT
 
 CATALOG = [
     ModelOffer(id="small", label="Small", description="fast"),

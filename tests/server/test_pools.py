@@ -12,8 +12,11 @@ import aiohttp
 from redis.asyncio import Redis
 
 from runtime.catalog import ModelOffer
+from server.app import create_app, lifespan
+from server.config import ServerSettings
 from storage import keys
 from tests.support.events import count, of_type, read_until
+from tests.support.groups import consumers_of
 from tests.support.parley import Parley, running_parley
 
 CATALOG = [ModelOffer(id="small"), ModelOffer(id="large")]
@@ -138,6 +141,9 @@ async def test_a_model_changes_only_once_no_message_waits(
             async with http.patch(url, params={"token": token}, json={"model": "large"}) as r:
                 assert r.status == 409
                 assert "once they are answered" in await r.text()
+            # The model it has already: no change, so no conflict.
+            async with http.patch(url, params={"token": token}, json={"model": "small"}) as r:
+                assert r.status == 204, await r.text()
             await read_until(ws, count("done", 1), timeout_s=30)
         async with http.patch(url, params={"token": token}, json={"model": "large"}) as r:
             assert r.status == 204
@@ -159,3 +165,21 @@ async def test_a_worker_that_stops_leaves_its_model_served_for_the_grace_period(
             await ws.send_str("queued for the next worker")
             (queued,) = of_type(await read_until(ws, count("queued", 1)), "queued")
         assert queued["message"]["content"] == "queued for the next worker"
+
+
+async def test_servers_restarted_close_unserved_messages_under_one_consumer_name(
+    redis: Redis[str], redis_url: str
+) -> None:
+    # No worker at all: each server in turn closes the message queued meanwhile, reading
+    # the 16 streams of both models; a restart adds no consumer to their groups.
+    settings = ServerSettings(redis_url=redis_url, models=CATALOG, model_wait_s=WAIT_S)
+    for n in range(5):
+        async with lifespan(settings)(create_app(settings)) as state:
+            store = state["store"]
+            session = await store.create_session("ada", model="large")
+            await store.enqueue(session.token, f"message {n}", max_pending=10, model="large")
+            assert await state["pools"].watch_once() == 1
+    for model in ("small", "large"):
+        for stream in keys.model_streams(model):
+            consumers = await consumers_of(redis, stream, keys.CONSUMER_GROUP)
+            assert consumers == {keys.SERVER_CONSUMER: 0}, (stream, consumers)

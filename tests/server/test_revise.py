@@ -8,6 +8,8 @@ import aiohttp
 from redis.asyncio import Redis
 
 from protocol.wire import ChatMessage
+from storage import keys
+from storage.base import json_get_command, json_reply
 from tests.support.events import Event, count, of_type, read_until
 from tests.support.parley import Parley, running_parley
 
@@ -55,7 +57,10 @@ async def test_regenerate_answers_again_and_keeps_the_old_reply_as_a_version(
         (done,) = of_type(events, "done")
         assert revised["message_id"] == done["message_id"]
         assert revised["message"]["content"] == "second"
-        (version,) = revised["message"]["versions"]
+        # The event carries the version it kept, not the turn's every version.
+        assert "versions" not in revised["message"]
+        assert revised["version_count"] == 1
+        version = revised["version"]
         assert (version["content"], version["timestamp"]) == ("second", old_user["timestamp"])
         assert same(version["reply"], old)
         new = done["reply"]
@@ -75,7 +80,7 @@ async def test_regenerate_answers_again_and_keeps_the_old_reply_as_a_version(
             ("assistant", new["content"]),
         ]
         assert messages[3]["id"] == new["id"]
-        assert same(messages[2], revised["message"])
+        assert same(messages[2], {**revised["message"], "versions": [version]})
         assert "versions" not in messages[0]
 
 
@@ -95,9 +100,13 @@ async def test_edit_replaces_the_last_message_and_keeps_what_it_replaced(
         (revised,) = of_type(events, "revised")
         assert revised["message"]["content"] == "2+2?"
         assert revised["message"]["timestamp"] >= message["timestamp"]
-        (version,) = revised["message"]["versions"]
+        assert "versions" not in revised["message"]
+        version = revised["version"]
         assert (version["content"], version["timestamp"]) == ("what is 2+3?", message["timestamp"])
         assert same(version["reply"], old)
+        # The second revision's event holds the second version only, numbered.
+        (second,) = of_type(again, "revised")
+        assert (second["version"]["content"], second["version_count"]) == ("2+2?", 2)
         (done,) = of_type(events, "done")
         assert done["reply"]["content"].startswith("Reply to: 2+2?")
         assert parley.prompts()[-1]["messages"][-1] == {"role": "user", "content": "1+1?"}
@@ -202,6 +211,7 @@ async def test_a_failed_reply_regenerated_keeps_no_empty_version(
             events = await read_until(ws, count("done", 1))
         (revised,) = of_type(events, "revised")
         assert "versions" not in revised["message"]
+        assert "version" not in revised and revised["version_count"] == 0
         (user, reply) = await history(parley, http, token)
         assert "versions" not in user
         assert reply["content"].startswith("Reply to: hello")
@@ -259,3 +269,55 @@ async def test_export_holds_the_versions(
             text = await r.text()
         assert "### Earlier version 1: ada," in text
         assert text.index("the question") < text.index(old["content"]) < text.index("better")
+
+
+async def test_versions_live_beside_the_session_and_go_with_it(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(redis_url, redis) as parley:
+        token = await parley.create_session(http)
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await answered(ws, "first")
+            await ws.send_json({"type": "regenerate"})
+            await read_until(ws, count("done", 1))
+        (document,) = json_reply(
+            await redis.execute_command(*json_get_command(keys.session_key(token)))
+        )
+        assert all("versions" not in m for m in document["messages"])
+        assert await redis.exists(keys.versions_key(token)) == 1
+        assert (await history(parley, http, token))[0]["versions"]
+        async with http.delete(f"{parley.url}/session", params={"token": token}) as r:
+            assert r.status == 204
+        assert await redis.exists(keys.versions_key(token)) == 0
+
+
+async def test_a_session_at_its_bound_of_bytes_refuses_messages_and_revisions(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(redis_url, redis, max_session_bytes=3000) as parley:
+        token = await parley.create_session(http)
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            for n in range(10):  # about 1 KB a turn: the message, and a reply quoting it
+                await ws.send_str(f"{n} " + "x" * 300)
+                events = await read_until(
+                    ws, lambda es: bool(of_type(es, "done") + of_type(es, "error"))
+                )
+                if of_type(events, "error"):
+                    break
+            (refusal,) = of_type(events, "error")
+            assert refusal["code"] == "session_full"
+            assert refusal["detail"].startswith("the conversation holds ")
+            assert "bytes, and 3000 at most" in refusal["detail"]
+            before = await history(parley, http, token)
+            assert len(before) >= 4
+            last = before[-2]["id"]
+            for command in (
+                {"type": "regenerate"},
+                {"type": "edit", "message_id": last, "content": "y" * 300},
+            ):
+                await ws.send_json(command)
+                events = await read_until(ws, count("error", 1))
+                assert errors(events) == ["session_full"], command
+                assert "revised" not in [e["type"] for e in events]
+        assert await history(parley, http, token) == before
+        assert await redis.exists(keys.versions_key(token)) == 0

@@ -3,15 +3,17 @@ operations surface (API explorer, metrics) that can be turned off."""
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from server.security import client_address, normalize_origin
+from server.security import client_address, client_subject, normalize_origin
 from tests.browser.webclient import built_client
 from tests.support.parley import Parley, running_parley
 
@@ -38,6 +40,9 @@ async def _open(parley: Parley, http: aiohttp.ClientSession, origin: str | None)
         ("http://evil.example", 403),
         ("http://127.0.0.1:1", 403),  # same host, another port: another origin
         ("null", 403),  # a sandboxed frame or a file
+        ("http://127.0.0.1:99999", 403),  # malformed: refused, never a 500
+        ("http://x:abc", 403),
+        ("http://[::1", 403),
     ],
 )
 async def test_websocket_origin_is_checked_at_the_handshake(
@@ -48,6 +53,81 @@ async def test_websocket_origin_is_checked_at_the_handshake(
         if origin == "SELF":
             origin = parley.url
         assert await _open(parley, http, origin) == status
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:99999", 403),  # an allowed host, a port no origin can match
+        ("127.0.0.1:abc", 400),  # no Host at all: refused before the origin is read
+        ("[::1", 400),
+    ],
+)
+async def test_a_malformed_host_is_refused_at_the_handshake(
+    parley: Parley, http: aiohttp.ClientSession, host: str, status: int
+) -> None:
+    token = await parley.create_session(http)
+    headers = {"Origin": parley.url, "Host": host}
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        async with http.ws_connect(parley.ws_url, params={"token": token}, headers=headers):
+            pass
+    assert refused.value.status == status
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        (None, 200),  # the URL's own: 127.0.0.1:<port>
+        ("localhost:{port}", 200),
+        ("[::1]:{port}", 200),
+        ("LOCALHOST", 200),
+        ("evil.example", 400),  # a DNS-rebinding page
+        ("evil.example:{port}", 400),
+        ("127.0.0.1.evil.example", 400),
+        ("", 400),
+    ],
+)
+async def test_only_allowed_hosts_are_answered(
+    parley: Parley, http: aiohttp.ClientSession, host: str | None, status: int
+) -> None:
+    port = parley.url.rsplit(":", 1)[1]
+    headers = {} if host is None else {"Host": host.format(port=port)}
+    async with http.post(f"{parley.url}/token", params={"name": "ada"}, headers=headers) as r:
+        assert r.status == status, await r.text()
+    token = await parley.create_session(http)
+    if status == 200:
+        return
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        async with http.ws_connect(parley.ws_url, params={"token": token}, headers=headers):
+            pass
+    assert refused.value.status == 400
+
+
+async def test_allowed_hosts_can_name_a_site(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    async with running_parley(redis_url, redis, allowed_hosts="chat.example.org") as parley:
+        for host, status in (("chat.example.org", 200), ("127.0.0.1", 400)):
+            async with http.get(f"{parley.url}/healthz", headers={"Host": host}) as r:
+                assert r.status == status
+
+
+@pytest.mark.parametrize(
+    ("interface", "hosts"),
+    [
+        ("127.0.0.1", "127.0.0.1,localhost,[::1]"),
+        ("0.0.0.0", "127.0.0.1,localhost,[::1]"),  # every interface: no name of its own
+        ("::", "127.0.0.1,localhost,[::1]"),
+        ("192.168.1.5", "127.0.0.1,localhost,[::1],192.168.1.5"),
+        ("fe80::1", "127.0.0.1,localhost,[::1],[fe80::1]"),
+        ("Chat.Example.org", "127.0.0.1,localhost,[::1],chat.example.org"),
+    ],
+)
+def test_the_listening_address_is_an_allowed_host(interface: str, hosts: str) -> None:
+    from server.security import SecuritySettings
+
+    assert SecuritySettings().serving(interface).allowed_hosts == hosts
+    assert SecuritySettings(allowed_hosts="*").serving(interface).hosts() == ["*"]
 
 
 async def test_pages_and_tokens_carry_security_headers(
@@ -68,6 +148,71 @@ async def test_pages_and_tokens_carry_security_headers(
     async with http.get(f"{parley.url}/refresh_token", params={"token": token}) as r:
         assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
         assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def _holds_credentials(schema: object, components: dict[str, object]) -> bool:
+    """Whether a JSON Schema (refs resolved in ``components``) has a ``token`` or
+    ``owner`` property anywhere."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            return _holds_credentials(components[ref.rsplit("/", 1)[1]], components)
+        properties = schema.get("properties", {})
+        if {"token", "owner"} & set(properties):
+            return True
+        return any(_holds_credentials(v, components) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_holds_credentials(v, components) for v in schema)
+    return False
+
+
+def test_every_route_that_holds_a_credential_is_no_store() -> None:
+    """Read from the OpenAPI schema, so a new route is checked without a word here: a
+    route that takes a token or an owner, or answers with one, is never cached."""
+    from server.app import create_app
+    from server.config import ServerSettings
+    from server.security import NO_STORE_PATHS
+
+    schema = create_app(ServerSettings()).openapi()
+    components = schema["components"]["schemas"]
+    holding = set()
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            names = {p["name"].lower() for p in operation.get("parameters", [])}
+            if (
+                operation.get("security")
+                or {"token", "owner"} & names
+                or _holds_credentials(operation.get("responses", {}), components)
+            ):
+                holding.add(path)
+    assert holding >= {"/token", "/owner", "/conversations", "/refresh_token"}
+    assert holding <= NO_STORE_PATHS, holding - NO_STORE_PATHS
+
+
+async def test_responses_with_credentials_are_never_stored(
+    parley: Parley, http: aiohttp.ClientSession
+) -> None:
+    url = parley.url
+    seen: list[tuple[str, int, str | None]] = []
+
+    async def call(method: str, path: str, **kwargs: Any) -> Any:
+        async with http.request(method, f"{url}{path}", **kwargs) as r:
+            body = await r.read()
+            seen.append((f"{method} {path}", r.status, r.headers.get("Cache-Control")))
+            return json.loads(body) if body and r.content_type == "application/json" else None
+
+    owner = (await call("POST", "/owner"))["owner"]
+    token = (await call("POST", "/token", params={"name": "ada", "owner": owner}))["token"]
+    await call("GET", "/conversations", params={"owner": owner})
+    await call("GET", "/conversations", params={"owner": "not-an-owner"})
+    await call("GET", "/refresh_token", params={"token": token})
+    await call("PATCH", "/session", params={"token": token}, json={"title": "t"})
+    await call("GET", "/session/export", params={"token": token})
+    await call("GET", "/session/export", params={"token": token, "format": "markdown"})
+    await call("DELETE", "/session", params={"token": token})
+    await call("GET", "/refresh_token", params={"token": token})
+    assert len(seen) == 10
+    assert [call for call in seen if call[2] != "no-store"] == []
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -133,6 +278,12 @@ def test_origins_are_normalized() -> None:
         ("10.0.0.2", "6.6.6.6, 1.2.3.4", "10.0.0.0/8", "1.2.3.4"),  # a forged left part
         ("10.0.0.2", "1.2.3.4, 10.0.0.7", "10.0.0.0/8", "1.2.3.4"),  # two proxies
         ("10.0.0.2", "", "10.0.0.0/8", "10.0.0.2"),
+        # Entries that are not addresses: the header is disbelieved, the proxy counts.
+        ("172.18.0.1", "random-7, 172.18.0.1", "172.16.0.0/12", "172.18.0.1"),
+        ("10.0.0.2", "random-7", "10.0.0.0/8", "10.0.0.2"),
+        ("10.0.0.2", "1.2.3.4:80", "10.0.0.0/8", "10.0.0.2"),
+        ("10.0.0.2", "1.2.3.4, unknown", "10.0.0.0/8", "10.0.0.2"),
+        ("10.0.0.2", "2001:DB8::1", "10.0.0.0/8", "2001:db8::1"),
     ],
 )
 def test_client_address_behind_trusted_proxies(
@@ -147,3 +298,41 @@ def test_client_address_behind_trusted_proxies(
     }
     proxies = SecuritySettings(trusted_proxies=trusted).proxies()
     assert client_address(scope, proxies) == client
+
+
+@pytest.mark.parametrize(
+    ("address", "prefix", "subject"),
+    [
+        ("203.0.113.9", 64, "203.0.113.9"),
+        ("2001:db8:1:2::1", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:fffe", 64, "2001:db8:1:2::/64"),  # same /64
+        ("2001:db8:1:3::1", 64, "2001:db8:1:3::/64"),  # the next /64: another client
+        ("2001:db8:1:2::1", 48, "2001:db8:1::/48"),
+        ("2001:db8:1:2::1", 128, "2001:db8:1:2::1/128"),
+        ("::ffff:203.0.113.9", 64, "203.0.113.9"),  # IPv4-mapped: the IPv4 client
+        ("unknown", 64, "unknown"),
+    ],
+)
+def test_ipv6_clients_count_by_prefix(address: str, prefix: int, subject: str) -> None:
+    assert client_subject(address, prefix) == subject
+
+
+async def test_addresses_of_one_ipv6_network_share_one_budget(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    """Rotating addresses inside one /64 buys no new sessions (behind a trusted proxy
+    that reports IPv6 clients; here the test client itself)."""
+    async with running_parley(
+        redis_url, redis, trusted_proxies="127.0.0.1", rate_sessions_per_client=2
+    ) as parley:
+        statuses = []
+        for host in range(1, 5):
+            forwarded = {"X-Forwarded-For": f"2001:db8:1:2::{host:x}"}
+            async with http.post(
+                f"{parley.url}/token", params={"name": "ada"}, headers=forwarded
+            ) as r:
+                statuses.append(r.status)
+        assert statuses == [200, 200, 429, 429]
+        forwarded = {"X-Forwarded-For": "2001:db8:1:3::1"}  # another /64: its own budget
+        async with http.post(f"{parley.url}/token", params={"name": "ada"}, headers=forwarded) as r:
+            assert r.status == 200

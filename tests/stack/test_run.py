@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -154,7 +155,10 @@ async def test_no_code_parley_ships_runs_avx512_or_amx(tmp_path: Path) -> None:
     names = {f.name for f in shipped}
     assert {"xllamacpp.abi3.so", "redis-server", "rejson.so", "redisearch.so"} <= names
     print("scanned:", sorted(names))
-    offenders = {str(f): undispatched(avx512_functions(f)) for f in sorted(shipped)}
+    files = sorted(shipped)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # objdump processes
+        scans = list(pool.map(avx512_functions, files))
+    offenders = {str(f): undispatched(found) for f, found in zip(files, scans, strict=True)}
     assert {f: found for f, found in offenders.items() if found} == {}
 
 

@@ -36,6 +36,8 @@ STATUSES: dict[str, type[IntEnum]] = {
     "trim_stream.lua": scripts.TrimStatus,
     "claim.lua": scripts.ClaimStatus,
     "heartbeat.lua": scripts.HeartbeatStatus,
+    "release.lua": scripts.ReleaseStatus,
+    "sweep_consumers.lua": scripts.SweepStatus,
 }
 
 

@@ -41,6 +41,35 @@ def reply_to(user: StoredMessage, text: str) -> StoredMessage:
     )
 
 
+async def test_events_since_says_when_events_after_the_cursor_were_trimmed(
+    store: Store, redis: Redis
+) -> None:
+    token = "3f2b8a9e-4c1d-4e5f-9a7b-2c3d4e5f6a7b"
+    stream = keys.events_key(token)
+    assert await store.events_since(token, "1-0", 10) == ([], None)  # no stream at all
+    for ms in range(2, 22, 2):  # 2-0, 4-0, ... 20-0
+        await redis.xadd(stream, {"event": json.dumps({"type": "token", "n": ms})}, id=f"{ms}-0")
+    await redis.xtrim(stream, minid="10-0", approximate=False)  # 2-0 to 8-0 trimmed
+
+    cases = {
+        # A cursor kept, or between kept events: nothing after it is gone.
+        ("10-0", 10): (["12-0", "14-0", "16-0", "18-0", "20-0"], None),
+        ("15-0", 10): (["16-0", "18-0", "20-0"], None),
+        ("20-0", 10): ([], None),
+        ("12-0", 2): (["14-0", "16-0"], None),
+        # Older than the oldest kept: the gap names it, and the replay starts there.
+        ("4-0", 10): (["10-0", "12-0", "14-0", "16-0", "18-0", "20-0"], "10-0"),
+        ("4-0", 2): (["10-0", "12-0"], "10-0"),
+        ("1-0", 1): (["10-0"], "10-0"),
+        # The last entry trimmed: its successor is kept, but Redis cannot tell, so the
+        # gap is reported (a history reloaded for nothing, never a gap missed).
+        ("8-0", 10): (["10-0", "12-0", "14-0", "16-0", "18-0", "20-0"], "10-0"),
+    }
+    for (after, count), expected in cases.items():
+        found = await store.events_since(token, after, count)
+        assert ([event_id_of(p) for p in found.payloads], found.gap) == expected, after
+
+
 async def test_enqueue_numbers_records_and_queues(store: Store, redis: Redis) -> None:
     session = await store.create_session("ada")
     first = await store.enqueue(session.token, "one", max_pending=10)

@@ -62,7 +62,7 @@ async def snap(page: Page, name: str) -> Path:
 
 
 def token_of(url: str) -> str:
-    """The ``token`` query parameter of a page URL."""
-    match = re.search(r"[?&]token=([0-9a-f-]+)", url)
+    """The session token a page URL holds, in its fragment (``/#token=``)."""
+    match = re.search(r"#(?:.*&)?token=([0-9a-f-]+)", url)
     assert match, f"no token in {url}"
     return match.group(1)

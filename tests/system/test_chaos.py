@@ -61,7 +61,7 @@ TOKENS = 20
 
 OVERRIDES = declare(
     MODELS=(CATALOG, "two models, a pool of workers each"),
-    RATE_SESSIONS_PER_CLIENT=(SESSIONS + 1, "100 sessions and their owner, from 127.0.0.1"),
+    RATE_SESSIONS_PER_CLIENT=(SESSIONS, "100 sessions, every one from 127.0.0.1"),
     RATE_SOCKET_OPENS_PER_CLIENT=(SESSIONS, "100 sockets opened, every one from 127.0.0.1"),
     MAX_SOCKETS_PER_CLIENT=(SESSIONS, "100 sockets open at once, every one from 127.0.0.1"),
     MEMORY_SUMMARY_TRIGGER_TOKENS=(

@@ -16,11 +16,11 @@ import pytest
 from redis.asyncio import Redis
 
 from runtime.catalog import ModelOffer
+from runtime.config import DEFAULT_SYSTEM_PROMPT
 from terminal.client import ChatClient
 from terminal.render import REPLY_PREFIX
 from tests.support.parley import running_parley
 from tests.terminal.harness import run_cli
-from worker.config import DEFAULT_SYSTEM_PROMPT
 
 pytestmark = pytest.mark.system
 

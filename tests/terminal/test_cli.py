@@ -204,3 +204,28 @@ async def test_a_refused_edit_is_said_in_words(parley_url: str, tmp_path: Path) 
     assert status == 0, output
     assert "! no conversation is open: send a message, or /switch N" in output
     assert "! usage: /edit TEXT (replaces your last message)" in output
+
+
+async def test_rest_calls_carry_tokens_in_the_header_never_in_the_url(parley_url: str) -> None:
+    sent: list[tuple[str, str | None]] = []
+
+    async def record(
+        _session: aiohttp.ClientSession, _context: object, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        sent.append((str(params.url), params.headers.get("Authorization")))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(record)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as http:
+        api = ParleyApi(parley_url, http)
+        owner = await api.create_owner()
+        view = await api.create_session("Ada", owner)
+        await api.conversations(owner)
+        await api.load_session(view.token)
+        await api.rename(view.token, "Kept")
+        await api.export(view.token, "markdown")
+        await api.delete(view.token)
+    assert len(sent) == 7
+    for url, authorization in sent[1:]:
+        assert owner not in url and view.token not in url, url
+        assert authorization in (f"Bearer {owner}", f"Bearer {view.token}"), url

@@ -106,6 +106,25 @@ def test_conversations_are_numbered_newest_first_with_their_activity() -> None:
     assert Renderer().conversations([], total=0) == "-- no conversations yet --\n"
 
 
+def test_each_conversation_of_the_list_is_one_line() -> None:
+    """A title or name with line breaks, escapes or bidi overrides (from before the
+    server refused them) cannot add lines to the list or reorder it."""
+    item = ConversationSummary(
+        token="t",
+        title="Trip\n  3. Forged\r\x1b[2K\u202eexe.txt",
+        name="Ada",
+        created=TS,
+        last_activity=TS,
+        message_count=1,
+    )
+    untitled = item.model_copy(update={"title": "", "name": "Ada\n\tLovelace"})
+    lines = Renderer(width=80).conversations([item, untitled], total=2).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("  1. Trip 3. Forged [2K exe.txt  ·  ")
+    assert lines[1].startswith("  2. (untitled, Ada Lovelace)  ·  ")
+    assert not [c for line in lines for c in line if ord(c) < 32 or c == "\u202e"]
+
+
 def test_the_header_names_the_model_and_a_custom_system_prompt() -> None:
     renderer = Renderer(width=120)
     plain = SessionView(token="t", name="Ada", session_start=TS, messages=[])

@@ -10,14 +10,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
+from redis.asyncio import Redis
 
 from protocol.wire import (
     ChatMessage,
     DoneEvent,
     ErrorCode,
     ErrorEvent,
+    GapEvent,
     MessageVersion,
     QueuedEvent,
     RestartEvent,
@@ -27,10 +30,11 @@ from protocol.wire import (
     TokenEvent,
 )
 from terminal.client import Backoff, ChatClient, ConnectionLost, ResumeCursor
-from terminal.conversation import Conversation
+from terminal.conversation import GAP, Conversation
 from terminal.render import REPLY_PREFIX, Renderer
 from testkit.ports import free_port
-from tests.support.parley import Parley
+from tests.support.events import kept, trim_past
+from tests.support.parley import Parley, running_parley
 
 ROOT = Path(__file__).resolve().parents[2]
 TS = "2026-01-01T12:00:00.000Z"
@@ -211,20 +215,27 @@ async def test_client_gets_an_error_event_for_a_refused_message(parley_url: str)
 
 
 def revised(message_id: str, versions: int, event_id: str, content: str = "hi") -> RevisedEvent:
-    earlier = [MessageVersion(content="hi", timestamp=TS, reply=None)] * versions
-    message = ChatMessage(
-        id=message_id, role="user", content=content, timestamp=TS, versions=earlier
+    """The event of a revision that kept its turn's earlier version number ``versions``
+    (none if 0: a regenerate after a failed reply)."""
+    kept = MessageVersion(content="hi", timestamp=TS, reply=None) if versions else None
+    message = ChatMessage(id=message_id, role="user", content=content, timestamp=TS)
+    return RevisedEvent(
+        message_id=message_id,
+        message=message,
+        version=kept,
+        version_count=versions,
+        event_id=event_id,
     )
-    return RevisedEvent(message_id=message_id, message=message, event_id=event_id)
 
 
 def test_cursor_reopens_a_turn_on_a_new_revision_and_drops_one_it_knows() -> None:
+    earlier = MessageVersion(content="hi", timestamp=TS, reply=None)
     view = SessionView(
         token="t",
         name="Ada",
         session_start=TS,
         messages=[
-            revised("u1", versions=1, event_id="1-0").message,
+            ChatMessage(id="u1", role="user", content="hi", timestamp=TS, versions=[earlier]),
             ChatMessage(id="a1", role="assistant", content="Reply 2", timestamp=TS),
         ],
     )
@@ -242,6 +253,45 @@ def test_cursor_reopens_a_turn_on_a_new_revision_and_drops_one_it_knows() -> Non
     assert not cursor.accept(TokenEvent(message_id="u1", content="late", event_id="8-0"))
 
 
+def failed(message_id: str, event_id: str) -> ErrorEvent:
+    return ErrorEvent(
+        message_id=message_id, code=ErrorCode.LLM_UNAVAILABLE, detail="x", event_id=event_id
+    )
+
+
+def test_cursor_takes_a_regenerate_after_a_failed_reply_once() -> None:
+    """A revision that kept no version leaves the count as it was: it is new after the
+    turn's failure, live or in the history loaded, and old once the turn has a reply."""
+    cursor = ResumeCursor()
+    cursor.seed(SessionView(token="t", name="Ada", session_start=TS, messages=[]))
+    assert cursor.accept(failed("u1", "1-0"))
+    assert cursor.accept(revised("u1", versions=0, event_id="2-0"))
+    assert cursor.accept(reply("Reply", message_id="u1", event_id="3-0"))
+
+    # Loaded with that reply in history, a replay from the start drops it all.
+    answered = SessionView(
+        token="t",
+        name="Ada",
+        session_start=TS,
+        messages=[
+            ChatMessage(id="u1", role="user", content="hi", timestamp=TS),
+            ChatMessage(id="a1", role="assistant", content="Reply", timestamp=TS),
+        ],
+    )
+    cursor = ResumeCursor()
+    cursor.seed(answered)
+    assert not cursor.accept(failed("u1", "1-0"))
+    assert not cursor.accept(revised("u1", versions=0, event_id="2-0"))
+    assert not cursor.accept(reply("Reply", message_id="u1", event_id="3-0"))
+
+    # Loaded while the turn had no reply (it failed): a regenerate then is new.
+    unanswered = answered.model_copy(update={"messages": answered.messages[:1]})
+    cursor = ResumeCursor(last_event_id="1-0")
+    cursor.seed(unanswered)
+    assert cursor.accept(revised("u1", versions=0, event_id="2-0"))
+    assert cursor.accept(reply("Reply", message_id="u1", event_id="3-0"))
+
+
 def test_a_revised_turn_shows_its_new_text_then_streams_its_new_reply() -> None:
     conversation = Conversation(Renderer(width=80))
     conversation.sent()
@@ -250,10 +300,139 @@ def test_a_revised_turn_shows_its_new_text_then_streams_its_new_reply() -> None:
         "-- edited --\nyou: changed\n     (1 earlier version: /versions)\n"
     )
     assert not conversation.idle.is_set()  # its new reply is awaited
-    assert conversation.last_user_message() == event.message
+    assert conversation.last_user_message() == event.message.model_copy(
+        update={"versions": [event.version]}
+    )
     conversation.show(TokenEvent(message_id="u1", content="Reply", event_id="6-0"))
     assert conversation.live(rows=10) == f"{REPLY_PREFIX}Reply\n"
     conversation.show(reply("Reply", message_id="u1"))
     assert conversation.idle.is_set()
     same = revised("u1", versions=2, event_id="8-0", content="hi")
     assert conversation.show(same).startswith("-- answering again --\nyou: hi\n")
+
+
+def test_a_turn_gathers_its_versions_from_history_and_revised_events() -> None:
+    first = MessageVersion(content="one", timestamp=TS, reply=None)
+    view = SessionView(
+        token="t",
+        name="Ada",
+        session_start=TS,
+        messages=[ChatMessage(id="u1", role="user", content="two", timestamp=TS, versions=[first])],
+    )
+    conversation = Conversation(Renderer(width=80), view)
+    second = MessageVersion(content="two", timestamp=TS, reply=None)
+    message = ChatMessage(id="u1", role="user", content="three", timestamp=TS)
+    event = RevisedEvent(
+        message_id="u1", message=message, version=second, version_count=2, event_id="5-0"
+    )
+    assert "(2 earlier versions: /versions)" in conversation.show(event)
+    # The same revision shown again (a replay the cursor let through) adds nothing.
+    conversation.show(event.model_copy(update={"event_id": "6-0"}))
+    (turn,) = conversation.user_messages.values()
+    assert [v.content for v in turn.versions or []] == ["one", "two"]
+    listed = conversation.renderer.versions([turn])
+    assert listed.index("you: one") < listed.index("you: two") < listed.index("you: three")
+
+
+# --- a resume past the events kept ----------------------------------------------------
+
+
+def gap(oldest: str) -> GapEvent:
+    return GapEvent(oldest_event_id=oldest, detail="events after 5-0 are no longer kept")
+
+
+def test_cursor_after_a_gap_drops_the_tokens_of_the_reply_it_cut_until_that_reply_ends() -> None:
+    cursor = ResumeCursor(last_event_id="5-0")
+    assert cursor.accept(gap("9-0"))
+    # The replay starts mid-reply: m1's first tokens are gone, so its tail is not shown.
+    assert not cursor.accept(TokenEvent(message_id="m1", content="tail", event_id="9-0"))
+    assert not cursor.accept(TokenEvent(message_id="m1", content="more", event_id="9-1"))
+    assert cursor.after() == "9-1", "seen, not shown"
+    assert cursor.accept(reply("whole", message_id="m1", event_id="9-2"))
+    assert cursor.accept(TokenEvent(message_id="m2", content="new", event_id="9-3"))
+    # The same gap, told again by a second replay of the same resume: nothing missed.
+    assert not cursor.accept(gap("9-0"))
+    assert cursor.accept(TokenEvent(message_id="m2", content=" one", event_id="9-4"))
+
+
+def test_cursor_after_a_gap_that_ends_a_reply_or_restarts_it_drops_nothing() -> None:
+    cursor = ResumeCursor(last_event_id="5-0")
+    assert cursor.accept(gap("9-0"))
+    assert cursor.accept(reply("whole", message_id="m1", event_id="9-0"))
+    assert cursor.accept(TokenEvent(message_id="m2", content="from its start", event_id="9-1"))
+    # Once the history is reloaded, the replayed events of its replies are dropped, and
+    # the same gap told by a second replay is too.
+    cursor = ResumeCursor(last_event_id="5-0", finished={"m1"})
+    assert cursor.accept(gap("9-0"))
+    assert not cursor.accept(reply("whole", message_id="m1", event_id="9-0"))
+    assert not cursor.accept(gap("9-0"))
+    cursor = ResumeCursor(last_event_id="5-0")
+    assert cursor.accept(gap("9-0"))
+    assert not cursor.accept(TokenEvent(message_id="m1", content="tail", event_id="9-0"))
+    assert cursor.accept(RestartEvent(message_id="m1", event_id="9-1"))
+    assert cursor.accept(TokenEvent(message_id="m1", content="again", event_id="9-2"))
+
+
+def test_a_gap_clears_what_streamed_and_the_history_shows_what_was_missed() -> None:
+    def user(message_id: str) -> ChatMessage:
+        return ChatMessage(id=message_id, role="user", content=f"to {message_id}", timestamp=TS)
+
+    def answer(message_id: str) -> ChatMessage:
+        return ChatMessage(
+            id=f"r-{message_id}", role="assistant", content=f"Reply {message_id}", timestamp=TS
+        )
+
+    def view(*messages: ChatMessage) -> SessionView:
+        return SessionView(token="t", name="Ada", session_start=TS, messages=list(messages))
+
+    conversation = Conversation(Renderer(width=80), view(user("u1"), answer("u1")))
+    conversation.sent()
+    conversation.show(QueuedEvent(message_id="u2", message=user("u2")))
+    conversation.show(TokenEvent(message_id="u2", content="Rep"))
+    assert conversation.show(gap("9-0")) == f"-- {GAP} --\n"
+    assert conversation.live(rows=10) == "", "its text has a hole: it shows when done"
+    # Meanwhile u2 was answered, and another tab sent u3 (answered) and u4 (waiting).
+    history = view(
+        user("u1"), answer("u1"), user("u2"), answer("u2"), user("u3"), answer("u3"), user("u4")
+    )
+    assert conversation.caught_up(history) == (
+        f"{REPLY_PREFIX}Reply u2\nyou: to u3\n{REPLY_PREFIX}Reply u3\nyou: to u4\n"
+    )
+    assert conversation.waiting == {"u4"}
+    assert not conversation.idle.is_set()
+    conversation.show(reply("Reply u4", message_id="u4"))
+    assert conversation.idle.is_set()
+    assert conversation.caught_up(history) == "", "nothing twice"
+
+
+@pytest.mark.system
+async def test_client_told_of_a_gap_reloads_the_history_and_carries_on_live(
+    redis_url: str, redis: Redis[str]
+) -> None:
+    # EVENTS_MAXLEN small: a few replies while the client is away are more than is kept.
+    async with (
+        running_parley(redis_url, redis, events_maxlen=5) as parley,
+        aiohttp.ClientSession() as http,
+        ChatClient(parley.url, http=http, backoff=Backoff(initial=0.05)) as client,
+    ):
+        await client.create_session("Ada")
+        assert client.token is not None
+        await client.connect()
+        events = client.events()
+        await client.send("first")
+        await asyncio.wait_for(collect_reply(events), 30)
+        cursor = client.cursor.after()
+        await client.reconnect()  # away: events() reconnects only when read again
+        await trim_past(http, parley.ws_url, redis, client.token, cursor)
+        oldest = (await kept(redis, client.token))[0]
+
+        told = await asyncio.wait_for(anext(events), 30)
+        assert told == GapEvent(oldest_event_id=oldest, detail=told.detail)
+        view = await client.catch_up()
+        assert len(view.messages) > 4, "the replies written while away are in history"
+        await client.send("live")
+        _, seen = await asyncio.wait_for(collect_reply(events), 30)
+    # The replayed events of replies the history holds are dropped: the live one follows.
+    done = seen[-1]
+    assert isinstance(done, DoneEvent) and done.reply.content.startswith("Reply to: live")
+    assert {getattr(e, "message_id", None) for e in seen} == {done.message_id}

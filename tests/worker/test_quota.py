@@ -92,3 +92,42 @@ async def test_a_socket_records_its_sessions_client_once_not_with_every_message(
             await ws.send_str("from a new socket")
             await read_until(ws, count("done", 1))
             assert await redis.get(record) == digest("127.0.0.1")
+
+
+def _estimate(request: dict[str, object]) -> int:
+    messages = request["messages"]
+    assert isinstance(messages, list)
+    return sum(estimate_tokens(m["content"]) for m in messages)
+
+
+async def test_failed_and_retried_requests_are_charged(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    """Every request the model answered is paid for: a reply that failed after its
+    retries (503, each request's prompt estimated), and one that succeeded after a
+    retry (the 503 estimated, then the model's own usage)."""
+    # Retries at once: the test waits on its replies, not on the default backoff.
+    async with running_parley(redis_url, redis, llm_backoff_base_s=0.001) as parley:
+        token = await parley.create_session(http)
+        tries = parley.worker_settings.llm_max_retries + 1
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            parley.standin.fail_next(503, count=tries)
+            await ws.send_str("this one fails")
+            failed = await read_until(ws, count("error", 1))
+            assert [e["code"] for e in failed if e["type"] == "error"] == ["llm_unavailable"]
+            parley.standin.fail_next(503)
+            await ws.send_str("this one is retried")
+            await read_until(ws, count("done", 1))
+        requests = parley.standin.requests
+        assert len(requests) == tries + 2
+        # The failed reply: each of its requests' prompts, estimated.
+        expected = sum(_estimate(r) for r in requests[:tries])
+        # The retried one: its 503 estimated, then the stand-in's usage (a token a word
+        # of the prompt, 6 deltas).
+        expected += _estimate(requests[tries])
+        last = requests[tries + 1]["messages"]
+        assert isinstance(last, list)
+        expected += sum(len(m["content"].split()) for m in last) + 6
+        session = await redis.get(limit_key(SESSION_TOKENS, token))
+        client = await redis.get(limit_key(CLIENT_TOKENS, digest("127.0.0.1")))
+        assert int(session or 0) == int(client or 0) == expected

@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from storage.keys import SUMMARY_GROUP, SUMMARY_STREAM
 from storage.models import Session, SummaryRecord
 from storage.scripts import SummaryStatus
-from storage.summaries import SUMMARY_GROUP, SUMMARY_STREAM, Summaries
+from storage.summaries import Summaries
 from testkit.standin import StandinModel
 from tests.support.events import Event, count, of_type, read_until
 from tests.support.parley import Parley, running_parley
@@ -132,7 +133,8 @@ async def quiet(redis_url: str, redis: Redis[str]) -> AsyncIterator[Parley]:
 
 def summarizer(parley: Parley, llm: LLMClient, consumer: str) -> Summarizer:
     settings = WorkerSettings(**{**parley.worker_settings.model_dump(), "memory_summary": True})
-    return Summarizer(settings, parley.worker.store, llm, consumer, asyncio.Event())
+    store, model = parley.worker.store, settings.default_model
+    return Summarizer(settings, store, llm, model, consumer, asyncio.Event())
 
 
 async def test_two_workers_folding_the_same_turns_store_one_summary(
@@ -171,7 +173,7 @@ async def test_a_job_taken_over_from_a_dead_worker_is_done_once(
     await chat(parley, http, token, FACT, *(f"question {n}" for n in range(2, 7)))
     redis = parley.redis
     summaries = Summaries(redis, parley.worker_settings)
-    await summaries.request_summary(token)
+    await summaries.request_summary(token, parley.worker_settings.default_model)
     # A worker reads the job and dies before storing anything (its entry stays pending).
     await redis.xgroup_create(SUMMARY_STREAM, SUMMARY_GROUP, id="0", mkstream=True)
     assert await redis.xreadgroup(SUMMARY_GROUP, "dead", {SUMMARY_STREAM: ">"}, count=1)

@@ -1,0 +1,107 @@
+"""Fencing by entry: a stream entry left over from before a regenerate cannot close the
+turn the regenerate queued.
+
+The case: a worker gives up on a message (its deliveries ran out) and closes it with
+``delivery_failed``, then dies before its ``XACK``. The person regenerates, which queues
+the message again under a new entry. The leftover entry is then taken over, its
+deliveries still spent, and given up again: it must be acknowledged and change nothing,
+not close the new turn with a second ``delivery_failed``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from redis.asyncio import Redis
+
+from protocol.wire import ErrorCode, ErrorEvent, MessageEntry
+from storage import keys
+from storage.hub import Hub
+from storage.store import STALE, STARTED, Store
+from worker.app import llm_config
+from worker.config import WorkerSettings
+from worker.entries import StreamEntry
+from worker.llm import LLMClient
+from worker.reply import Replies
+
+
+async def test_a_leftover_entry_given_up_after_a_regenerate_closes_nothing(
+    redis: Redis[str],
+) -> None:
+    settings = WorkerSettings(llm_base_url="http://127.0.0.1:9/v1", consumer_name="w-fence")
+    store = Store(redis, settings)
+    await store.ensure_group()
+    session = await store.create_session("ada")
+    token = session.token
+    message = await store.enqueue(token, "one", max_pending=10)
+    stream = keys.message_stream_of(token)
+    old_entry = message.entry
+    assert old_entry is not None
+    # A worker read it and, its deliveries spent, closed it with an error, then died
+    # before acknowledging it (the close and the ack were two steps).
+    await redis.xreadgroup(keys.CONSUMER_GROUP, "dead-worker", {stream: ">"})
+    entry = MessageEntry(token=token, seq=1, message_id=message.id)
+    failed = ErrorEvent(message_id=message.id, code=ErrorCode.DELIVERY_FAILED, detail="x")
+    assert await store.finish(entry, None, failed, "") is not None
+    # The person regenerates: the same message under a new entry.
+    revision = await store.revise(token, max_versions=20)
+    assert revision.entry != old_entry
+    assert await store.replied_seq(token) == 0
+    events_before = await redis.xlen(keys.events_key(token))
+
+    # The leftover entry is taken over with its deliveries spent, and given up.
+    llm = LLMClient(llm_config(settings))
+    hub = Hub(redis, control_channel="parley:test:fence")
+    try:
+        await hub.start()
+        replies = Replies(settings, redis, llm, store, hub)
+        fields = {"token": token, "seq": "1", "message_id": message.id}
+        leftover = StreamEntry(
+            redis, "w-fence", (stream, old_entry), fields, deliveries=settings.max_deliveries
+        )
+        await redis.xclaim(stream, keys.CONSUMER_GROUP, "w-fence", 0, [old_entry])
+        await replies.answer(leftover, entry)
+    finally:
+        await hub.aclose()
+        await llm.aclose()
+
+    # The new turn is still open, nobody was told it failed, nothing was dead-lettered,
+    # and the leftover entry is acknowledged.
+    assert await store.replied_seq(token) == 0
+    appended = await redis.xrange(keys.events_key(token), count=100)
+    assert len(appended) == events_before
+    assert all(json.loads(f["event"])["type"] != "error" for _, f in appended[-1:])
+    assert await redis.xlen(keys.DEAD_LETTER_STREAM) == 0
+    pending = await redis.xpending_range(stream, keys.CONSUMER_GROUP, "-", "+", 10)
+    assert [p["message_id"] for p in pending] == []
+
+    # The leftover begins nothing; the new entry begins the reply.
+    assert (await store.begin(entry, "1:old", entry_id=old_entry)).status == STALE
+    begun = await store.begin(entry, "1:new", entry_id=revision.entry)
+    assert begun.status == STARTED
+
+
+async def test_finish_of_a_stale_entry_acks_it_and_records_nothing(redis: Redis[str]) -> None:
+    settings = WorkerSettings(llm_base_url="http://127.0.0.1:9/v1")
+    store = Store(redis, settings)
+    await store.ensure_group()
+    session = await store.create_session("ada")
+    token = session.token
+    message = await store.enqueue(token, "one", max_pending=10)
+    stream = keys.message_stream_of(token)
+    assert message.entry is not None
+    await redis.xreadgroup(keys.CONSUMER_GROUP, "w", {stream: ">"})
+    entry = MessageEntry(token=token, seq=1, message_id=message.id)
+    failed = ErrorEvent(message_id=message.id, code=ErrorCode.LLM_UNAVAILABLE, detail="x")
+    # A stale entry id (the message is queued under another): acked, nothing recorded.
+    await redis.xadd(stream, {"token": token, "seq": "1", "message_id": message.id})
+    read = await redis.xreadgroup(keys.CONSUMER_GROUP, "w", {stream: ">"})
+    stale_id = read[0][1][0][0]
+    assert await store.finish(entry, None, failed, "", ack=(stream, stale_id)) is None
+    assert await store.replied_seq(token) == 0
+    pending = await redis.xpending_range(stream, keys.CONSUMER_GROUP, "-", "+", 10)
+    assert [p["message_id"] for p in pending] == [message.entry]
+    # The message's own entry closes it, and is acked with it.
+    assert await store.finish(entry, None, failed, "", ack=(stream, message.entry)) is not None
+    assert await store.replied_seq(token) == 1
+    assert await redis.xpending_range(stream, keys.CONSUMER_GROUP, "-", "+", 10) == []
