@@ -153,8 +153,9 @@ def check_prompts(
             ]
             plain = [{"role": m["role"], "content": m["content"]} for m in messages]
             if not any(plain[i : i + 2] == pair for i in range(len(plain) - 1)):
+                shown = [f"{m['role']}: {m['content'][:24]!r}" for m in plain]
                 findings.prompt_problems.append(
-                    f"prompt of s{s} m{k} lacks m{k - 1} and its reply: {plain}"
+                    f"prompt of s{s} m{k} lacks m{k - 1} and its reply: {shown}"
                 )
     for t in sessions:
         seen, ids = answers(t), t.message_ids()
