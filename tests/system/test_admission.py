@@ -31,6 +31,10 @@ SOCKET_CAP = declare(MAX_SOCKETS_PER_CLIENT=(2, "the 3rd socket is past the cap"
 QUOTA = declare(
     MODEL_TOKENS_PER_SESSION=(30, "used up by the 2nd reply"),
     QUOTA_PERIOD_S=(3, "the period ends within the test"),
+    CONVERSATION_TITLES=(
+        False,
+        "replies alone use the quota: a title, charged too, comes any time",
+    ),
 )
 
 
