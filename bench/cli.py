@@ -32,6 +32,7 @@ from typing import Any
 
 from bench import chart, real_model, report, runner, stacks
 from bench.scenarios import SCENARIOS, Options, Scenario
+from bench.settings import real_model_overrides
 from testkit.processes import REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def _run(scenario: Scenario, o: Options, work_dir: Path) -> dict[str, Any]:
         "summary": scenario.summary,
         **dataclasses.asdict(result),
         "failures": result.failures,
+        "overrides": real_model_overrides(options.max_tokens, options.flush_ms).described(),
     }
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stack.process import die_with_parent, stop_process
+from testkit.overrides import pinned_environment
 from testkit.ports import free_port
-from testkit.processes import REPO_ROOT, pinned_environment
+from testkit.processes import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def process(
         proc = subprocess.Popen(
             argv,
             cwd=REPO_ROOT,
-            env=pinned_environment({"LOG_LEVEL": "WARNING"}),
+            env=pinned_environment({}),  # no Parley setting of ours reaches them
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

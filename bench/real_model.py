@@ -33,7 +33,9 @@ from typing import Any
 import aiohttp
 
 from bench.runner import run_loop
+from bench.settings import real_model_overrides
 from bench.stats import Distribution, ratio
+from runtime.config import DEFAULT_SYSTEM_PROMPT
 from stack.model import EmbeddedModel
 from stack.redis import EmbeddedRedis
 from testkit.delivery import follow
@@ -161,15 +163,9 @@ def run(options: RealModelOptions, work_dir: Path) -> RealModelResult:
 async def _measure(
     options: RealModelOptions, redis_url: str, model: EmbeddedModel, log_dir: Path
 ) -> RealModelResult:
-    # Passed to the worker too: WorkerSettings() may read a .env, which Cluster ignores.
-    system_prompt = WorkerSettings().system_prompt
-    env = {
-        "LLM_MODEL": model.model,
-        "LLM_MAX_TOKENS": str(options.max_tokens),
-        "LLM_TEMPERATURE": "0",
-        "SYSTEM_PROMPT": system_prompt,
-        "STREAM_FLUSH_MS": str(options.flush_ms),
-    }
+    # The worker's, which Cluster keeps at its default whatever a .env says.
+    system_prompt = DEFAULT_SYSTEM_PROMPT
+    overrides = real_model_overrides(options.max_tokens, options.flush_ms)
     body = {
         "model": model.model,
         "stream": True,
@@ -179,7 +175,9 @@ async def _measure(
     direct = _Samples([], [], [], [])
     parley = _Samples([], [], [], [])
     async with (
-        Cluster(redis_url, model.base_url, log_dir, env=env) as cluster,
+        Cluster(
+            redis_url, model.base_url, log_dir, llm_model=model.model, overrides=overrides
+        ) as cluster,
         aiohttp.ClientSession() as http,
     ):
         await cluster.start(servers=1, workers=1)

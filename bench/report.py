@@ -147,10 +147,22 @@ _DISTRIBUTIONS = (
 )
 
 
+def overridden(result: dict[str, Any]) -> list[str]:
+    """The rows that say which of Parley's settings the run changed from the product's
+    defaults, and why (:mod:`bench.settings`); none for a run of no Parley."""
+    changed = result.get("overrides")
+    if changed is None:
+        return []
+    return ["  Parley's settings changed from its defaults:"] + [
+        f"    {line}" for line in changed or ["(none)"]
+    ]
+
+
 def table(scenario: Scenario, result: dict[str, Any]) -> str:
-    """The scenario's figures side by side: Parley, baseline, ratio; then costs."""
+    """The scenario's figures side by side: Parley, baseline, ratio; then costs; then
+    the settings the run changed from Parley's defaults."""
     if scenario.kind == "real-model":
-        return _real_model_table(result)
+        return "\n".join([_real_model_table(result), *overridden(result)])
     if scenario.kind == "stacks":
         return _stacks_table(result)
     o = SCENARIOS[scenario.name].options.__class__(**result["options"])
@@ -165,6 +177,7 @@ def table(scenario: Scenario, result: dict[str, Any]) -> str:
     if result.get("log_errors"):
         rows.append(f"  ERRORS in the processes' logs: {len(result['log_errors'])}")
         rows += [f"    {line}" for line in result["log_errors"][:5]]
+    rows += overridden(result)
     return "\n".join(rows)
 
 
@@ -358,4 +371,9 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
                 f"{f'{check.threshold:g} {check.unit}'.rstrip()} | {_fmt(value, check.unit)} | "
                 f"{'yes' if ok else 'no' if ok is not None else 'n/a'} |"
             )
+    notes = [
+        f"- `{r['scenario']}`: " + "; ".join(r["overrides"]) for r in results if r.get("overrides")
+    ]
+    if notes:
+        rows += ["", "Parley's settings changed from its defaults, and why:", "", *notes]
     return "\n".join(rows) + "\n"

@@ -28,6 +28,7 @@ from bench.figures import SHARED_PROCESSES, Target, dist, figures, sweep_point, 
 from bench.load import ChatSocket, LoadClient, converse, think_times
 from bench.monitor import Monitor, Usage, hwm_mb
 from bench.scenarios import Options, Scenario
+from bench.settings import load_overrides
 from stack.redis import EmbeddedRedis
 from testkit.ports import free_port
 from testkit.processes import Cluster
@@ -97,11 +98,9 @@ async def _run(
     monitor: Monitor,
     log_dir: Path,
 ) -> dict[str, Any]:
-    env = {"STREAM_FLUSH_MS": str(o.flush_ms)}
-    if o.worker_concurrency:
-        env["WORKER_CONCURRENCY"] = str(o.worker_concurrency)
+    overrides = load_overrides(o)
     async with (
-        Cluster(redis_url, model_url, log_dir, env=env) as cluster,
+        Cluster(redis_url, model_url, log_dir, overrides=overrides) as cluster,
         aiohttp.ClientSession() as http,
     ):
         await cluster.start(servers=o.servers, workers=o.workers)
@@ -126,7 +125,9 @@ async def _run(
         else:
             await _load(o, targets, http, model_root, monitor)
         errors = cluster.log_errors()
-    return figures(scenario, o, targets, client_names, errors)
+    return figures(scenario, o, targets, client_names, errors) | {
+        "overrides": overrides.described()
+    }
 
 
 # -- load scenarios ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from testkit.driver import Received, Sent, SessionTrace
@@ -30,19 +30,37 @@ Answers = Callable[[str, str], bool]
 
 
 @dataclass(eq=False)
+class Version:
+    """What one socket received about one answer to a message, before a ``revised``
+    event replaced it (see :attr:`Reply.earlier`)."""
+
+    content: str | None
+    tokens: list[tuple[float, str]]
+    restarts: int
+    dones: list[tuple[float, str]]
+    streamed: str | None
+    errors: list[dict[str, Any]]
+
+
+@dataclass(eq=False)
 class Reply:
     """What one socket received about one of its messages (a ``queued`` event's id).
 
+    The fields describe its latest answer: a ``revised`` event (a ``regenerate`` or
+    ``edit``) moves them to :attr:`earlier` and starts over.
+
     Attributes:
         k: the message's place among the socket's ``queued`` events, from 0.
-        content: the message's content, as its ``queued`` event holds it.
-        sent: the message as the socket sent it (same content), None if none.
+        content: the message's content, as its ``queued`` (or last ``revised``) event
+            holds it.
+        sent: the message as the socket sent it (its first content), None if none.
         tokens: every ``token`` event: (arrival, content), arrival in perf_counter s.
         attempt: where in ``tokens`` the last attempt starts (after the last ``restart``).
         restarts: ``restart`` events.
         dones: every ``done`` event: (arrival, reply content).
         streamed: the last attempt's tokens joined, when the first ``done`` came.
         errors: the ``error`` events.
+        earlier: the answers ``revised`` events replaced, oldest first.
     """
 
     message_id: str
@@ -55,11 +73,31 @@ class Reply:
     dones: list[tuple[float, str]] = field(default_factory=list)
     streamed: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
+    earlier: list[Version] = field(default_factory=list)
 
     @property
     def attempt_tokens(self) -> list[tuple[float, str]]:
         """The ``token`` events since the last ``restart``."""
         return self.tokens[self.attempt :]
+
+    def revise(self, content: str | None) -> None:
+        """A ``revised`` event: keep the answer so far in :attr:`earlier`, start over
+        for the message's ``content`` now."""
+        self.earlier.append(
+            Version(
+                self.content, self.tokens, self.restarts, self.dones, self.streamed, self.errors
+            )
+        )
+        self.content = content
+        self.tokens, self.attempt, self.restarts = [], 0, 0
+        self.dones, self.streamed, self.errors = [], None, []
+
+    def versions(self) -> list[Version]:
+        """Every answer, the replaced ones then the latest."""
+        latest = Version(
+            self.content, self.tokens, self.restarts, self.dones, self.streamed, self.errors
+        )
+        return [*self.earlier, latest]
 
 
 @dataclass
@@ -90,8 +128,8 @@ class Delivery:
         return [r for r in self.replies if not r.dones and not r.errors]
 
     def duplicated(self) -> list[Reply]:
-        """Messages with more than one ``done``."""
-        return [r for r in self.replies if len(r.dones) > 1]
+        """Messages with more than one ``done`` for one answer."""
+        return [r for r in self.replies if any(len(v.dones) > 1 for v in r.versions())]
 
     def out_of_order(self) -> list[tuple[Reply, Reply]]:
         """(reply, the reply to a later message that came before it), for each reply
@@ -106,13 +144,22 @@ class Delivery:
         return found
 
     def wrong(self, answers: Answers) -> list[Reply]:
-        """Replies whose (first) ``done`` text does not answer their own message."""
-        return [r for r in self.replies if r.dones and not answers(r.content or "", r.dones[0][1])]
+        """Replies one of whose answers' (first) ``done`` text does not answer the
+        message as it stood then."""
+        return [
+            r
+            for r in self.replies
+            if any(v.dones and not answers(v.content or "", v.dones[0][1]) for v in r.versions())
+        ]
 
     def garbled(self) -> list[Reply]:
-        """Replies whose tokens, since the last ``restart``, do not join to their (first)
-        ``done`` text."""
-        return [r for r in self.replies if r.dones and r.streamed != r.dones[0][1]]
+        """Replies one of whose answers' tokens, since its last ``restart``, do not join
+        to its (first) ``done`` text."""
+        return [
+            r
+            for r in self.replies
+            if any(v.dones and v.streamed != v.dones[0][1] for v in r.versions())
+        ]
 
 
 def follow(sent: Sequence[Sent], received: Iterable[Received]) -> Delivery:
@@ -151,7 +198,9 @@ def follow(sent: Sequence[Sent], received: Iterable[Received]) -> Delivery:
 def _add(delivery: Delivery, reply: Reply, received: Received) -> None:
     """Record an event of ``reply`` (not ``queued``)."""
     e, at = received.event, received.at
-    if e["type"] == "token":
+    if e["type"] == "revised":
+        reply.revise((e.get("message") or {}).get("content"))
+    elif e["type"] == "token":
         reply.tokens.append((at, e["content"]))
     elif e["type"] == "restart":
         reply.restarts += 1
@@ -162,7 +211,8 @@ def _add(delivery: Delivery, reply: Reply, received: Received) -> None:
         reply.dones.append((at, e["reply"]["content"]))
         if len(reply.dones) == 1:
             reply.streamed = "".join(c for _, c in reply.attempt_tokens)
-            delivery.done_order.append(reply)
+            if not reply.earlier:  # a revision's answer comes after every other reply
+                delivery.done_order.append(reply)
 
 
 @dataclass
@@ -180,6 +230,7 @@ class Findings:
     stream_mismatches: list[str] = field(default_factory=list)
     history_mismatches: list[str] = field(default_factory=list)
     prompt_problems: list[str] = field(default_factory=list)
+    job_problems: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -194,8 +245,18 @@ class Findings:
             f"restarts {len(self.restarts)}, "
             f"stream mismatches {len(self.stream_mismatches)}, "
             f"history mismatches {len(self.history_mismatches)}, "
-            f"prompt problems {len(self.prompt_problems)}; "
+            f"prompt problems {len(self.prompt_problems)}, "
+            f"job problems {len(self.job_problems)}; "
             f"latency median {median:.0f} ms, p99 {p99:.0f} ms"
+        )
+
+    def details(self, limit: int = 5) -> str:
+        """The first ``limit`` problems of each kind found, under its name; "" if none."""
+        kinds = [f for f in fields(self) if f.name not in ("sent", "delivered", "latencies_ms")]
+        return "".join(
+            f"\n  {f.name}:\n    " + show(getattr(self, f.name), limit).replace("\n", "\n    ")
+            for f in kinds
+            if getattr(self, f.name)
         )
 
 
@@ -228,6 +289,10 @@ def assert_clean(findings: Findings) -> None:
         f"invariant 2 (prompt k holds turn k-1 and message k, nothing later, nothing "
         f"foreign)\n{show(findings.prompt_problems)}"
     )
+    assert not findings.job_problems, (
+        f"invariant 11 (titles and summaries: each written once, from its own session, by "
+        f"its own model)\n{show(findings.job_problems)}"
+    )
 
 
 def check_deliveries(sessions: Sequence[SessionTrace], findings: Findings) -> None:
@@ -235,52 +300,74 @@ def check_deliveries(sessions: Sequence[SessionTrace], findings: Findings) -> No
 
     Per socket: one ``queued`` per message sent, for that content, in order; one
     ``done`` per message, in the order of the ``queued`` ones, its reply answering that
-    very message; no event about another session's message; the ``token`` events of a
-    reply, joined (a ``restart`` starts over), equal its ``done`` content.
+    very message; one ``revised`` event per ``regenerate`` or ``edit`` the socket sent,
+    then one ``done`` answering the message as it then stands; no event about another
+    session's message; the ``token`` events of each answer, joined (a ``restart``
+    starts over), equal its ``done`` content.
     """
     for t in sessions:
         d = follow(t.sent, t.received)
-        findings.sent += len(t.sent)
-        findings.delivered += sum(1 for r in d.replies if r.dones)
-        contents = [r.content for r in d.replies]
+        findings.sent += t.owed()
+        findings.delivered += sum(1 for r in d.replies for v in r.versions() if v.dones)
+        contents = [r.versions()[0].content for r in d.replies]
         if contents != [s.content for s in t.sent]:
             findings.lost.append(
                 f"s{t.index}: queued {len(d.replies)} of {len(t.sent)} messages "
                 f"(contents {contents} vs sent {[s.content for s in t.sent]})"
             )
+        for r in d.replies:
+            asked = [v.content for v in t.revisions if v.message_id == r.message_id]
+            got = [v.content for v in r.versions()[1:]]
+            if got != asked:
+                findings.lost.append(
+                    f"s{t.index} m{r.k + 1}: revised to {got} for the revisions {asked}"
+                )
         _describe(f"s{t.index}", d, findings)
 
 
 def _describe(socket: str, d: Delivery, findings: Findings) -> None:
     """Add the problems of one socket's delivery ``d`` to ``findings``."""
     findings.lost += [f"{socket} m{r.k + 1} ({r.message_id}): no done" for r in d.unanswered()]
+    findings.lost += [
+        f"{socket} m{r.k + 1} ({r.message_id}): answer {n + 1} replaced before its done"
+        for r in d.replies
+        for n, v in enumerate(r.earlier)
+        if not v.dones and not v.errors
+    ]
     findings.misrouted += [
         f"{socket} got {e['type']} of foreign message {e['message_id']}" for e in d.foreign
     ]
     findings.misrouted += [
-        f"{socket} m{r.k + 1}: reply {r.dones[0][1][:60]!r} does not answer {r.content!r}"
+        f"{socket} m{r.k + 1}: reply {v.dones[0][1][:60]!r} does not answer {v.content!r}"
         for r in d.wrong(_answers)
+        for v in r.versions()
+        if v.dones and not _answers(v.content or "", v.dones[0][1])
     ]
     findings.duplicated += [
-        f"{socket} m{r.k + 1}: done #{n}"
+        f"{socket} m{r.k + 1}: answer {n + 1}, done #{i}"
         for r in d.duplicated()
-        for n in range(2, len(r.dones) + 1)
+        for n, v in enumerate(r.versions())
+        for i in range(2, len(v.dones) + 1)
     ]
     findings.out_of_order += [
         f"{socket}: reply to m{r.k + 1} after reply to m{later.k + 1}"
         for r, later in d.out_of_order()
     ]
     findings.stream_mismatches += [
-        f"{socket} m{r.k + 1}: tokens {(r.streamed or '')[:60]!r} != done {r.dones[0][1][:60]!r}"
+        f"{socket} m{r.k + 1}: tokens {(v.streamed or '')[:60]!r} != done {v.dones[0][1][:60]!r}"
         for r in d.garbled()
+        for v in r.versions()
+        if v.dones and v.streamed != v.dones[0][1]
     ]
     for r in d.replies:
-        findings.restarts += [f"{socket} m{r.k + 1}: restart"] * r.restarts
-        findings.errors += [
-            f"{socket} m{r.k + 1}: {e.get('code')} {e.get('detail')}" for e in r.errors
-        ]
-        if r.dones and r.sent is not None:
-            findings.latencies_ms.append((r.dones[0][0] - r.sent.at) * 1000)
+        for v in r.versions():
+            findings.restarts += [f"{socket} m{r.k + 1}: restart"] * v.restarts
+            findings.errors += [
+                f"{socket} m{r.k + 1}: {e.get('code')} {e.get('detail')}" for e in v.errors
+            ]
+        first = r.versions()[0]
+        if first.dones and r.sent is not None:
+            findings.latencies_ms.append((first.dones[0][0] - r.sent.at) * 1000)
 
 
 def _answers(content: str, reply: str) -> bool:

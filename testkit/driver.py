@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import aiohttp
 
@@ -44,6 +44,16 @@ class Sent:
 
 
 @dataclass
+class Revision:
+    """A ``regenerate`` or ``edit`` command a client sent about its last message."""
+
+    kind: Literal["regenerate", "edit"]
+    message_id: str
+    content: str  # the message's content from then on (an edit's new text)
+    at: float  # time.perf_counter() once the frame was written
+
+
+@dataclass
 class Received:
     """An event a client received."""
 
@@ -60,6 +70,7 @@ class SessionTrace:
     server: int
     ws: aiohttp.ClientWebSocketResponse
     sent: list[Sent] = field(default_factory=list)
+    revisions: list[Revision] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     closed: bool = False
     #: Close codes of the sockets this session lost (with ``reconnect``), in order.
@@ -74,6 +85,10 @@ class SessionTrace:
     def closing_count(self) -> int:
         """How many replies closed (see :func:`closes`)."""
         return sum(1 for r in self.received if closes(r.event))
+
+    def owed(self) -> int:
+        """How many replies this socket asked for: one per message, one per revision."""
+        return len(self.sent) + len(self.revisions)
 
     def last_event_id(self) -> str:
         """The ``event_id`` of the last event received that has one, else ``"0-0"``."""
@@ -101,6 +116,27 @@ class SessionTrace:
         """Send one message with ``content`` on this socket; record it in ``sent``."""
         await self.ws.send_str(json.dumps({"type": "message", "content": content}))
         self.sent.append(Sent(content, time.perf_counter()))
+
+    def contents(self, k: int) -> list[str]:
+        """Every content message ``k`` (from 1) had: as sent, then each edit's."""
+        mid = self.message_ids()[k - 1] if len(self.message_ids()) >= k else None
+        edits = [r.content for r in self.revisions if r.kind == "edit" and r.message_id == mid]
+        return [self.sent[k - 1].content, *edits]
+
+    async def regenerate(self) -> None:
+        """Ask again for the reply to the last message (``{"type": "regenerate"}``)."""
+        mid = self.message_ids()[-1]
+        await self.ws.send_str(json.dumps({"type": "regenerate"}))
+        self.revisions.append(
+            Revision("regenerate", mid, self.contents(len(self.sent))[-1], time.perf_counter())
+        )
+
+    async def edit(self, content: str) -> None:
+        """Replace the last message's text with ``content`` (``{"type": "edit", ...}``)."""
+        mid = self.message_ids()[-1]
+        command = {"type": "edit", "message_id": mid, "content": content}
+        await self.ws.send_str(json.dumps(command))
+        self.revisions.append(Revision("edit", mid, content, time.perf_counter()))
 
 
 class ChatDriver:
@@ -142,30 +178,43 @@ class ChatDriver:
         assert self._http is not None, "use ChatDriver in `async with`"
         return self._http
 
-    async def open(self, count: int, model: str | None = None) -> list[SessionTrace]:
+    async def open(
+        self, count: int, model: str | None = None, owner: str | None = None
+    ) -> list[SessionTrace]:
         """Open ``count`` more sessions at once (a token and a socket each), of ``model``
-        (a catalog id; None: the default)."""
+        (a catalog id; None: the default), conversations of ``owner`` (None: none)."""
         first = len(self.sessions)
         opened = await asyncio.gather(
-            *(self._open_one(i, model) for i in range(first, first + count))
+            *(self._open_one(i, model, owner) for i in range(first, first + count))
         )
         self.sessions.extend(opened)
         return list(opened)
 
-    async def _open_one(self, index: int, model: str | None) -> SessionTrace:
+    async def _open_one(self, index: int, model: str | None, owner: str | None) -> SessionTrace:
         server = index % len(self.server_urls)
         url = self.server_urls[server]
-        token = await self.new_token(url, index, model)
+        token = await self.new_token(url, index, model, owner)
         ws = await self.http.ws_connect(f"{url}/chat", params={"token": token}, heartbeat=None)
         trace = SessionTrace(index, token, server, ws)
         self._readers.append(asyncio.create_task(self._read(trace)))
         return trace
 
-    async def new_token(self, url: str, index: int, model: str | None) -> str:
+    async def new_owner(self) -> str:
+        """A new owner's token (``POST /owner`` on the first server)."""
+        async with self.http.post(f"{self.server_urls[0]}/owner") as response:
+            assert response.status == 200, await response.text()
+            owner: str = (await response.json())["owner"]
+            return owner
+
+    async def new_token(
+        self, url: str, index: int, model: str | None, owner: str | None = None
+    ) -> str:
         """A new session's token from the server at ``url`` (``POST /token``), of
-        ``model`` (None: the default)."""
+        ``model`` (None: the default), a conversation of ``owner`` (None: none)."""
         body = {"model": model} if model is not None else None
         params = {"name": f"s{index}"}
+        if owner is not None:
+            params["owner"] = owner
         async with self.http.post(f"{url}/token", params=params, json=body) as response:
             assert response.status == 200, await response.text()
             token: str = (await response.json())["token"]
@@ -225,10 +274,11 @@ class ChatDriver:
         self, timeout_s: float, sessions: Sequence[SessionTrace] | None = None
     ) -> bool:
         """Wait until each session has a closing event (``done``, or ``error`` with a
-        message id) per message sent, or its socket closed; False on timeout."""
+        message id) per message sent and per revision, or its socket closed; False on
+        timeout."""
 
         async def one(trace: SessionTrace) -> None:
-            await trace.wait_until(lambda: trace.closed or trace.closing_count() >= len(trace.sent))
+            await trace.wait_until(lambda: trace.closed or trace.closing_count() >= trace.owed())
 
         try:
             async with asyncio.timeout(timeout_s):

@@ -1,16 +1,10 @@
-"""Real Parley processes and WebSocket clients, for the system tests and the benchmark.
+"""Real Parley processes, for the system tests and the benchmark.
 
-- :class:`Cluster` starts ``python -m server`` and ``python -m worker`` processes against
-  one Redis and one model URL, waits until they are ready, kills (SIGKILL), terminates
-  (SIGTERM) and replaces them, and stops them all on exit. Each process logs to a file;
-  the tails of the logs are printed when the ``async with`` block fails.
-- :class:`ChatDriver` opens sessions (``POST /token`` then ``WS /chat``, spread over the
-  servers), sends messages, and records every event each socket receives, with its
-  arrival time (``time.perf_counter()``, s).
-
-Message contents sent by :meth:`ChatDriver.send` are ``s<session>-m<k>-<8 hex digits>``,
-unique in a run, so any text found in a reply or a prompt names the session and the
-message it came from.
+:class:`Cluster` starts ``python -m server`` and ``python -m worker`` processes against
+one Redis and one model URL, every setting at the product's default but those the run
+declares (:mod:`testkit.overrides`), waits until they are ready, kills (SIGKILL),
+terminates (SIGTERM) and replaces them, and stops them all on exit. Each process logs to
+a file; the tails of the logs are printed when the ``async with`` block fails.
 """
 
 from __future__ import annotations
@@ -36,13 +30,11 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from runtime.catalog import default_catalog
-from server.config import ServerSettings
 from stack.process import die_with_parent, log_tail
 from storage import keys
 from storage.connection import client_for_url
+from testkit.overrides import DEFAULTS, WIRING, Overrides, pinned_environment
 from testkit.ports import free_port
-from worker.config import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,53 +42,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # -- processes --------------------------------------------------------------------------
 
-
-def _setting_names() -> set[str]:
-    return {name.upper() for name in (*ServerSettings.model_fields, *WorkerSettings.model_fields)}
-
-
-#: Admission limits that never bite: every client of a system test or a benchmark comes
-#: from 127.0.0.1, so the per-address defaults would throttle the run itself. The limits
-#: are tested on purpose, with their own settings (tests/system/test_admission.py).
-UNLIMITED_ADMISSION: dict[str, int] = {
-    "rate_sessions_per_client": 1_000_000,
-    "rate_owners_per_client": 1_000_000,
-    "rate_socket_opens_per_client": 1_000_000,
-    "rate_messages_per_session": 1_000_000,
-    "max_sockets_per_client": 1_000_000,
-    "model_tokens_per_session": 10**12,
-    "model_tokens_per_client": 10**12,
-}
+#: The name the stand-in model is asked by (it answers to any).
+STANDIN_MODEL = "standin"
 
 
-#: Model calls beyond the replies stay off: the delivery checks and the benchmark count
-#: and time every request the stand-in model gets (and read each as a reply's prompt),
-#: and the direct baseline has neither titles nor summaries. Both are tested on purpose
-#: (tests/server/test_conversations.py, tests/worker/test_summary.py).
-NO_EXTRA_MODEL_CALLS: dict[str, bool] = {"conversation_titles": False, "memory_summary": False}
-
-
-def pinned_environment(overrides: dict[str, str]) -> dict[str, str]:
-    """The environment of a child process: ours, without any Parley setting, then every
-    Parley setting set explicitly (``overrides``, else its default; admission limits
-    :data:`UNLIMITED_ADMISSION`, and :data:`NO_EXTRA_MODEL_CALLS`).
-
-    pydantic-settings lets environment variables win over the ``.env`` file, so with
-    every setting set, a ``.env`` in the repo root cannot change a run.
-    """
-    names = _setting_names()
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    for settings_class in (ServerSettings, WorkerSettings):
-        for name, info in settings_class.model_fields.items():
-            if info.default_factory is None and not info.is_required():
-                default = info.default
-                env[name.upper()] = "" if default is None else str(default)
-    env["MODELS"] = json.dumps([m.model_dump(exclude_none=True) for m in default_catalog()])
-    env.update({name.upper(): str(value) for name, value in UNLIMITED_ADMISSION.items()})
-    env.update({name.upper(): str(value) for name, value in NO_EXTRA_MODEL_CALLS.items()})
-    env.update(overrides)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def process_environment(
+    redis_url: str,
+    llm_base_url: str,
+    overrides: Overrides = DEFAULTS,
+    llm_model: str = STANDIN_MODEL,
+) -> dict[str, str]:
+    """The environment of every server and worker of a :class:`Cluster`: each setting
+    at the product's default, but for the wiring (this Redis, this model) and
+    ``overrides`` (see :func:`testkit.overrides.pinned_environment`)."""
+    wiring = {"REDIS_URL": redis_url, "LLM_BASE_URL": llm_base_url, "LLM_MODEL": llm_model}
+    return pinned_environment(wiring, overrides)
 
 
 @dataclass
@@ -139,12 +99,16 @@ class ClusterError(RuntimeError):
 class Cluster:
     """Server and worker processes of one Parley, on one Redis and one model URL.
 
+    Every process runs with every setting at the product's default, but for the wiring
+    (Redis, the model's URL, the consumer's name) and ``overrides``.
+
     Args:
         redis_url: the Redis; :meth:`start` flushes it.
         llm_base_url: the OpenAI-compatible model, e.g. a :class:`StandinModel`'s URL.
         log_dir: where each process writes ``<name>.log``.
-        claim_idle_ms: the workers' ``CLAIM_IDLE_MS``.
-        env: more settings for every process (e.g. ``{"REDIS_MAX_CONNECTIONS": "8"}``).
+        overrides: the settings the run changes from the product's defaults, each with
+            its reason (:func:`testkit.overrides.declare`).
+        llm_model: the name the model at ``llm_base_url`` answers to.
         stop_grace_s: on stop, SIGKILL what is still running this long (s) after SIGTERM.
         ready_timeout_s: a process must be ready within this long (s).
 
@@ -157,28 +121,18 @@ class Cluster:
         llm_base_url: str,
         log_dir: Path,
         *,
-        claim_idle_ms: int = 5000,
-        env: dict[str, str] | None = None,
+        overrides: Overrides = DEFAULTS,
+        llm_model: str = STANDIN_MODEL,
         stop_grace_s: float = 10.0,
         ready_timeout_s: float = 60.0,
     ) -> None:
         self.redis_url = redis_url
         self.llm_base_url = llm_base_url
         self.log_dir = log_dir
+        self.overrides = overrides
         self.stop_grace_s = stop_grace_s
         self.ready_timeout_s = ready_timeout_s
-        self._env = pinned_environment(
-            {
-                "REDIS_URL": redis_url,
-                "LLM_BASE_URL": llm_base_url,
-                "LLM_MODEL": "standin",
-                "CLAIM_IDLE_MS": str(claim_idle_ms),
-                "LOG_LEVEL": "WARNING",
-                # Below stop_grace_s, so a terminated worker drains before it is killed.
-                "DRAIN_TIMEOUT_S": str(stop_grace_s / 2),
-                **(env or {}),
-            }
-        )
+        self._env = process_environment(redis_url, llm_base_url, overrides, llm_model)
         self.redis: Redis[str] = client_for_url(redis_url, max_connections=16)
         self.procs: list[Proc] = []
         self._numbers = {"server": itertools.count(1), "worker": itertools.count(1)}
@@ -233,13 +187,21 @@ class Cluster:
         await self._wait_server_ready(proc)
         return proc
 
-    async def start_worker(self, env: dict[str, str] | None = None) -> Proc:
-        """Start one worker with a unique consumer name and the settings ``env`` on top
-        of the cluster's (e.g. ``WORKER_MODELS``, ``LLM_BASE_URL``: a pool of its own);
-        wait until it serves its models. :meth:`replace` starts the same kind again."""
+    async def start_worker(self, wiring: dict[str, str] | None = None) -> Proc:
+        """Start one worker with a unique consumer name and ``wiring`` on top of the
+        cluster's (``WORKER_MODELS`` and ``LLM_BASE_URL``: a pool of its own); wait
+        until it serves its models. :meth:`replace` starts the same kind again.
+
+        Raises:
+            ValueError: ``wiring`` names a setting that is not wiring (declare it in the
+                cluster's ``overrides``).
+        """
+        stray = set(wiring or {}) - WIRING
+        if stray:
+            raise ValueError(f"not wiring (declare them as Overrides): {sorted(stray)}")
         name = f"worker-{next(self._numbers['worker'])}"
         consumer = f"sys-{self._run_id}-{name}"
-        env = {**self._env, **(env or {}), "CONSUMER_NAME": consumer}
+        env = {**self._env, **(wiring or {}), "CONSUMER_NAME": consumer}
         proc = self._spawn("worker", name, [sys.executable, "-m", "worker"], env, consumer=consumer)
         await self._wait_worker_ready(proc)
         return proc

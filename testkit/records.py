@@ -8,39 +8,62 @@ checks. Message contents are ``s<session>-m<k>-<8 hex digits>`` (see
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import ResponseError
+
+from runtime.catalog import DEFAULT_MODEL_ID
 from storage import keys
 from testkit.delivery import Findings, check_deliveries
 from testkit.driver import SessionTrace
+from testkit.jobs import of_kind
 
 _MARKER = re.compile(r"s(\d+)-m(\d+)-[0-9a-f]{8}")
 
 
-def replies(trace: SessionTrace) -> dict[str, dict[str, Any]]:
-    """The reply (``done.reply``) of each message id, first ``done`` kept."""
-    out: dict[str, dict[str, Any]] = {}
-    for e in trace.events("done"):
-        out.setdefault(e["message_id"], e["reply"])
+def answers(trace: SessionTrace) -> dict[str, list[tuple[str, dict[str, Any] | None]]]:
+    """Each message id's answers, as the socket saw them: (the message's content then,
+    the reply of its first ``done``, None if none), oldest first; a ``revised`` event
+    starts the next."""
+    out: dict[str, list[tuple[str, dict[str, Any] | None]]] = {}
+    for e in trace.events("queued", "revised", "done"):
+        mid = e["message_id"]
+        if e["type"] in ("queued", "revised"):
+            out.setdefault(mid, []).append(((e.get("message") or {}).get("content", ""), None))
+        elif mid in out and out[mid][-1][1] is None:
+            out[mid][-1] = (out[mid][-1][0], e["reply"])
     return out
 
 
+def replies(trace: SessionTrace) -> dict[str, dict[str, Any]]:
+    """The reply (``done.reply``) of each message id: its latest answer's first ``done``."""
+    return {
+        mid: versions[-1][1]
+        for mid, versions in answers(trace).items()
+        if versions[-1][1] is not None
+    }
+
+
 def check_histories(sessions: Sequence[SessionTrace], findings: Findings) -> None:
-    """Each session's ``/refresh_token`` history (invariant 3): every message sent,
-    each followed by its reply, contents and ids as the socket saw them, each id once."""
+    """Each session's ``/refresh_token`` history (invariant 3): every message sent, as
+    it stands (an edit's text), each followed by its latest reply, contents and ids as
+    the socket saw them, each id once; a revised message keeps its earlier versions
+    (content and reply) in order, and no other message has any."""
     for t in sessions:
         assert t.history is not None, "call ChatDriver.fetch_histories() first"
         got = [(m["role"], m["id"], m["content"]) for m in t.history["messages"]]
-        answered = replies(t)
+        seen = answers(t)
         expected: list[tuple[str, str, str]] = []
         for sent, mid in zip(t.sent, t.message_ids(), strict=False):
-            expected.append(("user", mid, sent.content))
-            if mid in answered:
-                expected.append(("assistant", answered[mid]["id"], answered[mid]["content"]))
+            content, reply = seen[mid][-1] if seen.get(mid) else (sent.content, None)
+            expected.append(("user", mid, content or sent.content))
+            if reply is not None:
+                expected.append(("assistant", reply["id"], reply["content"]))
         if got != expected:
             findings.history_mismatches.append(
                 f"s{t.index}: history {_roles(got)} != expected {_roles(expected)}: "
@@ -49,6 +72,23 @@ def check_histories(sessions: Sequence[SessionTrace], findings: Findings) -> Non
         repeated = [i for i, n in Counter(m[1] for m in got).items() if n > 1]
         if repeated:
             findings.history_mismatches.append(f"s{t.index}: ids more than once: {repeated}")
+        for m in t.history["messages"]:
+            answered = seen.get(m["id"], [])
+            # A revision keeps what it replaced, but for a failed reply regenerated.
+            earlier = [
+                (c, r["id"] if r else None, r["content"] if r else None)
+                for (c, r), (after, _) in itertools.pairwise(answered)
+                if r is not None or after != c
+            ]
+            kept = [
+                (v["content"], (v.get("reply") or {}).get("id"),
+                 (v.get("reply") or {}).get("content"))
+                for v in m.get("versions") or []
+            ]  # fmt: skip
+            if kept != earlier:
+                findings.history_mismatches.append(
+                    f"s{t.index} {m['id']}: versions {kept} != earlier answers {earlier}"
+                )
 
 
 def _roles(messages: list[tuple[str, str, str]]) -> str:
@@ -69,16 +109,18 @@ def check_prompts(
     *,
     once: bool,
 ) -> None:
-    """The stand-in model's recorded requests against the conversations (invariant 2).
+    """The stand-in model's recorded replies' prompts against the conversations
+    (invariant 2); its title and summary requests are :mod:`testkit.jobs`'s to check.
 
-    The prompt of reply ``k`` ends with user message ``k``, holds message ``k-1`` and its
-    reply (``k > 1``), its earlier user messages in order, and no text of a later message
-    or of another session. With ``once``, each message was generated exactly once
-    (no crash or retry happened, so a second generation means a double delivery).
+    The prompt of reply ``k`` ends with user message ``k`` (as sent, or as an edit made
+    it), holds message ``k-1`` and its reply (``k > 1``), its earlier user messages in
+    order, and no text of a later message or of another session. Each answer that
+    came was generated; with ``once``, no answer was generated twice (no crash or
+    retry happened, so a second generation means a double delivery).
     """
     by_index = {t.index: t for t in sessions}
     generations: Counter[tuple[int, int]] = Counter()
-    for body in requests:
+    for body in of_kind(requests, "reply"):
         messages = body.get("messages", [])
         last = messages[-1] if messages else {}
         match = _MARKER.fullmatch(last.get("content", "")) if last.get("role") == "user" else None
@@ -88,7 +130,7 @@ def check_prompts(
             continue
         s, k = trace.index, int(match.group(2))
         generations[s, k] += 1
-        if trace.sent[k - 1].content != last["content"]:
+        if last["content"] not in trace.contents(k):
             findings.prompt_problems.append(f"s{s} m{k}: unknown content {last['content']!r}")
         user_ks = []
         for m in messages:
@@ -102,37 +144,47 @@ def check_prompts(
                 user_ks.append(int(user.group(2)))
         if user_ks != sorted(set(user_ks)):
             findings.prompt_problems.append(f"prompt of s{s} m{k}: user messages {user_ks}")
-        if k > 1:
-            previous = trace.sent[k - 2].content
-            ids = trace.message_ids()
-            reply = replies(trace).get(ids[k - 2]) if len(ids) >= k - 1 else None
+        ids = trace.message_ids()
+        reply = replies(trace).get(ids[k - 2]) if k > 1 and len(ids) >= k - 1 else None
+        if reply is not None:  # (a message closed by an error has no turn to hold)
             pair = [
-                {"role": "user", "content": previous},
-                {"role": "assistant", "content": reply["content"] if reply else None},
+                {"role": "user", "content": trace.sent[k - 2].content},
+                {"role": "assistant", "content": reply["content"]},
             ]
             plain = [{"role": m["role"], "content": m["content"]} for m in messages]
             if not any(plain[i : i + 2] == pair for i in range(len(plain) - 1)):
+                shown = [f"{m['role']}: {m['content'][:24]!r}" for m in plain]
                 findings.prompt_problems.append(
-                    f"prompt of s{s} m{k} lacks m{k - 1} and its reply: {plain}"
+                    f"prompt of s{s} m{k} lacks m{k - 1} and its reply: {shown}"
                 )
     for t in sessions:
+        seen, ids = answers(t), t.message_ids()
         for k in range(1, len(t.sent) + 1):
             n = generations[t.index, k]
-            if n == 0 or (once and n > 1):
-                findings.prompt_problems.append(f"s{t.index} m{k} generated {n} times")
+            asked = seen.get(ids[k - 1], []) if len(ids) >= k else []
+            # Each answer that came was generated; an error may close one before that.
+            done = sum(1 for _, reply in asked if reply is not None)
+            if n < done or (once and n > len(asked)):
+                findings.prompt_problems.append(
+                    f"s{t.index} m{k} generated {n} times for {done} of {len(asked)} answers"
+                )
 
 
-async def pending_owners(redis: Any) -> dict[str, str]:
-    """Which consumer holds each pending message: ``{message_id: consumer}``, every partition.
+async def pending_owners(redis: Any, models: Sequence[str] = (DEFAULT_MODEL_ID,)) -> dict[str, str]:
+    """Which consumer holds each pending message: ``{message_id: consumer}``, every
+    partition of every one of ``models`` (catalog ids) that has a stream yet.
 
     Args:
         redis: a client of the cluster's Redis (``decode_responses=True``).
     """
     owner: dict[str, str] = {}
-    for stream in keys.MESSAGE_STREAMS:
-        pending = await redis.xpending_range(
-            stream, keys.CONSUMER_GROUP, min="-", max="+", count=1000
-        )
+    for stream in (s for model in models for s in keys.model_streams(model)):
+        try:
+            pending = await redis.xpending_range(
+                stream, keys.CONSUMER_GROUP, min="-", max="+", count=1000
+            )
+        except ResponseError:  # no stream or group yet: nothing read from it
+            continue
         if not pending:
             continue
         entries = dict(await redis.xrange(stream))
@@ -155,7 +207,7 @@ async def missing_events(redis: Any, sessions: Sequence[SessionTrace]) -> list[s
     """
     lines: list[str] = []
     for t in sessions:
-        if t.closed or t.closing_count() >= len(t.sent):
+        if t.closed or t.closing_count() >= t.owed():
             continue
         stored = await redis.xrange(keys.events_key(t.token))
         got = {e["event_id"] for e in t.events() if "event_id" in e}

@@ -131,6 +131,8 @@ class Timing:
     first: float | None = None
     done: float | None = None
     deltas: list[float] = field(default_factory=list)
+    #: Whether the stand-in's delays applied (see ``StandinModel.paced``).
+    paced: bool = True
 
     def as_dict(self, *, deltas: bool) -> dict[str, Any]:
         """The timing as JSON-ready values; ``deltas`` includes the per-delta times."""
@@ -206,7 +208,8 @@ class StandinModel:
 
     ``tokens``: reply length in tokens (at least the prefix and prompt words);
     ``ttft_ms``: delay before the first delta; ``delay_ms``: delay between deltas (delta
-    ``i`` is due ``i * delay_ms`` after the first).
+    ``i`` is due ``i * delay_ms`` after the first); ``paced``: which requests (their
+    JSON body) the two delays apply to, the others being answered at once (None: all).
     ``requests`` and ``headers`` hold every chat request's JSON body (``{"_raw": text}``
     when it was not a JSON object) and headers, in arrival order. Counters: ``in_flight``
     (chat requests being answered), ``completed`` (replies fully sent), ``cancelled``
@@ -221,10 +224,12 @@ class StandinModel:
         ttft_ms: float = 0.0,
         delay_ms: float = 0.0,
         model: str = "standin",
+        paced: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self.tokens = tokens
         self.ttft_ms = ttft_ms
         self.delay_ms = delay_ms
+        self.paced = paced
         self.model = model
         #: Answer ``stream_options.include_usage`` with a last ``usage`` chunk, counting
         #: a token per word of every message and per delta (False: ignore it, as some
@@ -393,7 +398,7 @@ class StandinModel:
             return _context_exceeded(prompt_tokens, self.context_tokens)
         prompt = next((m.content for m in reversed(chat.messages) if m.role == "user"), "")
         tokens = reply_tokens(prompt, self.tokens)
-        timing = Timing(prompt, received)
+        timing = Timing(prompt, received, paced=self.paced is None or self.paced(body))
         self.in_flight += 1
         self._notify()
         try:
@@ -451,9 +456,10 @@ class StandinModel:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             return _sse({**base, "choices": [choice]})
 
-        if self.ttft_ms:
-            await asyncio.sleep(self.ttft_ms / 1000)
-        if not self.delay_ms and fault is None:
+        ttft_ms, delay_ms = (self.ttft_ms, self.delay_ms) if timing.paced else (0.0, 0.0)
+        if ttft_ms:
+            await asyncio.sleep(ttft_ms / 1000)
+        if not delay_ms and fault is None:
             # An instant reply: the same events, in one write rather than one per delta,
             # so that serving it costs a benchmark's machine as little as it can.
             events = [chunk({"role": "assistant", "content": ""})]
@@ -470,8 +476,8 @@ class StandinModel:
         for i, token in enumerate(tokens):
             if isinstance(fault, _Cut) and i == fault.after_tokens:
                 return self._drop(request, resp)
-            if i and self.delay_ms:
-                due = start + i * self.delay_ms / 1000
+            if i and delay_ms:
+                due = start + i * delay_ms / 1000
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
             await resp.write(chunk({"content": token}))
             timing.deltas.append(time.perf_counter())
@@ -491,7 +497,7 @@ class StandinModel:
         fault: _Fault | None,
         timing: Timing,
     ) -> web.StreamResponse:
-        delay_ms = self.ttft_ms + self.delay_ms * (len(tokens) - 1)
+        delay_ms = (self.ttft_ms + self.delay_ms * (len(tokens) - 1)) if timing.paced else 0.0
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         if isinstance(fault, _Cut):

@@ -15,6 +15,8 @@ import pytest
 from bench.analysis import _delta_delays
 from bench.cli import main
 from bench.figures import _where_baseline_keeps_up, falls_behind
+from bench.scenarios import Options
+from bench.settings import load_overrides
 from bench.stacks import CANDIDATES
 from testkit.standin import reply_tokens
 
@@ -22,6 +24,12 @@ pytestmark = pytest.mark.system
 
 TINY = ["--sessions", "3", "--messages", "2", "--tokens", "6", "--rounds", "1"]
 TINY += ["--think-ms", "0", "--stagger-ms", "0", "--sockets", "20"]
+
+
+def options_of(result: dict[str, Any]) -> Options:
+    """The options a scenario ran with, from its result."""
+    given = result["options"]
+    return Options(**{**given, "sweep": tuple(given["sweep"])})
 
 
 @pytest.mark.timeout(180)
@@ -83,6 +91,12 @@ def test_scenarios_run_against_parley_and_the_baseline(
     assert "latency     " in out and "connections " in out
     assert "added TTFT" in out
     assert "tokens/s offered" in out
+    # What Parley ran with, besides its defaults, is said with the figures, and why.
+    assert "Parley's settings changed from its defaults:" in out
+    assert "CONVERSATION_TITLES=false (the baseline asks for no titles" in out
+    assert "MAX_SOCKETS_PER_CLIENT=22 (the run holds 22 sockets at once" in out
+    assert latency["overrides"] == load_overrides(options_of(latency)).described()
+    assert "CONVERSATION_TITLES=false" in path.with_suffix(".md").read_text()
 
 
 @pytest.mark.timeout(180)

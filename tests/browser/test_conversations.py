@@ -101,16 +101,19 @@ async def rename_via_api(stack: Parley, token: str, title: str) -> None:
 
 
 @pytest.fixture
-async def quick(stack: Parley) -> Parley:
-    """The stack with a stand-in that answers at once, in a few words."""
-    stack.standin.tokens = 8
-    stack.standin.delay_ms = 5
-    return stack
+async def quick(redis_url: str, redis: Redis[str], web_dist: Path) -> AsyncIterator[Parley]:
+    """A stack with a stand-in that answers at once, in a few words, and that asks for
+    no title: a conversation stays untitled until a person renames it, which is what
+    these tests drive (``titling`` has titles on)."""
+    async with web_parley(redis_url, redis, web_dist, conversation_titles=False) as parley:
+        parley.standin.tokens = 8
+        parley.standin.delay_ms = 5
+        yield parley
 
 
 @pytest.fixture
 async def titling(redis_url: str, redis: Redis[str], web_dist: Path) -> AsyncIterator[Parley]:
-    """A stack that titles conversations after their first reply (off elsewhere)."""
+    """A stack that titles conversations after their first reply, as shipped."""
     async with web_parley(redis_url, redis, web_dist, conversation_titles=True) as parley:
         parley.standin.tokens = 8
         parley.standin.delay_ms = 5

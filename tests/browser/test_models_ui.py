@@ -63,8 +63,8 @@ def reply_models(page: Page) -> Locator:
 
 def last_request(parley: Parley) -> dict[str, Any]:
     """The chat request the worker sent the stand-in model last."""
-    assert parley.standin.requests, "the model got no request"
-    request: dict[str, Any] = parley.standin.requests[-1]
+    assert parley.prompts(), "the model got no request"
+    request: dict[str, Any] = parley.prompts()[-1]
     return request
 
 

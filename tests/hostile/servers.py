@@ -10,21 +10,28 @@ from pathlib import Path
 import aiohttp
 import psutil
 
+from testkit.overrides import DEFAULTS, Overrides, declare
 from testkit.processes import Cluster, Proc
 
 #: No model is asked in these suites: the servers run without a worker.
 NO_MODEL = "http://127.0.0.1:9/v1"
 
 
+#: What every server of these suites changes from the product's defaults.
+NO_WORKER = declare(
+    MODEL_WAIT_S=(0, "no worker runs here: messages wait for one, as queued, not refused"),
+)
+
+
 @asynccontextmanager
 async def servers(
-    redis_url: str, log_dir: Path, count: int = 1, **settings: str
+    redis_url: str, log_dir: Path, count: int = 1, overrides: Overrides = DEFAULTS
 ) -> AsyncIterator[Cluster]:
-    """``count`` server processes (no worker) on a flushed Redis; ``settings`` are
-    environment variables, e.g. ``MAX_PENDING_MESSAGES="1"``. Messages wait for a
-    worker however long (``MODEL_WAIT_S=0``): none comes."""
-    env = {"MODEL_WAIT_S": "0", **settings}
-    async with Cluster(redis_url, NO_MODEL, log_dir, env=env, stop_grace_s=5) as cluster:
+    """``count`` server processes (no worker) on a flushed Redis, with :data:`NO_WORKER`
+    and the test's own ``overrides``."""
+    async with Cluster(
+        redis_url, NO_MODEL, log_dir, overrides=NO_WORKER | overrides, stop_grace_s=5
+    ) as cluster:
         await cluster.start(servers=count, workers=0)
         yield cluster
 

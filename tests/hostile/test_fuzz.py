@@ -26,6 +26,7 @@ import pytest
 from redis.asyncio import Redis
 
 from protocol.wire import SERVER_EVENT, ErrorCode, ErrorEvent
+from testkit.overrides import declare
 from tests.hostile.frames import Frame, generate, generate_handshakes
 from tests.hostile.servers import new_session, rss_mb, servers, tracebacks
 
@@ -35,6 +36,16 @@ SOCKETS = 10
 FRAMES = 10_000
 #: Resident memory may grow this much (MB) over the run.
 RSS_SLACK_MB = 20.0
+
+ONE_PENDING = declare(
+    MAX_PENDING_MESSAGES=(1, "the frames' messages are refused past the first, not queued"),
+)
+BEHIND_A_PROXY = declare(
+    TRUSTED_PROXIES=(
+        "127.0.0.1",
+        "the client stands for a proxy: its X-Forwarded-For is read",
+    ),
+)
 
 
 class SocketRun:
@@ -106,7 +117,7 @@ async def test_ten_thousand_hostile_frames_close_no_socket(
     shares = [frames[i::SOCKETS] for i in range(SOCKETS)]
     runs = [SocketRun(i, share) for i, share in enumerate(shares)]
     async with (
-        servers(redis_url, tmp_path / "logs", MAX_PENDING_MESSAGES="1") as cluster,
+        servers(redis_url, tmp_path / "logs", overrides=ONE_PENDING) as cluster,
         aiohttp.ClientSession() as http,
     ):
         (server,) = cluster.servers
@@ -201,7 +212,7 @@ async def test_hostile_handshake_headers_get_4xx_never_5xx(
     statuses: dict[int, int] = {}
     unsent = 0
     async with (
-        servers(redis_url, tmp_path / "logs", TRUSTED_PROXIES="127.0.0.1") as cluster,
+        servers(redis_url, tmp_path / "logs", overrides=BEHIND_A_PROXY) as cluster,
         aiohttp.ClientSession() as http,
     ):
         (server,) = cluster.servers

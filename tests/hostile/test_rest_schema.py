@@ -21,12 +21,20 @@ from schemathesis.checks import not_a_server_error
 
 from stack.process import die_with_parent, stop_process
 from stack.redis import EmbeddedRedis
+from testkit.overrides import declare, pinned_environment
 from testkit.ports import free_port
-from testkit.processes import REPO_ROOT, pinned_environment
+from testkit.processes import REPO_ROOT
 from testkit.redis_cluster import EmbeddedRedisCluster
 from tests.hostile.frames import HANDSHAKES
 
 pytestmark = pytest.mark.system
+
+BEHIND_A_PROXY = declare(
+    TRUSTED_PROXIES=(
+        "127.0.0.1",
+        "the client stands for a proxy: its X-Forwarded-For is read",
+    ),
+)
 
 #: Examples per operation and mode (valid, invalid): about 10 s in all.
 EXAMPLES = 150
@@ -48,10 +56,7 @@ def rest_server(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("schema") / "server.log"
-    # The test client as a trusted proxy, so its X-Forwarded-For headers are parsed.
-    env = pinned_environment(
-        {"REDIS_URL": redis_server.url, "LOG_LEVEL": "WARNING", "TRUSTED_PROXIES": "127.0.0.1"}
-    )
+    env = pinned_environment({"REDIS_URL": redis_server.url}, BEHIND_A_PROXY)
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)],

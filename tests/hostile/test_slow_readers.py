@@ -26,6 +26,7 @@ from runtime.config import CommonSettings
 from server.websocket import SLOW_READER_CLOSE
 from storage.leases import leases_key
 from storage.store import Store
+from testkit.overrides import declare
 from tests.hostile.servers import new_session, rss_mb, servers
 
 pytestmark = pytest.mark.system
@@ -38,6 +39,13 @@ QUEUE_SIZE = 16
 #: transport's write buffer (64 KiB high-water mark, plus the message that crossed it),
 #: and a replay's batch; twice that, for the allocator's slack.
 PER_SOCKET_BOUND = 2 * (2 * QUEUE_SIZE * (EVENT_CHARS + 200) + 2**16 + EVENT_CHARS)
+
+OVERRIDES = declare(
+    WS_SEND_TIMEOUT_S=(SEND_TIMEOUT_S, "a socket that reads nothing is closed within the test"),
+    SOCKET_QUEUE_SIZE=(QUEUE_SIZE, "a small queue: what one stuck socket holds is measurable"),
+    RATE_SESSIONS_PER_CLIENT=(SLOW + 1, "31 sessions, every one from 127.0.0.1"),
+    MAX_SOCKETS_PER_CLIENT=(SLOW + 1, "31 sockets open at once, every one from 127.0.0.1"),
+)
 
 
 class StuckClient:
@@ -107,12 +115,7 @@ async def test_clients_that_never_read_are_closed_and_hold_bounded_memory(
 ) -> None:
     store = Store(redis, CommonSettings(events_maxlen=QUEUE_SIZE))
     async with (
-        servers(
-            redis_url,
-            tmp_path / "logs",
-            WS_SEND_TIMEOUT_S=str(SEND_TIMEOUT_S),
-            SOCKET_QUEUE_SIZE=str(QUEUE_SIZE),
-        ) as cluster,
+        servers(redis_url, tmp_path / "logs", overrides=OVERRIDES) as cluster,
         aiohttp.ClientSession() as http,
     ):
         (server,) = cluster.servers

@@ -16,12 +16,22 @@ from redis.crc import key_slot
 
 from storage import keys
 from storage.leases import leases_key
+from testkit.overrides import declare
 from testkit.processes import Proc
 from tests.hostile.servers import new_session, servers
 
 pytestmark = pytest.mark.system
 
 LEASE_S = 3.0
+
+OVERRIDES = declare(
+    MAX_SOCKETS_PER_SESSION=(3, "the bound is reached with a few sockets"),
+    SOCKET_LEASE_SECONDS=(LEASE_S, "a dead server's sockets lapse within the test"),
+    RATE_SOCKET_OPENS_PER_CLIENT=(
+        400,
+        "sockets are opened every 50 ms until the leases lapse (320 tries), from 127.0.0.1",
+    ),
+)
 
 
 def ws_url(proc: Proc) -> str:
@@ -59,13 +69,7 @@ async def test_sockets_per_session_are_bounded_over_servers_and_lapse_with_a_dea
     redis_url: str, redis: Redis[str], tmp_path: Path
 ) -> None:
     async with (
-        servers(
-            redis_url,
-            tmp_path / "logs",
-            count=2,
-            MAX_SOCKETS_PER_SESSION="3",
-            SOCKET_LEASE_SECONDS=str(LEASE_S),
-        ) as cluster,
+        servers(redis_url, tmp_path / "logs", count=2, overrides=OVERRIDES) as cluster,
         aiohttp.ClientSession() as http,
     ):
         a, b = cluster.servers

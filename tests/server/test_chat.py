@@ -49,7 +49,7 @@ async def test_reply_streams_then_is_recorded(parley: Parley, http: aiohttp.Clie
     ]  # fmt: skip
 
     # The prompt of message 2 holds message 1 and its reply, then message 2 itself.
-    prompts = [r["messages"] for r in parley.standin.requests]
+    prompts = [r["messages"] for r in parley.prompts()]
     assert len(prompts) == 2
     assert prompts[0][0]["role"] == "system"
     assert [(m["role"], m["content"]) for m in prompts[1][1:]] == [
@@ -73,7 +73,7 @@ async def test_replies_to_messages_sent_back_to_back_come_in_order(
     assert [d["reply"]["content"] for d in done] == [
         reply_text(f"message {n}", parley.standin.tokens) for n in range(6)
     ]
-    for k, request in enumerate(parley.standin.requests):
+    for k, request in enumerate(parley.prompts()):
         contents = [m["content"] for m in request["messages"]]
         assert contents[-1] == f"message {k}"
         assert not any(f"message {later}" in contents for later in range(k + 1, 6))

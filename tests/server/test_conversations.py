@@ -264,14 +264,14 @@ async def test_export_gives_the_whole_conversation_without_its_token(
 
 
 async def test_no_title_is_asked_for_when_titles_are_off(
-    parley: Parley, http: aiohttp.ClientSession
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
 ) -> None:
-    assert not parley.worker_settings.conversation_titles
-    owner = await _owner(parley, http)
-    token = (await _session(parley, http, owner))["token"]
-    await _chat(parley, http, token, "hello")
-    assert len(parley.standin.requests) == 1  # the reply's alone
-    assert (await _list(parley, http, owner))["conversations"][0]["title"] == ""
+    async with running_parley(redis_url, redis, conversation_titles=False) as parley:
+        owner = await _owner(parley, http)
+        token = (await _session(parley, http, owner))["token"]
+        await _chat(parley, http, token, "hello")
+        assert len(parley.standin.requests) == 1  # the reply's alone
+        assert (await _list(parley, http, owner))["conversations"][0]["title"] == ""
 
 
 async def _title_of(parley: Parley, http: aiohttp.ClientSession, owner: str) -> str:
@@ -290,7 +290,7 @@ async def _title_of(parley: Parley, http: aiohttp.ClientSession, owner: str) -> 
 
 @pytest.fixture
 async def titling(redis_url: str, redis: Redis[str]) -> AsyncIterator[Parley]:
-    """Parley with conversation titles on (the harness turns them off elsewhere)."""
+    """Parley with conversation titles on, as shipped (said here, as the tests of them)."""
     async with running_parley(redis_url, redis, conversation_titles=True) as parley:
         yield parley
 

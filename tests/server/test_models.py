@@ -76,7 +76,7 @@ async def test_a_session_answers_with_its_model_and_system_prompt_and_can_change
 
         done = await reply_to(parley, http, token, "hello")
         assert done["reply"]["model"] == "large"
-        request = parley.standin.requests[-1]
+        request = parley.prompts()[-1]
         assert request["model"] == "org/large-instruct"
         assert request["messages"][0] == {"role": "system", "content": "Be terse."}
 
@@ -87,7 +87,7 @@ async def test_a_session_answers_with_its_model_and_system_prompt_and_can_change
             assert r.status == 204, await r.text()
         done = await reply_to(parley, http, token, "again")
         assert done["reply"]["model"] == "small"
-        request = parley.standin.requests[-1]
+        request = parley.prompts()[-1]
         assert request["model"] == "standin"  # the worker's own LLM_MODEL
         assert request["messages"][0] == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
 
@@ -110,7 +110,7 @@ async def test_a_session_without_a_choice_is_answered_as_before(
         assert set(view) == {"token", "name", "session_start", "messages"}
         done = await reply_to(parley, http, view["token"], "hi")
         assert done["reply"]["model"] == "default"
-        request = parley.standin.requests[-1]
+        request = parley.prompts()[-1]
         assert request["messages"][0] == {"role": "system", "content": "Deployment prompt."}
         assert request["model"] == "standin"
 

@@ -49,7 +49,7 @@ async def test_regenerate_answers_again_and_keeps_the_old_reply_as_a_version(
             earlier = await answered(ws, "first")
             old = await answered(ws, "second")
             old_user = (await history(parley, http, token))[2]
-            prompts = len(parley.standin.requests)
+            prompts = len(parley.prompts())
             await ws.send_json({"type": "regenerate"})
             events = await read_until(ws, count("done", 1))
         assert events[0]["type"] == "revised"
@@ -68,8 +68,8 @@ async def test_regenerate_answers_again_and_keeps_the_old_reply_as_a_version(
         assert new["id"] != old["id"]
         assert "".join(e["content"] for e in of_type(events, "token")) == new["content"]
         # The model was asked once more, without the reply being replaced.
-        assert len(parley.standin.requests) == prompts + 1
-        prompt = parley.standin.requests[-1]["messages"]
+        assert len(parley.prompts()) == prompts + 1
+        prompt = parley.prompts()[-1]["messages"]
         assert prompt[-1] == {"role": "user", "content": "second"}
         assert [m["content"] for m in prompt if m["role"] == "assistant"] == [earlier["content"]]
 
@@ -110,7 +110,7 @@ async def test_edit_replaces_the_last_message_and_keeps_what_it_replaced(
         assert (second["version"]["content"], second["version_count"]) == ("2+2?", 2)
         (done,) = of_type(events, "done")
         assert done["reply"]["content"].startswith("Reply to: 2+2?")
-        assert parley.standin.requests[-1]["messages"][-1] == {"role": "user", "content": "1+1?"}
+        assert parley.prompts()[-1]["messages"][-1] == {"role": "user", "content": "1+1?"}
 
         messages = await history(parley, http, token)
         assert [(m["role"], m["content"][:13]) for m in messages] == [

@@ -11,19 +11,74 @@ from typing import Any
 
 import aiohttp
 import uvicorn
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from redis.asyncio import Redis
 
 from server.app import create_app
 from server.config import ServerSettings
 from storage import keys
 from storage.connection import connect, disconnect
+from testkit.jobs import of_kind
+from testkit.overrides import Overrides, declare
 from testkit.ports import free_port
-from testkit.processes import NO_EXTRA_MODEL_CALLS, UNLIMITED_ADMISSION
+from testkit.processes import STANDIN_MODEL
 from testkit.standin import StandinModel
 from worker.app import llm_config
 from worker.config import WorkerSettings
 from worker.consumer import Worker
 from worker.llm import LLMClient
+
+#: What every in-process stack changes from the product's defaults.
+IN_PROCESS = declare(
+    READ_BLOCK_MS=(100, "the worker sees its stop within 0.1 s, at the end of every test"),
+    CLAIM_IDLE_MS=(1000, "a test's second worker takes over a message within 1 s, not 5"),
+)
+
+
+class _OnlyGiven(BaseSettings):
+    """Settings from the arguments alone: no environment variable and no ``.env`` file
+    of the machine running the tests can change an in-process stack."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+class PinnedServerSettings(_OnlyGiven, ServerSettings):
+    """:class:`ServerSettings` from its arguments and defaults only."""
+
+
+class PinnedWorkerSettings(_OnlyGiven, WorkerSettings):
+    """:class:`WorkerSettings` from its arguments and defaults only."""
+
+
+def in_process_settings(
+    redis_url: str, standin_url: str, overrides: Overrides = IN_PROCESS, **settings: Any
+) -> tuple[ServerSettings, WorkerSettings]:
+    """The settings of an in-process stack: every one at the product's default, but
+    the wiring (this Redis, the stand-in at ``standin_url``, a unique consumer name),
+    ``overrides`` and the settings a test names (``settings``, by field name, e.g.
+    ``max_pending_messages=2``; they may name other wiring too)."""
+    common: dict[str, Any] = {"redis_url": redis_url, **overrides.fields(), **settings}
+    server = PinnedServerSettings(
+        **{k: v for k, v in common.items() if k in ServerSettings.model_fields}
+    )
+    worker = PinnedWorkerSettings(
+        **{
+            "llm_base_url": standin_url,
+            "llm_model": STANDIN_MODEL,
+            "consumer_name": f"test-worker-{uuid.uuid4().hex[:6]}",
+            **{k: v for k, v in common.items() if k in WorkerSettings.model_fields},
+        }
+    )
+    return server, worker
 
 
 @dataclass
@@ -38,6 +93,11 @@ class Parley:
     worker: Worker
     redis: Redis[str]
 
+    def prompts(self) -> list[dict[str, Any]]:
+        """The requests the stand-in got for replies, in order (titles and summaries,
+        asked between replies, left out)."""
+        return of_kind(self.standin.requests, "reply")
+
     async def create_session(self, http: aiohttp.ClientSession, name: str = "ada") -> str:
         """A new session's token."""
         async with http.post(f"{self.url}/token", params={"name": name}) as response:
@@ -48,30 +108,17 @@ class Parley:
 
 @asynccontextmanager
 async def running_parley(
-    redis_url: str, redis: Redis[str], **overrides: Any
+    redis_url: str, redis: Redis[str], **settings: Any
 ) -> AsyncIterator[Parley]:
-    """Start a stand-in model, a server and a worker; settings take ``overrides``."""
+    """Start a stand-in model, a server and a worker, every setting at the product's
+    default but :data:`IN_PROCESS` and those the test names (``settings``)."""
     standin = StandinModel(tokens=6)
     base_url = await standin.start()
-    common: dict[str, Any] = {
-        "redis_url": redis_url,
-        **UNLIMITED_ADMISSION,
-        **NO_EXTRA_MODEL_CALLS,
-        **overrides,
-    }
-    server_settings = ServerSettings(
-        **{k: v for k, v in common.items() if k in ServerSettings.model_fields}
-    )
-    worker_settings = WorkerSettings(
-        **{
-            "llm_base_url": base_url,
-            "llm_model": "standin",
-            "claim_idle_ms": 1000,
-            "read_block_ms": 100,
-            "consumer_name": f"test-worker-{uuid.uuid4().hex[:6]}",
-            **{k: v for k, v in common.items() if k in WorkerSettings.model_fields},
-        }
-    )
+    try:
+        server_settings, worker_settings = in_process_settings(redis_url, base_url, **settings)
+    except BaseException:
+        await standin.stop()
+        raise
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(

@@ -23,10 +23,12 @@ class PartitionDriver(ChatDriver):
         super().__init__(server_urls)
         self.part = part
 
-    async def new_token(self, url: str, index: int, model: str | None) -> str:
+    async def new_token(
+        self, url: str, index: int, model: str | None, owner: str | None = None
+    ) -> str:
         """A new session's token in partition ``part`` (others are left to expire)."""
         while True:
-            token = await super().new_token(url, index, model)
+            token = await super().new_token(url, index, model, owner)
             if keys.partition(token) == self.part:
                 return token
 

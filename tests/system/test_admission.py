@@ -12,11 +12,30 @@ import pytest
 from redis.asyncio import Redis
 
 from storage.admission import SESSION_TOKENS, limit_key
+from testkit.overrides import declare
 from testkit.processes import Cluster
 from testkit.standin import StandinModel
 from tests.support.events import count, of_type, read_until
 
 pytestmark = pytest.mark.system
+
+BURST = declare(
+    RATE_SESSIONS_PER_CLIENT=(20, "the burst of 100 is 5 times the budget"),
+    TRUSTED_PROXIES=("127.0.0.1", "the test stands for a proxy, for the last part"),
+)
+MESSAGE_BUDGET = declare(
+    RATE_MESSAGES_PER_SESSION=(3, "the 4th message is past the budget"),
+    RATE_WINDOW_S=(2, "the window ends within the test"),
+)
+SOCKET_CAP = declare(MAX_SOCKETS_PER_CLIENT=(2, "the 3rd socket is past the cap"))
+QUOTA = declare(
+    MODEL_TOKENS_PER_SESSION=(30, "used up by the 2nd reply"),
+    QUOTA_PERIOD_S=(3, "the period ends within the test"),
+    CONVERSATION_TITLES=(
+        False,
+        "replies alone use the quota: a title, charged too, comes any time",
+    ),
+)
 
 
 def _refusals(metrics: str, limit: str) -> float:
@@ -28,14 +47,9 @@ def _refusals(metrics: str, limit: str) -> float:
 async def test_a_burst_of_new_sessions_is_refused_past_one_budget_for_all_replicas(
     redis: Redis[str], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    env = {
-        "RATE_SESSIONS_PER_CLIENT": "20",
-        "RATE_WINDOW_S": "60",
-        "TRUSTED_PROXIES": "127.0.0.1",  # the test stands for a proxy, for the last part
-    }
     async with (
         StandinModel(tokens=2) as model,
-        Cluster(redis_url, model.base_url or "", tmp_path / "logs", env=env) as cluster,
+        Cluster(redis_url, model.base_url or "", tmp_path / "logs", overrides=BURST) as cluster,
     ):
         await cluster.start(servers=2, workers=1)
         urls = [s.url for s in cluster.servers]
@@ -77,10 +91,11 @@ async def test_a_burst_of_new_sessions_is_refused_past_one_budget_for_all_replic
 async def test_messages_past_the_session_budget_wait_the_time_they_are_told(
     redis: Redis[str], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    env = {"RATE_MESSAGES_PER_SESSION": "3", "RATE_WINDOW_S": "2"}
     async with (
         StandinModel(tokens=2) as model,
-        Cluster(redis_url, model.base_url or "", tmp_path / "logs", env=env) as cluster,
+        Cluster(
+            redis_url, model.base_url or "", tmp_path / "logs", overrides=MESSAGE_BUDGET
+        ) as cluster,
     ):
         await cluster.start(servers=2, workers=1)
         one, two = (s.url.replace("http", "ws", 1) + "/chat" for s in cluster.servers)
@@ -122,10 +137,11 @@ async def test_messages_past_the_session_budget_wait_the_time_they_are_told(
 async def test_sockets_per_client_are_capped_across_replicas(
     redis: Redis[str], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    env = {"MAX_SOCKETS_PER_CLIENT": "2"}
     async with (
         StandinModel(tokens=2) as model,
-        Cluster(redis_url, model.base_url or "", tmp_path / "logs", env=env) as cluster,
+        Cluster(
+            redis_url, model.base_url or "", tmp_path / "logs", overrides=SOCKET_CAP
+        ) as cluster,
     ):
         await cluster.start(servers=2, workers=1)
         one, two = (s.url.replace("http", "ws", 1) + "/chat" for s in cluster.servers)
@@ -158,10 +174,9 @@ async def test_a_used_up_quota_refuses_messages_until_it_renews(
 ) -> None:
     # The stand-in counts a token per word: the system prompt (8) plus each turn, plus
     # its 8-token replies: reply 1 costs 17, reply 2 costs 26, so 30 is used up after 2.
-    env = {"MODEL_TOKENS_PER_SESSION": "30", "QUOTA_PERIOD_S": "3"}
     async with (
         StandinModel(tokens=8) as model,
-        Cluster(redis_url, model.base_url or "", tmp_path / "logs", env=env) as cluster,
+        Cluster(redis_url, model.base_url or "", tmp_path / "logs", overrides=QUOTA) as cluster,
     ):
         await cluster.start(servers=1, workers=1)
         url = cluster.servers[0].url

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from storage import keys
 from testkit.delivery import assert_clean
+from testkit.overrides import declare
 from testkit.processes import Cluster
 from testkit.records import verdict
 from testkit.standin import StandinModel
@@ -36,6 +37,19 @@ pytestmark = pytest.mark.system
 SESSIONS, MESSAGES, MAXLEN = 25, 20, 10
 #: Acknowledged entries beyond the bound are trimmed once this many have gathered.
 TRIM_SLACK = 100
+#: New sessions a test may ask for while it looks for those of partition 0: 1 in 16
+#: falls in it, so 2,000 hold the 25 wanted but in fewer than 1 run in 10^10.
+PARTITION_HUNT = 2000
+
+#: No worker until the backlog is built: its messages wait, however long.
+NO_WORKER_YET = declare(
+    MODEL_WAIT_S=(0, "no worker runs until the backlog is built: messages wait for one"),
+)
+OVER_THE_BOUND = NO_WORKER_YET | declare(
+    MESSAGE_STREAM_MAXLEN=(MAXLEN, "a backlog of 500 is 50 times the stream's bound"),
+    RATE_SESSIONS_PER_CLIENT=(PARTITION_HUNT, "sessions are opened until 25 fall in partition 0"),
+    MAX_SOCKETS_PER_CLIENT=(SESSIONS, "25 sockets open at once, every one from 127.0.0.1"),
+)
 
 
 @pytest.mark.timeout(120)
@@ -49,9 +63,7 @@ async def test_a_backlog_over_the_stream_bound_is_answered_in_full(
             redis_url,
             model.base_url or "",
             tmp_path / "logs",
-            claim_idle_ms=1000,
-            # No worker until the backlog is built: its messages wait, however long.
-            env={"MESSAGE_STREAM_MAXLEN": str(MAXLEN), "MODEL_WAIT_S": "0"},
+            overrides=OVER_THE_BOUND,
         ) as cluster,
     ):
         await cluster.start(servers=1, workers=0)
@@ -87,19 +99,25 @@ async def test_a_backlog_over_the_stream_bound_is_answered_in_full(
         assert was_trimmed, f"acknowledged entries not trimmed: {after} left (bound {MAXLEN})"
 
 
+FULL_BACKLOG = 30
+FULL = NO_WORKER_YET | declare(
+    MAX_BACKLOG=(FULL_BACKLOG, "10 of the 40 messages sent are past the bound"),
+    RATE_SESSIONS_PER_CLIENT=(PARTITION_HUNT, "sessions are opened until 2 fall in partition 0"),
+)
+
+
 @pytest.mark.timeout(120)
 async def test_a_full_backlog_refuses_new_messages_at_once_and_loses_none(
     redis: Redis[str], redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bound, sessions, messages = 30, 2, 20
+    bound, sessions, messages = FULL_BACKLOG, 2, 20
     async with (
         StandinModel(tokens=6) as model,
         Cluster(
             redis_url,
             model.base_url or "",
             tmp_path / "logs",
-            claim_idle_ms=1000,
-            env={"MAX_BACKLOG": str(bound), "MODEL_WAIT_S": "0"},
+            overrides=FULL,
         ) as cluster,
     ):
         await cluster.start(servers=1, workers=0)

@@ -36,7 +36,10 @@ async def test_sessions_and_queues_spread_over_the_nodes(
     client = client_for_url(url, max_connections=8)
     await client.flushall()
     try:
-        async with running_parley(url, client) as parley:
+        # 24 sessions and sockets at once, every one from 127.0.0.1.
+        async with running_parley(
+            url, client, rate_sessions_per_client=24, max_sockets_per_client=24
+        ) as parley:
 
             async def chat() -> str:
                 token = await parley.create_session(http)

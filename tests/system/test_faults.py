@@ -22,12 +22,21 @@ from stack.redis import EmbeddedRedis
 from storage.store import Store
 from testkit.delivery import assert_clean, show
 from testkit.driver import ChatDriver, SessionTrace
+from testkit.overrides import declare
 from testkit.ports import free_port
 from testkit.processes import Cluster
 from testkit.records import pending_owners, verdict
 from testkit.standin import StandinModel
 
 pytestmark = pytest.mark.system
+
+SHORT_DRAIN = declare(
+    DRAIN_TIMEOUT_S=(0.5, "the drain ends before the replies do, leaving them pending"),
+    CLAIM_IDLE_MS=(1000, "what the drain left is taken over in 1 s, not 5"),
+)
+OUTAGE = declare(
+    CLAIM_IDLE_MS=(1000, "replies cut by the outage are taken over in 1 s once it ends, not 5"),
+)
 
 
 async def all_streaming(sessions: list[SessionTrace], timeout_s: float = 30) -> None:
@@ -100,8 +109,7 @@ async def test_worker_sigterm_leaves_what_it_cannot_finish_pending_for_takeover(
             redis_url,
             model.base_url or "",
             tmp_path / "logs",
-            claim_idle_ms=1000,
-            env={"DRAIN_TIMEOUT_S": "0.5"},
+            overrides=SHORT_DRAIN,
         ) as cluster,
     ):
         await cluster.start(servers=1, workers=2)
@@ -172,7 +180,7 @@ async def test_redis_outage_is_survived_and_accepted_messages_are_answered(
         async with (
             StandinModel(tokens=40, delay_ms=25) as model,
             Cluster(
-                redis_server.url, model.base_url or "", tmp_path / "logs", claim_idle_ms=1000
+                redis_server.url, model.base_url or "", tmp_path / "logs", overrides=OUTAGE
             ) as cluster,
         ):
             await cluster.start(servers=1, workers=1)

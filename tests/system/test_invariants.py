@@ -20,6 +20,7 @@ from runtime.tasks import cancel_and_wait
 from storage.store import Store
 from testkit.delivery import assert_clean, show
 from testkit.driver import ChatDriver, SessionTrace
+from testkit.overrides import declare
 from testkit.processes import Cluster
 from testkit.records import check_prompts, pending_owners, verdict
 from testkit.standin import StandinModel
@@ -59,6 +60,15 @@ SERVERS, WORKERS, SESSIONS, MESSAGES = 2, 3, 50, 5
 #: Below the sockets each server holds (25), so a per-socket connection cannot hide.
 MAX_CONNECTIONS = 8
 
+MANY_SESSIONS = declare(
+    REDIS_MAX_CONNECTIONS=(MAX_CONNECTIONS, "below the 25 sockets a server holds"),
+    RATE_SESSIONS_PER_CLIENT=(SESSIONS, "50 sessions, every one from 127.0.0.1"),
+    MAX_SOCKETS_PER_CLIENT=(SESSIONS, "50 sockets open at once, every one from 127.0.0.1"),
+)
+KILLED = declare(
+    CLAIM_IDLE_MS=(1500, "the killed worker's messages taken over in 1.5 s, not 5"),
+)
+
 
 @pytest.mark.timeout(300)
 async def test_many_sessions_over_servers_and_workers(
@@ -70,7 +80,7 @@ async def test_many_sessions_over_servers_and_workers(
             redis_url,
             model.base_url or "",
             tmp_path / "logs",
-            env={"REDIS_MAX_CONNECTIONS": str(MAX_CONNECTIONS)},
+            overrides=MANY_SESSIONS,
         ) as cluster,
     ):
         await cluster.start(servers=SERVERS, workers=WORKERS)
@@ -126,7 +136,7 @@ async def test_worker_killed_mid_reply_is_taken_over(
 ) -> None:
     async with (
         StandinModel(tokens=40, delay_ms=50) as model,
-        Cluster(redis_url, model.base_url or "", tmp_path / "logs", claim_idle_ms=1500) as cluster,
+        Cluster(redis_url, model.base_url or "", tmp_path / "logs", overrides=KILLED) as cluster,
     ):
         await cluster.start(servers=1, workers=2)
         async with ChatDriver([s.url for s in cluster.servers]) as driver:

@@ -12,12 +12,21 @@ import pytest
 
 from stack.redis import EmbeddedRedis
 from testkit.driver import ChatDriver
+from testkit.overrides import declare
 from testkit.ports import free_port
 from testkit.processes import Cluster
 from testkit.standin import StandinModel
 from tests.system.partition import closing_counts, refusals, unanswered, wait_closed
 
 pytestmark = pytest.mark.system
+
+OVERRIDES = declare(
+    CLAIM_IDLE_MS=(
+        1000,
+        "replies that fail while memory is full are taken over, and fail, "
+        "several times within the 4 s of the fault",
+    ),
+)
 
 
 @pytest.mark.timeout(120)
@@ -28,7 +37,7 @@ async def test_memory_full_refuses_new_messages_and_loses_none(
         async with (
             StandinModel(tokens=20, delay_ms=50) as model,  # 1 s a reply
             Cluster(
-                redis_server.url, model.base_url or "", tmp_path / "logs", claim_idle_ms=1000
+                redis_server.url, model.base_url or "", tmp_path / "logs", overrides=OVERRIDES
             ) as cluster,
         ):
             await cluster.start(servers=1, workers=1)

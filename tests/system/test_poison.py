@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from storage import keys
 from testkit.driver import ChatDriver, SessionTrace
+from testkit.overrides import declare
 from testkit.processes import Cluster
 from testkit.records import pending_owners
 from testkit.standin import StandinModel
@@ -27,6 +28,11 @@ from tests.system.partition import unanswered, wait_closed
 pytestmark = pytest.mark.system
 
 MAX_CRASHES = 3
+
+OVERRIDES = declare(
+    MAX_CRASHES=(MAX_CRASHES, "the poison is dead-lettered after 3 crashes, not 10"),
+    CLAIM_IDLE_MS=(1000, "each crash's messages taken over in 1 s, not 5"),
+)
 
 
 def streaming_after(trace: SessionTrace, restarts: int) -> bool:
@@ -52,8 +58,7 @@ async def test_a_message_that_crashes_its_workers_is_dead_lettered(
             redis_url,
             model.base_url or "",
             tmp_path / "logs",
-            claim_idle_ms=1000,
-            env={"MAX_CRASHES": str(MAX_CRASHES)},
+            overrides=OVERRIDES,
         ) as cluster,
     ):
         await cluster.start(servers=1, workers=2)

@@ -6,13 +6,14 @@ single Redis and on a 3-node Redis Cluster."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
 
 from testkit.delivery import assert_clean
 from testkit.driver import ChatDriver, SessionTrace
+from testkit.jobs import of_kind
+from testkit.overrides import declare
 from testkit.processes import Cluster
 from testkit.records import missing_events, verdict
 from testkit.standin import StandinModel
@@ -23,10 +24,18 @@ pytestmark = pytest.mark.system
 SESSIONS, MESSAGES, WORKERS_PER_POOL = 20, 4, 2
 CATALOG = [{"id": "alpha", "api_model": "alpha-7b"}, {"id": "beta", "api_model": "beta-1b"}]
 
+OVERRIDES = declare(
+    MODELS=(CATALOG, "two models, a pool of workers each"),
+    CLAIM_IDLE_MS=(2000, "the killed workers' messages taken over in 2 s, not 5"),
+    RATE_SESSIONS_PER_CLIENT=(2 * SESSIONS, "40 sessions, every one from 127.0.0.1"),
+    MAX_SOCKETS_PER_CLIENT=(2 * SESSIONS, "40 sockets open at once, every one from 127.0.0.1"),
+)
+
 
 def asked(model: StandinModel) -> list[str]:
-    """The user messages a stand-in was asked to answer (each request's last message)."""
-    return [r["messages"][-1]["content"] for r in model.requests]
+    """The user messages a stand-in was asked to reply to (each reply request's last
+    message; titles and summaries are no replies)."""
+    return [r["messages"][-1]["content"] for r in of_kind(model.requests, "reply")]
 
 
 def sent(sessions: list[SessionTrace]) -> set[str]:
@@ -46,15 +55,17 @@ async def test_each_pool_answers_only_its_model_while_a_worker_of_each_is_killed
                 redis_url,
                 alpha.base_url or "",
                 tmp_path / "logs",
-                claim_idle_ms=2000,
-                env={"MODELS": json.dumps(CATALOG)},
+                overrides=OVERRIDES,
             ) as cluster,
         ):
             await cluster.start(servers=2, workers=0)
-            for model, standin in (("alpha", alpha), ("beta", beta)):
-                pool = {"WORKER_MODELS": model, "LLM_BASE_URL": standin.base_url or ""}
-                for _ in range(WORKERS_PER_POOL):
-                    await cluster.start_worker(pool)
+            pools = [
+                {"WORKER_MODELS": model, "LLM_BASE_URL": standin.base_url or ""}
+                for model, standin in (("alpha", alpha), ("beta", beta))
+            ]
+            await asyncio.gather(
+                *(cluster.start_worker(pool) for pool in pools for _ in range(WORKERS_PER_POOL))
+            )
             async with ChatDriver([s.url for s in cluster.servers]) as driver:
                 on_alpha = await driver.open(SESSIONS, model="alpha")
                 on_beta = await driver.open(SESSIONS, model="beta")
@@ -89,8 +100,8 @@ async def test_each_pool_answers_only_its_model_while_a_worker_of_each_is_killed
     # Each stand-in answered its own sessions' messages, every one of them, and no other.
     assert set(asked(alpha)) == sent(on_alpha)
     assert set(asked(beta)) == sent(on_beta)
-    assert {r["model"] for r in alpha.requests} == {"alpha-7b"}
-    assert {r["model"] for r in beta.requests} == {"beta-1b"}
+    assert {r["model"] for r in of_kind(alpha.requests, "reply")} == {"alpha-7b"}
+    assert {r["model"] for r in of_kind(beta.requests, "reply")} == {"beta-1b"}
     for sessions, model in ((on_alpha, "alpha"), (on_beta, "beta")):
         for trace in sessions:
             assert {d["reply"]["model"] for d in trace.events("done")} == {model}

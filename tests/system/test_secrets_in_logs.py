@@ -10,12 +10,16 @@ import pytest
 from redis.asyncio import Redis
 
 from runtime.logs import fingerprint
+from testkit.overrides import declare
 from testkit.ports import free_port
 from testkit.processes import Cluster
 from testkit.standin import StandinModel
 from tests.support.events import count, read_until
 
 pytestmark = pytest.mark.system
+
+#: The formats and the metrics' port are the test's parameters, declared with it.
+LOGGED = declare(LOG_LEVEL=("DEBUG", "every line a process can write is scanned for tokens"))
 
 
 @pytest.mark.timeout(60)
@@ -29,11 +33,13 @@ async def test_session_tokens_never_reach_the_logs(
 ) -> None:
     log_dir = tmp_path / "logs"
     metrics_port = free_port()
-    env = {"LOG_LEVEL": "DEBUG", "LOG_FORMAT": log_format, "METRICS_PORT": str(metrics_port)}
-    env["CONVERSATION_TITLES"] = "true"  # the title job logs its session too
+    overrides = LOGGED | declare(
+        LOG_FORMAT=(log_format, "both formats are scanned"),
+        METRICS_PORT=(metrics_port, "metrics on a port of their own are scanned too"),
+    )
     async with (
         StandinModel(tokens=4) as model,
-        Cluster(redis_url, model.base_url or "", log_dir, env=env) as cluster,
+        Cluster(redis_url, model.base_url or "", log_dir, overrides=overrides) as cluster,
     ):
         await cluster.start(servers=1, workers=2)
         url = cluster.servers[0].url

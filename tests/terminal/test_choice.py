@@ -47,7 +47,10 @@ def after_reply(output: str, text: str) -> str:
 async def test_a_new_conversation_is_answered_by_the_model_and_prompt_of_its_flags(
     redis_url: str, redis: Redis[str], tmp_path: Path
 ) -> None:
-    async with running_parley(redis_url, redis, models=CATALOG) as parley:
+    # No title: the resumed conversation's header names it as untitled.
+    async with running_parley(
+        redis_url, redis, models=CATALOG, conversation_titles=False
+    ) as parley:
         status, output = await run_cli(
             "--url", parley.url, "--name", "Ada", "--model", "large",
             "--system-prompt", "Be terse.", stdin="hello\n", config_home=tmp_path,
@@ -55,7 +58,7 @@ async def test_a_new_conversation_is_answered_by_the_model_and_prompt_of_its_fla
         assert status == 0, output
         assert "-- new conversation: model large, own system prompt --" in output
         assert f"{REPLY_PREFIX}Reply to: hello" in output
-        assert [asked(r) for r in parley.standin.requests] == [("org/large-instruct", "Be terse.")]
+        assert [asked(r) for r in parley.prompts()] == [("org/large-instruct", "Be terse.")]
 
         status, output = await run_cli(
             "--url", parley.url, "--resume", "1", stdin="/system\n", config_home=tmp_path
@@ -79,7 +82,7 @@ async def test_model_and_system_change_the_next_reply_which_then_names_its_model
             "--url", parley.url, "--name", "Ada", stdin=typed, config_home=tmp_path
         )
         assert status == 0, output
-        assert [asked(r) for r in parley.standin.requests] == [
+        assert [asked(r) for r in parley.prompts()] == [
             ("standin", DEFAULT_SYSTEM_PROMPT),
             ("org/large-instruct", "Be terse."),
             ("standin", DEFAULT_SYSTEM_PROMPT),
@@ -112,7 +115,7 @@ async def test_models_lists_the_catalog_marking_the_default_and_the_one_in_use(
             "--url", parley.url, "--name", "Ada", stdin=typed, config_home=tmp_path
         )
         assert status == 0, output
-        assert [asked(r)[0] for r in parley.standin.requests] == ["org/large-instruct"]
+        assert [asked(r)[0] for r in parley.prompts()] == ["org/large-instruct"]
     for usage in ("/models", "/model ID", "/system [TEXT|-]"):
         assert f"\n  {usage} " in output  # /help lists it
     first, second, third = output.split("-- /model ID chooses one --\n")[:3]
@@ -150,9 +153,7 @@ async def test_a_refused_choice_is_said_in_words(
         assert (
             "! the system prompt is refused: system_prompt must be at most 20 characters" in output
         )
-        assert [asked(r) for r in parley.standin.requests] == [
-            ("standin", DEFAULT_SYSTEM_PROMPT)
-        ] * 2
+        assert [asked(r) for r in parley.prompts()] == [("standin", DEFAULT_SYSTEM_PROMPT)] * 2
 
 
 async def test_a_new_model_is_refused_while_a_reply_is_written_for_another_window(
@@ -190,7 +191,7 @@ async def test_an_unserved_model_is_said_with_what_to_do(
             "--url", parley.url, "--name", "Ada", "--model", "large", stdin=typed,
             config_home=tmp_path,
         )  # fmt: skip
-        assert [asked(r)[0] for r in parley.standin.requests] == ["standin"]
+        assert [asked(r)[0] for r in parley.prompts()] == ["standin"]
     assert status == 0, output
     assert (
         "! no worker serves this conversation's model (large) now, so the message is not "

@@ -9,23 +9,34 @@ from __future__ import annotations
 
 import json
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from storage.keys import owner_key
 from terminal.api import ParleyApi
 from terminal.render import REPLY_PREFIX
-from tests.support.parley import Parley
+from tests.support.parley import Parley, running_parley
 from tests.terminal.harness import kept_owner, run_cli
 
 pytestmark = pytest.mark.system
 
 
+@pytest.fixture
+async def untitled_url(redis_url: str, redis: Redis[str]) -> AsyncIterator[str]:
+    """A running Parley that asks for no title, so that a conversation nobody renames
+    stays untitled and is listed by its name."""
+    async with running_parley(redis_url, redis, conversation_titles=False) as parley:
+        yield parley.url
+
+
 async def test_a_conversation_is_kept_listed_and_resumed_with_its_history(
-    parley_url: str, tmp_path: Path
+    untitled_url: str, tmp_path: Path
 ) -> None:
+    parley_url = untitled_url
     status, output = await run_cli(
         "--url", parley_url, "--name", "Ada", stdin="hello\n", config_home=tmp_path
     )

@@ -55,7 +55,7 @@ async def test_model_errors_reach_the_client_and_the_message_stays(
             # The worker goes on serving: the next message is answered.
             await ws.send_str("and now?")
             events = await read_until(ws, count("done", 1))
-        assert len(parley.standin.requests) == times + 1  # 4xx never retried
+        assert len(parley.prompts()) == times + 1  # 4xx never retried
         assert [(m["role"], m["content"][:8]) for m in await history(parley, http, token)] == [
             ("user", "are you "),
             ("user", "and now?"),
@@ -74,7 +74,7 @@ async def test_retried_503_is_invisible_to_the_client(
             await ws.send_str("hello")
             events = await read_until(ws, count("done", 1))
         assert not of_type(events, "error") and not of_type(events, "restart")
-        assert len(parley.standin.requests) == 3
+        assert len(parley.prompts()) == 3
 
 
 async def test_stream_cut_mid_reply_restarts_it_once(

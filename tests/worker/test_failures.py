@@ -47,7 +47,7 @@ async def test_an_entry_deleted_from_the_stream_is_closed_and_the_session_goes_o
     ):
         events = await read_until(ws, count("done", 1))
     assert closing(events) == [("error", one.id, "message_lost"), ("done", two.id, None)]
-    assert len(parley.standin.requests) == 1
+    assert len(parley.prompts()) == 1
 
 
 async def test_a_pending_entry_deleted_while_its_consumer_is_dead_is_closed(
@@ -109,7 +109,7 @@ async def test_a_try_failing_before_any_attempt_begins_is_dead_lettered(
         await ws.send_str("two")
         events = await read_until(ws, count("done", 1))
     assert await Store(redis, CommonSettings()).replied_seq(token) == 2
-    assert len(parley.standin.requests) == 1
+    assert len(parley.prompts()) == 1
 
 
 async def test_a_reply_over_its_time_is_cut_and_marked(
@@ -167,4 +167,4 @@ async def test_a_last_message_whose_entry_is_gone_is_closed_by_the_sweep(
         assert closing(events) == [("error", one.id, "message_lost")]
         await ws.send_str("two")
         events = await read_until(ws, count("done", 1))
-    assert len(parley.standin.requests) == 1
+    assert len(parley.prompts()) == 1

@@ -55,7 +55,8 @@ async def test_no_usage_when_the_api_reports_none() -> None:
 async def test_replies_are_charged_to_the_session_and_its_client(
     redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
 ) -> None:
-    async with running_parley(redis_url, redis) as parley:
+    # The replies' charges alone: a title's (charged too) would come at any time.
+    async with running_parley(redis_url, redis, conversation_titles=False) as parley:
         token = await parley.create_session(http)
         async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
             await ws.send_str("hello")
@@ -64,9 +65,9 @@ async def test_replies_are_charged_to_the_session_and_its_client(
             await ws.send_str("again")
             events = await read_until(ws, count("done", 1))
         reply = next(e for e in events if e["type"] == "done")["reply"]["content"]
-        prompt_1 = parley.standin.requests[0]["messages"]
+        prompt_1 = parley.prompts()[0]["messages"]
         first = sum(len(m["content"].split()) for m in prompt_1) + 6  # 6-token stand-in
-        prompt_2 = parley.standin.requests[1]["messages"]
+        prompt_2 = parley.prompts()[1]["messages"]
         second = sum(estimate_tokens(m["content"]) for m in prompt_2) + estimate_tokens(reply)
         session = await redis.get(limit_key(SESSION_TOKENS, token))
         client = await redis.get(limit_key(CLIENT_TOKENS, digest("127.0.0.1")))
