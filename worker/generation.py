@@ -257,7 +257,7 @@ class ReplyGenerator:
             TIME_TO_FIRST_TOKEN.observe(streamed.first_token_s)
             REPLY_SECONDS.observe(total_s)
             if entry.seq == 1 and self.settings.conversation_titles:
-                await self._request_title(entry.token, model.id)
+                await self.request_title(entry.token, model.id)
             if self._summary_due(plan, reply, model):
                 await self._request_summary(entry.token, model.id)
         logger.info(
@@ -272,9 +272,9 @@ class ReplyGenerator:
             "" if event_id else " (already recorded)",
         )
 
-    async def _request_title(self, token: str, model: str) -> None:
+    async def request_title(self, token: str, model: str) -> None:
         """Queue the session's title job for the pool of ``model``, the reply's; best
-        effort, the reply being recorded already."""
+        effort, the reply being recorded already (Redis errors are logged)."""
         try:
             await request_title(self.store.redis, token, model)
         except (RedisError, OSError) as e:

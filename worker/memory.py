@@ -125,8 +125,10 @@ def plan_prompt(
     and its reply, whole) that fit in ``max_messages`` messages and what is left of
     ``max_tokens`` tokens, then user message ``seq`` itself. With ``keep_previous``, the
     turn just before is kept even over budget, so the model sees what it is answering
-    after. Messages sent after ``seq``, earlier messages that got no reply (they
-    failed), and the turns the summary covers are left out. The summary joins the
+    after, even when the summary covers it (as after a regenerate or edit of the newest
+    turn once a summary folded the one before). Messages sent after ``seq``, earlier
+    messages that got no reply (they failed), and the other turns the summary covers are
+    left out. The summary joins the
     system prompt in one system message: some chat templates refuse a second one.
 
     Args:
@@ -155,6 +157,10 @@ def plan_prompt(
     if summary is not None and (summary.seq >= seq or summary.tokens > max_tokens):
         summary = None
     after = summary.seq if summary is not None else 0
+    if keep_previous:
+        # The turn just before is shown as it was even when the summary covers it (a
+        # regenerate or edit of the newest turn after a summary folded the one before).
+        after = min(after, seq - 2)
     recent = answered_turns(ordered, after=after, before=seq)
     budget = max_tokens - (summary.tokens if summary is not None else 0)
     kept, used, full = _newest_within_budget(recent, max_messages, budget, count, keep_previous)

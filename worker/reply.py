@@ -204,6 +204,11 @@ class Replies:
                     fingerprint(entry.token),
                     entry.seq,
                 )
+                if entry.seq == 1 and self.settings.conversation_titles:
+                    # Its worker may have died between recording the reply and queueing
+                    # the title job; a second job of a titled session asks nothing.
+                    model = keys.model_of_stream(delivery.key[0])
+                    await self.generator.request_title(entry.token, model)
                 return True
             if begun.status == NOT_YET:
                 return False

@@ -10,14 +10,17 @@ not close the new turn with a second ``delivery_failed``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from redis.asyncio import Redis
 
-from protocol.wire import ErrorCode, ErrorEvent, MessageEntry
+from protocol.wire import DoneEvent, ErrorCode, ErrorEvent, MessageEntry, utc_now
 from storage import keys
 from storage.hub import Hub
+from storage.models import StoredMessage
 from storage.store import STALE, STARTED, Store
+from tests.support.parley import running_parley
 from worker.app import llm_config
 from worker.config import WorkerSettings
 from worker.entries import StreamEntry
@@ -105,3 +108,34 @@ async def test_finish_of_a_stale_entry_acks_it_and_records_nothing(redis: Redis[
     assert await store.finish(entry, None, failed, "", ack=(stream, message.entry)) is not None
     assert await store.replied_seq(token) == 1
     assert await redis.xpending_range(stream, keys.CONSUMER_GROUP, "-", "+", 10) == []
+
+
+async def test_a_first_reply_taken_over_after_it_was_recorded_still_gets_its_title(
+    redis_url: str, redis: Redis[str]
+) -> None:
+    """Its worker recorded the first reply, then died before it acked the entry and
+    queued the title job: the worker that takes the entry over queues it."""
+    settings = WorkerSettings(llm_base_url="http://127.0.0.1:9/v1")
+    store = Store(redis, settings)
+    await store.ensure_group()
+    token = (await store.create_session("ada")).token
+    message = await store.enqueue(token, "one", max_pending=10)
+    stream = keys.message_stream_of(token)
+    await redis.xreadgroup(keys.CONSUMER_GROUP, "dead-worker", {stream: ">"})
+    entry = MessageEntry(token=token, seq=1, message_id=message.id)
+    reply = StoredMessage(
+        id="r1", role="assistant", content="two", timestamp=utc_now(), reply_to=message.id
+    )
+    done = DoneEvent(message_id=message.id, reply=reply.public())
+    assert await store.finish(entry, reply, done, "") is not None  # no ack, no title job
+    async with running_parley(redis_url, redis) as parley:
+        async with asyncio.timeout(20):
+            while not (await store.get_session(token, touch=False)).title:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert parley.standin.requests, "the title was asked of the model"
+    assert await redis.xpending(stream, keys.CONSUMER_GROUP) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }

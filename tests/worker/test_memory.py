@@ -186,6 +186,21 @@ def test_the_summary_follows_the_system_prompt_and_replaces_the_turns_it_covers(
     assert contents(prompt)[1:] == ["u3", "r3", "u4", "r4", "u5"]
 
 
+def test_the_turn_before_is_kept_even_when_the_summary_covers_it() -> None:
+    """A regenerate or edit of turn 5 after a summary folded turns 1 to 4 (made after
+    reply 5): invariant 2 asks for message 4 and its reply in reply 5's prompt."""
+    prompt = build_prompt(
+        history(4, pending=1),
+        5,
+        system_prompt="S",
+        max_messages=20,
+        max_tokens=10_000,
+        summary=summary(4),
+    )
+    assert prompt[0].content == f"S\n\n{SUMMARY_HEADING}\nSUMMARY"
+    assert contents(prompt)[1:] == ["u4", "r4", "u5"]
+
+
 def test_the_summary_counts_against_the_token_budget() -> None:
     msgs = history(4, pending=1, size=300)
     per_turn = turn_tokens(answered_turns(msgs)[:1])
