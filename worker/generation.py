@@ -98,9 +98,11 @@ class ReplyGenerator:
         begun: Begun,
         stop: asyncio.Event,
         ack: tuple[str, str] | None = None,
-    ) -> None:
+    ) -> bool:
         """Generate, stream and record the reply to ``entry`` as ``attempt``; or record
-        the model's error.
+        the model's error. Returns whether the script that recorded it also acked
+        ``ack`` (a first reply's entry is acked by the caller, once its title job is
+        queued).
 
         Args:
             begun: what :meth:`Store.begin` returned: the session as ``attempt`` began
@@ -119,7 +121,7 @@ class ReplyGenerator:
             model = self._model(begun.session.model)
         except LLMError as e:
             await self._fail(entry, attempt, e, ack)
-            return
+            return True
         plan = await self._prompt(entry, begun, model)
         usage = track_usage()  # filled by the model's responses, for the quotas
         started = time.perf_counter()
@@ -133,12 +135,14 @@ class ReplyGenerator:
                 self.limiter, self.settings, entry.token, reply_cost(usage, plan.messages, "")
             )
             await self._fail(entry, attempt, e, ack)
-            return
+            return True
         # Charged before the reply is recorded, so a client that sees its `done` finds
         # the quota up to date; what the model generated counts, recorded or not.
         cost = reply_cost(usage, plan.messages, streamed.text)
         await charge_reply(self.limiter, self.settings, entry.token, cost)
-        await self._record(entry, attempt, streamed, started, stop.is_set(), ack, plan, model)
+        return await self._record(
+            entry, attempt, streamed, started, stop.is_set(), ack, plan, model
+        )
 
     async def _stream_within_context(
         self,
@@ -234,10 +238,14 @@ class ReplyGenerator:
         ack: tuple[str, str] | None,
         plan: PromptPlan,
         model: _Model,
-    ) -> None:
+    ) -> bool:
         """Record the reply of ``model`` with its ``done`` event, then
         count and log it, and queue the session's title or summary job if it calls for
-        one."""
+        one. Returns whether the recording script acked ``ack``: a first reply's entry
+        is left for the caller to ack once its title job is queued, so a worker that
+        dies in between leaves it pending, and the worker that takes it over finds the
+        reply recorded and queues the job (:class:`worker.reply.Replies`)."""
+        title_due = entry.seq == 1 and self.settings.conversation_titles
         reply = StoredMessage(
             id=str(uuid.uuid4()),
             role="assistant",
@@ -249,14 +257,16 @@ class ReplyGenerator:
             model=model.id,
         )
         done = DoneEvent(message_id=entry.message_id, reply=reply.public())
-        event_id = await self.store.finish(entry, reply, done, attempt, ack=ack)
+        event_id = await self.store.finish(
+            entry, reply, done, attempt, ack=None if title_due else ack
+        )
         total_s = time.perf_counter() - started
         outcome = "stopped" if reply.stopped else "truncated" if reply.truncated else "done"
         if event_id:
             REPLIES.labels(outcome).inc()
             TIME_TO_FIRST_TOKEN.observe(streamed.first_token_s)
             REPLY_SECONDS.observe(total_s)
-            if entry.seq == 1 and self.settings.conversation_titles:
+            if title_due:
                 await self.request_title(entry.token, model.id)
             if self._summary_due(plan, reply, model):
                 await self._request_summary(entry.token, model.id)
@@ -271,6 +281,7 @@ class ReplyGenerator:
             total_s * 1000,
             "" if event_id else " (already recorded)",
         )
+        return not title_due
 
     async def request_title(self, token: str, model: str) -> None:
         """Queue the session's title job for the pool of ``model``, the reply's; best

@@ -225,8 +225,9 @@ class Replies:
                 attempt.acked = True  # by the script that closed the message
             else:
                 with GENERATING.track_inprogress():
-                    await self.generator.generate(entry, attempt.id, begun, stop, delivery.key)
-                attempt.acked = True  # by the script that closed the message
+                    attempt.acked = await self.generator.generate(
+                        entry, attempt.id, begun, stop, delivery.key
+                    )
             return True
 
     async def _await_turn(self, entry: MessageEntry, model: str) -> None:

@@ -1,5 +1,6 @@
 """Fencing by entry: a stream entry left over from before a regenerate cannot close the
-turn the regenerate queued.
+turn the regenerate queued. And a first reply's entry stays pending until its title job
+is queued, so a worker's death in between is taken over like any other.
 
 The case: a worker gives up on a message (its deliveries ran out) and closes it with
 ``delivery_failed``, then dies before its ``XACK``. The person regenerates, which queues
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 from redis.asyncio import Redis
 
 from protocol.wire import DoneEvent, ErrorCode, ErrorEvent, MessageEntry, utc_now
@@ -20,6 +22,7 @@ from storage import keys
 from storage.hub import Hub
 from storage.models import StoredMessage
 from storage.store import STALE, STARTED, Store
+from tests.support.events import count, read_until
 from tests.support.parley import running_parley
 from worker.app import llm_config
 from worker.config import WorkerSettings
@@ -139,3 +142,32 @@ async def test_a_first_reply_taken_over_after_it_was_recorded_still_gets_its_tit
         "max": None,
         "consumers": [],
     }
+
+
+async def test_a_first_replys_entry_stays_pending_until_its_title_job_is_queued(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    """A worker that dies between recording a first reply and queueing its title job
+    must leave the entry pending for another (the test above): held here at that point,
+    as a SIGKILL there would leave it."""
+    async with running_parley(redis_url, redis) as parley:
+        generator = parley.worker.replies.generator
+        queue_title, reached, hold = generator.request_title, asyncio.Event(), asyncio.Event()
+
+        async def held(token: str, model: str) -> None:
+            reached.set()
+            await hold.wait()
+            await queue_title(token, model)
+
+        generator.request_title = held  # type: ignore[method-assign]
+        token = await parley.create_session(http)
+        stream = keys.message_stream_of(token)
+        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
+            await ws.send_str("hi")
+            await read_until(ws, count("done", 1))
+            await asyncio.wait_for(reached.wait(), 10)
+            assert (await redis.xpending(stream, keys.CONSUMER_GROUP))["pending"] == 1
+            hold.set()
+            async with asyncio.timeout(10):
+                while (await redis.xpending(stream, keys.CONSUMER_GROUP))["pending"]:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
