@@ -3,9 +3,9 @@
 A title is a low-priority job that never delays a reply (:mod:`worker.jobs`):
 
 - once a session's first reply is recorded, its worker adds the session's token to the
-  title stream of the session's model (:func:`storage.keys.title_stream`; best effort:
-  a worker that dies in between leaves the conversation untitled, which a person can
-  rename);
+  title stream of the session's model (:func:`storage.keys.title_stream`), then acks the
+  reply's message entry: a worker that dies in between leaves the entry pending, and
+  the worker that takes it over finds the reply recorded and queues the job;
 - the workers that serve that model read it in the consumer group
   :data:`storage.keys.TITLE_GROUP`, one job at a time, and only while they have no
   reply in flight; a job its worker died on is taken over after
@@ -15,7 +15,8 @@ A title is a low-priority job that never delays a reply (:mod:`worker.jobs`):
   answer's first line, without quotes or Markdown marks, cut at
   :data:`TITLE_MAX_CHARS`, becomes the title unless the session has one by then
   (``title.lua``);
-- a job whose model request fails is dropped with a warning: titles are a convenience.
+- a job whose model request fails is dropped with a warning (a person can rename the
+  conversation): titles are a convenience.
 """
 
 from __future__ import annotations
