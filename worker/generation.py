@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from protocol.wire import (
     DoneEvent,
@@ -29,19 +28,18 @@ from runtime.tasks import cancel_and_wait
 from storage.admission import Limiter
 from storage.models import MessageRecord, StoredMessage, SummaryRecord
 from storage.store import Begun, Store
-from storage.summaries import Summaries
 from worker.coalesce import Coalescer, Delta, read_deltas
 from worker.config import WorkerSettings
 from worker.emits import EmitBatcher
 from worker.errors import LLMError, LLMRejected, LLMStreamInterrupted, ModelNotServed
+from worker.followups import FollowUps
 from worker.llm import LLMClient, PromptMessage
-from worker.memory import HistoryTooShort, PromptPlan, plan_prompt, summary_due
+from worker.memory import HistoryTooShort, PromptPlan, plan_prompt
 from worker.metrics import REPLIES, REPLY_SECONDS, TIME_TO_FIRST_TOKEN
 from worker.overflow import context_overflow
 from worker.publish import TokenPublisher, end_on_stop
 from worker.quota import charge_reply, reply_cost
 from worker.response import track_usage
-from worker.titles import request_title
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +87,7 @@ class ReplyGenerator:
         self.emits = EmitBatcher(store)
         self.llm = llm
         self.store = store
-        self.summaries = Summaries(store.redis, settings)
+        self.followups = FollowUps(settings, store, llm)
 
     async def generate(
         self,
@@ -267,9 +265,9 @@ class ReplyGenerator:
             TIME_TO_FIRST_TOKEN.observe(streamed.first_token_s)
             REPLY_SECONDS.observe(total_s)
             if title_due:
-                await self.request_title(entry.token, model.id)
-            if self._summary_due(plan, reply, model):
-                await self._request_summary(entry.token, model.id)
+                await self.followups.request_title(entry.token, model.id)
+            if self.followups.summary_due(plan, reply, model.api_model):
+                await self.followups.request_summary(entry.token, model.id)
         logger.info(
             "message_id=%s session=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
             entry.message_id,
@@ -282,35 +280,6 @@ class ReplyGenerator:
             "" if event_id else " (already recorded)",
         )
         return not title_due
-
-    async def request_title(self, token: str, model: str) -> None:
-        """Queue the session's title job for the pool of ``model``, the reply's; best
-        effort, the reply being recorded already (Redis errors are logged)."""
-        try:
-            await request_title(self.store.redis, token, model)
-        except (RedisError, OSError) as e:
-            logger.warning("session=%s title not requested: %s", fingerprint(token), e)
-
-    def _summary_due(self, plan: PromptPlan, reply: StoredMessage, model: _Model) -> bool:
-        """Whether the turns after the summary, with the one just recorded, call for a
-        summary job: some already left the prompt, or they pass the trigger."""
-        if not self.settings.memory_summary:
-            return False
-        left_out = plan.kept < len(plan.recent)
-        return left_out or summary_due(
-            [*plan.recent, (plan.message, reply)],
-            trigger_tokens=self.settings.memory_summary_trigger_tokens,
-            max_messages=self.settings.memory_max_messages,
-            count=self.llm.counter(model.api_model).estimate,
-        )
-
-    async def _request_summary(self, token: str, model: str) -> None:
-        """Queue the session's summary job for the pool of ``model``, the reply's; best
-        effort (the next reply asks again)."""
-        try:
-            await self.summaries.request_summary(token, model)
-        except (RedisError, OSError) as e:
-            logger.warning("session=%s summary not requested: %s", fingerprint(token), e)
 
     async def _prompt(
         self,

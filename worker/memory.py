@@ -124,12 +124,11 @@ def plan_prompt(
     ``max_tokens``), then the newest turns after the summary's ``seq`` (a user message
     and its reply, whole) that fit in ``max_messages`` messages and what is left of
     ``max_tokens`` tokens, then user message ``seq`` itself. With ``keep_previous``, the
-    turn just before is kept even over budget, so the model sees what it is answering
-    after, even when the summary covers it (as after a regenerate or edit of the newest
-    turn once a summary folded the one before). Messages sent after ``seq``, earlier
-    messages that got no reply (they failed), and the other turns the summary covers are
-    left out. The summary joins the
-    system prompt in one system message: some chat templates refuse a second one.
+    turn just before is kept even over budget or covered by the summary, so the model
+    sees what it is answering after. Messages sent after ``seq``, earlier messages that
+    got no reply (they failed), and the other turns the summary covers are left out.
+    The summary joins the system prompt in one system message: some chat templates
+    refuse a second one.
 
     Args:
         history: the session's stored messages, in any order: all of them, or (with
@@ -156,12 +155,7 @@ def plan_prompt(
     # over the whole budget is left out.
     if summary is not None and (summary.seq >= seq or summary.tokens > max_tokens):
         summary = None
-    after = summary.seq if summary is not None else 0
-    if keep_previous:
-        # The turn just before is shown as it was even when the summary covers it (a
-        # regenerate or edit of the newest turn after a summary folded the one before).
-        after = min(after, seq - 2)
-    recent = answered_turns(ordered, after=after, before=seq)
+    recent = answered_turns(ordered, after=_shown_after(summary, seq, keep_previous), before=seq)
     budget = max_tokens - (summary.tokens if summary is not None else 0)
     kept, used, full = _newest_within_budget(recent, max_messages, budget, count, keep_previous)
     if not (complete or full or _reaches(ordered, summary)) and 2 * len(kept) + 2 <= max_messages:
@@ -172,6 +166,15 @@ def plan_prompt(
     prompt = _messages(system_prompt, summary, kept, message)
     tokens = used + (summary.tokens if summary is not None else 0)
     return PromptPlan(prompt, message, recent, len(kept), tokens, summary)
+
+
+def _shown_after(summary: SummaryRecord | None, seq: int, keep_previous: bool) -> int:
+    """The last turn not shown as it was in the prompt of message ``seq``: the
+    summary's, but with ``keep_previous`` the turn just before is shown even when the
+    summary covers it (a regenerate or edit of the newest turn after a summary folded
+    the one before)."""
+    after = summary.seq if summary is not None else 0
+    return min(after, seq - 2) if keep_previous else after
 
 
 def _reaches(ordered: Sequence[MessageRecord], summary: SummaryRecord | None) -> bool:

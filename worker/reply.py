@@ -186,29 +186,8 @@ class Replies:
             begun = await self.store.begin(
                 entry, attempt.id, window=window, entry_id=delivery.key[1]
             )
-            if begun.status == STALE:
-                # Left over from before a regenerate or edit queued the message again:
-                # the new entry is the one answered; this one is acked by answer().
-                logger.info(
-                    "message_id=%s session=%s seq=%d: entry %s is stale (queued again)",
-                    entry.message_id,
-                    fingerprint(entry.token),
-                    entry.seq,
-                    delivery.key[1],
-                )
-                return True
-            if begun.status == ANSWERED:
-                logger.info(
-                    "message_id=%s session=%s seq=%d already answered",
-                    entry.message_id,
-                    fingerprint(entry.token),
-                    entry.seq,
-                )
-                if entry.seq == 1 and self.settings.conversation_titles:
-                    # Its worker may have died between recording the reply and queueing
-                    # the title job; a second job of a titled session asks nothing.
-                    model = keys.model_of_stream(delivery.key[0])
-                    await self.generator.request_title(entry.token, model)
+            if begun.status in (STALE, ANSWERED):
+                await self._nothing_to_answer(delivery, entry, stale=begun.status == STALE)
                 return True
             if begun.status == NOT_YET:
                 return False
@@ -229,6 +208,27 @@ class Replies:
                         entry, attempt.id, begun, stop, delivery.key
                     )
             return True
+
+    async def _nothing_to_answer(
+        self, delivery: Delivery, entry: MessageEntry, *, stale: bool
+    ) -> None:
+        """An entry whose message needs no attempt (``answer`` acks it): ``stale``, left
+        over from before a regenerate or edit queued the message again, or its message
+        already answered. An answered first message queues its title job again: its
+        worker may have died between recording the reply and queueing the job (a second
+        job of a titled session asks nothing)."""
+        log_ctx = (entry.message_id, fingerprint(entry.token), entry.seq)
+        if stale:
+            logger.info(
+                "message_id=%s session=%s seq=%d: entry %s is stale (queued again)",
+                *log_ctx,
+                delivery.key[1],
+            )
+            return
+        logger.info("message_id=%s session=%s seq=%d already answered", *log_ctx)
+        if entry.seq == 1 and self.settings.conversation_titles:
+            model = keys.model_of_stream(delivery.key[0])
+            await self.generator.followups.request_title(entry.token, model)
 
     async def _await_turn(self, entry: MessageEntry, model: str) -> None:
         """Return once every message of the session before ``entry`` (a message for

@@ -151,15 +151,15 @@ async def test_a_first_replys_entry_stays_pending_until_its_title_job_is_queued(
     must leave the entry pending for another (the test above): held here at that point,
     as a SIGKILL there would leave it."""
     async with running_parley(redis_url, redis) as parley:
-        generator = parley.worker.replies.generator
-        queue_title, reached, hold = generator.request_title, asyncio.Event(), asyncio.Event()
+        followups = parley.worker.replies.generator.followups
+        queue_title, reached, hold = followups.request_title, asyncio.Event(), asyncio.Event()
 
         async def held(token: str, model: str) -> None:
             reached.set()
             await hold.wait()
             await queue_title(token, model)
 
-        generator.request_title = held  # type: ignore[method-assign]
+        followups.request_title = held  # type: ignore[method-assign]
         token = await parley.create_session(http)
         stream = keys.message_stream_of(token)
         async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
