@@ -123,12 +123,17 @@ run: $(RUN_STAMP) $(RUN_DEPS)
 	$(BIN)/python -m stack
 
 # Every test, the web client's Vitest suite and the browser tests included
-# (tests/browser). ARGS='tests/server -x' runs a subset.
+# (tests/browser). ARGS='tests/server -x' runs a subset. The tests run in TEST_PROCESSES
+# processes (pytest-xdist), each with its own Redis: most of a test's time is spent
+# waiting on the servers, workers and models it starts, so two processes on 2 cores take
+# about 0.6 of the time of one. TEST_PROCESSES=0 runs them in this process.
+TEST_PROCESSES ?= 2
 test: $(STAMP) $(CLIENT_BUILD) chromium nginx
-	PARLEY_CHROMIUM=$(CHROMIUM) PARLEY_NGINX=$(NGINX) $(BIN)/python -m pytest $(ARGS)
+	PARLEY_CHROMIUM=$(CHROMIUM) PARLEY_NGINX=$(NGINX) $(BIN)/python -m pytest -n $(TEST_PROCESSES) $(ARGS)
 ifeq ($(strip $(ARGS)),)
 	@echo "The in-process suites again, against a 3-node Redis Cluster:"
-	PARLEY_TEST_REDIS=cluster $(BIN)/python -m pytest tests/storage tests/server tests/worker
+	PARLEY_TEST_REDIS=cluster $(BIN)/python -m pytest -n $(TEST_PROCESSES) \
+		tests/storage tests/server tests/worker
 endif
 
 lint: $(STAMP) $(CLIENT_DEPS)

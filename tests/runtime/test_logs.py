@@ -12,8 +12,8 @@ import pytest
 from runtime.logs import fingerprint, formatter, redact
 from storage import keys
 
-TOKEN = str(uuid.uuid4())
-MESSAGE_ID = str(uuid.uuid4())
+TOKEN = "2b408a84-acfb-4409-8ed1-731e13276230"  # fixed: it names the parametrized cases
+MESSAGE_ID = "7c1d7e8e-4b7a-4f43-9a43-5d1f6b3c2a10"
 
 
 def _record(msg: str, *args: object) -> logging.LogRecord:

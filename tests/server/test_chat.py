@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import aiohttp
 import pytest
@@ -13,7 +12,7 @@ from redis.asyncio import Redis
 from storage import keys
 from testkit.standin import reply_text
 from tests.support.events import count, of_type, read_until
-from tests.support.parley import Parley, running_parley
+from tests.support.parley import UNKNOWN_TOKEN, Parley, running_parley
 
 
 async def test_reply_streams_then_is_recorded(parley: Parley, http: aiohttp.ClientSession) -> None:
@@ -80,7 +79,7 @@ async def test_replies_to_messages_sent_back_to_back_come_in_order(
 
 
 @pytest.mark.parametrize(
-    "token", [None, "", "not-a-uuid", str(uuid.uuid4()), "00000000-0000-0000-0000-000000000000"]
+    "token", [None, "", "not-a-uuid", UNKNOWN_TOKEN, "00000000-0000-0000-0000-000000000000"]
 )
 async def test_bad_token_is_refused_at_the_handshake(
     parley: Parley, http: aiohttp.ClientSession, token: str | None

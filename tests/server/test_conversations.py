@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from runtime.logs import redact
 from storage import keys
 from storage.connection import is_cluster
-from tests.support.parley import Parley, running_parley
+from tests.support.parley import UNKNOWN_TOKEN, Parley, running_parley
 from worker.titles import TITLE_MAX_CHARS, clean_title
 
 GONE = {"detail": "Session expired or does not exist"}
@@ -111,7 +111,7 @@ async def test_the_list_is_paginated(parley: Parley, http: aiohttp.ClientSession
             assert r.status == 422
 
 
-@pytest.mark.parametrize("owner", ["not-a-uuid", str(uuid.uuid4())])
+@pytest.mark.parametrize("owner", ["not-a-uuid", UNKNOWN_TOKEN])
 async def test_an_unknown_owner_is_refused_and_creates_nothing(
     parley: Parley, http: aiohttp.ClientSession, owner: str
 ) -> None:

@@ -81,6 +81,12 @@ def in_process_settings(
     return server, worker
 
 
+#: A well-formed session or owner token that no test creates: fixed, not drawn at random,
+#: because parametrized test ids name it and parallel test workers must collect the
+#: same tests.
+UNKNOWN_TOKEN = "3f2b9c1e-8d4a-4e6b-9c7d-2a1b0c9d8e7f"
+
+
 @dataclass
 class Parley:
     """A running stack in this process: server (uvicorn), worker, stand-in model."""
