@@ -84,19 +84,7 @@ async def admit_session(request: Request) -> None:
         HTTPException: 429 with ``Retry-After`` (s) past ``RATE_SESSIONS_PER_CLIENT``.
     """
     settings: SecuritySettings = request.state.settings
-    address = client_key(request.scope, settings.proxies(), settings.client_ipv6_prefix)
-    try:
-        await _limiter(request).hit(
-            "sessions", address, settings.rate_sessions_per_client, settings.rate_window_s
-        )
-    except Refused as e:
-        REFUSALS.labels(e.limit).inc()
-        wait = math.ceil(e.retry_after_s)
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"too many new sessions from your address; try again in {wait} s",
-            headers={"Retry-After": str(wait)},
-        ) from e
+    await _admit_address(request, "sessions", settings.rate_sessions_per_client)
 
 
 async def admit_owner(request: Request) -> None:
@@ -107,17 +95,26 @@ async def admit_owner(request: Request) -> None:
         HTTPException: 429 with ``Retry-After`` (s) past ``RATE_OWNERS_PER_CLIENT``.
     """
     settings: SecuritySettings = request.state.settings
+    await _admit_address(request, "owners", settings.rate_owners_per_client)
+
+
+async def _admit_address(request: Request, limit: str, max_count: int) -> None:
+    """One more of ``limit`` ("sessions", "owners") for the request's client address:
+    at most ``max_count`` every ``RATE_WINDOW_S``.
+
+    Raises:
+        HTTPException: 429 with ``Retry-After`` (s) past it.
+    """
+    settings: SecuritySettings = request.state.settings
     address = client_key(request.scope, settings.proxies(), settings.client_ipv6_prefix)
     try:
-        await _limiter(request).hit(
-            "owners", address, settings.rate_owners_per_client, settings.rate_window_s
-        )
+        await _limiter(request).hit(limit, address, max_count, settings.rate_window_s)
     except Refused as e:
         REFUSALS.labels(e.limit).inc()
         wait = math.ceil(e.retry_after_s)
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"too many new owners from your address; try again in {wait} s",
+            detail=f"too many new {limit} from your address; try again in {wait} s",
             headers={"Retry-After": str(wait)},
         ) from e
 

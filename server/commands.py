@@ -133,18 +133,14 @@ class SessionCommands:
             SessionExpired, ReplyInProgress, NotLastMessage, TooManyVersions,
             Overloaded, ModelChanged: as :meth:`Store.revise`.
         """
-        if await self._model_unserved():
-            return None
         try:
-            return await self.store.revise(
-                self.token,
-                max_versions=self.settings.max_message_versions,
-                max_attempts=self.settings.max_attempts_per_turn,
-                edit=edit,
-                model=self.model,
-            )
+            return await self._revise_once(edit)
         except ModelChanged as changed:
             self.model = changed.model
+        return await self._revise_once(edit)
+
+    async def _revise_once(self, edit: tuple[str, str] | None) -> Revision | None:
+        """:meth:`Store.revise` for :attr:`model`; None if no worker serves it."""
         if await self._model_unserved():
             return None
         return await self.store.revise(

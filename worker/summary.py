@@ -27,23 +27,20 @@ A summary is a low-priority job that never delays a reply, run as the titles are
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
+from functools import cached_property
 
 from protocol.wire import utc_now
 from runtime.logs import fingerprint
 from storage import keys
-from storage.admission import Limiter
 from storage.models import SummaryRecord
 from storage.scripts import SummaryStatus
 from storage.sessions import SessionExpired
-from storage.store import Store
 from storage.summaries import Summaries
-from worker.config import WorkerSettings
 from worker.errors import LLMError
 from worker.jobs import IdleJobs
-from worker.llm import LLMClient, PromptMessage
+from worker.llm import PromptMessage
 from worker.memory import Turn, answered_turns, summary_due, turns_to_fold
 
 logger = logging.getLogger(__name__)
@@ -79,18 +76,10 @@ class Summarizer(IdleJobs):
     kind = "summaries"
     group = keys.SUMMARY_GROUP
 
-    def __init__(
-        self,
-        settings: WorkerSettings,
-        store: Store,
-        llm: LLMClient,
-        model: str,
-        consumer: str,
-        idle: asyncio.Event,
-        limiter: Limiter | None = None,
-    ) -> None:
-        super().__init__(settings, store, llm, model, consumer, idle, limiter)
-        self.summaries = Summaries(store.redis, settings)
+    @cached_property
+    def summaries(self) -> Summaries:
+        """The store's summaries part, on the worker's client."""
+        return Summaries(self.store.redis, self.settings)
 
     @staticmethod
     def stream_of(model: str) -> str:
