@@ -112,8 +112,11 @@ class Replies:
         """
         log_ctx = (entry.message_id, fingerprint(entry.token), entry.seq)
         # Registered before the session is read (by begin): a stop recorded before that
-        # read is seen in ``stop_seq``, one announced after it finds the event.
-        stop = self.stops.setdefault((entry.token, entry.seq), asyncio.Event())
+        # read is seen in ``stop_seq``, one announced after it finds the event. A new
+        # event each time: the entry of a stopped reply may still be finishing (queueing
+        # its title job, its ack) when a regenerate's entry of the same seq arrives, and
+        # must not pass its stop on to the new reply.
+        stop = self.stops[(entry.token, entry.seq)] = asyncio.Event()
         attempt = _Attempt(f"{entry.seq}:{uuid.uuid4().hex[:16]}")
         try:
             await self._answer(delivery, entry, attempt, stop)

@@ -180,7 +180,8 @@ async def test_a_stopped_reply_regenerated_runs_to_its_end(
     redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
 ) -> None:
     async with running_parley(redis_url, redis) as parley:
-        parley.standin.tokens, parley.standin.delay_ms = 100, 10
+        # 100 tokens over 5 s: the stop lands mid-reply however busy the machine is.
+        parley.standin.tokens, parley.standin.delay_ms = 100, 50
         token = await parley.create_session(http)
         async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
             await ws.send_str("go on")
