@@ -30,8 +30,9 @@ class StreamEntry:
         stream, id_ = self.key
         await self.redis.xack(stream, keys.CONSUMER_GROUP, id_)  # type: ignore[no-untyped-call]
 
-    async def dead_letter(self, reason: str) -> None:
-        """Add the entry to the dead-letter stream, with where it was, why and who gave up."""
+    async def dead_letter(self, reason: str) -> str:
+        """Add the entry to the dead-letter stream, with where it was, why and who gave
+        up; the id of its record there."""
         stream, id_ = self.key
         record: dict[str, str] = {
             **self.fields,
@@ -40,6 +41,12 @@ class StreamEntry:
             "reason": reason,
             "consumer": self.consumer,
         }
-        await self.redis.xadd(
+        dead: str = await self.redis.xadd(
             keys.DEAD_LETTER_STREAM, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True
         )
+        return dead
+
+    async def withdraw(self, record: str) -> None:
+        """Take record ``record`` (from :meth:`dead_letter`) out of the dead-letter
+        stream again: giving up turned out to close nothing."""
+        await self.redis.xdel(keys.DEAD_LETTER_STREAM, record)

@@ -58,8 +58,11 @@ class Delivery(Protocol):
     async def ack(self) -> None:
         """Acknowledge the entry: it is done with."""
 
-    async def dead_letter(self, reason: str) -> None:
-        """Copy the entry to the dead-letter stream, saying why."""
+    async def dead_letter(self, reason: str) -> str:
+        """Copy the entry to the dead-letter stream, saying why; the record's id."""
+
+    async def withdraw(self, record: str) -> None:
+        """Take a record of :meth:`dead_letter` out of the dead-letter stream."""
 
 
 @dataclass
@@ -270,15 +273,16 @@ class Replies:
     async def _give_up(
         self, delivery: Delivery, entry: MessageEntry, attempt: str, reason: str
     ) -> None:
-        """Close an entry that failed ``max_deliveries`` tries or crashed its workers
-        ``max_crashes`` times with an error, acknowledging it in the same script, and
-        dead-letter it.
+        """Dead-letter an entry that failed ``max_deliveries`` tries or crashed its
+        workers ``max_crashes`` times, then close it with an error, acknowledging it in
+        the same script.
 
-        Closing and acknowledging are one step (``finish.lua`` with ``ack``): a worker
-        that dies after closing leaves no entry behind to be given up again, which
-        could otherwise close the turn a regenerate queued since. The entry is
-        dead-lettered only if this closed the message: an entry that is stale (the
-        message was queued again since) or already answered changes nothing.
+        In the dead-letter stream before the session is told, so that an operator finds
+        it there as soon as a client sees the error. Closing and acknowledging are one
+        step (``finish.lua`` with ``ack``): a worker that dies after closing leaves no
+        entry behind to be given up again, which could otherwise close the turn a
+        regenerate queued since. An entry that closes nothing (stale: the message was
+        queued again since; or already answered) has its record withdrawn.
 
         Args:
             attempt: the attempt that began, or ``""`` if none could (the message is
@@ -288,6 +292,7 @@ class Replies:
         Raises:
             Fenced: (``attempt`` given) another attempt has begun since.
         """
+        record = await delivery.dead_letter(reason)
         event = ErrorEvent(
             message_id=entry.message_id,
             code=ErrorCode.DELIVERY_FAILED,
@@ -307,13 +312,16 @@ class Replies:
             logger.error("message_id=%s: its session cannot be told: %s", entry.message_id, e)
             closed = "unknown"
             await delivery.ack()
+        except Fenced:
+            await delivery.withdraw(record)
+            raise
         if closed is None:
             logger.info(
                 "message_id=%s seq=%d: already closed or queued again; entry acked",
                 entry.message_id,
                 entry.seq,
             )
+            await delivery.withdraw(record)
             return
         logger.error("message_id=%s seq=%d %s: dead-lettered", entry.message_id, entry.seq, reason)
         REPLIES.labels(ErrorCode.DELIVERY_FAILED.value).inc()
-        await delivery.dead_letter(reason)
