@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -165,3 +165,25 @@ async def running_parley(
         await llm.aclose()
         await disconnect(worker_redis)
         await standin.stop()
+
+
+@asynccontextmanager
+async def started_worker(
+    settings: WorkerSettings, ready: Callable[[Worker], Awaitable[bool]]
+) -> AsyncIterator[Worker]:
+    """A worker of ``settings`` on clients of its own, yielded once ``ready(worker)``
+    holds (checked every 10 ms, for 10 s at most); stopped cleanly on exit."""
+    redis = connect(settings, "worker")
+    llm = LLMClient(llm_config(settings))
+    worker = Worker(settings, redis, llm)
+    task = asyncio.create_task(worker.run(drain_timeout_s=1))
+    try:
+        async with asyncio.timeout(10):
+            while not await ready(worker):  # noqa: ASYNC110  (Redis state: no event)
+                await asyncio.sleep(0.01)
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        await llm.aclose()
+        await disconnect(redis)

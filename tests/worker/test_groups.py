@@ -13,16 +13,13 @@ import aiohttp
 from redis.asyncio import Redis
 
 from storage import keys
-from storage.connection import connect, disconnect
 from storage.keys import SUMMARY_GROUP, SUMMARY_STREAM
 from storage.store import Store
 from tests.support.events import count, of_type, read_until
 from tests.support.groups import consumers_of
-from tests.support.parley import running_parley
-from worker.app import llm_config
+from tests.support.parley import running_parley, started_worker
 from worker.config import WorkerSettings
 from worker.consumer import Worker
-from worker.llm import LLMClient
 
 JOB_GROUPS = [(keys.TITLE_STREAM, keys.TITLE_GROUP), (SUMMARY_STREAM, SUMMARY_GROUP)]
 #: Every group a worker of the default model with titles and summaries on reads.
@@ -55,20 +52,12 @@ async def running_worker(redis_url: str, **overrides: Any) -> AsyncIterator[Work
         memory_summary=True,
         **overrides,
     )
-    redis = connect(settings, "worker")
-    llm = LLMClient(llm_config(settings))
-    worker = Worker(settings, redis, llm)
-    task = asyncio.create_task(worker.run(drain_timeout_s=1))
-    try:
-        async with asyncio.timeout(10):
-            while not await reads_every_group(redis, worker.consumer):  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+
+    async def ready(worker: Worker) -> bool:
+        return await reads_every_group(worker.redis, worker.consumer)
+
+    async with started_worker(settings, ready) as worker:
         yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
-        await llm.aclose()
-        await disconnect(redis)
 
 
 async def test_workers_restarted_twenty_times_leave_no_consumer_behind(

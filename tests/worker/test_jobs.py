@@ -20,17 +20,14 @@ from redis.asyncio import Redis
 from runtime.catalog import ModelOffer
 from storage import keys
 from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter, limit_key
-from storage.connection import connect, disconnect
 from storage.models import Session
 from testkit.standin import StandinModel, reply_tokens
 from tests.support.events import count, of_type, read_until
-from tests.support.parley import Parley, running_parley
+from tests.support.parley import Parley, running_parley, started_worker
 from worker import jobs as jobs_module
 from worker import summary, titles
-from worker.app import llm_config
 from worker.config import WorkerSettings
 from worker.consumer import Worker
-from worker.llm import LLMClient
 from worker.tokens import estimate_tokens
 
 #: Two pools: the cloud's (the catalog's default, on the old key names) and an
@@ -64,20 +61,12 @@ async def pool_worker(
             **overrides,
         }
     )
-    redis = connect(settings, "worker")
-    llm = LLMClient(llm_config(settings))
-    worker = Worker(settings, redis, llm)
-    task = asyncio.create_task(worker.run(drain_timeout_s=1))
-    try:
-        async with asyncio.timeout(10):
-            while await parley.redis.zscore(keys.pool_key(model), worker.consumer) is None:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+
+    async def ready(worker: Worker) -> bool:
+        return await parley.redis.zscore(keys.pool_key(model), worker.consumer) is not None
+
+    async with started_worker(settings, ready) as worker:
         yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
-        await llm.aclose()
-        await disconnect(redis)
 
 
 async def new_session(parley: Parley, http: aiohttp.ClientSession, model: str = "") -> str:
