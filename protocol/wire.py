@@ -341,6 +341,9 @@ class MessageEntry(_Wire):
     token: str
     seq: int = Field(ge=1)
     message_id: str
+    #: The digest of the client that sent it (``storage.admission.digest``; "": unknown),
+    #: whose quota its reply is charged to.
+    client: str = ""
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> MessageEntry:

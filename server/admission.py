@@ -13,7 +13,8 @@ send messages, and how often, across every replica (counted in Redis, see
 - each message: ``RATE_MESSAGES_PER_SESSION`` per session per window, refused with
   ``too_many_requests``; and while the session's or its client's model tokens of the
   period are used up (``MODEL_TOKENS_PER_SESSION``, ``MODEL_TOKENS_PER_CLIENT``, charged
-  by the worker), ``quota_exceeded`` (:func:`admit_message`).
+  by the worker), ``quota_exceeded``. Checked by the script that queues the message, in
+  the same step (:func:`message_limits`), so a refusal spends nothing.
 
 The client address is the peer's, or what a trusted proxy says (``TRUSTED_PROXIES``,
 :func:`server.security.client_address`); an IPv6 client counts by its
@@ -25,11 +26,9 @@ own handling reports the outage) and ``POST /token`` answers 503 as any REST cal
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
-import time
 import uuid
 
 from fastapi import HTTPException, Request, WebSocket, status
@@ -41,9 +40,9 @@ from protocol.wire import ErrorCode, ErrorEvent
 from server.config import ServerSettings
 from server.security import SecuritySettings, client_key
 from storage.admission import (
-    CLIENT_TOKENS,
     SESSION_TOKENS,
     Limiter,
+    MessageLimits,
     Refused,
     digest,
     limit_key,
@@ -119,110 +118,40 @@ async def _admit_address(request: Request, limit: str, max_count: int) -> None:
         ) from e
 
 
-class ClientMark:
-    """When a socket last recorded its session's client (:meth:`Limiter.set_client`).
-
-    A socket's client address never changes, so the record is renewed only once a
-    quarter of its lifetime (the session's TTL) has passed, not with every message.
-    """
-
-    __slots__ = ("_at",)
-
-    def __init__(self) -> None:
-        self._at: float | None = None  # time.monotonic() (s) of the last record
-
-    def due(self, ttl_s: float) -> bool:
-        """Whether the record must be written (again)."""
-        return self._at is None or time.monotonic() - self._at > ttl_s / 4
-
-    def done(self) -> None:
-        """The record was just written."""
-        self._at = time.monotonic()
-
-
-class MessageAdmission:
-    """A message (or regenerate, or edit) admitted by :func:`admit_message`: its place in
-    the session's rate window, to be given back if it is refused further on (a full
-    queue, a model no worker serves, a reply in progress...), so a refusal spends
-    nothing.
-
-    Args:
-        limiter: where it was counted (None: nothing was, Redis being unreachable).
-        token: the session.
-        admission: its id in the window (:meth:`Limiter.hit`).
-    """
-
-    __slots__ = ("_admission", "_limiter", "_token")
-
-    def __init__(self, limiter: Limiter | None, token: str, admission: str) -> None:
-        self._limiter = limiter
-        self._token = token
-        self._admission = admission
-
-    async def give_back(self) -> None:
-        """Take the admission out of the window; best effort (Redis may be down)."""
-        if self._limiter is None:
-            return
-        limiter, self._limiter = self._limiter, None
-        try:
-            await limiter.give_back("messages", self._token, self._admission)
-        except (RedisError, OSError) as e:
-            logger.warning("an admission could not be given back, Redis unavailable: %s", e)
-
-
-async def admit_message(
-    websocket: WebSocket, token: str, mark: ClientMark
-) -> ErrorEvent | MessageAdmission:
-    """One more message of session ``token``: its admission, or the error to send.
-
-    Two round trips to Redis: the two quotas are read at once, then the message is
-    counted in the rate window. ``mark`` is the socket's :class:`ClientMark`: the
-    session's client is recorded on its first message, then once a quarter of the
-    session's TTL has passed. Redis being unreachable admits (storing the message
-    reports the outage). A message refused after its admission gives it back
-    (:meth:`MessageAdmission.give_back`).
-    """
+def message_limits(websocket: WebSocket) -> MessageLimits:
+    """What admits a message of the session on ``websocket`` (its rate window, its
+    quota and its client's), checked by the script that queues it: see
+    :class:`storage.admission.MessageLimits`."""
     settings: SecuritySettings = websocket.state.settings
-    limiter = _limiter(websocket)
-    client = digest(client_key(websocket.scope, settings.proxies(), settings.client_ipv6_prefix))
-    admitted = MessageAdmission(None, token, "")
-    try:
-        quotas = await asyncio.gather(
-            limiter.check_quota(SESSION_TOKENS, token, settings.model_tokens_per_session),
-            limiter.check_quota(CLIENT_TOKENS, client, settings.model_tokens_per_client),
-            return_exceptions=True,
-        )
-        for outcome in quotas:  # the session's refusal first, as if checked in turn
-            if isinstance(outcome, BaseException):
-                raise outcome
-        admission = await limiter.hit(
-            "messages", token, settings.rate_messages_per_session, settings.rate_window_s
-        )
-        admitted = MessageAdmission(limiter, token, admission)
-        if mark.due(settings.session_ttl_seconds):
-            await limiter.set_client(token, client, settings.session_ttl_seconds)
-            mark.done()
-    except Refused as e:
-        if e.limit == "messages":
-            return _refused(
-                e,
-                f"at most {settings.rate_messages_per_session} messages every "
-                f"{settings.rate_window_s:g} s",
-            )
-        whose = "this session" if e.limit == SESSION_TOKENS else "your address"
-        quota = (
-            settings.model_tokens_per_session
-            if e.limit == SESSION_TOKENS
-            else settings.model_tokens_per_client
-        )
+    address = client_key(websocket.scope, settings.proxies(), settings.client_ipv6_prefix)
+    return MessageLimits(
+        client=digest(address),
+        rate_limit=settings.rate_messages_per_session,
+        rate_window_ms=max(1, round(settings.rate_window_s * 1000)),
+        session_quota=settings.model_tokens_per_session,
+        client_quota=settings.model_tokens_per_client,
+    )
+
+
+def message_refused(error: Refused, settings: SecuritySettings) -> ErrorEvent:
+    """The error event of a message (or regenerate, or edit) refused by its admission
+    (:func:`message_limits`): ``too_many_requests`` or ``quota_exceeded``, with
+    ``retry_after_s``; counted in ``parley_admission_refusals_total``."""
+    if error.limit == "messages":
         return _refused(
-            e,
-            f"{whose} used its {quota} model tokens of the period",
-            ErrorCode.QUOTA_EXCEEDED,
+            error,
+            f"at most {settings.rate_messages_per_session} messages every "
+            f"{settings.rate_window_s:g} s",
         )
-    except (RedisError, OSError) as e:
-        logger.warning("message limits not checked, Redis unavailable: %s", e)
-    return admitted
+    whose = "this session" if error.limit == SESSION_TOKENS else "your address"
+    quota = (
+        settings.model_tokens_per_session
+        if error.limit == SESSION_TOKENS
+        else settings.model_tokens_per_client
+    )
+    return _refused(
+        error, f"{whose} used its {quota} model tokens of the period", ErrorCode.QUOTA_EXCEEDED
+    )
 
 
 class SocketAdmission:

@@ -9,26 +9,15 @@ import logging
 
 from fastapi import WebSocket
 
-from protocol.wire import EditCommand, ErrorCode, ErrorEvent, QueuedEvent, RegenerateCommand
-from server.admission import ClientMark, admit_message
+from protocol.wire import EditCommand, ErrorCode, QueuedEvent, RegenerateCommand
+from server.admission import message_limits, message_refused
 from server.config import ServerSettings
 from server.metrics import MESSAGES_ACCEPTED
 from server.pools import PoolWatch
 from server.relay import REDIS_DOWN, EventRelay
+from storage.admission import MessageLimits, Refused
 from storage.models import StoredMessage
-from storage.store import (
-    ModelChanged,
-    NotLastMessage,
-    Overloaded,
-    PromptTooLong,
-    ReplyInProgress,
-    Revision,
-    SessionFull,
-    Store,
-    TooManyAttempts,
-    TooManyPending,
-    TooManyVersions,
-)
+from storage.store import ModelChanged, Refusal, Revision, Store
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +26,13 @@ class SessionCommands:
     """The commands of one socket of one session: the part of
     :class:`server.connection.ChatConnection` that carries them out, which sets the
     attributes they use (``websocket``, ``token``, ``session``, ``store``, ``settings``,
-    ``relay``, ``pools``, ``model``, ``_client_mark``).
+    ``relay``, ``pools``, ``model``, ``_limits``).
 
     Every method raises :class:`storage.store.SessionExpired` when the session is gone
     (the connection then closes the socket), and tells the client of any other refusal.
     """
 
-    __slots__ = ("_client_mark", "model", "pools")
+    __slots__ = ("_limits", "model", "pools")
 
     websocket: WebSocket
     token: str
@@ -55,7 +44,8 @@ class SessionCommands:
     #: The session's model, as far as this socket knows: the enqueue script checks it,
     #: and a session whose model changed is told so (ModelChanged).
     model: str
-    _client_mark: ClientMark
+    #: What admits the socket's messages (made on its first: an idle socket holds none).
+    _limits: MessageLimits | None
 
     async def _on_stop(self) -> None:
         """Ask for the reply being generated to stop (see ``stop.lua``)."""
@@ -86,33 +76,22 @@ class SessionCommands:
         """Queue the last user message again, edited or not (see
         :meth:`storage.store.Store.revise`); the ``revised`` event reaches every socket
         of the session through its event stream. Admitted as a message is (a reply of
-        the model costs the same), and given back if refused. A refusal is an ``error``
-        with ``message_id`` null: it ends no reply."""
+        the model costs the same), in the same script: a refusal spends nothing. A
+        refusal is an ``error`` with ``message_id`` null: it ends no reply."""
         edit = (command.message_id, command.content) if isinstance(command, EditCommand) else None
         if edit is not None and await self._content_refused(edit[1]):
             return
-        admitted = await admit_message(self.websocket, self.token, self._client_mark)
-        if isinstance(admitted, ErrorEvent):
-            await self.relay.send(admitted.model_dump_json(exclude={"event_id"}))
-            return
-        revision = None
         try:
             revision = await self._revise(edit)
-        except (
-            ReplyInProgress,
-            NotLastMessage,
-            TooManyVersions,
-            TooManyAttempts,
-            PromptTooLong,
-            SessionFull,
-            Overloaded,
-            *REDIS_DOWN,
-        ) as e:
-            await self.relay.send_error(*self._not_revised(e, command.type))
+        except Refused as e:
+            await self.relay.send(self._refusal(e))
             return
-        finally:
-            if revision is None:  # refused: a refusal spends nothing
-                await admitted.give_back()
+        except Refusal as e:
+            await self.relay.send_error(e.code, e.detail)
+            return
+        except REDIS_DOWN as e:
+            await self._unavailable(e)
+            return
         if revision is None:
             return
         MESSAGES_ACCEPTED.inc()
@@ -149,50 +128,26 @@ class SessionCommands:
             max_attempts=self.settings.max_attempts_per_turn,
             edit=edit,
             model=self.model,
+            limits=self.limits(),
         )
-
-    def _not_revised(self, error: Exception, command: str) -> tuple[ErrorCode, str]:
-        """The error event (code, detail) for a regenerate or edit the store refused."""
-        if isinstance(error, ReplyInProgress):
-            return ErrorCode.REPLY_IN_PROGRESS, (
-                f"a reply is still being generated; {command} once it is done"
-            )
-        if isinstance(error, NotLastMessage):
-            return ErrorCode.NOT_LAST_MESSAGE, (
-                "only the last message can be edited"
-                if command == "edit"
-                else "the session has no message to answer again"
-            )
-        if isinstance(error, TooManyAttempts):
-            return ErrorCode.TOO_MANY_ATTEMPTS, (
-                f"this turn was already asked again {self.settings.max_attempts_per_turn} "
-                "times, its most; send a new message instead"
-            )
-        if isinstance(error, TooManyVersions):
-            return ErrorCode.TOO_MANY_VERSIONS, (
-                f"this turn already keeps {self.settings.max_message_versions} earlier "
-                "versions, its most; send a new message instead"
-            )
-        return self._not_queued(error)
 
     async def _on_message(self, content: str) -> None:
         """Accept a user message: checked, admitted, stored and queued, then ``queued``;
-        or refused with an error (its admission given back)."""
+        or refused with an error. Admission, storing and queueing are one script call
+        (:meth:`storage.store.Store.enqueue`): a refusal spends nothing."""
         if await self._content_refused(content):
             return
-        admitted = await admit_message(self.websocket, self.token, self._client_mark)
-        if isinstance(admitted, ErrorEvent):
-            await self.relay.send(admitted.model_dump_json(exclude={"event_id"}))
-            return
-        message = None
         try:
             message = await self._enqueue(content)
-        except (TooManyPending, SessionFull, Overloaded, PromptTooLong, *REDIS_DOWN) as e:
-            await self.relay.send_error(*self._not_queued(e))
+        except Refused as e:
+            await self.relay.send(self._refusal(e))
             return
-        finally:
-            if message is None:  # refused: a refusal spends nothing
-                await admitted.give_back()
+        except Refusal as e:
+            await self.relay.send_error(e.code, e.detail)
+            return
+        except REDIS_DOWN as e:
+            await self._unavailable(e)
+            return
         if message is None:
             return
         MESSAGES_ACCEPTED.inc()
@@ -216,12 +171,23 @@ class SessionCommands:
         if await self._model_unserved():
             return None
         try:
-            return await self.store.enqueue(self.token, content, limit, self.model)
+            return await self.store.enqueue(self.token, content, limit, self.model, self.limits())
         except ModelChanged as changed:  # since this socket last sent one
             self.model = changed.model
         if await self._model_unserved():
             return None
-        return await self.store.enqueue(self.token, content, limit, self.model)
+        return await self.store.enqueue(self.token, content, limit, self.model, self.limits())
+
+    def limits(self) -> MessageLimits:
+        """What admits the socket's messages (:func:`server.admission.message_limits`)."""
+        if self._limits is None:
+            self._limits = message_limits(self.websocket)
+        return self._limits
+
+    def _refusal(self, error: Refused) -> str:
+        """The error event, as sent, of a message its admission refused."""
+        event = message_refused(error, self.settings)
+        return event.model_dump_json(exclude={"event_id"})
 
     async def _model_unserved(self) -> bool:
         """Whether no live worker serves the session's model (then the client got a
@@ -246,33 +212,9 @@ class SessionCommands:
         )
         return True
 
-    def _not_queued(self, error: Exception) -> tuple[ErrorCode, str]:
-        """The error event (code, detail) for a message the store did not queue."""
-        if isinstance(error, TooManyPending):
-            return ErrorCode.TOO_MANY_PENDING, (
-                f"{self.settings.max_pending_messages} messages already wait for a reply; "
-                "wait for one before sending more"
-            )
-        if isinstance(error, SessionFull) and error.held_bytes is not None:
-            return ErrorCode.SESSION_FULL, (
-                f"the conversation holds {error.held_bytes} bytes, and "
-                f"{self.settings.max_session_bytes} at most: this does not fit; start a "
-                "new session to go on"
-            )
-        if isinstance(error, SessionFull):
-            return ErrorCode.SESSION_FULL, (
-                f"the session holds {self.settings.max_session_messages} messages, its "
-                "most; start a new session to go on"
-            )
-        if isinstance(error, PromptTooLong):
-            return ErrorCode.MESSAGE_TOO_LONG, (
-                f"the message and the system prompt come to about {error.tokens} tokens, "
-                f"more than the model's context of {error.context} tokens can hold; "
-                "send a shorter message"
-            )
-        if isinstance(error, Overloaded):
-            return ErrorCode.OVERLOADED, (
-                "too many messages wait for the workers; send it again in a while"
-            )
+    async def _unavailable(self, error: Exception) -> None:
+        """Tell the client its message could not be stored: Redis is unreachable."""
         logger.warning("session=%s could not queue a message: %s", self.session, error)
-        return ErrorCode.UNAVAILABLE, "the message could not be stored; send it again"
+        await self.relay.send_error(
+            ErrorCode.UNAVAILABLE, "the message could not be stored; send it again"
+        )

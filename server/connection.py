@@ -31,7 +31,6 @@ from protocol.wire import (
 from runtime.logs import fingerprint
 from runtime.retry import retrying
 from runtime.tasks import cancel_and_wait
-from server.admission import ClientMark
 from server.commands import SessionCommands
 from server.config import ServerSettings
 from server.deps import SESSION_GONE
@@ -127,7 +126,7 @@ class ChatConnection(SessionCommands):
         self._resumes = TokenBucket(settings.resume_rate_per_s, settings.resume_burst)
         self.pools = pools
         self.model = settings.default_model
-        self._client_mark = ClientMark()
+        self._limits = None
 
     async def run(self, after: str | None) -> None:
         """Serve the connection until the client leaves or it must close.

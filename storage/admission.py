@@ -18,17 +18,17 @@ Two kinds of limit:
   tokens) per period, counted after the fact, since a reply's cost is known only once
   it is written; a message is refused once the quota is used up, until it renews.
 
-The server records, per session, which client (a digest of its address) sends its
-messages (:meth:`Limiter.set_client`: on a socket's first message, then once a quarter of
-the session's TTL has passed), so the worker can charge the client's quota as well as
-the session's without the address travelling in the queue. A session used from two
-addresses at once is charged to the one recorded last.
+A message's admission (its session's rate window and quota, its client's quota) is
+checked by the script that queues it (:class:`MessageLimits`), and the stream entry
+carries the client's digest (never its address), so the worker charges the reply to the
+client that sent it, in the script that records it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -38,6 +38,49 @@ from storage.scripts import AdmitStatus, QuotaStatus, Script
 #: Quotas of model tokens, charged by the worker from the model's own ``usage``.
 SESSION_TOKENS = "model_tokens_session"
 CLIENT_TOKENS = "model_tokens_client"
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    """What admits one message (or regenerate, or edit) of a session, checked inside the
+    script that queues it (``enqueue.lua``, ``revise.lua``; ``admission`` in
+    ``library.lua``), so an admission and its message are one step and a refusal spends
+    nothing.
+
+    The rate window and the session's quota are fields of the session's document
+    (``rate``, ``quota``): read with what the script reads anyway, and written with it.
+    The client's quota is a key of its own (:func:`limit_key` of :data:`CLIENT_TOKENS`),
+    charged by every session of the client.
+
+    Attributes:
+        client: the client's digest (:func:`digest`); "": none (its quota is not
+            checked). The script records it in the stream entry and the session, and
+            the worker charges the reply to it.
+        rate_limit: messages admitted in any ``rate_window_ms``.
+        rate_window_ms: the window (ms).
+        session_quota: the session's model tokens per period (0: none).
+        client_quota: the client's model tokens per period (0: none).
+    """
+
+    client: str = ""
+    rate_limit: int = 2**31 - 1
+    rate_window_ms: int = 1
+    session_quota: int = 0
+    client_quota: int = 0
+
+    def params(self) -> dict[str, str | int]:
+        """The limits as the scripts take them (names of ``admission`` in ``library.lua``)."""
+        return {
+            "client": self.client,
+            "rate_limit": self.rate_limit,
+            "rate_window_ms": self.rate_window_ms,
+            "session_quota": self.session_quota,
+            "client_quota": self.client_quota,
+        }
+
+
+#: No admission bound: what the store's own callers (tests, tools) queue with.
+UNLIMITED = MessageLimits()
 
 
 class Refused(Exception):
@@ -162,16 +205,3 @@ class Limiter:
             args=["charge", 0, max(1, round(period_s * 1000)), units],
         )
         return int(used)
-
-    async def set_client(self, token: str, client: str, ttl_s: int) -> None:
-        """Record that session ``token``'s latest message came from ``client`` (a
-        :func:`digest`), for ``ttl_s`` seconds (the session's lifetime)."""
-        await self.redis.set(_client_key(token), client, ex=ttl_s)
-
-    async def client_of(self, token: str) -> str | None:
-        """The client recorded by :meth:`set_client`, if any."""
-        return await self.redis.get(_client_key(token))
-
-
-def _client_key(token: str) -> str:
-    return limit_key("client_of", token)

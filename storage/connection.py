@@ -23,6 +23,7 @@ from redis.exceptions import (  # type: ignore[attr-defined]  # stale stubs: Out
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -167,3 +168,7 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     ClusterDownError,
     MasterDownError,
 )
+
+#: Any failure of a call to Redis, its link's or its own: what a caller that only
+#: reports the failure (and keeps serving) catches.
+REDIS_DOWN: tuple[type[Exception], ...] = (RedisError, OSError)

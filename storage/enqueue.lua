@@ -1,79 +1,100 @@
--- Accept a user message: number it, queue it for a worker, append it to the history.
--- One atomic step, so a message is in history if and only if it is in the stream.
--- Refused without any change when the session is at its bound of messages, or would
--- hold more than its bound of bytes with this message (session_size, library.lua), when
--- too many of its messages wait, or when its partition's backlog (entries the workers'
--- group has not acknowledged: pending or not yet delivered) is at its bound.
--- trim_stream (trim.lua) trims the stream, never removing an unacknowledged entry.
+-- Admit and accept a user message: check the session's admission (its rate window, its
+-- quota and its client's: admission, library.lua), number the message, queue it for a
+-- worker, append it to the history. One atomic step, so a message is in history if and
+-- only if it is in the stream, and a refusal changes nothing: it spends nothing.
+-- Refused when the session's model is not the one its keys are for, when an admission
+-- bound is reached, when its system prompt and the message cannot fit the model's
+-- context, when the session is at its bound of messages or would hold more than its
+-- bound of bytes with this message (session_size, library.lua), when too many of its
+-- messages wait, or when its partition's backlog (entries the workers' group has not
+-- acknowledged: pending or not yet delivered) is at its bound.
+-- The stream entry carries the client's digest, so the worker charges its quota.
+-- trim_stream (trim.lua) trims the stream, never removing an unacknowledged entry: about
+-- one message in TRIM_EVERY looks (those queued in a millisecond that TRIM_EVERY
+-- divides), and the workers trim every stream they read now and then too.
 -- The session joins its partition's set of sessions waiting for replies, swept for
--- messages whose entry is gone (lost.lua).
--- The session's TTL is renewed, and its versions document's with it.
--- KEYS[1] session document, KEYS[2] message stream, KEYS[3] waiting set, KEYS[4] the
--- session's versions document
--- ARGV[1] message JSON object without "seq", ARGV[2] session TTL (s),
--- ARGV[3] max messages waiting for a reply, ARGV[4] stream bound (entries, ~),
--- ARGV[5] token, ARGV[6] message id, ARGV[7] max messages of a session,
--- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode,
--- ARGV[11] the model whose stream and waiting set KEYS[2] and KEYS[3] are, ARGV[12] the
--- catalog's default model (a session without one has it), ARGV[13] max bytes of a
--- session, ARGV[14] the model's context (tokens; 0: not checked), ARGV[15] the bytes of
--- the deployment's system prompt (a session without its own has it), ARGV[16] the bytes
--- of the message's text
--- Returns {QUEUED, {seq, entry id}}, or {NO_SESSION}, {TOO_MANY_PENDING} (too many
--- wait), {SESSION_FULL}, {TOO_LARGE, the bytes the session holds}, {OVERLOADED} (the
--- partition's backlog is full), {WRONG_MODEL, the session's model} (the keys are another
--- model's: nothing changed), {TOO_LONG, the prompt's tokens} (its system prompt and the
--- message cannot fit the model's context: prompt_tokens, library.lua).
-local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_LONG = 0, 1, 2, 3, 4, 5, 6, 7
--- One read: {"$.seq": [n], "$.replied_seq": [m], "$.model": [s] or [],
--- "$.size_bytes": [n] or [], "$.system_prompt": [s] or []}; nil: no session.
+-- messages whose entry is gone (lost.lua). The session's TTL is renewed, and its
+-- versions document's with it unless the session says it has none ("versioned": false
+-- from its creation until revise.lua writes one).
+-- KEYS: the session document, the message stream, the waiting set, the session's
+-- versions document, and (optional; not on a Redis Cluster) the client's quota key.
+-- ARGV[1] the message, a JSON object without "seq"; ARGV[2] a JSON object:
+--   ttl (s), max_pending, maxlen (stream bound, entries, ~), token, message_id,
+--   max_messages, max_backlog, group, trim_mode, model (that of the stream and the
+--   waiting set), default_model (a session without one has it), max_bytes, context (the
+--   model's, tokens; 0: not checked), system_bytes (the deployment's system prompt; a
+--   session without its own has it), content_bytes (the message's text), client (its
+--   digest; "": none), rate_limit, rate_window_ms, session_quota, client_quota
+-- Returns {QUEUED, {seq, entry id}}, or {NO_SESSION}, {TOO_MANY_PENDING},
+-- {SESSION_FULL}, {TOO_LARGE, the bytes the session holds}, {OVERLOADED},
+-- {WRONG_MODEL, the session's model} (nothing changed), {TOO_LONG, the prompt's tokens}
+-- (prompt_tokens, library.lua), {RATE_LIMITED, ms}, {SESSION_QUOTA, ms},
+-- {CLIENT_QUOTA, ms} (ms until it would admit).
+local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_LONG, RATE_LIMITED, SESSION_QUOTA, CLIENT_QUOTA = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+local REFUSALS = {rate = RATE_LIMITED, session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA}
+local TRIM_EVERY = 16
+local session, stream, waiting, versions, client_quota = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local body, p = ARGV[1], cjson.decode(ARGV[2])
+
 local read = redis.call(
-  'JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.model', '$.size_bytes', '$.system_prompt'
+  'JSON.GET', session, '$.seq', '$.replied_seq', '$.model', '$.size_bytes', '$.system_prompt',
+  '$.rate', '$.quota', '$.versioned'
 )
 if not read then
   return reply(NO_SESSION)
 end
 read = cjson.decode(read)
-local model = model_of(read, ARGV[12])
-if model ~= ARGV[11] then
+local model = model_of(read, p.default_model)
+if model ~= p.model then
   return reply(WRONG_MODEL, model)
 end
-local context = tonumber(ARGV[14])
-if context > 0 then
+local refused, window = admission(read, p, client_quota, lazy_clock())
+if refused then
+  return reply(REFUSALS[refused], window)
+end
+if p.context > 0 then
   local own = read['$.system_prompt'][1]
-  local system = (type(own) == 'string' and #own > 0) and #own or tonumber(ARGV[15])
-  local tokens = prompt_tokens(system, tonumber(ARGV[16]))
-  if tokens > context then
+  local system = (type(own) == 'string' and #own > 0) and #own or p.system_bytes
+  local tokens = prompt_tokens(system, p.content_bytes)
+  if tokens > p.context then
     return reply(TOO_LONG, tokens)
   end
 end
 local seq = tonumber(read['$.seq'][1])
 local replied = tonumber(read['$.replied_seq'][1])
-if seq >= tonumber(ARGV[7]) then
+if seq >= p.max_messages then
   return reply(SESSION_FULL)
 end
-local size = session_size(KEYS[1], read)
-if size + #ARGV[1] > tonumber(ARGV[13]) then
+local size = session_size(session, read)
+if size + #body > p.max_bytes then
   return reply(TOO_LARGE, size)
 end
-if seq - replied >= tonumber(ARGV[3]) then
+if seq - replied >= p.max_pending then
   return reply(TOO_MANY_PENDING)
 end
-
-local backlog = backlog_of(KEYS[2], ARGV[9], tonumber(ARGV[8]))
-if backlog >= tonumber(ARGV[8]) then
+local backlog = backlog_of(stream, p.group, p.max_backlog)
+if backlog >= p.max_backlog then
   return reply(OVERLOADED)
 end
 
 seq = seq + 1
-local id = redis.call('XADD', KEYS[2], '*', 'token', ARGV[5], 'seq', seq, 'message_id', ARGV[6])
-redis.call('JSON.SET', KEYS[1], '.seq', seq)
-local message = '{"seq":' .. seq .. ',"entry":"' .. id .. '",' .. string.sub(ARGV[1], 2)
-redis.call('JSON.ARRAPPEND', KEYS[1], '.messages', message)
-redis.call('JSON.SET', KEYS[1], '$.size_bytes', size + #message)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[4], ARGV[2])
-local now = redis.call('TIME')
-redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[5])
-trim_stream(KEYS[2], ARGV[9], ARGV[4], ARGV[10], backlog + 1)
+local id = redis.call(
+  'XADD', stream, '*', 'token', p.token, 'seq', seq, 'message_id', p.message_id, 'client', p.client
+)
+local now = id_ms(id)
+local message = '{"seq":' .. seq .. ',"entry":"' .. id .. '",' .. string.sub(body, 2)
+redis.call('JSON.ARRAPPEND', session, '$.messages', message)
+redis.call(
+  'JSON.MSET', session, '$.seq', seq, session, '$.size_bytes', size + #message,
+  session, '$.rate', admitted_window(window, now, p.rate_window_ms),
+  session, '$.client', cjson.encode(p.client)
+)
+redis.call('EXPIRE', session, p.ttl)
+if read['$.versioned'][1] ~= false then  -- a session from before the flag: renewed
+  redis.call('EXPIRE', versions, p.ttl)
+end
+redis.call('ZADD', waiting, now, p.token)
+if now % TRIM_EVERY == 0 then
+  trim_stream(stream, p.group, p.maxlen, p.trim_mode, backlog + 1)
+end
 return reply(QUEUED, {seq, id})

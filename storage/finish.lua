@@ -1,70 +1,107 @@
--- Close a user message: record its reply (if any), counted in the session's bytes, and
--- emit the closing event, once.
+-- Close a user message: record its reply (if any), counted in the session's bytes, emit
+-- its last events (the rest of its text, if any, then the closing event), charge the
+-- model tokens its requests cost, and acknowledge its stream entry: once, in one step.
 -- Replies are recorded in seq order, so "seq <= replied_seq" means this one already was:
--- a retried or re-claimed message then changes nothing and emits nothing.
--- KEYS[1] session document, KEYS[2] session event stream
--- ARGV[1] seq, ARGV[2] reply message JSON or "" for none, ARGV[3] event JSON without
--- "event_id", ARGV[4] channel, ARGV[5] event stream MAXLEN (~), ARGV[6] attempt
--- ("<seq>:<id>", see begin.lua): only the attempt the session records may finish; ""
--- closes the message whatever attempt runs (a dead-lettered entry, which may never
--- have begun) once it is its turn, fences every attempt, and tolerates an unreadable
--- "replied_seq" (which it mends).
--- KEYS[3] (optional) the message stream of the user message's entry, ARGV[7] its
--- consumer group, ARGV[8] the entry id: the entry is acknowledged (XACK) in the same
--- script once the message is closed (FINISHED or ALREADY_RECORDED), or its session gone.
+-- a retried or re-claimed message then records and emits nothing.
+-- The charge is made whatever the outcome (the model was asked all the same): the
+-- session's quota ("quota" in its document, charged_quota in library.lua) unless the
+-- session is gone, and its client's (charge_client) when its key is given.
+-- KEYS: the session document, the session's event stream, then if p.ack the message
+-- stream of the user message's entry, then if p.charge_client the client's quota key.
+-- ARGV[1] a JSON object: seq, attempt ("<seq>:<id>", see begin.lua: only the attempt
+--   the session records may finish; "" closes the message whatever attempt runs (a
+--   dead-lettered entry, which may never have begun) once it is its turn, fences every
+--   attempt, and tolerates an unreadable "replied_seq", which it mends), channel,
+--   events_maxlen (~), ttl (the session's, s), group, entry (the entry id: ""
+--   none), ack (acknowledge the entry once the message is closed (FINISHED or
+--   ALREADY_RECORDED), or its session gone), charge_client, units (model tokens to
+--   charge), period_ms (a quota's period)
+-- ARGV[2] the reply message JSON, or "" for none; ARGV[3], ARGV[4], ...: the events to
+-- emit, JSON objects without "event_id", the closing one last.
 -- The entry is also fenced (stale_entry, library.lua): an entry left over from before a
 -- regenerate or edit queued the message again closes nothing and is acknowledged (a
 -- worker that gave up on the old turn and died before its ack cannot close the new one).
--- Returns {FINISHED, the event id}; {ALREADY_RECORDED}; {NO_SESSION}; {FENCED} if
--- another attempt has taken over; {NOT_YOUR_TURN} (with "") if an earlier message is
+-- Returns {FINISHED, the closing event's id}; {ALREADY_RECORDED}; {NO_SESSION}; {FENCED}
+-- if another attempt has taken over; {NOT_YOUR_TURN} (with "") if an earlier message is
 -- unanswered; {STALE} (acknowledged, nothing changed).
 local FINISHED, ALREADY_RECORDED, NO_SESSION, FENCED, NOT_YOUR_TURN, STALE = 0, 1, 2, 3, 4, 5
-local function acked(status, payload)
-  if KEYS[3] then
-    redis.call('XACK', KEYS[3], ARGV[7], ARGV[8])
+local session, events = KEYS[1], KEYS[2]
+local p, message = cjson.decode(ARGV[1]), ARGV[2]
+local stream = p.ack and KEYS[3] or nil
+local client_quota = p.charge_client and KEYS[p.ack and 4 or 3] or nil
+
+-- Charge the client, and the session too if its `read` is given (FINISHED charges the
+-- session with its other writes), acknowledge the entry (if asked), and answer.
+local function closed(status, payload, read)
+  if client_quota and p.units > 0 then
+    charge_client(client_quota, p.units, p.period_ms)
+  end
+  if read and p.units > 0 then
+    local quota = charged_quota(read, p.units, lazy_clock()(), p.period_ms)
+    redis.call('JSON.SET', session, '$.quota', quota)
+  end
+  if stream then
+    redis.call('XACK', stream, p.group, p.entry)
   end
   return reply(status, payload)
 end
--- replied_seq, generator and the message's entry in one read:
--- {"$.replied_seq": [n], "$.generator": [g], <entry_path>: [id]}
-local entry = KEYS[3] and ARGV[8] or ''
-local read
+
+-- What the step needs of the session in one read: {"$.replied_seq": [n],
+-- "$.generator": [g], "$.size_bytes": [n] or [], "$.quota": [q] or [], <entry_path>: [id]}
+local entry = stream and p.entry or ''
+local paths = {'$.replied_seq', '$.generator', '$.size_bytes', '$.quota'}
 if entry ~= '' then
-  read = redis.call('JSON.GET', KEYS[1], '$.replied_seq', '$.generator', entry_path(ARGV[1]))
-else
-  read = redis.call('JSON.GET', KEYS[1], '$.replied_seq', '$.generator')
+  paths[#paths + 1] = entry_path(p.seq)
 end
+local read = redis.call('JSON.GET', session, unpack(paths))
 if not read then
-  return acked(NO_SESSION)
+  return closed(NO_SESSION)
 end
 read = cjson.decode(read)
-if stale_entry(read, ARGV[1], entry) then
-  return acked(STALE)
+if stale_entry(read, p.seq, entry) then
+  return closed(STALE, nil, read)
 end
-local seq = tonumber(ARGV[1])
-local forced = ARGV[6] == ''
+local seq = p.seq
+local forced = p.attempt == ''
 local replied = read['$.replied_seq'][1]
 replied = replied ~= nil and tonumber(replied) or nil
 if replied == nil and forced then
   replied = seq - 1
 end
 if seq <= replied then
-  return acked(ALREADY_RECORDED)
+  return closed(ALREADY_RECORDED, nil, read)
 end
 if forced and seq > replied + 1 then
   return reply(NOT_YOUR_TURN)
 end
-if forced then
-  redis.call('JSON.SET', KEYS[1], '$.generator', '""')
-elseif read['$.generator'][1] ~= ARGV[6] then
-  return reply(FENCED)
+if not forced and read['$.generator'][1] ~= p.attempt then
+  stream = nil  -- not acknowledged: the attempt that took it over does that
+  return closed(FENCED, nil, read)
 end
-if ARGV[2] ~= '' then
-  redis.call('JSON.ARRAPPEND', KEYS[1], '.messages', ARGV[2])
+
+local id
+for i = 3, #ARGV do
+  id = append_event(events, i == 3 and p.ttl * 1000 or 0, p.events_maxlen, p.channel, ARGV[i])
+end
+local changes = {}
+local function change(path, value)
+  changes[#changes + 1], changes[#changes + 2], changes[#changes + 3] = session, path, value
+end
+change('$.replied_seq', seq)
+if forced then
+  change('$.generator', '""')
+end
+if message ~= '' then
+  redis.call('JSON.ARRAPPEND', session, '$.messages', message)
   -- The session's byte count (session_size, library.lua): a document without one is
   -- measured whole by its next message.
-  redis.call('JSON.NUMINCRBY', KEYS[1], '$.size_bytes', #ARGV[2])
+  local size = read['$.size_bytes'][1]
+  if type(size) == 'number' then
+    change('$.size_bytes', size + #message)
+  end
 end
-redis.call('JSON.SET', KEYS[1], '.replied_seq', seq)
-local pttl = redis.call('PTTL', KEYS[1])
-return acked(FINISHED, append_event(KEYS[2], pttl, ARGV[5], ARGV[4], ARGV[3]))
+if p.units > 0 then
+  change('$.quota', charged_quota(read, p.units, id_ms(id), p.period_ms))
+end
+redis.call('JSON.MSET', unpack(changes))
+return closed(FINISHED, id)

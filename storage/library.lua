@@ -32,8 +32,8 @@ local function session_size(key, read)
 end
 
 -- Append an event to a session's event stream and announce it: the stream keeps about
--- `maxlen` events and lives as long as the session (`pttl`, ms: the session's PTTL; no
--- expiry is set if it has none), and the session's sharded channel gets the event with
+-- `maxlen` events and lives as long as the session (`pttl`, ms: the session's TTL, the
+-- time to live it was given last; no expiry is set if 0), and the session's sharded channel gets the event with
 -- its stream id inserted as its first member, "event_id". `event` is a JSON object
 -- without "event_id". Returns the event id.
 local function append_event(stream, pttl, maxlen, channel, event)
@@ -70,4 +70,100 @@ end
 -- chat template's 4 tokens a message.
 local function prompt_tokens(system, message)
   return math.ceil(system / 4) + math.ceil(message / 4) + 8
+end
+
+-- Redis's clock (ms since the epoch), read at most once a script: `clock()` calls TIME
+-- on its first use only.
+local function lazy_clock()
+  local now
+  return function()
+    if now == nil then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    return now
+  end
+end
+
+-- Redis's clock (ms since the epoch) when stream entry `id` was added: its first part.
+local function id_ms(id)
+  return tonumber(string.match(id, '^(%d+)-'))
+end
+
+-- The admissions of a session's rate window that still count at `now` (ms): a list of
+-- the times (ms) each stops counting, oldest first.
+local function counting(window, now)
+  local kept = {}
+  for _, until_ms in ipairs(window) do
+    if until_ms > now then
+      kept[#kept + 1] = until_ms
+    end
+  end
+  return kept
+end
+
+-- Admission of one message (a new one, a regenerate or an edit) of a session, from a
+-- JSON.GET `read` of its document that included '$.rate' (the rate window: when each
+-- admission of the window stops counting, ms) and '$.quota' ({"used": model tokens,
+-- "renews": ms} of the period), and `client_quota`, the key of its client's quota
+-- (nil: not checked here, on a Redis Cluster where it lives in another slot). `p` holds
+-- the limits: rate_limit (admissions per window), session_quota and client_quota
+-- (model tokens per period; 0: none). `clock` is a lazy_clock(): Redis's clock is read
+-- only when a bound is reached, to tell whether it has renewed.
+-- Returns nil and the window when admitted (nothing is written: record it with
+-- admitted_window once the message is queued); else the refusal, 'session_quota',
+-- 'client_quota' or 'rate', and the ms until it would admit.
+local function admission(read, p, client_quota, clock)
+  local quota = read['$.quota'][1]
+  if p.session_quota > 0 and type(quota) == 'table' and quota.used >= p.session_quota
+      and quota.renews > clock() then
+    return 'session_quota', quota.renews - clock()
+  end
+  if client_quota and p.client_quota > 0 then
+    local used = tonumber(redis.call('GET', client_quota) or '0')
+    if used >= p.client_quota then
+      return 'client_quota', math.max(redis.call('PTTL', client_quota), 1)
+    end
+  end
+  local window = read['$.rate'][1]
+  if type(window) ~= 'table' then
+    window = {}
+  end
+  if #window >= p.rate_limit then
+    window = counting(window, clock())
+    if #window >= p.rate_limit then
+      return 'rate', math.max(window[1] - clock(), 1)
+    end
+  end
+  return nil, window
+end
+
+-- The rate window of admission() with one more admission at `now` (ms: the queued
+-- entry's time), counting `window_ms`, as the JSON text to store in '$.rate'.
+local function admitted_window(window, now, window_ms)
+  window = counting(window, now)
+  window[#window + 1] = now + window_ms
+  return cjson.encode(window)
+end
+
+-- A session's quota of model tokens after a charge of `units` at `now` (ms), from a
+-- JSON.GET `read` that included '$.quota'; a period of `period_ms` starts with the first
+-- charge after the last one ended. The JSON text to store in '$.quota'.
+local function charged_quota(read, units, now, period_ms)
+  local quota = read['$.quota'][1]
+  if type(quota) ~= 'table' or quota.renews <= now then
+    quota = {used = 0, renews = now + period_ms}
+  end
+  quota.used = quota.used + units
+  return cjson.encode(quota)
+end
+
+-- Charge `units` to a client's quota key (a counter that lives one period from its
+-- first charge). Returns the units used in the period.
+local function charge_client(key, units, period_ms)
+  local used = redis.call('INCRBY', key, units)
+  if used == units then
+    redis.call('PEXPIRE', key, period_ms)
+  end
+  return used
 end

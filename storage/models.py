@@ -141,7 +141,13 @@ class Session(JsonModel, index=True):
     ``summary`` is the rolling summary of its oldest turns (None until one is written).
     ``size_bytes`` is the JSON text of its messages and of their earlier versions (which
     live in a document of their own, :func:`storage.keys.versions_key`), in bytes: kept
-    by the scripts that write them and bounded by ``max_session_bytes``.
+    by the scripts that write them and bounded by ``max_session_bytes``. ``versioned``
+    says whether that versions document may exist (``revise.lua`` sets it), so the
+    scripts that renew the session's TTL renew its TTL only then.
+
+    The scripts keep three more fields, which no reader needs: the session's rate
+    window (``rate``), its quota of model tokens (``quota``) and its client's digest
+    (``client``), see :class:`storage.admission.MessageLimits`.
     """
 
     token: str = Field(primary_key=True)
@@ -158,6 +164,7 @@ class Session(JsonModel, index=True):
     system_prompt: str = ""
     summary: StoredSummary | None = None
     size_bytes: int = 0
+    versioned: bool = False
     messages: list[StoredMessage] = []  # noqa: RUF012  (pydantic copies defaults)
 
     class Meta:

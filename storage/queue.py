@@ -18,39 +18,30 @@ from typing import Any
 
 from protocol.wire import ErrorCode, ErrorEvent, utc_now
 from storage import keys
+from storage.admission import (
+    CLIENT_TOKENS,
+    SESSION_TOKENS,
+    UNLIMITED,
+    Limiter,
+    MessageLimits,
+    Refused,
+    limit_key,
+)
+from storage.connection import is_cluster
 from storage.models import StoredMessage
-from storage.scripts import Arg, DueStatus, EnqueueStatus, LostStatus, ReviseStatus, Script
+from storage.refusals import (
+    NotLastMessage,
+    Overloaded,
+    PromptTooLong,
+    ReplyInProgress,
+    SessionFull,
+    TooManyAttempts,
+    TooManyPending,
+    TooManyVersions,
+)
+from storage.scripts import DueStatus, EnqueueStatus, LostStatus, ReviseStatus, Script
 from storage.sessions import SessionExpired
 from storage.streams import Streams
-
-
-class TooManyPending(Exception):
-    """The session already has the maximum number of messages waiting for a reply."""
-
-
-class SessionFull(Exception):
-    """The session holds ``max_session_messages`` user messages, or would hold more than
-    ``max_session_bytes`` bytes with this message or revision: a new session must be
-    started to go on.
-
-    Attributes:
-        held_bytes: the bytes the session holds (see ``session_size`` in
-            ``library.lua``) when the bound of bytes refused it; None when the bound of
-            messages did.
-    """
-
-    def __init__(self, held_bytes: int | None = None) -> None:
-        super().__init__(
-            "the session holds its most messages"
-            if held_bytes is None
-            else f"the session holds {held_bytes} bytes"
-        )
-        self.held_bytes = held_bytes
-
-
-class Overloaded(Exception):
-    """The session's partition already has ``max_backlog`` messages that the workers
-    have not finished: the message is refused rather than accepted and left waiting."""
 
 
 class ModelChanged(Exception):
@@ -60,40 +51,6 @@ class ModelChanged(Exception):
     def __init__(self, model: str) -> None:
         super().__init__(f"the session's model is {model!r}")
         self.model = model
-
-
-class ReplyInProgress(Exception):
-    """A reply of the session is being generated, or messages wait for one: a turn can
-    be regenerated or edited only once every message is answered."""
-
-
-class NotLastMessage(Exception):
-    """Only the session's last user message can be edited or have its reply regenerated
-    (and a session without messages has none)."""
-
-
-class TooManyVersions(Exception):
-    """The turn already keeps ``max_versions`` earlier versions."""
-
-
-class TooManyAttempts(Exception):
-    """The turn was regenerated or edited ``max_attempts`` times already (failed
-    replies included): every attempt asks the model, so their number is bounded."""
-
-
-class PromptTooLong(Exception):
-    """The session's system prompt and the message cannot fit the model's context
-    (``ModelOffer.context_tokens``), counted as admission counts them.
-
-    Attributes:
-        tokens: the prompt's tokens as counted.
-        context: the model's context (tokens).
-    """
-
-    def __init__(self, tokens: int, context: int) -> None:
-        super().__init__(f"a prompt of about {tokens} tokens; the model's context is {context}")
-        self.tokens = tokens
-        self.context = context
 
 
 @dataclass(frozen=True)
@@ -113,19 +70,12 @@ class Revision:
     event_id: str
 
 
-_REFUSALS: dict[EnqueueStatus, type[Exception]] = {
-    EnqueueStatus.NO_SESSION: SessionExpired,
-    EnqueueStatus.TOO_MANY_PENDING: TooManyPending,
-    EnqueueStatus.OVERLOADED: Overloaded,
-}
-
-_REVISE_REFUSALS: dict[ReviseStatus, type[Exception]] = {
-    ReviseStatus.NO_SESSION: SessionExpired,
-    ReviseStatus.NOT_LAST_MESSAGE: NotLastMessage,
-    ReviseStatus.IN_PROGRESS: ReplyInProgress,
-    ReviseStatus.TOO_MANY_VERSIONS: TooManyVersions,
-    ReviseStatus.TOO_MANY_ATTEMPTS: TooManyAttempts,
-    ReviseStatus.OVERLOADED: Overloaded,
+#: The limit names of :class:`Refused`, by the names of the admission statuses of the
+#: scripts that queue (``enqueue.lua``, ``revise.lua``).
+_ADMISSION_REFUSALS: dict[str, str] = {
+    "RATE_LIMITED": "messages",
+    "SESSION_QUOTA": SESSION_TOKENS,
+    "CLIENT_QUOTA": CLIENT_TOKENS,
 }
 
 _LOST = ErrorEvent(
@@ -166,85 +116,124 @@ class Queue(Streams):
         return Script(self.redis, "due.lua", DueStatus)
 
     async def enqueue(
-        self, token: str, content: str, max_pending: int, model: str = ""
+        self,
+        token: str,
+        content: str,
+        max_pending: int,
+        model: str = "",
+        limits: MessageLimits | None = None,
     ) -> StoredMessage:
-        """Record a user message in history and queue it for a reply, atomically, in
-        the message stream of the session's model.
-
-        The partition's message stream is trimmed in the same step, never removing an
-        entry the workers have not acknowledged.
+        """Admit a user message, record it in history and queue it for a reply,
+        atomically, in the message stream of the session's model: one script call
+        (``enqueue.lua``), and a refusal changes nothing, so it spends nothing. The
+        stream is trimmed now and then in the same step (acknowledged entries only).
 
         Args:
             model: the session's model as the caller knows it ("": the catalog's
                 default); checked in the same step.
+            limits: the session's admission (its rate window, its quota and its
+                client's; see :class:`storage.admission.MessageLimits`); None: none.
 
         Returns:
             The stored message, with its ``seq`` and its stream entry id (``entry``).
 
         Raises:
             SessionExpired: no such session.
-            SessionFull: the session holds ``max_session_messages`` messages, or would
-                hold more than ``max_session_bytes`` bytes with this one.
-            TooManyPending: ``max_pending`` messages already wait for a reply.
-            Overloaded: the partition's backlog is at ``max_backlog``.
+            Refused: an admission bound is reached (``limit``: ``"messages"``,
+                ``SESSION_TOKENS`` or ``CLIENT_TOKENS``; ``retry_after_s``).
             ModelChanged: the session's model is another (nothing was done).
-            PromptTooLong: the session's system prompt and ``content`` cannot fit the
-                model's context (when the catalog gives it).
+            SessionFull, TooManyPending, Overloaded, PromptTooLong: the
+                :mod:`storage.refusals` of a message: the session's bounds of messages
+                and bytes, ``max_pending``, the partition's ``max_backlog``, the model's
+                context (when the catalog gives it).
         """
         model = model or self.settings.default_model
+        limits = limits or UNLIMITED
         message = StoredMessage(
             id=str(uuid.uuid4()), role="user", content=content, timestamp=utc_now()
         )
         body = message.model_dump_json(include={"id", "role", "content", "timestamp"})
+        context, system_bytes, content_bytes = self._fit(model, content)
+        params = {
+            **await self._queue_params(token, model, limits),
+            "max_pending": max_pending,
+            "message_id": message.id,
+            "max_messages": self.settings.max_session_messages,
+            "context": context,
+            "system_bytes": system_bytes,
+            "content_bytes": content_bytes,
+        }
         status, queued = await self._enqueue(
-            keys=_queue_keys(token, model),
-            args=[
-                body,
-                self.settings.session_ttl_seconds,
-                max_pending,
-                self.settings.message_stream_maxlen,
-                token,
-                message.id,
-                self.settings.max_session_messages,
-                self.settings.max_backlog,
-                keys.CONSUMER_GROUP,
-                await self.trim_mode(),
-                model,
-                self.settings.default_model,
-                self.settings.max_session_bytes,
-                *self._fit_args(model, content),
-            ],
+            keys=[*_queue_keys(token, model), *await self._client_quota_key(limits)],
+            args=[body, json.dumps(params)],
         )
         if status is not EnqueueStatus.QUEUED:
-            raise self._refused(status, queued, token, model)
+            raise self._refused(status, queued, token, model, max_pending)
         message.seq, message.entry = int(queued[0]), str(queued[1])
         return message
 
-    def _refused(self, status: EnqueueStatus, payload: Any, token: str, model: str) -> Exception:
+    async def _queue_params(self, token: str, model: str, limits: MessageLimits) -> dict[str, Any]:
+        """What ``enqueue.lua`` and ``revise.lua`` both take (in their ``ARGV`` object):
+        the session, its model, the bounds of its stream and of its size, its
+        admission."""
+        return {
+            "token": token,
+            "ttl": self.settings.session_ttl_seconds,
+            "maxlen": self.settings.message_stream_maxlen,
+            "max_backlog": self.settings.max_backlog,
+            "group": keys.CONSUMER_GROUP,
+            "trim_mode": await self.trim_mode(),
+            "model": model,
+            "default_model": self.settings.default_model,
+            "max_bytes": self.settings.max_session_bytes,
+            **limits.params(),
+        }
+
+    async def _client_quota_key(self, limits: MessageLimits) -> list[str]:
+        """The client's quota key, checked inside the script on a single Redis; on a
+        Redis Cluster it lives in another slot, so it is checked here first, by one
+        call of its own.
+
+        Raises:
+            Refused: the client's quota is used up.
+        """
+        if not limits.client or not limits.client_quota:
+            return []
+        if not is_cluster(self.redis):
+            return [limit_key(CLIENT_TOKENS, limits.client)]
+        await Limiter(self.redis).check_quota(CLIENT_TOKENS, limits.client, limits.client_quota)
+        return []
+
+    def _refused(
+        self, status: EnqueueStatus, payload: Any, token: str, model: str, max_pending: int
+    ) -> Exception:
         """The exception of an ``enqueue.lua`` refusal (see :meth:`enqueue`)."""
-        if status is EnqueueStatus.WRONG_MODEL:
-            return ModelChanged(str(payload))
-        if status is EnqueueStatus.TOO_LONG:
-            return PromptTooLong(int(payload), self._context(model))
-        if status is EnqueueStatus.SESSION_FULL:
-            return SessionFull()
-        if status is EnqueueStatus.TOO_LARGE:
-            return SessionFull(int(payload))
-        return _REFUSALS[status](token)
+        settings = self.settings
+        match status:
+            case EnqueueStatus.NO_SESSION:
+                return SessionExpired(token)
+            case EnqueueStatus.WRONG_MODEL:
+                return ModelChanged(str(payload))
+            case EnqueueStatus.TOO_LONG:
+                return PromptTooLong(int(payload), self._context(model))
+            case EnqueueStatus.SESSION_FULL:
+                return SessionFull(max_messages=settings.max_session_messages)
+            case EnqueueStatus.TOO_LARGE:
+                return SessionFull(held_bytes=int(payload), max_bytes=settings.max_session_bytes)
+            case EnqueueStatus.TOO_MANY_PENDING:
+                return TooManyPending(max_pending)
+            case EnqueueStatus.OVERLOADED:
+                return Overloaded()
+        return Refused(_ADMISSION_REFUSALS[status.name], int(payload) / 1000)
 
     def _context(self, model: str) -> int:
         """The context of ``model`` (tokens) as the catalog gives it; 0: unknown."""
         offer = self.settings.offer(model)
         return offer.context_tokens if offer is not None and offer.context_tokens else 0
 
-    def _fit_args(self, model: str, content: str) -> list[Arg]:
-        """The arguments of ``enqueue.lua``'s context check: the context of ``model``
-        (tokens; 0: not checked), the bytes of the deployment's system prompt and of
-        ``content``."""
-        return [*self._fit(model, content)]
-
     def _fit(self, model: str, content: str) -> tuple[int, int, int]:
-        """See :meth:`_fit_args`."""
+        """The figures of the scripts' context check: the context of ``model`` (tokens;
+        0: not checked), the bytes of the deployment's system prompt and of ``content``."""
         return (
             self._context(model),
             len(self.settings.system_prompt.encode(errors="replace")),
@@ -252,8 +241,8 @@ class Queue(Streams):
         )
 
     def _turn_bounds(self, model: str, max_attempts: int, content: str | None) -> dict[str, int]:
-        """``revise.lua``'s bounds of a turn (its ``ARGV[16]``): attempts, and for an
-        edit (``content``), the context check of :meth:`_fit_args`."""
+        """``revise.lua``'s bounds of a turn: attempts, and for an
+        edit (``content``), the context check of :meth:`_fit`."""
         context, system_bytes, content_bytes = self._fit(model, content or "")
         return {
             "max_attempts": max_attempts,
@@ -270,69 +259,86 @@ class Queue(Streams):
         max_attempts: int,
         edit: tuple[str, str] | None = None,
         model: str = "",
+        limits: MessageLimits | None = None,
     ) -> Revision:
         """Ask again for the reply to the session's last user message (regenerate), or
         replace its text first (edit), atomically (``revise.lua``).
 
         The reply it replaces, and an edit's old text, become an earlier version of the
-        turn, kept beside the session (:func:`storage.keys.versions_key`); the message is
-        queued again under the same ``seq`` and id, a ``revised`` event with that version
-        goes to every socket, and the new reply is recorded exactly once.
+        turn (:func:`storage.keys.versions_key`); the message is queued again under the
+        same ``seq`` and id, and a ``revised`` event goes to every socket.
 
         Args:
             max_versions: the most earlier versions a turn keeps.
             max_attempts: the most regenerates and edits of one turn, failed or not.
             edit: ``(message id, new content)`` to edit; None to regenerate.
             model: the session's model as the caller knows it ("": the default).
+            limits: the session's admission, as :meth:`enqueue`'s.
 
         Raises:
             SessionExpired: no such session.
-            NotLastMessage: not the session's last user message (or it has none).
-            ReplyInProgress: a message of the session waits for its reply.
-            TooManyVersions: the turn keeps ``max_versions`` earlier versions.
-            TooManyAttempts: the turn was regenerated or edited ``max_attempts`` times.
-            PromptTooLong: the edit and the system prompt cannot fit the model's context.
-            SessionFull: the session would hold more than ``max_session_bytes`` bytes.
-            Overloaded: the partition's backlog is at ``max_backlog``.
+            Refused: an admission bound is reached (as :meth:`enqueue`).
             ModelChanged: the session's model is another (nothing was done).
+            NotLastMessage, ReplyInProgress, TooManyVersions, TooManyAttempts,
+                PromptTooLong, SessionFull, Overloaded: the :mod:`storage.refusals` of a
+                turn asked again (a message waits; ``max_versions``; ``max_attempts``;
+                the edit cannot fit the context; the session's bytes; the backlog).
         """
         model = model or self.settings.default_model
+        limits = limits or UNLIMITED
         message_id, content = edit if edit is not None else ("", None)
+        params = {
+            **await self._queue_params(token, model, limits),
+            "message_id": message_id,
+            "timestamp": utc_now(),
+            "max_versions": max_versions,
+            "channel": keys.channel(token),
+            "events_maxlen": self.settings.events_maxlen,
+            **self._turn_bounds(model, max_attempts, content),
+        }
         status, revised = await self._revise(
-            keys=[*_queue_keys(token, model), keys.events_key(token)],
+            keys=[
+                *_queue_keys(token, model),
+                keys.events_key(token),
+                *await self._client_quota_key(limits),
+            ],
             args=[
-                message_id,
+                json.dumps(params),
                 json.dumps(content, ensure_ascii=False) if content is not None else "",
-                utc_now(),
-                max_versions,
-                token,
-                self.settings.session_ttl_seconds,
-                self.settings.message_stream_maxlen,
-                self.settings.max_backlog,
-                keys.CONSUMER_GROUP,
-                await self.trim_mode(),
-                keys.channel(token),
-                self.settings.events_maxlen,
-                model,
-                self.settings.default_model,
-                self.settings.max_session_bytes,
-                json.dumps(self._turn_bounds(model, max_attempts, content)),
             ],
         )
         if status is not ReviseStatus.REVISED:
-            raise self._revise_refused(status, revised, model)
+            bounds = (max_versions, max_attempts)
+            raise self._revise_refused(status, revised, model, edit is not None, bounds)
         return Revision(int(revised[0]), str(revised[1]), str(revised[2]), str(revised[3]))
 
-    def _revise_refused(self, status: ReviseStatus, payload: Any, model: str) -> Exception:
-        """The exception of a ``revise.lua`` refusal (see :meth:`revise`); no token in
-        it: errors get logged."""
-        if status is ReviseStatus.WRONG_MODEL:
-            return ModelChanged(str(payload))
-        if status is ReviseStatus.TOO_LONG:
-            return PromptTooLong(int(payload), self._context(model))
-        if status is ReviseStatus.TOO_LARGE:
-            return SessionFull(int(payload))
-        return _REVISE_REFUSALS[status]()
+    def _revise_refused(
+        self, status: ReviseStatus, payload: Any, model: str, edit: bool, bounds: tuple[int, int]
+    ) -> Exception:
+        """The exception of a ``revise.lua`` refusal (see :meth:`revise`); ``bounds``:
+        its ``(max_versions, max_attempts)``. No token in it: errors get logged."""
+        command = "edit" if edit else "regenerate"
+        match status:
+            case ReviseStatus.NO_SESSION:
+                return SessionExpired()
+            case ReviseStatus.WRONG_MODEL:
+                return ModelChanged(str(payload))
+            case ReviseStatus.TOO_LONG:
+                return PromptTooLong(int(payload), self._context(model))
+            case ReviseStatus.TOO_LARGE:
+                held = int(payload)
+                return SessionFull(held_bytes=held, max_bytes=self.settings.max_session_bytes)
+            case ReviseStatus.NOT_LAST_MESSAGE:
+                return NotLastMessage(command)
+            case ReviseStatus.IN_PROGRESS:
+                return ReplyInProgress(command)
+            case ReviseStatus.TOO_MANY_VERSIONS:
+                return TooManyVersions(bounds[0])
+            case ReviseStatus.TOO_MANY_ATTEMPTS:
+                return TooManyAttempts(bounds[1])
+            case ReviseStatus.OVERLOADED:
+                return Overloaded()
+        return Refused(_ADMISSION_REFUSALS[status.name], int(payload) / 1000)
 
     async def close_if_lost(self, token: str, model: str = "") -> tuple[int, int]:
         """Close the session's oldest unanswered message with a ``message_lost`` error if

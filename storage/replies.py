@@ -17,7 +17,9 @@ from typing import Any, Final
 
 from protocol.wire import MessageEntry, RestartEvent, ServerEvent
 from storage import keys
+from storage.admission import CLIENT_TOKENS, Limiter, limit_key
 from storage.base import StoreBase
+from storage.connection import is_cluster
 from storage.models import MESSAGE_RECORDS, SessionWindow, StoredMessage
 from storage.scripts import Arg, BeginStatus, EmitBatchStatus, EmitStatus, FinishStatus, Script
 from storage.sessions import SessionExpired
@@ -76,20 +78,33 @@ class Fenced(Exception):
     this attempt may no longer emit or record anything."""
 
 
-def _begun(status: BeginStatus, payload: Any) -> Begun:
-    """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, fields, messages, count]``."""
-    messages = MESSAGE_RECORDS.validate_json(payload[2])
-    fields = json.loads(payload[1])
+def _begun(status: BeginStatus, payload: Any, window: int) -> Begun:
+    """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, read]``: ``read`` the
+    JSON text of the session's fields and its newest ``window + 1`` messages (all of
+    them if ``window`` is 0)."""
+    read = json.loads(payload[1])
+    messages = read[_messages_path(window)]
+    complete = not window or len(messages) <= window
+    if not complete:
+        messages = messages[-window:]
+
+    def field(name: str, default: Any) -> Any:
+        found = read[f"$.{name}"]
+        return found[0] if found else default
+
     session = SessionWindow(
-        stop_seq=fields.get("stop_seq", 0),
-        model=fields.get("model", ""),
-        system_prompt=fields.get("system_prompt", ""),
-        summary=fields.get("summary"),
-        messages=messages,
+        stop_seq=field("stop_seq", 0),
+        model=field("model", ""),
+        system_prompt=field("system_prompt", ""),
+        summary=field("summary", None),
+        messages=MESSAGE_RECORDS.validate_python(messages),
     )
-    return Begun(
-        status, session, crashes=int(payload[0]), complete=len(messages) == int(payload[3])
-    )
+    return Begun(status, session, crashes=int(payload[0]), complete=complete)
+
+
+def _messages_path(window: int) -> str:
+    """The JSONPath of ``begin.lua``'s read of the newest ``window + 1`` messages."""
+    return f"$.messages[-{window + 1}:]" if window else "$.messages[*]"
 
 
 class Replies(StoreBase):
@@ -137,21 +152,25 @@ class Replies(StoreBase):
             SessionExpired: the session no longer exists.
         """
         restart = RestartEvent(message_id=entry.message_id)
+        params = {
+            "seq": entry.seq,
+            "attempt": attempt,
+            "restart": restart.model_dump_json(exclude_none=True),
+            "channel": keys.channel(entry.token),
+            "events_maxlen": self.settings.events_maxlen,
+            "ttl": self.settings.session_ttl_seconds,
+            "window": window,
+            "entry": entry_id,
+        }
         status, payload = await self._begin(
             keys=[keys.session_key(entry.token), keys.events_key(entry.token)],
-            args=[
-                entry.seq,
-                attempt,
-                *self.event_args(entry.token, restart.model_dump_json(exclude_none=True)),
-                window,
-                entry_id,
-            ],
+            args=[json.dumps(params)],
         )
         if status is BeginStatus.NO_SESSION:
             raise SessionExpired(entry.token)
         if status in (BeginStatus.ANSWERED, BeginStatus.NOT_YET, BeginStatus.STALE):
             return Begun(status)
-        return _begun(status, payload)
+        return _begun(status, payload, window)
 
     async def emit(
         self, token: str, event: ServerEvent, attempt: str, *, first: bool = True
@@ -162,8 +181,8 @@ class Replies(StoreBase):
         Args:
             attempt: the attempt emitting (see :meth:`begin`).
             first: the attempt's first event: the session's event stream is given the
-                session's TTL (two commands more); later events of the attempt skip
-                it, and :meth:`finish` gives it again.
+                session's TTL (a command more); later events of the attempt skip it,
+                and :meth:`finish` gives it again.
 
         Returns:
             The event id, or None if the session no longer exists.
@@ -195,7 +214,7 @@ class Replies(StoreBase):
         """
         assert len({keys.partition(e.token) for e in emits}) <= 1, "one partition a call"
         script_keys: list[str] = []
-        args: list[Arg] = [self.settings.events_maxlen]
+        args: list[Arg] = [self.settings.events_maxlen, self.settings.session_ttl_seconds * 1000]
         for e in emits:
             script_keys += [keys.session_key(e.token), keys.events_key(e.token)]
             args += [e.event, keys.channel(e.token), e.attempt, "1" if e.first else "0"]
@@ -216,44 +235,51 @@ class Replies(StoreBase):
         attempt: str,
         *,
         ack: tuple[str, str] | None = None,
+        tail: Sequence[ServerEvent] = (),
+        cost: int = 0,
     ) -> str | None:
-        """Record the reply of a user message (None: it failed) and emit ``event``, once.
+        """Record the reply of a user message (None: it failed), emit ``event``, charge
+        what it cost and acknowledge its entry, once: one script call (``finish.lua``).
 
         Args:
-            attempt: the attempt finishing (see :meth:`begin`); ``""`` closes the
-                message whatever attempt runs, once it is its turn, and fences them all
-                (for an entry given up before any attempt could begin).
+            attempt: the attempt finishing (see :meth:`begin`); ``""``: whatever attempt
+                runs, once it is its turn, fencing them all (an entry given up).
             ack: ``(stream, entry id)`` of the message's stream entry, acknowledged in
-                the same script (no round trip of its own) once the message is closed
-                or its session gone; when this returns or raises
-                :class:`SessionExpired`, it is acked. Not with ``Fenced`` or
-                ``NotYourTurn``. The entry is also fenced: one that is not the entry
-                the message is queued under now (a regenerate or edit queued it again)
-                closes nothing and is acknowledged.
+                the same script once the message is closed or its session gone (not
+                with ``Fenced`` or ``NotYourTurn``). The entry is also fenced: one that
+                is not the one the message is queued under now closes nothing (acked).
+            tail: events emitted just before ``event`` (the rest of the reply's text).
+            cost: model tokens the reply's requests cost, charged to the session's
+                quota and its client's (``entry.client``; on a Redis Cluster, in another
+                slot, by a call of its own) whatever the outcome but ``NotYourTurn``.
 
         Returns:
-            The event id; None if the reply was already recorded or the entry is stale
-            (nothing changed).
+            The closing event's id; None if the reply was already recorded or the entry
+            is stale (nothing changed).
 
         Raises:
             SessionExpired: the session no longer exists.
             Fenced: another attempt has begun since.
             NotYourTurn: (``attempt`` empty) an earlier message is still unanswered.
         """
+        client = limit_key(CLIENT_TOKENS, entry.client) if entry.client and cost else ""
+        in_script = bool(client) and not is_cluster(self.redis)
+        params = self._finish_params(entry, attempt, ack, cost, charge_client=in_script)
+        script_keys = [keys.session_key(entry.token), keys.events_key(entry.token)]
+        script_keys += [ack[0]] if ack else []
+        script_keys += [client] if in_script else []
         status, event_id = await self._finish(
-            keys=[
-                keys.session_key(entry.token),
-                keys.events_key(entry.token),
-                *([ack[0]] if ack else []),
-            ],
+            keys=script_keys,
             args=[
-                entry.seq,
+                json.dumps(params),
                 reply.model_dump_json(exclude={"versions"}) if reply is not None else "",
-                *self.event_args(entry.token, event.model_dump_json(exclude_none=True)),
-                attempt,
-                *([keys.CONSUMER_GROUP, ack[1]] if ack else []),
+                *(e.model_dump_json(exclude_none=True) for e in (*tail, event)),
             ],
         )
+        if client and not in_script and status is not FinishStatus.NOT_YOUR_TURN:
+            await Limiter(self.redis).charge(
+                CLIENT_TOKENS, entry.client, cost, self.settings.quota_period_s
+            )
         if status is FinishStatus.NO_SESSION:
             raise SessionExpired(entry.token)
         if status is FinishStatus.FENCED:
@@ -261,3 +287,27 @@ class Replies(StoreBase):
         if status is FinishStatus.NOT_YOUR_TURN:
             raise NotYourTurn(entry.token)
         return str(event_id) if status is FinishStatus.FINISHED else None
+
+    def _finish_params(
+        self,
+        entry: MessageEntry,
+        attempt: str,
+        ack: tuple[str, str] | None,
+        cost: int,
+        *,
+        charge_client: bool,
+    ) -> dict[str, Any]:
+        """``finish.lua``'s ``ARGV[1]`` object (see :meth:`finish`)."""
+        return {
+            "seq": entry.seq,
+            "attempt": attempt,
+            "channel": keys.channel(entry.token),
+            "events_maxlen": self.settings.events_maxlen,
+            "ttl": self.settings.session_ttl_seconds,
+            "group": keys.CONSUMER_GROUP,
+            "entry": ack[1] if ack else "",
+            "ack": ack is not None,
+            "charge_client": charge_client,
+            "units": cost,
+            "period_ms": max(1, round(self.settings.quota_period_s * 1000)),
+        }

@@ -20,38 +20,45 @@
 --   tell a replayed revision from a new one; every socket of the session sees it, and
 --   resume replays it.
 -- Refused without any change unless every message of the session is answered, or for
--- any message but the last, at the bound of versions, when the session would hold more
--- than its bound of bytes, or when the partition's backlog is full (as enqueue.lua).
--- KEYS[1] session document, KEYS[2] message stream, KEYS[3] waiting set,
--- KEYS[4] the session's versions document, KEYS[5] session event stream
--- ARGV[1] message id of an edit ("" to regenerate), ARGV[2] the edit's content as a JSON
--- string, in UTF-8 rather than \u escapes so that its length is what it adds to the
--- session ("" to regenerate), ARGV[3] the edit's timestamp, ARGV[4] max earlier versions
--- of a turn, ARGV[5] token, ARGV[6] session TTL (s), ARGV[7] stream bound (entries, ~),
--- ARGV[8] max backlog of the partition, ARGV[9] consumer group, ARGV[10] trim mode,
--- ARGV[11] channel, ARGV[12] event stream MAXLEN (~), ARGV[13] the model of KEYS[2]
--- and KEYS[3], ARGV[14] the catalog's default model, ARGV[15] max bytes of a session,
--- ARGV[16] a JSON object of the turn's bounds: "max_attempts" (regenerates and edits
--- of one turn, failed or not: the user message counts them in "revisions"), and for an
--- edit, as enqueue.lua checks a message: "context" (the model's, tokens; 0: not
--- checked), "system_bytes" (the deployment's system prompt), "content_bytes"
+-- any message but the last, at the bound of versions or of attempts, when the session
+-- would hold more than its bound of bytes, when the partition's backlog is full (as
+-- enqueue.lua), or when an admission bound is reached (admission, library.lua: a
+-- regenerate or an edit asks the model as a message does, and is admitted as one).
+-- KEYS: the session document, the message stream, the waiting set, the session's
+-- versions document, the session's event stream, and (optional; not on a Redis
+-- Cluster) the client's quota key.
+-- ARGV[1] a JSON object: message_id (of an edit; "" to regenerate), timestamp (the
+-- edit's), max_versions (earlier versions of a turn), max_attempts (regenerates and
+-- edits of one turn, failed or not: the user message counts them in "revisions"),
+-- token, ttl (s), maxlen (stream bound, entries, ~), max_backlog, group, trim_mode,
+-- channel, events_maxlen (~), model (that of the stream and the waiting set),
+-- default_model, max_bytes, context, system_bytes, content_bytes (an edit's check, as
+-- enqueue.lua's), client, rate_limit, rate_window_ms, session_quota, client_quota (as
+-- enqueue.lua's); ARGV[2] the edit's content as a JSON string, in UTF-8 rather than \u
+-- escapes so that its length is what it adds to the session ("" to regenerate)
 -- Returns {REVISED, {seq, message id, entry id, event id}}, or {NO_SESSION},
 -- {NOT_LAST_MESSAGE}, {IN_PROGRESS} (a reply is generated or messages wait),
 -- {TOO_MANY_VERSIONS}, {OVERLOADED}, {WRONG_MODEL, the session's model},
 -- {TOO_LARGE, the bytes the session holds}, {TOO_MANY_ATTEMPTS}, {TOO_LONG, the
--- prompt's tokens}.
-local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_MANY_ATTEMPTS, TOO_LONG = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
-local bounds = cjson.decode(ARGV[16])
+-- prompt's tokens}, {RATE_LIMITED, ms}, {SESSION_QUOTA, ms}, {CLIENT_QUOTA, ms}.
+local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_MANY_ATTEMPTS, TOO_LONG, RATE_LIMITED, SESSION_QUOTA, CLIENT_QUOTA = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
+local REFUSALS = {rate = RATE_LIMITED, session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA}
+local session, stream, waiting, versions, events, client_quota = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local p, content = cjson.decode(ARGV[1]), ARGV[2]
 local read = redis.call(
-  'JSON.GET', KEYS[1], '$.seq', '$.replied_seq', '$.stop_seq', '$.model', '$.size_bytes',
-  '$.system_prompt')
+  'JSON.GET', session, '$.seq', '$.replied_seq', '$.stop_seq', '$.model', '$.size_bytes',
+  '$.system_prompt', '$.rate', '$.quota')
 if not read then
   return reply(NO_SESSION)
 end
 read = cjson.decode(read)
-local model = model_of(read, ARGV[14])
-if model ~= ARGV[13] then
+local model = model_of(read, p.default_model)
+if model ~= p.model then
   return reply(WRONG_MODEL, model)
+end
+local refused, window = admission(read, p, client_quota, lazy_clock())
+if refused then
+  return reply(REFUSALS[refused], window)
 end
 local seq = tonumber(read['$.seq'][1])
 local replied = tonumber(read['$.replied_seq'][1])
@@ -61,11 +68,11 @@ end
 
 -- The last user message (seq) and its reply: only replies follow it in history, so the
 -- search from the end is short (at most one step per message that waited with it).
-local count = redis.call('JSON.ARRLEN', KEYS[1], '.messages')
+local count = redis.call('JSON.ARRLEN', session, '.messages')
 local user, user_at, answer, answer_at
 local replies = {}
 for i = count - 1, 0, -1 do
-  local message = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.messages[' .. i .. ']'))[1]
+  local message = cjson.decode(redis.call('JSON.GET', session, '$.messages[' .. i .. ']'))[1]
   if message.role == 'user' and tonumber(message.seq) == seq then
     user, user_at = message, i
     break
@@ -74,7 +81,7 @@ for i = count - 1, 0, -1 do
     replies[#replies + 1] = {message, i}
   end
 end
-if user == nil or (ARGV[1] ~= '' and user.id ~= ARGV[1]) then
+if user == nil or (p.message_id ~= '' and user.id ~= p.message_id) then
   return reply(NOT_LAST_MESSAGE)
 end
 if seq > replied then
@@ -86,16 +93,16 @@ for _, found in ipairs(replies) do
   end
 end
 
-local edited = ARGV[1] ~= ''
+local edited = p.message_id ~= ''
 local revisions = tonumber(user.revisions) or 0
-if revisions >= bounds.max_attempts then
+if revisions >= p.max_attempts then
   return reply(TOO_MANY_ATTEMPTS)
 end
-if edited and bounds.context > 0 then
+if edited and p.context > 0 then
   local own = read['$.system_prompt'][1]
-  local system = (type(own) == 'string' and #own > 0) and #own or bounds.system_bytes
-  local tokens = prompt_tokens(system, bounds.content_bytes)
-  if tokens > bounds.context then
+  local system = (type(own) == 'string' and #own > 0) and #own or p.system_bytes
+  local tokens = prompt_tokens(system, p.content_bytes)
+  if tokens > p.context then
     return reply(TOO_LONG, tokens)
   end
 end
@@ -103,13 +110,13 @@ end
 -- still inside the message (older data).
 local path = '$[' .. cjson.encode(user.id) .. ']'
 local stored = 0
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  stored = redis.call('JSON.ARRLEN', KEYS[4], path)[1] or 0
+if redis.call('EXISTS', versions) == 1 then
+  stored = redis.call('JSON.ARRLEN', versions, path)[1] or 0
 end
 local inside = type(user.versions) == 'table' and user.versions or {}
 -- A regenerate after a failed reply replaces nothing: no version to keep.
 local keep = answer ~= nil or edited
-if keep and stored + #inside >= tonumber(ARGV[4]) then
+if keep and stored + #inside >= p.max_versions then
   return reply(TOO_MANY_VERSIONS)
 end
 
@@ -146,56 +153,69 @@ if answer ~= nil then
   growth = growth - #cjson.encode(answer)
 end
 if edited then
-  growth = growth + #ARGV[2] - #cjson.encode(user.content)
+  growth = growth + #content - #cjson.encode(user.content)
 end
-local size = session_size(KEYS[1], read)
-if size + growth > tonumber(ARGV[15]) then
+local size = session_size(session, read)
+if size + growth > p.max_bytes then
   return reply(TOO_LARGE, size)
 end
 
-local backlog = backlog_of(KEYS[2], ARGV[9], tonumber(ARGV[8]))
-if backlog >= tonumber(ARGV[8]) then
+local backlog = backlog_of(stream, p.group, p.max_backlog)
+if backlog >= p.max_backlog then
   return reply(OVERLOADED)
 end
 
 if #moving > 0 then
   if stored > 0 then
-    redis.call('JSON.ARRAPPEND', KEYS[4], path, unpack(moving))
+    redis.call('JSON.ARRAPPEND', versions, path, unpack(moving))
   else
-    if redis.call('EXISTS', KEYS[4]) == 0 then
-      redis.call('JSON.SET', KEYS[4], '$', '{}')
+    if redis.call('EXISTS', versions) == 0 then
+      redis.call('JSON.SET', versions, '$', '{}')
     end
-    redis.call('JSON.SET', KEYS[4], path, '[' .. table.concat(moving, ',') .. ']')
+    redis.call('JSON.SET', versions, path, '[' .. table.concat(moving, ',') .. ']')
   end
 end
 if #inside > 0 then
-  redis.call('JSON.DEL', KEYS[1], '$.messages[' .. user_at .. '].versions')
+  redis.call('JSON.DEL', session, '$.messages[' .. user_at .. '].versions')
 end
 if answer_at ~= nil then
-  redis.call('JSON.ARRPOP', KEYS[1], '.messages', answer_at)
+  redis.call('JSON.ARRPOP', session, '.messages', answer_at)
+end
+local at = '$.messages[' .. user_at .. ']'
+local changes = {}
+local function change(path, value)
+  changes[#changes + 1] = session
+  changes[#changes + 1] = path
+  changes[#changes + 1] = value
 end
 if edited then
-  user.content = cjson.decode(ARGV[2])
-  user.timestamp = ARGV[3]
-  redis.call('JSON.SET', KEYS[1], '$.messages[' .. user_at .. '].content', ARGV[2])
-  redis.call('JSON.SET', KEYS[1], '$.messages[' .. user_at .. '].timestamp', cjson.encode(ARGV[3]))
+  user.content = cjson.decode(content)
+  user.timestamp = p.timestamp
+  change(at .. '.content', content)
+  change(at .. '.timestamp', cjson.encode(p.timestamp))
 end
 
-local id = redis.call('XADD', KEYS[2], '*', 'token', ARGV[5], 'seq', seq, 'message_id', user.id)
-redis.call('JSON.SET', KEYS[1], '$.messages[' .. user_at .. '].entry', cjson.encode(id))
-redis.call('JSON.SET', KEYS[1], '$.messages[' .. user_at .. '].revisions', revisions + 1)
-redis.call('JSON.SET', KEYS[1], '.replied_seq', seq - 1)
-redis.call('JSON.SET', KEYS[1], '$.generator', '""')
-redis.call('JSON.SET', KEYS[1], '$.crashes', '""')
+local id = redis.call(
+  'XADD', stream, '*', 'token', p.token, 'seq', seq, 'message_id', user.id, 'client', p.client
+)
+local now = id_ms(id)
+change(at .. '.entry', cjson.encode(id))
+change(at .. '.revisions', revisions + 1)
+change('$.replied_seq', seq - 1)
+change('$.generator', '""')
+change('$.crashes', '""')
 if tonumber(read['$.stop_seq'][1]) >= seq then
-  redis.call('JSON.SET', KEYS[1], '$.stop_seq', seq - 1)
+  change('$.stop_seq', seq - 1)
 end
-redis.call('JSON.SET', KEYS[1], '$.size_bytes', size + growth)
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-local now = redis.call('TIME')
-redis.call('ZADD', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[5])
-trim_stream(KEYS[2], ARGV[9], ARGV[7], ARGV[10], backlog + 1)
+change('$.size_bytes', size + growth)
+change('$.rate', admitted_window(window, now, p.rate_window_ms))
+change('$.client', cjson.encode(p.client))
+change('$.versioned', 'true')
+redis.call('JSON.MSET', unpack(changes))
+redis.call('EXPIRE', session, p.ttl)
+redis.call('EXPIRE', versions, p.ttl)
+redis.call('ZADD', waiting, now, p.token)
+trim_stream(stream, p.group, p.maxlen, p.trim_mode, backlog + 1)
 
 local shown = public(user)
 shown.stopped = nil
@@ -205,5 +225,5 @@ if keep then
   event = event .. ',"version":' .. moving[#moving]
 end
 event = event .. ',"version_count":' .. (stored + #moving) .. '}'
-local event_id = append_event(KEYS[5], redis.call('PTTL', KEYS[1]), ARGV[12], ARGV[11], event)
+local event_id = append_event(events, p.ttl * 1000, p.events_maxlen, p.channel, event)
 return reply(REVISED, {seq, user.id, id, event_id})

@@ -67,7 +67,9 @@ class QuotaStatus(IntEnum):
 
 class EnqueueStatus(IntEnum):
     """``enqueue.lua``: queued (payload: ``[seq, entry id]``) or refused, unchanged
-    (``TOO_LARGE``'s payload: the bytes the session holds)."""
+    (``TOO_LARGE``'s payload: the bytes the session holds; ``TOO_LONG``'s: the prompt's
+    tokens; an admission bound's, ``RATE_LIMITED`` to ``CLIENT_QUOTA``: ms until it
+    would admit)."""
 
     QUEUED = 0
     NO_SESSION = 1
@@ -77,12 +79,16 @@ class EnqueueStatus(IntEnum):
     WRONG_MODEL = 5
     TOO_LARGE = 6
     TOO_LONG = 7
+    RATE_LIMITED = 8
+    SESSION_QUOTA = 9
+    CLIENT_QUOTA = 10
 
 
 class ReviseStatus(IntEnum):
     """``revise.lua``: the last message is queued again (payload: ``[seq, message id,
     entry id, event id]``) or refused, unchanged (``TOO_LARGE``'s payload: the bytes
-    the session holds; ``TOO_LONG``'s: the prompt's tokens)."""
+    the session holds; ``TOO_LONG``'s: the prompt's tokens; an admission bound's,
+    ``RATE_LIMITED`` to ``CLIENT_QUOTA``: ms until it would admit)."""
 
     REVISED = 0
     NO_SESSION = 1
@@ -94,6 +100,9 @@ class ReviseStatus(IntEnum):
     TOO_LARGE = 7
     TOO_MANY_ATTEMPTS = 8
     TOO_LONG = 9
+    RATE_LIMITED = 10
+    SESSION_QUOTA = 11
+    CLIENT_QUOTA = 12
 
 
 class SetModelStatus(IntEnum):
@@ -106,7 +115,7 @@ class SetModelStatus(IntEnum):
 
 class BeginStatus(IntEnum):
     """``begin.lua``: an attempt began, first or after a ``restart`` event (payload:
-    ``[crashes, fields JSON, messages JSON, message count]``), or nothing changed."""
+    ``[crashes, the JSON text of the session's read]``), or nothing changed."""
 
     STARTED = 0
     RESTARTED = 1
@@ -141,6 +150,14 @@ class FinishStatus(IntEnum):
     FENCED = 3
     NOT_YOUR_TURN = 4
     STALE = 5
+
+
+class ChargeStatus(IntEnum):
+    """``charge.lua``: the session's quota charged (payload: its client's digest, "" if
+    unknown), or no session."""
+
+    CHARGED = 0
+    NO_SESSION = 1
 
 
 class LostStatus(IntEnum):

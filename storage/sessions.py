@@ -19,7 +19,7 @@ from protocol.wire import utc_now
 from storage import keys
 from storage.base import StoreBase, json_get_command, json_reply
 from storage.models import Session
-from storage.scripts import Script, SetModelStatus, StopStatus
+from storage.scripts import ChargeStatus, Script, SetModelStatus, StopStatus
 
 
 class SessionExpired(Exception):
@@ -36,6 +36,40 @@ class Sessions(StoreBase):
     @cached_property
     def _stop(self) -> Script[StopStatus]:
         return Script(self.redis, "stop.lua", StopStatus)
+
+    @cached_property
+    def _charge(self) -> Script[ChargeStatus]:
+        return Script(self.redis, "charge.lua", ChargeStatus)
+
+    async def charge(self, token: str, units: int) -> str:
+        """Charge ``units`` model tokens to the session's quota (``charge.lua``): a
+        model request outside a reply, which ``finish.lua`` charges itself. Returns the
+        session's client digest ("": unknown), whose quota is to be charged too.
+
+        Raises:
+            SessionExpired: no such session.
+        """
+        period_ms = max(1, round(self.settings.quota_period_s * 1000))
+        status, client = await self._charge(keys=[keys.session_key(token)], args=[units, period_ms])
+        if status is ChargeStatus.NO_SESSION:
+            raise SessionExpired(token)
+        return str(client)
+
+    async def quota_used(self, token: str) -> int:
+        """Model tokens the session used in its quota's period so far (0: none, or the
+        period is over), as admission reads them."""
+        found = await self.json_get(keys.session_key(token), "$.quota")
+        if not found:
+            return 0
+        quota = found[0]
+        now_ms = (await self.redis.time())[0] * 1000
+        return int(quota["used"]) if quota["renews"] > now_ms else 0
+
+    async def client_of(self, token: str) -> str:
+        """The digest of the client that sent the session's latest message ("": none
+        yet), whose quota its replies are charged to."""
+        found = await self.json_get(keys.session_key(token), "$.client")
+        return str(found[0]) if found else ""
 
     async def create_session(
         self, name: str, owner: str = "", *, model: str = "", system_prompt: str = ""

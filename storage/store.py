@@ -22,14 +22,13 @@ from storage.consumers import Consumers, Released
 from storage.events import Events
 from storage.owners import NotTheOwner, OwnerFull, Owners, OwnerUnknown
 from storage.pools import Backlog, Pools
-from storage.queue import (
-    ModelChanged,
+from storage.queue import ModelChanged, Queue, Revision
+from storage.refusals import (
     NotLastMessage,
     Overloaded,
     PromptTooLong,
-    Queue,
+    Refusal,
     ReplyInProgress,
-    Revision,
     SessionFull,
     TooManyAttempts,
     TooManyPending,
@@ -72,6 +71,7 @@ __all__ = [
     "OwnerFull",
     "OwnerUnknown",
     "PromptTooLong",
+    "Refusal",
     "Released",
     "ReplyInProgress",
     "Revision",

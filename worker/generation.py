@@ -21,6 +21,7 @@ from protocol.wire import (
     ErrorEvent,
     MessageEntry,
     RestartEvent,
+    TokenEvent,
     utc_now,
 )
 from runtime.logs import fingerprint
@@ -38,7 +39,7 @@ from worker.memory import HistoryTooShort, PromptPlan, plan_prompt
 from worker.metrics import REPLIES, REPLY_SECONDS, TIME_TO_FIRST_TOKEN
 from worker.overflow import context_overflow
 from worker.publish import TokenPublisher, end_on_stop
-from worker.quota import charge_reply, reply_cost
+from worker.quota import reply_cost
 from worker.response import track_usage
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,13 @@ class _Model(NamedTuple):
 
 
 class _Streamed(NamedTuple):
-    """A reply as streamed: its text, its time to first token (s), why it was cut."""
+    """A reply as streamed: its text, its time to first token (s), why it was cut, and
+    its tail (its last piece, not yet published: see :meth:`TokenPublisher.publish`)."""
 
     text: str
     first_token_s: float
     truncated: Truncated
+    tail: str
 
 
 class ReplyGenerator:
@@ -118,7 +121,7 @@ class ReplyGenerator:
         try:
             model = self._model(begun.session.model)
         except LLMError as e:
-            await self._fail(entry, attempt, e, ack)
+            await self._fail(entry, attempt, e, ack, cost=0)
             return True
         plan = await self._prompt(entry, begun, model)
         usage = track_usage()  # filled by the model's responses, for the quotas
@@ -129,17 +132,15 @@ class ReplyGenerator:
             )
         except LLMError as e:
             # Every request the model server answered is paid for, failed or retried.
-            await charge_reply(
-                self.limiter, self.settings, entry.token, reply_cost(usage, plan.messages, "")
-            )
-            await self._fail(entry, attempt, e, ack)
+            cost = reply_cost(usage, plan.messages, "")
+            await self._fail(entry, attempt, e, ack, cost=cost)
             return True
-        # Charged before the reply is recorded, so a client that sees its `done` finds
-        # the quota up to date; what the model generated counts, recorded or not.
+        # Charged by the script that records the reply, so a client that sees its
+        # `done` finds the quota up to date; what the model generated counts, recorded
+        # or not.
         cost = reply_cost(usage, plan.messages, streamed.text)
-        await charge_reply(self.limiter, self.settings, entry.token, cost)
         return await self._record(
-            entry, attempt, streamed, started, stop.is_set(), ack, plan, model
+            entry, attempt, streamed, started, stop.is_set(), ack, plan, model, cost
         )
 
     async def _stream_within_context(
@@ -236,13 +237,15 @@ class ReplyGenerator:
         ack: tuple[str, str] | None,
         plan: PromptPlan,
         model: _Model,
+        cost: int,
     ) -> bool:
-        """Record the reply of ``model`` with its ``done`` event, then
-        count and log it, and queue the session's title or summary job if it calls for
-        one. Returns whether the recording script acked ``ack``: a first reply's entry
-        is left for the caller to ack once its title job is queued, so a worker that
-        dies in between leaves it pending, and the worker that takes it over finds the
-        reply recorded and queues the job (:class:`worker.reply.Replies`)."""
+        """Record the reply of ``model`` with its ``done`` event (after its tail), charge
+        its ``cost`` (model tokens), then count and log it, and queue the session's
+        title or summary job if it calls for one. Returns whether the recording script
+        acked ``ack``: a first reply's entry is left for the caller to ack once its
+        title job is queued, so a worker that dies in between leaves it pending, and
+        the worker that takes it over finds the reply recorded and queues the job
+        (:class:`worker.reply.Replies`)."""
         title_due = entry.seq == 1 and self.settings.conversation_titles
         reply = StoredMessage(
             id=str(uuid.uuid4()),
@@ -255,8 +258,11 @@ class ReplyGenerator:
             model=model.id,
         )
         done = DoneEvent(message_id=entry.message_id, reply=reply.public())
+        tail = [TokenEvent(message_id=entry.message_id, content=streamed.tail)]
+        ack = None if title_due else ack
+        tail = tail if streamed.tail else []
         event_id = await self.store.finish(
-            entry, reply, done, attempt, ack=None if title_due else ack
+            entry, reply, done, attempt, ack=ack, tail=tail, cost=cost
         )
         total_s = time.perf_counter() - started
         outcome = "stopped" if reply.stopped else "truncated" if reply.truncated else "done"
@@ -268,17 +274,14 @@ class ReplyGenerator:
                 await self.followups.request_title(entry.token, model.id)
             if self.followups.summary_due(plan, reply, model.api_model):
                 await self.followups.request_summary(entry.token, model.id)
-        logger.info(
-            "message_id=%s session=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
-            entry.message_id,
-            fingerprint(entry.token),
-            entry.seq,
-            outcome if not reply.truncated else f"{outcome} ({reply.truncated})",
-            len(streamed.text),
-            streamed.first_token_s * 1000,
-            total_s * 1000,
-            "" if event_id else " (already recorded)",
-        )
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "message_id=%s session=%s seq=%d %s chars=%d ttft_ms=%.1f total_ms=%.1f%s",
+                *(entry.message_id, fingerprint(entry.token), entry.seq),
+                outcome if not reply.truncated else f"{outcome} ({reply.truncated})",
+                *(len(streamed.text), streamed.first_token_s * 1000, total_s * 1000),
+                "" if event_id else " (already recorded)",
+            )
         return not title_due
 
     async def _prompt(
@@ -324,12 +327,19 @@ class ReplyGenerator:
             return prompt(whole.messages, whole.summary, True)
 
     async def _fail(
-        self, entry: MessageEntry, attempt: str, error: LLMError, ack: tuple[str, str] | None
+        self,
+        entry: MessageEntry,
+        attempt: str,
+        error: LLMError,
+        ack: tuple[str, str] | None,
+        *,
+        cost: int,
     ) -> None:
+        """Record the model's ``error`` as the end of the reply, charging ``cost``."""
         logger.warning("message_id=%s model error %s: %s", entry.message_id, error.code, error)
         REPLIES.labels(error.code.value).inc()
         event = ErrorEvent(message_id=entry.message_id, code=error.code, detail=error.public_detail)
-        await self.store.finish(entry, None, event, attempt, ack=ack)
+        await self.store.finish(entry, None, event, attempt, ack=ack, cost=cost)
 
     async def _stream(
         self,
@@ -362,7 +372,7 @@ class ReplyGenerator:
         pieces = Coalescer(queue)
         try:
             publisher = TokenPublisher(self.emits, self.settings, entry, attempt)
-            first_token_s, cut = await publisher.publish(pieces, reader, started)
+            first_token_s, cut, tail = await publisher.publish(pieces, reader, started)
             timed_out = stopper.done() and stopper.result()
         finally:
             await cancel_and_wait([reader, stopper])
@@ -373,4 +383,5 @@ class ReplyGenerator:
                     f"the model sent nothing within {self.settings.reply_timeout_s:g} s"
                 )
             raise EmptyReply("the model returned an empty reply")
-        return _Streamed(text, first_token_s, "length" if cut else "time" if timed_out else None)
+        truncated: Truncated = "length" if cut else "time" if timed_out else None
+        return _Streamed(text, first_token_s, truncated, tail)

@@ -34,7 +34,7 @@ from worker.config import WorkerSettings
 from worker.errors import LLMError
 from worker.llm import LLMClient, PromptMessage
 from worker.metrics import JOB_FAILURES
-from worker.quota import charge_reply, reply_cost
+from worker.quota import charge_request, reply_cost
 from worker.response import Usage, track_usage
 
 logger = logging.getLogger(__name__)
@@ -277,8 +277,9 @@ class IdleJobs:
                 pieces.append(piece)
         except LLMError:
             cost = reply_cost(usage, prompt, "".join(pieces))
-            await charge_reply(self.limiter, self.settings, token, cost)
+            await charge_request(self.store, self.limiter, self.settings, token, cost)
             raise
         text = "".join(pieces)
-        await charge_reply(self.limiter, self.settings, token, reply_cost(usage, prompt, text))
+        cost = reply_cost(usage, prompt, text)
+        await charge_request(self.store, self.limiter, self.settings, token, cost)
         return Answer(text, usage)

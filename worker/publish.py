@@ -44,10 +44,12 @@ class TokenPublisher:
 
     async def publish(
         self, pieces: Coalescer, reader: asyncio.Task[None], started: float
-    ) -> tuple[float, bool]:
+    ) -> tuple[float, bool, str]:
         """Publish the reply's pieces as ``token`` events until it ends; return its TTFT
-        (s, since ``started``, a ``time.perf_counter()``) and whether it was cut at
-        ``reply_max_chars``.
+        (s, since ``started``, a ``time.perf_counter()``), whether it was cut at
+        ``reply_max_chars``, and the tail: the last piece, taken with the end of the
+        reply and not published here ("": none), which the script that records the reply
+        emits (one round trip fewer).
 
         The first delta is published at once; after each publication, deltas that
         arrive within ``stream_flush_ms`` are joined into the next event.
@@ -66,19 +68,19 @@ class TokenPublisher:
             room -= len(body)
             if len(pieces.parts) == 1:
                 first_token_s = time.perf_counter() - started
+            if cut or pieces.finished:
+                return first_token_s, cut, body
             sent_at = time.perf_counter()
             if body:
                 await self.emit(TokenEvent(message_id=self.entry.message_id, content=body), first)
                 first = False
-            if cut:
-                return first_token_s, True
             # Wait out the window only while the model is still sending: once the
             # whole reply is queued (or a stop ends the reader), the rest goes out at
             # once, so the end of a reply never waits for the window.
             remaining = window - (time.perf_counter() - sent_at)
             if remaining > 0 and not pieces.finished and not reader.done():
                 await asyncio.wait({reader}, timeout=remaining)
-        return first_token_s, False
+        return first_token_s, False, ""
 
 
 async def end_on_stop(

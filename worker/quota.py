@@ -8,15 +8,14 @@ the reply (:func:`worker.memory.estimate_tokens`, one token per 3 UTF-8 bytes).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
-from redis.exceptions import RedisError
-
 from runtime.config import CommonSettings
 from runtime.logs import fingerprint
-from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter
+from storage.admission import CLIENT_TOKENS, Limiter
+from storage.connection import REDIS_DOWN
+from storage.store import SessionExpired, Store
 from worker.llm import PromptMessage
 from worker.memory import estimate_tokens
 from worker.response import Usage
@@ -41,21 +40,24 @@ def reply_cost(usage: Usage, prompt: Sequence[PromptMessage], reply: str) -> int
     return cost
 
 
-async def charge_reply(limiter: Limiter, settings: CommonSettings, token: str, tokens: int) -> None:
-    """Count ``tokens`` against session ``token``'s quota and its client's.
+async def charge_request(
+    store: Store, limiter: Limiter, settings: CommonSettings, token: str, tokens: int
+) -> None:
+    """Count ``tokens`` against session ``token``'s quota and its client's, for a model
+    request outside a reply (a title, a summary: a reply is charged by the script that
+    records it, :meth:`storage.store.Store.finish`).
 
-    The session's charge and the lookup of its client go out at once (two round trips
-    in all, not three). A failure to charge is logged, not raised: the reply is about
-    to be recorded, and a quota is a bound on use, not an account.
+    The session's quota is charged by one script, which names its client; the client's
+    quota, in another slot, by a second call. A failure to charge is logged, not
+    raised: a quota is a bound on use, not an account.
     """
     try:
-        used, client = await asyncio.gather(
-            limiter.charge(SESSION_TOKENS, token, tokens, settings.quota_period_s),
-            limiter.client_of(token),
-        )
-        if client is not None:
+        client = await store.charge(token, tokens)
+        if client:
             await limiter.charge(CLIENT_TOKENS, client, tokens, settings.quota_period_s)
-    except (RedisError, OSError) as e:
+    except SessionExpired:
+        return
+    except REDIS_DOWN as e:
         logger.warning("session=%s %d model tokens not charged: %s", fingerprint(token), tokens, e)
         return
-    logger.debug("session=%s charged %d model tokens (%d used)", fingerprint(token), tokens, used)
+    logger.debug("session=%s charged %d model tokens", fingerprint(token), tokens)

@@ -13,10 +13,14 @@ from runtime.catalog import ModelOffer
 from storage.admission import limit_key
 from tests.support.events import Event, count, of_type, read_until
 from tests.support.parley import Parley, running_parley
+from tests.support.quota import messages_counting
 
 
 async def spent(redis: Redis[str], limit: str, subject: str) -> int:
-    """Admissions counting now in ``limit``'s window of ``subject``."""
+    """Admissions counting now in ``limit``'s window of ``subject`` (a session's
+    messages: in its document)."""
+    if limit == "messages":
+        return await messages_counting(redis, subject)
     return int(await redis.zcard(limit_key(limit, subject)))
 
 

@@ -19,6 +19,7 @@ from storage.store import SessionExpired, Store
 STATUSES: dict[str, type[IntEnum]] = {
     "admit.lua": scripts.AdmitStatus,
     "quota.lua": scripts.QuotaStatus,
+    "charge.lua": scripts.ChargeStatus,
     "renew.lua": scripts.RenewStatus,
     "enqueue.lua": scripts.EnqueueStatus,
     "revise.lua": scripts.ReviseStatus,

@@ -11,11 +11,12 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from storage.admission import SESSION_TOKENS, limit_key
+from storage.admission import limit_key
 from testkit.overrides import declare
 from testkit.processes import Cluster
 from testkit.standin import StandinModel
 from tests.support.events import count, of_type, read_until
+from tests.support.quota import session_used
 
 pytestmark = pytest.mark.system
 
@@ -188,7 +189,7 @@ async def test_a_used_up_quota_refuses_messages_until_it_renews(
             for text in ("one", "two"):
                 await ws.send_str(text)
                 await read_until(ws, count("done", 1))
-            used = await redis.get(limit_key(SESSION_TOKENS, token))
+            used = await session_used(redis, token)
             await ws.send_str("three")
             (error,) = of_type(await read_until(ws, count("error", 1)), "error")
             assert error["code"] == "quota_exceeded" and error["message_id"] is None
@@ -202,4 +203,4 @@ async def test_a_used_up_quota_refuses_messages_until_it_renews(
             await ws.send_str("three")
             seen = await read_until(ws, count("done", 1))
             assert of_type(seen, "done")[0]["reply"]["content"].startswith("Reply to: three")
-        assert used == "43"
+        assert used == 43

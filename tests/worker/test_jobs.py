@@ -18,12 +18,15 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from runtime.catalog import ModelOffer
+from runtime.config import CommonSettings
 from storage import keys
-from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, Limiter, limit_key
+from storage.admission import CLIENT_TOKENS, SESSION_TOKENS
 from storage.models import Session
+from storage.store import Store
 from testkit.standin import StandinModel, reply_tokens
 from tests.support.events import count, of_type, read_until
 from tests.support.parley import Parley, running_parley, started_worker
+from tests.support.quota import client_used, session_used
 from worker import jobs as jobs_module
 from worker import summary, titles
 from worker.config import WorkerSettings
@@ -112,8 +115,11 @@ async def jobs_done(redis: Redis[str], *streams: str) -> None:
 
 
 async def used(redis: Redis[str], limit: str, subject: str) -> int:
-    """Model tokens charged to ``subject``'s quota ``limit`` so far."""
-    return int(await redis.get(limit_key(limit, subject)) or 0)
+    """Model tokens charged to ``subject``'s quota ``limit`` so far (a session's: in its
+    document)."""
+    if limit == SESSION_TOKENS:
+        return await session_used(redis, subject)
+    return await client_used(redis, subject)
 
 
 def job_requests(standin: StandinModel, marker: str = "") -> list[dict[str, Any]]:
@@ -188,7 +194,7 @@ async def test_jobs_reach_only_their_own_pools_model_and_are_charged(
         assert len(asked) == 3 + len(job_requests(onprem_api, "zebra"))
         cost = sum(reported_usage(onprem_api, r) for r in asked)
         assert await used(redis, SESSION_TOKENS, onprem) == cost
-        client = await Limiter(redis).client_of(onprem)
+        client = await Store(redis, CommonSettings()).client_of(onprem)
         assert client is not None
         assert await used(redis, CLIENT_TOKENS, client) >= cost
 

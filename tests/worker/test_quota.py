@@ -8,10 +8,12 @@ import contextvars
 import aiohttp
 from redis.asyncio import Redis
 
-from storage.admission import CLIENT_TOKENS, SESSION_TOKENS, digest, limit_key
+from storage import keys
+from storage.admission import digest
 from testkit.standin import StandinModel
 from tests.support.events import count, read_until
 from tests.support.parley import running_parley
+from tests.support.quota import client_used, session_used
 from worker.llm import LLMClient, LLMConfig, PromptMessage
 from worker.memory import estimate_tokens
 from worker.response import track_usage
@@ -69,29 +71,25 @@ async def test_replies_are_charged_to_the_session_and_its_client(
         first = sum(len(m["content"].split()) for m in prompt_1) + 6  # 6-token stand-in
         prompt_2 = parley.prompts()[1]["messages"]
         second = sum(estimate_tokens(m["content"]) for m in prompt_2) + estimate_tokens(reply)
-        session = await redis.get(limit_key(SESSION_TOKENS, token))
-        client = await redis.get(limit_key(CLIENT_TOKENS, digest("127.0.0.1")))
-        assert int(session or 0) == int(client or 0) == first + second
+        session = await session_used(redis, token)
+        client = await client_used(redis, digest("127.0.0.1"))
+        assert session == client == first + second
 
 
-async def test_a_socket_records_its_sessions_client_once_not_with_every_message(
+async def test_each_message_carries_its_clients_digest_to_the_worker(
     redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
 ) -> None:
+    # The client travels with the message, in its stream entry, never as an address:
+    # the worker charges the reply to it without a lookup of its own.
     async with running_parley(redis_url, redis) as parley:
         token = await parley.create_session(http)
-        record = limit_key("client_of", token)
         async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
             await ws.send_str("hello")
             await read_until(ws, count("done", 1))
-            assert await redis.get(record) == digest("127.0.0.1")
-            await redis.delete(record)
-            await ws.send_str("again")
-            await read_until(ws, count("done", 1))
-            assert await redis.get(record) is None  # the same socket: not written again
-        async with http.ws_connect(parley.ws_url, params={"token": token}) as ws:
-            await ws.send_str("from a new socket")
-            await read_until(ws, count("done", 1))
-            assert await redis.get(record) == digest("127.0.0.1")
+        [(_, fields)] = await redis.xrange(keys.message_stream_of(token))
+        assert fields["client"] == digest("127.0.0.1")
+        assert "127.0.0.1" not in str(fields)
+        assert await parley.worker.store.client_of(token) == digest("127.0.0.1")
 
 
 def _estimate(request: dict[str, object]) -> int:
@@ -128,6 +126,6 @@ async def test_failed_and_retried_requests_are_charged(
         last = requests[tries + 1]["messages"]
         assert isinstance(last, list)
         expected += sum(len(m["content"].split()) for m in last) + 6
-        session = await redis.get(limit_key(SESSION_TOKENS, token))
-        client = await redis.get(limit_key(CLIENT_TOKENS, digest("127.0.0.1")))
-        assert int(session or 0) == int(client or 0) == expected
+        session = await session_used(redis, token)
+        client = await client_used(redis, digest("127.0.0.1"))
+        assert session == client == expected
