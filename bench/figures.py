@@ -253,6 +253,8 @@ def figures(
                 p.get("sockets", {}).get("kb_per_socket"), b.get("sockets", {}).get("kb_per_socket")
             ),
         }
+        # Counts compared in the same run (each target meets the same machine noise).
+        result["difference"] = {"late_replies": p["late_replies"] - b["late_replies"]}
         # The absolute bound on event delay holds only where the baseline keeps up: at
         # the run's own load, and at each load of the sweep.
         p["event_delay_ms_p99_where_baseline_keeps_up"] = _where_baseline_keeps_up(p, b)
