@@ -148,9 +148,15 @@ def connect(settings: CommonSettings, role: str) -> Redis[str]:
     bound holds per node (:class:`BoundedRedisCluster`).
 
     Args:
-        settings: ``redis_url`` and ``redis_max_connections``.
+        settings: ``redis_url``, ``redis_max_connections`` and ``redis_wait_replicas``.
         role: ``server`` or ``worker``.
+
+    Raises:
+        ValueError: ``redis_wait_replicas`` is set for a Redis Cluster, where a ``WAIT``
+            cannot follow a write on its connection (:mod:`storage.replication`).
     """
+    if settings.redis_wait_replicas and split_cluster_url(settings.redis_url)[1]:
+        raise ValueError("REDIS_WAIT_REPLICAS works with a single Redis or Sentinel, not a cluster")
     return client_for_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import BlockingConnectionPool
 
-from storage.connection import client_for_url, disconnect
+from runtime.config import CommonSettings
+from storage.connection import client_for_url, connect, disconnect
 from storage.sentinel import (
     BoundedSentinelPool,
     SentinelAddress,
@@ -64,3 +65,8 @@ async def test_the_pool_of_the_primary_is_bounded_and_blocking() -> None:
     finally:
         await disconnect(client)
 
+
+def test_waiting_for_replicas_is_refused_on_a_cluster() -> None:
+    settings = CommonSettings(redis_url="redis://127.0.0.1:1/0?cluster=true", redis_wait_replicas=1)
+    with pytest.raises(ValueError, match="REDIS_WAIT_REPLICAS"):
+        connect(settings, "server")
