@@ -30,7 +30,8 @@ class RedisWithSentinels(Service):
     Args:
         data_dir: parent of every node's and Sentinel's folder, created if missing.
         replicas: replicas of the primary.
-        sentinels: Sentinels (3: a failover needs a majority of them).
+        sentinels: Sentinels (3: a failover needs a majority of them); 0 for none, a
+            primary and its replicas only (the benchmark's ``--wait-replicas``).
         service: the name the Sentinels monitor the primary by.
         down_after_ms: ``down-after-milliseconds``: a primary unreachable this long
             is down for one Sentinel (Redis's default is 30 s).
