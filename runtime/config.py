@@ -29,8 +29,8 @@ class CommonSettings(BaseSettings):
     redis_wait_replicas: int = Field(
         default=0,
         ge=0,
-        description="Replicas that must hold a message (queued) and a reply (recorded) "
-        "before a client is told so (Redis WAIT); 0: none waited for.",
+        description="Replicas that must hold a message before its `queued` goes out, and "
+        "a reply once recorded (Redis WAIT); 0: none waited for.",
     )
     redis_wait_timeout_ms: int = Field(
         default=1000,
