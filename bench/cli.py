@@ -2,8 +2,8 @@
 
 Usage: ``python -m bench --scenario NAME[,NAME...]|all [--sessions N --messages N
 --tokens N --ttft-ms MS --delay-ms MS --think-ms MS --stagger-ms MS --rounds N
---flush-ms MS --servers N --workers N --sockets N --worker-concurrency N --sweep F,F
---no-baseline --out DIR]``. Options given override every chosen scenario's defaults
+--flush-ms MS --servers N --workers N --sockets N --worker-concurrency N --wait-replicas N
+--sweep F,F --no-baseline --out DIR]``. Options given override every chosen scenario's defaults
 (:data:`bench.scenarios.SCENARIOS`).
 
 Writes ``<out>/<UTC timestamp>.json`` (every figure), ``.png`` (the chart) and ``.md``
@@ -53,6 +53,7 @@ _OVERRIDES = (
     ("workers", int, "Parley worker processes"),
     ("sockets", int, "idle sockets held open (connections)"),
     ("worker_concurrency", int, "WORKER_CONCURRENCY of the workers"),
+    ("wait_replicas", int, "replicas of Redis, and REDIS_WAIT_REPLICAS (load, connections)"),
 )
 
 

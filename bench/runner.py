@@ -32,6 +32,7 @@ from bench.settings import load_overrides
 from stack.redis import EmbeddedRedis
 from testkit.ports import free_port
 from testkit.processes import Cluster
+from testkit.redis_sentinel import RedisWithSentinels
 from testkit.standin import reply_tokens
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,13 @@ def run(scenario: Scenario, o: Options, work_dir: Path) -> dict[str, Any]:
     procs.raise_fd_limit()
     log_dir = work_dir / "logs"
     with contextlib.ExitStack() as stack:
-        redis = stack.enter_context(EmbeddedRedis(port=free_port(), data_dir=work_dir / "redis"))
+        redis = (
+            stack.enter_context(
+                RedisWithSentinels(work_dir / "redis", replicas=o.wait_replicas, sentinels=0)
+            ).nodes[0]  # the primary; no failover, so no Sentinel
+            if o.wait_replicas
+            else stack.enter_context(EmbeddedRedis(port=free_port(), data_dir=work_dir / "redis"))
+        )
         model = stack.enter_context(
             procs.standin(
                 log_dir / "standin.log", tokens=o.tokens, ttft_ms=o.ttft_ms, delay_ms=o.delay_ms

@@ -41,6 +41,8 @@ class Options:
         baseline: also run the same load against the direct baseline.
         sockets: idle sockets held open on the server (``connections`` only).
         worker_concurrency: the workers' ``WORKER_CONCURRENCY`` (None: its default).
+        wait_replicas: replicas of the run's Redis, and Parley's ``REDIS_WAIT_REPLICAS``
+            (0: one Redis, no wait; ``load`` and ``connections`` only).
         reply_timeout_s: a reply not closed this long (s) after its message is lost.
         sweep: after the rounds, the same load again at these fractions of ``sessions``
             (one phase each per target): the offered load at which each target's event
@@ -61,6 +63,7 @@ class Options:
     baseline: bool = True
     sockets: int = 0
     worker_concurrency: int | None = None
+    wait_replicas: int = 0
     reply_timeout_s: float = 30.0
     sweep: tuple[float, ...] = ()
 
@@ -86,6 +89,8 @@ class Options:
         ]
         if self.worker_concurrency:
             parts.append(f"WORKER_CONCURRENCY {self.worker_concurrency}")
+        if self.wait_replicas:
+            parts.append(f"{self.wait_replicas} replica(s) waited for")
         return "; ".join(parts)
 
 

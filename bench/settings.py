@@ -65,6 +65,8 @@ def load_overrides(o: Options) -> Overrides:
         raised["STREAM_FLUSH_MS"] = (o.flush_ms, "the scenario's window, the baseline's too")
     if o.worker_concurrency:
         raised["WORKER_CONCURRENCY"] = (o.worker_concurrency, "the scenario's sessions at once")
+    if o.wait_replicas:
+        raised["REDIS_WAIT_REPLICAS"] = (o.wait_replicas, "the run measures what the wait costs")
     return LIKE_THE_BASELINE | declare(**raised)
 
 

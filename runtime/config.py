@@ -23,7 +23,20 @@ class CommonSettings(BaseSettings):
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6380/0",
-        description="Redis with RedisJSON (the embedded one by default).",
+        description="Redis with RedisJSON (the embedded one by default); "
+        "redis+sentinel://... for the primary Redis Sentinel names.",
+    )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Replicas that must hold a message before its `queued` goes out, and "
+        "a reply once recorded (Redis WAIT); 0: none waited for.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=1000,
+        gt=0,
+        description="Longest wait (ms) for REDIS_WAIT_REPLICAS replicas; then a warning "
+        "is logged and Parley goes on.",
     )
     session_ttl_seconds: int = Field(
         default=3600, gt=0, description="A session lives this long (s) after its last activity."

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from runtime.config import CommonSettings
 from storage import keys
+from storage.replication import WaitReplicas
 from storage.scripts import Arg
 
 
@@ -68,6 +69,8 @@ class StoreBase:
     def __init__(self, redis: Redis[str], settings: CommonSettings) -> None:
         self.redis = redis
         self.settings = settings
+        #: What the scripts that tell a client "stored" wait for (``Script``'s ``wait``).
+        self.wait_replicas = WaitReplicas.of(settings)
 
     async def json_get(self, key: str, *paths: str) -> Any:
         """Read ``paths`` (JSONPaths; default ``$``) of document ``key``: the one way

@@ -1,9 +1,11 @@
-"""The one way Parley's processes connect to Redis: a single node or a Redis Cluster.
+"""The one way Parley's processes connect to Redis: a single node, Sentinel, or a Cluster.
 
-``REDIS_URL`` names a single Redis (``redis://host:port/0``) or, with the query
-parameter ``cluster=true``, a Redis Cluster through any of its nodes
-(``redis://host:port/0?cluster=true``); redis-py has no URL form of its own for a
-cluster. Either way the client is redis-py's asyncio client, with the same command API.
+``REDIS_URL`` names a single Redis (``redis://host:port/0``); the primary that Redis
+Sentinel names (``redis+sentinel://sentinel1:26379,sentinel2:26379/mymaster/0``, see
+:mod:`storage.sentinel`); or, with the query parameter ``cluster=true``, a Redis Cluster
+through any of its nodes (``redis://host:port/0?cluster=true``); redis-py has no URL
+form of its own for either. Every way the client is redis-py's asyncio client, with the
+same command API.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.config import CommonSettings
 from storage import keys
+from storage.sentinel import close_sentinels, is_sentinel_url, sentinel_client
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -76,11 +79,24 @@ def client_for_url(url: str, *, max_connections: int, client_name: str | None = 
     """A client of ``url`` (``decode_responses=True``), a cluster client if the URL says so.
 
     Args:
-        url: a ``redis://`` URL, with ``?cluster=true`` for a Redis Cluster.
+        url: a ``redis://`` URL, with ``?cluster=true`` for a Redis Cluster; or a
+            ``redis+sentinel://`` URL (:mod:`storage.sentinel`).
         max_connections: connections for commands at most (per node, on a cluster);
             more commands wait for one.
         client_name: ``CLIENT SETNAME`` of every connection.
+
+    Raises:
+        storage.sentinel.SentinelURLError: a ``redis+sentinel://`` URL out of its form.
     """
+    if is_sentinel_url(url):
+        return sentinel_client(
+            url,
+            max_connections=max_connections,
+            client_name=client_name,
+            # As below; a connection made again asks the Sentinels for the primary first.
+            retry=_retry(),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
     address, cluster = split_cluster_url(url)
     if cluster:
         client = BoundedRedisCluster.from_url(  # type: ignore[call-arg]  # passed to __init__
@@ -133,9 +149,15 @@ def connect(settings: CommonSettings, role: str) -> Redis[str]:
     bound holds per node (:class:`BoundedRedisCluster`).
 
     Args:
-        settings: ``redis_url`` and ``redis_max_connections``.
+        settings: ``redis_url``, ``redis_max_connections`` and ``redis_wait_replicas``.
         role: ``server`` or ``worker``.
+
+    Raises:
+        ValueError: ``redis_wait_replicas`` is set for a Redis Cluster, where a ``WAIT``
+            cannot follow a write on its connection (:mod:`storage.replication`).
     """
+    if settings.redis_wait_replicas and split_cluster_url(settings.redis_url)[1]:
+        raise ValueError("REDIS_WAIT_REPLICAS works with a single Redis or Sentinel, not a cluster")
     return client_for_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -149,8 +171,9 @@ def is_cluster(client: Redis[str]) -> bool:
 
 
 async def disconnect(client: Redis[str]) -> None:
-    """Close ``client`` and every connection of its pool(s)."""
+    """Close ``client``, every connection of its pool(s), and its Sentinel connections."""
     await client.aclose()  # type: ignore[attr-defined]  # stale stubs
+    await close_sentinels(client)
 
 
 #: Errors of the link to Redis: the connection broke or a reply did not come in time.

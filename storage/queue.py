@@ -101,11 +101,11 @@ class Queue(Streams):
 
     @cached_property
     def _enqueue(self) -> Script[EnqueueStatus]:
-        return Script(self.redis, "enqueue.lua", EnqueueStatus, trims=True)
+        return Script(self.redis, "enqueue.lua", EnqueueStatus, trims=True, wait=self.wait_replicas)
 
     @cached_property
     def _revise(self) -> Script[ReviseStatus]:
-        return Script(self.redis, "revise.lua", ReviseStatus, trims=True)
+        return Script(self.redis, "revise.lua", ReviseStatus, trims=True, wait=self.wait_replicas)
 
     @cached_property
     def _lost(self) -> Script[LostStatus]:

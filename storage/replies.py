@@ -120,7 +120,7 @@ class Replies(StoreBase):
 
     @cached_property
     def _finish(self) -> Script[FinishStatus]:
-        return Script(self.redis, "finish.lua", FinishStatus)
+        return Script(self.redis, "finish.lua", FinishStatus, wait=self.wait_replicas)
 
     async def begin(
         self, entry: MessageEntry, attempt: str, *, window: int = 0, entry_id: str = ""

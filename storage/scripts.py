@@ -26,6 +26,8 @@ from typing import Any, Final, Generic, TypeVar
 
 from redis.asyncio import Redis
 
+from storage.replication import WaitReplicas, run_and_wait
+
 #: What a script's keys and arguments may be.
 Arg = str | int | float
 
@@ -297,13 +299,23 @@ class Script(Generic[S]):
         name: its file, e.g. ``"finish.lua"``.
         statuses: its statuses.
         trims: whether it uses ``trim.lua``'s helpers (then prepended too).
+        wait: replicas that must hold its writes before a call returns
+            (:mod:`storage.replication`); None: none waited for.
     """
 
     def __init__(
-        self, redis: Redis[str], name: str, statuses: type[S], *, trims: bool = False
+        self,
+        redis: Redis[str],
+        name: str,
+        statuses: type[S],
+        *,
+        trims: bool = False,
+        wait: WaitReplicas | None = None,
     ) -> None:
         self.name = name
         self.statuses = statuses
+        self._redis = redis
+        self._wait = wait
         self._script = redis.register_script(LIBRARY + (TRIM if trims else "") + source(name))
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg] = ()) -> tuple[S, Any]:
@@ -313,4 +325,8 @@ class Script(Generic[S]):
             ScriptReplyError: the reply breaks the convention.
             redis.exceptions.RedisError: the script failed, or Redis is unreachable.
         """
-        return decode(self.name, self.statuses, await self._script(keys=keys, args=args))
+        if self._wait is None:
+            reply = await self._script(keys=keys, args=args)
+        else:
+            reply = await run_and_wait(self._redis, self._script, keys, args, self._wait, self.name)
+        return decode(self.name, self.statuses, reply)

@@ -170,6 +170,13 @@ class Streams(StoreBase):
         )
         return int(info[0]["times_delivered"]) if info else 0
 
+    async def holder(self, stream: str, entry_id: str) -> str | None:
+        """The consumer that holds a pending entry; None if it is not pending (acked)."""
+        info = await self.redis.xpending_range(
+            stream, keys.CONSUMER_GROUP, min=entry_id, max=entry_id, count=1
+        )
+        return str(info[0]["consumer"]) if info else None
+
     async def count_failure(
         self, token: str, stream_entry: tuple[str, str], consumer: str, attempt: str = ""
     ) -> int:
@@ -214,10 +221,15 @@ class Streams(StoreBase):
         counting a delivery, so :meth:`claim` leaves them alone (see ``heartbeat.lua``).
 
         Returns:
-            The ids of ``entry_ids`` still owned by ``consumer`` (the others were taken
-            over by another consumer, and are left with it).
+            The ids of ``entry_ids`` that another consumer holds now: taken over (they are
+            left with it). An entry no longer pending is not among them: it was
+            acknowledged (the script that records a reply acks its entry, and the reply's
+            task may still be finishing, waiting for a replica or queueing a job); one
+            taken over and already acknowledged by the other consumer is not either, and
+            its next write from here is fenced.
         """
         _, mine = await self._heartbeat(
             keys=[stream], args=[keys.CONSUMER_GROUP, consumer, *entry_ids]
         )
-        return {str(entry_id) for entry_id in mine}
+        left = set(entry_ids) - {str(entry_id) for entry_id in mine}
+        return {e for e in left if await self.holder(stream, e) not in (None, consumer)}

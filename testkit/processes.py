@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 
 from stack.process import die_with_parent, log_tail
 from storage import keys
-from storage.connection import client_for_url
+from storage.connection import client_for_url, disconnect
 from testkit.overrides import DEFAULTS, WIRING, Overrides, pinned_environment
 from testkit.ports import free_port
 
@@ -167,7 +167,7 @@ class Cluster:
         finally:
             if exc is not None:
                 logger.error("logs of the cluster's processes:\n%s", self.log_tails())
-            await self.redis.aclose()  # type: ignore[attr-defined]  # stale stubs
+            await disconnect(self.redis)
 
     async def start(self, servers: int, workers: int) -> None:
         """Flush Redis, then start ``servers`` servers and ``workers`` workers; wait until

@@ -301,13 +301,13 @@ class Worker:
                 by_stream.setdefault(stream, []).append(entry_id)
             for stream, ids in by_stream.items():
                 try:
-                    mine = await self.store.heartbeat(stream, self.consumer, ids)
+                    taken = await self.store.heartbeat(stream, self.consumer, ids)
                 except (*CONNECTION_ERRORS, ResponseError) as e:
                     logger.warning("heartbeat of in-flight entries failed: %s", e)
                     continue
-                for entry_id in ids:
+                for entry_id in taken:
                     task = self._in_flight.get((stream, entry_id))
-                    if entry_id not in mine and task is not None:
+                    if task is not None:
                         logger.warning("%s %s was taken over by another worker", stream, entry_id)
                         task.cancel()
 
