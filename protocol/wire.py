@@ -356,10 +356,11 @@ class MessageEntry(_Wire):
 
 
 def ends_reply(payload: str) -> bool:
-    """Whether ``payload``, a server event as JSON (as the scripts publish it, with its
-    ``event_id``), ends a reply: a ``done`` or an ``error``. Anything else does not."""
+    """Whether ``payload``, server events as JSON as the scripts announce them (with
+    their ``event_id``, one a line), ends a reply: its last is a ``done`` or an
+    ``error``. Anything else does not."""
     try:
-        event = SERVER_EVENT.validate_json(payload)
+        event = SERVER_EVENT.validate_json(payload.rpartition("\n")[2])
     except ValidationError:
         return False
     return isinstance(event, DoneEvent | ErrorEvent)

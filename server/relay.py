@@ -166,6 +166,9 @@ class EventRelay:
             await self._resync()
         elif payload == UNAVAILABLE:
             await self.tell_unavailable()
+        elif "\n" in payload:  # events announced together, one a line (finish.lua)
+            for event in payload.split("\n"):
+                await self._send_live(event)
         else:
             await self._send_live(payload)
 

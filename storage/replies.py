@@ -9,18 +9,21 @@ its events with the new attempt's. ``finish.lua`` records the reply only if
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Final
 
+import msgspec
+
 from protocol.wire import MessageEntry, RestartEvent, ServerEvent
 from storage import keys
 from storage.admission import CLIENT_TOKENS, Limiter, limit_key
 from storage.base import StoreBase
 from storage.connection import is_cluster
-from storage.models import MESSAGE_RECORDS, SessionWindow, StoredMessage
+from storage.models import HistoryMessage, SessionWindow, StoredMessage, SummaryRecord
 from storage.scripts import Arg, BeginStatus, EmitBatchStatus, EmitStatus, FinishStatus, Script
 from storage.sessions import SessionExpired
 
@@ -81,23 +84,17 @@ class Fenced(Exception):
 def _begun(status: BeginStatus, payload: Any, window: int) -> Begun:
     """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, read]``: ``read`` the
     JSON text of the session's fields and its newest ``window + 1`` messages (all of
-    them if ``window`` is 0)."""
-    read = json.loads(payload[1])
-    messages = read[_messages_path(window)]
+    them if ``window`` is 0), decoded and checked in one pass (:func:`_begin_read`)."""
+    read = msgspec.json.decode(payload[1], type=_begin_read(_messages_path(window)))
+    messages = read.messages
     complete = not window or len(messages) <= window
-    if not complete:
-        messages = messages[-window:]
-
-    def field(name: str, default: Any) -> Any:
-        found = read[f"$.{name}"]
-        return found[0] if found else default
-
+    summary = read.summary[0] if read.summary else None
     session = SessionWindow(
-        stop_seq=field("stop_seq", 0),
-        model=field("model", ""),
-        system_prompt=field("system_prompt", ""),
-        summary=field("summary", None),
-        messages=MESSAGE_RECORDS.validate_python(messages),
+        messages=messages if complete else messages[-window:],
+        stop_seq=read.stop_seq[0] if read.stop_seq else 0,
+        model=read.model[0] if read.model else "",
+        system_prompt=read.system_prompt[0] if read.system_prompt else "",
+        summary=SummaryRecord.model_validate(summary) if summary is not None else None,
     )
     return Begun(status, session, crashes=int(payload[0]), complete=complete)
 
@@ -105,6 +102,27 @@ def _begun(status: BeginStatus, payload: Any, window: int) -> Begun:
 def _messages_path(window: int) -> str:
     """The JSONPath of ``begin.lua``'s read of the newest ``window + 1`` messages."""
     return f"$.messages[-{window + 1}:]" if window else "$.messages[*]"
+
+
+@functools.cache
+def _begin_read(messages: str) -> Any:
+    """What ``begin.lua`` reads of a session, as msgspec decodes and checks it from the
+    JSON text in one pass: each JSONPath's matches (``messages``: the path of its
+    messages) under a field of its own."""
+
+    def at(path: str) -> Any:
+        return msgspec.field(name=path, default_factory=list)
+
+    return msgspec.defstruct(
+        "BeginRead",
+        [
+            ("stop_seq", list[int], at("$.stop_seq")),
+            ("model", list[str], at("$.model")),
+            ("system_prompt", list[str], at("$.system_prompt")),
+            ("summary", list[dict[str, Any] | None], at("$.summary")),
+            ("messages", list[HistoryMessage], at(messages)),
+        ],
+    )
 
 
 class Replies(StoreBase):

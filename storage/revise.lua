@@ -47,7 +47,7 @@ local session, stream, waiting, versions, events, client_quota = KEYS[1], KEYS[2
 local p, content = cjson.decode(ARGV[1]), ARGV[2]
 local read = redis.call(
   'JSON.GET', session, '$.seq', '$.replied_seq', '$.stop_seq', '$.model', '$.size_bytes',
-  '$.system_prompt', '$.rate', '$.quota')
+  '$.system_prompt', '$.rate', '$.quota', '$.waiting')
 if not read then
   return reply(NO_SESSION)
 end
@@ -211,10 +211,13 @@ change('$.size_bytes', size + growth)
 change('$.rate', admitted_window(window, now, p.rate_window_ms))
 change('$.client', cjson.encode(p.client))
 change('$.versioned', 'true')
+if read['$.waiting'][1] ~= waiting then  -- as enqueue.lua
+  redis.call('ZADD', waiting, now, p.token)
+  change('$.waiting', cjson.encode(waiting))
+end
 redis.call('JSON.MSET', unpack(changes))
 redis.call('EXPIRE', session, p.ttl)
 redis.call('EXPIRE', versions, p.ttl)
-redis.call('ZADD', waiting, now, p.token)
 trim_stream(stream, p.group, p.maxlen, p.trim_mode, backlog + 1)
 
 local shown = public(user)

@@ -27,7 +27,7 @@ from protocol.wire import (
 from runtime.logs import fingerprint
 from runtime.tasks import cancel_and_wait
 from storage.admission import Limiter
-from storage.models import MessageRecord, StoredMessage, SummaryRecord
+from storage.models import HistoryEntry, StoredMessage, SummaryRecord
 from storage.store import Begun, Store
 from worker.coalesce import Coalescer, Delta, read_deltas
 from worker.config import WorkerSettings
@@ -306,7 +306,7 @@ class ReplyGenerator:
         use_summary = self.settings.memory_summary
 
         def prompt(
-            history: Sequence[MessageRecord], summary: SummaryRecord | None, complete: bool
+            history: Sequence[HistoryEntry], summary: SummaryRecord | None, complete: bool
         ) -> PromptPlan:
             return plan_prompt(
                 history,
