@@ -13,6 +13,7 @@ from protocol.wire import EditCommand, ErrorCode, QueuedEvent, RegenerateCommand
 from server.admission import message_limits, message_refused
 from server.config import ServerSettings
 from server.metrics import MESSAGES_ACCEPTED
+from server.pending import PendingMessages
 from server.pools import PoolWatch
 from server.relay import REDIS_DOWN, EventRelay
 from storage.admission import MessageLimits, Refused
@@ -22,11 +23,12 @@ from storage.store import ModelChanged, Refusal, Revision, Store
 logger = logging.getLogger(__name__)
 
 
-class SessionCommands:
+class SessionCommands(PendingMessages):
     """The commands of one socket of one session: the part of
     :class:`server.connection.ChatConnection` that carries them out, which sets the
     attributes they use (``websocket``, ``token``, ``session``, ``store``, ``settings``,
-    ``relay``, ``pools``, ``model``, ``_limits``).
+    ``relay``, ``pools``, ``model``, ``_limits``, ``_pending``). The messages it queues
+    are kept until answered (:class:`server.pending.PendingMessages`).
 
     Every method raises :class:`storage.store.SessionExpired` when the session is gone
     (the connection then closes the socket), and tells the client of any other refusal.
@@ -94,6 +96,7 @@ class SessionCommands:
             return
         if revision is None:
             return
+        self.track(revision.message_id, revision.entry)
         MESSAGES_ACCEPTED.inc()
         logger.info(
             "message_id=%s session=%s seq=%d %s queued",
@@ -111,7 +114,9 @@ class SessionCommands:
         Raises:
             SessionExpired, ReplyInProgress, NotLastMessage, TooManyVersions,
             Overloaded, ModelChanged: as :meth:`Store.revise`.
+            TooManyPending: this socket keeps ``max_pending_messages`` unanswered.
         """
+        await self.make_room()
         try:
             return await self._revise_once(edit)
         except ModelChanged as changed:
@@ -150,6 +155,8 @@ class SessionCommands:
             return
         if message is None:
             return
+        # Kept before the client is told: from then on a loss is the client's to hear of.
+        self.track(message.id, message.entry or "")
         MESSAGES_ACCEPTED.inc()
         logger.info("message_id=%s session=%s seq=%d queued", message.id, self.session, message.seq)
         await self.relay.send(
@@ -165,8 +172,10 @@ class SessionCommands:
 
         Raises:
             SessionExpired, TooManyPending, SessionFull, Overloaded, ModelChanged,
-                PromptTooLong: as :meth:`Store.enqueue`.
+                PromptTooLong: as :meth:`Store.enqueue`; TooManyPending also when this
+                socket keeps ``max_pending_messages`` unanswered.
         """
+        await self.make_room()
         limit = self.settings.max_pending_messages
         if await self._model_unserved():
             return None
