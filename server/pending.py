@@ -68,6 +68,10 @@ def _verdict(entry: str, mark: MessageMark | None) -> _Verdict:
     return _Verdict.CLOSED if mark.answered else _Verdict.WAITS
 
 
+#: What a payload that may end a reply holds (see :meth:`PendingMessages.forget_answered`).
+_DONE, _ERROR = '"type":"done"', '"type":"error"'
+
+
 class PendingMessages:
     """The messages of one socket waiting for their closing event (see the module):
     the part of :class:`server.connection.ChatConnection` that keeps them, which sets
@@ -92,8 +96,10 @@ class PendingMessages:
         self._pending[message_id] = entry
 
     def forget_answered(self, payload: str) -> None:
-        """Forget the messages whose replies the hub's ``payload`` ends."""
-        if self._pending is None:
+        """Forget the messages whose replies the hub's ``payload`` ends. Only a payload
+        that names a ``done`` or an ``error`` is parsed (the scripts write compact JSON):
+        a reply's many ``token`` events cost a substring search each."""
+        if self._pending is None or not (_DONE in payload or _ERROR in payload):
             return
         for message_id in replies_ended(payload):
             self._forget(message_id)
