@@ -15,8 +15,9 @@ from server.config import ServerSettings
 from server.metrics import MESSAGES_ACCEPTED
 from server.pending import PendingMessages
 from server.pools import PoolWatch
-from server.relay import REDIS_DOWN, EventRelay
+from server.relay import EventRelay
 from storage.admission import MessageLimits, Refused
+from storage.connection import REDIS_DOWN
 from storage.models import StoredMessage
 from storage.store import ModelChanged, Refusal, Revision, Store
 

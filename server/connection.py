@@ -36,8 +36,9 @@ from server.config import ServerSettings
 from server.deps import SESSION_GONE
 from server.limits import TokenBucket
 from server.pools import PoolWatch
-from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, REDIS_DOWN, UNAVAILABLE_DETAIL, EventRelay
+from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, UNAVAILABLE_DETAIL, EventRelay
 from storage import keys
+from storage.connection import REDIS_DOWN
 from storage.hub import CHECK, RESYNC, Hub, Subscription
 from storage.store import (
     SessionExpired,

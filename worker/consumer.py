@@ -34,8 +34,8 @@ from worker.config import WorkerSettings
 from worker.entries import StreamEntry
 from worker.groups import ConsumerGroups
 from worker.jobs import IdleJobs
-from worker.llm import LLMClient
 from worker.metrics import TAKEOVERS
+from worker.model.llm import LLMClient
 from worker.reply import Replies
 from worker.summary import Summarizer
 from worker.titles import Titler

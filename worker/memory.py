@@ -4,7 +4,7 @@ rolling summary.
 The prompt is the system prompt, then the session's summary (the turns it covers, up to
 its ``seq``, folded into a few lines by :mod:`worker.summary`), then the newest whole
 turns after the summary that fit the budget, then the message itself. Token counts are
-estimates, calibrated by the model's own counts (:mod:`worker.tokens`).
+estimates, calibrated by the model's own counts (:mod:`worker.model.tokens`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from storage.models import HistoryEntry, SummaryRecord, conversation
-from worker.llm import PromptMessage
-from worker.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
+from worker.model.llm import PromptMessage
+from worker.model.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 
 __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
@@ -34,7 +34,7 @@ __all__ = [
 
 #: A user message and its reply.
 Turn = tuple[HistoryEntry, HistoryEntry]
-#: Counts the tokens of a text (e.g. :meth:`worker.tokens.TokenCounter.estimate`).
+#: Counts the tokens of a text (e.g. :meth:`worker.model.tokens.TokenCounter.estimate`).
 Count = Callable[[str], int]
 
 #: What introduces the summary, after the system prompt, in the prompt's system message.

@@ -1,5 +1,5 @@
 """Reading one streaming chat completions response: its deltas, its ``usage``, its
-errors (used by :class:`worker.llm.LLMClient`)."""
+errors (used by :class:`worker.model.llm.LLMClient`)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from worker import sse
-from worker.errors import LLMUnavailable, error_for_status
+from worker.model import sse
+from worker.model.errors import LLMUnavailable, error_for_status
 
 logger = logging.getLogger(__name__)
 
