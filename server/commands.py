@@ -6,6 +6,8 @@ the socket's connection (:mod:`server.connection`) reads the frames and relays e
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import WebSocket
 
@@ -22,6 +24,8 @@ from storage.models import StoredMessage
 from storage.store import ModelChanged, Refusal, Revision, Store
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class SessionCommands(PendingMessages):
@@ -84,17 +88,7 @@ class SessionCommands(PendingMessages):
         edit = (command.message_id, command.content) if isinstance(command, EditCommand) else None
         if edit is not None and await self._content_refused(edit[1]):
             return
-        try:
-            revision = await self._revise(edit)
-        except Refused as e:
-            await self.relay.send(self._refusal(e))
-            return
-        except Refusal as e:
-            await self.relay.send_error(e.code, e.detail)
-            return
-        except REDIS_DOWN as e:
-            await self._unavailable(e)
-            return
+        revision = await self._told_if_refused(self._revise(edit))
         if revision is None:
             return
         self.track(revision.message_id, revision.entry)
@@ -143,17 +137,7 @@ class SessionCommands(PendingMessages):
         (:meth:`storage.store.Store.enqueue`): a refusal spends nothing."""
         if await self._content_refused(content):
             return
-        try:
-            message = await self._enqueue(content)
-        except Refused as e:
-            await self.relay.send(self._refusal(e))
-            return
-        except Refusal as e:
-            await self.relay.send_error(e.code, e.detail)
-            return
-        except REDIS_DOWN as e:
-            await self._unavailable(e)
-            return
+        message = await self._told_if_refused(self._enqueue(content))
         if message is None:
             return
         # Kept before the client is told: from then on a loss is the client's to hear of.
@@ -221,6 +205,24 @@ class SessionCommands(PendingMessages):
             "choose another model (PATCH /session) or send it again later",
         )
         return True
+
+    async def _told_if_refused(self, queueing: Awaitable[T]) -> T | None:
+        """What ``queueing`` (a message, regenerate or edit queued) returns; None if it
+        was refused, and then the client got its ``error``: an admission bound, a
+        refusal of the store (its own code and detail), or Redis being down.
+
+        Raises:
+            SessionExpired: the session is gone.
+        """
+        try:
+            return await queueing
+        except Refused as e:
+            await self.relay.send(self._refusal(e))
+        except Refusal as e:
+            await self.relay.send_error(e.code, e.detail)
+        except REDIS_DOWN as e:
+            await self._unavailable(e)
+        return None
 
     async def _unavailable(self, error: Exception) -> None:
         """Tell the client its message could not be stored: Redis is unreachable."""

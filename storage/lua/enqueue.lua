@@ -32,26 +32,20 @@
 -- (prompt_tokens, library.lua), {RATE_LIMITED, ms}, {SESSION_QUOTA, ms},
 -- {CLIENT_QUOTA, ms} (ms until it would admit).
 local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_LONG, RATE_LIMITED, SESSION_QUOTA, CLIENT_QUOTA = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
-local REFUSALS = {rate = RATE_LIMITED, session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA}
+local REFUSALS = {
+  no_session = NO_SESSION, wrong_model = WRONG_MODEL, rate = RATE_LIMITED,
+  session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA
+}
 local TRIM_EVERY = 16
 local session, stream, waiting, versions, client_quota = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local body, p = ARGV[1], cjson.decode(ARGV[2])
 
-local read = redis.call(
-  'JSON.GET', session, '$.seq', '$.replied_seq', '$.model', '$.size_bytes', '$.system_prompt',
-  '$.rate', '$.quota', '$.versioned', '$.waiting'
-)
+local read, window, payload = queueing_read(session, {
+  '$.seq', '$.replied_seq', '$.model', '$.size_bytes', '$.system_prompt', '$.rate', '$.quota',
+  '$.versioned', '$.waiting'
+}, p, client_quota)
 if not read then
-  return reply(NO_SESSION)
-end
-read = cjson.decode(read)
-local model = model_of(read, p.default_model)
-if model ~= p.model then
-  return reply(WRONG_MODEL, model)
-end
-local refused, window = admission(read, p, client_quota, lazy_clock())
-if refused then
-  return reply(REFUSALS[refused], window)
+  return reply(REFUSALS[window], payload)
 end
 if p.context > 0 then
   local own = read['$.system_prompt'][1]
