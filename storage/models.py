@@ -14,8 +14,9 @@ redis-om 1.x gives keys to such models alone.
 
 A reply needs only part of a session, read by ``begin.lua``: :class:`SessionWindow`,
 whose messages are :class:`HistoryMessage` structs that msgspec decodes and checks
-straight from the JSON text, in C: 81 messages in about 40 µs, against 250 for pydantic
-(:class:`MessageRecord`) and 5 times that for the redis-om models.
+straight from the JSON text, in C: 81 messages and the session's fields in 82 µs,
+against 266 for pydantic's ``validate_json`` of the messages alone (:class:`MessageRecord`;
+``timeit``, 3,000 calls each) and 5 times that for the redis-om models.
 """
 
 from __future__ import annotations

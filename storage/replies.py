@@ -9,7 +9,6 @@ its events with the new attempt's. ``finish.lua`` records the reply only if
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,47 +81,35 @@ class Fenced(Exception):
 
 
 def _begun(status: BeginStatus, payload: Any, window: int) -> Begun:
-    """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, read]``: ``read`` the
-    JSON text of the session's fields and its newest ``window + 1`` messages (all of
-    them if ``window`` is 0), decoded and checked in one pass (:func:`_begin_read`)."""
-    read = msgspec.json.decode(payload[1], type=_begin_read(_messages_path(window)))
-    messages = read.messages
+    """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, fields, messages]``: the
+    JSON text of the session's fields and of its newest ``window + 1`` messages (all of
+    them if ``window`` is 0), decoded and checked by msgspec (:class:`_BeginFields`,
+    :class:`storage.models.HistoryMessage`)."""
+    fields = _FIELDS.decode(payload[1])
+    messages = _MESSAGES.decode(payload[2])
     complete = not window or len(messages) <= window
-    summary = read.summary[0] if read.summary else None
+    summary = fields.summary[0] if fields.summary else None
     session = SessionWindow(
         messages=messages if complete else messages[-window:],
-        stop_seq=read.stop_seq[0] if read.stop_seq else 0,
-        model=read.model[0] if read.model else "",
-        system_prompt=read.system_prompt[0] if read.system_prompt else "",
+        stop_seq=fields.stop_seq[0] if fields.stop_seq else 0,
+        model=fields.model[0] if fields.model else "",
+        system_prompt=fields.system_prompt[0] if fields.system_prompt else "",
         summary=SummaryRecord.model_validate(summary) if summary is not None else None,
     )
     return Begun(status, session, crashes=int(payload[0]), complete=complete)
 
 
-def _messages_path(window: int) -> str:
-    """The JSONPath of ``begin.lua``'s read of the newest ``window + 1`` messages."""
-    return f"$.messages[-{window + 1}:]" if window else "$.messages[*]"
+class _BeginFields(msgspec.Struct):
+    """The session's fields as ``begin.lua`` reads them: each JSONPath's matches."""
+
+    stop_seq: list[int] = msgspec.field(name="$.stop_seq", default_factory=list)
+    model: list[str] = msgspec.field(name="$.model", default_factory=list)
+    system_prompt: list[str] = msgspec.field(name="$.system_prompt", default_factory=list)
+    summary: list[dict[str, Any] | None] = msgspec.field(name="$.summary", default_factory=list)
 
 
-@functools.cache
-def _begin_read(messages: str) -> Any:
-    """What ``begin.lua`` reads of a session, as msgspec decodes and checks it from the
-    JSON text in one pass: each JSONPath's matches (``messages``: the path of its
-    messages) under a field of its own."""
-
-    def at(path: str) -> Any:
-        return msgspec.field(name=path, default_factory=list)
-
-    return msgspec.defstruct(
-        "BeginRead",
-        [
-            ("stop_seq", list[int], at("$.stop_seq")),
-            ("model", list[str], at("$.model")),
-            ("system_prompt", list[str], at("$.system_prompt")),
-            ("summary", list[dict[str, Any] | None], at("$.summary")),
-            ("messages", list[HistoryMessage], at(messages)),
-        ],
-    )
+_FIELDS = msgspec.json.Decoder(_BeginFields)
+_MESSAGES = msgspec.json.Decoder(list[HistoryMessage])
 
 
 class Replies(StoreBase):

@@ -118,7 +118,8 @@ class SetModelStatus(IntEnum):
 
 class BeginStatus(IntEnum):
     """``begin.lua``: an attempt began, first or after a ``restart`` event (payload:
-    ``[crashes, the JSON text of the session's read]``), or nothing changed."""
+    ``[crashes, the session's fields as JSON, its messages as JSON]``), or nothing
+    changed."""
 
     STARTED = 0
     RESTARTED = 1

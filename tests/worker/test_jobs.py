@@ -239,7 +239,7 @@ async def test_a_job_of_a_session_that_chose_another_model_moves_to_that_models_
         def titler(model: str) -> titles.Titler:
             idle = asyncio.Event()
             return titles.Titler(
-                parley.worker_settings, worker.store, worker.model.llm, model, "test", idle
+                parley.worker_settings, worker.store, worker.llm, model, "test", idle
             )
 
         # A job in the default model's stream (queued before the session chose
