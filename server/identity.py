@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 from dataclasses import dataclass
 from typing import Self
@@ -40,8 +39,6 @@ from server.jwks import (
     discover_jwks_url,
     fetch_json,
 )
-
-logger = logging.getLogger(__name__)
 
 #: A compact JWS: three base64url parts joined by dots (RFC 7515 §7.1).
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
