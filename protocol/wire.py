@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_VERSIONS = "too_many_versions"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     MODEL_UNAVAILABLE = "model_unavailable"
+    AUTH_EXPIRED = "auth_expired"
 
 
 def utc_now() -> str:

@@ -1,4 +1,4 @@
-"""Logging of every Parley process: one setup, session tokens never written.
+"""Logging of every Parley process: one setup, session tokens and ID tokens never written.
 
 A session token is a bearer credential: whoever reads it can read and write the
 conversation. Logs travel further than Redis does (terminals, files, log shippers), so
@@ -38,6 +38,10 @@ _TOKEN = re.compile(
     rf"(?P<lead>(?:token|owner)(?:=|%3[dD])|[\"'](?:token|owner)[\"']\s*:\s*[\"']"
     rf"|:\{{[0-9a-fA-F]\}}:)(?P<token>{_UUID})"
 )
+#: An ID token (a JWT, from an identity provider): its header is base64url JSON, so it
+#: starts ``eyJ`` (``{"``). Wherever it shows up (a URL's query, the chat socket's
+#: ``parley.bearer.<JWT>`` subprotocol, a library's message), it is rewritten.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 #: ``name=value`` pairs a log line may carry, lifted into JSON fields.
 _FIELDS = re.compile(r"\b(message_id|session|seq)=([^\s,;:]+)")
 
@@ -55,10 +59,13 @@ def fingerprint(token: str) -> str:
 
 
 def redact(text: str) -> str:
-    """``text`` with every session token in a recognised place replaced by its fingerprint.
+    """``text`` with every session token in a recognised place replaced by its fingerprint,
+    and every ID token (a JWT) by ``jwt-`` and its fingerprint.
 
     ``"GET /chat?token=6f1c...-..."`` becomes ``"GET /chat?token=fp-1a2b3c4d"``.
     """
+    if "eyJ" in text:
+        text = _JWT.sub(lambda m: f"jwt-{fingerprint(m[0])}", text)
     if "token" not in text and "owner" not in text and ":{" not in text:
         return text  # the common case, without running the expression
     return _TOKEN.sub(lambda m: f"{m['lead']}fp-{fingerprint(m['token'])}", text)

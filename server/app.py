@@ -17,6 +17,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from server.admission import SocketAdmission
 from server.config import ServerSettings
+from server.identity import IdentityVerifier
 from server.pools import PoolWatch
 from server.routes import chat, conversations, health, models, sessions
 from server.security import SecurityMiddleware
@@ -49,6 +50,7 @@ class State(TypedDict):
     leases: SocketLeases
     limiter: Limiter
     pools: PoolWatch
+    identity: IdentityVerifier | None
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -74,8 +76,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
 
 def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
-    """The app's lifespan: open the Redis pool, the store, the hub and the socket leases
-    on startup and yield them as the :class:`State`; close them on shutdown.
+    """The app's lifespan: open the Redis pool, the store, the hub, the socket leases and
+    the identity provider's verifier (if ``OIDC_ISSUER`` is set) on startup and yield
+    them as the :class:`State`; close them on shutdown.
 
     Raises (on startup):
         redis.exceptions.RedisError: Redis cannot be reached or refused a migration.
@@ -100,6 +103,9 @@ def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncConte
         leases.start()
         pools = PoolWatch(store, settings)
         pools.start()
+        # People from an identity provider, if one is set (OIDC_ISSUER); its keys are
+        # fetched on first use, so a provider that is down delays no start.
+        identity = IdentityVerifier(settings) if settings.oidc_issuer else None
         logger.info("server ready")
         try:
             yield {
@@ -110,8 +116,11 @@ def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncConte
                 "leases": leases,
                 "limiter": Limiter(redis),
                 "pools": pools,
+                "identity": identity,
             }
         finally:
+            if identity is not None:
+                await identity.aclose()
             await pools.aclose()
             await leases.aclose()
             await hub.aclose()

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from pydantic import Field
 
+from server.identity import IdentitySettings
 from server.security import SecuritySettings
 
 
-class ServerSettings(SecuritySettings):
+class ServerSettings(SecuritySettings, IdentitySettings):
     """Settings of a server process (environment variables, or a ``.env`` file)."""
 
     max_message_chars: int = Field(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 #: Put on the socket's subscription queue when the session's expiry is due a look.
 _WAKE = "\x00wake"
+#: Why a socket whose ID token expired is closed (the detail of its ``auth_expired``).
+IDENTITY_EXPIRED = "identity token expired; reconnect with a fresh one, ?after= the last event_id"
 
 
 class _Closed(Exception):
@@ -95,10 +98,15 @@ async def _first_of(*loops: Coroutine[Any, Any, None]) -> None:
 
 
 class ChatConnection(SessionCommands):
-    """One accepted WebSocket of one session (its commands: :class:`SessionCommands`)."""
+    """One accepted WebSocket of one session (its commands: :class:`SessionCommands`).
+
+    ``expires_at`` is when the ID token the socket was opened with stops being accepted
+    (Unix time, s; :class:`server.identity.Person`); None: it was opened without one.
+    """
 
     __slots__ = (
         "_resumes",
+        "expires_at",
         "hub",
         "relay",
         "session",
@@ -116,8 +124,10 @@ class ChatConnection(SessionCommands):
         hub: Hub,
         settings: ServerSettings,
         pools: PoolWatch,
+        expires_at: float | None = None,
     ) -> None:
         self.websocket = websocket
+        self.expires_at = expires_at
         self.token = token
         self.session = fingerprint(token)  # what logs name the session by
         self.store = store
@@ -169,9 +179,15 @@ class ChatConnection(SessionCommands):
         await self.relay.send_error(ErrorCode.SESSION_EXPIRED, SESSION_GONE)
         return _Closed(status.WS_1008_POLICY_VIOLATION, SESSION_GONE)
 
+    async def _identity_expired(self) -> _Closed:
+        """Tell the client its ID token expired; the error that closes the socket (1008)."""
+        await self.relay.send_error(ErrorCode.AUTH_EXPIRED, IDENTITY_EXPIRED)
+        return _Closed(status.WS_1008_POLICY_VIOLATION, IDENTITY_EXPIRED)
+
     async def _send_loop(self, sub: Subscription) -> None:
         """Relay the hub's messages for the session until cancelled; between them, close
-        the socket (error ``session_expired``, then 1008) once the session has expired;
+        the socket (error ``session_expired``, then 1008) once the session has expired,
+        or (error ``auth_expired``, then 1008) once the ID token it was opened with has;
         at each such look and after each resync, tell the client of the messages it
         queued that are gone from history (:meth:`check_pending`).
 
@@ -191,10 +207,16 @@ class ChatConnection(SessionCommands):
                 # Woken by the timer (which may run a hair early), or the time has come
                 # while events kept the loop busy.
                 if woken or loop.time() >= check_at:
+                    if self.expires_at is not None and time.time() >= self.expires_at:
+                        raise await self._identity_expired()
                     pttl = await self._session_ttl_ms()
                     if pttl == -2:
                         raise await self._session_gone()
                     check_at = loop.time() + (min(pttl / 1000 + 0.05, 60.0) if pttl > 0 else 60.0)
+                    if self.expires_at is not None:
+                        # Wall clock to loop clock: the token's end is a Unix time.
+                        token_end = loop.time() + self.expires_at - time.time() + 0.05
+                        check_at = min(check_at, token_end)
                     if wake is not None:
                         wake.cancel()
                     # A timer handle, not a timeout around each wait: an idle socket

@@ -1,10 +1,12 @@
 """FastAPI dependencies: the lifespan's state, the session token checks, and where a
-REST route finds its credential (``Authorization: Bearer``, or the query)."""
+REST route finds its credential (``Authorization: Bearer``, or the query): a session
+token, an owner token, or a person's ID token (:mod:`server.identity`)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Literal, overload
 
 from fastapi import Depends, HTTPException, Query, WebSocketException, status
 from fastapi.requests import HTTPConnection
@@ -12,6 +14,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from protocol.labels import hidden_characters
 from server.config import ServerSettings
+from server.identity import (
+    IdentityVerifier,
+    InvalidToken,
+    Person,
+    ProviderUnavailable,
+    looks_like_jwt,
+    www_authenticate,
+)
 from server.pools import PoolWatch
 from storage.connection import REDIS_DOWN
 from storage.hub import Hub
@@ -49,11 +59,18 @@ def _leases(connection: HTTPConnection) -> SocketLeases:
     return leases
 
 
+def _identity(connection: HTTPConnection) -> IdentityVerifier | None:
+    identity: IdentityVerifier | None = connection.state.identity
+    return identity
+
+
 StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[ServerSettings, Depends(_settings)]
 HubDep = Annotated[Hub, Depends(_hub)]
 PoolsDep = Annotated[PoolWatch, Depends(_pools)]
 LeasesDep = Annotated[SocketLeases, Depends(_leases)]
+#: The identity provider's verifier; None unless ``OIDC_ISSUER`` is set.
+IdentityDep = Annotated[IdentityVerifier | None, Depends(_identity)]
 
 
 #: ``Authorization: Bearer <token>``: a session token, or an owner token for the routes
@@ -64,7 +81,8 @@ _BEARER = HTTPBearer(
     auto_error=False,
     scheme_name="token",
     description="A session token (or an owner token, for POST /token and GET "
-    "/conversations), instead of the token or owner query parameter.",
+    "/conversations), instead of the token or owner query parameter. Where an owner goes, "
+    "an ID token of the identity provider (OIDC_ISSUER) instead.",
 )
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 SessionTokenQuery = Annotated[
@@ -92,6 +110,100 @@ def credential(query: str | None, bearer: HTTPAuthorizationCredentials | None, n
             detail=f"give the {name}: Authorization: Bearer <{name}>, or ?{name}=",
         )
     return found
+
+
+@dataclass(frozen=True)
+class OwnerCredential:
+    """The owner a request names: an anonymous owner token (``person`` None, not yet
+    checked to be well formed), or the owner of the person an ID token proved."""
+
+    owner: str
+    person: Person | None = None
+
+
+@overload
+async def owner_credential(
+    identity: IdentityVerifier | None,
+    query: str | None,
+    bearer: HTTPAuthorizationCredentials | None,
+    *,
+    required: Literal[True],
+) -> OwnerCredential: ...
+
+
+@overload
+async def owner_credential(
+    identity: IdentityVerifier | None,
+    query: str | None,
+    bearer: HTTPAuthorizationCredentials | None,
+    *,
+    required: Literal[False],
+) -> OwnerCredential | None: ...
+
+
+async def owner_credential(
+    identity: IdentityVerifier | None,
+    query: str | None,
+    bearer: HTTPAuthorizationCredentials | None,
+    *,
+    required: bool,
+) -> OwnerCredential | None:
+    """The owner a request names: an ID token in ``Authorization: Bearer`` (a person),
+    else an owner token there or in ``?owner=`` (:func:`credential`); None if neither is
+    given and none is ``required``.
+
+    Raises:
+        HTTPException: 401 for an ID token refused (:func:`prove`), 503 if the provider
+            cannot be reached; 400 for an ID token in the query (URLs are logged), or
+            with ``?owner=`` as well; 422 if ``required`` and none is given.
+    """
+    if query is not None and looks_like_jwt(query):
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail="an identity token goes in Authorization: Bearer, never in the URL",
+        )
+    header = bearer.credentials if bearer is not None else None
+    if header is not None and looks_like_jwt(header):
+        if query is not None:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                detail="two owners: give an identity token or ?owner=, not both",
+            )
+        person = await prove(identity, header)
+        return OwnerCredential(person.owner, person)
+    if header is None and query is None and not required:
+        return None
+    return OwnerCredential(credential(query, bearer, "owner"))
+
+
+async def prove(identity: IdentityVerifier | None, token: str) -> Person:
+    """The person the ID token ``token`` proves.
+
+    Raises:
+        HTTPException: 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC
+            6750 §3.1) for a refused token, or any token when no provider is set; 503 if
+            the provider's keys cannot be fetched.
+    """
+    if identity is None:
+        raise unauthorized("this server takes no identity tokens (OIDC_ISSUER is not set)")
+    try:
+        return await identity.verify(token)
+    except InvalidToken as e:
+        raise unauthorized(e.description) from e
+    except ProviderUnavailable as e:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="the identity provider cannot be reached; retry shortly",
+        ) from e
+
+
+def unauthorized(description: str) -> HTTPException:
+    """401 for a refused identity token, saying why (never quoting the token)."""
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        detail=description,
+        headers={"WWW-Authenticate": www_authenticate(description)},
+    )
 
 
 def bounded_text(value: str, what: str, max_chars: int) -> str:

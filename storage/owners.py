@@ -82,6 +82,24 @@ class Owners(StoreBase):
             await pipe.execute()
         return owner
 
+    async def ensure_owner(self, owner: str) -> None:
+        """Make the record of ``owner`` unless it exists: the owner of a person proved by
+        an identity provider (:func:`server.identity.person_owner`), whom no ``POST
+        /owner`` made. A new record lives ``owner_unused_ttl_seconds``, as a new owner
+        token does, until its first conversation extends it."""
+        key = keys.owner_key(owner)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "created", utc_now())
+            pipe.expire(key, self.settings.owner_unused_ttl_seconds, nx=True)
+            await pipe.execute()
+
+    async def session_owner(self, token: str) -> str | None:
+        """The owner of session ``token`` ("" if it has none); None if it is gone."""
+        found = await self.json_get(keys.session_key(token), "$.owner")
+        if found is None:
+            return None
+        return str(found[0]) if found else ""
+
     async def owner_exists(self, owner: str) -> bool:
         """Whether ``owner`` is a known owner token."""
         return bool(await self.redis.exists(keys.owner_key(owner)))
@@ -172,10 +190,9 @@ class Owners(StoreBase):
             SessionExpired: no such session.
             NotTheOwner: ``owner`` was given and is not the session's owner.
         """
-        found = await self.json_get(keys.session_key(token), "$.owner")
-        if found is None:
+        session_owner = await self.session_owner(token)
+        if session_owner is None:
             raise SessionExpired(token)
-        session_owner = str(found[0]) if found else ""
         if owner is not None and session_owner != owner:
             raise NotTheOwner(token)
         await self.redis.delete(

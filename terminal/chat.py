@@ -65,6 +65,9 @@ class Chat:
         name: the name for new conversations (asked once if None and none is kept).
         choice: the model and system prompt of new conversations.
         backoff: reconnect policy of the sockets.
+        id_token: a person's ID token from the server's identity provider
+            (``PARLEY_ID_TOKEN``): it stands for the owner (no owner token is made or
+            kept), and every socket offers it.
     """
 
     def __init__(
@@ -78,8 +81,10 @@ class Chat:
         name: str | None = None,
         choice: Choice | None = None,
         backoff: Backoff | None = None,
+        id_token: str | None = None,
     ) -> None:
         self.api = api
+        self.id_token = id_token
         self.settings = settings
         self.reader = reader
         self.out = out
@@ -118,8 +123,11 @@ class Chat:
     # --- owner and list ---------------------------------------------------------------
 
     async def owner(self, *, renew: bool = False) -> str:
-        """The owner token for this server: the kept one, or a new one (made and kept if
-        none is kept, or if ``renew``: the kept one expired)."""
+        """The owner credential for this server: the ID token if one was given; else the
+        kept owner token, or a new one (made and kept if none is kept, or if ``renew``:
+        the kept one expired)."""
+        if self.id_token is not None:
+            return self.id_token
         owner = None if renew else self.settings.owner(self.api.base_url)
         if owner is None:
             owner = await self.api.create_owner()
@@ -130,7 +138,7 @@ class Chat:
         """Fetch the owner's conversations (the numbers /switch takes) and print the
         first ``shown`` (all if None; 0 prints nothing). Without a kept owner there are
         none, and no owner is made."""
-        owner = self.settings.owner(self.api.base_url)
+        owner = self.id_token or self.settings.owner(self.api.base_url)
         if owner is None:
             self.listing, total = [], 0
         else:
@@ -190,7 +198,9 @@ class Chat:
         self.reader.refresh()
 
     def _client(self) -> ChatClient:
-        return ChatClient(self.api.base_url, http=self.api.http, backoff=self.backoff)
+        return ChatClient(
+            self.api.base_url, http=self.api.http, backoff=self.backoff, id_token=self.id_token
+        )
 
     async def _attach(self, client: ChatClient, view: SessionView, title: str, owned: bool) -> None:
         await client.connect()

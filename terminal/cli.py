@@ -8,6 +8,11 @@ token kept in the user's config folder, so they can be listed and resumed later
 (--list, --resume N). Ctrl-D exits once the replies in progress have arrived, Ctrl-C
 exits at once. With stdin a pipe, ``echo hi | python -m terminal --name me`` prints
 the reply and exits.
+
+Where the server signs people in with an identity provider (its OIDC_ISSUER), put your
+ID token in the environment variable PARLEY_ID_TOKEN: your conversations are then those
+of your account, on every device, and no owner token is kept. The token is sent only in
+headers, never in a URL, and never printed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from terminal.render import Renderer
 from terminal.settings import ClientSettings, settings_path
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+#: The environment variable holding a person's ID token, if the server takes them.
+ID_TOKEN_VARIABLE = "PARLEY_ID_TOKEN"
 #: Conversations listed when the client starts on a terminal.
 RECENT = 5
 
@@ -86,7 +93,10 @@ async def chat(
         settings = ClientSettings(settings_path())
         choice = Choice(args.model, args.system_prompt or None)
         api = ParleyApi(args.url, http)
-        client = Chat(api, settings, reader, out, renderer, name=args.name, choice=choice)
+        id_token = os.environ.get(ID_TOKEN_VARIABLE, "").strip() or None
+        client = Chat(
+            api, settings, reader, out, renderer, name=args.name, choice=choice, id_token=id_token
+        )
         if isinstance(reader, PromptReader):
             reader.live = client.live
         try:

@@ -23,8 +23,11 @@ from typing import Self
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
+from protocol.subprotocols import bearer_subprotocols
 from protocol.wire import (
     SERVER_EVENT,
+    ErrorCode,
+    ErrorEvent,
     MessageCommand,
     ResumeCommand,
     ServerEvent,
@@ -41,6 +44,7 @@ __all__ = [
     "ChatClientError",
     "ClientClosed",
     "ConnectionLost",
+    "IdentityRefused",
     "ResumeCursor",
     "SessionGone",
 ]
@@ -62,6 +66,10 @@ _ENDS = frozenset(
 
 class SessionGone(ChatClientError):
     """The server refused the session's socket (expired or unknown token)."""
+
+
+class IdentityRefused(ChatClientError):
+    """The server refused the person's ID token (``PARLEY_ID_TOKEN``), or it expired."""
 
 
 class ConnectionLost(ChatClientError):
@@ -92,6 +100,8 @@ class ChatClient:
         http: an aiohttp session to use (the client makes and closes its own if None).
         backoff: reconnect policy.
         heartbeat: WebSocket ping interval (s), to notice a dead connection.
+        id_token: a person's ID token from the server's identity provider, offered on
+            every socket (:mod:`protocol.subprotocols`), never in its URL.
     """
 
     def __init__(
@@ -101,8 +111,10 @@ class ChatClient:
         http: aiohttp.ClientSession | None = None,
         backoff: Backoff | None = None,
         heartbeat: float = 20.0,
+        id_token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.id_token = id_token
         self.backoff = backoff or Backoff()
         self.heartbeat = heartbeat
         self.token: str | None = None
@@ -193,9 +205,16 @@ class ChatClient:
             raise ChatClientError("no session: call create_session or load_session first")
         url = self.base_url.replace("http", "ws", 1) + "/chat"
         params = {"token": self.token} | ({"after": after} if after else {})
+        offered = bearer_subprotocols(self.id_token) if self.id_token else ()
         try:
-            return await self.http.ws_connect(url, params=params, heartbeat=self.heartbeat)
+            return await self.http.ws_connect(
+                url, params=params, heartbeat=self.heartbeat, protocols=offered
+            )
         except aiohttp.WSServerHandshakeError as e:
+            if e.status == 401:
+                raise IdentityRefused(
+                    "the server refused your identity token (PARLEY_ID_TOKEN)"
+                ) from e
             if e.status in (400, 403):
                 raise SessionGone(f"the server refused the session (HTTP {e.status})") from e
             raise
@@ -278,8 +297,10 @@ class ChatClient:
 
         Raises:
             SessionGone: the server closed the socket because the session is gone.
+            IdentityRefused: it closed the socket because the ID token expired.
             ConnectionLost: the socket dropped and could not be re-established.
         """
+        expired = False
         while not self._closed:
             ws = self._ws
             if ws is None:
@@ -288,6 +309,8 @@ class ChatClient:
                 frame = await ws.receive()
                 if frame.type is aiohttp.WSMsgType.TEXT:
                     event = self._parse(frame.data)
+                    if isinstance(event, ErrorEvent) and event.code is ErrorCode.AUTH_EXPIRED:
+                        expired = True
                     if event is not None and self.cursor.accept(event):
                         yield event
                 elif frame.type in _ENDS:
@@ -295,6 +318,10 @@ class ChatClient:
             if self._closed:
                 return
             self._connected.clear()
+            if expired:
+                raise IdentityRefused(
+                    "your identity token expired: set a fresh PARLEY_ID_TOKEN and start again"
+                )
             if ws.close_code == _POLICY_VIOLATION:
                 reason = frame.extra if frame.type is aiohttp.WSMsgType.CLOSE else None
                 raise SessionGone(reason or "session expired or does not exist")

@@ -17,7 +17,8 @@ from stack.redis import EmbeddedRedis
 from storage.connection import client_for_url
 from testkit.ports import free_port
 from testkit.redis_cluster import EmbeddedRedisCluster
-from tests.support.parley import Parley, running_parley
+from tests.support.identity import OIDC, Provider, SigningKey, ec_key, rsa_key
+from tests.support.parley import IN_PROCESS, Parley, running_parley
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +85,29 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP and WebSocket client session."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def idp_keys() -> dict[str, SigningKey]:
+    """An identity provider's keys, made once per run (an RSA key takes a while): ``rsa``
+    (RS256) and ``ec`` (ES256), published, and ``next``, which it has not published yet."""
+    return {"rsa": rsa_key("rsa-1"), "ec": ec_key("ec-1"), "next": rsa_key("rsa-2")}
+
+
+@pytest.fixture
+async def idp(idp_keys: dict[str, SigningKey]) -> AsyncIterator[Provider]:
+    """A stand-in identity provider (a real HTTP server), publishing ``rsa`` and ``ec``."""
+    provider = Provider(published=[idp_keys["rsa"], idp_keys["ec"]])
+    await provider.start()
+    yield provider
+    await provider.stop()
+
+
+@pytest.fixture
+async def oidc_parley(redis_url: str, redis: Redis[str], idp: Provider) -> AsyncIterator[Parley]:
+    """A running Parley whose identity provider is ``idp`` (its keys found by discovery)."""
+    # OIDC_ISSUER is wiring: where the provider stand-in runs.
+    async with running_parley(
+        redis_url, redis, overrides=IN_PROCESS | OIDC, oidc_issuer=idp.issuer
+    ) as parley:
+        yield parley

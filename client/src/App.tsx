@@ -1,5 +1,6 @@
 import { useCallback, useEffect, useRef, useState } from "react";
 import { httpApi, OwnerGone, SessionGone, Unreachable, type Api } from "./api";
+import { idTokenHook, PERSON } from "./identity";
 import { ChatView } from "./components/ChatView";
 import { ConfirmDialog, type Confirmation } from "./components/ConfirmDialog";
 import { LinkedSession } from "./components/LinkedSession";
@@ -80,7 +81,11 @@ function initialPhase(): Phase {
 
 export function App() {
   const [phase, setPhase] = useState<Phase>(initialPhase);
-  const [owner, setOwner] = useState<string | null>(storedOwner);
+  // A page that signs people in (window.parleyIdToken) lists the person's conversations;
+  // otherwise this browser's owner token does.
+  const [owner, setOwner] = useState<string | null>(() =>
+    idTokenHook() !== null ? PERSON : storedOwner(),
+  );
   // An owner the server no longer knows (it expired) is forgotten: the next new
   // conversation makes another.
   const ownerGone = useCallback(() => {
@@ -145,9 +150,13 @@ export function App() {
     [],
   );
 
-  /** This browser's owner token, made on first use (kept, not yet listed: see start). */
+  /**
+   * The signed-in person, if the page signs people in; else this browser's owner token,
+   * made on first use (kept, not yet listed: see start).
+   */
   async function ensureOwner(renew = false): Promise<string> {
-    if (owner !== null && !renew) return owner;
+    if (idTokenHook() !== null) return PERSON;
+    if (owner !== null && owner !== PERSON && !renew) return owner;
     const made = await api.createOwner();
     saveOwner(made);
     return made;

@@ -1,7 +1,9 @@
 // The REST half of the contract: sessions (start, load, rename, change model and system
 // prompt, delete, export), the models on offer, and the owner that lists a person's
-// conversations. Tokens travel as `Authorization: Bearer`, never in a request's URL.
+// conversations: an owner token, or `PERSON`, the signed-in person whose ID token the
+// page gives (identity.ts). Tokens travel as `Authorization: Bearer`, never in a URL.
 
+import { NotSignedIn, pageIdToken, PERSON } from "./identity";
 import {
   isConversationPage,
   isModelList,
@@ -97,8 +99,14 @@ export interface Api {
 
 type Params = Record<string, string | number>;
 
-/** The API of the server at `base` ("" for the page's own origin). */
-export function httpApi(base = ""): Api {
+/**
+ * The API of the server at `base` ("" for the page's own origin); `idToken` gives the
+ * signed-in person's ID token, sent for the owner `PERSON` (the page's hook by default).
+ */
+export function httpApi(
+  base = "",
+  idToken: () => Promise<string | null> = () => pageIdToken(),
+): Api {
   /**
    * The response to a request, its token (`bearer`: a session or owner token) in the
    * Authorization header; or the error it stands for.
@@ -170,6 +178,14 @@ export function httpApi(base = ""): Api {
   const sessionGone = () => new SessionGone();
   const ownerGone = () => new OwnerGone();
 
+  /** What a request for `owner` carries: the person's current ID token for `PERSON`. */
+  async function ownerBearer(owner: string | null | undefined): Promise<string | null> {
+    if (owner !== PERSON) return owner ?? null;
+    const token = await idToken();
+    if (token === null) throw new NotSignedIn();
+    return token;
+  }
+
   /** `PATCH /session`; a 400 that names the session is SessionGone. */
   async function patch(token: string, changes: SessionChoice & { title?: string }) {
     try {
@@ -188,8 +204,9 @@ export function httpApi(base = ""): Api {
     async createSession(name, owner, choice) {
       // No body without a choice: the request stays the one every server takes.
       const body = choice && Object.keys(choice).length > 0 ? choice : undefined;
+      const bearer = await ownerBearer(owner);
       try {
-        return await json("POST", "/token", { name }, owner ?? null, isSessionView, body);
+        return await json("POST", "/token", { name }, bearer, isSessionView, body);
       } catch (e) {
         // A 400 names the owner only when the name is fine: the page checks names first.
         if (owner && e instanceof ApiError && e.status === 400 && /owner/i.test(e.detail)) {
@@ -203,10 +220,12 @@ export function httpApi(base = ""): Api {
     async createOwner() {
       return (await json("POST", "/owner", {}, null, isOwnerView)).owner;
     },
-    listConversations: (owner, offset, limit) =>
-      naming(ownerGone, () =>
-        json("GET", "/conversations", { offset, limit }, owner, isConversationPage),
-      ),
+    listConversations: async (owner, offset, limit) => {
+      const bearer = await ownerBearer(owner);
+      return naming(ownerGone, () =>
+        json("GET", "/conversations", { offset, limit }, bearer, isConversationPage),
+      );
+    },
     async listModels() {
       return (await json("GET", "/models", {}, null, isModelList)).models;
     },

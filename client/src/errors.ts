@@ -27,6 +27,10 @@ const TEXTS: Record<string, Text> = {
     showDetail: true,
   },
   session_expired: { title: "This session has expired." },
+  auth_expired: {
+    title: "Your sign-in expired.",
+    general: "Your sign-in expired; reconnecting with a fresh one.",
+  },
   too_many_pending: {
     title: "Too many messages are already waiting for a reply. Wait for one, then send this again.",
   },

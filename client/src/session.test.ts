@@ -16,7 +16,10 @@ class FakeSocket implements SocketLike {
   onclose: ((event: CloseEvent) => void) | null = null;
   onerror: ((event: Event) => void) | null = null;
 
-  constructor(readonly url: string) {}
+  constructor(
+    readonly url: string,
+    readonly protocols?: string[],
+  ) {}
 
   get params(): URLSearchParams {
     return new URL(this.url).searchParams;
@@ -70,7 +73,10 @@ interface Harness {
   socket: () => FakeSocket;
 }
 
-function harness(history: ChatMessage[] = []): Harness {
+function harness(
+  history: ChatMessage[] = [],
+  idToken?: () => Promise<string | null>,
+): Harness {
   const sockets: FakeSocket[] = [];
   const refresh = vi.fn<Api["refreshSession"]>();
   refresh.mockResolvedValue(sessionView(history));
@@ -78,8 +84,9 @@ function harness(history: ChatMessage[] = []): Harness {
   const session = new ChatSession(sessionView(history), {
     api,
     socketBase: "ws://parley.test",
-    openSocket: (url) => {
-      const socket = new FakeSocket(url);
+    idToken,
+    openSocket: (url, protocols) => {
+      const socket = new FakeSocket(url, protocols);
       sockets.push(socket);
       return socket;
     },
@@ -140,6 +147,29 @@ describe("ChatSession", () => {
     h.socket().drop(1001);
     await vi.advanceTimersByTimeAsync(1000);
     expect(h.session.getState()).toMatchObject({ model: "small", systemPrompt: "Rhyme." });
+  });
+
+  it("offers the page's ID token on each socket, and reconnects with a fresh one when it expires", async () => {
+    const tokens = ["jwt.one.a", "jwt.two.b"];
+    const h = harness([], () => Promise.resolve(tokens.shift() ?? null));
+    h.session.start();
+    await vi.advanceTimersByTimeAsync(0); // the page's hook answers
+    expect(h.socket().protocols).toEqual(["parley", "parley.bearer.jwt.one.a"]);
+    expect(h.socket().url).not.toContain("jwt"); // never in the URL
+    h.socket().open();
+
+    h.socket().receive({ type: "error", message_id: null, code: "auth_expired", detail: "expired" });
+    h.socket().drop(1008); // closed as a bad token would be, yet the session lives on
+    expect(h.session.getState().connection.kind).toBe("reconnecting");
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(h.sockets).toHaveLength(2);
+    expect(h.socket().protocols).toEqual(["parley", "parley.bearer.jwt.two.b"]);
+  });
+
+  it("offers no subprotocol without a page that signs people in", () => {
+    const h = harness();
+    h.session.start();
+    expect(h.socket().protocols).toBeUndefined();
   });
 
   it("opens the socket replaying from the start and sends what was typed before it opened", () => {

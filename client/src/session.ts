@@ -12,9 +12,13 @@
 //   history is loaded again, and the socket goes on with the events that follow;
 // - messages typed meanwhile wait in order and go out as soon as a socket is open; none
 //   is dropped: one sent just before a drop is looked for in the history and sent again
-//   only if it is not there.
+//   only if it is not there;
+// - on a page that signs people in (identity.ts), each socket offers the person's ID
+//   token, asked of the page afresh; when it expires (`auth_expired`, then 1008) the
+//   session reconnects as after a drop, with the page's next token.
 
 import { SessionGone, type Api } from "./api";
+import { socketProtocols } from "./identity";
 import {
   activeMessage,
   emptyConversation,
@@ -91,7 +95,9 @@ export interface SessionDeps {
   api: Pick<Api, "refreshSession">;
   /** `ws://host:port`: the socket URL is `${socketBase}/chat?token=...&after=...`. */
   socketBase: string;
-  openSocket?: (url: string) => SocketLike;
+  openSocket?: (url: string, protocols?: string[]) => SocketLike;
+  /** The signed-in person's ID token, asked for before each socket (identity.ts). */
+  idToken?: () => Promise<string | null>;
   backoff?: Backoff;
   now?: () => number;
   random?: () => number;
@@ -108,7 +114,8 @@ export class ChatSession {
   private readonly listeners = new Set<() => void>();
   private readonly api: Pick<Api, "refreshSession">;
   private readonly socketBase: string;
-  private readonly openSocket: (url: string) => SocketLike;
+  private readonly openSocket: (url: string, protocols?: string[]) => SocketLike;
+  private readonly idToken: (() => Promise<string | null>) | null;
   private readonly backoff: Backoff;
   private readonly now: () => number;
   private readonly random: () => number;
@@ -116,6 +123,8 @@ export class ChatSession {
   private timer: ReturnType<typeof setTimeout> | null = null;
   private attempt = 0;
   private sessionExpired = false;
+  /** The socket's ID token expired: the close that follows is no end of the session. */
+  private identityExpired = false;
   /** The wait (ms) an admission limit asked for before the next socket. */
   private retryAfterMs = 0;
   private disposed = false;
@@ -125,7 +134,8 @@ export class ChatSession {
   constructor(view: SessionView, deps: SessionDeps) {
     this.api = deps.api;
     this.socketBase = deps.socketBase;
-    this.openSocket = deps.openSocket ?? ((url) => new WebSocket(url));
+    this.openSocket = deps.openSocket ?? ((url, protocols) => new WebSocket(url, protocols));
+    this.idToken = deps.idToken ?? null;
     this.backoff = deps.backoff ?? DEFAULT_BACKOFF;
     this.now = deps.now ?? Date.now;
     this.random = deps.random ?? Math.random;
@@ -240,11 +250,25 @@ export class ChatSession {
   // -- the socket -----------------------------------------------------------------------
 
   private connect(): void {
+    if (this.idToken === null) {
+      this.open(undefined);
+      return;
+    }
+    const generation = this.generation;
+    const open = (token: string | null) => {
+      if (!this.disposed && generation === this.generation) this.open(socketProtocols(token));
+    };
+    void this.idToken().then(open, () => {
+      open(null);
+    });
+  }
+
+  private open(protocols: string[] | undefined): void {
     const after = this.state.conversation.lastEventId ?? STREAM_START;
     const params = new URLSearchParams({ token: this.state.token, after });
     let socket: SocketLike;
     try {
-      socket = this.openSocket(`${this.socketBase}/chat?${params.toString()}`);
+      socket = this.openSocket(`${this.socketBase}/chat?${params.toString()}`, protocols);
     } catch (e) {
       console.warn("cannot open the chat socket:", e);
       this.scheduleReconnect();
@@ -265,6 +289,7 @@ export class ChatSession {
         return;
       }
       if (event.type === "error" && event.code === "session_expired") this.sessionExpired = true;
+      if (event.type === "error" && event.code === "auth_expired") this.identityExpired = true;
       // A socket refused by an admission limit: reconnect no sooner than it says.
       if (event.type === "error" && event.message_id === null && event.retry_after_s !== undefined) {
         this.retryAfterMs = event.retry_after_s * 1000;
@@ -277,7 +302,10 @@ export class ChatSession {
       this.socket = null;
       this.dispatch({ type: "socketLost" });
       if (this.disposed) return;
-      if (this.sessionExpired || close.code === CLOSE_POLICY_VIOLATION) this.expire();
+      const identityExpired = this.identityExpired;
+      this.identityExpired = false;
+      if (identityExpired) this.scheduleReconnect();
+      else if (this.sessionExpired || close.code === CLOSE_POLICY_VIOLATION) this.expire();
       else this.scheduleReconnect();
     };
     socket.onerror = () => {

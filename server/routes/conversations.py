@@ -5,9 +5,11 @@ query (:func:`server.deps.credential`).
 
 An owner token is a bearer credential like a session token: whoever holds it lists the
 owner's conversations (with their session tokens) and may delete them. It holds no
-personal data. Sessions made without an owner (``POST /token`` without ``owner``) work
-as before and appear in no list. See :mod:`storage.owners` for how the lists stay within
-one hash slot on a Redis Cluster.
+personal data. With an identity provider (``OIDC_ISSUER``), a person's ID token stands
+where an owner token goes, for the person's own owner (:mod:`server.identity`).
+Sessions made without an owner (``POST /token`` without ``owner``) work as before and
+appear in no list. See :mod:`storage.owners` for how the lists stay within one hash
+slot on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from protocol.wire import ChatMessage, ConversationExport, ConversationPage, Own
 from server.admission import admit_owner
 from server.deps import (
     BearerDep,
+    IdentityDep,
     SessionTokenQuery,
     SettingsDep,
     StoreDep,
     bounded_text,
     credential,
+    owner_credential,
     session_gone,
     well_formed,
 )
@@ -68,24 +72,34 @@ async def create_owner(store: StoreDep) -> OwnerView:
 async def list_conversations(
     store: StoreDep,
     bearer: BearerDep,
+    identity: IdentityDep,
     owner: Annotated[
-        str | None, Query(description="The owner token (or Authorization: Bearer <owner>).")
+        str | None,
+        Query(
+            description="The owner token (or Authorization: Bearer <owner>, or an "
+            "identity token there)."
+        ),
     ] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Conversations to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=100, description="Conversations a page.")] = 20,
 ) -> ConversationPage:
     """The owner's conversations, newest first: title, created, last activity, message
-    count, and the session token to open each; renews the owner's TTL.
+    count, and the session token to open each; renews the owner's TTL. A person (an ID
+    token) who has none yet gets an empty list.
 
     Errors: 400 ``Owner expired or does not exist``; 422 for an offset (0 to
-    1,000,000) or limit (1 to 100) out of range, or without an owner.
+    1,000,000) or limit (1 to 100) out of range, or without an owner; 401 with
+    ``WWW-Authenticate`` for an ID token refused, 503 if the identity provider cannot be
+    reached.
     """
-    owner = credential(owner, bearer, "owner")
-    if not well_formed(owner):
+    found = await owner_credential(identity, owner, bearer, required=True)
+    if found.person is None and not well_formed(found.owner):
         raise owner_gone()
     try:
-        return await store.conversations(owner, offset, limit)
+        return await store.conversations(found.owner, offset, limit)
     except OwnerUnknown as e:
+        if found.person is not None:
+            return ConversationPage(conversations=[], total=0, next_offset=None)
         raise owner_gone() from e
 
 

@@ -10,11 +10,13 @@ from protocol.wire import SessionView
 from server.admission import admit_session
 from server.deps import (
     BearerDep,
+    IdentityDep,
     SessionTokenQuery,
     SettingsDep,
     StoreDep,
     bounded_text,
     credential,
+    owner_credential,
     session_gone,
     well_formed,
 )
@@ -31,11 +33,12 @@ async def create_token(
     store: StoreDep,
     settings: SettingsDep,
     bearer: BearerDep,
+    identity: IdentityDep,
     owner: Annotated[
         str | None,
         Query(
             description="An owner token: list the session among its conversations (or "
-            "Authorization: Bearer <owner>)."
+            "Authorization: Bearer <owner>, or an identity token there)."
         ),
     ] = None,
     choice: Annotated[ModelChoice | None, Body()] = None,
@@ -43,7 +46,9 @@ async def create_token(
     """Start a session: a new UUID4 token, valid ``SESSION_TTL_SECONDS`` after last use.
 
     With ``owner`` (from ``POST /owner``; in the query or as ``Authorization: Bearer``),
-    the session is one of the owner's conversations (``GET /conversations``). An optional JSON body
+    the session is one of the owner's conversations (``GET /conversations``); with an ID
+    token as ``Authorization: Bearer`` instead (``OIDC_ISSUER``), one of the person's.
+    An optional JSON body
     ``{"model", "system_prompt"}`` chooses the session's model (``GET /models``) and
     system prompt; without it, the default model and the deployment's prompt.
 
@@ -51,14 +56,17 @@ async def create_token(
     blank or too long, the model unknown, the system prompt too long, or the owner
     unknown or expired; 409 if the owner has ``MAX_CONVERSATIONS_PER_OWNER``
     conversations already; 429 with ``Retry-After`` past ``RATE_SESSIONS_PER_CLIENT``
-    (see :mod:`server.admission`).
+    (see :mod:`server.admission`); 401 with ``WWW-Authenticate`` for an ID token
+    refused, 503 if the identity provider cannot be reached.
     """
     name = bounded_text(name, "name", settings.max_name_chars)
-    if owner is not None or bearer is not None:
-        owner = credential(owner, bearer, "owner")
-    if owner is not None and not well_formed(owner):
+    found = await owner_credential(identity, owner, bearer, required=False)
+    if found is not None and found.person is None and not well_formed(found.owner):
         raise owner_gone()
     fields = checked_choice(choice or ModelChoice(), settings)
+    owner = found.owner if found is not None else None
+    if found is not None and found.person is not None:
+        await store.ensure_owner(found.owner)
     session = await store.create_session(
         name,
         owner or "",

@@ -37,6 +37,24 @@ def test_tokens_become_fingerprints(text: str) -> None:
     assert f"fp-{fingerprint(TOKEN)}" in redacted
 
 
+#: An ID token's form (header, claims, signature); its contents do not matter here.
+JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6InJzYS0xIn0.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJlLXBhcnQ"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"GET /conversations?owner={JWT} HTTP/1.1",
+        f"offered subprotocols ['parley', 'parley.bearer.{JWT}']",
+        f"Authorization: Bearer {JWT}",
+    ],
+)
+def test_id_tokens_become_fingerprints(text: str) -> None:
+    redacted = redact(text)
+    assert JWT.split(".")[1] not in redacted and JWT.split(".")[2] not in redacted
+    assert f"jwt-{fingerprint(JWT)}" in redacted
+
+
 def test_message_ids_and_other_text_stay() -> None:
     text = f"message_id={MESSAGE_ID} seq=3 done"
     assert redact(text) == text

@@ -30,16 +30,18 @@ def cli_env(config_home: Path, **extra: str) -> dict[str, str]:
     }
 
 
-async def run_cli(*args: str, stdin: str, config_home: Path) -> tuple[int, str]:
-    """Run ``python -m terminal ARGS`` with ``stdin`` as what is typed; (status, output),
-    the output being stdout then stderr."""
+async def run_cli(
+    *args: str, stdin: str, config_home: Path, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Run ``python -m terminal ARGS`` with ``stdin`` as what is typed and ``env`` added
+    to its environment; (status, output), the output being stdout then stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "terminal",
         *args,
         cwd=ROOT,
-        env=cli_env(config_home),
+        env=cli_env(config_home, **(env or {})),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -1,5 +1,6 @@
 import { useEffect, useRef, useState, useSyncExternalStore } from "react";
 import { pageSocketBase, type Api } from "../api";
+import { idTokenHook, pageIdToken } from "../identity";
 import { activeMessage, replyModels, revisableTurn, type Conversation } from "../conversation";
 import { describeChoiceError, modelLabel, sessionModel } from "../models";
 import type { ExportFormat, ModelInfo, SessionChoice, SessionView } from "../protocol";
@@ -64,7 +65,15 @@ export function ChatView({
   onExport,
   drawer,
 }: Props) {
-  const [session] = useState(() => new ChatSession(view, { api, socketBase: pageSocketBase() }));
+  const [session] = useState(
+    () =>
+      new ChatSession(view, {
+        api,
+        socketBase: pageSocketBase(),
+        // On a page that signs people in, each socket proves the person.
+        idToken: idTokenHook() !== null ? () => pageIdToken() : undefined,
+      }),
+  );
   const state = useSyncExternalStore(session.subscribe, session.getState);
   const [newSessionError, setNewSessionError] = useState<string | null>(null);
   const [startingNew, setStartingNew] = useState(false);
