@@ -18,6 +18,17 @@ AVX512_OR_AMX = re.compile(
     r"%zmm\d|%[xy]mm(1[6-9]|2\d|3[01])\b|%k[0-7]\b|\btile(loadd|stored|zero|release|cfg)|\btdp[bf]"
 )
 DISPATCHED = re.compile(r"avx512|avx_512|evex|amx|skx|zen4", re.IGNORECASE)
+#: OpenSSL's assembly routines (linked into the ``cryptography`` package's extension,
+#: which PyJWT checks signatures with) that hold AVX-512 instructions and run only when
+#: OpenSSL's own CPU check (``OPENSSL_ia32cap_P``) finds them: ``ChaCha20_ctr32`` picks
+#: its 8xvl and 16x paths, ``poly1305_init`` its vpmadd52 blocks,
+#: ``ossl_rsaz_avx512ifma_eligible`` the AMM52 multipliers and their windows,
+#: ``ossl_aes_cfb128_vaes_eligible`` and ``ossl_vaes_vpclmulqdq_capable`` the VAES AES-CFB
+#: and AES-GCM paths. Named for the routine, not for the instruction set.
+OPENSSL_DISPATCHED = re.compile(
+    r"^(ChaCha20_(8xvl|16x)|poly1305_blocks_vpmadd52(_4x|_8x)?|ossl_rsaz_amm52x\d+_x[12]_ifma256"
+    r"|ossl_extract_multiplier_2x\d+_win5|ossl_aes_cfb128_vaes_(enc|dec)|(skip_)?iv_len_12_init_IV)$"
+)
 #: The lines of ``objdump -d`` that the scan reads (function headers, and what
 #: :data:`AVX512_OR_AMX` matches), as a POSIX extended regular expression for ``grep``,
 #: which drops the millions of other lines far faster than Python reads them.
@@ -67,4 +78,8 @@ def avx512_functions(path: Path) -> dict[str, int]:
 
 def undispatched(found: dict[str, int]) -> dict[str, int]:
     """The functions of ``found`` whose symbol does not name a dispatched instruction set."""
-    return {name: n for name, n in found.items() if not DISPATCHED.search(name)}
+    return {
+        name: n
+        for name, n in found.items()
+        if not (DISPATCHED.search(name) or OPENSSL_DISPATCHED.match(name))
+    }
