@@ -1,7 +1,7 @@
 """The direct baseline: a minimal FastAPI WebSocket app that asks the model itself.
 
 No Redis and no worker: the process holding the socket streams the reply from the model
-(the same stand-in Parley's workers call, through the same client, :mod:`worker.llm`)
+(the same stand-in Parley's workers call, through the same client, :mod:`worker.model.llm`)
 and forwards it with Parley's events (``queued``, ``token``, ``done``) and Parley's
 coalescing rule (the first delta at once, then deltas within ``flush_ms`` as one event),
 so the two differ only by what Parley adds: Redis, the message stream, a worker process
@@ -34,8 +34,8 @@ from protocol.wire import ChatMessage, DoneEvent, ErrorCode, ErrorEvent, QueuedE
 from protocol.wire import utc_now as now_iso
 from runtime.config import DEFAULT_SYSTEM_PROMPT
 from worker.coalesce import Coalescer, Delta, read_deltas
-from worker.errors import LLMError
-from worker.llm import LLMClient, LLMConfig, PromptMessage
+from worker.model.errors import LLMError
+from worker.model.llm import LLMClient, LLMConfig, PromptMessage
 
 logger = logging.getLogger(__name__)
 

@@ -64,7 +64,8 @@ async def measure(url: str, rounds: int, calls: int) -> dict[str, list[tuple[flo
     sha = await redis.script_load(LIBRARY + source("emit_batch.lua"))  # type: ignore[no-untyped-call]
     sha_all = await redis.script_load(LIBRARY + TRIM + source("emit_batch.lua"))  # type: ignore[no-untyped-call]
     await redis.function_load(function_library(), replace=True)
-    args = [session, keys.events_key(TOKEN), "50", EVENT, keys.channel(TOKEN), "1:a", "0"]
+    ttl_ms = "3600000"
+    args = [session, keys.events_key(TOKEN), "50", ttl_ms, EVENT, keys.channel(TOKEN), "1:a", "0"]
     ways = {
         "EVALSHA, library.lua": ["EVALSHA", sha, "2", *args],
         "EVALSHA, + trim.lua": ["EVALSHA", sha_all, "2", *args],

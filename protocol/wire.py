@@ -355,11 +355,28 @@ class MessageEntry(_Wire):
         return cls.model_validate(fields)
 
 
+def replies_ended(payload: str) -> list[str]:
+    """The ``message_id`` of each event of ``payload`` that ends the reply to a message:
+    a ``done``, or an ``error`` that names its message. ``payload`` is a server event as
+    JSON (as the scripts publish it, with its ``event_id``), or several separated by
+    newlines (JSON text as Parley writes it holds none); anything else ends nothing."""
+    ended = []
+    for text in payload.split("\n"):
+        try:
+            event = SERVER_EVENT.validate_json(text)
+        except ValidationError:
+            continue
+        if isinstance(event, DoneEvent | ErrorEvent) and event.message_id is not None:
+            ended.append(event.message_id)
+    return ended
+
+
 def ends_reply(payload: str) -> bool:
-    """Whether ``payload``, a server event as JSON (as the scripts publish it, with its
-    ``event_id``), ends a reply: a ``done`` or an ``error``. Anything else does not."""
+    """Whether ``payload``, server events as JSON as the scripts announce them (with
+    their ``event_id``, one a line), ends a reply: its last is a ``done`` or an
+    ``error``. Anything else does not."""
     try:
-        event = SERVER_EVENT.validate_json(payload)
+        event = SERVER_EVENT.validate_json(payload.rpartition("\n")[2])
     except ValidationError:
         return False
     return isinstance(event, DoneEvent | ErrorEvent)

@@ -33,7 +33,6 @@ import uuid
 
 from fastapi import HTTPException, Request, WebSocket, status
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol.wire import ErrorCode, ErrorEvent
@@ -47,6 +46,7 @@ from storage.admission import (
     digest,
     limit_key,
 )
+from storage.connection import REDIS_DOWN
 from storage.leases import SocketLeases
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class SocketAdmission:
             )
             await self._refuse(_refused(e, detail), receive, send)
             return
-        except (RedisError, OSError) as e:
+        except REDIS_DOWN as e:
             logger.warning("socket limits not checked, Redis unavailable: %s", e)
             await self.app(scope, receive, send)
             return
@@ -216,7 +216,7 @@ class SocketAdmission:
             await self.app(scope, receive, watched)
         finally:
             leases.untrack(place, holder)
-            with contextlib.suppress(RedisError, OSError):  # the lease lapses anyway
+            with contextlib.suppress(*REDIS_DOWN):  # the lease lapses anyway
                 await limiter.release("sockets", address, holder)
             if not accepted:  # the handshake was refused (a bad token, a full session)
                 await self._give_back(limiter, address, opened)
@@ -226,7 +226,7 @@ class SocketAdmission:
         """Give a refused socket's open back: a refusal spends nothing."""
         try:
             await limiter.give_back("socket_opens", address, opened)
-        except (RedisError, OSError) as e:
+        except REDIS_DOWN as e:
             logger.warning("a socket open could not be given back, Redis unavailable: %s", e)
 
     @staticmethod

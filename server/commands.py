@@ -6,6 +6,8 @@ the socket's connection (:mod:`server.connection`) reads the frames and relays e
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import WebSocket
 
@@ -13,20 +15,25 @@ from protocol.wire import EditCommand, ErrorCode, QueuedEvent, RegenerateCommand
 from server.admission import message_limits, message_refused
 from server.config import ServerSettings
 from server.metrics import MESSAGES_ACCEPTED
+from server.pending import PendingMessages
 from server.pools import PoolWatch
-from server.relay import REDIS_DOWN, EventRelay
+from server.relay import EventRelay
 from storage.admission import MessageLimits, Refused
+from storage.connection import REDIS_DOWN
 from storage.models import StoredMessage
 from storage.store import ModelChanged, Refusal, Revision, Store
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-class SessionCommands:
+
+class SessionCommands(PendingMessages):
     """The commands of one socket of one session: the part of
     :class:`server.connection.ChatConnection` that carries them out, which sets the
     attributes they use (``websocket``, ``token``, ``session``, ``store``, ``settings``,
-    ``relay``, ``pools``, ``model``, ``_limits``).
+    ``relay``, ``pools``, ``model``, ``_limits``, ``_pending``). The messages it queues
+    are kept until answered (:class:`server.pending.PendingMessages`).
 
     Every method raises :class:`storage.store.SessionExpired` when the session is gone
     (the connection then closes the socket), and tells the client of any other refusal.
@@ -81,19 +88,10 @@ class SessionCommands:
         edit = (command.message_id, command.content) if isinstance(command, EditCommand) else None
         if edit is not None and await self._content_refused(edit[1]):
             return
-        try:
-            revision = await self._revise(edit)
-        except Refused as e:
-            await self.relay.send(self._refusal(e))
-            return
-        except Refusal as e:
-            await self.relay.send_error(e.code, e.detail)
-            return
-        except REDIS_DOWN as e:
-            await self._unavailable(e)
-            return
+        revision = await self._told_if_refused(self._revise(edit))
         if revision is None:
             return
+        self.track(revision.message_id, revision.entry)
         MESSAGES_ACCEPTED.inc()
         logger.info(
             "message_id=%s session=%s seq=%d %s queued",
@@ -111,7 +109,9 @@ class SessionCommands:
         Raises:
             SessionExpired, ReplyInProgress, NotLastMessage, TooManyVersions,
             Overloaded, ModelChanged: as :meth:`Store.revise`.
+            TooManyPending: this socket keeps ``max_pending_messages`` unanswered.
         """
+        await self.make_room()
         try:
             return await self._revise_once(edit)
         except ModelChanged as changed:
@@ -137,19 +137,11 @@ class SessionCommands:
         (:meth:`storage.store.Store.enqueue`): a refusal spends nothing."""
         if await self._content_refused(content):
             return
-        try:
-            message = await self._enqueue(content)
-        except Refused as e:
-            await self.relay.send(self._refusal(e))
-            return
-        except Refusal as e:
-            await self.relay.send_error(e.code, e.detail)
-            return
-        except REDIS_DOWN as e:
-            await self._unavailable(e)
-            return
+        message = await self._told_if_refused(self._enqueue(content))
         if message is None:
             return
+        # Kept before the client is told: from then on a loss is the client's to hear of.
+        self.track(message.id, message.entry or "")
         MESSAGES_ACCEPTED.inc()
         logger.info("message_id=%s session=%s seq=%d queued", message.id, self.session, message.seq)
         await self.relay.send(
@@ -165,8 +157,10 @@ class SessionCommands:
 
         Raises:
             SessionExpired, TooManyPending, SessionFull, Overloaded, ModelChanged,
-                PromptTooLong: as :meth:`Store.enqueue`.
+                PromptTooLong: as :meth:`Store.enqueue`; TooManyPending also when this
+                socket keeps ``max_pending_messages`` unanswered.
         """
+        await self.make_room()
         limit = self.settings.max_pending_messages
         if await self._model_unserved():
             return None
@@ -211,6 +205,24 @@ class SessionCommands:
             "choose another model (PATCH /session) or send it again later",
         )
         return True
+
+    async def _told_if_refused(self, queueing: Awaitable[T]) -> T | None:
+        """What ``queueing`` (a message, regenerate or edit queued) returns; None if it
+        was refused, and then the client got its ``error``: an admission bound, a
+        refusal of the store (its own code and detail), or Redis being down.
+
+        Raises:
+            SessionExpired: the session is gone.
+        """
+        try:
+            return await queueing
+        except Refused as e:
+            await self.relay.send(self._refusal(e))
+        except Refusal as e:
+            await self.relay.send_error(e.code, e.detail)
+        except REDIS_DOWN as e:
+            await self._unavailable(e)
+        return None
 
     async def _unavailable(self, error: Exception) -> None:
         """Tell the client its message could not be stored: Redis is unreachable."""

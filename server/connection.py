@@ -36,8 +36,9 @@ from server.config import ServerSettings
 from server.deps import SESSION_GONE
 from server.limits import TokenBucket
 from server.pools import PoolWatch
-from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, REDIS_DOWN, UNAVAILABLE_DETAIL, EventRelay
+from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, UNAVAILABLE_DETAIL, EventRelay
 from storage import keys
+from storage.connection import REDIS_DOWN
 from storage.hub import CHECK, RESYNC, Hub, Subscription
 from storage.store import (
     SessionExpired,
@@ -127,6 +128,7 @@ class ChatConnection(SessionCommands):
         self.pools = pools
         self.model = settings.default_model
         self._limits = None
+        self._pending = None
 
     async def run(self, after: str | None) -> None:
         """Serve the connection until the client leaves or it must close.
@@ -169,7 +171,9 @@ class ChatConnection(SessionCommands):
 
     async def _send_loop(self, sub: Subscription) -> None:
         """Relay the hub's messages for the session until cancelled; between them, close
-        the socket (error ``session_expired``, then 1008) once the session has expired.
+        the socket (error ``session_expired``, then 1008) once the session has expired;
+        at each such look and after each resync, tell the client of the messages it
+        queued that are gone from history (:meth:`check_pending`).
 
         A session's TTL only grows with activity, so nothing can expire before the TTL
         last read runs out: the session is looked at again then (or after 60 s at most),
@@ -197,13 +201,25 @@ class ChatConnection(SessionCommands):
                     # holds this one small object. A full queue that drops the wake-up
                     # puts RESYNC in its place, which also leads to a check.
                     wake = loop.call_at(check_at, sub.deliver, _WAKE)
+                    await self._check_pending()
                 payload = await sub.queue.get()
                 woken = payload in (_WAKE, RESYNC, CHECK)
                 if payload not in (_WAKE, CHECK):
                     await self.relay.deliver(payload)
+                    self.forget_answered(payload)
         finally:
             if wake is not None:
                 wake.cancel()
+
+    async def _check_pending(self) -> None:
+        """:meth:`check_pending`, from the send loop: a Redis that cannot be read leaves
+        the messages for the next look (the resync after the outage)."""
+        try:
+            await self.check_pending()
+        except SessionExpired as e:
+            raise await self._session_gone() from e
+        except REDIS_DOWN as e:
+            logger.warning("session=%s pending messages not checked: %s", self.session, e)
 
     async def _session_ttl_ms(self) -> int:
         """The session's TTL (ms; -2: gone), retried while Redis is unreachable."""

@@ -9,11 +9,11 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, WebSocketException, status
 from fastapi.requests import HTTPConnection
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from redis.exceptions import RedisError
 
 from protocol.labels import hidden_characters
 from server.config import ServerSettings
 from server.pools import PoolWatch
+from storage.connection import REDIS_DOWN
 from storage.hub import Hub
 from storage.leases import SocketLeases
 from storage.store import Store
@@ -139,7 +139,7 @@ async def _ws_token(store: StoreDep, token: Annotated[str | None, Query()] = Non
         raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason=SESSION_GONE)
     try:
         alive = await store.touch(token)
-    except (RedisError, OSError) as e:
+    except REDIS_DOWN as e:
         raise redis_unavailable() from e
     if not alive:
         raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason=SESSION_GONE)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.exceptions import RedisError
-
 from runtime.tasks import cancel_and_wait
 from server.config import ServerSettings
 from server.metrics import MODEL_QUEUE_LAG, MODEL_WORKERS
 from storage import keys
+from storage.connection import REDIS_DOWN
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ class PoolWatch:
             await asyncio.sleep(interval)
             try:
                 await self.watch_once()
-            except (RedisError, OSError) as e:
+            except REDIS_DOWN as e:
                 logger.warning("watching the worker pools failed: %s", e)
             except Exception:
                 logger.exception("watching the worker pools failed")

@@ -20,13 +20,13 @@ import asyncio
 import logging
 
 from fastapi import WebSocket
-from redis.exceptions import RedisError
 
 from protocol.event_ids import event_id_of, stream_id_key
 from protocol.wire import ErrorCode, ErrorEvent, GapEvent
 from runtime.logs import fingerprint
 from runtime.retry import retrying
 from server.metrics import CLIENT_ERRORS, EVENTS_RELAYED, RESUME_GAPS
+from storage.connection import REDIS_DOWN
 from storage.hub import RESYNC, UNAVAILABLE
 from storage.store import Store
 
@@ -36,8 +36,6 @@ UNAVAILABLE_DETAIL = (
     "Parley cannot reach its store right now; messages already queued will be answered "
     "when it is back, and new ones must be sent again then"
 )
-#: What a Redis that cannot be reached raises: redis-py's errors and the socket's own.
-REDIS_DOWN = (RedisError, OSError)
 #: Bounds (s) of the backoff between tries while Redis is unreachable.
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
@@ -166,6 +164,9 @@ class EventRelay:
             await self._resync()
         elif payload == UNAVAILABLE:
             await self.tell_unavailable()
+        elif "\n" in payload:  # events announced together, one a line (finish.lua)
+            for event in payload.split("\n"):
+                await self._send_live(event)
         else:
             await self._send_live(payload)
 

@@ -194,4 +194,4 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 
 #: Any failure of a call to Redis, its link's or its own: what a caller that only
 #: reports the failure (and keeps serving) catches.
-REDIS_DOWN: tuple[type[Exception], ...] = (RedisError, OSError)
+REDIS_DOWN = (RedisError, OSError)

@@ -28,10 +28,10 @@ import uuid
 from typing import Final
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from runtime.tasks import cancel_and_wait
 from storage import keys
+from storage.connection import REDIS_DOWN
 from storage.scripts import AdmitStatus, RenewStatus, Script
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class SocketLeases:
         self.untrack(leases_key(token), lease)
         try:
             await self._redis.zrem(leases_key(token), lease)
-        except (RedisError, OSError) as e:
+        except REDIS_DOWN as e:
             logger.warning("could not release a socket lease (it will lapse): %s", e)
 
     def track(self, key: str, lease: str) -> None:
@@ -152,5 +152,5 @@ class SocketLeases:
             await asyncio.sleep(self._lease_ms / 3000)
             try:
                 await self.renew()
-            except (RedisError, OSError) as e:
+            except REDIS_DOWN as e:
                 logger.warning("could not renew socket leases (retrying): %s", e)

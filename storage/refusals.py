@@ -1,5 +1,5 @@
 """What the store refuses to queue, each refusal with its wire code and what the client
-is told, as :class:`worker.errors.LLMError` carries a model's: the caller sends
+is told, as :class:`worker.model.errors.LLMError` carries a model's: the caller sends
 ``error.code`` and ``error.detail`` and needs no table of its own.
 
 A refusal changes nothing: the script that refused it wrote nothing, and spent nothing

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Final
 
+import msgspec
+
 from protocol.wire import MessageEntry, RestartEvent, ServerEvent
 from storage import keys
 from storage.admission import CLIENT_TOKENS, Limiter, limit_key
 from storage.base import StoreBase
 from storage.connection import is_cluster
-from storage.models import MESSAGE_RECORDS, SessionWindow, StoredMessage
+from storage.models import HistoryMessage, SessionWindow, StoredMessage, SummaryRecord
 from storage.scripts import Arg, BeginStatus, EmitBatchStatus, EmitStatus, FinishStatus, Script
 from storage.sessions import SessionExpired
 
@@ -79,32 +81,35 @@ class Fenced(Exception):
 
 
 def _begun(status: BeginStatus, payload: Any, window: int) -> Begun:
-    """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, read]``: ``read`` the
-    JSON text of the session's fields and its newest ``window + 1`` messages (all of
-    them if ``window`` is 0)."""
-    read = json.loads(payload[1])
-    messages = read[_messages_path(window)]
+    """A :class:`Begun` from ``begin.lua``'s payload ``[crashes, fields, messages]``: the
+    JSON text of the session's fields and of its newest ``window + 1`` messages (all of
+    them if ``window`` is 0), decoded and checked by msgspec (:class:`_BeginFields`,
+    :class:`storage.models.HistoryMessage`)."""
+    fields = _FIELDS.decode(payload[1])
+    messages = _MESSAGES.decode(payload[2])
     complete = not window or len(messages) <= window
-    if not complete:
-        messages = messages[-window:]
-
-    def field(name: str, default: Any) -> Any:
-        found = read[f"$.{name}"]
-        return found[0] if found else default
-
+    summary = fields.summary[0] if fields.summary else None
     session = SessionWindow(
-        stop_seq=field("stop_seq", 0),
-        model=field("model", ""),
-        system_prompt=field("system_prompt", ""),
-        summary=field("summary", None),
-        messages=MESSAGE_RECORDS.validate_python(messages),
+        messages=messages if complete else messages[-window:],
+        stop_seq=fields.stop_seq[0] if fields.stop_seq else 0,
+        model=fields.model[0] if fields.model else "",
+        system_prompt=fields.system_prompt[0] if fields.system_prompt else "",
+        summary=SummaryRecord.model_validate(summary) if summary is not None else None,
     )
     return Begun(status, session, crashes=int(payload[0]), complete=complete)
 
 
-def _messages_path(window: int) -> str:
-    """The JSONPath of ``begin.lua``'s read of the newest ``window + 1`` messages."""
-    return f"$.messages[-{window + 1}:]" if window else "$.messages[*]"
+class _BeginFields(msgspec.Struct):
+    """The session's fields as ``begin.lua`` reads them: each JSONPath's matches."""
+
+    stop_seq: list[int] = msgspec.field(name="$.stop_seq", default_factory=list)
+    model: list[str] = msgspec.field(name="$.model", default_factory=list)
+    system_prompt: list[str] = msgspec.field(name="$.system_prompt", default_factory=list)
+    summary: list[dict[str, Any] | None] = msgspec.field(name="$.summary", default_factory=list)
+
+
+_FIELDS = msgspec.json.Decoder(_BeginFields)
+_MESSAGES = msgspec.json.Decoder(list[HistoryMessage])
 
 
 class Replies(StoreBase):

@@ -1,15 +1,15 @@
 """Parley's Lua scripts: how they are run, and the one place their replies are decoded.
 
-Every script of this package (a ``.lua`` file beside this module) returns
+Every script of this package (a ``.lua`` file under ``storage/lua/``) returns
 ``{status, payload}`` (``library.lua``'s ``reply``): ``status`` an integer, one of the
 script's statuses, which the script declares at its top under the names and values of
 its :class:`~enum.IntEnum` below; ``payload`` a value, a table, or nil. :class:`Script`
 turns that reply into ``(status member, payload)`` and refuses anything else
 (:class:`ScriptReplyError`).
 
-Each script runs with ``library.lua`` prepended (the reply helper, and the tail that
+Each script runs with ``includes/library.lua`` prepended (the reply helper, and the tail that
 appends an event to a session's stream and announces it), and those that trim a message
-stream with ``trim.lua`` too, by ``EVALSHA``: redis-py's script object loads it again on
+stream with ``includes/trim.lua`` too, by ``EVALSHA``: redis-py's script object loads it again on
 ``NOSCRIPT`` (a Redis restarted without persistence, a failover, ``SCRIPT FLUSH``), on
 whichever node answered so, and a script is named by the hash of its text, so
 processes of two versions never run each other's. The README's design section says why
@@ -34,15 +34,16 @@ Arg = str | int | float
 
 @functools.cache
 def source(name: str) -> str:
-    """The text of the package's file ``name`` (a ``.lua`` file), read once a process."""
-    return files("storage").joinpath(name).read_text(encoding="utf-8")
+    """The text of the script ``name`` (``storage/lua/<name>``; a shared part:
+    ``includes/<name>``), read once a process."""
+    return files("storage").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 #: Prepended to every script: its helpers are then plain Lua locals of the script.
-LIBRARY: Final = source("library.lua")
+LIBRARY: Final = source("includes/library.lua")
 #: Prepended after :data:`LIBRARY` to the scripts that trim a message stream only: each
 #: helper defined costs every call of the script (a closure made; see the README).
-TRIM: Final = source("trim.lua")
+TRIM: Final = source("includes/trim.lua")
 
 
 class AdmitStatus(IntEnum):
@@ -117,7 +118,8 @@ class SetModelStatus(IntEnum):
 
 class BeginStatus(IntEnum):
     """``begin.lua``: an attempt began, first or after a ``restart`` event (payload:
-    ``[crashes, the JSON text of the session's read]``), or nothing changed."""
+    ``[crashes, the session's fields as JSON, its messages as JSON]``), or nothing
+    changed."""
 
     STARTED = 0
     RESTARTED = 1

@@ -159,7 +159,7 @@ def sentinel_client(
 
 async def close_sentinels(client: Redis[str]) -> None:
     """Close the Sentinel connections behind ``client``, if it has any (its own pool is
-    closed with it)."""
-    pool = client.connection_pool
+    closed with it). A cluster client has no single pool, and no Sentinel."""
+    pool = getattr(client, "connection_pool", None)
     if isinstance(pool, SentinelConnectionPool):
         await pool.sentinel_manager.aclose()  # type: ignore[attr-defined]  # stale stubs

@@ -11,9 +11,11 @@ neither them nor their bytes.
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from collections.abc import Collection
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from protocol.wire import utc_now
 from storage import keys
@@ -24,6 +26,26 @@ from storage.scripts import ChargeStatus, Script, SetModelStatus, StopStatus
 
 class SessionExpired(Exception):
     """The session does not exist (never did, or its TTL ran out)."""
+
+
+class MessageMark(NamedTuple):
+    """Where a user message stands in its session's history
+    (:meth:`Sessions.message_marks`).
+
+    Attributes:
+        entry: its entry id in its partition's message stream as history records it
+            (each regenerate or edit gives it a new one); "" if none is recorded.
+        answered: whether its turn is closed: its reply is recorded, or it ended with
+            an ``error`` (its ``seq`` is at most the session's ``replied_seq``).
+    """
+
+    entry: str
+    answered: bool
+
+
+#: What a message id the store makes looks like (UUID4 text): the only text put in a
+#: JSONPath filter.
+_MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Sessions(StoreBase):
@@ -223,6 +245,43 @@ class Sessions(StoreBase):
             SessionExpired: no such session.
         """
         return await self._counter(token, "$.replied_seq")
+
+    async def message_marks(
+        self, token: str, message_ids: Collection[str]
+    ) -> dict[str, MessageMark]:
+        """Which of the user messages ``message_ids`` session ``token``'s history holds,
+        and where each stands: one ``JSON.GET`` of the session's ``replied_seq`` and of
+        each message's ``seq`` and ``entry`` (JSONPath filters on its id; no content is
+        read). None given: nothing is read.
+
+        Returns:
+            A mark for each id the history holds; an id it does not hold is absent.
+
+        Raises:
+            SessionExpired: no such session.
+            ValueError: an id is not one the store makes (UUID4 text).
+        """
+        paths = ["$.replied_seq"]
+        for message_id in message_ids:
+            if _MESSAGE_ID.fullmatch(message_id) is None:
+                raise ValueError(f"not a message id: {message_id[:40]!r}")
+            paths += [f'$.messages[?(@.id=="{message_id}")].{f}' for f in ("seq", "entry")]
+        if len(paths) == 1:
+            return {}
+        found = await self.json_get(keys.session_key(token), *paths)
+        if found is None:
+            raise SessionExpired(token)
+        replied = int(found[paths[0]][0]) if found[paths[0]] else 0
+        marks = {}
+        for message_id, seq_path, entry_path in zip(
+            message_ids, paths[1::2], paths[2::2], strict=True
+        ):
+            seq, entry = found[seq_path], found[entry_path]
+            if seq and seq[0] is not None:
+                marks[message_id] = MessageMark(
+                    str(entry[0]) if entry and entry[0] else "", int(seq[0]) <= replied
+                )
+        return marks
 
     async def _counter(self, token: str, path: str) -> int:
         found = await self.json_get(keys.session_key(token), path)

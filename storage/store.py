@@ -46,7 +46,7 @@ from storage.replies import (
     NotYourTurn,
     Replies,
 )
-from storage.sessions import SessionExpired, Sessions
+from storage.sessions import MessageMark, SessionExpired, Sessions
 from storage.streams import TRIM_ACKED, TRIM_MINID, Claimed, ClaimedEntry
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "ClaimedEntry",
     "Emit",
     "Fenced",
+    "MessageMark",
     "ModelChanged",
     "NotLastMessage",
     "NotTheOwner",

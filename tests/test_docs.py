@@ -232,3 +232,24 @@ def test_the_layout_page_names_every_top_level_folder() -> None:
     layout = (DOCS / "design" / "layout.md").read_text(encoding="utf-8")
     missing = sorted(f for f in folders if f"| `{f}/` |" not in layout)
     assert not missing, f"folders missing from the layout page: {missing}"
+
+
+def test_quoted_paths_exist() -> None:
+    """Every path of the checkout a page quotes in code (``storage/lua/enqueue.lua``)
+    exists, unless it is one the build makes (ignored by git: ``client/dist``)."""
+    folders = "|".join(p.name for p in ROOT.iterdir() if p.is_dir() and p.name[0] != ".")
+    path = re.compile(rf"(?<![\w./-])((?:{folders})/[\w./-]*\w)")
+    quoted_paths = {
+        (page.relative_to(ROOT).as_posix(), found)
+        for page in PAGES
+        for code in re.findall(r"`([^`\n]+)`", page.read_text(encoding="utf-8"))
+        for found in path.findall(code)
+        if not any(c in code for c in "<>*{")
+    }
+    missing = sorted(
+        (page, p)
+        for page, p in quoted_paths
+        if not (ROOT / p).exists()
+        and subprocess.run(["git", "check-ignore", "-q", f"{p}/"], cwd=ROOT, check=False).returncode
+    )
+    assert quoted_paths and not missing, f"paths the pages quote that do not exist: {missing}"

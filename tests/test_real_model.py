@@ -26,8 +26,8 @@ from stack.model import EmbeddedModel
 from storage.keys import SUMMARY_GROUP, SUMMARY_STREAM
 from tests.support.events import count, of_type, read_until
 from tests.support.parley import running_parley
-from worker.llm import LLMClient, LLMConfig, PromptMessage
-from worker.tokens import TokenCounter, estimate_tokens
+from worker.model.llm import LLMClient, LLMConfig, PromptMessage
+from worker.model.tokens import TokenCounter, estimate_tokens
 
 
 async def ask(ws: aiohttp.ClientWebSocketResponse, text: str) -> list[dict[str, Any]]:

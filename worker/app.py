@@ -12,7 +12,7 @@ from runtime.logs import setup_logging
 from storage.connection import connect, disconnect
 from worker.config import WorkerSettings
 from worker.consumer import Worker
-from worker.llm import LLMClient, LLMConfig
+from worker.model.llm import LLMClient, LLMConfig
 
 logger = logging.getLogger(__name__)
 

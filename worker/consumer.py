@@ -34,8 +34,8 @@ from worker.config import WorkerSettings
 from worker.entries import StreamEntry
 from worker.groups import ConsumerGroups
 from worker.jobs import IdleJobs
-from worker.llm import LLMClient
 from worker.metrics import TAKEOVERS
+from worker.model.llm import LLMClient
 from worker.reply import Replies
 from worker.summary import Summarizer
 from worker.titles import Titler
@@ -183,24 +183,33 @@ class Worker:
         """Up to ``count`` new entries of ``streams`` (``XREADGROUP`` with ``>``, blocking
         up to ``read_block_ms``); none once stopping.
 
-        Retried while Redis is unreachable, with the one backoff (at most 5 s apart).
+        Retried while Redis is unreachable, with the one backoff (at most 5 s apart);
+        the first try goes straight to Redis, so a read costs no retry machinery.
         """
+        if self._stopping.is_set():
+            return []
+        with contextlib.suppress(*CONNECTION_ERRORS):  # tried again, and reported, below
+            return await self._read_once(streams, count)
         response: ReadResponse = []
         async for attempt in retrying(on=CONNECTION_ERRORS, wait_max_s=5.0):
             with attempt:
                 if self._stopping.is_set():
                     break
                 try:
-                    response = await self.redis.xreadgroup(
-                        keys.CONSUMER_GROUP,
-                        self.consumer,
-                        dict.fromkeys(streams, ">"),
-                        count=count,
-                        block=self.settings.read_block_ms,
-                    )
+                    response = await self._read_once(streams, count)
                 except CONNECTION_ERRORS as e:
                     logger.warning("reading the stream failed: %s", e)
                     raise
+        return response
+
+    async def _read_once(self, streams: tuple[str, ...], count: int) -> ReadResponse:
+        response: ReadResponse = await self.redis.xreadgroup(
+            keys.CONSUMER_GROUP,
+            self.consumer,
+            dict.fromkeys(streams, ">"),
+            count=count,
+            block=self.settings.read_block_ms,
+        )
         return response
 
     async def _claim_loop(self) -> None:

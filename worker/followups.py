@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import logging
 
-from redis.exceptions import RedisError
-
 from runtime.logs import fingerprint
+from storage.connection import REDIS_DOWN
 from storage.models import StoredMessage
 from storage.store import Store
 from storage.summaries import Summaries
 from worker.config import WorkerSettings
-from worker.llm import LLMClient
 from worker.memory import PromptPlan, summary_due
+from worker.model.llm import LLMClient
 from worker.titles import request_title
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class FollowUps:
         """Queue the session's title job for the pool of ``model`` (a catalog id)."""
         try:
             await request_title(self.store.redis, token, model)
-        except (RedisError, OSError) as e:
+        except REDIS_DOWN as e:
             logger.warning("session=%s title not requested: %s", fingerprint(token), e)
 
     def summary_due(self, plan: PromptPlan, reply: StoredMessage, api_model: str | None) -> bool:
@@ -62,5 +61,5 @@ class FollowUps:
         again if this fails)."""
         try:
             await self.summaries.request_summary(token, model)
-        except (RedisError, OSError) as e:
+        except REDIS_DOWN as e:
             logger.warning("session=%s summary not requested: %s", fingerprint(token), e)

@@ -27,20 +27,20 @@ from protocol.wire import (
 from runtime.logs import fingerprint
 from runtime.tasks import cancel_and_wait
 from storage.admission import Limiter
-from storage.models import MessageRecord, StoredMessage, SummaryRecord
+from storage.models import HistoryEntry, StoredMessage, SummaryRecord
 from storage.store import Begun, Store
 from worker.coalesce import Coalescer, Delta, read_deltas
 from worker.config import WorkerSettings
 from worker.emits import EmitBatcher
-from worker.errors import LLMError, LLMRejected, LLMStreamInterrupted, ModelNotServed
 from worker.followups import FollowUps
-from worker.llm import LLMClient, PromptMessage
 from worker.memory import HistoryTooShort, PromptPlan, plan_prompt
 from worker.metrics import REPLIES, REPLY_SECONDS, TIME_TO_FIRST_TOKEN
-from worker.overflow import context_overflow
+from worker.model.errors import LLMError, LLMRejected, LLMStreamInterrupted, ModelNotServed
+from worker.model.llm import LLMClient, PromptMessage
+from worker.model.overflow import context_overflow
+from worker.model.response import track_usage
 from worker.publish import TokenPublisher, end_on_stop
 from worker.quota import reply_cost
-from worker.response import track_usage
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ class ReplyGenerator:
         model: _Model,
     ) -> tuple[PromptPlan, _Streamed]:
         """Stream the reply to ``plan``'s prompt; if the model refuses it as too long
-        for its context (:func:`worker.overflow.context_overflow`), once more with a
+        for its context (:func:`worker.model.overflow.context_overflow`), once more with a
         smaller window: the history's tokens scaled by the overflow's
-        :meth:`~worker.overflow.ContextOverflow.shrink` (at least halved), the turn just
+        :meth:`~worker.model.overflow.ContextOverflow.shrink` (at least halved), the turn just
         before no longer kept over budget. Return the prompt used and the reply.
 
         Raises:
@@ -306,7 +306,7 @@ class ReplyGenerator:
         use_summary = self.settings.memory_summary
 
         def prompt(
-            history: Sequence[MessageRecord], summary: SummaryRecord | None, complete: bool
+            history: Sequence[HistoryEntry], summary: SummaryRecord | None, complete: bool
         ) -> PromptPlan:
             return plan_prompt(
                 history,

@@ -23,19 +23,20 @@ import asyncio
 import logging
 from typing import ClassVar, NamedTuple
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from runtime.logs import fingerprint
 from storage.admission import Limiter
+from storage.connection import REDIS_DOWN
 from storage.models import Session
 from storage.sessions import SessionExpired
 from storage.store import Store
 from worker.config import WorkerSettings
-from worker.errors import LLMError
-from worker.llm import LLMClient, PromptMessage
 from worker.metrics import JOB_FAILURES
+from worker.model.errors import LLMError
+from worker.model.llm import LLMClient, PromptMessage
+from worker.model.response import Usage, track_usage
 from worker.quota import charge_request, reply_cost
-from worker.response import Usage, track_usage
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class IdleJobs:
                     await self._ensure_group()
                     group_ready = True
                 job = await self._next()
-            except (RedisError, OSError) as e:
+            except REDIS_DOWN as e:
                 if isinstance(e, ResponseError) and str(e).startswith("NOGROUP"):
                     group_ready = False  # the stream was deleted: create it again
                 logger.warning("%s jobs of %s: Redis unavailable: %s", self.kind, self.model, e)
@@ -164,7 +165,7 @@ class IdleJobs:
             )
         try:
             await self.redis.xack(self.stream, self.group, job.entry_id)  # type: ignore[no-untyped-call]
-        except (RedisError, OSError) as e:
+        except REDIS_DOWN as e:
             # Pending still: taken over, and found done or given up, after CLAIM_IDLE_MS.
             logger.warning("session=%s %s job not acked: %s", fingerprint(job.token), self.kind, e)
 
@@ -181,7 +182,7 @@ class IdleJobs:
                 job.deliveries,
                 self.settings.job_max_attempts,
             )
-            if isinstance(e, (RedisError, OSError)):
+            if isinstance(e, REDIS_DOWN):
                 logger.warning("session=%s %s job failed (try %d of %d): %s", *args, e)
             else:
                 logger.exception("session=%s %s job failed (try %d of %d)", *args)

@@ -4,7 +4,7 @@ rolling summary.
 The prompt is the system prompt, then the session's summary (the turns it covers, up to
 its ``seq``, folded into a few lines by :mod:`worker.summary`), then the newest whole
 turns after the summary that fit the budget, then the message itself. Token counts are
-estimates, calibrated by the model's own counts (:mod:`worker.tokens`).
+estimates, calibrated by the model's own counts (:mod:`worker.model.tokens`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from storage.models import MessageRecord, SummaryRecord, conversation
-from worker.llm import PromptMessage
-from worker.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
+from storage.models import HistoryEntry, SummaryRecord, conversation
+from worker.model.llm import PromptMessage
+from worker.model.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 
 __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
@@ -33,15 +33,15 @@ __all__ = [
 ]
 
 #: A user message and its reply.
-Turn = tuple[MessageRecord, MessageRecord]
-#: Counts the tokens of a text (e.g. :meth:`worker.tokens.TokenCounter.estimate`).
+Turn = tuple[HistoryEntry, HistoryEntry]
+#: Counts the tokens of a text (e.g. :meth:`worker.model.tokens.TokenCounter.estimate`).
 Count = Callable[[str], int]
 
 #: What introduces the summary, after the system prompt, in the prompt's system message.
 SUMMARY_HEADING = "Summary of the conversation before the messages below:"
 
 
-def _cost(message: MessageRecord, count: Count) -> int:
+def _cost(message: HistoryEntry, count: Count) -> int:
     return count(message.content) + MESSAGE_OVERHEAD_TOKENS
 
 
@@ -69,7 +69,7 @@ def history_window(max_messages: int) -> int:
 
 
 def answered_turns(
-    history: Sequence[MessageRecord], *, after: int = 0, before: int | None = None
+    history: Sequence[HistoryEntry], *, after: int = 0, before: int | None = None
 ) -> list[Turn]:
     """The turns of ``history`` (any order) whose user message has a reply and a ``seq``
     above ``after`` and below ``before`` (None: any), oldest first."""
@@ -99,7 +99,7 @@ class PromptPlan:
     """
 
     messages: list[PromptMessage]
-    message: MessageRecord
+    message: HistoryEntry
     recent: list[Turn]
     kept: int
     history_tokens: int
@@ -107,7 +107,7 @@ class PromptPlan:
 
 
 def plan_prompt(
-    history: Sequence[MessageRecord],
+    history: Sequence[HistoryEntry],
     seq: int,
     *,
     system_prompt: str,
@@ -177,7 +177,7 @@ def _shown_after(summary: SummaryRecord | None, seq: int, keep_previous: bool) -
     return min(after, seq - 2) if keep_previous else after
 
 
-def _reaches(ordered: Sequence[MessageRecord], summary: SummaryRecord | None) -> bool:
+def _reaches(ordered: Sequence[HistoryEntry], summary: SummaryRecord | None) -> bool:
     """Whether ``ordered`` holds a user message that ``summary`` covers."""
     return summary is not None and any(
         m.role == "user" and (m.seq or 0) <= summary.seq for m in ordered
@@ -185,7 +185,7 @@ def _reaches(ordered: Sequence[MessageRecord], summary: SummaryRecord | None) ->
 
 
 def _messages(
-    system_prompt: str, summary: SummaryRecord | None, kept: list[Turn], message: MessageRecord
+    system_prompt: str, summary: SummaryRecord | None, kept: list[Turn], message: HistoryEntry
 ) -> list[PromptMessage]:
     """The chat messages: one system message (the prompt, then the summary under
     :data:`SUMMARY_HEADING`), the turns ``kept``, then ``message``."""
@@ -202,7 +202,7 @@ def _messages(
 
 
 def build_prompt(
-    history: Sequence[MessageRecord],
+    history: Sequence[HistoryEntry],
     seq: int,
     *,
     system_prompt: str,

@@ -16,9 +16,9 @@ from runtime.logs import fingerprint
 from storage.admission import CLIENT_TOKENS, Limiter
 from storage.connection import REDIS_DOWN
 from storage.store import SessionExpired, Store
-from worker.llm import PromptMessage
 from worker.memory import estimate_tokens
-from worker.response import Usage
+from worker.model.llm import PromptMessage
+from worker.model.response import Usage
 
 logger = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from storage.hub import RESYNC, Hub
 from storage.store import ANSWERED, NOT_YET, STALE, Fenced, NotYourTurn, SessionExpired, Store
 from worker.config import WorkerSettings
 from worker.generation import ReplyGenerator
-from worker.llm import LLMClient
 from worker.memory import history_window
 from worker.metrics import GENERATING, REPLIES
+from worker.model.llm import LLMClient
 
 logger = logging.getLogger(__name__)
 

@@ -38,10 +38,10 @@ from storage.models import SummaryRecord
 from storage.scripts import SummaryStatus
 from storage.sessions import SessionExpired
 from storage.summaries import Summaries
-from worker.errors import LLMError
 from worker.jobs import IdleJobs
-from worker.llm import PromptMessage
 from worker.memory import Turn, answered_turns, summary_due, turns_to_fold
+from worker.model.errors import LLMError
+from worker.model.llm import PromptMessage
 
 logger = logging.getLogger(__name__)
 

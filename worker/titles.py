@@ -29,9 +29,9 @@ from redis.asyncio import Redis
 from protocol.labels import strip_hidden
 from runtime.logs import fingerprint
 from storage import keys
-from worker.errors import LLMError
 from worker.jobs import IdleJobs
-from worker.llm import PromptMessage
+from worker.model.errors import LLMError
+from worker.model.llm import PromptMessage
 
 logger = logging.getLogger(__name__)
 

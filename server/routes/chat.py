@@ -13,7 +13,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketException, status
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
 
 from server.connection import ChatConnection
 from server.deps import (
@@ -27,6 +26,7 @@ from server.deps import (
 )
 from server.metrics import SOCKETS, SOCKETS_REFUSED
 from server.sockets import ChatSockets
+from storage.connection import REDIS_DOWN
 
 router = APIRouter(tags=["chat"])
 
@@ -49,7 +49,7 @@ async def chat(
     """
     try:
         lease = await leases.acquire(token)
-    except (RedisError, OSError) as e:
+    except REDIS_DOWN as e:
         raise redis_unavailable() from e
     if lease is None:
         await _refuse_too_many(websocket, leases.max_sockets)

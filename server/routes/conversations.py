@@ -128,7 +128,7 @@ async def change_session(
         if "model" in fields and fields["model"] == await store.session_model(token):
             del fields["model"]
         # The model first, and only while no message waits: a message is answered by
-        # the pool of the model it was sent to (see storage/set_model.lua).
+        # the pool of the model it was sent to (see storage/lua/set_model.lua).
         if "model" in fields and not await store.set_model(token, fields.pop("model")):
             raise HTTPException(
                 status.HTTP_409_CONFLICT,

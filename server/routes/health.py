@@ -7,9 +7,9 @@ import logging
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
 
 from server.deps import HubDep, StoreDep
+from storage.connection import REDIS_DOWN
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ async def readyz(store: StoreDep, hub: HubDep) -> dict[str, str] | JSONResponse:
         await store.ping()
         if not await store.group_exists():
             return JSONResponse({"detail": "consumer group missing"}, status_code=503)
-    except (RedisError, OSError) as e:
+    except REDIS_DOWN as e:
         # The error names Redis's address: logged, not told to whoever asks.
         logger.warning("readiness: Redis unavailable: %s", e)
         return JSONResponse({"detail": "redis unavailable"}, status_code=503)

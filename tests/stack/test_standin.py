@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from testkit.standin import StandinModel, reply_text, reply_tokens
-from worker.llm import LLMClient, LLMConfig, PromptMessage
+from worker.model.llm import LLMClient, LLMConfig, PromptMessage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "ping"}]}

@@ -28,6 +28,7 @@ async def _every_read(store: Store, token: str, owner: str) -> dict[str, Any]:
         "stop_seq": await store.stop_seq(token),
         "crashes": await store.crashes(token, 2),
         "crashes_other_seq": await store.crashes(token, 1),
+        "marks": await store.message_marks(token, [m.id for m in session.messages]),
         "conversations": page.model_dump(mode="json"),
     }
 
@@ -59,6 +60,7 @@ async def test_reads_do_not_depend_on_client_json_having_been_called(
         assert before["crashes"] == 3 and before["crashes_other_seq"] == 0
         assert before["session"]["title"] == "A title"
         assert before["conversations"]["total"] == 1
+        assert [m.answered for m in before["marks"].values()] == [False, False]
 
         # What a title or summary job did first, in the release that failed.
         await fresh.json().get(keys.session_key(session.token))  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import pytest
 from redis.asyncio import Redis
@@ -22,6 +23,7 @@ from storage.store import (
     Begun,
     Emit,
     Fenced,
+    MessageMark,
     SessionExpired,
     Store,
     TooManyPending,
@@ -117,6 +119,29 @@ async def test_finish_records_once_in_conversation_order(store: Store, redis: Re
     assert view.messages[-1] == ChatMessage(
         id=u2.id, role="user", content="two", timestamp=u2.timestamp
     )
+
+
+async def test_message_marks_tell_which_messages_history_holds_and_which_are_answered(
+    store: Store, redis: Redis
+) -> None:
+    session = await store.create_session("ada")
+    u1 = await store.enqueue(session.token, "one", max_pending=10)
+    u2 = await store.enqueue(session.token, "two", max_pending=10)
+    entry = MessageEntry(token=session.token, seq=1, message_id=u1.id)
+    assert (await store.begin(entry, "1:a")).status == STARTED
+    r1 = reply_to(u1, "reply one")
+    assert await store.finish(entry, r1, DoneEvent(message_id=u1.id, reply=r1.public()), "1:a")
+    gone = str(uuid.uuid4())
+    assert await store.message_marks(session.token, [u1.id, u2.id, gone]) == {
+        u1.id: MessageMark(str(u1.entry), answered=True),
+        u2.id: MessageMark(str(u2.entry), answered=False),
+    }
+    assert await store.message_marks(session.token, []) == {}
+    with pytest.raises(ValueError, match="not a message id"):
+        await store.message_marks(session.token, ['x")]'])
+    await redis.delete(keys.session_key(session.token))
+    with pytest.raises(SessionExpired):
+        await store.message_marks(session.token, [u1.id])
 
 
 async def test_a_new_attempt_fences_off_the_old_one(store: Store, redis: Redis) -> None:

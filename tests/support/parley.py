@@ -26,7 +26,7 @@ from testkit.standin import StandinModel
 from worker.app import llm_config
 from worker.config import WorkerSettings
 from worker.consumer import Worker
-from worker.llm import LLMClient
+from worker.model.llm import LLMClient
 
 #: What every in-process stack changes from the product's defaults.
 IN_PROCESS = declare(

@@ -12,7 +12,7 @@ from tests.support.events import count, of_type, read_until
 from tests.support.parley import running_parley
 from worker.app import llm_config
 from worker.config import HF_ROUTER_URL, WorkerSettings
-from worker.llm import LLMClient, PromptMessage
+from worker.model.llm import LLMClient, PromptMessage
 
 HF_TOKEN = "hf_SECRETsecretSECRETsecret0123456789"
 API_KEY = "sk-other-endpoint-key-0123456789"

@@ -27,7 +27,7 @@ from tests.support.parley import running_parley
 from worker.app import llm_config
 from worker.config import WorkerSettings
 from worker.entries import StreamEntry
-from worker.llm import LLMClient
+from worker.model.llm import LLMClient
 from worker.reply import Replies
 
 

@@ -31,7 +31,7 @@ from worker import jobs as jobs_module
 from worker import summary, titles
 from worker.config import WorkerSettings
 from worker.consumer import Worker
-from worker.tokens import estimate_tokens
+from worker.model.tokens import estimate_tokens
 
 #: Two pools: the cloud's (the catalog's default, on the old key names) and an
 #: on-premises one, each with its own workers and model API.

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from testkit.standin import StandinModel, reply_tokens
-from worker.errors import LLMRateLimited, LLMRejected, LLMStreamInterrupted, LLMUnavailable
-from worker.llm import LLMClient, LLMConfig, PromptMessage
+from worker.model.errors import LLMRateLimited, LLMRejected, LLMStreamInterrupted, LLMUnavailable
+from worker.model.llm import LLMClient, LLMConfig, PromptMessage
 
 PROMPT = [
     PromptMessage(role="system", content="Be brief."),

@@ -14,9 +14,9 @@ from testkit.standin import StandinModel
 from tests.support.events import count, read_until
 from tests.support.parley import running_parley
 from tests.support.quota import client_used, session_used
-from worker.llm import LLMClient, LLMConfig, PromptMessage
 from worker.memory import estimate_tokens
-from worker.response import track_usage
+from worker.model.llm import LLMClient, LLMConfig, PromptMessage
+from worker.model.response import track_usage
 
 PROMPT = [
     PromptMessage(role="system", content="Be brief."),

@@ -25,8 +25,8 @@ from tests.support.events import Event, count, of_type, read_until
 from tests.support.parley import Parley, running_parley
 from worker import jobs as jobs_module
 from worker.config import WorkerSettings
-from worker.llm import LLMClient, LLMConfig
 from worker.memory import SUMMARY_HEADING
+from worker.model.llm import LLMClient, LLMConfig
 from worker.summary import INSTRUCTION, Summarizer
 
 FACT = "my secret number is 4242"

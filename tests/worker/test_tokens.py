@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from testkit.standin import StandinModel
-from worker.errors import LLMRejected, LLMUnavailable
-from worker.llm import LLMClient, LLMConfig, PromptMessage
-from worker.overflow import ContextOverflow, context_overflow
-from worker.tokens import (
+from worker.model.errors import LLMRejected, LLMUnavailable
+from worker.model.llm import LLMClient, LLMConfig, PromptMessage
+from worker.model.overflow import ContextOverflow, context_overflow
+from worker.model.tokens import (
     CALIBRATION_WINDOW_BYTES,
     DEFAULT_BYTES_PER_TOKEN,
     MAX_BYTES_PER_TOKEN,
@@ -108,7 +108,7 @@ async def test_a_server_without_tokenize_is_asked_once(
     assert client.tokens.observations == 0
 
 
-# The servers' own words for a prompt beyond the context (see worker/overflow.py).
+# The servers' own words for a prompt beyond the context (see worker/model/overflow.py).
 OVERFLOWS = [
     pytest.param(
         400,

@@ -76,6 +76,29 @@ local function model_of(read, default)
   return model
 end
 
+-- The first read and checks of the scripts that queue a message (enqueue.lua,
+-- revise.lua): session document `session` read at `paths` (decoded), its model checked
+-- against p.model (p.default_model for a session without one), and its admission
+-- (admission, library.lua). Returns the read and the rate window; or nil, the refusal
+-- ('no_session', 'wrong_model', or admission's) and its payload (the session's model;
+-- the ms until it would admit).
+local function queueing_read(session, paths, p, client_quota)
+  local read = redis.call('JSON.GET', session, unpack(paths))
+  if not read then
+    return nil, 'no_session'
+  end
+  read = cjson.decode(read)
+  local model = model_of(read, p.default_model)
+  if model ~= p.model then
+    return nil, 'wrong_model', model
+  end
+  local refused, payload = admission(read, p, client_quota, lazy_clock())
+  if refused then
+    return nil, refused, payload
+  end
+  return read, payload
+end
+
 -- Trim `stream` (read by `group`) to about `maxlen` acknowledged entries; `backlog` is
 -- its unacknowledged entries if known, else nil. Returns the entries removed.
 local function trim_stream(stream, group, maxlen, mode, backlog)

@@ -13,7 +13,8 @@
 -- one message in TRIM_EVERY looks (those queued in a millisecond that TRIM_EVERY
 -- divides), and the workers trim every stream they read now and then too.
 -- The session joins its partition's set of sessions waiting for replies, swept for
--- messages whose entry is gone (lost.lua). The session's TTL is renewed, and its
+-- messages whose entry is gone (lost.lua), unless it is in it already ("waiting" names
+-- the set; the sweep takes it out once nothing waits). The session's TTL is renewed, and its
 -- versions document's with it unless the session says it has none ("versioned": false
 -- from its creation until revise.lua writes one).
 -- KEYS: the session document, the message stream, the waiting set, the session's
@@ -31,26 +32,20 @@
 -- (prompt_tokens, library.lua), {RATE_LIMITED, ms}, {SESSION_QUOTA, ms},
 -- {CLIENT_QUOTA, ms} (ms until it would admit).
 local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_LONG, RATE_LIMITED, SESSION_QUOTA, CLIENT_QUOTA = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
-local REFUSALS = {rate = RATE_LIMITED, session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA}
+local REFUSALS = {
+  no_session = NO_SESSION, wrong_model = WRONG_MODEL, rate = RATE_LIMITED,
+  session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA
+}
 local TRIM_EVERY = 16
 local session, stream, waiting, versions, client_quota = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local body, p = ARGV[1], cjson.decode(ARGV[2])
 
-local read = redis.call(
-  'JSON.GET', session, '$.seq', '$.replied_seq', '$.model', '$.size_bytes', '$.system_prompt',
-  '$.rate', '$.quota', '$.versioned'
-)
+local read, window, payload = queueing_read(session, {
+  '$.seq', '$.replied_seq', '$.model', '$.size_bytes', '$.system_prompt', '$.rate', '$.quota',
+  '$.versioned', '$.waiting'
+}, p, client_quota)
 if not read then
-  return reply(NO_SESSION)
-end
-read = cjson.decode(read)
-local model = model_of(read, p.default_model)
-if model ~= p.model then
-  return reply(WRONG_MODEL, model)
-end
-local refused, window = admission(read, p, client_quota, lazy_clock())
-if refused then
-  return reply(REFUSALS[refused], window)
+  return reply(REFUSALS[window], payload)
 end
 if p.context > 0 then
   local own = read['$.system_prompt'][1]
@@ -84,16 +79,20 @@ local id = redis.call(
 local now = id_ms(id)
 local message = '{"seq":' .. seq .. ',"entry":"' .. id .. '",' .. string.sub(body, 2)
 redis.call('JSON.ARRAPPEND', session, '$.messages', message)
-redis.call(
-  'JSON.MSET', session, '$.seq', seq, session, '$.size_bytes', size + #message,
+local changes = {
+  session, '$.seq', seq, session, '$.size_bytes', size + #message,
   session, '$.rate', admitted_window(window, now, p.rate_window_ms),
   session, '$.client', cjson.encode(p.client)
-)
+}
+if read['$.waiting'][1] ~= waiting then
+  redis.call('ZADD', waiting, now, p.token)
+  changes[#changes + 1], changes[#changes + 2], changes[#changes + 3] = session, '$.waiting', cjson.encode(waiting)
+end
+redis.call('JSON.MSET', unpack(changes))
 redis.call('EXPIRE', session, p.ttl)
 if read['$.versioned'][1] ~= false then  -- a session from before the flag: renewed
   redis.call('EXPIRE', versions, p.ttl)
 end
-redis.call('ZADD', waiting, now, p.token)
 if now % TRIM_EVERY == 0 then
   trim_stream(stream, p.group, p.maxlen, p.trim_mode, backlog + 1)
 end

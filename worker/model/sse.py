@@ -14,9 +14,10 @@ vLLM, TGI) or, from llama.cpp, as an ``error:`` field.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 
 @dataclass(frozen=True)
@@ -54,28 +55,34 @@ class StreamError:
 DONE = Done()
 GARBAGE = Garbage()
 
+#: Decodes a line's JSON (any JSON value, as :func:`json.loads` would).
+_JSON = msgspec.json.Decoder()
+
 #: What one line of the stream holds; None for a line to skip (a comment, a blank line).
 Event = Chunk | Done | Garbage | UsageReport | StreamError | None
 
 
 def parse_line(raw: bytes) -> Event:
-    """One SSE line: a chunk, ``[DONE]``, garbage, an in-stream error, or None to skip."""
-    line = raw.decode("utf-8", "replace").rstrip("\r\n")
-    if not line or line.startswith(":"):
+    """One SSE line: a chunk, ``[DONE]``, garbage, an in-stream error, or None to skip.
+
+    The line stays bytes: its JSON is decoded from them by msgspec, in C, with no copy
+    into text first (a model sends one such line a token)."""
+    line = raw.rstrip(b"\r\n")
+    if not line or line.startswith(b":"):
         return None
-    name, _, value = line.partition(":")
-    value = value.removeprefix(" ")
-    if name not in ("data", "error"):
-        return None if name in ("event", "id", "retry") else GARBAGE
-    if name == "data" and value.strip() == "[DONE]":
+    name, _, value = line.partition(b":")
+    value = value.removeprefix(b" ")
+    if name not in (b"data", b"error"):
+        return None if name in (b"event", b"id", b"retry") else GARBAGE
+    if name == b"data" and value.strip() == b"[DONE]":
         return DONE
     try:
-        payload = json.loads(value)
-    except ValueError:
+        payload = _JSON.decode(value)
+    except msgspec.DecodeError:
         return GARBAGE
     if not isinstance(payload, dict):
         return GARBAGE
-    if name == "error":
+    if name == b"error":
         return _stream_error({"error": payload})
     if payload.get("error") is not None:
         return _stream_error(payload)

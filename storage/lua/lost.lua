@@ -19,6 +19,7 @@ local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
 local seq = tonumber(redis.call('JSON.GET', KEYS[1], '.seq'))
 if seq <= replied then
   redis.call('ZREM', KEYS[4], ARGV[5])
+  redis.call('JSON.SET', KEYS[1], '$.waiting', '""')  -- see enqueue.lua
   return reply(NOTHING_WAITS, replied)
 end
 local head = replied + 1

@@ -3,14 +3,14 @@
 One client serves every backend Parley supports: Hugging Face's router
 (``https://router.huggingface.co/v1`` with ``HF_TOKEN``), TGI, vLLM and llama.cpp's
 ``llama-server``. It sends ``POST {base_url}/chat/completions`` with ``"stream": true``
-and reads the server-sent events (:mod:`worker.sse`).
+and reads the server-sent events (:mod:`worker.model.sse`).
 
 Failures before the first delta are retried with the one backoff
 (:func:`runtime.retry.retrying`); after it, a break raises :class:`LLMStreamInterrupted`
 and the caller decides.
 
 Each client also counts tokens (:attr:`LLMClient.tokens`, a
-:class:`worker.tokens.TokenCounter`): every ``usage`` a response reports calibrates it,
+:class:`worker.model.tokens.TokenCounter`): every ``usage`` a response reports calibrates it,
 and so does llama.cpp's ``POST /tokenize`` (:meth:`LLMClient.count_tokens`) where the
 server has it.
 """
@@ -26,20 +26,20 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from runtime.retry import retrying
-from worker.errors import (
+from worker.model.errors import (
     LLMError,
     LLMRejected,
     LLMStreamInterrupted,
     error_for_status,
 )
-from worker.response import (
+from worker.model.response import (
     StreamResponse,
     error_detail,
     note_request,
     parse_retry_after,
     request_failed,
 )
-from worker.tokens import TokenCounter
+from worker.model.tokens import TokenCounter
 
 logger = logging.getLogger(__name__)
 

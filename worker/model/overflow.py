@@ -20,7 +20,7 @@ message says so, each in its own words (their sources and documentation, 2025):
   Given: 5000".
 
 The model client keeps the server's message in the error's text
-(:class:`worker.errors.LLMRejected`), never in what clients are told.
+(:class:`worker.model.errors.LLMRejected`), never in what clients are told.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from worker.errors import LLMError, LLMRejected
+from worker.model.errors import LLMError, LLMRejected
 
 #: Statuses a too-long prompt is refused with (TGI validates with 422; 413 by proxies).
 OVERFLOW_STATUSES = frozenset({400, 413, 422})

@@ -1,5 +1,5 @@
 """Reading one streaming chat completions response: its deltas, its ``usage``, its
-errors (used by :class:`worker.llm.LLMClient`)."""
+errors (used by :class:`worker.model.llm.LLMClient`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import email.utils
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from worker import sse
-from worker.errors import LLMUnavailable, error_for_status
+from worker.model import sse
+from worker.model.errors import LLMUnavailable, error_for_status
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,11 @@ def track_usage() -> Usage:
     return usage
 
 
+#: The longest line of a model stream read (bytes): a chunk of a few tokens takes about
+#: 200; anything past this is garbage, and breaks the stream.
+MAX_LINE_BYTES = 1 << 20
+
+
 class StreamResponse:
     """One streaming response being read: its deltas, and whether the reply finished."""
 
@@ -100,6 +106,9 @@ class StreamResponse:
         #: The stream ended as it should (``[DONE]``, or its end after a finish).
         self.complete = False
         self._garbage = 0
+        #: Lines read and not yet parsed, and the start of a line still arriving.
+        self._lines: deque[bytes] = deque()
+        self._partial = b""
 
     async def next_delta(self) -> str | None:
         """The next non-empty content delta; None once the reply is whole.
@@ -109,7 +118,7 @@ class StreamResponse:
                 :class:`LLMUnavailable`, a broken stream or one that ended unfinished.
         """
         try:
-            async for raw in self._resp.content:
+            while (raw := await self._next_line()) is not None:
                 content = self._content(raw)
                 if content is None:
                     self.complete = True
@@ -126,6 +135,26 @@ class StreamResponse:
             raise LLMUnavailable("the model stream ended before it finished", retryable=True)
         self.complete = True
         return None
+
+    async def _next_line(self) -> bytes | None:
+        """The next line of the stream (without its ``\\n``), None at its end. Whatever
+        has arrived is split into lines at once: one read for the many lines a fast model
+        sends together, where reading line by line would wait on each.
+
+        Raises:
+            ValueError: a line is over :data:`MAX_LINE_BYTES` (never a chat completions
+                chunk: garbage, which breaks the stream).
+        """
+        while not self._lines:
+            data = await self._resp.content.readany()
+            if not data:  # the end of the stream
+                line, self._partial = self._partial, b""
+                return line or None
+            *lines, self._partial = (self._partial + data).split(b"\n")
+            if len(self._partial) > MAX_LINE_BYTES:
+                raise ValueError(f"a line of the model stream is over {MAX_LINE_BYTES} bytes")
+            self._lines.extend(lines)
+        return self._lines.popleft()
 
     def _content(self, raw: bytes) -> str | None:
         """The content one line adds ("" for none), or None for ``[DONE]``.

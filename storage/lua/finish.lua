@@ -17,7 +17,8 @@
 --   ALREADY_RECORDED), or its session gone), charge_client, units (model tokens to
 --   charge), period_ms (a quota's period)
 -- ARGV[2] the reply message JSON, or "" for none; ARGV[3], ARGV[4], ...: the events to
--- emit, JSON objects without "event_id", the closing one last.
+-- emit, JSON objects without "event_id", the closing one last (announced together:
+-- append_events, library.lua).
 -- The entry is also fenced (stale_entry, library.lua): an entry left over from before a
 -- regenerate or edit queued the message again closes nothing and is acknowledged (a
 -- worker that gave up on the old turn and died before its ack cannot close the new one).
@@ -79,10 +80,7 @@ if not forced and read['$.generator'][1] ~= p.attempt then
   return closed(FENCED, nil, read)
 end
 
-local id
-for i = 3, #ARGV do
-  id = append_event(events, i == 3 and p.ttl * 1000 or 0, p.events_maxlen, p.channel, ARGV[i])
-end
+local id = append_events(events, p.ttl * 1000, p.events_maxlen, p.channel, {unpack(ARGV, 3)})
 local changes = {}
 local function change(path, value)
   changes[#changes + 1], changes[#changes + 2], changes[#changes + 3] = session, path, value

@@ -42,23 +42,18 @@
 -- {TOO_LARGE, the bytes the session holds}, {TOO_MANY_ATTEMPTS}, {TOO_LONG, the
 -- prompt's tokens}, {RATE_LIMITED, ms}, {SESSION_QUOTA, ms}, {CLIENT_QUOTA, ms}.
 local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_MANY_ATTEMPTS, TOO_LONG, RATE_LIMITED, SESSION_QUOTA, CLIENT_QUOTA = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
-local REFUSALS = {rate = RATE_LIMITED, session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA}
+local REFUSALS = {
+  no_session = NO_SESSION, wrong_model = WRONG_MODEL, rate = RATE_LIMITED,
+  session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA
+}
 local session, stream, waiting, versions, events, client_quota = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local p, content = cjson.decode(ARGV[1]), ARGV[2]
-local read = redis.call(
-  'JSON.GET', session, '$.seq', '$.replied_seq', '$.stop_seq', '$.model', '$.size_bytes',
-  '$.system_prompt', '$.rate', '$.quota')
+local read, window, payload = queueing_read(session, {
+  '$.seq', '$.replied_seq', '$.stop_seq', '$.model', '$.size_bytes', '$.system_prompt', '$.rate',
+  '$.quota', '$.waiting'
+}, p, client_quota)
 if not read then
-  return reply(NO_SESSION)
-end
-read = cjson.decode(read)
-local model = model_of(read, p.default_model)
-if model ~= p.model then
-  return reply(WRONG_MODEL, model)
-end
-local refused, window = admission(read, p, client_quota, lazy_clock())
-if refused then
-  return reply(REFUSALS[refused], window)
+  return reply(REFUSALS[window], payload)
 end
 local seq = tonumber(read['$.seq'][1])
 local replied = tonumber(read['$.replied_seq'][1])
@@ -211,10 +206,13 @@ change('$.size_bytes', size + growth)
 change('$.rate', admitted_window(window, now, p.rate_window_ms))
 change('$.client', cjson.encode(p.client))
 change('$.versioned', 'true')
+if read['$.waiting'][1] ~= waiting then  -- as enqueue.lua
+  redis.call('ZADD', waiting, now, p.token)
+  change('$.waiting', cjson.encode(waiting))
+end
 redis.call('JSON.MSET', unpack(changes))
 redis.call('EXPIRE', session, p.ttl)
 redis.call('EXPIRE', versions, p.ttl)
-redis.call('ZADD', waiting, now, p.token)
 trim_stream(stream, p.group, p.maxlen, p.trim_mode, backlog + 1)
 
 local shown = public(user)

@@ -8,7 +8,7 @@ text (about 4 for English prose, fewer for code, numbers or other scripts), so t
 estimate starts at a cautious :data:`DEFAULT_BYTES_PER_TOKEN` and learns the model's
 ratio from every count the model gives: the ``usage`` of each response
 (``stream_options.include_usage``) and llama.cpp's ``/tokenize``
-(:meth:`worker.llm.LLMClient.count_tokens`). The README's Design section gives the
+(:meth:`worker.model.llm.LLMClient.count_tokens`). The README's Design section gives the
 error measured on the embedded model before and after calibration.
 """
 

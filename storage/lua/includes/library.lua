@@ -45,6 +45,23 @@ local function append_event(stream, pttl, maxlen, channel, event)
   return id
 end
 
+-- append_event for several events (a table of JSON objects without "event_id", in
+-- order) announced together: one message on the channel, each event with its
+-- "event_id" on a line of its own (JSON text holds no raw newline); the stream gets
+-- `pttl` with the first. Returns the last event's id.
+local function append_events(stream, pttl, maxlen, channel, events)
+  local published, id = {}, nil
+  for i, event in ipairs(events) do
+    id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event)
+    if i == 1 and pttl > 0 then
+      redis.call('PEXPIRE', stream, pttl)
+    end
+    published[i] = '{"event_id":"' .. id .. '",' .. string.sub(event, 2)
+  end
+  redis.call('SPUBLISH', channel, table.concat(published, '\n'))
+  return id
+end
+
 -- The entry id that user message `seq` of session document `key` was last queued under
 -- (enqueue.lua, revise.lua), as a JSONPath for a JSON.GET that reads other paths too.
 local function entry_path(seq)
