@@ -173,11 +173,11 @@ def socket_messages_table(document: dict[str, Any], action: str) -> str:
             schema = schemas[payload["$ref"].split("/")[-1]]
             title, shape = code(schema["properties"]["type"]["const"]), _shape(schema)
         else:
-            title, shape = "Plain text", "Any text frame that is not a command."
+            title, shape = "Plain text", ""
         text = "\n\n".join(
             t.strip() for t in (message.get("summary"), message.get("description")) if t
         )
-        sections.append(f"### {title}\n\n{shape}\n\n{text}\n")
+        sections.append("\n\n".join(p for p in (f"### {title}", shape, text) if p) + "\n")
     return "\n".join(sections)
 
 
