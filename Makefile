@@ -46,12 +46,13 @@ CHROMIUM ?= /usr/bin/chromium
 # Things `make run` builds before starting.
 RUN_DEPS := $(CLIENT_BUILD)
 
-.PHONY: help install lock run test lint chat bench clean distclean client client-deps chromium nginx node-check libgomp
+.PHONY: help install lock run test lint docs docs-serve chat bench clean distclean client client-deps chromium nginx node-check libgomp
 
 help:
 	@echo "make run    start the whole stack (Redis, model, worker, server) at http://127.0.0.1:8000"
 	@echo "make test   run every test"
 	@echo "make lint   ruff check, ruff format --check, mypy; the web client's eslint and tsc"
+	@echo "make docs   build the documentation site into site/ (docs-serve: at http://127.0.0.1:8001)"
 	@echo "make client build the web client into client/dist (done by run and test when stale)"
 	@echo "make chat   the terminal client (ARGS='...' passes arguments)"
 	@echo "make bench  the benchmark, bench/results/*.json (ARGS='--scenario latency ...')"
@@ -142,6 +143,16 @@ lint: $(STAMP) $(CLIENT_DEPS)
 	$(BIN)/mypy
 	cd $(CLIENT) && npm run --silent lint && npm run --silent typecheck
 
+# The documentation site (mkdocs.yml, docs/): MkDocs with the Material theme, in strict
+# mode, so a broken link or a reference that cannot be generated fails. Its generated
+# parts read the code (settings, the OpenAPI schema, metrics) and serve scripts from the
+# web client's npm packages (mermaid, the AsyncAPI viewer).
+docs: $(STAMP) $(CLIENT_DEPS)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP) $(CLIENT_DEPS)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
+
 # -- the web client -------------------------------------------------------------------
 
 node-check:
@@ -185,7 +196,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info test-artifacts $(CLIENT)/dist
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build site *.egg-info test-artifacts $(CLIENT)/dist
 	find . -path ./$(VENV) -prune -o -path ./$(CLIENT)/node_modules -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

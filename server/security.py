@@ -75,46 +75,52 @@ class SecuritySettings(CommonSettings):
 
     allowed_origins: str = Field(
         default=DEV_ORIGINS,
-        description="Origins (comma-separated) whose pages may open chat sockets, besides "
-        "the server's own.",
+        description="Origins (comma-separated) of pages allowed to open chat sockets, besides "
+        "the server's own (the request's `Host`); the default is the Vite dev "
+        "server. Others are refused with 403. Requests without `Origin` (not from a "
+        "page) pass.",
     )
     allowed_hosts: str = Field(
         default=LOCAL_HOSTS,
-        description="Host names (comma-separated; *.example.org for its subdomains, * for "
-        "any) the server answers to; other Host headers get 400 (a DNS-rebinding page). "
-        "The --host address is added.",
+        description="Host names (comma-separated; `*.example.org` for its subdomains, `*` for "
+        "any) the server answers to; a request with another `Host` gets 400, so a "
+        "page at a name an attacker points at the server (DNS rebinding) gets "
+        "nothing. The `--host` address of `python -m server` is added. Set your "
+        "domain when serving one.",
     )
     trusted_proxies: str = Field(
         default="",
-        description="Proxies (comma-separated IPs or CIDRs) whose X-Forwarded-For is "
-        "believed; empty: none, the peer's address is the client's.",
+        description="IPs or CIDRs (comma-separated) of reverse proxies whose `X-Forwarded-For` "
+        "is believed. Empty: none, the peer's address is the client's. Name the "
+        "proxy alone, never a whole private range (see Security).",
     )
     docs_enabled: bool = Field(
-        default=True, description="Serve the API explorer (/docs, /redoc, /openapi.json)."
+        default=True, description="Serve the API explorer (`/docs`, `/redoc`, `/openapi.json`)."
     )
     metrics_enabled: bool = Field(default=True, description="Serve Prometheus metrics.")
     metrics_port: int = Field(
         default=0,
         ge=0,
         le=65535,
-        description="Serve metrics on this port of the server's interface instead of "
-        "/metrics on the main port (0: on the main port).",
+        description="Serve them on this port (on the `--host` interface) instead of `/metrics` "
+        "on the main port; 0: on the main port.",
     )
     client_ipv6_prefix: int = Field(
         default=64,
         ge=32,
         le=128,
-        description="IPv6 clients are counted by network of this prefix length (bits), "
-        "since one host usually holds a whole /64; 128: by address.",
+        description="IPv6 clients are counted by network of this prefix length (bits): one "
+        "host usually holds a whole /64, so rotating addresses inside it "
+        "buys no new budget. 128: by address.",
     )
     rate_window_s: float = Field(
-        default=60.0, gt=0, description="Window (s) of the rate limits below."
+        default=60.0, gt=0, description="The window (s) of the five limits below."
     )
     rate_sessions_per_client: int = Field(
-        default=10, gt=0, description="POST /token per client address per window."
+        default=10, gt=0, description="`POST /token` per client address per window; more: 429."
     )
     rate_owners_per_client: int = Field(
-        default=5, gt=0, description="POST /owner per client address per window."
+        default=5, gt=0, description="`POST /owner` per client address per window; more: 429."
     )
     rate_socket_opens_per_client: int = Field(
         default=60, gt=0, description="Chat sockets opened per client address per window."

@@ -43,21 +43,49 @@ class StackSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
-    parley_port: int = Field(8000, ge=1, le=65535, description="Port of the web UI and API.")
+    parley_port: int = Field(8000, ge=1, le=65535, description="Port of the web page and API.")
     parley_workers: int = Field(1, ge=1, description="Worker processes started.")
-    parley_data_dir: Path = Field(Path("data"), description="Redis data and logs.")
-    parley_redis_port: int = Field(6380, ge=1, le=65535, description="Embedded Redis port.")
-    parley_model: str = Field(DEFAULT_MODEL, description="Embedded model: a name or a GGUF path.")
-    parley_model_port: int = Field(8081, ge=1, le=65535, description="Embedded model port.")
-    parley_model_threads: int | None = Field(
-        None, ge=1, description="Generation threads; unset: the cores less one, 1 to 4."
+    parley_data_dir: Path = Field(Path("data"), description="Redis data (AOF) and logs.")
+    parley_redis_port: int = Field(
+        6380,
+        ge=1,
+        le=65535,
+        description="Embedded Redis port (none is started when `REDIS_URL` is set).",
     )
-    parley_model_parallel: int = Field(4, ge=1, description="Replies the model runs at once.")
+    parley_model: str = Field(
+        DEFAULT_MODEL,
+        description="The embedded model: a name from the table of Configuration, Embedded "
+        "model, or the path of any GGUF file with a chat template.",
+    )
+    parley_model_port: int = Field(
+        8081,
+        ge=1,
+        le=65535,
+        description="Embedded model port (none is started when `LLM_BASE_URL` or `HF_TOKEN` is "
+        "set).",
+    )
+    parley_model_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Generation threads of the embedded model; unset: the cores less one, "
+        "from 1 to 4.",
+    )
+    parley_model_parallel: int = Field(
+        4, ge=1, description="Replies the embedded model generates at once."
+    )
     parley_model_ctx_size: int = Field(4096, ge=256, description="Context per reply (tokens).")
-    parley_model_max_tokens: int = Field(512, ge=1, description="Model's own reply cap (tokens).")
-    parley_model_start_timeout: float = Field(120.0, gt=0, description="Model start wait (s).")
-    parley_ready_timeout: float = Field(60.0, gt=0, description="Server /readyz wait (s).")
-    parley_stop_grace: float = Field(10.0, gt=0, description="SIGTERM to SIGKILL grace (s).")
+    parley_model_max_tokens: int = Field(
+        512, ge=1, description="The model server's own reply cap (tokens)."
+    )
+    parley_model_start_timeout: float = Field(
+        120.0, gt=0, description="How long (s) to wait for the model to load."
+    )
+    parley_ready_timeout: float = Field(
+        60.0, gt=0, description="How long (s) to wait for the server's `/readyz`."
+    )
+    parley_stop_grace: float = Field(
+        10.0, gt=0, description="SIGTERM to SIGKILL grace (s) when stopping."
+    )
     redis_url: str | None = Field(None, description="Use this Redis, start none.")
     llm_base_url: str | None = Field(None, description="Use this model API, start none.")
     llm_model: str | None = Field(None, description="Model name for LLM_BASE_URL.")

@@ -1,17 +1,17 @@
-"""docs/asyncapi.yaml: valid AsyncAPI, and in agreement with the wire models and the README.
+"""docs/asyncapi.yaml: valid AsyncAPI, and in agreement with the wire models.
 
-Three descriptions of the chat socket must say the same: the AsyncAPI document (for
-tools), the pydantic models of protocol/wire.py (what the processes build and parse) and
-the README's API section (for people). Checked here: the commands and events each one
-names, their fields and which are always there, the ``type`` literals, the error codes;
-and the document's examples and the events as the server serializes them, against both
-the document's JSON Schemas and the models.
+Two descriptions of the chat socket must say the same: the AsyncAPI document (for tools,
+and for people: the documentation site's WebSocket reference and error codes are
+generated from it) and the pydantic models of protocol/wire.py (what the processes build
+and parse). Checked here: the commands and events each one names, their fields and which
+are always there, the ``type`` literals, the error codes; and the document's examples and
+the events as the server serializes them, against both the document's JSON Schemas and
+the models. tests/test_docs.py checks that the site lists them all.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import tomllib
 import typing
@@ -47,7 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT_FILE = ROOT / "docs" / "asyncapi.yaml"
 DOC: dict[str, Any] = yaml.safe_load(DOCUMENT_FILE.read_text(encoding="utf-8"))
 SCHEMAS: dict[str, Any] = DOC["components"]["schemas"]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
 DOC_URI = "urn:parley:asyncapi"
 
 
@@ -259,30 +258,3 @@ SERIALIZED = [
 @pytest.mark.parametrize(("schema_name", "event"), SERIALIZED, ids=[n for n, _ in SERIALIZED])
 def test_events_as_the_server_sends_them_are_valid(schema_name: str, event: dict[str, Any]) -> None:
     assert not validate(event, schema_name)
-
-
-def readme_section(start: str, end: str) -> str:
-    return README.split(start, 1)[1].split(end, 1)[0]
-
-
-def test_the_readme_names_the_same_commands_events_and_codes() -> None:
-    socket = readme_section("### WebSocket `/chat", "Close codes:")
-    commands_line = socket.split("Client → server", 1)[1].split("\n\n", 1)[0]
-    commands = {
-        t: set(re.findall(r'"(\w+)":', body))
-        for t, body in re.findall(r'\{"type": "(\w+)"(.*?)\}', commands_line)
-    }
-    assert set(commands) == set(COMMANDS)
-    for name, fields in commands.items():
-        assert fields | {"type"} == set(schema_of(COMMANDS[name])["required"])
-    rows = re.findall(r'^\| `\{"type": "(\w+)"(.*?)\}` \|', socket, re.M)
-    assert {t for t, _ in rows} == set(EVENTS)
-    for name, body in rows:
-        schema = schema_of(EVENTS[name])
-        optional = set(re.findall(r'\[, "(\w+)"\]', body))
-        fields = set(re.findall(r'"(\w+)"', body))
-        assert fields | {"type"} == set(schema["properties"]), name
-        assert optional == set(schema["properties"]) - set(schema["required"]), name
-    table = socket.split("Error codes:", 1)[1]
-    codes = re.findall(r"^\| `(\w+)` \|", table, re.M)
-    assert sorted(codes) == sorted(code.value for code in ErrorCode)

@@ -75,10 +75,12 @@ async def test_a_real_reply_streams_and_is_recorded(
 
 
 def calibration_texts() -> list[str]:
-    """Texts of several kinds, the same on every run: the README's paragraphs (prose,
-    tables, commands), pieces of Python and Lua sources, and sentences in other scripts."""
+    """Texts of several kinds, the same on every run: the documentation's paragraphs
+    (prose, tables, commands), pieces of Python and Lua sources, and sentences in other
+    scripts."""
     root = Path(__file__).parent.parent
-    paragraphs = (root / "README.md").read_text(encoding="utf-8").split("\n\n")
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    paragraphs = [p for page in pages for p in page.read_text(encoding="utf-8").split("\n\n")]
     texts = [p.strip() for p in paragraphs if len(p.strip()) >= 80][:80]
     for source in (
         sorted((root / "worker").glob("*.py"))[:6] + sorted((root / "storage").glob("*.lua"))[:4]

@@ -84,8 +84,10 @@ async def list_conversations(
     limit: Annotated[int, Query(ge=1, le=100, description="Conversations a page.")] = 20,
 ) -> ConversationPage:
     """The owner's conversations, newest first: title, created, last activity, message
-    count, and the session token to open each; renews the owner's TTL. A person (an ID
-    token) who has none yet gets an empty list.
+    count, and the session token to open each; renews the owner's TTL. A title is
+    empty until a worker has asked the model for one after the first reply
+    (``CONVERSATION_TITLES``), or a person gave one; ``next_offset`` is null on the
+    last page. A person (an ID token) who has none yet gets an empty list.
 
     Errors: 400 ``Owner expired or does not exist``; 422 for an offset (0 to
     1,000,000) or limit (1 to 100) out of range, or without an owner; 401 with
@@ -115,8 +117,9 @@ async def change_session(
     any of ``title``, ``model`` (``GET /models``), ``system_prompt`` (empty: the
     deployment's). Replies from then on use the new model and prompt.
 
-    Errors: 400 ``Session expired or does not exist``; 400 if the title is empty, blank
-    or longer than ``MAX_TITLE_CHARS``, the model unknown, or the system prompt too
+    Errors: 400 ``Session expired or does not exist``; 400 if the title is empty, blank,
+    longer than ``MAX_TITLE_CHARS`` or holds a control or format character (a line
+    break, a tab, a bidi override), the model unknown, or the system prompt too
     long; 409 (nothing changed) for a new model while messages wait for replies (the
     model the session has already is no change, and succeeds); 422 for an empty object
     or an unknown field.

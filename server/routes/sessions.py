@@ -53,7 +53,8 @@ async def create_token(
     system prompt; without it, the default model and the deployment's prompt.
 
     Errors: 422 if ``name`` is missing or the body malformed; 400 if the name is empty,
-    blank or too long, the model unknown, the system prompt too long, or the owner
+    blank, too long or holds a control or format character (a line break, a tab, a
+    bidi override), the model unknown, the system prompt too long, or the owner
     unknown or expired; 409 if the owner has ``MAX_CONVERSATIONS_PER_OWNER``
     conversations already; 429 with ``Retry-After`` past ``RATE_SESSIONS_PER_CLIENT``
     (see :mod:`server.admission`); 401 with ``WWW-Authenticate`` for an ID token
