@@ -253,3 +253,26 @@ def test_quoted_paths_exist() -> None:
         and subprocess.run(["git", "check-ignore", "-q", f"{p}/"], cwd=ROOT, check=False).returncode
     )
     assert quoted_paths and not missing, f"paths the pages quote that do not exist: {missing}"
+
+
+#: The packages whose layout rows name each of their modules.
+PRODUCT_PACKAGES = ("protocol", "storage", "runtime", "server", "worker", "stack", "terminal")
+
+
+def _layout_row(folder: str) -> str:
+    layout = (DOCS / "design" / "layout.md").read_text(encoding="utf-8")
+    (row,) = [line for line in layout.splitlines() if line.startswith(f"| `{folder}/` |")]
+    return row
+
+
+@pytest.mark.parametrize("package", PRODUCT_PACKAGES)
+def test_the_layout_row_of_a_package_names_its_modules_and_no_other(package: str) -> None:
+    """Each Python module of a product package (sub-packages included; ``__init__`` and
+    the ``__main__`` entry points aside) is named in its row of the layout page, and
+    each module the row names is one of them: the table follows the tree."""
+    row = _layout_row(package)
+    entry_points = ("__init__.py", "__main__.py")
+    modules = {p.name for p in (ROOT / package).rglob("*.py") if p.name not in entry_points}
+    named = set(re.findall(r"`(\w+\.py)`", row))
+    assert not modules - named, f"{package}/ modules the layout page leaves out"
+    assert not named - modules, f"{package}/ modules the layout page names, gone from the tree"
