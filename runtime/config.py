@@ -90,6 +90,11 @@ class CommonSettings(BaseSettings):
     log_format: LogFormat = Field(
         default="text", description="Log lines as text, or one JSON object a line (json)."
     )
+    otel_exporter_otlp_endpoint: str = Field(
+        default="",
+        description="OpenTelemetry collector (OTLP/HTTP base URL, e.g. http://127.0.0.1:4318): "
+        "each reply's trace goes to its /v1/traces. Empty: tracing is off.",
+    )
     model_tokens_per_session: int = Field(
         default=100_000,
         gt=0,
