@@ -113,7 +113,7 @@ class MessageTraces:
             try:
                 yield traceparent()
             except Exception as e:
-                span.set_attribute(ERROR_TYPE, getattr(e, "code", None) or type(e).__name__)
+                span.set_attribute(ERROR_TYPE, str(getattr(e, "code", None) or type(e).__name__))
                 span.set_status(StatusCode.ERROR)
                 raise
 
