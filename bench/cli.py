@@ -3,8 +3,8 @@
 Usage: ``python -m bench --scenario NAME[,NAME...]|all [--sessions N --messages N
 --tokens N --ttft-ms MS --delay-ms MS --think-ms MS --stagger-ms MS --rounds N
 --flush-ms MS --servers N --workers N --sockets N --worker-concurrency N --wait-replicas N
---sweep F,F --no-baseline --out DIR]``. Options given override every chosen scenario's defaults
-(:data:`bench.scenarios.SCENARIOS`).
+--sweep F,F --no-baseline --tracing --out DIR]``. Options given override every chosen
+scenario's defaults (:data:`bench.scenarios.SCENARIOS`).
 
 Writes ``<out>/<UTC timestamp>.json`` (every figure), ``.png`` (the chart) and ``.md``
 (the targets as a Markdown table). Prints a table per scenario, then one line per
@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-baseline", action="store_true", help="skip the direct baseline's runs"
     )
     parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="Parley traces every reply (OTEL_EXPORTER_OTLP_ENDPOINT: a collector stand-in "
+        "the run starts), to measure what tracing costs against a run without",
+    )
+    parser.add_argument(
         "--sweep",
         type=_fractions,
         help="comma-separated fractions of --sessions to run the load at again, e.g. "
@@ -105,6 +111,8 @@ def _options(scenario: Scenario, args: argparse.Namespace) -> Options:
         changes["sweep"] = args.sweep
     if args.no_baseline:
         changes["baseline"] = False
+    if args.tracing:
+        changes["tracing"] = True
     return dataclasses.replace(scenario.options, **changes)
 
 

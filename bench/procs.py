@@ -76,6 +76,21 @@ def standin(
 
 
 @contextlib.contextmanager
+def collector(log_path: Path) -> Iterator[Running]:
+    """``python -m testkit.collector`` on a free port: an OTLP/HTTP collector stand-in
+    that counts the spans it gets (``GET /_stats``). Its ``url`` is what
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` takes.
+
+    Raises:
+        RuntimeError: it exited or did not answer within 60 s.
+    """
+    port = free_port()
+    argv = [sys.executable, "-m", "testkit.collector", "--port", str(port)]
+    with process(argv, log_path, f"http://127.0.0.1:{port}", "/health") as running:
+        yield running
+
+
+@contextlib.contextmanager
 def baseline(log_path: Path, *, model_url: str, flush_ms: float) -> Iterator[Running]:
     """``python -m bench.baseline`` on a free port, asking the model at ``model_url``.
 

@@ -153,8 +153,16 @@ def overridden(result: dict[str, Any]) -> list[str]:
     changed = result.get("overrides")
     if changed is None:
         return []
-    return ["  Parley's settings changed from its defaults:"] + [
-        f"    {line}" for line in changed or ["(none)"]
+    traced = result.get("tracing")
+    tracing = (
+        [f"  Tracing on: {traced['spans']} spans exported in {traced['exports']} requests"]
+        if traced
+        else []
+    )
+    return [
+        *tracing,
+        "  Parley's settings changed from its defaults:",
+        *(f"    {line}" for line in changed or ["(none)"]),
     ]
 
 

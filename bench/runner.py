@@ -31,7 +31,7 @@ from bench.scenarios import Options, Scenario
 from bench.settings import load_overrides
 from stack.redis import EmbeddedRedis
 from testkit.ports import free_port
-from testkit.processes import Cluster
+from testkit.processes import Cluster, tracing_wiring
 from testkit.redis_sentinel import RedisWithSentinels
 from testkit.standin import reply_tokens
 
@@ -86,6 +86,9 @@ def run(scenario: Scenario, o: Options, work_dir: Path) -> dict[str, Any]:
             if o.baseline
             else None
         )
+        collector = (
+            stack.enter_context(procs.collector(log_dir / "collector.log")) if o.tracing else None
+        )
         monitor = stack.enter_context(Monitor(redis.url))
         assert redis.process is not None
         monitor.watch("redis", redis.process.pid)
@@ -93,7 +96,9 @@ def run(scenario: Scenario, o: Options, work_dir: Path) -> dict[str, Any]:
         monitor.watch("load", os.getpid())
         if base is not None:
             monitor.watch("baseline", base.pid)
-        return run_loop(_run(scenario, o, redis.url, model.url, base, monitor, log_dir))
+        if collector is not None:  # watched, but no target's: the tracing backend's cost
+            monitor.watch("collector", collector.pid)
+        return run_loop(_run(scenario, o, redis.url, model.url, base, monitor, log_dir, collector))
 
 
 async def _run(
@@ -104,10 +109,13 @@ async def _run(
     base: procs.Running | None,
     monitor: Monitor,
     log_dir: Path,
+    collector: procs.Running | None = None,
 ) -> dict[str, Any]:
     overrides = load_overrides(o)
+    # Tracing on: every process exports to the run's collector (the SDK's 5 s batches).
+    wiring = tracing_wiring(collector.url) if collector is not None else None
     async with (
-        Cluster(redis_url, model_url, log_dir, overrides=overrides) as cluster,
+        Cluster(redis_url, model_url, log_dir, overrides=overrides, wiring=wiring) as cluster,
         aiohttp.ClientSession() as http,
     ):
         await cluster.start(servers=o.servers, workers=o.workers)
@@ -132,9 +140,20 @@ async def _run(
         else:
             await _load(o, targets, http, model_root, monitor)
         errors = cluster.log_errors()
+    traced = await _spans_collected(http_url=collector.url) if collector is not None else None
     return figures(scenario, o, targets, client_names, errors) | {
-        "overrides": overrides.described()
+        "overrides": overrides.described(),
+        "tracing": traced,
     }
+
+
+async def _spans_collected(http_url: str) -> dict[str, Any]:
+    """What the run's collector stand-in received (``exports``, ``spans``), once the
+    cluster has stopped (each process exports what it still batched as it exits)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{http_url}/_stats") as response:
+        response.raise_for_status()
+        stats: dict[str, Any] = await response.json()
+        return stats
 
 
 # -- load scenarios ---------------------------------------------------------------------

@@ -47,6 +47,9 @@ class Options:
         sweep: after the rounds, the same load again at these fractions of ``sessions``
             (one phase each per target): the offered load at which each target's event
             delay p99 passes :data:`KEEPING_UP_MS`. Empty: no sweep.
+        tracing: Parley's processes trace every reply, exporting to a collector
+            stand-in of the run (``python -m testkit.collector``, its own process,
+            outside Parley's figures); off: as shipped (``load`` and ``connections``).
     """
 
     servers: int = 1
@@ -66,6 +69,7 @@ class Options:
     wait_replicas: int = 0
     reply_timeout_s: float = 30.0
     sweep: tuple[float, ...] = ()
+    tracing: bool = False
 
     def describe(self) -> str:
         """The options in a few words, for tables."""
@@ -91,6 +95,8 @@ class Options:
             parts.append(f"WORKER_CONCURRENCY {self.worker_concurrency}")
         if self.wait_replicas:
             parts.append(f"{self.wait_replicas} replica(s) waited for")
+        if self.tracing:
+            parts.append("tracing on")
         return "; ".join(parts)
 
 

@@ -345,6 +345,9 @@ class MessageEntry(_Wire):
     #: The digest of the client that sent it (``storage.admission.digest``; "": unknown),
     #: whose quota its reply is charged to.
     client: str = ""
+    #: The W3C traceparent of the span that queued it while tracing is on ("": none), for
+    #: the worker to continue the message's trace (``runtime.tracing``).
+    traceparent: str = ""
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> MessageEntry:

@@ -108,6 +108,11 @@ class CommonSettings(BaseSettings):
         "(fingerprint) and `seq` the line names. Session tokens never appear either "
         "way (see Security).",
     )
+    otel_exporter_otlp_endpoint: str = Field(
+        default="",
+        description="OpenTelemetry collector (OTLP/HTTP base URL, e.g. http://127.0.0.1:4318): "
+        "each reply's trace goes to its /v1/traces. Empty: tracing is off.",
+    )
     model_tokens_per_session: int = Field(
         default=100_000,
         gt=0,

@@ -68,6 +68,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
+        # FastAPI's own spans would record each request's query string, which may hold
+        # a session or owner token, and make one trace of a whole chat socket: Parley
+        # traces each reply itself (runtime.tracing), and keeps its metrics in
+        # Prometheus.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.chat_sockets = ChatSockets()
     _add_middleware(app, settings)

@@ -6,7 +6,7 @@ the socket's connection (:mod:`server.connection`) reads the frames and relays e
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import WebSocket
@@ -18,6 +18,7 @@ from server.metrics import MESSAGES_ACCEPTED
 from server.pending import PendingMessages
 from server.pools import PoolWatch
 from server.relay import EventRelay
+from server.tracing import MessageTraces
 from storage.admission import MessageLimits, Refused
 from storage.connection import REDIS_DOWN
 from storage.models import StoredMessage
@@ -37,9 +38,12 @@ class SessionCommands(PendingMessages):
 
     Every method raises :class:`storage.store.SessionExpired` when the session is gone
     (the connection then closes the socket), and tells the client of any other refusal.
+
+    While tracing is on (``traces``), a command that queues a message is traced
+    (:mod:`server.tracing`); off, the one test of ``traces`` per command is all it costs.
     """
 
-    __slots__ = ("_limits", "model", "pools")
+    __slots__ = ("_limits", "model", "pools", "traces")
 
     websocket: WebSocket
     token: str
@@ -53,6 +57,8 @@ class SessionCommands(PendingMessages):
     model: str
     #: What admits the socket's messages (made on its first: an idle socket holds none).
     _limits: MessageLimits | None
+    #: The spans of its messages while tracing is on; None while it is off.
+    traces: MessageTraces | None
 
     async def _on_stop(self) -> None:
         """Ask for the reply being generated to stop (see ``stop.lua``)."""
@@ -85,10 +91,23 @@ class SessionCommands(PendingMessages):
         of the session through its event stream. Admitted as a message is (a reply of
         the model costs the same), in the same script: a refusal spends nothing. A
         refusal is an ``error`` with ``message_id`` null: it ends no reply."""
+        if self.traces is None:
+            await self._revise_command(command, self._revise)
+            return
+        with self.traces.message(command.type):
+            await self._revise_command(command, self._traced_revise)
+
+    async def _revise_command(
+        self,
+        command: RegenerateCommand | EditCommand,
+        revise: Callable[[tuple[str, str] | None], Awaitable[Revision | None]],
+    ) -> None:
+        """:meth:`_on_revise`, queueing with ``revise`` (:meth:`_revise`, or
+        :meth:`_traced_revise`)."""
         edit = (command.message_id, command.content) if isinstance(command, EditCommand) else None
         if edit is not None and await self._content_refused(edit[1]):
             return
-        revision = await self._told_if_refused(self._revise(edit))
+        revision = await self._told_if_refused(revise(edit))
         if revision is None:
             return
         self.track(revision.message_id, revision.entry)
@@ -101,10 +120,10 @@ class SessionCommands(PendingMessages):
             command.type,
         )
 
-    async def _revise(self, edit: tuple[str, str] | None) -> Revision | None:
+    async def _revise(self, edit: tuple[str, str] | None, traceparent: str = "") -> Revision | None:
         """:meth:`Store.revise` for the session's model as this socket knows it, once
         more if the session changed it; None if no worker serves it (the client was
-        told).
+        told). ``traceparent``: as :meth:`Store.revise`'s.
 
         Raises:
             SessionExpired, ReplyInProgress, NotLastMessage, TooManyVersions,
@@ -113,12 +132,21 @@ class SessionCommands(PendingMessages):
         """
         await self.make_room()
         try:
-            return await self._revise_once(edit)
+            return await self._revise_once(edit, traceparent)
         except ModelChanged as changed:
             self.model = changed.model
-        return await self._revise_once(edit)
+        return await self._revise_once(edit, traceparent)
 
-    async def _revise_once(self, edit: tuple[str, str] | None) -> Revision | None:
+    async def _traced_revise(self, edit: tuple[str, str] | None) -> Revision | None:
+        """:meth:`_revise` in a ``parley.enqueue`` span (tracing is on)."""
+        assert self.traces is not None
+        with self.traces.enqueue() as traceparent:
+            revision = await self._revise(edit, traceparent)
+        if revision is not None:
+            self.traces.queued(revision.message_id, revision.seq, revision.entry)
+        return revision
+
+    async def _revise_once(self, edit: tuple[str, str] | None, traceparent: str) -> Revision | None:
         """:meth:`Store.revise` for :attr:`model`; None if no worker serves it."""
         if await self._model_unserved():
             return None
@@ -129,15 +157,27 @@ class SessionCommands(PendingMessages):
             edit=edit,
             model=self.model,
             limits=self.limits(),
+            traceparent=traceparent,
         )
 
     async def _on_message(self, content: str) -> None:
         """Accept a user message: checked, admitted, stored and queued, then ``queued``;
         or refused with an error. Admission, storing and queueing are one script call
         (:meth:`storage.store.Store.enqueue`): a refusal spends nothing."""
+        if self.traces is None:
+            await self._accept(content, self._enqueue)
+            return
+        with self.traces.message("message"):
+            await self._accept(content, self._traced_enqueue)
+
+    async def _accept(
+        self, content: str, enqueue: Callable[[str], Awaitable[StoredMessage | None]]
+    ) -> None:
+        """:meth:`_on_message`, queueing with ``enqueue`` (:meth:`_enqueue`, or
+        :meth:`_traced_enqueue`)."""
         if await self._content_refused(content):
             return
-        message = await self._told_if_refused(self._enqueue(content))
+        message = await self._told_if_refused(enqueue(content))
         if message is None:
             return
         # Kept before the client is told: from then on a loss is the client's to hear of.
@@ -150,10 +190,19 @@ class SessionCommands(PendingMessages):
             )
         )
 
-    async def _enqueue(self, content: str) -> StoredMessage | None:
+    async def _traced_enqueue(self, content: str) -> StoredMessage | None:
+        """:meth:`_enqueue` in a ``parley.enqueue`` span (tracing is on)."""
+        assert self.traces is not None
+        with self.traces.enqueue() as traceparent:
+            message = await self._enqueue(content, traceparent)
+        if message is not None:
+            self.traces.queued(message.id, message.seq or 0, message.entry or "")
+        return message
+
+    async def _enqueue(self, content: str, traceparent: str = "") -> StoredMessage | None:
         """:meth:`Store.enqueue` for the session's model as this socket knows it, once
         more if the session changed it since; None if no worker serves it (the client
-        was told).
+        was told). ``traceparent``: as :meth:`Store.enqueue`'s.
 
         Raises:
             SessionExpired, TooManyPending, SessionFull, Overloaded, ModelChanged,
@@ -165,12 +214,16 @@ class SessionCommands(PendingMessages):
         if await self._model_unserved():
             return None
         try:
-            return await self.store.enqueue(self.token, content, limit, self.model, self.limits())
+            return await self.store.enqueue(
+                self.token, content, limit, self.model, self.limits(), traceparent
+            )
         except ModelChanged as changed:  # since this socket last sent one
             self.model = changed.model
         if await self._model_unserved():
             return None
-        return await self.store.enqueue(self.token, content, limit, self.model, self.limits())
+        return await self.store.enqueue(
+            self.token, content, limit, self.model, self.limits(), traceparent
+        )
 
     def limits(self) -> MessageLimits:
         """What admits the socket's messages (:func:`server.admission.message_limits`)."""

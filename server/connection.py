@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Coroutine
@@ -32,12 +33,14 @@ from protocol.wire import (
 from runtime.logs import fingerprint
 from runtime.retry import retrying
 from runtime.tasks import cancel_and_wait
+from runtime.tracing import current_tracer
 from server.commands import SessionCommands
 from server.config import ServerSettings
 from server.deps import SESSION_GONE
 from server.limits import TokenBucket
 from server.pools import PoolWatch
 from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, UNAVAILABLE_DETAIL, EventRelay
+from server.tracing import MessageTraces
 from storage import keys
 from storage.connection import REDIS_DOWN
 from storage.hub import CHECK, RESYNC, Hub, Subscription
@@ -139,6 +142,8 @@ class ChatConnection(SessionCommands):
         self.model = settings.default_model
         self._limits = None
         self._pending = None
+        tracer = current_tracer()
+        self.traces = MessageTraces(tracer, self.session) if tracer is not None else None
 
     async def run(self, after: str | None) -> None:
         """Serve the connection until the client leaves or it must close.
@@ -170,6 +175,9 @@ class ChatConnection(SessionCommands):
         except (*REDIS_DOWN, TimeoutError) as e:
             logger.warning("session=%s connection failed: %s", self.session, e)
             close = _Closed(status.WS_1011_INTERNAL_ERROR, "Redis unavailable; reconnect")
+        finally:
+            if self.traces is not None:  # the spans of replies it did not relay to the end
+                self.traces.close()
         if close is not None and self.websocket.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await self.websocket.close(close.code, close.reason)
@@ -199,6 +207,12 @@ class ChatConnection(SessionCommands):
         the check is retried with exponential backoff.
         """
         loop = asyncio.get_running_loop()
+        # Chosen once: with tracing off, events go straight to the relay.
+        deliver = (
+            self.relay.deliver
+            if self.traces is None
+            else functools.partial(self.traces.deliver, self.relay)
+        )
         check_at = loop.time()
         wake: asyncio.TimerHandle | None = None
         woken = True
@@ -227,7 +241,7 @@ class ChatConnection(SessionCommands):
                 payload = await sub.queue.get()
                 woken = payload in (_WAKE, RESYNC, CHECK)
                 if payload not in (_WAKE, CHECK):
-                    await self.relay.deliver(payload)
+                    await deliver(payload)
                     self.forget_answered(payload)
         finally:
             if wake is not None:

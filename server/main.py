@@ -11,6 +11,7 @@ from fastapi import FastAPI, status
 from prometheus_client import start_http_server
 
 from runtime.logs import setup_logging
+from runtime.tracing import setup_tracing, shutdown_tracing
 from server.app import create_app
 from server.config import ServerSettings
 from server.sockets import ChatSockets
@@ -74,7 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = ServerSettings().serving(args.host)
     setup_logging(settings.log_level, settings.log_format, "server")
+    setup_tracing(settings.otel_exporter_otlp_endpoint, "parley-server")
     app = create_app(settings)
     if settings.metrics_enabled and settings.metrics_port:
         start_http_server(settings.metrics_port, addr=args.host)
-    GracefulServer(uvicorn_config(app, settings, args.host, args.port), app).run()
+    try:
+        GracefulServer(uvicorn_config(app, settings, args.host, args.port), app).run()
+    finally:
+        shutdown_tracing()  # the spans still batched

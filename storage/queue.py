@@ -122,6 +122,7 @@ class Queue(Streams):
         max_pending: int,
         model: str = "",
         limits: MessageLimits | None = None,
+        traceparent: str = "",
     ) -> StoredMessage:
         """Admit a user message, record it in history and queue it for a reply,
         atomically, in the message stream of the session's model: one script call
@@ -133,6 +134,8 @@ class Queue(Streams):
                 default); checked in the same step.
             limits: the session's admission (its rate window, its quota and its
                 client's; see :class:`storage.admission.MessageLimits`); None: none.
+            traceparent: the W3C traceparent the stream entry carries, for the worker
+                to continue the message's trace ("": none, tracing is off).
 
         Returns:
             The stored message, with its ``seq`` and its stream entry id (``entry``).
@@ -155,7 +158,7 @@ class Queue(Streams):
         body = message.model_dump_json(include={"id", "role", "content", "timestamp"})
         context, system_bytes, content_bytes = self._fit(model, content)
         params = {
-            **await self._queue_params(token, model, limits),
+            **await self._queue_params(token, model, limits, traceparent),
             "max_pending": max_pending,
             "message_id": message.id,
             "max_messages": self.settings.max_session_messages,
@@ -172,11 +175,13 @@ class Queue(Streams):
         message.seq, message.entry = int(queued[0]), str(queued[1])
         return message
 
-    async def _queue_params(self, token: str, model: str, limits: MessageLimits) -> dict[str, Any]:
+    async def _queue_params(
+        self, token: str, model: str, limits: MessageLimits, traceparent: str
+    ) -> dict[str, Any]:
         """What ``enqueue.lua`` and ``revise.lua`` both take (in their ``ARGV`` object):
         the session, its model, the bounds of its stream and of its size, its
-        admission."""
-        return {
+        admission, and the entry's ``traceparent`` if it has one."""
+        params = {
             "token": token,
             "ttl": self.settings.session_ttl_seconds,
             "maxlen": self.settings.message_stream_maxlen,
@@ -188,6 +193,9 @@ class Queue(Streams):
             "max_bytes": self.settings.max_session_bytes,
             **limits.params(),
         }
+        if traceparent:  # only while the server traces (runtime.tracing)
+            params["traceparent"] = traceparent
+        return params
 
     async def _client_quota_key(self, limits: MessageLimits) -> list[str]:
         """The client's quota key, checked inside the script on a single Redis; on a
@@ -260,6 +268,7 @@ class Queue(Streams):
         edit: tuple[str, str] | None = None,
         model: str = "",
         limits: MessageLimits | None = None,
+        traceparent: str = "",
     ) -> Revision:
         """Ask again for the reply to the session's last user message (regenerate), or
         replace its text first (edit), atomically (``revise.lua``).
@@ -274,6 +283,7 @@ class Queue(Streams):
             edit: ``(message id, new content)`` to edit; None to regenerate.
             model: the session's model as the caller knows it ("": the default).
             limits: the session's admission, as :meth:`enqueue`'s.
+            traceparent: as :meth:`enqueue`'s.
 
         Raises:
             SessionExpired: no such session.
@@ -288,7 +298,7 @@ class Queue(Streams):
         limits = limits or UNLIMITED
         message_id, content = edit if edit is not None else ("", None)
         params = {
-            **await self._queue_params(token, model, limits),
+            **await self._queue_params(token, model, limits, traceparent),
             "message_id": message_id,
             "timestamp": utc_now(),
             "max_versions": max_versions,
@@ -302,10 +312,7 @@ class Queue(Streams):
                 keys.events_key(token),
                 *await self._client_quota_key(limits),
             ],
-            args=[
-                json.dumps(params),
-                json.dumps(content, ensure_ascii=False) if content is not None else "",
-            ],
+            args=[json.dumps(params), json.dumps(content, ensure_ascii=False) if edit else ""],
         )
         if status is not ReviseStatus.REVISED:
             bounds = (max_versions, max_attempts)

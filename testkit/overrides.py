@@ -3,8 +3,9 @@
 Every server and worker the test machinery starts runs with every setting at the
 product's default (:func:`pinned_environment`), except for two kinds of names:
 
-- :data:`WIRING`: where Redis and the model are and what a process is called. They say
-  where things run, not how Parley behaves, so every harness sets them.
+- :data:`WIRING`: where Redis and the model are, what a process is called, and where
+  its traces go. They say where things run, not how Parley behaves, so every harness
+  sets them.
 - An :class:`Overrides`: the settings one suite, test or benchmark changes because its
   own traffic needs it, each with its value and one line of reason, declared where it is
   used (e.g. ``OVERRIDES = declare(RATE_SESSIONS_PER_CLIENT=(200, "200 sessions, all
@@ -35,8 +36,14 @@ WIRING = frozenset(
         "LLM_MODEL",  # the name that model answers to
         "CONSUMER_NAME",  # a worker's own name, unique in the run
         "WORKER_MODELS",  # which pool a worker is in (with its LLM_BASE_URL)
+        "OTEL_EXPORTER_OTLP_ENDPOINT",  # the run's collector, if it traces (off: unset)
+        "OTEL_BSP_SCHEDULE_DELAY",  # how soon (ms) spans reach it: the SDK's, no setting
     }
 )
+#: The OpenTelemetry SDK's own variables start so: none reaches a child process from
+#: the environment of the run (only from its wiring), so a shell that exports one
+#: cannot turn tracing on, or change it, in a test.
+OTEL_PREFIX = "OTEL_"
 
 
 def setting_names() -> frozenset[str]:
@@ -144,8 +151,9 @@ def default_environment() -> dict[str, str]:
 def pinned_environment(
     wiring: Mapping[str, str], overrides: Overrides = DEFAULTS
 ) -> dict[str, str]:
-    """The environment of a child process: ours without any Parley setting, then every
-    setting at its default, then ``wiring``, then ``overrides``.
+    """The environment of a child process: ours without any Parley setting (nor any
+    OpenTelemetry variable, :data:`OTEL_PREFIX`), then every setting at its default,
+    then ``wiring``, then ``overrides``.
 
     pydantic-settings lets environment variables win over the ``.env`` file, so with
     every setting set, a ``.env`` in the repo root cannot change a run.
@@ -157,7 +165,11 @@ def pinned_environment(
     if stray:
         raise ValueError(f"not wiring (declare them as Overrides): {sorted(stray)}")
     names = setting_names()
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in names and not k.upper().startswith(OTEL_PREFIX)
+    }
     env.update(default_environment())
     env.update(wiring)
     env.update(overrides.env())

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -51,12 +51,24 @@ def process_environment(
     llm_base_url: str,
     overrides: Overrides = DEFAULTS,
     llm_model: str = STANDIN_MODEL,
+    wiring: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of every server and worker of a :class:`Cluster`: each setting
-    at the product's default, but for the wiring (this Redis, this model) and
-    ``overrides`` (see :func:`testkit.overrides.pinned_environment`)."""
-    wiring = {"REDIS_URL": redis_url, "LLM_BASE_URL": llm_base_url, "LLM_MODEL": llm_model}
-    return pinned_environment(wiring, overrides)
+    at the product's default, but for the wiring (this Redis, this model, and
+    ``wiring``: e.g. a collector of traces, :func:`tracing_wiring`) and ``overrides``
+    (see :func:`testkit.overrides.pinned_environment`)."""
+    wired = {"REDIS_URL": redis_url, "LLM_BASE_URL": llm_base_url, "LLM_MODEL": llm_model}
+    return pinned_environment({**wired, **(wiring or {})}, overrides)
+
+
+def tracing_wiring(endpoint: str, schedule_delay_ms: int | None = None) -> dict[str, str]:
+    """The wiring that turns tracing on, exporting to the OTLP/HTTP collector at
+    ``endpoint``; ``schedule_delay_ms`` (None: the SDK's 5 s) is how long spans may
+    wait in a process's batch before they go out."""
+    wiring = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+    if schedule_delay_ms is not None:
+        wiring["OTEL_BSP_SCHEDULE_DELAY"] = str(schedule_delay_ms)
+    return wiring
 
 
 @dataclass
@@ -109,6 +121,8 @@ class Cluster:
         overrides: the settings the run changes from the product's defaults, each with
             its reason (:func:`testkit.overrides.declare`).
         llm_model: the name the model at ``llm_base_url`` answers to.
+        wiring: more wiring of every process (:data:`testkit.overrides.WIRING`), e.g.
+            :func:`tracing_wiring`.
         stop_grace_s: on stop, SIGKILL what is still running this long (s) after SIGTERM.
         ready_timeout_s: a process must be ready within this long (s).
 
@@ -123,6 +137,7 @@ class Cluster:
         *,
         overrides: Overrides = DEFAULTS,
         llm_model: str = STANDIN_MODEL,
+        wiring: Mapping[str, str] | None = None,
         stop_grace_s: float = 10.0,
         ready_timeout_s: float = 60.0,
     ) -> None:
@@ -132,7 +147,7 @@ class Cluster:
         self.overrides = overrides
         self.stop_grace_s = stop_grace_s
         self.ready_timeout_s = ready_timeout_s
-        self._env = process_environment(redis_url, llm_base_url, overrides, llm_model)
+        self._env = process_environment(redis_url, llm_base_url, overrides, llm_model, wiring)
         self.redis: Redis[str] = client_for_url(redis_url, max_connections=16)
         self.procs: list[Proc] = []
         self._numbers = {"server": itertools.count(1), "worker": itertools.count(1)}

@@ -9,6 +9,7 @@ import signal
 from prometheus_client import start_http_server
 
 from runtime.logs import setup_logging
+from runtime.tracing import setup_tracing, shutdown_tracing
 from storage.connection import connect, disconnect
 from worker.config import WorkerSettings
 from worker.consumer import Worker
@@ -58,6 +59,7 @@ def main() -> None:
     """Entry point of ``python -m worker``."""
     settings = WorkerSettings()
     setup_logging(settings.log_level, settings.log_format, "worker")
+    setup_tracing(settings.otel_exporter_otlp_endpoint, "parley-worker")
     # uvloop (installed with uvicorn[standard]) when available, as the server's uvicorn
     # does: the worker spends much of its time in socket I/O, which uvloop does in C.
     try:
@@ -66,3 +68,5 @@ def main() -> None:
         asyncio.run(serve(settings))
     else:
         uvloop.run(serve(settings))
+    finally:
+        shutdown_tracing()  # the spans still batched

@@ -26,6 +26,7 @@ from protocol.wire import (
 )
 from runtime.logs import fingerprint
 from runtime.tasks import cancel_and_wait
+from runtime.tracing import current_tracer
 from storage.admission import Limiter
 from storage.models import HistoryEntry, StoredMessage, SummaryRecord
 from storage.store import Begun, Store
@@ -41,6 +42,7 @@ from worker.model.overflow import context_overflow
 from worker.model.response import track_usage
 from worker.publish import TokenPublisher, end_on_stop
 from worker.quota import reply_cost
+from worker.tracing import ReplyTraces
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,9 @@ class ReplyGenerator:
         self, settings: WorkerSettings, redis: Redis[str], llm: LLMClient, store: Store
     ) -> None:
         self.settings = settings
+        tracer = current_tracer()
+        #: The spans of its replies while tracing is on (worker.tracing); None while off.
+        self.traces = ReplyTraces(tracer, settings) if tracer is not None else None
         self.limiter = Limiter(redis)  # the quotas; one a process, its scripts loaded once
         self.emits = EmitBatcher(store)
         self.llm = llm
@@ -126,10 +131,12 @@ class ReplyGenerator:
         plan = await self._prompt(entry, begun, model)
         usage = track_usage()  # filled by the model's responses, for the quotas
         started = time.perf_counter()
+        request = self._stream_within_context(entry, attempt, begun, plan, started, stop, model)
         try:
-            plan, streamed = await self._stream_within_context(
-                entry, attempt, begun, plan, started, stop, model
-            )
+            if self.traces is None:
+                plan, streamed = await request
+            else:
+                plan, streamed = await self.traces.model_request(request, model.api_model, usage)
         except LLMError as e:
             # Every request the model server answered is paid for, failed or retried.
             cost = reply_cost(usage, plan.messages, "")
@@ -224,8 +231,14 @@ class ReplyGenerator:
                 logger.warning(
                     "message_id=%s stream interrupted (%s); generating again", entry.message_id, e
                 )
-                publisher = TokenPublisher(self.emits, self.settings, entry, attempt)
-                await publisher.emit(RestartEvent(message_id=entry.message_id))
+                restart = RestartEvent(message_id=entry.message_id)
+                await self._publisher(entry, attempt).emit(restart)
+
+    def _publisher(self, entry: MessageEntry, attempt: str) -> TokenPublisher:
+        """The publisher of one stream of ``attempt`` (each emit a span while tracing)."""
+        if self.traces is None:
+            return TokenPublisher(self.emits, self.settings, entry, attempt)
+        return self.traces.publisher(self.emits, self.settings, entry, attempt)
 
     async def _record(
         self,
@@ -261,11 +274,10 @@ class ReplyGenerator:
         tail = [TokenEvent(message_id=entry.message_id, content=streamed.tail)]
         ack = None if title_due else ack
         tail = tail if streamed.tail else []
-        event_id = await self.store.finish(
-            entry, reply, done, attempt, ack=ack, tail=tail, cost=cost
-        )
-        total_s = time.perf_counter() - started
         outcome = "stopped" if reply.stopped else "truncated" if reply.truncated else "done"
+        finish = self.store.finish(entry, reply, done, attempt, ack=ack, tail=tail, cost=cost)
+        event_id = await (finish if self.traces is None else self.traces.finish(finish, outcome))
+        total_s = time.perf_counter() - started
         if event_id:
             REPLIES.labels(outcome).inc()
             TIME_TO_FIRST_TOKEN.observe(streamed.first_token_s)
@@ -339,7 +351,8 @@ class ReplyGenerator:
         logger.warning("message_id=%s model error %s: %s", entry.message_id, error.code, error)
         REPLIES.labels(error.code.value).inc()
         event = ErrorEvent(message_id=entry.message_id, code=error.code, detail=error.public_detail)
-        await self.store.finish(entry, None, event, attempt, ack=ack, cost=cost)
+        finish = self.store.finish(entry, None, event, attempt, ack=ack, cost=cost)
+        await (finish if self.traces is None else self.traces.finish(finish, error.code.value))
 
     async def _stream(
         self,
@@ -371,7 +384,7 @@ class ReplyGenerator:
         stopper = asyncio.create_task(end_on_stop(stop, deadline, reader, queue))
         pieces = Coalescer(queue)
         try:
-            publisher = TokenPublisher(self.emits, self.settings, entry, attempt)
+            publisher = self._publisher(entry, attempt)
             first_token_s, cut, tail = await publisher.publish(pieces, reader, started)
             timed_out = stopper.done() and stopper.result()
         finally:

@@ -96,6 +96,7 @@ class Replies:
         self.store = store
         self.hub = hub
         self.generator = ReplyGenerator(settings, redis, llm, store)
+        self.traces = self.generator.traces  # its spans while tracing is on; None while off
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         #: Held by an attempt at a message that crashed its workers more than once: at
         #: most one such suspect runs in a worker at a time, so that when the worker
@@ -111,8 +112,16 @@ class Replies:
         to take over after ``claim_idle_ms``: when another attempt took it over (that
         one acks it), when Redis cannot serve (not counted against the message), and
         after any other error, which raises its delivery count towards
-        ``max_deliveries``.
+        ``max_deliveries``. Traced while tracing is on (:mod:`worker.tracing`).
         """
+        if self.traces is None:
+            await self._answer_entry(delivery, entry)
+            return
+        with self.traces.take(delivery, entry):
+            await self._answer_entry(delivery, entry)
+
+    async def _answer_entry(self, delivery: Delivery, entry: MessageEntry) -> None:
+        """:meth:`answer`, in the context of its take."""
         log_ctx = (entry.message_id, fingerprint(entry.token), entry.seq)
         # Registered before the session is read (by begin): a stop recorded before that
         # read is seen in ``stop_seq``, one announced after it finds the event. A new
@@ -189,9 +198,8 @@ class Replies:
         """
         async with self._suspect if suspect else contextlib.nullcontext(), self._slots:
             window = history_window(self.settings.memory_max_messages)
-            begun = await self.store.begin(
-                entry, attempt.id, window=window, entry_id=delivery.key[1]
-            )
+            begin = self.store.begin(entry, attempt.id, window=window, entry_id=delivery.key[1])
+            begun = await (begin if self.traces is None else self.traces.begin(begin, attempt.id))
             if begun.status in (STALE, ANSWERED):
                 await self._nothing_to_answer(delivery, entry, stale=begun.status == STALE)
                 return True
@@ -302,7 +310,9 @@ class Replies:
         try:
             while True:
                 try:
-                    closed = await self.store.finish(entry, None, event, attempt, ack=delivery.key)
+                    finish = self.store.finish(entry, None, event, attempt, ack=delivery.key)
+                    traces = self.traces
+                    closed = await (finish if traces is None else traces.finish(finish, reason))
                     break
                 except NotYourTurn:
                     await self._await_turn(entry, keys.model_of_stream(delivery.key[0]))

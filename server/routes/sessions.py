@@ -48,9 +48,8 @@ async def create_token(
     With ``owner`` (from ``POST /owner``; in the query or as ``Authorization: Bearer``),
     the session is one of the owner's conversations (``GET /conversations``); with an ID
     token as ``Authorization: Bearer`` instead (``OIDC_ISSUER``), one of the person's.
-    An optional JSON body
-    ``{"model", "system_prompt"}`` chooses the session's model (``GET /models``) and
-    system prompt; without it, the default model and the deployment's prompt.
+    An optional JSON body ``{"model", "system_prompt"}`` chooses the session's model
+    (``GET /models``) and system prompt; without it, the default model and prompt.
 
     Errors: 422 if ``name`` is missing or the body malformed; 400 if the name is empty,
     blank, too long or holds a control or format character (a line break, a tab, a

@@ -25,7 +25,8 @@
 --   waiting set), default_model (a session without one has it), max_bytes, context (the
 --   model's, tokens; 0: not checked), system_bytes (the deployment's system prompt; a
 --   session without its own has it), content_bytes (the message's text), client (its
---   digest; "": none), rate_limit, rate_window_ms, session_quota, client_quota
+--   digest; "": none), rate_limit, rate_window_ms, session_quota, client_quota, and
+--   traceparent (optional: the W3C traceparent the entry carries when tracing is on)
 -- Returns {QUEUED, {seq, entry id}}, or {NO_SESSION}, {TOO_MANY_PENDING},
 -- {SESSION_FULL}, {TOO_LARGE, the bytes the session holds}, {OVERLOADED},
 -- {WRONG_MODEL, the session's model} (nothing changed), {TOO_LONG, the prompt's tokens}
@@ -73,9 +74,7 @@ if backlog >= p.max_backlog then
 end
 
 seq = seq + 1
-local id = redis.call(
-  'XADD', stream, '*', 'token', p.token, 'seq', seq, 'message_id', p.message_id, 'client', p.client
-)
+local id = queue_entry(stream, p, seq, p.message_id)
 local now = id_ms(id)
 local message = '{"seq":' .. seq .. ',"entry":"' .. id .. '",' .. string.sub(body, 2)
 redis.call('JSON.ARRAPPEND', session, '$.messages', message)

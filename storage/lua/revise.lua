@@ -34,8 +34,9 @@
 -- channel, events_maxlen (~), model (that of the stream and the waiting set),
 -- default_model, max_bytes, context, system_bytes, content_bytes (an edit's check, as
 -- enqueue.lua's), client, rate_limit, rate_window_ms, session_quota, client_quota (as
--- enqueue.lua's); ARGV[2] the edit's content as a JSON string, in UTF-8 rather than \u
--- escapes so that its length is what it adds to the session ("" to regenerate)
+-- enqueue.lua's), traceparent (optional, as enqueue.lua's); ARGV[2] the edit's content
+-- as a JSON string, in UTF-8 rather than \u escapes so that its length is what it adds
+-- to the session ("" to regenerate)
 -- Returns {REVISED, {seq, message id, entry id, event id}}, or {NO_SESSION},
 -- {NOT_LAST_MESSAGE}, {IN_PROGRESS} (a reply is generated or messages wait),
 -- {TOO_MANY_VERSIONS}, {OVERLOADED}, {WRONG_MODEL, the session's model},
@@ -190,9 +191,7 @@ if edited then
   change(at .. '.timestamp', cjson.encode(p.timestamp))
 end
 
-local id = redis.call(
-  'XADD', stream, '*', 'token', p.token, 'seq', seq, 'message_id', user.id, 'client', p.client
-)
+local id = queue_entry(stream, p, seq, user.id)
 local now = id_ms(id)
 change(at .. '.entry', cjson.encode(id))
 change(at .. '.revisions', revisions + 1)

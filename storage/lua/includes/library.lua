@@ -107,6 +107,23 @@ local function id_ms(id)
   return tonumber(string.match(id, '^(%d+)-'))
 end
 
+-- Queue a user message for a worker (enqueue.lua, revise.lua): an entry of its model's
+-- message stream with the session (p.token), the message's number and id, and the
+-- digest of the client whose quota pays for the reply (p.client); and, when the server
+-- traces the message, the W3C traceparent of its enqueue span (p.traceparent; absent
+-- while tracing is off), which the worker continues. Returns the entry id.
+local function queue_entry(stream, p, seq, message_id)
+  if p.traceparent then
+    return redis.call(
+      'XADD', stream, '*', 'token', p.token, 'seq', seq, 'message_id', message_id,
+      'client', p.client, 'traceparent', p.traceparent
+    )
+  end
+  return redis.call(
+    'XADD', stream, '*', 'token', p.token, 'seq', seq, 'message_id', message_id, 'client', p.client
+  )
+end
+
 -- The admissions of a session's rate window that still count at `now` (ms): a list of
 -- the times (ms) each stops counting, oldest first.
 local function counting(window, now)
