@@ -280,7 +280,10 @@ async def _title_of(parley: Parley, http: aiohttp.ClientSession, owner: str) -> 
         while True:
             groups = await parley.redis.xinfo_groups(keys.TITLE_STREAM)
             titlers = next((g for g in groups if g["name"] == keys.TITLE_GROUP), None)
-            if titlers and titlers["pending"] == 0 and titlers["lag"] == 0:
+            # Queued (after the reply's `done`, which the client may see first), then
+            # read and acknowledged.
+            queued = titlers is not None and (titlers["entries-read"] or 0) >= 1
+            if queued and titlers["pending"] == 0 and titlers["lag"] == 0:
                 break
             await asyncio.sleep(0.05)
     (conversation,) = (await _list(parley, http, owner))["conversations"]

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from storage import keys
 from storage.base import json_get_command, json_reply
+from storage.connection import is_cluster
 from tests.support.events import Event, count, of_type, read_until
 from tests.support.parley import PinnedWorkerSettings, running_parley, started_worker
 from worker.consumer import Worker
@@ -40,12 +41,22 @@ async def _lose(redis: Redis[str], token: str, model: str, message_id: str) -> N
 
 
 async def _kill_hub_connections(redis: Redis[str]) -> None:
-    """Close the server's Pub/Sub connections from the Redis side, as a failover does."""
-    clients = await redis.client_list(_type="pubsub")
-    hub = [c["id"] for c in clients if c.get("name", "").startswith("parley-server-")]
-    assert hub, clients
-    for client_id in hub:
-        await redis.client_kill_filter(_id=client_id)
+    """Close the server's Pub/Sub connections from the Redis side, as a failover does
+    (on every node of a Redis Cluster: each holds the connections of its slots)."""
+    nodes = (
+        [Redis(host=n.host, port=n.port, decode_responses=True) for n in redis.get_nodes()]  # type: ignore[attr-defined]
+        if is_cluster(redis)
+        else [redis]
+    )
+    killed = 0
+    for node in nodes:
+        for client in await node.client_list(_type="pubsub"):
+            if client.get("name", "").startswith("parley-server-"):
+                await node.client_kill_filter(_id=client["id"])
+                killed += 1
+        if node is not redis:
+            await node.aclose()  # type: ignore[attr-defined]
+    assert killed, "no hub connection to close"
 
 
 async def test_a_message_gone_from_history_is_closed_with_message_lost_on_resync(
