@@ -135,7 +135,9 @@ def _run(scenario: Scenario, o: Options, work_dir: Path) -> dict[str, Any]:
         "summary": scenario.summary,
         **dataclasses.asdict(result),
         "failures": result.failures,
-        "overrides": real_model_overrides(options.max_tokens, options.flush_ms).described(),
+        "overrides": real_model_overrides(
+            options.max_tokens, options.flush_ms, options.sessions * options.rounds
+        ).described(),
     }
 
 

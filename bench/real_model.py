@@ -165,7 +165,8 @@ async def _measure(
 ) -> RealModelResult:
     # The worker's, which Cluster keeps at its default whatever a .env says.
     system_prompt = DEFAULT_SYSTEM_PROMPT
-    overrides = real_model_overrides(options.max_tokens, options.flush_ms)
+    opened = options.sessions * options.rounds
+    overrides = real_model_overrides(options.max_tokens, options.flush_ms, opened)
     body = {
         "model": model.model,
         "stream": True,

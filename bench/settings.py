@@ -42,13 +42,18 @@ def load_overrides(o: Options) -> Overrides:
     run's own traffic, all from one address, would pass (and only those)."""
     sweep = sum(max(1, round(o.sessions * f)) for f in o.sweep)
     sessions = 2 + o.rounds * o.sessions + sweep + o.sockets  # 2: the warm-up's
-    at_once = max(o.sessions, o.sockets) + 2
+    # Two phases of Parley may follow each other (a sweep alternates which target goes
+    # first): the sockets of one may still be closing when the next opens its own.
+    at_once = 2 * max(o.sessions, o.sockets) + 2
     replies = (2 + o.rounds * o.sessions + sweep) * o.messages
     per_reply = _PROMPT_MESSAGES * (o.tokens + _MESSAGE_TOKENS)
     wanted = {
         "rate_sessions_per_client": (sessions, f"the run opens {sessions} sessions"),
         "rate_socket_opens_per_client": (sessions, f"the run opens {sessions} sockets"),
-        "max_sockets_per_client": (at_once, f"the run holds {at_once} sockets at once"),
+        "max_sockets_per_client": (
+            at_once,
+            f"the run holds {at_once} sockets at once, two phases back to back",
+        ),
         "rate_messages_per_session": (o.messages, f"a session sends {o.messages} messages"),
         "model_tokens_per_session": (
             o.messages * per_reply,
@@ -70,9 +75,11 @@ def load_overrides(o: Options) -> Overrides:
     return LIKE_THE_BASELINE | declare(**raised)
 
 
-def real_model_overrides(max_tokens: int, flush_ms: float) -> Overrides:
+def real_model_overrides(max_tokens: int, flush_ms: float, sessions: int = 0) -> Overrides:
     """What the ``real-model`` run changes: it asks the model directly and through
-    Parley in turn, the same question with the same options, and compares the two."""
+    Parley in turn, the same question with the same options, and compares the two;
+    ``sessions``: how many it opens (one a question through Parley), all from one
+    address, for the per-address limits it would pass."""
     changed = declare(
         CONVERSATION_TITLES=(False, "asked directly, the model gets no title request"),
         MEMORY_SUMMARY=(False, "asked directly, the model gets no summary request"),
@@ -82,4 +89,8 @@ def real_model_overrides(max_tokens: int, flush_ms: float) -> Overrides:
     )
     if flush_ms != FLUSH_MS_DEFAULT:
         changed |= declare(STREAM_FLUSH_MS=(flush_ms, "the run's coalescing window"))
+    why = f"the run opens {sessions} sessions and sockets, all from 127.0.0.1"
+    for name in ("rate_sessions_per_client", "rate_socket_opens_per_client"):
+        if sessions > _default(SecuritySettings, name):
+            changed |= declare(**{name.upper(): (sessions, why)})
     return changed
