@@ -136,7 +136,7 @@ def _run(scenario: Scenario, o: Options, work_dir: Path) -> dict[str, Any]:
         **dataclasses.asdict(result),
         "failures": result.failures,
         "overrides": real_model_overrides(
-            options.max_tokens, options.flush_ms, options.sessions * options.rounds
+            options.max_tokens, options.flush_ms, options.sessions * options.rounds + 1
         ).described(),
     }
 

@@ -165,7 +165,7 @@ async def _measure(
 ) -> RealModelResult:
     # The worker's, which Cluster keeps at its default whatever a .env says.
     system_prompt = DEFAULT_SYSTEM_PROMPT
-    opened = options.sessions * options.rounds
+    opened = options.sessions * options.rounds + 1  # 1: the warm-up question
     overrides = real_model_overrides(options.max_tokens, options.flush_ms, opened)
     body = {
         "model": model.model,

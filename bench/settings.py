@@ -89,8 +89,12 @@ def real_model_overrides(max_tokens: int, flush_ms: float, sessions: int = 0) ->
     )
     if flush_ms != FLUSH_MS_DEFAULT:
         changed |= declare(STREAM_FLUSH_MS=(flush_ms, "the run's coalescing window"))
-    why = f"the run opens {sessions} sessions and sockets, all from 127.0.0.1"
-    for name in ("rate_sessions_per_client", "rate_socket_opens_per_client"):
+    why = f"the run opens (and holds) {sessions} sessions and sockets, all from 127.0.0.1"
+    for name in (
+        "rate_sessions_per_client",
+        "rate_socket_opens_per_client",
+        "max_sockets_per_client",
+    ):
         if sessions > _default(SecuritySettings, name):
             changed |= declare(**{name.upper(): (sessions, why)})
     return changed
