@@ -94,7 +94,7 @@ def test_scenarios_run_against_parley_and_the_baseline(
     # What Parley ran with, besides its defaults, is said with the figures, and why.
     assert "Parley's settings changed from its defaults:" in out
     assert "CONVERSATION_TITLES=false (the baseline asks for no titles" in out
-    assert "MAX_SOCKETS_PER_CLIENT=22 (the run holds 22 sockets at once" in out
+    assert "MAX_SOCKETS_PER_CLIENT=42 (the run holds 42 sockets at once, two phases" in out
     assert latency["overrides"] == load_overrides(options_of(latency)).described()
     assert "CONVERSATION_TITLES=false" in path.with_suffix(".md").read_text()
 
