@@ -1,8 +1,9 @@
-"""Cancelling tasks that may absorb a cancellation."""
+"""Cancelling tasks that may absorb a cancellation; waiting for a stop signal."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,3 +24,13 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, every_s: float 
     for task in tasks:
         if not task.cancelled():
             task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+async def until_stopped() -> None:
+    """Return once the process gets SIGINT or SIGTERM (the signals then do nothing
+    more here): how a stand-in process serves until it is told to stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import gzip
-import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
+
+from runtime.tasks import until_stopped
 
 PROTOBUF = "application/x-protobuf"
 
@@ -217,12 +218,8 @@ async def _serve(args: argparse.Namespace) -> None:
     collector = Collector(keep=False)
     endpoint = await collector.start(args.host, args.port)
     print(f"collector stand-in at {endpoint}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await collector.stop()
 

@@ -27,7 +27,6 @@ import contextlib
 import itertools
 import json
 import re
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +36,8 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
+
+from runtime.tasks import until_stopped
 
 FILLER = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit")
 REPLY_PREFIX = "Reply to: "
@@ -609,12 +610,8 @@ async def _serve(args: argparse.Namespace) -> None:
     )
     base_url = await model.start(args.host, args.port)
     print(f"stand-in model serving at {base_url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await model.stop()
 
