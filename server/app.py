@@ -93,7 +93,7 @@ def lifespan(settings: ServerSettings) -> Callable[[FastAPI], AbstractAsyncConte
     async def run(_app: FastAPI) -> AsyncIterator[State]:
         redis = connect(settings, "server")
         store = Store(redis, settings)
-        await store.ensure_group()
+        await store.streams.ensure_group()
         hub = Hub(
             redis,
             queue_size=settings.socket_queue_size,

@@ -63,7 +63,7 @@ class SessionCommands(PendingMessages):
     async def _on_stop(self) -> None:
         """Ask for the reply being generated to stop (see ``stop.lua``)."""
         try:
-            seq = await self.store.stop(self.token)
+            seq = await self.store.sessions.stop(self.token)
         except REDIS_DOWN as e:
             logger.warning("session=%s could not stop the reply: %s", self.session, e)
             await self.relay.send_error(ErrorCode.UNAVAILABLE, "the stop could not be sent; retry")
@@ -87,7 +87,7 @@ class SessionCommands(PendingMessages):
 
     async def _on_revise(self, command: RegenerateCommand | EditCommand) -> None:
         """Queue the last user message again, edited or not (see
-        :meth:`storage.store.Store.revise`); the ``revised`` event reaches every socket
+        :meth:`storage.queue.Queue.revise`); the ``revised`` event reaches every socket
         of the session through its event stream. Admitted as a message is (a reply of
         the model costs the same), in the same script: a refusal spends nothing. A
         refusal is an ``error`` with ``message_id`` null: it ends no reply."""
@@ -121,13 +121,13 @@ class SessionCommands(PendingMessages):
         )
 
     async def _revise(self, edit: tuple[str, str] | None, traceparent: str = "") -> Revision | None:
-        """:meth:`Store.revise` for the session's model as this socket knows it, once
+        """:meth:`storage.queue.Queue.revise` for the session's model as this socket knows it, once
         more if the session changed it; None if no worker serves it (the client was
-        told). ``traceparent``: as :meth:`Store.revise`'s.
+        told). ``traceparent``: as :meth:`storage.queue.Queue.revise`'s.
 
         Raises:
             SessionExpired, ReplyInProgress, NotLastMessage, TooManyVersions,
-            Overloaded, ModelChanged: as :meth:`Store.revise`.
+            Overloaded, ModelChanged: as :meth:`storage.queue.Queue.revise`.
             TooManyPending: this socket keeps ``max_pending_messages`` unanswered.
         """
         await self.make_room()
@@ -147,10 +147,10 @@ class SessionCommands(PendingMessages):
         return revision
 
     async def _revise_once(self, edit: tuple[str, str] | None, traceparent: str) -> Revision | None:
-        """:meth:`Store.revise` for :attr:`model`; None if no worker serves it."""
+        """:meth:`storage.queue.Queue.revise` for :attr:`model`; None if no worker serves it."""
         if await self._model_unserved():
             return None
-        return await self.store.revise(
+        return await self.store.queue.revise(
             self.token,
             max_versions=self.settings.max_message_versions,
             max_attempts=self.settings.max_attempts_per_turn,
@@ -163,7 +163,7 @@ class SessionCommands(PendingMessages):
     async def _on_message(self, content: str) -> None:
         """Accept a user message: checked, admitted, stored and queued, then ``queued``;
         or refused with an error. Admission, storing and queueing are one script call
-        (:meth:`storage.store.Store.enqueue`): a refusal spends nothing."""
+        (:meth:`storage.queue.Queue.enqueue`): a refusal spends nothing."""
         if self.traces is None:
             await self._accept(content, self._enqueue)
             return
@@ -200,13 +200,13 @@ class SessionCommands(PendingMessages):
         return message
 
     async def _enqueue(self, content: str, traceparent: str = "") -> StoredMessage | None:
-        """:meth:`Store.enqueue` for the session's model as this socket knows it, once
+        """:meth:`storage.queue.Queue.enqueue` for the session's model as this socket knows it, once
         more if the session changed it since; None if no worker serves it (the client
-        was told). ``traceparent``: as :meth:`Store.enqueue`'s.
+        was told). ``traceparent``: as :meth:`storage.queue.Queue.enqueue`'s.
 
         Raises:
             SessionExpired, TooManyPending, SessionFull, Overloaded, ModelChanged,
-                PromptTooLong: as :meth:`Store.enqueue`; TooManyPending also when this
+                PromptTooLong: as :meth:`storage.queue.Queue.enqueue`; TooManyPending also when this
                 socket keeps ``max_pending_messages`` unanswered.
         """
         await self.make_room()
@@ -214,14 +214,14 @@ class SessionCommands(PendingMessages):
         if await self._model_unserved():
             return None
         try:
-            return await self.store.enqueue(
+            return await self.store.queue.enqueue(
                 self.token, content, limit, self.model, self.limits(), traceparent
             )
         except ModelChanged as changed:  # since this socket last sent one
             self.model = changed.model
         if await self._model_unserved():
             return None
-        return await self.store.enqueue(
+        return await self.store.queue.enqueue(
             self.token, content, limit, self.model, self.limits(), traceparent
         )
 
@@ -247,7 +247,7 @@ class SessionCommands(PendingMessages):
         """
         if await self.pools.served(self.model):
             return False
-        actual = await self.store.session_model(self.token)
+        actual = await self.store.sessions.session_model(self.token)
         if actual != self.model:
             self.model = actual
             if await self.pools.served(actual):

@@ -155,7 +155,7 @@ class ChatConnection(SessionCommands):
         close: _Closed | None = None
         try:
             async with self.hub.subscribe(keys.channel(self.token)) as sub:
-                start = await self.store.last_event_id(self.token)
+                start = await self.store.events.last_event_id(self.token)
                 problem = _cursor_problem(after, start) if after is not None else None
                 if after is not None and problem is None:
                     start = after
@@ -264,7 +264,7 @@ class ChatConnection(SessionCommands):
         ):
             with attempt:
                 try:
-                    pttl = await self.store.session_ttl_ms(self.token)
+                    pttl = await self.store.sessions.session_ttl_ms(self.token)
                 except REDIS_DOWN as e:
                     logger.warning("session=%s Redis unreachable: %s", self.session, e)
                     await self.relay.tell_unavailable()
@@ -319,7 +319,7 @@ class ChatConnection(SessionCommands):
             return
         limit = self.settings.resume_max_events
         try:
-            problem = _cursor_problem(after, await self.store.last_event_id(self.token))
+            problem = _cursor_problem(after, await self.store.events.last_event_id(self.token))
             if problem is None:
                 await self.relay.replay(after, limit=limit)
         except REDIS_DOWN as e:

@@ -250,7 +250,7 @@ async def _ws_token(store: StoreDep, token: Annotated[str | None, Query()] = Non
     if token is None or not well_formed(token):
         raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason=SESSION_GONE)
     try:
-        alive = await store.touch(token)
+        alive = await store.sessions.touch(token)
     except REDIS_DOWN as e:
         raise redis_unavailable() from e
     if not alive:

@@ -12,7 +12,7 @@ So each socket keeps the id of every message it was told ``queued`` for (and of 
 ``regenerate`` or ``edit`` it sent: they reuse the message's id), with the stream entry
 history gave it, until that message's closing event (``done``, or ``error`` naming it)
 passes through the socket. While it keeps any, it looks at them in history
-(:meth:`storage.store.Store.message_marks`, one ``JSON.GET``) whenever its hub
+(:meth:`storage.sessions.Sessions.message_marks`, one ``JSON.GET``) whenever its hub
 subscription resyncs (after each reconnect of the hub's Pub/Sub connection, which every
 failover causes) and at each of its expiry checks (at most 60 s apart), and when it is
 full. For each message:
@@ -132,7 +132,7 @@ class PendingMessages:
             return
         # Only those queued before the read: one queued meanwhile may be newer than it.
         kept = dict(self._pending)
-        marks = await self.store.message_marks(self.token, kept)
+        marks = await self.store.sessions.message_marks(self.token, kept)
         for message_id, entry in kept.items():
             verdict = _verdict(entry, marks.get(message_id))
             if verdict is _Verdict.WAITS or self._pending is None:

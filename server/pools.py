@@ -63,7 +63,7 @@ class PoolWatch:
         loop = asyncio.get_running_loop()
         if loop.time() - self._served_at.get(model, -_SERVED_FOR_S) < _SERVED_FOR_S:
             return True
-        if await self.store.pool_workers(model, within_ms=int(wait_s * 1000)) > 0:
+        if await self.store.pools.pool_workers(model, within_ms=int(wait_s * 1000)) > 0:
             self._served_at[model] = loop.time()
             return True
         return False
@@ -101,11 +101,11 @@ class PoolWatch:
         within_ms = int((wait_s or 30.0) * 1000)
         closed = 0
         for offer in self.settings.models:
-            workers = await self.store.pool_workers(offer.id, within_ms)
+            workers = await self.store.pools.pool_workers(offer.id, within_ms)
             MODEL_WORKERS.labels(offer.id).set(workers)
             if workers == 0 and wait_s:
-                closed += await self.store.close_unserved(offer.id, self.consumer, within_ms)
-            waiting, pending = await self.store.backlog(offer.id)
+                closed += await self.store.pools.close_unserved(offer.id, self.consumer, within_ms)
+            waiting, pending = await self.store.pools.backlog(offer.id)
             MODEL_QUEUE_LAG.labels(offer.id).set(waiting + pending)
         if closed:
             logger.warning("closed %d messages of unserved models (model_unavailable)", closed)

@@ -116,12 +116,14 @@ class EventRelay:
                 self._cursor = stream_id_key(after) if after != "0" else (0, 0)
             first = limit + 1 if limit is not None else _REPLAY_CHUNK
             if check_gap and self._cursor != (0, 0):
-                since = await self._store.events_since(self._token, self._cursor_id(), first)
+                since = await self._store.events.events_since(self._token, self._cursor_id(), first)
                 payloads = since.payloads
                 if since.gap is not None:
                     await self._send_gap(since.gap)
             else:
-                payloads = await self._store.events_after(self._token, self._cursor_id(), first)
+                payloads = await self._store.events.events_after(
+                    self._token, self._cursor_id(), first
+                )
             if limit is not None:
                 self._held_back = len(payloads) > limit
                 await self._send_stored(payloads[:limit])
@@ -131,7 +133,7 @@ class EventRelay:
                 await self._send_stored(payloads)
                 if len(payloads) < _REPLAY_CHUNK:
                     return
-                payloads = await self._store.events_after(
+                payloads = await self._store.events.events_after(
                     self._token, self._cursor_id(), _REPLAY_CHUNK
                 )
 

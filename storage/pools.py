@@ -18,13 +18,15 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from pydantic import ValidationError
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from protocol.wire import ErrorCode, ErrorEvent, MessageEntry
+from runtime.config import CommonSettings
 from storage import keys
+from storage.base import StoreBase
 from storage.replies import NotYourTurn, Replies
 from storage.sessions import SessionExpired
-from storage.streams import Streams
 
 #: A pool member not heard from for a day leaves the set (its worker is long gone).
 _FORGET_MS = 86_400_000
@@ -54,8 +56,19 @@ class Backlog(NamedTuple):
     pending: int
 
 
-class Pools(Streams, Replies):
-    """Worker pools per model (a part of :class:`storage.store.Store`)."""
+class Pools(StoreBase):
+    """Worker pools per model (a part of :class:`storage.store.Store`).
+
+    Args:
+        redis: a redis-py asyncio client built with ``decode_responses=True``.
+        settings: TTLs and stream bounds.
+        replies: the store's replies part, which closes the messages nobody serves
+            (:meth:`close_unserved`).
+    """
+
+    def __init__(self, redis: Redis[str], settings: CommonSettings, replies: Replies) -> None:
+        super().__init__(redis, settings)
+        self.replies = replies
 
     async def join_pools(self, models: Sequence[str], consumer: str) -> None:
         """Record that ``consumer`` serves ``models`` now; forget members silent for a day."""
@@ -110,7 +123,7 @@ class Pools(Streams, Replies):
                     continue
                 event = UNSERVED.model_copy(update={"message_id": entry.message_id})
                 try:
-                    if await self.finish(entry, None, event, "", ack=(stream, entry_id)):
+                    if await self.replies.finish(entry, None, event, "", ack=(stream, entry_id)):
                         closed += 1
                 except (NotYourTurn, SessionExpired):
                     continue  # SessionExpired: acked all the same

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from redis.asyncio import Redis
+
 from protocol.wire import ErrorCode, ErrorEvent, utc_now
+from runtime.config import CommonSettings
 from storage import keys
 from storage.admission import (
     CLIENT_TOKENS,
@@ -27,6 +30,7 @@ from storage.admission import (
     Refused,
     limit_key,
 )
+from storage.base import StoreBase
 from storage.connection import is_cluster
 from storage.models import StoredMessage
 from storage.refusals import (
@@ -96,8 +100,12 @@ def _queue_keys(token: str, model: str) -> list[str]:
     ]
 
 
-class Queue(Streams):
-    """User messages in and lost ones out (a part of :class:`storage.store.Store`)."""
+class Queue(StoreBase):
+    """Messages in, lost ones out; needs ``streams`` (a part of :class:`storage.store.Store`)."""
+
+    def __init__(self, redis: Redis[str], settings: CommonSettings, streams: Streams) -> None:
+        super().__init__(redis, settings)
+        self.streams = streams
 
     @cached_property
     def _enqueue(self) -> Script[EnqueueStatus]:
@@ -187,7 +195,7 @@ class Queue(Streams):
             "maxlen": self.settings.message_stream_maxlen,
             "max_backlog": self.settings.max_backlog,
             "group": keys.CONSUMER_GROUP,
-            "trim_mode": await self.trim_mode(),
+            "trim_mode": await self.streams.trim_mode(),
             "model": model,
             "default_model": self.settings.default_model,
             "max_bytes": self.settings.max_session_bytes,

@@ -1,13 +1,16 @@
 """Parley's reads and atomic writes in Redis, shared by the server and the worker.
 
-:class:`Store` is one object made of the store's parts, each a module of its own:
-:mod:`storage.sessions` (session documents), :mod:`storage.owners` (owners and their
-conversations), :mod:`storage.queue` (accepting messages,
-closing lost ones), :mod:`storage.streams` (the consumer group, trimming, pending
-entries), :mod:`storage.replies` (attempts at replies, recorded once),
-:mod:`storage.events` (reading a session's events back) and :mod:`storage.consumers`
-(the groups' consumers, deleted once they hold nothing). Its errors and constants are
-importable from here too.
+:class:`Store` holds one part a concern, each an object of its own module, reached by
+name: ``store.sessions`` (:mod:`storage.sessions`, session documents), ``store.owners``
+(:mod:`storage.owners`, owners and their conversations), ``store.queue``
+(:mod:`storage.queue`, accepting messages, closing lost ones), ``store.streams``
+(:mod:`storage.streams`, the consumer group, trimming, pending entries),
+``store.replies`` (:mod:`storage.replies`, attempts at replies, recorded once),
+``store.pools`` (:mod:`storage.pools`, worker pools per model), ``store.events``
+(:mod:`storage.events`, reading a session's events back) and ``store.consumers``
+(:mod:`storage.consumers`, the groups' consumers, deleted once they hold nothing). Each
+part holds the client and the settings (:class:`storage.base.StoreBase`); none inherits
+another's methods. Its errors and constants are importable from here too.
 
 The writes that must be atomic and idempotent are Lua scripts over the RedisJSON and
 stream commands (``.lua`` files beside this module, run and decoded by
@@ -18,6 +21,9 @@ session's keys only plus its partition's message stream and waiting set: one has
 
 from __future__ import annotations
 
+from redis.asyncio import Redis
+
+from runtime.config import CommonSettings
 from storage.consumers import Consumers, Released
 from storage.events import Events
 from storage.owners import NotTheOwner, OwnerFull, Owners, OwnerUnknown
@@ -47,7 +53,7 @@ from storage.replies import (
     Replies,
 )
 from storage.sessions import MessageMark, SessionExpired, Sessions
-from storage.streams import TRIM_ACKED, TRIM_MINID, Claimed, ClaimedEntry
+from storage.streams import TRIM_ACKED, TRIM_MINID, Claimed, ClaimedEntry, Streams
 
 __all__ = [
     "ANSWERED",
@@ -85,10 +91,41 @@ __all__ = [
 ]
 
 
-class Store(Sessions, Owners, Queue, Pools, Replies, Events, Consumers):
-    """Sessions, the message streams and session events in one Redis.
+class Store:
+    """Sessions, the message streams and session events in one Redis: one part a concern,
+    each its own object over the same client and settings.
+
+    Callers name the part: ``store.queue.enqueue(...)``, ``store.replies.finish(...)``.
+    Two parts need another, given to them when built: the queue trims its streams as
+    the streams part says (:meth:`storage.streams.Streams.trim_mode`, asked once and
+    shared), and the pools close the messages nobody serves through the replies part
+    (:meth:`storage.replies.Replies.finish`). The other parts need none.
 
     Args:
         redis: a redis-py asyncio client built with ``decode_responses=True``.
         settings: TTLs and stream bounds.
+
+    Attributes:
+        redis: the client every part uses.
+        settings: the settings every part reads.
+        sessions: session documents (:class:`storage.sessions.Sessions`).
+        owners: owners and their conversations (:class:`storage.owners.Owners`).
+        streams: the message streams' mechanics (:class:`storage.streams.Streams`).
+        queue: user messages in, lost ones out (:class:`storage.queue.Queue`).
+        replies: attempts at replies (:class:`storage.replies.Replies`).
+        pools: worker pools per model (:class:`storage.pools.Pools`).
+        events: a session's stored events (:class:`storage.events.Events`).
+        consumers: the consumers of any group (:class:`storage.consumers.Consumers`).
     """
+
+    def __init__(self, redis: Redis[str], settings: CommonSettings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.sessions = Sessions(redis, settings)
+        self.owners = Owners(redis, settings)
+        self.streams = Streams(redis, settings)
+        self.queue = Queue(redis, settings, self.streams)
+        self.replies = Replies(redis, settings)
+        self.pools = Pools(redis, settings, self.replies)
+        self.events = Events(redis, settings)
+        self.consumers = Consumers(redis, settings)

@@ -183,7 +183,7 @@ async def test_a_fact_folded_into_the_summary_by_the_real_model(
                 assert not of_type(await ask(ws, text), "error")
             await summary_jobs_done(redis)
             answer = await ask(ws, "What is my secret number?")
-        session = await parley.worker.store.get_session(token, touch=False)
+        session = await parley.worker.store.sessions.get_session(token, touch=False)
     assert session.summary is not None and session.summary.seq >= 1, "the fact's turn folded"
     reply = of_type(answer, "done")[0]["reply"]["content"]
     print(

@@ -63,7 +63,7 @@ class Worker:
         #: The catalog models this worker serves, and their message streams.
         self.models = settings.served_models()
         self.store = Store(redis, settings)
-        self.streams = tuple(self.store.streams_of(self.models))
+        self.streams = tuple(self.store.streams.streams_of(self.models))
         self.hub = Hub(redis, control_channel=f"{keys.PREFIX}:worker:{self.consumer}")
         self.replies = Replies(settings, redis, llm, self.store, self.hub)
         #: Entries read or claimed and not yet acked, by (stream, entry id).
@@ -90,8 +90,8 @@ class Worker:
         (:meth:`worker.groups.ConsumerGroups.release`).
         """
         self.stopped.clear()
-        await self.store.ensure_group(self.models)
-        await self.store.join_pools(self.models, self.consumer)
+        await self.store.streams.ensure_group(self.models)
+        await self.store.pools.join_pools(self.models, self.consumer)
         await self.hub.start()
         jobs = self._job_readers()
         self.groups = ConsumerGroups(
@@ -173,7 +173,7 @@ class Worker:
                 if not str(e).startswith("NOGROUP"):
                     raise
                 logger.warning("consumer group missing (stream deleted?); creating it again")
-                await self.store.ensure_group(self.models)
+                await self.store.streams.ensure_group(self.models)
                 continue
             for stream, batch in response:
                 for entry_id, fields in batch:
@@ -221,7 +221,7 @@ class Worker:
                 # Also trimmed here, not only when a message is queued, so acknowledged
                 # entries do not outlive a quiet spell beyond the bound.
                 for stream in self.streams:
-                    await self.store.trim(stream)
+                    await self.store.streams.trim(stream)
                 await self.sweep_lost()
                 await self.groups.sweep_if_due()
             except (*CONNECTION_ERRORS, ResponseError) as e:
@@ -240,7 +240,7 @@ class Worker:
         for stream in self.streams:
             start = "0-0"
             while True:
-                start, entries, deleted = await self.store.claim(
+                start, entries, deleted = await self.store.streams.claim(
                     stream, self.consumer, self.settings.claim_idle_ms, start
                 )
                 if deleted:
@@ -276,9 +276,9 @@ class Worker:
 
     async def _sweep_lost(self, part: str, model: str, older_than_ms: int) -> int:
         closed = 0
-        for token in await self.store.due_for_sweep(part, older_than_ms, model=model):
+        for token in await self.store.queue.due_for_sweep(part, older_than_ms, model=model):
             with contextlib.suppress(SessionExpired):
-                _, seq = await self.store.close_if_lost(token, model)
+                _, seq = await self.store.queue.close_if_lost(token, model)
                 if seq:
                     logger.warning(
                         "seq %d of a session of partition %s: its stream entry is gone; "
@@ -291,13 +291,13 @@ class Worker:
 
     async def _pool_loop(self) -> None:
         """Say, as often as the heartbeat, that this worker still serves its models
-        (:meth:`storage.store.Store.join_pools`): servers refuse the messages of a model
+        (:meth:`storage.pools.Pools.join_pools`): servers refuse the messages of a model
         none serves (``model_unavailable``)."""
         interval = self.settings.claim_idle_ms / 3000
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.store.join_pools(self.models, self.consumer)
+                await self.store.pools.join_pools(self.models, self.consumer)
             except (*CONNECTION_ERRORS, ResponseError) as e:
                 logger.warning("renewing this worker's place in its pools failed: %s", e)
 
@@ -310,7 +310,7 @@ class Worker:
                 by_stream.setdefault(stream, []).append(entry_id)
             for stream, ids in by_stream.items():
                 try:
-                    taken = await self.store.heartbeat(stream, self.consumer, ids)
+                    taken = await self.store.streams.heartbeat(stream, self.consumer, ids)
                 except (*CONNECTION_ERRORS, ResponseError) as e:
                     logger.warning("heartbeat of in-flight entries failed: %s", e)
                     continue
@@ -360,7 +360,7 @@ class Worker:
         every reply being answered."""
         for (token, seq), event in list(self.replies.stops.items()):
             with contextlib.suppress(*CONNECTION_ERRORS, ResponseError, SessionExpired):
-                if await self.store.stop_seq(token) >= seq:
+                if await self.store.sessions.stop_seq(token) >= seq:
                     event.set()
 
     # -- one entry -----------------------------------------------------------------

@@ -17,7 +17,8 @@ from storage.store import Emit, Fenced, Store
 
 
 class EmitBatcher:
-    """Sends reply events in batches, one :meth:`Store.emit_many` call a partition.
+    """Sends reply events in batches, one :meth:`storage.replies.Replies.emit_many` call
+    a partition.
 
     Args:
         store: the worker's store.
@@ -58,7 +59,7 @@ class EmitBatcher:
     async def _send_one(self, items: list[tuple[Emit, asyncio.Future[str | None]]]) -> None:
         """One partition's events: each future gets its outcome, or the call's error."""
         try:
-            outcomes = await self._store.emit_many([emit for emit, _ in items])
+            outcomes = await self._store.replies.emit_many([emit for emit, _ in items])
         except Exception as e:  # every reply of the batch learns it; the sender goes on
             for _, future in items:
                 if not future.done():

@@ -111,10 +111,11 @@ class ReplyGenerator:
         queued).
 
         Args:
-            begun: what :meth:`Store.begin` returned: the session as ``attempt`` began
-                (its newest messages, or all of them).
+            begun: what :meth:`storage.replies.Replies.begin` returned: the session as
+                ``attempt`` began (its newest messages, or all of them).
             ack: ``(stream, entry id)`` of ``entry``: acked by the script that records
-                the end of the reply (see :meth:`Store.finish`), once this returns.
+                the end of the reply (see :meth:`storage.replies.Replies.finish`), once
+                this returns.
 
         Raises:
             Fenced: another attempt took over meanwhile.
@@ -275,7 +276,9 @@ class ReplyGenerator:
         ack = None if title_due else ack
         tail = tail if streamed.tail else []
         outcome = "stopped" if reply.stopped else "truncated" if reply.truncated else "done"
-        finish = self.store.finish(entry, reply, done, attempt, ack=ack, tail=tail, cost=cost)
+        finish = self.store.replies.finish(
+            entry, reply, done, attempt, ack=ack, tail=tail, cost=cost
+        )
         event_id = await (finish if self.traces is None else self.traces.finish(finish, outcome))
         total_s = time.perf_counter() - started
         if event_id:
@@ -335,7 +338,7 @@ class ReplyGenerator:
         try:
             return prompt(begun.session.messages, begun.session.summary, begun.complete)
         except HistoryTooShort:
-            whole = await self.store.get_session(entry.token, touch=False)
+            whole = await self.store.sessions.get_session(entry.token, touch=False)
             return prompt(whole.messages, whole.summary, True)
 
     async def _fail(
@@ -351,7 +354,7 @@ class ReplyGenerator:
         logger.warning("message_id=%s model error %s: %s", entry.message_id, error.code, error)
         REPLIES.labels(error.code.value).inc()
         event = ErrorEvent(message_id=entry.message_id, code=error.code, detail=error.public_detail)
-        finish = self.store.finish(entry, None, event, attempt, ack=ack, cost=cost)
+        finish = self.store.replies.finish(entry, None, event, attempt, ack=ack, cost=cost)
         await (finish if self.traces is None else self.traces.finish(finish, error.code.value))
 
     async def _stream(

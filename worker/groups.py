@@ -55,7 +55,7 @@ class ConsumerGroups:
         handed = 0
         try:
             for stream, group in self.groups:
-                released = await self.store.release(stream, group, self.consumer)
+                released = await self.store.consumers.release(stream, group, self.consumer)
                 handed += released.handed
         except (*CONNECTION_ERRORS, ResponseError) as e:
             logger.warning("handing back this worker's pending entries failed: %s", e)
@@ -79,7 +79,7 @@ class ConsumerGroups:
         self._swept_at = now
         deleted: list[str] = []
         for stream, group in self.groups:
-            names = await self.store.sweep_consumers(stream, group, self.idle_delete_ms)
+            names = await self.store.consumers.sweep_consumers(stream, group, self.idle_delete_ms)
             if names:
                 logger.info("deleted idle consumers of %s %s: %s", stream, group, names)
             deleted += names

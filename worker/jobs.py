@@ -235,7 +235,7 @@ class IdleJobs:
             redis.exceptions.RedisError: Redis failed.
         """
         try:
-            session = await self.store.get_session(token, touch=False)
+            session = await self.store.sessions.get_session(token, touch=False)
         except SessionExpired:
             return None
         offer = self.settings.offer(session.model)

@@ -45,14 +45,14 @@ async def charge_request(
 ) -> None:
     """Count ``tokens`` against session ``token``'s quota and its client's, for a model
     request outside a reply (a title, a summary: a reply is charged by the script that
-    records it, :meth:`storage.store.Store.finish`).
+    records it, :meth:`storage.replies.Replies.finish`).
 
     The session's quota is charged by one script, which names its client; the client's
     quota, in another slot, by a second call. A failure to charge is logged, not
     raised: a quota is a bound on use, not an account.
     """
     try:
-        client = await store.charge(token, tokens)
+        client = await store.sessions.charge(token, tokens)
         if client:
             await limiter.charge(CLIENT_TOKENS, client, tokens, settings.quota_period_s)
     except SessionExpired:

@@ -154,7 +154,7 @@ class Replies:
             # delivery count, which counts each such failure, reaches MAX_DELIVERIES.
             logger.exception("message_id=%s session=%s seq=%d failed; left pending", *log_ctx)
             with contextlib.suppress(*CONNECTION_ERRORS, ResponseError):
-                await self.store.count_failure(
+                await self.store.streams.count_failure(
                     entry.token,
                     delivery.key,
                     self.settings.consumer_name,
@@ -176,7 +176,10 @@ class Replies:
             attempt.acked = True  # by the script that closed the message
             return
         # Only a taken-over entry can follow a crash (a fresh read never does).
-        suspect = bool(delivery.deliveries) and await self.store.crashes(entry.token, entry.seq) > 0
+        suspect = (
+            bool(delivery.deliveries)
+            and await self.store.sessions.crashes(entry.token, entry.seq) > 0
+        )
         while not await self._try(delivery, entry, attempt, stop, suspect=suspect):
             await self._await_turn(entry, keys.model_of_stream(delivery.key[0]))
 
@@ -198,7 +201,9 @@ class Replies:
         """
         async with self._suspect if suspect else contextlib.nullcontext(), self._slots:
             window = history_window(self.settings.memory_max_messages)
-            begin = self.store.begin(entry, attempt.id, window=window, entry_id=delivery.key[1])
+            begin = self.store.replies.begin(
+                entry, attempt.id, window=window, entry_id=delivery.key[1]
+            )
             begun = await (begin if self.traces is None else self.traces.begin(begin, attempt.id))
             if begun.status in (STALE, ANSWERED):
                 await self._nothing_to_answer(delivery, entry, stale=begun.status == STALE)
@@ -257,7 +262,7 @@ class Replies:
         """
         async with self.hub.subscribe(keys.channel(entry.token)) as sub:
             await asyncio.wait_for(sub.ready.wait(), timeout=10)
-            replied, _ = await self.store.close_if_lost(entry.token, model)
+            replied, _ = await self.store.queue.close_if_lost(entry.token, model)
             while replied < entry.seq - 1:
                 # Woken by a reply's end in this session, or re-checked each second.
                 try:
@@ -267,7 +272,7 @@ class Replies:
                             if payload == RESYNC or ends_reply(payload):
                                 break
                 except TimeoutError:
-                    replied, closed = await self.store.close_if_lost(entry.token, model)
+                    replied, closed = await self.store.queue.close_if_lost(entry.token, model)
                     if closed:
                         logger.warning(
                             "seq %d of the session of message_id=%s: its stream entry is "
@@ -276,7 +281,7 @@ class Replies:
                             entry.message_id,
                         )
                 else:
-                    replied = await self.store.replied_seq(entry.token)
+                    replied = await self.store.sessions.replied_seq(entry.token)
 
     async def _give_up(
         self, delivery: Delivery, entry: MessageEntry, attempt: str, reason: str
@@ -294,7 +299,7 @@ class Replies:
 
         Args:
             attempt: the attempt that began, or ``""`` if none could (the message is
-                then closed whatever attempt may run, see :meth:`Store.finish`).
+                then closed whatever attempt may run, see :meth:`storage.replies.Replies.finish`).
             reason: why, for the log and the dead-letter record.
 
         Raises:
@@ -310,7 +315,9 @@ class Replies:
         try:
             while True:
                 try:
-                    finish = self.store.finish(entry, None, event, attempt, ack=delivery.key)
+                    finish = self.store.replies.finish(
+                        entry, None, event, attempt, ack=delivery.key
+                    )
                     traces = self.traces
                     closed = await (finish if traces is None else traces.finish(finish, reason))
                     break

@@ -115,5 +115,5 @@ class Titler(IdleJobs):
             logger.warning("session=%s no title: %s", fingerprint(token), e)
             return
         title = clean_title(answer.text)
-        if title and await self.store.set_title_if_none(token, title):
+        if title and await self.store.owners.set_title_if_none(token, title):
             logger.info("session=%s titled (%d chars)", fingerprint(token), len(title))

@@ -148,7 +148,7 @@ class ReplyTraces:
             detach(token)
 
     async def begin(self, begin: Awaitable[Begun], attempt: str) -> Begun:
-        """Await ``begin`` (:meth:`Store.begin`) in a ``parley.begin`` span."""
+        """Await ``begin`` (:meth:`storage.replies.Replies.begin`) in a ``parley.begin`` span."""
         with self._tracer.start_as_current_span(
             "parley.begin", attributes={"parley.attempt": attempt}
         ) as span:
@@ -193,7 +193,7 @@ class ReplyTraces:
             return plan, streamed
 
     async def finish(self, finish: Awaitable[str | None], outcome: str) -> str | None:
-        """Await ``finish`` (:meth:`Store.finish`) in a ``parley.finish`` span."""
+        """Await ``finish`` (:meth:`storage.replies.Replies.finish`) in a ``parley.finish`` span."""
         with self._tracer.start_as_current_span(
             "parley.finish", attributes={"parley.outcome": outcome}
         ) as span:

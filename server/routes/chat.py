@@ -106,7 +106,7 @@ async def _person(
         return None
     person = await prove(identity, id_token)
     try:
-        owner = await store.session_owner(token)
+        owner = await store.owners.session_owner(token)
     except REDIS_DOWN as e:
         raise redis_unavailable() from e
     if owner != person.owner:

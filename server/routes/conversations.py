@@ -65,7 +65,7 @@ async def create_owner(store: StoreDep) -> OwnerView:
 
     Errors: 429 with ``Retry-After`` past ``RATE_OWNERS_PER_CLIENT``.
     """
-    return OwnerView(owner=await store.create_owner())
+    return OwnerView(owner=await store.owners.create_owner())
 
 
 @router.get("/conversations", response_model=ConversationPage)
@@ -98,7 +98,7 @@ async def list_conversations(
     if found.person is None and not well_formed(found.owner):
         raise owner_gone()
     try:
-        return await store.conversations(found.owner, offset, limit)
+        return await store.owners.conversations(found.owner, offset, limit)
     except OwnerUnknown as e:
         if found.person is not None:
             return ConversationPage(conversations=[], total=0, next_offset=None)
@@ -138,17 +138,17 @@ async def change_session(
     try:
         # Naming the model the session has already changes nothing, so it succeeds
         # whether or not messages wait.
-        if "model" in fields and fields["model"] == await store.session_model(token):
+        if "model" in fields and fields["model"] == await store.sessions.session_model(token):
             del fields["model"]
         # The model first, and only while no message waits: a message is answered by
         # the pool of the model it was sent to (see storage/lua/set_model.lua).
-        if "model" in fields and not await store.set_model(token, fields.pop("model")):
+        if "model" in fields and not await store.sessions.set_model(token, fields.pop("model")):
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 detail="messages wait for replies; change the model once they are answered",
             )
         if fields:
-            await store.update_session(token, fields)
+            await store.owners.update_session(token, fields)
     except SessionExpired as e:
         raise session_gone() from e
 
@@ -173,7 +173,7 @@ async def delete_session(
     if not well_formed(token) or (owner is not None and not well_formed(owner)):
         raise session_gone()
     try:
-        await store.delete_session(token, owner)
+        await store.owners.delete_session(token, owner)
     except SessionExpired as e:
         raise session_gone() from e
     except NotTheOwner as e:
@@ -254,7 +254,7 @@ async def export_session(
     if not well_formed(token):
         raise session_gone()
     try:
-        session = await store.get_session(token, touch=False, versions=True)
+        session = await store.sessions.get_session(token, touch=False, versions=True)
     except SessionExpired as e:
         raise session_gone() from e
     export = session.export()

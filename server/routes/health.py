@@ -37,8 +37,8 @@ async def readyz(store: StoreDep, hub: HubDep) -> dict[str, str] | JSONResponse:
             {"detail": "event relay restarting: sockets would miss events"}, status_code=503
         )
     try:
-        await store.ping()
-        if not await store.group_exists():
+        await store.sessions.ping()
+        if not await store.streams.group_exists():
             return JSONResponse({"detail": "consumer group missing"}, status_code=503)
     except REDIS_DOWN as e:
         # The error names Redis's address: logged, not told to whoever asks.

@@ -66,8 +66,8 @@ async def create_token(
     fields = checked_choice(choice or ModelChoice(), settings)
     owner = found.owner if found is not None else None
     if found is not None and found.person is not None:
-        await store.ensure_owner(found.owner)
-    session = await store.create_session(
+        await store.owners.ensure_owner(found.owner)
+    session = await store.sessions.create_session(
         name,
         owner or "",
         model=fields.get("model", ""),
@@ -76,9 +76,9 @@ async def create_token(
     if owner is not None:
         limit = settings.max_conversations_per_owner
         try:
-            await store.add_conversation(owner, session.token, limit)
+            await store.owners.add_conversation(owner, session.token, limit)
         except (OwnerUnknown, OwnerFull) as e:
-            await store.delete_session(session.token)
+            await store.owners.delete_session(session.token)
             if isinstance(e, OwnerUnknown):
                 raise owner_gone() from e
             raise HTTPException(
@@ -102,7 +102,7 @@ async def refresh_token(
     if not well_formed(token):
         raise session_gone()
     try:
-        session = await store.get_session(token, versions=True)
+        session = await store.sessions.get_session(token, versions=True)
     except SessionExpired as e:
         raise session_gone() from e
     return session.view()

@@ -99,15 +99,15 @@ class Pusher:
         self.message_id = ""
 
     async def begin(self) -> None:
-        message = await self.store.enqueue(self.token, "talk to me", max_pending=5)
+        message = await self.store.queue.enqueue(self.token, "talk to me", max_pending=5)
         self.message_id = message.id
         self.attempt = f"1:{uuid.uuid4().hex}"
         entry = MessageEntry(token=self.token, seq=1, message_id=message.id)
-        await self.store.begin(entry, self.attempt)
+        await self.store.replies.begin(entry, self.attempt)
 
     async def push(self) -> None:
         event = TokenEvent(message_id=self.message_id, content="x" * EVENT_CHARS)
-        await self.store.emit(self.token, event, self.attempt)
+        await self.store.replies.emit(self.token, event, self.attempt)
 
 
 async def test_clients_that_never_read_are_closed_and_hold_bounded_memory(

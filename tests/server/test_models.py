@@ -156,7 +156,9 @@ async def test_a_model_the_worker_does_not_offer_fails_the_reply_clearly(
         async with await start(parley, http, {"model": "large"}) as r:
             token = (await r.json())["token"]
         # The deployment dropped the model from its catalog since.
-        await Store(redis, parley.server_settings).update_session(token, {"model": "retired"})
+        await Store(redis, parley.server_settings).owners.update_session(
+            token, {"model": "retired"}
+        )
         error = await reply_to(parley, http, token, "hello")
         assert error["type"] == "error"
         assert error["code"] == "model_unavailable"

@@ -103,7 +103,7 @@ async def test_messages_left_waiting_by_a_pool_that_died_are_closed_within_the_b
         assert took_s < WAIT_S + 3, f"closed after {took_s:.1f} s"
         # In history without a reply; nothing left pending or waiting in the streams.
         assert [m["role"] for m in await history(parley, http, token)] == ["user", "user"]
-        assert await parley.worker.store.pending_count(["large"]) == 0
+        assert await parley.worker.store.streams.pending_count(["large"]) == 0
         await asyncio.sleep(0.6)  # one more watch: the gauge follows
         assert await lag_of(parley, http, "large") == 0.0
 
@@ -176,8 +176,8 @@ async def test_servers_restarted_close_unserved_messages_under_one_consumer_name
     for n in range(5):
         async with lifespan(settings)(create_app(settings)) as state:
             store = state["store"]
-            session = await store.create_session("ada", model="large")
-            await store.enqueue(session.token, f"message {n}", max_pending=10, model="large")
+            session = await store.sessions.create_session("ada", model="large")
+            await store.queue.enqueue(session.token, f"message {n}", max_pending=10, model="large")
             assert await state["pools"].watch_once() == 1
     for model in ("small", "large"):
         for stream in keys.model_streams(model):

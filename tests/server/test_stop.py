@@ -109,10 +109,10 @@ async def test_stop_before_the_reply_starts_sends_no_model_request(
     redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
 ) -> None:
     store = Store(redis, CommonSettings(redis_url=redis_url))
-    session = await store.create_session("ada")
-    await store.ensure_group()
-    message = await store.enqueue(session.token, "never mind", max_pending=5)
-    assert await store.stop(session.token) == message.seq
+    session = await store.sessions.create_session("ada")
+    await store.streams.ensure_group()
+    message = await store.queue.enqueue(session.token, "never mind", max_pending=5)
+    assert await store.sessions.stop(session.token) == message.seq
     async with running_parley(redis_url, redis) as parley:
         async with http.ws_connect(parley.ws_url, params={"token": session.token}) as ws:
             await ws.send_json({"type": "resume", "after": "0-0"})
@@ -122,5 +122,5 @@ async def test_stop_before_the_reply_starts_sends_no_model_request(
         # No reply was asked for (a title may be: the stopped reply is recorded).
         assert parley.prompts() == []
         async with asyncio.timeout(5):
-            while await store.pending_count():  # noqa: ASYNC110  (the ack follows the done)
+            while await store.streams.pending_count():  # noqa: ASYNC110  (the ack follows the done)
                 await asyncio.sleep(0.05)

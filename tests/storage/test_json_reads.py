@@ -19,16 +19,16 @@ from storage.store import Store
 
 
 async def _every_read(store: Store, token: str, owner: str) -> dict[str, Any]:
-    session = await store.get_session(token, touch=False)
-    page = await store.conversations(owner, 0, 10)
+    session = await store.sessions.get_session(token, touch=False)
+    page = await store.owners.conversations(owner, 0, 10)
     return {
         "session": session.model_dump(mode="json"),
-        "model": await store.session_model(token),
-        "replied_seq": await store.replied_seq(token),
-        "stop_seq": await store.stop_seq(token),
-        "crashes": await store.crashes(token, 2),
-        "crashes_other_seq": await store.crashes(token, 1),
-        "marks": await store.message_marks(token, [m.id for m in session.messages]),
+        "model": await store.sessions.session_model(token),
+        "replied_seq": await store.sessions.replied_seq(token),
+        "stop_seq": await store.sessions.stop_seq(token),
+        "crashes": await store.sessions.crashes(token, 2),
+        "crashes_other_seq": await store.sessions.crashes(token, 1),
+        "marks": await store.sessions.message_marks(token, [m.id for m in session.messages]),
         "conversations": page.model_dump(mode="json"),
     }
 
@@ -42,15 +42,17 @@ async def test_reads_do_not_depend_on_client_json_having_been_called(
     fresh = client_for_url(redis_url, max_connections=4)
     try:
         store = Store(fresh, CommonSettings(session_ttl_seconds=60))
-        await store.ensure_group()
-        owner = await store.create_owner()
-        session = await store.create_session("ada", owner, model="", system_prompt="be brief")
-        await store.add_conversation(owner, session.token, limit=10)
-        await store.update_session(session.token, {"title": "A title"})
-        first = await store.enqueue(session.token, "one", max_pending=10)
-        await store.enqueue(session.token, "two", max_pending=10)
+        await store.streams.ensure_group()
+        owner = await store.owners.create_owner()
+        session = await store.sessions.create_session(
+            "ada", owner, model="", system_prompt="be brief"
+        )
+        await store.owners.add_conversation(owner, session.token, limit=10)
+        await store.owners.update_session(session.token, {"title": "A title"})
+        first = await store.queue.enqueue(session.token, "one", max_pending=10)
+        await store.queue.enqueue(session.token, "two", max_pending=10)
         entry = MessageEntry(token=session.token, seq=1, message_id=first.id)
-        assert (await store.begin(entry, "1:a")).session is not None
+        assert (await store.replies.begin(entry, "1:a")).session is not None
         # The record begin.lua keeps of attempts cut by a worker's death: "<seq>:<count>".
         await fresh.execute_command(  # type: ignore[no-untyped-call]
             "JSON.SET", keys.session_key(session.token), "$.crashes", '"2:3"'
@@ -68,7 +70,7 @@ async def test_reads_do_not_depend_on_client_json_having_been_called(
         assert after == before
 
         # Deleting reads the owner the same way too.
-        await store.delete_session(session.token, owner)
+        await store.owners.delete_session(session.token, owner)
         assert await fresh.exists(keys.session_key(session.token)) == 0
     finally:
         await fresh.aclose()  # type: ignore[attr-defined]

@@ -31,14 +31,14 @@ async def test_a_write_no_replica_acknowledges_stands_and_is_logged(
         pytest.skip("REDIS_WAIT_REPLICAS is refused on a cluster")
     settings = CommonSettings(redis_wait_replicas=1, redis_wait_timeout_ms=20)
     store = Store(redis, settings)
-    session = await store.create_session("ada")
+    session = await store.sessions.create_session("ada")
     with caplog.at_level(logging.WARNING, logger="storage.replication"):
-        first = await store.enqueue(session.token, "one", max_pending=10)
+        first = await store.queue.enqueue(session.token, "one", max_pending=10)
         # A Redis that forgot its scripts (a new primary): loaded again, and waited for.
         await redis.script_flush()
-        second = await store.enqueue(session.token, "two", max_pending=10)
+        second = await store.queue.enqueue(session.token, "two", max_pending=10)
     assert (first.seq, second.seq) == (1, 2)
     waits = [r.getMessage() for r in caplog.records]
     assert waits == ["enqueue.lua: 0 of 1 replicas acknowledged within 20 ms; going on"] * 2
-    stored = await store.get_session(session.token, touch=False)
+    stored = await store.sessions.get_session(session.token, touch=False)
     assert [m.content for m in stored.messages] == ["one", "two"]

@@ -94,20 +94,20 @@ async def test_scripts_run_again_after_redis_forgot_them(redis: Redis) -> None:
     """A Redis restarted without persistence (or SCRIPT FLUSH) has no scripts: each is
     loaded again on NOSCRIPT."""
     store = Store(redis, CommonSettings(session_ttl_seconds=60))
-    session = await store.create_session("ada")
-    assert await store.stop(session.token) == 0
+    session = await store.sessions.create_session("ada")
+    assert await store.sessions.stop(session.token) == 0
     await redis.script_flush()
-    await store.enqueue(session.token, "one", max_pending=10)
-    assert await store.stop(session.token) == 1
+    await store.queue.enqueue(session.token, "one", max_pending=10)
+    assert await store.sessions.stop(session.token) == 1
     with pytest.raises(SessionExpired):
-        await store.stop("00000000-0000-4000-8000-000000000000")
+        await store.sessions.stop("00000000-0000-4000-8000-000000000000")
 
 
 async def test_a_session_is_written_with_its_ttl_and_no_index(redis: Redis) -> None:
     store = Store(redis, CommonSettings(session_ttl_seconds=60))
-    session = await store.create_session("ada")
+    session = await store.sessions.create_session("ada")
     assert 0 < await redis.ttl(keys.session_key(session.token)) <= 60
-    assert (await store.get_session(session.token)).name == "ada"
+    assert (await store.sessions.get_session(session.token)).name == "ada"
     # Every node (a cluster's primaries) has no RediSearch index: nothing searches sessions.
     on = {"target_nodes": redis.get_primaries()} if is_cluster(redis) else {}  # type: ignore[attr-defined]
     indexes = await redis.execute_command("FT._LIST", **on)

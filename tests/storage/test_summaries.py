@@ -19,19 +19,19 @@ from storage.summaries import Summaries
 @pytest.fixture
 async def store(redis: Redis) -> Store:
     store = Store(redis, CommonSettings(session_ttl_seconds=60, events_maxlen=50))
-    await store.ensure_group()
+    await store.streams.ensure_group()
     return store
 
 
 async def conversation(store: Store, turns: int, pending: int = 0) -> str:
     """A session with ``turns`` answered turns, then ``pending`` unanswered messages."""
-    token = (await store.create_session("ada")).token
+    token = (await store.sessions.create_session("ada")).token
     for n in range(1, turns + pending + 1):
-        user = await store.enqueue(token, f"message {n}", max_pending=100)
+        user = await store.queue.enqueue(token, f"message {n}", max_pending=100)
         if n > turns:
             continue
         entry = MessageEntry(token=token, seq=n, message_id=user.id)
-        await store.begin(entry, f"{n}:a")
+        await store.replies.begin(entry, f"{n}:a")
         reply = StoredMessage(
             id=f"r{n}",
             role="assistant",
@@ -39,7 +39,7 @@ async def conversation(store: Store, turns: int, pending: int = 0) -> str:
             timestamp=utc_now(),
             reply_to=user.id,
         )
-        await store.finish(
+        await store.replies.finish(
             entry, reply, DoneEvent(message_id=user.id, reply=reply.public()), f"{n}:a"
         )
     return token
@@ -60,7 +60,7 @@ async def test_a_summary_extends_the_stored_one_from_where_it_ended(
     assert (
         await summaries.store_summary(token, 2, summary(3, "one to three")) == SummaryStatus.STORED
     )
-    stored = (await store.get_session(token)).summary
+    stored = (await store.sessions.get_session(token)).summary
     assert stored is not None and (stored.seq, stored.text) == (3, "one to three")
 
 
@@ -73,7 +73,7 @@ async def test_a_retried_or_stale_summary_changes_nothing(store: Store, redis: R
     assert await summaries.store_summary(token, 0, summary(2, "again")) == SummaryStatus.STALE
     # A job made from a summary that is no longer the stored one.
     assert await summaries.store_summary(token, 1, summary(3, "other")) == SummaryStatus.STALE
-    stored = (await store.get_session(token)).summary
+    stored = (await store.sessions.get_session(token)).summary
     assert stored is not None and (stored.seq, stored.text) == (2, "first")
 
 
@@ -87,7 +87,7 @@ async def test_only_answered_turns_before_the_last_message_can_be_summarized(
     answered = await conversation(store, 3)  # seq 3, replied 3: the last turn stays whole
     assert await summaries.store_summary(answered, 0, summary(3)) == SummaryStatus.OUT_OF_RANGE
     assert await summaries.store_summary(answered, 0, summary(2)) == SummaryStatus.STORED
-    assert (await store.get_session(token)).summary is None
+    assert (await store.sessions.get_session(token)).summary is None
 
 
 async def test_two_workers_racing_store_one_summary(store: Store, redis: Redis) -> None:
@@ -97,16 +97,16 @@ async def test_two_workers_racing_store_one_summary(store: Store, redis: Redis) 
         *(summaries.store_summary(token, 0, summary(n, f"by {n}")) for n in (2, 3, 4, 2, 3))
     )
     assert sorted(statuses) == [SummaryStatus.STORED] + [SummaryStatus.STALE] * 4
-    stored = (await store.get_session(token)).summary
+    stored = (await store.sessions.get_session(token)).summary
     assert stored is not None and stored.text == f"by {stored.seq}"
 
 
 async def test_begin_reads_the_summary_with_the_window(store: Store, redis: Redis) -> None:
     token = await conversation(store, 3, pending=1)
     await Summaries(redis, store.settings).store_summary(token, 0, summary(2, "the start"))
-    session = await store.get_session(token)
+    session = await store.sessions.get_session(token)
     user = next(m for m in session.messages if m.seq == 4)
-    begun = await store.begin(MessageEntry(token=token, seq=4, message_id=user.id), "4:a")
+    begun = await store.replies.begin(MessageEntry(token=token, seq=4, message_id=user.id), "4:a")
     assert begun.session is not None and begun.session.summary is not None
     assert (begun.session.summary.seq, begun.session.summary.text) == (2, "the start")
 
@@ -116,10 +116,10 @@ async def test_a_session_written_before_summaries_existed_still_works(
 ) -> None:
     token = await conversation(store, 3, pending=1)
     await redis.json().delete(keys.session_key(token), "$.summary")
-    session = await store.get_session(token)
+    session = await store.sessions.get_session(token)
     assert session.summary is None
     user = next(m for m in session.messages if m.seq == 4)
-    begun = await store.begin(MessageEntry(token=token, seq=4, message_id=user.id), "4:a")
+    begun = await store.replies.begin(MessageEntry(token=token, seq=4, message_id=user.id), "4:a")
     assert begun.session is not None and begun.session.summary is None
     summaries = Summaries(redis, store.settings)
     assert await summaries.store_summary(token, 0, summary(1)) == SummaryStatus.STORED

@@ -26,7 +26,7 @@ def make_store(redis: Redis, **settings: Any) -> Store:
 @pytest.fixture
 async def store(redis: Redis) -> Store:
     store = make_store(redis)
-    await store.ensure_group()
+    await store.streams.ensure_group()
     return store
 
 
@@ -38,7 +38,7 @@ async def json_of(redis: Redis, key: str) -> Any:
 
 async def answer(store: Store, token: str, text: str, n: int = 0) -> StoredMessage:
     """Enqueue ``text`` and record a reply to it, as a worker would."""
-    user = await store.enqueue(token, text, max_pending=10)
+    user = await store.queue.enqueue(token, text, max_pending=10)
     assert user.seq is not None
     reply = StoredMessage(
         id=f"r{n}-{user.id}",
@@ -49,24 +49,28 @@ async def answer(store: Store, token: str, text: str, n: int = 0) -> StoredMessa
     )
     entry = MessageEntry(token=token, seq=user.seq, message_id=user.id)
     attempt = f"{user.seq}:{n}"
-    await store.begin(entry, attempt)
-    await store.finish(entry, reply, DoneEvent(message_id=user.id, reply=reply.public()), attempt)
+    await store.replies.begin(entry, attempt)
+    await store.replies.finish(
+        entry, reply, DoneEvent(message_id=user.id, reply=reply.public()), attempt
+    )
     return user
 
 
 async def revised_events(store: Store, token: str) -> list[dict[str, Any]]:
-    events = [json.loads(p) for p in await store.events_after(token, "0")]
+    events = [json.loads(p) for p in await store.events.events_after(token, "0")]
     return [e for e in events if e["type"] == "revised"]
 
 
 async def test_versions_live_beside_the_session_and_share_its_lifetime(
     store: Store, redis: Redis
 ) -> None:
-    token = (await store.create_session("ada")).token
+    token = (await store.sessions.create_session("ada")).token
     user = await answer(store, token, "question")
-    await store.revise(token, max_versions=20, max_attempts=20)
+    await store.queue.revise(token, max_versions=20, max_attempts=20)
     await answer_again(store, token, user, 1)
-    await store.revise(token, max_versions=20, max_attempts=20, edit=(user.id, "better question"))
+    await store.queue.revise(
+        token, max_versions=20, max_attempts=20, edit=(user.id, "better question")
+    )
     # Written with the session's TTL.
     session_ttl = await redis.ttl(keys.session_key(token))
     versions_ttl = await redis.ttl(keys.versions_key(token))
@@ -83,8 +87,8 @@ async def test_versions_live_beside_the_session_and_share_its_lifetime(
         ("question", "reply 1 to question"),
     ]
     # Joined back, in order, only where the whole history is asked for.
-    assert (await store.get_session(token)).messages[0].versions is None
-    (message,) = (await store.get_session(token, versions=True)).view().messages
+    assert (await store.sessions.get_session(token)).messages[0].versions is None
+    (message,) = (await store.sessions.get_session(token, versions=True)).view().messages
     assert message.content == "better question"
     assert [v.reply.content for v in message.versions or [] if v.reply] == [
         "reply 0 to question",
@@ -101,21 +105,21 @@ async def test_versions_live_beside_the_session_and_share_its_lifetime(
         return [await redis.ttl(keys.session_key(token)), await redis.ttl(keys.versions_key(token))]
 
     await shorten()
-    await store.get_session(token)
+    await store.sessions.get_session(token)
     assert min(await ttls()) > 5
     await shorten()
     await answer_again(store, token, user, 2)
-    await store.revise(token, max_versions=20, max_attempts=20)
+    await store.queue.revise(token, max_versions=20, max_attempts=20)
     assert min(await ttls()) > 5
     await shorten()
     await answer_again(store, token, user, 3)
-    await store.enqueue(token, "next", max_pending=10)
+    await store.queue.enqueue(token, "next", max_pending=10)
     assert min(await ttls()) > 5
     await shorten()
-    await store.touch(token)
+    await store.sessions.touch(token)
     assert min(await ttls()) > 5
 
-    await store.delete_session(token)
+    await store.owners.delete_session(token)
     assert await redis.exists(keys.versions_key(token)) == 0
 
 
@@ -131,16 +135,18 @@ async def answer_again(store: Store, token: str, user: StoredMessage, n: int) ->
     )
     entry = MessageEntry(token=token, seq=user.seq, message_id=user.id)
     attempt = f"{user.seq}:again{n}"
-    await store.begin(entry, attempt)
-    await store.finish(entry, reply, DoneEvent(message_id=user.id, reply=reply.public()), attempt)
+    await store.replies.begin(entry, attempt)
+    await store.replies.finish(
+        entry, reply, DoneEvent(message_id=user.id, reply=reply.public()), attempt
+    )
 
 
 async def test_the_revised_event_carries_the_new_version_and_the_count(store: Store) -> None:
-    token = (await store.create_session("ada")).token
+    token = (await store.sessions.create_session("ada")).token
     user = await answer(store, token, "question")
-    await store.revise(token, max_versions=20, max_attempts=20)
+    await store.queue.revise(token, max_versions=20, max_attempts=20)
     await answer_again(store, token, user, 1)
-    await store.revise(token, max_versions=20, max_attempts=20, edit=(user.id, "better"))
+    await store.queue.revise(token, max_versions=20, max_attempts=20, edit=(user.id, "better"))
     first, second = await revised_events(store, token)
     assert "versions" not in first["message"] and "versions" not in second["message"]
     assert (first["version_count"], first["version"]["reply"]["content"]) == (
@@ -159,16 +165,16 @@ async def test_versions_written_inside_a_message_move_out_at_the_next_revision(
 ) -> None:
     """A session written before versions had a document of their own, and without a
     byte count: its versions show, then move over, counted, after the next revision."""
-    token = (await store.create_session("ada")).token
+    token = (await store.sessions.create_session("ada")).token
     user = await answer(store, token, "question")
     old = {"content": "older", "timestamp": utc_now(), "reply": None}
     key = keys.session_key(token)
     await redis.execute_command("JSON.SET", key, "$.messages[0].versions", json.dumps([old]))
     await redis.execute_command("JSON.DEL", key, "$.size_bytes")
 
-    (message, _) = (await store.get_session(token, versions=True)).view().messages
+    (message, _) = (await store.sessions.get_session(token, versions=True)).view().messages
     assert [v.content for v in message.versions or []] == ["older"]
-    await store.revise(token, max_versions=20, max_attempts=20)
+    await store.queue.revise(token, max_versions=20, max_attempts=20)
 
     document = await json_of(redis, key)
     assert "versions" not in document["messages"][0]
@@ -188,13 +194,13 @@ def text_bytes(value: Any) -> int:
 async def test_the_byte_count_follows_the_text_of_messages_and_versions(
     store: Store, redis: Redis
 ) -> None:
-    token = (await store.create_session("ada")).token
+    token = (await store.sessions.create_session("ada")).token
     user = await answer(store, token, "déjà vu " * 20)
-    await store.revise(
+    await store.queue.revise(
         token, max_versions=20, max_attempts=20, edit=(user.id, "edited: ça va ? " * 10)
     )
     await answer_again(store, token, user, 1)
-    await store.revise(token, max_versions=20, max_attempts=20)
+    await store.queue.revise(token, max_versions=20, max_attempts=20)
     await answer_again(store, token, user, 2)
     await answer(store, token, "and another", 5)
 
@@ -210,8 +216,8 @@ async def test_a_session_at_its_bound_of_bytes_refuses_messages_and_revisions(
     redis: Redis,
 ) -> None:
     store = make_store(redis, max_session_bytes=1900)
-    await store.ensure_group()
-    token = (await store.create_session("ada")).token
+    await store.streams.ensure_group()
+    token = (await store.sessions.create_session("ada")).token
     await answer(store, token, "x" * 400)
     await answer(store, token, "y" * 400, 1)
     key = keys.session_key(token)
@@ -221,18 +227,18 @@ async def test_a_session_at_its_bound_of_bytes_refuses_messages_and_revisions(
     entries = await redis.xlen(keys.message_stream_of(token))
 
     with pytest.raises(SessionFull) as full:
-        await store.enqueue(token, "z" * 400, max_pending=10)
+        await store.queue.enqueue(token, "z" * 400, max_pending=10)
     assert full.value.held_bytes == held
     with pytest.raises(SessionFull) as full:
-        await store.revise(token, max_versions=20, max_attempts=20)
+        await store.queue.revise(token, max_versions=20, max_attempts=20)
     assert full.value.held_bytes == held
     last = before["messages"][2]["id"]
     with pytest.raises(SessionFull):
-        await store.revise(token, max_versions=20, max_attempts=20, edit=(last, "w" * 700))
+        await store.queue.revise(token, max_versions=20, max_attempts=20, edit=(last, "w" * 700))
 
     assert await json_of(redis, key) == before
     assert await redis.exists(keys.versions_key(token)) == 0
     assert await redis.xlen(keys.message_stream_of(token)) == entries
     assert await revised_events(store, token) == []
     # A small message still fits.
-    await store.enqueue(token, "ok", max_pending=10)
+    await store.queue.enqueue(token, "ok", max_pending=10)

@@ -19,7 +19,7 @@ def _store(redis: Redis[str]) -> Store:
 
 async def session_used(redis: Redis[str], token: str) -> int:
     """Model tokens session ``token`` used in its quota's period."""
-    return await _store(redis).quota_used(token)
+    return await _store(redis).sessions.quota_used(token)
 
 
 async def client_used(redis: Redis[str], client: str) -> int:

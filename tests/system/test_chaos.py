@@ -180,7 +180,7 @@ async def summaries(store: Store, tokens: list[str]) -> dict[str, dict[str, Any]
     found: dict[str, dict[str, Any] | None] = {}
     for token in tokens:
         try:
-            summary = (await store.get_session(token, touch=False)).summary
+            summary = (await store.sessions.get_session(token, touch=False)).summary
         except SessionExpired:
             summary = None
         found[token] = None if summary is None else {"text": summary.text, "seq": summary.seq}

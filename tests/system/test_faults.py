@@ -50,7 +50,7 @@ async def no_pending(redis: Redis[str], timeout_s: float = 10) -> int:
     """Wait (bounded) until no entry is pending; return how many still are."""
     store = Store(redis, CommonSettings())
     deadline = time.monotonic() + timeout_s
-    while (left := await store.pending_count()) and time.monotonic() < deadline:  # noqa: ASYNC110  (Redis state: no event to wait on)
+    while (left := await store.streams.pending_count()) and time.monotonic() < deadline:  # noqa: ASYNC110  (Redis state: no event to wait on)
         await asyncio.sleep(0.05)
     return left
 

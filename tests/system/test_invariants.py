@@ -201,6 +201,6 @@ async def test_worker_killed_mid_reply_is_taken_over(
         # The survivor acks right after recording a reply: poll briefly for the last acks.
         store = Store(cluster.redis, CommonSettings())
         deadline = time.monotonic() + 10
-        while (left := await store.pending_count()) and time.monotonic() < deadline:  # noqa: ASYNC110  (Redis state: no event to wait on)
+        while (left := await store.streams.pending_count()) and time.monotonic() < deadline:  # noqa: ASYNC110  (Redis state: no event to wait on)
             await asyncio.sleep(0.05)
         assert left == 0, f"invariant 4: {left} entries left pending"

@@ -61,7 +61,7 @@ async def test_model_errors_reach_the_client_and_the_message_stays(
             ("user", "and now?"),
             ("assistant", "Reply to"),
         ]
-        assert await Store(redis, CommonSettings()).pending_count() == 0
+        assert await Store(redis, CommonSettings()).streams.pending_count() == 0
 
 
 async def test_retried_503_is_invisible_to_the_client(
@@ -114,16 +114,16 @@ async def test_undecodable_entry_is_dead_lettered_and_acked(
     store = Store(redis, CommonSettings())
     async with asyncio.timeout(10):
         # A first reply's entry is acked just after its done, once its title job is queued.
-        while await store.pending_count():  # noqa: ASYNC110  (Redis state: no event to wait on)
+        while await store.streams.pending_count():  # noqa: ASYNC110  (Redis state: no event to wait on)
             await asyncio.sleep(0.02)
 
 
 async def _queue_and_abandon(redis: Redis[str], deliveries: int) -> tuple[str, str, str]:
     """Queue a message and let a consumer that then dies read it ``deliveries`` times."""
     store = Store(redis, CommonSettings())
-    await store.ensure_group()
-    session = await store.create_session("ada")
-    message = await store.enqueue(session.token, "who took this?", max_pending=10)
+    await store.streams.ensure_group()
+    session = await store.sessions.create_session("ada")
+    message = await store.queue.enqueue(session.token, "who took this?", max_pending=10)
     stream = keys.message_stream_of(session.token)
     [[_, [(entry_id, _)]]] = await redis.xreadgroup(
         keys.CONSUMER_GROUP, "dead-worker", {stream: ">"}
@@ -147,7 +147,7 @@ async def test_dead_consumers_entry_is_taken_over_and_answered_once(
         (done,) = of_type(events, "done")
         assert done["message_id"] == message_id
         assert [m["role"] for m in await history(parley, http, token)] == ["user", "assistant"]
-    assert await Store(redis, CommonSettings()).pending_count() == 0
+    assert await Store(redis, CommonSettings()).streams.pending_count() == 0
 
 
 async def test_entry_failing_too_often_goes_to_the_dead_letter_stream(
@@ -167,4 +167,4 @@ async def test_entry_failing_too_often_goes_to_the_dead_letter_stream(
         await ws.send_str("next one")
         done = of_type(await read_until(ws, count("done", 1)), "done")
         assert done[0]["reply"]["content"].startswith("Reply to: next one")
-    assert await Store(redis, CommonSettings()).replied_seq(token) == 2
+    assert await Store(redis, CommonSettings()).sessions.replied_seq(token) == 2

@@ -36,10 +36,10 @@ async def test_a_leftover_entry_given_up_after_a_regenerate_closes_nothing(
 ) -> None:
     settings = WorkerSettings(llm_base_url="http://127.0.0.1:9/v1", consumer_name="w-fence")
     store = Store(redis, settings)
-    await store.ensure_group()
-    session = await store.create_session("ada")
+    await store.streams.ensure_group()
+    session = await store.sessions.create_session("ada")
     token = session.token
-    message = await store.enqueue(token, "one", max_pending=10)
+    message = await store.queue.enqueue(token, "one", max_pending=10)
     stream = keys.message_stream_of(token)
     old_entry = message.entry
     assert old_entry is not None
@@ -48,11 +48,11 @@ async def test_a_leftover_entry_given_up_after_a_regenerate_closes_nothing(
     await redis.xreadgroup(keys.CONSUMER_GROUP, "dead-worker", {stream: ">"})
     entry = MessageEntry(token=token, seq=1, message_id=message.id)
     failed = ErrorEvent(message_id=message.id, code=ErrorCode.DELIVERY_FAILED, detail="x")
-    assert await store.finish(entry, None, failed, "") is not None
+    assert await store.replies.finish(entry, None, failed, "") is not None
     # The person regenerates: the same message under a new entry.
-    revision = await store.revise(token, max_versions=20, max_attempts=20)
+    revision = await store.queue.revise(token, max_versions=20, max_attempts=20)
     assert revision.entry != old_entry
-    assert await store.replied_seq(token) == 0
+    assert await store.sessions.replied_seq(token) == 0
     events_before = await redis.xlen(keys.events_key(token))
 
     # The leftover entry is taken over with its deliveries spent, and given up.
@@ -73,7 +73,7 @@ async def test_a_leftover_entry_given_up_after_a_regenerate_closes_nothing(
 
     # The new turn is still open, nobody was told it failed, nothing was dead-lettered,
     # and the leftover entry is acknowledged.
-    assert await store.replied_seq(token) == 0
+    assert await store.sessions.replied_seq(token) == 0
     appended = await redis.xrange(keys.events_key(token), count=100)
     assert len(appended) == events_before
     assert all(json.loads(f["event"])["type"] != "error" for _, f in appended[-1:])
@@ -82,18 +82,18 @@ async def test_a_leftover_entry_given_up_after_a_regenerate_closes_nothing(
     assert [p["message_id"] for p in pending] == []
 
     # The leftover begins nothing; the new entry begins the reply.
-    assert (await store.begin(entry, "1:old", entry_id=old_entry)).status == STALE
-    begun = await store.begin(entry, "1:new", entry_id=revision.entry)
+    assert (await store.replies.begin(entry, "1:old", entry_id=old_entry)).status == STALE
+    begun = await store.replies.begin(entry, "1:new", entry_id=revision.entry)
     assert begun.status == STARTED
 
 
 async def test_finish_of_a_stale_entry_acks_it_and_records_nothing(redis: Redis[str]) -> None:
     settings = WorkerSettings(llm_base_url="http://127.0.0.1:9/v1")
     store = Store(redis, settings)
-    await store.ensure_group()
-    session = await store.create_session("ada")
+    await store.streams.ensure_group()
+    session = await store.sessions.create_session("ada")
     token = session.token
-    message = await store.enqueue(token, "one", max_pending=10)
+    message = await store.queue.enqueue(token, "one", max_pending=10)
     stream = keys.message_stream_of(token)
     assert message.entry is not None
     await redis.xreadgroup(keys.CONSUMER_GROUP, "w", {stream: ">"})
@@ -103,13 +103,15 @@ async def test_finish_of_a_stale_entry_acks_it_and_records_nothing(redis: Redis[
     await redis.xadd(stream, {"token": token, "seq": "1", "message_id": message.id})
     read = await redis.xreadgroup(keys.CONSUMER_GROUP, "w", {stream: ">"})
     stale_id = read[0][1][0][0]
-    assert await store.finish(entry, None, failed, "", ack=(stream, stale_id)) is None
-    assert await store.replied_seq(token) == 0
+    assert await store.replies.finish(entry, None, failed, "", ack=(stream, stale_id)) is None
+    assert await store.sessions.replied_seq(token) == 0
     pending = await redis.xpending_range(stream, keys.CONSUMER_GROUP, "-", "+", 10)
     assert [p["message_id"] for p in pending] == [message.entry]
     # The message's own entry closes it, and is acked with it.
-    assert await store.finish(entry, None, failed, "", ack=(stream, message.entry)) is not None
-    assert await store.replied_seq(token) == 1
+    assert (
+        await store.replies.finish(entry, None, failed, "", ack=(stream, message.entry)) is not None
+    )
+    assert await store.sessions.replied_seq(token) == 1
     assert await redis.xpending_range(stream, keys.CONSUMER_GROUP, "-", "+", 10) == []
 
 
@@ -120,9 +122,9 @@ async def test_a_first_reply_taken_over_after_it_was_recorded_still_gets_its_tit
     queued the title job: the worker that takes the entry over queues it."""
     settings = WorkerSettings(llm_base_url="http://127.0.0.1:9/v1")
     store = Store(redis, settings)
-    await store.ensure_group()
-    token = (await store.create_session("ada")).token
-    message = await store.enqueue(token, "one", max_pending=10)
+    await store.streams.ensure_group()
+    token = (await store.sessions.create_session("ada")).token
+    message = await store.queue.enqueue(token, "one", max_pending=10)
     stream = keys.message_stream_of(token)
     await redis.xreadgroup(keys.CONSUMER_GROUP, "dead-worker", {stream: ">"})
     entry = MessageEntry(token=token, seq=1, message_id=message.id)
@@ -130,10 +132,10 @@ async def test_a_first_reply_taken_over_after_it_was_recorded_still_gets_its_tit
         id="r1", role="assistant", content="two", timestamp=utc_now(), reply_to=message.id
     )
     done = DoneEvent(message_id=message.id, reply=reply.public())
-    assert await store.finish(entry, reply, done, "") is not None  # no ack, no title job
+    assert await store.replies.finish(entry, reply, done, "") is not None  # no ack, no title job
     async with running_parley(redis_url, redis) as parley:
         async with asyncio.timeout(20):
-            while not (await store.get_session(token, touch=False)).title:  # noqa: ASYNC110
+            while not (await store.sessions.get_session(token, touch=False)).title:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert parley.standin.requests, "the title was asked of the model"
     assert await redis.xpending(stream, keys.CONSUMER_GROUP) == {

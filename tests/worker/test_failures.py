@@ -20,9 +20,9 @@ from tests.support.parley import running_parley
 async def queued(redis: Redis[str], *contents: str) -> tuple[str, list[StoredMessage]]:
     """A new session with ``contents`` queued (no worker running yet)."""
     store = Store(redis, CommonSettings())
-    await store.ensure_group()
-    session = await store.create_session("ada")
-    messages = [await store.enqueue(session.token, c, max_pending=10) for c in contents]
+    await store.streams.ensure_group()
+    session = await store.sessions.create_session("ada")
+    messages = [await store.queue.enqueue(session.token, c, max_pending=10) for c in contents]
     return session.token, messages
 
 
@@ -64,7 +64,7 @@ async def test_a_pending_entry_deleted_while_its_consumer_is_dead_is_closed(
     ):
         events = await read_until(ws, count("done", 1))
     assert closing(events) == [("error", one.id, "message_lost"), ("done", two.id, None)]
-    assert await Store(redis, CommonSettings()).pending_count() == 0
+    assert await Store(redis, CommonSettings()).streams.pending_count() == 0
 
 
 async def test_attempts_that_keep_failing_are_dead_lettered(
@@ -108,7 +108,7 @@ async def test_a_try_failing_before_any_attempt_begins_is_dead_lettered(
         # Closing the message mended the session: it goes on.
         await ws.send_str("two")
         events = await read_until(ws, count("done", 1))
-    assert await Store(redis, CommonSettings()).replied_seq(token) == 2
+    assert await Store(redis, CommonSettings()).sessions.replied_seq(token) == 2
     assert len(parley.prompts()) == 1
 
 

@@ -112,9 +112,9 @@ async def test_consumers_of_crashed_workers_and_of_servers_are_swept(
     # Consumers that no clean stop removed: a crashed worker holding a message, crashed
     # workers holding nothing (in a partition and in a job group), and a server's.
     store = Store(redis, WorkerSettings())
-    await store.ensure_group()
-    session = await store.create_session("ada")
-    message = await store.enqueue(session.token, "who took this?", max_pending=10)
+    await store.streams.ensure_group()
+    session = await store.sessions.create_session("ada")
+    message = await store.queue.enqueue(session.token, "who took this?", max_pending=10)
     stream = keys.message_stream_of(session.token)
     await redis.xreadgroup(keys.CONSUMER_GROUP, "crashed-holding", {stream: ">"})
     await redis.xreadgroup(keys.CONSUMER_GROUP, "crashed-idle", {keys.MESSAGE_STREAMS[5]: ">"})

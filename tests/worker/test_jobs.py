@@ -95,7 +95,7 @@ async def session_until(
     """Session ``token`` once ``ready`` holds for it."""
     async with asyncio.timeout(timeout_s):
         while True:
-            session = await parley.worker.store.get_session(token, touch=False)
+            session = await parley.worker.store.sessions.get_session(token, touch=False)
             if ready(session):
                 return session
             await asyncio.sleep(0.05)
@@ -194,7 +194,7 @@ async def test_jobs_reach_only_their_own_pools_model_and_are_charged(
         assert len(asked) == 3 + len(job_requests(onprem_api, "zebra"))
         cost = sum(reported_usage(onprem_api, r) for r in asked)
         assert await used(redis, SESSION_TOKENS, onprem) == cost
-        client = await Store(redis, CommonSettings()).client_of(onprem)
+        client = await Store(redis, CommonSettings()).sessions.client_of(onprem)
         assert client is not None
         assert await used(redis, CLIENT_TOKENS, client) >= cost
 
@@ -218,7 +218,7 @@ async def test_a_job_whose_model_request_fails_is_charged_all_the_same(
         await jobs_done(redis, keys.TITLE_STREAM)
         reply, title = standin.requests
         assert title["messages"][0]["content"] == titles.INSTRUCTION
-        assert (await parley.worker.store.get_session(token, touch=False)).title == ""
+        assert (await parley.worker.store.sessions.get_session(token, touch=False)).title == ""
         # The reply's reported usage, and the refused title's prompt, estimated.
         refused = sum(estimate_tokens(m["content"]) for m in title["messages"])
         expected = reported_usage(standin, reply) + refused
@@ -251,7 +251,7 @@ async def test_a_job_of_a_session_that_chose_another_model_moves_to_that_models_
         await titler("onprem").handle(token)
         (request,) = parley.standin.requests[asked:]
         assert request["model"] == "llama-onprem"
-        session = await worker.store.get_session(token, touch=False)
+        session = await worker.store.sessions.get_session(token, touch=False)
         assert session.title.startswith("Reply to: Message: zebra one")
 
 

@@ -89,7 +89,7 @@ async def test_each_message_carries_its_clients_digest_to_the_worker(
         [(_, fields)] = await redis.xrange(keys.message_stream_of(token))
         assert fields["client"] == digest("127.0.0.1")
         assert "127.0.0.1" not in str(fields)
-        assert await parley.worker.store.client_of(token) == digest("127.0.0.1")
+        assert await parley.worker.store.sessions.client_of(token) == digest("127.0.0.1")
 
 
 def _estimate(request: dict[str, object]) -> int:

@@ -64,7 +64,7 @@ async def jobs_done(parley: Parley) -> None:
 
 
 async def session_of(parley: Parley, token: str) -> Session:
-    return await parley.worker.store.get_session(token, touch=False)
+    return await parley.worker.store.sessions.get_session(token, touch=False)
 
 
 def reply_prompts(standin: StandinModel) -> list[list[dict[str, str]]]:
