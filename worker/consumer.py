@@ -1,5 +1,5 @@
 """The worker's consumer: read user messages from the message streams, hand each to
-:class:`worker.reply.Replies`, ack.
+:class:`worker.reply.MessageAnswerer`, ack.
 
 Delivery follows the Redis Streams consumer-group protocol (https://redis.io/docs/latest/
 develop/data-types/streams/): ``XREADGROUP`` with ``>``; ``XACK`` only once the reply is
@@ -36,7 +36,7 @@ from worker.groups import ConsumerGroups
 from worker.jobs import IdleJobs
 from worker.metrics import TAKEOVERS
 from worker.model.llm import LLMClient
-from worker.reply import Replies
+from worker.reply import MessageAnswerer
 from worker.summary import Summarizer
 from worker.titles import Titler
 
@@ -65,7 +65,7 @@ class Worker:
         self.store = Store(redis, settings)
         self.streams = tuple(self.store.streams.streams_of(self.models))
         self.hub = Hub(redis, control_channel=f"{keys.PREFIX}:worker:{self.consumer}")
-        self.replies = Replies(settings, redis, llm, self.store, self.hub)
+        self.answerer = MessageAnswerer(settings, redis, llm, self.store, self.hub)
         #: Entries read or claimed and not yet acked, by (stream, entry id).
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._room = asyncio.Event()
@@ -141,7 +141,7 @@ class Worker:
             kinds.append(Titler)
         if self.settings.memory_summary:
             kinds.append(Summarizer)
-        limiter = self.replies.generator.limiter
+        limiter = self.answerer.generator.limiter
         return [
             kind(self.settings, self.store, self.llm, model, self.consumer, self._idle, limiter)
             for kind in kinds
@@ -260,7 +260,7 @@ class Worker:
     async def sweep_lost(self) -> int:
         """Close the messages whose stream entry is gone (deleted or trimmed by hand,
         lost in a failover) and that no later message waits on, which would otherwise
-        find them (see :class:`worker.reply.Replies`). A session is looked at once it
+        find them (see :class:`worker.reply.MessageAnswerer`). A session is looked at once it
         has waited ``3 * claim_idle_ms`` (an entry's consumer is found dead after
         ``claim_idle_ms``), then again as often while it waits.
 
@@ -343,7 +343,7 @@ class Worker:
                     continue
                 try:
                     notice = json.loads(payload)
-                    stop = self.replies.stops.get((str(notice["token"]), int(notice["seq"])))
+                    stop = self.answerer.stops.get((str(notice["token"]), int(notice["seq"])))
                 except (ValueError, TypeError, KeyError):
                     logger.warning("ignoring a malformed stop notice: %.200r", payload)
                     continue
@@ -358,7 +358,7 @@ class Worker:
     async def _recheck_stops(self) -> None:
         """Stops announced while the connection was down were missed: ask Redis about
         every reply being answered."""
-        for (token, seq), event in list(self.replies.stops.items()):
+        for (token, seq), event in list(self.answerer.stops.items()):
             with contextlib.suppress(*CONNECTION_ERRORS, ResponseError, SessionExpired):
                 if await self.store.sessions.stop_seq(token) >= seq:
                     event.set()
@@ -390,7 +390,7 @@ class Worker:
             await entry.dead_letter("undecodable")
             await entry.ack()
             return
-        await self.replies.answer(entry, message)
+        await self.answerer.answer(entry, message)
 
     async def _wait_or_stop(self, aw: Awaitable[object], limit_s: float) -> None:
         waiter = asyncio.ensure_future(aw)

@@ -259,7 +259,7 @@ class ReplyGenerator:
         acked ``ack``: a first reply's entry is left for the caller to ack once its
         title job is queued, so a worker that dies in between leaves it pending, and
         the worker that takes it over finds the reply recorded and queues the job
-        (:class:`worker.reply.Replies`)."""
+        (:class:`worker.reply.MessageAnswerer`)."""
         title_due = entry.seq == 1 and self.settings.conversation_titles
         reply = StoredMessage(
             id=str(uuid.uuid4()),

@@ -75,7 +75,7 @@ class _Attempt:
     acked: bool = False
 
 
-class Replies:
+class MessageAnswerer:
     """Answers the entries one consumer hands over, many at a time.
 
     At most ``worker_concurrency`` replies are generated at once; entries waiting for

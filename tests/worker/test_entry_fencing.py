@@ -28,7 +28,7 @@ from worker.app import llm_config
 from worker.config import WorkerSettings
 from worker.entries import StreamEntry
 from worker.model.llm import LLMClient
-from worker.reply import Replies
+from worker.reply import MessageAnswerer
 
 
 async def test_a_leftover_entry_given_up_after_a_regenerate_closes_nothing(
@@ -60,13 +60,13 @@ async def test_a_leftover_entry_given_up_after_a_regenerate_closes_nothing(
     hub = Hub(redis, control_channel="parley:test:fence")
     try:
         await hub.start()
-        replies = Replies(settings, redis, llm, store, hub)
+        answerer = MessageAnswerer(settings, redis, llm, store, hub)
         fields = {"token": token, "seq": "1", "message_id": message.id}
         leftover = StreamEntry(
             redis, "w-fence", (stream, old_entry), fields, deliveries=settings.max_deliveries
         )
         await redis.xclaim(stream, keys.CONSUMER_GROUP, "w-fence", 0, [old_entry])
-        await replies.answer(leftover, entry)
+        await answerer.answer(leftover, entry)
     finally:
         await hub.aclose()
         await llm.aclose()
@@ -153,7 +153,7 @@ async def test_a_first_replys_entry_stays_pending_until_its_title_job_is_queued(
     must leave the entry pending for another (the test above): held here at that point,
     as a SIGKILL there would leave it."""
     async with running_parley(redis_url, redis) as parley:
-        followups = parley.worker.replies.generator.followups
+        followups = parley.worker.answerer.generator.followups
         queue_title, reached, hold = followups.request_title, asyncio.Event(), asyncio.Event()
 
         async def held(token: str, model: str) -> None:
