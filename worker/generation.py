@@ -105,17 +105,15 @@ class ReplyGenerator:
         stop: asyncio.Event,
         ack: tuple[str, str] | None = None,
     ) -> bool:
-        """Generate, stream and record the reply to ``entry`` as ``attempt``; or record
-        the model's error. Returns whether the script that recorded it also acked
-        ``ack`` (a first reply's entry is acked by the caller, once its title job is
-        queued).
+        """Generate, stream and record the reply to ``entry`` as ``attempt``; or record the
+        model's error. Returns whether the script that recorded it also acked ``ack`` (a
+        first reply's entry is acked by the caller, once its title job is queued).
 
         Args:
-            begun: what :meth:`storage.replies.Replies.begin` returned: the session as
-                ``attempt`` began (its newest messages, or all of them).
+            begun: what :meth:`Replies.begin` returned: the session as ``attempt`` began
+                (its newest messages, or all of them).
             ack: ``(stream, entry id)`` of ``entry``: acked by the script that records
-                the end of the reply (see :meth:`storage.replies.Replies.finish`), once
-                this returns.
+                the end of the reply (see :meth:`Replies.finish`), once this returns.
 
         Raises:
             Fenced: another attempt took over meanwhile.
@@ -253,13 +251,12 @@ class ReplyGenerator:
         model: _Model,
         cost: int,
     ) -> bool:
-        """Record the reply of ``model`` with its ``done`` event (after its tail), charge
-        its ``cost`` (model tokens), then count and log it, and queue the session's
-        title or summary job if it calls for one. Returns whether the recording script
-        acked ``ack``: a first reply's entry is left for the caller to ack once its
-        title job is queued, so a worker that dies in between leaves it pending, and
-        the worker that takes it over finds the reply recorded and queues the job
-        (:class:`worker.reply.MessageAnswerer`)."""
+        """Record the reply of ``model`` with its ``done`` event (after its tail), charge its
+        ``cost`` (model tokens), then count and log it, and queue the session's title or
+        summary job if it calls for one. Returns whether the recording script acked ``ack``: a
+        first reply's entry is left for the caller to ack once its title job is queued, so a
+        worker that dies in between leaves it pending, and the worker that takes it over finds
+        the reply recorded and queues the job (:class:`worker.reply.MessageAnswerer`)."""
         title_due = entry.seq == 1 and self.settings.conversation_titles
         reply = StoredMessage(
             id=str(uuid.uuid4()),
