@@ -171,7 +171,7 @@ class Session(JsonModel, index=True):
     ``generator`` the attempt now generating a reply (``"<seq>:<id>"``, or
     ``"<seq>:failed"`` once it failed), and ``crashes`` how many attempts at the oldest
     unanswered message ended with their worker's death (``"<seq>:<n>"``), see
-    :meth:`storage.store.Store.begin`. ``owner`` is the owner token whose conversations
+    :meth:`storage.replies.Replies.begin`. ``owner`` is the owner token whose conversations
     list the session ("" if none) and ``title`` its title ("" until one is given).
     ``model`` is the id of the catalog model it chose ("" : the default; see
     :mod:`runtime.catalog`) and ``system_prompt`` its own ("" : the deployment's).
