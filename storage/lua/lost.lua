@@ -38,5 +38,7 @@ end
 redis.call('JSON.SET', KEYS[1], '$.generator', '""')
 redis.call('JSON.SET', KEYS[1], '.replied_seq', head)
 local event = '{"message_id":' .. cjson.encode(message.id) .. ',' .. string.sub(ARGV[2], 2)
-append_event(KEYS[2], pttl, ARGV[4], ARGV[3], event)
+-- The event stream keeps the longer of its TTL and the session's (see renewal_due,
+-- library.lua: finish.lua may have renewed it later than the session).
+append_event(KEYS[2], math.max(pttl, redis.call('PTTL', KEYS[2])), ARGV[4], ARGV[3], event)
 return reply(CLOSED, head)
