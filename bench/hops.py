@@ -4,14 +4,18 @@ modules into another, on its way from the socket to the model and back.
 Starts an embedded Redis, the stand-in model (:func:`bench.procs.standin`) and one
 server and one worker (:class:`testkit.processes.Cluster`), each of the two run through
 :mod:`bench.hops_trace`, a profiler that records calls between Parley's modules
-(``server``, ``worker``, ``storage``, ``protocol``, ``runtime``) while told to. One
-session sends a warm-up message and waits for its ``done``. Then, ``--repeat`` times:
-wait ``--quiet-ms`` (the first reply's title job runs then), turn recording on, send a
-message, await its ``done``, wait ``--settle-ms`` (the worker acknowledges after the
-client has its ``done``), turn recording off. Background loops (claims, heartbeats,
-leases) that tick inside a window only add calls, so the window with the fewest hops is
-the one reported; every window's total is listed. ``--idle`` also records an idle
-window as long as the first, to show what the background alone costs.
+(``server``, ``worker``, ``storage``, ``protocol``, ``runtime``) while told to.
+
+The measured message is the second of a new session, ``--repeat`` times: open a
+session, send ``m1`` and await its ``done`` (the first also warms the processes up),
+wait ``--quiet-ms`` (the first reply's title job runs then), turn recording on, send
+``m2``, await its ``done``, wait ``--settle-ms`` (the worker acknowledges after the
+client has its ``done``), turn recording off. The stand-in's reply is ``Reply to: m2``
+padded to ``--tokens`` tokens, each ``--delay-ms`` after the previous one. Background
+loops (claims, heartbeats, leases) that tick inside a window only add calls, so the
+window with the fewest hops is the one reported; every window's total is listed.
+``--idle`` also records an idle window as long as the first, to show what the
+background alone costs.
 
 **A hop** is a call (a Python function starting; resuming a coroutine or generator is
 no new call) into a function of Parley module B from Parley module A, A != B, where A
@@ -23,10 +27,11 @@ by the module that handed it to asyncio (``create_task``, ``ensure_future``,
 callback, a function run in a thread) are *entries*, counted apart; calls within one
 module are *internal*. :mod:`bench.hops_trace` has the details.
 
-Figures, per process and in total: ``hops``; ``entries``; ``internal`` calls;
-``modules`` (every Parley module a call entered); ``visits`` (per module: the hops into
-it, i.e. how many times control entered it from another module); ``edges`` (``A -> B``:
-hops); ``scripts`` (per Lua file: ``EVALSHA`` calls).
+Figures, per process and in total: ``hops``; ``distinct_edges`` (module pairs
+``A -> B`` with a hop); ``entries``; ``internal`` calls; ``modules`` (every Parley
+module a call entered); ``visits`` (per module: the hops into it, i.e. how many times
+control entered it from another module); ``edges`` (``A -> B``: hops); ``scripts`` (per
+Lua file: ``EVALSHA`` calls).
 
 Usage: ``python -m bench.hops [--tokens N] [--delay-ms MS] [--repeat N] [--settle-ms MS]
 [--quiet-ms MS] [--idle] [--out DIR]``. Prints the figures and writes
@@ -89,7 +94,8 @@ class TracedCluster(Cluster):
 
 def count(calls: Iterable[tuple[str | None, str, str, int]]) -> dict[str, Any]:
     """The figures of recorded calls ``(caller module or None, callee module, callee
-    function, times)``: ``hops``, ``entries``, ``internal``, ``modules`` (sorted),
+    function, times)``: ``hops``, ``distinct_edges`` (module pairs with a hop),
+    ``entries``, ``internal``, ``modules`` (sorted),
     ``visits``, ``edges`` and ``entered`` (``module:function`` -> entries), each sorted
     by count, then name."""
     hops = entries = internal = 0
@@ -111,6 +117,7 @@ def count(calls: Iterable[tuple[str | None, str, str, int]]) -> dict[str, Any]:
             edges[f"{caller} -> {callee}"] += times
     return {
         "hops": hops,
+        "distinct_edges": len(edges),
         "entries": entries,
         "internal": internal,
         "modules": sorted(modules),
@@ -194,15 +201,15 @@ async def _session(
         await cluster.start(servers=1, workers=1)
         names = [p.name for p in cluster.procs]
         async with LoadClient([cluster.servers[0].url]) as client:
-            (sock,) = await client.open(1)
-            await _exchange(sock, "warm-up message")
-            for k in range(o.repeat):
+            for _ in range(o.repeat):  # each window: the 2nd message of a new session
+                (sock,) = await client.open(1)
+                await _exchange(sock, "m1")
                 await asyncio.sleep(o.quiet_ms / 1000)
                 window: dict[str, Any] = {}
 
-                async def measured(into: dict[str, Any] = window, k: int = k) -> None:
+                async def measured(into: dict[str, Any] = window, sock: ChatSocket = sock) -> None:
                     started = time.perf_counter()
-                    into["message_id"] = await _exchange(sock, f"measured message {k + 1}")
+                    into["message_id"] = await _exchange(sock, "m2")
                     await asyncio.sleep(o.settle_ms / 1000)
                     into["window_s"] = round(time.perf_counter() - started, 3)
 
@@ -216,6 +223,7 @@ async def _session(
     best = min(windows, key=lambda w: int(w["figures"]["total"]["hops"]))
     result |= {"message_id": best["message_id"], "window_s": best["window_s"]}
     result["hops_per_window"] = [w["figures"]["total"]["hops"] for w in windows]
+    result["windows"] = windows
     return {"message": best["figures"], **result}
 
 
@@ -223,7 +231,8 @@ def run(o: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     """Start Redis, the stand-in (``o.tokens`` tokens a reply, ``o.delay_ms`` apart) and
     the traced cluster under ``work_dir``; measure ``o.repeat`` messages one at a time
     (see the module's docstring). Returns ``{"message": figures of the window with the
-    fewest hops, "hops_per_window", "idle": figures (if ``o.idle``), "message_id",
+    fewest hops, "hops_per_window", "windows" (each window's message id, length and
+    figures), "idle": figures (if ``o.idle``), "message_id",
     "window_s", "log_errors", "options"}``.
 
     Raises:
@@ -255,11 +264,15 @@ def text(result: dict[str, Any]) -> str:
         if title not in result:
             continue
         figs = result[title]
-        lines += ["", f"{title}: {'process':10} {'hops':>5} {'entries':>8} {'internal':>9} mods"]
+        lines += [
+            "",
+            f"{title}: {'process':10} {'hops':>5} {'edges':>6} {'entries':>8} {'internal':>9}"
+            " modules",
+        ]
         for name, f in figs.items():
             lines.append(
-                f"  {name:16} {f['hops']:5} {f['entries']:8} {f['internal']:9} "
-                f"{len(f['modules']):4}  scripts: "
+                f"  {name:16} {f['hops']:5} {f['distinct_edges']:6} {f['entries']:8} "
+                f"{f['internal']:9} {len(f['modules']):7}  scripts: "
                 + (", ".join(f"{k} {v}" for k, v in f["scripts"].items()) or "-")
             )
     total = result["message"]["total"]
@@ -274,7 +287,7 @@ def text(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Measure, print, save; exit status 1 if the processes logged errors."""
     parser = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__)
-    parser.add_argument("--tokens", type=int, default=4, help="tokens of the stand-in's reply")
+    parser.add_argument("--tokens", type=int, default=4, help="reply tokens (>= 3)")
     parser.add_argument("--delay-ms", type=float, default=40.0, help="between its tokens (ms)")
     parser.add_argument("--repeat", type=int, default=3, help="messages measured (one a window)")
     parser.add_argument("--settle-ms", type=float, default=200.0, help="recorded after done (ms)")
