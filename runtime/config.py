@@ -46,7 +46,10 @@ class CommonSettings(BaseSettings):
         "the write stands: the client is told as usual.",
     )
     session_ttl_seconds: int = Field(
-        default=3600, gt=0, description="A session lives this long (s) after its last activity."
+        default=3600,
+        gt=0,
+        description="A session lives this long (s) after its last activity (its messages "
+        "renew it lazily: it may end up to 1% of this, at most 10 s, sooner).",
     )
     owner_ttl_seconds: int = Field(
         default=30 * 86_400,

@@ -14,7 +14,8 @@
 -- divides), and the workers trim every stream they read now and then too.
 -- The session joins its partition's set of sessions waiting for replies, swept for
 -- messages whose entry is gone (lost.lua), unless it is in it already ("waiting" names
--- the set; the sweep takes it out once nothing waits). The session's TTL is renewed, and its
+-- the set; the sweep takes it out once nothing waits). The session's TTL is renewed
+-- when due (renewal_due, library.lua: "expires_at" records when it was set to end), and its
 -- versions document's with it unless the session says it has none ("versioned": false
 -- from its creation until revise.lua writes one).
 -- KEYS: the session document, the message stream, the waiting set, the session's
@@ -43,7 +44,7 @@ local body, p = ARGV[1], cjson.decode(ARGV[2])
 
 local read, window, payload = queueing_read(session, {
   '$.seq', '$.replied_seq', '$.model', '$.size_bytes', '$.system_prompt', '$.rate', '$.quota',
-  '$.versioned', '$.waiting'
+  '$.versioned', '$.waiting', '$.expires_at'
 }, p, client_quota)
 if not read then
   return reply(REFUSALS[window], payload)
@@ -87,11 +88,14 @@ if read['$.waiting'][1] ~= waiting then
   redis.call('ZADD', waiting, now, p.token)
   changes[#changes + 1], changes[#changes + 2], changes[#changes + 3] = session, '$.waiting', cjson.encode(waiting)
 end
-redis.call('JSON.MSET', unpack(changes))
-redis.call('EXPIRE', session, p.ttl)
-if read['$.versioned'][1] ~= false then  -- a session from before the flag: renewed
-  redis.call('EXPIRE', versions, p.ttl)
+if renewal_due(read['$.expires_at'][1], now, p.ttl * 1000) then
+  redis.call('EXPIRE', session, p.ttl)
+  if read['$.versioned'][1] ~= false then  -- a session from before the flag: renewed
+    redis.call('EXPIRE', versions, p.ttl)
+  end
+  changes[#changes + 1], changes[#changes + 2], changes[#changes + 3] = session, '$.expires_at', now + p.ttl * 1000
 end
+redis.call('JSON.MSET', unpack(changes))
 if now % TRIM_EVERY == 0 then
   trim_stream(stream, p.group, p.maxlen, p.trim_mode, backlog + 1)
 end

@@ -1,5 +1,6 @@
 -- Close a user message: record its reply (if any), counted in the session's bytes, emit
--- its last events (the rest of its text, if any, then the closing event), charge the
+-- its last events (the rest of its text, if any, then the closing event; the event
+-- stream's TTL renewed when due, see renewal_due in library.lua), charge the
 -- model tokens its requests cost, and acknowledge its stream entry: once, in one step.
 -- Replies are recorded in seq order, so "seq <= replied_seq" means this one already was:
 -- a retried or re-claimed message then records and emits nothing.
@@ -50,7 +51,7 @@ end
 -- What the step needs of the session in one read: {"$.replied_seq": [n],
 -- "$.generator": [g], "$.size_bytes": [n] or [], "$.quota": [q] or [], <entry_path>: [id]}
 local entry = stream and p.entry or ''
-local paths = {'$.replied_seq', '$.generator', '$.size_bytes', '$.quota'}
+local paths = {'$.replied_seq', '$.generator', '$.size_bytes', '$.quota', '$.events_until'}
 if entry ~= '' then
   paths[#paths + 1] = entry_path(p.seq)
 end
@@ -80,10 +81,15 @@ if not forced and read['$.generator'][1] ~= p.attempt then
   return closed(FENCED, nil, read)
 end
 
-local id = append_events(events, p.ttl * 1000, p.events_maxlen, p.channel, {unpack(ARGV, 3)})
+local id = append_events(events, 0, p.events_maxlen, p.channel, {unpack(ARGV, 3)})
 local changes = {}
 local function change(path, value)
   changes[#changes + 1], changes[#changes + 2], changes[#changes + 3] = session, path, value
+end
+-- The event stream's TTL, when due ("events_until" records when it was set to end).
+if renewal_due(read['$.events_until'][1], id_ms(id), p.ttl * 1000) then
+  redis.call('PEXPIRE', events, p.ttl * 1000)
+  change('$.events_until', id_ms(id) + p.ttl * 1000)
 end
 change('$.replied_seq', seq)
 if forced then

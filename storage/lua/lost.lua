@@ -10,13 +10,14 @@
 -- Returns {CLOSED, seq closed (the new replied_seq)}, {NOT_LOST, replied_seq} (its
 -- entry is still there, or held), {NOTHING_WAITS, replied_seq} or {NO_SESSION}.
 local CLOSED, NOT_LOST, NOTHING_WAITS, NO_SESSION = 0, 1, 2, 3
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl == -2 then
+local read = redis.call('JSON.GET', KEYS[1], '$.replied_seq', '$.seq')
+if not read then
   redis.call('ZREM', KEYS[4], ARGV[5])
   return reply(NO_SESSION)
 end
-local replied = tonumber(redis.call('JSON.GET', KEYS[1], '.replied_seq'))
-local seq = tonumber(redis.call('JSON.GET', KEYS[1], '.seq'))
+read = cjson.decode(read)
+local replied = tonumber(read['$.replied_seq'][1])
+local seq = tonumber(read['$.seq'][1])
 if seq <= replied then
   redis.call('ZREM', KEYS[4], ARGV[5])
   redis.call('JSON.SET', KEYS[1], '$.waiting', '""')  -- see enqueue.lua
@@ -38,5 +39,8 @@ end
 redis.call('JSON.SET', KEYS[1], '$.generator', '""')
 redis.call('JSON.SET', KEYS[1], '.replied_seq', head)
 local event = '{"message_id":' .. cjson.encode(message.id) .. ',' .. string.sub(ARGV[2], 2)
+-- The event stream keeps the longer of its TTL and the session's (see renewal_due,
+-- library.lua: finish.lua may have renewed it later than the session).
+local pttl = math.max(redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2]))
 append_event(KEYS[2], pttl, ARGV[4], ARGV[3], event)
 return reply(CLOSED, head)

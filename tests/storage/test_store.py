@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -245,6 +246,48 @@ async def test_the_event_stream_takes_the_session_ttl_first_and_last(
         entry, r1, DoneEvent(message_id=u1.id, reply=r1.public()), "1:a"
     )
     assert 0 < await redis.ttl(events) <= 60
+
+
+async def test_messages_renew_the_session_and_event_stream_ttls_only_when_due(
+    store: Store, redis: Redis
+) -> None:
+    """A message renews the session's TTL, and a reply its event stream's, only once
+    less than the TTL minus its slack (1%: 0.6 s of the fixture's 60 s) is left, by the
+    expiry the session records; a renewal records the new one."""
+    session = await store.create_session("ada")
+    token = session.token
+    doc, events = keys.session_key(token), keys.events_key(token)
+
+    async def recorded(path: str, seconds_left: float) -> None:
+        at = int(time.time() * 1000 + seconds_left * 1000)
+        await redis.execute_command("JSON.SET", doc, path, at)
+
+    async def answer(seq: int) -> None:
+        message = await store.enqueue(token, f"m{seq}", max_pending=10)
+        entry = MessageEntry(token=token, seq=seq, message_id=message.id)
+        await store.begin(entry, f"{seq}:a")
+        r = reply_to(message, "ok")
+        done = DoneEvent(message_id=message.id, reply=r.public())
+        assert await store.finish(entry, r, done, f"{seq}:a")
+
+    await answer(1)  # a new session records nothing yet: both renewed
+    assert 59 <= await redis.ttl(doc) <= 60 and 59 <= await redis.ttl(events) <= 60
+    # Not due (59.9 s of 60 left): no EXPIRE, so a key without a TTL keeps none.
+    await redis.persist(doc)
+    await redis.persist(events)
+    await recorded("$.expires_at", 59.9)
+    await recorded("$.events_until", 59.9)
+    await answer(2)
+    assert await redis.ttl(doc) == -1 and await redis.ttl(events) == -1
+    # Due (59 s left): renewed, and the new expiry recorded.
+    await recorded("$.expires_at", 59)
+    await recorded("$.events_until", 59)
+    before = time.time() * 1000
+    await answer(3)
+    assert 59 <= await redis.ttl(doc) <= 60 and 59 <= await redis.ttl(events) <= 60
+    for path in ("$.expires_at", "$.events_until"):
+        (at,) = await store.json_get(doc, path)
+        assert before + 59_000 < at <= time.time() * 1000 + 60_000
 
 
 async def test_finish_acks_the_entry_once_the_message_is_closed(store: Store, redis: Redis) -> None:

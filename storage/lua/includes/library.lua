@@ -62,6 +62,17 @@ local function append_events(stream, pttl, maxlen, channel, events)
   return id
 end
 
+-- Renewing a TTL lazily: a key that the session's activity keeps alive for `ttl_ms`
+-- (the session, its versions, its event stream) is renewed by that activity only once
+-- less than `ttl_ms` minus the slack (1% of it, at most 10 s) is left, by the expiry
+-- its session document records ("at", ms since the epoch; not a number: unknown). So
+-- a message does not pay an EXPIRE every time, and each key lives at least
+-- SESSION_TTL_SECONDS minus the slack after the last message. Returns whether a renewal
+-- is due at `now` (ms).
+local function renewal_due(at, now, ttl_ms)
+  return type(at) ~= 'number' or at - now < ttl_ms - math.min(math.floor(ttl_ms / 100), 10000)
+end
+
 -- The entry id that user message `seq` of session document `key` was last queued under
 -- (enqueue.lua, revise.lua), as a JSONPath for a JSON.GET that reads other paths too.
 local function entry_path(seq)
