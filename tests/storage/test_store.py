@@ -254,7 +254,7 @@ async def test_messages_renew_the_session_and_event_stream_ttls_only_when_due(
     """A message renews the session's TTL, and a reply its event stream's, only once
     less than the TTL minus its slack (1%: 0.6 s of the fixture's 60 s) is left, by the
     expiry the session records; a renewal records the new one."""
-    session = await store.create_session("ada")
+    session = await store.sessions.create_session("ada")
     token = session.token
     doc, events = keys.session_key(token), keys.events_key(token)
 
@@ -263,12 +263,12 @@ async def test_messages_renew_the_session_and_event_stream_ttls_only_when_due(
         await redis.execute_command("JSON.SET", doc, path, at)
 
     async def answer(seq: int) -> None:
-        message = await store.enqueue(token, f"m{seq}", max_pending=10)
+        message = await store.queue.enqueue(token, f"m{seq}", max_pending=10)
         entry = MessageEntry(token=token, seq=seq, message_id=message.id)
-        await store.begin(entry, f"{seq}:a")
+        await store.replies.begin(entry, f"{seq}:a")
         r = reply_to(message, "ok")
         done = DoneEvent(message_id=message.id, reply=r.public())
-        assert await store.finish(entry, r, done, f"{seq}:a")
+        assert await store.replies.finish(entry, r, done, f"{seq}:a")
 
     await answer(1)  # a new session records nothing yet: both renewed
     assert 59 <= await redis.ttl(doc) <= 60 and 59 <= await redis.ttl(events) <= 60
@@ -286,7 +286,7 @@ async def test_messages_renew_the_session_and_event_stream_ttls_only_when_due(
     await answer(3)
     assert 59 <= await redis.ttl(doc) <= 60 and 59 <= await redis.ttl(events) <= 60
     for path in ("$.expires_at", "$.events_until"):
-        (at,) = await store.json_get(doc, path)
+        (at,) = await store.sessions.json_get(doc, path)
         assert before + 59_000 < at <= time.time() * 1000 + 60_000
 
 
