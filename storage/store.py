@@ -5,7 +5,9 @@ name: ``store.sessions`` (:mod:`storage.sessions`, session documents), ``store.o
 (:mod:`storage.owners`, owners and their conversations), ``store.queue``
 (:mod:`storage.queue`, accepting messages, closing lost ones), ``store.streams``
 (:mod:`storage.streams`, the consumer group, trimming, pending entries),
-``store.replies`` (:mod:`storage.replies`, attempts at replies, recorded once),
+``store.deliveries`` (:mod:`storage.deliveries`, entries taken by a worker, which ack
+and dead-letter themselves, and the job streams' queueing), ``store.replies``
+(:mod:`storage.replies`, attempts at replies, recorded once),
 ``store.pools`` (:mod:`storage.pools`, worker pools per model), ``store.events``
 (:mod:`storage.events`, reading a session's events back) and ``store.consumers``
 (:mod:`storage.consumers`, the groups' consumers, deleted once they hold nothing). Each
@@ -25,6 +27,7 @@ from redis.asyncio import Redis
 
 from runtime.config import CommonSettings
 from storage.consumers import Consumers, Released
+from storage.deliveries import Deliveries, Delivery, Takeover
 from storage.events import Events
 from storage.owners import NotTheOwner, OwnerFull, Owners, OwnerUnknown
 from storage.pools import Backlog, Pools
@@ -67,6 +70,8 @@ __all__ = [
     "Begun",
     "Claimed",
     "ClaimedEntry",
+    "Deliveries",
+    "Delivery",
     "Emit",
     "Fenced",
     "MessageMark",
@@ -85,6 +90,7 @@ __all__ = [
     "SessionExpired",
     "SessionFull",
     "Store",
+    "Takeover",
     "TooManyAttempts",
     "TooManyPending",
     "TooManyVersions",
@@ -96,10 +102,12 @@ class Store:
     each its own object over the same client and settings.
 
     Callers name the part: ``store.queue.enqueue(...)``, ``store.replies.finish(...)``.
-    Two parts need another, given to them when built: the queue trims its streams as
+    Three parts need another, given to them when built: the queue trims its streams as
     the streams part says (:meth:`storage.streams.Streams.trim_mode`, asked once and
-    shared), and the pools close the messages nobody serves through the replies part
-    (:meth:`storage.replies.Replies.finish`). The other parts need none.
+    shared), the deliveries hand out the streams part's takeovers
+    (:meth:`storage.streams.Streams.claim`), and the pools close the messages nobody
+    serves through the replies part (:meth:`storage.replies.Replies.finish`). The other
+    parts need none.
 
     Args:
         redis: a redis-py asyncio client built with ``decode_responses=True``.
@@ -112,6 +120,8 @@ class Store:
         owners: owners and their conversations (:class:`storage.owners.Owners`).
         streams: the message streams' mechanics (:class:`storage.streams.Streams`).
         queue: user messages in, lost ones out (:class:`storage.queue.Queue`).
+        deliveries: entries taken by a worker, settled by themselves, and jobs queued
+            (:class:`storage.deliveries.Deliveries`).
         replies: attempts at replies (:class:`storage.replies.Replies`).
         pools: worker pools per model (:class:`storage.pools.Pools`).
         events: a session's stored events (:class:`storage.events.Events`).
@@ -125,6 +135,7 @@ class Store:
         self.owners = Owners(redis, settings)
         self.streams = Streams(redis, settings)
         self.queue = Queue(redis, settings, self.streams)
+        self.deliveries = Deliveries(redis, settings, self.streams)
         self.replies = Replies(redis, settings)
         self.pools = Pools(redis, settings, self.replies)
         self.events = Events(redis, settings)

@@ -13,6 +13,7 @@ from typing import Final
 
 from storage import keys
 from storage.base import StoreBase
+from storage.deliveries import Deliveries
 from storage.models import SummaryRecord
 from storage.scripts import Script, SummaryStatus
 from storage.sessions import SessionExpired
@@ -28,15 +29,19 @@ class Summaries(StoreBase):
     def _summary(self) -> Script[SummaryStatus]:
         return Script(self.redis, "summary.lua", SummaryStatus)
 
+    @cached_property
+    def _jobs(self) -> Deliveries:
+        return Deliveries(self.redis, self.settings)
+
     async def request_summary(self, token: str, model: str) -> None:
         """Queue a summary job for session ``token`` in the stream of ``model`` (its
-        catalog id), read only by the workers that serve it."""
-        await self.redis.xadd(
-            keys.summary_stream(model),
-            {"token": token},
-            maxlen=SUMMARY_STREAM_MAXLEN,
-            approximate=True,
-        )
+        catalog id), read only by the workers that serve it
+        (:meth:`storage.deliveries.Deliveries.queue_job`).
+
+        Raises:
+            redis.exceptions.RedisError: Redis failed (nothing was queued).
+        """
+        await self._jobs.queue_job(keys.summary_stream(model), token, SUMMARY_STREAM_MAXLEN)
 
     async def store_summary(self, token: str, base: int, summary: SummaryRecord) -> SummaryStatus:
         """Store ``summary`` as session ``token``'s, if the stored one is still ``base``.

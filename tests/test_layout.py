@@ -3,7 +3,9 @@
 The product is the packages the wheel ships (``[tool.setuptools] packages`` in
 pyproject.toml). It never imports the test machinery (``testkit``, ``bench``, ``tests``),
 and it stays readable: no module over 400 lines, no function over 60 (decorators and
-docstring included).
+docstring included). The worker talks to Redis Streams only through the store
+(:mod:`storage.deliveries`, :mod:`storage.streams`): no module of ``worker/`` sends a
+stream command itself.
 """
 
 from __future__ import annotations
@@ -12,10 +14,17 @@ import ast
 import tomllib
 from pathlib import Path
 
+from redis.commands.core import StreamCommands
+
 ROOT = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 TEST_MACHINERY = {"testkit", "bench", "tests"}
+#: redis-py's stream commands by method name (``xreadgroup``, ``xack``, ``xadd``,
+#: ``xdel``, ``xautoclaim``, ``xpending_range``, ``xgroup_create``, ...).
+STREAM_METHODS = frozenset(name for name in dir(StreamCommands) if name.startswith("x"))
+#: The same commands by their Redis name (``XGROUP`` for ``xgroup_create``), as sent raw.
+STREAM_COMMANDS = frozenset(name.split("_")[0].upper() for name in STREAM_METHODS)
 
 
 def product_packages() -> list[str]:
@@ -50,6 +59,26 @@ def function_lengths(tree: ast.AST) -> list[tuple[str, int, int]]:
             assert node.end_lineno is not None
             out.append((node.name, node.lineno, node.end_lineno - first + 1))
     return out
+
+
+def stream_commands_called(tree: ast.AST) -> list[tuple[int, str]]:
+    """``(line, name)`` of every stream command that ``tree`` sends through redis-py, in
+    line order: a call of a stream method on any object (a client or a pipeline:
+    ``r.xack(...)``), or a stream command sent raw (``r.execute_command("XACK", ...)``)."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        name = node.func.attr
+        if name in STREAM_METHODS:
+            found.append((node.lineno, name))
+        elif name == "execute_command" and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                command = first.value.split(" ")[0].upper()
+                if command in STREAM_COMMANDS:
+                    found.append((node.lineno, command))
+    return sorted(found)
 
 
 def test_the_product_is_the_expected_packages() -> None:
@@ -90,3 +119,34 @@ def test_no_function_is_over_the_limit() -> None:
         if n > MAX_FUNCTION_LINES
     ]
     assert not too_long, too_long
+
+
+def test_the_stream_command_scan_finds_every_form_of_call() -> None:
+    sample = """
+async def f(redis, pipe):
+    await redis.xreadgroup("g", "c", {"s": ">"}, count=1, block=1000)
+    pipe.xack("s", "g", "1-0")
+    await redis.execute_command("XGROUP", "CREATE", "s", "g", "0")
+    await redis.execute_command("xautoclaim s g c 0 0-0")
+    await redis.get("k")
+    await redis.execute_command("JSON.GET", "k", "$")
+"""
+    assert stream_commands_called(ast.parse(sample)) == [
+        (3, "xreadgroup"),
+        (4, "xack"),
+        (5, "XGROUP"),
+        (6, "XAUTOCLAIM"),
+    ]
+
+
+def test_no_worker_module_sends_a_stream_command() -> None:
+    """The worker keeps its scheduling; reading, claiming, acking, dead-lettering and
+    queueing stream entries are the store's (``storage/deliveries.py``)."""
+    modules = sorted((ROOT / "worker").rglob("*.py"))
+    assert ROOT / "worker" / "consumer.py" in modules and ROOT / "worker" / "jobs.py" in modules
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} {name}"
+        for path in modules
+        for line, name in stream_commands_called(ast.parse(path.read_text()))
+    ]
+    assert not offenders, offenders

@@ -1,6 +1,10 @@
 """The worker's consumer: read user messages from the message streams, hand each to
 :class:`worker.reply.MessageAnswerer`, ack.
 
+It keeps the scheduling alone (how many entries in flight, when to read, retries, one
+task an entry); the store sends the Streams commands (:mod:`storage.deliveries`,
+:mod:`storage.streams`) and hands over entries that ack and dead-letter themselves.
+
 Delivery follows the Redis Streams consumer-group protocol (https://redis.io/docs/latest/
 develop/data-types/streams/): ``XREADGROUP`` with ``>``; ``XACK`` only once the reply is
 recorded and published; ``XAUTOCLAIM`` (``JUSTID``: a takeover is no try) takes over
@@ -28,10 +32,10 @@ from runtime.retry import retrying
 from runtime.tasks import cancel_and_wait
 from storage import keys
 from storage.connection import CONNECTION_ERRORS, is_cluster
+from storage.deliveries import Delivery
 from storage.hub import RESYNC, UNAVAILABLE, Hub
 from storage.store import SessionExpired, Store
 from worker.config import WorkerSettings
-from worker.entries import StreamEntry
 from worker.groups import ConsumerGroups
 from worker.jobs import IdleJobs
 from worker.metrics import TAKEOVERS
@@ -41,9 +45,6 @@ from worker.summary import Summarizer
 from worker.titles import Titler
 
 logger = logging.getLogger(__name__)
-
-#: What ``XREADGROUP`` returns: ``[stream, [(entry id, fields), ...]]`` per stream.
-ReadResponse = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 
 
 class Worker:
@@ -168,20 +169,20 @@ class Worker:
                 await self._wait_or_stop(self._room.wait(), limit_s=1.0)
                 continue
             try:
-                response = await self._read(streams, count=min(room, 100))
+                deliveries = await self._read(streams, count=min(room, 100))
             except ResponseError as e:
                 if not str(e).startswith("NOGROUP"):
                     raise
                 logger.warning("consumer group missing (stream deleted?); creating it again")
                 await self.store.streams.ensure_group(self.models)
                 continue
-            for stream, batch in response:
-                for entry_id, fields in batch:
-                    self._spawn(stream, entry_id, fields, deliveries=0)
+            for delivery in deliveries:
+                self._spawn(delivery)
 
-    async def _read(self, streams: tuple[str, ...], count: int) -> ReadResponse:
+    async def _read(self, streams: tuple[str, ...], count: int) -> list[Delivery]:
         """Up to ``count`` new entries of ``streams`` (``XREADGROUP`` with ``>``, blocking
-        up to ``read_block_ms``); none once stopping.
+        up to ``read_block_ms``: :meth:`storage.deliveries.Deliveries.read`); none once
+        stopping.
 
         Retried while Redis is unreachable, with the one backoff (at most 5 s apart);
         the first try goes straight to Redis, so a read costs no retry machinery.
@@ -190,27 +191,22 @@ class Worker:
             return []
         with contextlib.suppress(*CONNECTION_ERRORS):  # tried again, and reported, below
             return await self._read_once(streams, count)
-        response: ReadResponse = []
+        deliveries: list[Delivery] = []
         async for attempt in retrying(on=CONNECTION_ERRORS, wait_max_s=5.0):
             with attempt:
                 if self._stopping.is_set():
                     break
                 try:
-                    response = await self._read_once(streams, count)
+                    deliveries = await self._read_once(streams, count)
                 except CONNECTION_ERRORS as e:
                     logger.warning("reading the stream failed: %s", e)
                     raise
-        return response
+        return deliveries
 
-    async def _read_once(self, streams: tuple[str, ...], count: int) -> ReadResponse:
-        response: ReadResponse = await self.redis.xreadgroup(
-            keys.CONSUMER_GROUP,
-            self.consumer,
-            dict.fromkeys(streams, ">"),
-            count=count,
-            block=self.settings.read_block_ms,
+    async def _read_once(self, streams: tuple[str, ...], count: int) -> list[Delivery]:
+        return await self.store.deliveries.read(
+            streams, self.consumer, count=count, block_ms=self.settings.read_block_ms
         )
-        return response
 
     async def _claim_loop(self) -> None:
         interval = self.settings.claim_idle_ms / 2000
@@ -240,18 +236,18 @@ class Worker:
         for stream in self.streams:
             start = "0-0"
             while True:
-                start, entries, deleted = await self.store.streams.claim(
+                start, taken, deleted = await self.store.deliveries.claim(
                     stream, self.consumer, self.settings.claim_idle_ms, start
                 )
                 if deleted:
                     # Their sessions learn it from lost.lua, when they wait on them.
                     logger.warning("pending entries deleted from %s: %s", stream, deleted)
-                for entry_id, fields, deliveries in entries:
-                    if (stream, entry_id) in self._in_flight:
+                for delivery in taken:
+                    if delivery.key in self._in_flight:
                         continue
-                    logger.info("took over %s %s (delivery %d)", stream, entry_id, deliveries)
+                    logger.info("took over %s %s (delivery %d)", *delivery.key, delivery.deliveries)
                     TAKEOVERS.inc()
-                    self._spawn(stream, entry_id, fields, deliveries=deliveries)
+                    self._spawn(delivery)
                     claimed += 1
                 if start == "0-0":
                     break
@@ -365,10 +361,9 @@ class Worker:
 
     # -- one entry -----------------------------------------------------------------
 
-    def _spawn(self, stream: str, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
-        key = (stream, entry_id)
-        entry = StreamEntry(self.redis, self.consumer, key, fields, deliveries)
-        task = asyncio.create_task(self._handle(entry))
+    def _spawn(self, delivery: Delivery) -> None:
+        key = delivery.key
+        task = asyncio.create_task(self._handle(delivery))
         self._in_flight[key] = task
         self._idle.clear()
 
@@ -381,7 +376,7 @@ class Worker:
 
         task.add_done_callback(forget)
 
-    async def _handle(self, entry: StreamEntry) -> None:
+    async def _handle(self, entry: Delivery) -> None:
         """Answer one entry; one that cannot be decoded is dead-lettered and acked."""
         try:
             message = MessageEntry.from_fields(entry.fields)

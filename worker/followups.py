@@ -38,7 +38,7 @@ class FollowUps:
     async def request_title(self, token: str, model: str) -> None:
         """Queue the session's title job for the pool of ``model`` (a catalog id)."""
         try:
-            await request_title(self.store.redis, token, model)
+            await request_title(self.store, token, model)
         except REDIS_DOWN as e:
             logger.warning("session=%s title not requested: %s", fingerprint(token), e)
 

@@ -15,6 +15,9 @@ in ``parley_job_failures_total{kind}``). Each try is one delivery of the entry (
 or a takeover, which counts one), and a job is given up (acked) once its delivery count
 reaches ``JOB_MAX_ATTEMPTS``, whatever ended its tries: an error, a Redis outage, or its
 worker's death. Nothing a job does ends the reader: it goes on with the next job.
+
+A reader keeps the scheduling (when to read, retries, how many tries); the store
+creates the group, reads, takes over, acks and queues jobs (:mod:`storage.deliveries`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from redis.exceptions import ResponseError
 from runtime.logs import fingerprint
 from storage.admission import Limiter
 from storage.connection import REDIS_DOWN
+from storage.deliveries import Delivery
 from storage.models import Session
 from storage.sessions import SessionExpired
 from storage.store import Store
@@ -48,10 +52,10 @@ _REDIS_RETRY_S = 1.0
 
 
 class Job(NamedTuple):
-    """One job as a reader holds it: its entry, its session, and its delivery count
-    (the tries so far, this one included)."""
+    """One job as a reader holds it: its entry (acked through it), its session, and its
+    delivery count (the tries so far, this one included)."""
 
-    entry_id: str
+    delivery: Delivery
     token: str
     deliveries: int
 
@@ -96,7 +100,6 @@ class IdleJobs:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.redis = store.redis
         self.llm = llm
         self.model = model
         self.stream = self.stream_of(model)
@@ -164,7 +167,7 @@ class IdleJobs:
                 limit,
             )
         try:
-            await self.redis.xack(self.stream, self.group, job.entry_id)  # type: ignore[no-untyped-call]
+            await job.delivery.ack()
         except REDIS_DOWN as e:
             # Pending still: taken over, and found done or given up, after CLAIM_IDLE_MS.
             logger.warning("session=%s %s job not acked: %s", fingerprint(job.token), self.kind, e)
@@ -192,38 +195,25 @@ class IdleJobs:
     async def _ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing; from the start, so a
         job queued before any worker of the model ran is read."""
-        try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as e:
-            if not str(e).startswith("BUSYGROUP"):
-                raise
+        await self.store.deliveries.create_group(self.stream, self.group)
 
     async def _next(self) -> Job | None:
         """A job taken over (from a dead worker, or after a failed try), else a new one
         (waiting up to 1 s); None if there is none.
 
-        A takeover counts a delivery (``XAUTOCLAIM`` without ``JUSTID``): every try is
-        one. Its count comes from ``XPENDING``, which ``XAUTOCLAIM`` does not give.
+        A takeover counts a delivery (:meth:`storage.deliveries.Deliveries.take_over`):
+        every try is one, and a new job's first is its read.
         """
-        claimed = await self.redis.xautoclaim(
-            self.stream, self.group, self.consumer, CLAIM_IDLE_MS, count=1
+        deliveries = self.store.deliveries
+        taken = await deliveries.take_over(self.stream, self.group, self.consumer, CLAIM_IDLE_MS)
+        if taken is not None:
+            return Job(taken, str(taken.fields.get("token", "")), taken.deliveries)
+        read = await deliveries.read(
+            [self.stream], self.consumer, count=1, block_ms=1000, group=self.group
         )
-        entries = claimed[1] if claimed else []
-        if entries:
-            entry_id, fields = entries[0]
-            pending = await self.redis.xpending_range(
-                self.stream, self.group, min=entry_id, max=entry_id, count=1
-            )
-            deliveries = int(pending[0]["times_delivered"]) if pending else 1
-            return Job(entry_id, str(fields.get("token", "")), deliveries)
-        read = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=1, block=1000
-        )
-        entries = read[0][1] if read else []
-        if not entries:
+        if not read:
             return None
-        entry_id, fields = entries[0]
-        return Job(entry_id, str(fields.get("token", "")), 1)
+        return Job(read[0], str(read[0].fields.get("token", "")), 1)
 
     async def session_of(self, token: str) -> tuple[Session, str | None] | None:
         """Session ``token`` and the API name of its model (None: the worker's own), if

@@ -24,11 +24,10 @@ from __future__ import annotations
 import logging
 import re
 
-from redis.asyncio import Redis
-
 from protocol.labels import strip_hidden
 from runtime.logs import fingerprint
 from storage import keys
+from storage.store import Store
 from worker.jobs import IdleJobs
 from worker.model.errors import LLMError
 from worker.model.llm import PromptMessage
@@ -64,12 +63,15 @@ def clean_title(answer: str) -> str:
     return line
 
 
-async def request_title(redis: Redis[str], token: str, model: str) -> None:
+async def request_title(store: Store, token: str, model: str) -> None:
     """Queue a title job for session ``token`` (after its first reply is recorded) in
-    the stream of ``model`` (its catalog id), read only by the workers that serve it."""
-    await redis.xadd(
-        keys.title_stream(model), {"token": token}, maxlen=TITLE_STREAM_MAXLEN, approximate=True
-    )
+    the stream of ``model`` (its catalog id), read only by the workers that serve it
+    (:meth:`storage.deliveries.Deliveries.queue_job`).
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed (nothing was queued).
+    """
+    await store.deliveries.queue_job(keys.title_stream(model), token, TITLE_STREAM_MAXLEN)
 
 
 class Titler(IdleJobs):
@@ -86,7 +88,7 @@ class Titler(IdleJobs):
 
     async def requeue(self, token: str, model: str) -> None:
         """Queue session ``token``'s title job again, for ``model``'s pool."""
-        await request_title(self.redis, token, model)
+        await request_title(self.store, token, model)
 
     async def handle(self, token: str) -> None:
         """Ask the session's model for ``token``'s title and set it unless the session

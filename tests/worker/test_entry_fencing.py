@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from protocol.wire import DoneEvent, ErrorCode, ErrorEvent, MessageEntry, utc_now
 from storage import keys
+from storage.deliveries import Delivery
 from storage.hub import Hub
 from storage.models import StoredMessage
 from storage.store import STALE, STARTED, Store
@@ -26,7 +27,6 @@ from tests.support.events import count, read_until
 from tests.support.parley import running_parley
 from worker.app import llm_config
 from worker.config import WorkerSettings
-from worker.entries import StreamEntry
 from worker.model.llm import LLMClient
 from worker.reply import MessageAnswerer
 
@@ -62,7 +62,7 @@ async def test_a_leftover_entry_given_up_after_a_regenerate_closes_nothing(
         await hub.start()
         answerer = MessageAnswerer(settings, redis, llm, store, hub)
         fields = {"token": token, "seq": "1", "message_id": message.id}
-        leftover = StreamEntry(
+        leftover = Delivery(
             redis, "w-fence", (stream, old_entry), fields, deliveries=settings.max_deliveries
         )
         await redis.xclaim(stream, keys.CONSUMER_GROUP, "w-fence", 0, [old_entry])
