@@ -161,7 +161,7 @@ class MessageAnswerer:
             # Failed that often already (attempts that began and failed, or tries that
             # failed before any attempt could begin): give up before any work.
             reason = f"delivered {delivery.deliveries} times"
-            await self._give_up(delivery, entry, "", reason)
+            await self._give_up(delivery, turn, reason)
             turn.acked = True  # by the script that closed the message
             return
         # Only a taken-over entry can follow a crash (a fresh read never does).
@@ -200,7 +200,7 @@ class MessageAnswerer:
                     begun.crashes,
                 )
             if begun.crashes >= self.settings.max_crashes:
-                await self._give_up(delivery, entry, attempt, f"{begun.crashes} crashes")
+                await self._give_up(delivery, turn, f"{begun.crashes} crashes")
                 turn.acked = True  # by the script that closed the message
             else:
                 with GENERATING.track_inprogress():
@@ -262,9 +262,7 @@ class MessageAnswerer:
                 else:
                     replied = await self.store.sessions.replied_seq(entry.token)
 
-    async def _give_up(
-        self, delivery: Delivery, entry: MessageEntry, attempt: str, reason: str
-    ) -> None:
+    async def _give_up(self, delivery: Delivery, turn: Turn, reason: str) -> None:
         """Dead-letter an entry that failed ``max_deliveries`` tries or crashed its
         workers ``max_crashes`` times, then close it with an error, acknowledging it in
         the same script.
@@ -276,14 +274,16 @@ class MessageAnswerer:
         regenerate queued since. An entry that closes nothing (stale: the message was
         queued again since; or already answered) has its record withdrawn.
 
-        Args:
-            attempt: the attempt that began, or ``""`` if none could (the message is
-                then closed whatever attempt may run, see :meth:`storage.replies.Replies.finish`).
-            reason: why, for the log and the dead-letter record.
+        Closed as ``turn.attempt`` once it has begun (``turn.begun`` set), or as ``""``
+        before (the message is then closed whatever attempt may run, see
+        :meth:`storage.replies.Replies.finish`). ``reason``: why, for the log and the
+        dead-letter record.
 
         Raises:
-            Fenced: (``attempt`` given) another attempt has begun since.
+            Fenced: (``turn`` begun) another attempt has begun since.
         """
+        entry = turn.entry
+        attempt = turn.attempt if turn.begun is not None else ""
         record = await delivery.dead_letter(reason)
         event = ErrorEvent(
             message_id=entry.message_id,
