@@ -25,7 +25,8 @@ class Model(NamedTuple):
 class Turn:
     """One attempt at the reply to one message, made once per attempt when its entry is
     handed over (:meth:`worker.reply.MessageAnswerer.answer`), and filled in as the
-    attempt goes: begun, then generating.
+    attempt goes: begun, then generating. ``model``, ``started`` and ``usage`` have no
+    value until ``generate`` sets them: reading one before raises AttributeError.
 
     Attributes:
         entry: the user message answered.
