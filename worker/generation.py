@@ -19,7 +19,6 @@ from protocol.wire import (
     DoneEvent,
     ErrorCode,
     ErrorEvent,
-    MessageEntry,
     RestartEvent,
     TokenEvent,
     utc_now,
@@ -29,7 +28,7 @@ from runtime.tasks import cancel_and_wait
 from runtime.tracing import current_tracer
 from storage.admission import Limiter
 from storage.models import HistoryEntry, StoredMessage, SummaryRecord
-from storage.store import Begun, Store
+from storage.store import Store
 from worker.coalesce import Coalescer, Delta, read_deltas
 from worker.config import WorkerSettings
 from worker.emits import EmitBatcher
@@ -43,6 +42,7 @@ from worker.model.response import track_usage
 from worker.publish import TokenPublisher, end_on_stop
 from worker.quota import reply_cost
 from worker.tracing import ReplyTraces
+from worker.turn import Model, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +54,6 @@ class EmptyReply(LLMError):
 
 
 Truncated = Literal["time", "length"] | None
-
-
-class _Model(NamedTuple):
-    """The model of one reply: its catalog id, and the name the API knows it by (None:
-    the worker's own)."""
-
-    id: str
-    api_model: str | None
 
 
 class _Streamed(NamedTuple):
@@ -97,67 +89,44 @@ class ReplyGenerator:
         self.store = store
         self.followups = FollowUps(settings, store, llm)
 
-    async def generate(
-        self,
-        entry: MessageEntry,
-        attempt: str,
-        begun: Begun,
-        stop: asyncio.Event,
-        ack: tuple[str, str] | None = None,
-    ) -> bool:
-        """Generate, stream and record the reply to ``entry`` as ``attempt``; or record the
-        model's error. Returns whether the script that recorded it also acked ``ack`` (a
-        first reply's entry is acked by the caller, once its title job is queued).
-
-        Args:
-            begun: what :meth:`Replies.begin` returned: the session as ``attempt`` began
-                (its newest messages, or all of them).
-            ack: ``(stream, entry id)`` of ``entry``: acked by the script that records
-                the end of the reply (see :meth:`Replies.finish`), once this returns.
+    async def generate(self, turn: Turn) -> bool:
+        """Generate, stream and record the reply of ``turn`` (an attempt that
+        :meth:`Replies.begin` accepted: ``turn.begun`` set); or record the model's error.
+        Sets the turn's ``model``, ``started`` and ``usage``. Returns whether the script
+        that recorded it also acked ``turn.key`` (see :meth:`Replies.finish`; a first
+        reply's entry is acked by the caller, once its title job is queued).
 
         Raises:
             Fenced: another attempt took over meanwhile.
             SessionExpired: the session ended meanwhile.
         """
-        assert begun.session is not None
-        if begun.session.stop_seq >= entry.seq:
-            stop.set()
+        assert turn.begun is not None and turn.begun.session is not None
+        if turn.begun.session.stop_seq >= turn.entry.seq:
+            turn.stop.set()
         try:
-            model = self._model(begun.session.model)
+            turn.model = self._model(turn.begun.session.model)
         except LLMError as e:
-            await self._fail(entry, attempt, e, ack, cost=0)
+            await self._fail(turn, e, cost=0)
             return True
-        plan = await self._prompt(entry, begun, model)
-        usage = track_usage()  # filled by the model's responses, for the quotas
-        started = time.perf_counter()
-        request = self._stream_within_context(entry, attempt, begun, plan, started, stop, model)
+        plan = await self._prompt(turn)
+        turn.usage = usage = track_usage()  # filled by the model's responses, for the quotas
+        turn.started = time.perf_counter()
+        request = self._stream_within_context(turn, plan)
         try:
             if self.traces is None:
                 plan, streamed = await request
             else:
-                plan, streamed = await self.traces.model_request(request, model.api_model, usage)
+                model = turn.model.api_model
+                plan, streamed = await self.traces.model_request(request, model, usage)
         except LLMError as e:
             # Every request the model server answered is paid for, failed or retried.
             cost = reply_cost(usage, plan.messages, "")
-            await self._fail(entry, attempt, e, ack, cost=cost)
+            await self._fail(turn, e, cost=cost)
             return True
-        # Charged by the script that records the reply, so a client that sees its
-        # `done` finds the quota up to date; what the model generated counts, recorded
-        # or not.
-        cost = reply_cost(usage, plan.messages, streamed.text)
-        return await self._record(
-            entry, attempt, streamed, started, stop.is_set(), ack, plan, model, cost
-        )
+        return await self._record(turn, streamed, plan)
 
     async def _stream_within_context(
-        self,
-        entry: MessageEntry,
-        attempt: str,
-        begun: Begun,
-        plan: PromptPlan,
-        started: float,
-        stop: asyncio.Event,
-        model: _Model,
+        self, turn: Turn, plan: PromptPlan
     ) -> tuple[PromptPlan, _Streamed]:
         """Stream the reply to ``plan``'s prompt; if the model refuses it as too long
         for its context (:func:`worker.model.overflow.context_overflow`), once more with a
@@ -169,31 +138,26 @@ class ReplyGenerator:
             LLMError: the model failed, or refused the smaller prompt too.
         """
         try:
-            return plan, await self._stream_with_restarts(
-                entry, attempt, plan.messages, started, stop, model
-            )
+            return plan, await self._stream_with_restarts(turn, plan.messages)
         except LLMRejected as e:
             overflow = context_overflow(e)
             if overflow is None:
                 raise
         budget = int(plan.history_tokens * overflow.shrink())
-        smaller = await self._prompt(entry, begun, model, max_tokens=budget, keep_previous=False)
+        smaller = await self._prompt(turn, max_tokens=budget, keep_previous=False)
         logger.warning(
             "message_id=%s prompt too long for the model (limit %s, asked %s tokens): "
             "again with %d of %d turns, %d history tokens",
-            entry.message_id,
+            turn.entry.message_id,
             overflow.limit,
             overflow.requested,
             smaller.kept,
             plan.kept,
             smaller.history_tokens,
         )
-        streamed = await self._stream_with_restarts(
-            entry, attempt, smaller.messages, started, stop, model
-        )
-        return smaller, streamed
+        return smaller, await self._stream_with_restarts(turn, smaller.messages)
 
-    def _model(self, chosen: str) -> _Model:
+    def _model(self, chosen: str) -> Model:
         """The model of a session that chose ``chosen`` ("": the catalog's default).
 
         Raises:
@@ -202,17 +166,9 @@ class ReplyGenerator:
         offer = self.settings.offer(chosen)
         if offer is None:
             raise ModelNotServed(f"model {chosen!r} is not in this worker's catalog")
-        return _Model(offer.id, offer.api_model)
+        return Model(offer.id, offer.api_model)
 
-    async def _stream_with_restarts(
-        self,
-        entry: MessageEntry,
-        attempt: str,
-        prompt: list[PromptMessage],
-        started: float,
-        stop: asyncio.Event,
-        model: _Model,
-    ) -> _Streamed:
+    async def _stream_with_restarts(self, turn: Turn, prompt: list[PromptMessage]) -> _Streamed:
         """Stream the reply, generating it again (after a ``restart`` event) each time
         the model's stream breaks, up to ``llm_max_retries`` times.
 
@@ -222,41 +178,37 @@ class ReplyGenerator:
         restarts = 0
         while True:
             try:
-                return await self._stream(entry, attempt, prompt, started, stop, model)
+                return await self._stream(turn, prompt)
             except LLMStreamInterrupted as e:
                 restarts += 1
                 if restarts > self.settings.llm_max_retries:
                     raise
+                message_id = turn.entry.message_id
                 logger.warning(
-                    "message_id=%s stream interrupted (%s); generating again", entry.message_id, e
+                    "message_id=%s stream interrupted (%s); generating again", message_id, e
                 )
-                restart = RestartEvent(message_id=entry.message_id)
-                await self._publisher(entry, attempt).emit(restart)
+                await self._publisher(turn).emit(RestartEvent(message_id=message_id))
 
-    def _publisher(self, entry: MessageEntry, attempt: str) -> TokenPublisher:
-        """The publisher of one stream of ``attempt`` (each emit a span while tracing)."""
+    def _publisher(self, turn: Turn) -> TokenPublisher:
+        """The publisher of one stream of ``turn`` (each emit a span while tracing)."""
         if self.traces is None:
-            return TokenPublisher(self.emits, self.settings, entry, attempt)
-        return self.traces.publisher(self.emits, self.settings, entry, attempt)
+            return TokenPublisher(self.emits, self.settings, turn)
+        return self.traces.publisher(self.emits, self.settings, turn)
 
-    async def _record(
-        self,
-        entry: MessageEntry,
-        attempt: str,
-        streamed: _Streamed,
-        started: float,
-        stopped: bool,
-        ack: tuple[str, str] | None,
-        plan: PromptPlan,
-        model: _Model,
-        cost: int,
-    ) -> bool:
-        """Record the reply of ``model`` with its ``done`` event (after its tail), charge its
-        ``cost`` (model tokens), then count and log it, and queue the session's title or
-        summary job if it calls for one. Returns whether the recording script acked ``ack``: a
-        first reply's entry is left for the caller to ack once its title job is queued, so a
-        worker that dies in between leaves it pending, and the worker that takes it over finds
-        the reply recorded and queues the job (:class:`worker.reply.MessageAnswerer`)."""
+    async def _record(self, turn: Turn, streamed: _Streamed, plan: PromptPlan) -> bool:
+        """Record the reply of ``turn`` (``streamed`` to ``plan``'s prompt) with its ``done``
+        event (after its tail), marked stopped if ``turn.stop`` is set; charge its cost (model
+        tokens, :func:`worker.quota.reply_cost` of ``turn.usage``), then count and log it, and
+        queue the session's title or summary job if it calls for one. Returns whether the
+        recording script acked ``turn.key``: a first reply's entry is left for the caller to
+        ack once its title job is queued, so a worker that dies in between leaves it pending,
+        and the worker that takes it over finds the reply recorded and queues the job
+        (:class:`worker.reply.MessageAnswerer`)."""
+        entry, model, stopped = turn.entry, turn.model, turn.stop.is_set()
+        # Charged by the script that records the reply, so a client that sees its
+        # `done` finds the quota up to date; what the model generated counts, recorded
+        # or not.
+        cost = reply_cost(turn.usage, plan.messages, streamed.text)
         title_due = entry.seq == 1 and self.settings.conversation_titles
         reply = StoredMessage(
             id=str(uuid.uuid4()),
@@ -270,14 +222,14 @@ class ReplyGenerator:
         )
         done = DoneEvent(message_id=entry.message_id, reply=reply.public())
         tail = [TokenEvent(message_id=entry.message_id, content=streamed.tail)]
-        ack = None if title_due else ack
+        ack = None if title_due else turn.key
         tail = tail if streamed.tail else []
         outcome = "stopped" if reply.stopped else "truncated" if reply.truncated else "done"
         finish = self.store.replies.finish(
-            entry, reply, done, attempt, ack=ack, tail=tail, cost=cost
+            entry, reply, done, turn.attempt, ack=ack, tail=tail, cost=cost
         )
         event_id = await (finish if self.traces is None else self.traces.finish(finish, outcome))
-        total_s = time.perf_counter() - started
+        total_s = time.perf_counter() - turn.started
         if event_id:
             REPLIES.labels(outcome).inc()
             TIME_TO_FIRST_TOKEN.observe(streamed.first_token_s)
@@ -297,23 +249,18 @@ class ReplyGenerator:
         return not title_due
 
     async def _prompt(
-        self,
-        entry: MessageEntry,
-        begun: Begun,
-        model: _Model,
-        *,
-        max_tokens: int | None = None,
-        keep_previous: bool = True,
+        self, turn: Turn, *, max_tokens: int | None = None, keep_previous: bool = True
     ) -> PromptPlan:
-        """The prompt of ``entry``'s reply (see :func:`worker.memory.plan_prompt`),
-        from the newest messages that ``begin`` read; from the whole history only if
-        they are not enough to tell.
+        """The prompt of ``turn``'s reply (see :func:`worker.memory.plan_prompt`), for its
+        model, from the newest messages that ``begin`` read; from the whole history only
+        if they are not enough to tell.
 
         Args:
             max_tokens: the history's token budget (None: ``memory_max_tokens``).
             keep_previous: keep the turn just before even over budget.
         """
-        assert begun.session is not None
+        entry, begun = turn.entry, turn.begun
+        assert begun is not None and begun.session is not None
         session = begun.session
         use_summary = self.settings.memory_summary
 
@@ -328,7 +275,7 @@ class ReplyGenerator:
                 max_tokens=self.settings.memory_max_tokens if max_tokens is None else max_tokens,
                 complete=complete,
                 summary=summary if use_summary else None,
-                count=self.llm.counter(model.api_model).estimate,
+                count=self.llm.counter(turn.model.api_model).estimate,
                 keep_previous=keep_previous,
             )
 
@@ -338,38 +285,26 @@ class ReplyGenerator:
             whole = await self.store.sessions.get_session(entry.token, touch=False)
             return prompt(whole.messages, whole.summary, True)
 
-    async def _fail(
-        self,
-        entry: MessageEntry,
-        attempt: str,
-        error: LLMError,
-        ack: tuple[str, str] | None,
-        *,
-        cost: int,
-    ) -> None:
-        """Record the model's ``error`` as the end of the reply, charging ``cost``."""
+    async def _fail(self, turn: Turn, error: LLMError, *, cost: int) -> None:
+        """Record the model's ``error`` as the end of ``turn``'s reply, charging ``cost``
+        (model tokens), and ack its entry in the same script."""
+        entry = turn.entry
         logger.warning("message_id=%s model error %s: %s", entry.message_id, error.code, error)
         REPLIES.labels(error.code.value).inc()
         event = ErrorEvent(message_id=entry.message_id, code=error.code, detail=error.public_detail)
-        finish = self.store.replies.finish(entry, None, event, attempt, ack=ack, cost=cost)
+        finish = self.store.replies.finish(
+            entry, None, event, turn.attempt, ack=turn.key, cost=cost
+        )
         await (finish if self.traces is None else self.traces.finish(finish, error.code.value))
 
-    async def _stream(
-        self,
-        entry: MessageEntry,
-        attempt: str,
-        prompt: list[PromptMessage],
-        started: float,
-        stop: asyncio.Event,
-        model: _Model,
-    ) -> _Streamed:
-        """Stream one reply of ``model`` to the session, coalescing deltas; return it, its TTFT (s)
-        and why it was cut, if it was.
+    async def _stream(self, turn: Turn, prompt: list[PromptMessage]) -> _Streamed:
+        """Stream one reply of ``turn.model`` to ``prompt`` to the session, coalescing
+        deltas; return it, its TTFT (s) and why it was cut, if it was.
 
-        When ``stop`` is set, the model request is aborted and the text published so
+        When ``turn.stop`` is set, the model request is aborted and the text published so
         far is the reply (possibly empty). So too, marked ``"time"``, once
-        ``reply_timeout_s`` have passed since ``started`` (``time.perf_counter()``);
-        and a reply is cut at ``reply_max_chars`` characters, marked ``"length"``.
+        ``reply_timeout_s`` have passed since ``turn.started``; and a reply is cut at
+        ``reply_max_chars`` characters, marked ``"length"``.
 
         Raises:
             EmptyReply: the model sent nothing but whitespace (in time).
@@ -378,19 +313,18 @@ class ReplyGenerator:
         """
         queue: asyncio.Queue[Delta] = asyncio.Queue()
         reader = asyncio.create_task(
-            read_deltas(self.llm.stream(prompt, model=model.api_model), queue)
+            read_deltas(self.llm.stream(prompt, model=turn.model.api_model), queue)
         )
-        deadline = started + self.settings.reply_timeout_s
-        stopper = asyncio.create_task(end_on_stop(stop, deadline, reader, queue))
+        deadline = turn.started + self.settings.reply_timeout_s
+        stopper = asyncio.create_task(end_on_stop(turn.stop, deadline, reader, queue))
         pieces = Coalescer(queue)
         try:
-            publisher = self._publisher(entry, attempt)
-            first_token_s, cut, tail = await publisher.publish(pieces, reader, started)
+            first_token_s, cut, tail = await self._publisher(turn).publish(pieces, reader)
             timed_out = stopper.done() and stopper.result()
         finally:
             await cancel_and_wait([reader, stopper])
         text = "".join(pieces.parts)
-        if not text and not stop.is_set():
+        if not text and not turn.stop.is_set():
             if timed_out:
                 raise EmptyReply(
                     f"the model sent nothing within {self.settings.reply_timeout_s:g} s"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from protocol.wire import MessageEntry, RestartEvent, TokenEvent
+from protocol.wire import RestartEvent, TokenEvent
 from storage.store import Emit, SessionExpired
 from worker.coalesce import Coalescer, Delta, EndOfReply
 from worker.config import WorkerSettings
 from worker.emits import EmitBatcher
+from worker.turn import Turn
 
 
 class TokenPublisher:
@@ -19,17 +20,14 @@ class TokenPublisher:
     Args:
         emits: the worker's batcher of emits.
         settings: ``stream_flush_ms`` (the window, ms) and ``reply_max_chars``.
-        entry: the user message answered.
-        attempt: the attempt (``"<seq>:<id>"``).
+        turn: the attempt, generating: its entry, its fencing token, and when the model
+            was first asked (``started``).
     """
 
-    def __init__(
-        self, emits: EmitBatcher, settings: WorkerSettings, entry: MessageEntry, attempt: str
-    ) -> None:
+    def __init__(self, emits: EmitBatcher, settings: WorkerSettings, turn: Turn) -> None:
         self.emits = emits
         self.settings = settings
-        self.entry = entry
-        self.attempt = attempt
+        self.turn = turn
 
     async def emit(self, event: TokenEvent | RestartEvent, first: bool = True) -> None:
         """Publish one event of the attempt (``first``: its first, see
@@ -38,15 +36,16 @@ class TokenPublisher:
         Raises:
             SessionExpired: the session is gone.
         """
-        emit = Emit(self.entry.token, event.model_dump_json(exclude_none=True), self.attempt, first)
+        token = self.turn.entry.token
+        emit = Emit(token, event.model_dump_json(exclude_none=True), self.turn.attempt, first)
         if await self.emits.emit(emit) is None:
-            raise SessionExpired(self.entry.token)
+            raise SessionExpired(token)
 
     async def publish(
-        self, pieces: Coalescer, reader: asyncio.Task[None], started: float
+        self, pieces: Coalescer, reader: asyncio.Task[None]
     ) -> tuple[float, bool, str]:
         """Publish the reply's pieces as ``token`` events until it ends; return its TTFT
-        (s, since ``started``, a ``time.perf_counter()``), whether it was cut at
+        (s, since the turn's ``started``), whether it was cut at
         ``reply_max_chars``, and the tail: the last piece, taken with the end of the
         reply and not published here ("": none), which the script that records the reply
         emits (one round trip fewer).
@@ -67,12 +66,13 @@ class TokenPublisher:
                 body = pieces.parts[-1] = body[:room]
             room -= len(body)
             if len(pieces.parts) == 1:
-                first_token_s = time.perf_counter() - started
+                first_token_s = time.perf_counter() - self.turn.started
             if cut or pieces.finished:
                 return first_token_s, cut, body
             sent_at = time.perf_counter()
             if body:
-                await self.emit(TokenEvent(message_id=self.entry.message_id, content=body), first)
+                event = TokenEvent(message_id=self.turn.entry.message_id, content=body)
+                await self.emit(event, first)
                 first = False
             # Wait out the window only while the model is still sending: once the
             # whole reply is queued (or a stop ends the reader), the rest goes out at

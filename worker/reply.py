@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -33,6 +32,7 @@ from worker.generation import ReplyGenerator
 from worker.memory import history_window
 from worker.metrics import GENERATING, REPLIES
 from worker.model.llm import LLMClient
+from worker.turn import Turn
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +63,6 @@ class Delivery(Protocol):
 
     async def withdraw(self, record: str) -> None:
         """Take a record of :meth:`dead_letter` out of the dead-letter stream."""
-
-
-@dataclass
-class _Attempt:
-    """One try at a reply: its fencing token, whether ``begin`` accepted it, and whether
-    the script that closed the message also acked its entry."""
-
-    id: str
-    begun: bool = False
-    acked: bool = False
 
 
 class MessageAnswerer:
@@ -129,10 +119,10 @@ class MessageAnswerer:
         # its title job, its ack) when a regenerate's entry of the same seq arrives, and
         # must not pass its stop on to the new reply.
         stop = self.stops[(entry.token, entry.seq)] = asyncio.Event()
-        attempt = _Attempt(f"{entry.seq}:{uuid.uuid4().hex[:16]}")
+        turn = Turn(entry, f"{entry.seq}:{uuid.uuid4().hex[:16]}", delivery.key, stop)
         try:
-            await self._answer(delivery, entry, attempt, stop)
-            if not attempt.acked:
+            await self._answer(delivery, turn)
+            if not turn.acked:
                 await delivery.ack()
         except SessionExpired:
             logger.info("message_id=%s session=%s seq=%d: session expired", *log_ctx)
@@ -158,59 +148,50 @@ class MessageAnswerer:
                     entry.token,
                     delivery.key,
                     self.settings.consumer_name,
-                    attempt.id if attempt.begun else "",
+                    turn.attempt if turn.begun is not None else "",
                 )
         finally:
             if self.stops.get((entry.token, entry.seq)) is stop:
                 del self.stops[(entry.token, entry.seq)]
 
-    async def _answer(
-        self, delivery: Delivery, entry: MessageEntry, attempt: _Attempt, stop: asyncio.Event
-    ) -> None:
-        """Give up on a message that failed too often; else try, in its turn."""
+    async def _answer(self, delivery: Delivery, turn: Turn) -> None:
+        """Give up on a message that failed too often; else try ``turn``, in its turn."""
+        entry = turn.entry
         if delivery.deliveries >= self.settings.max_deliveries:
             # Failed that often already (attempts that began and failed, or tries that
             # failed before any attempt could begin): give up before any work.
             reason = f"delivered {delivery.deliveries} times"
-            await self._give_up(delivery, entry, "", reason)
-            attempt.acked = True  # by the script that closed the message
+            await self._give_up(delivery, turn, reason)
+            turn.acked = True  # by the script that closed the message
             return
         # Only a taken-over entry can follow a crash (a fresh read never does).
         suspect = (
             bool(delivery.deliveries)
             and await self.store.sessions.crashes(entry.token, entry.seq) > 0
         )
-        while not await self._try(delivery, entry, attempt, stop, suspect=suspect):
+        while not await self._try(delivery, turn, suspect=suspect):
             await self._await_turn(entry, keys.model_of_stream(delivery.key[0]))
 
-    async def _try(
-        self,
-        delivery: Delivery,
-        entry: MessageEntry,
-        attempt: _Attempt,
-        stop: asyncio.Event,
-        *,
-        suspect: bool,
-    ) -> bool:
-        """Begin ``attempt`` and see the reply through; False if it is not its turn yet.
+    async def _try(self, delivery: Delivery, turn: Turn, *, suspect: bool) -> bool:
+        """Begin ``turn`` and see the reply through; False if it is not its turn yet.
+        Sets ``turn.begun`` once ``begin`` accepts it, and ``turn.acked``.
 
         The attempt begins (and fences older ones) only once it holds a generation
         slot, so a restart means text may really have streamed; an entry waiting its
         turn holds no slot. A suspect also takes the suspect slot first: an attempt
         counts as crashed once it has begun.
         """
+        entry, attempt = turn.entry, turn.attempt
         async with self._suspect if suspect else contextlib.nullcontext(), self._slots:
             window = history_window(self.settings.memory_max_messages)
-            begin = self.store.replies.begin(
-                entry, attempt.id, window=window, entry_id=delivery.key[1]
-            )
-            begun = await (begin if self.traces is None else self.traces.begin(begin, attempt.id))
+            begin = self.store.replies.begin(entry, attempt, window=window, entry_id=turn.key[1])
+            begun = await (begin if self.traces is None else self.traces.begin(begin, attempt))
             if begun.status in (STALE, ANSWERED):
                 await self._nothing_to_answer(delivery, entry, stale=begun.status == STALE)
                 return True
             if begun.status == NOT_YET:
                 return False
-            attempt.begun = True
+            turn.begun = begun
             if begun.crashes >= 2:
                 logger.warning(
                     "message_id=%s seq=%d: attempt after %d crashes",
@@ -219,13 +200,11 @@ class MessageAnswerer:
                     begun.crashes,
                 )
             if begun.crashes >= self.settings.max_crashes:
-                await self._give_up(delivery, entry, attempt.id, f"{begun.crashes} crashes")
-                attempt.acked = True  # by the script that closed the message
+                await self._give_up(delivery, turn, f"{begun.crashes} crashes")
+                turn.acked = True  # by the script that closed the message
             else:
                 with GENERATING.track_inprogress():
-                    attempt.acked = await self.generator.generate(
-                        entry, attempt.id, begun, stop, delivery.key
-                    )
+                    turn.acked = await self.generator.generate(turn)
             return True
 
     async def _nothing_to_answer(
@@ -283,9 +262,7 @@ class MessageAnswerer:
                 else:
                     replied = await self.store.sessions.replied_seq(entry.token)
 
-    async def _give_up(
-        self, delivery: Delivery, entry: MessageEntry, attempt: str, reason: str
-    ) -> None:
+    async def _give_up(self, delivery: Delivery, turn: Turn, reason: str) -> None:
         """Dead-letter an entry that failed ``max_deliveries`` tries or crashed its
         workers ``max_crashes`` times, then close it with an error, acknowledging it in
         the same script.
@@ -297,14 +274,16 @@ class MessageAnswerer:
         regenerate queued since. An entry that closes nothing (stale: the message was
         queued again since; or already answered) has its record withdrawn.
 
-        Args:
-            attempt: the attempt that began, or ``""`` if none could (the message is
-                then closed whatever attempt may run, see :meth:`storage.replies.Replies.finish`).
-            reason: why, for the log and the dead-letter record.
+        Closed as ``turn.attempt`` once it has begun (``turn.begun`` set), or as ``""``
+        before (the message is then closed whatever attempt may run, see
+        :meth:`storage.replies.Replies.finish`). ``reason``: why, for the log and the
+        dead-letter record.
 
         Raises:
-            Fenced: (``attempt`` given) another attempt has begun since.
+            Fenced: (``turn`` begun) another attempt has begun since.
         """
+        entry = turn.entry
+        attempt = turn.attempt if turn.begun is not None else ""
         record = await delivery.dead_letter(reason)
         event = ErrorEvent(
             message_id=entry.message_id,

@@ -44,6 +44,7 @@ from worker.config import WorkerSettings
 from worker.emits import EmitBatcher
 from worker.model.response import Usage
 from worker.publish import TokenPublisher
+from worker.turn import Turn
 
 #: The OpenTelemetry GenAI semantic conventions' attributes of an inference span
 #: (https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/); spelled out, as
@@ -201,23 +202,16 @@ class ReplyTraces:
             span.set_attribute("parley.recorded", event_id is not None)
             return event_id
 
-    def publisher(
-        self, emits: EmitBatcher, settings: WorkerSettings, entry: MessageEntry, attempt: str
-    ) -> TokenPublisher:
-        """A :class:`TokenPublisher` whose every emit is a ``parley.emit`` span."""
-        return _TracedPublisher(self._tracer, emits, settings, entry, attempt)
+    def publisher(self, emits: EmitBatcher, settings: WorkerSettings, turn: Turn) -> TokenPublisher:
+        """A :class:`TokenPublisher` of ``turn`` whose every emit is a ``parley.emit`` span."""
+        return _TracedPublisher(self._tracer, emits, settings, turn)
 
 
 class _TracedPublisher(TokenPublisher):
     def __init__(
-        self,
-        tracer: Tracer,
-        emits: EmitBatcher,
-        settings: WorkerSettings,
-        entry: MessageEntry,
-        attempt: str,
+        self, tracer: Tracer, emits: EmitBatcher, settings: WorkerSettings, turn: Turn
     ) -> None:
-        super().__init__(emits, settings, entry, attempt)
+        super().__init__(emits, settings, turn)
         self._tracer = tracer
 
     async def emit(self, event: TokenEvent | RestartEvent, first: bool = True) -> None:
