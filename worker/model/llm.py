@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
+import msgspec
 from pydantic import BaseModel, ConfigDict
 
 from runtime.retry import retrying
@@ -44,6 +45,9 @@ from worker.model.tokens import TokenCounter
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+_ENCODER = msgspec.json.Encoder()
+"""Encodes a request body (a dict of JSON values) to JSON bytes."""
 
 
 class PromptMessage(BaseModel):
@@ -116,7 +120,7 @@ class LLMClient:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout_s, sock_read=config.read_timeout_s
         )
-        self._headers = {"Accept": "text/event-stream"}
+        self._headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
         #: Each model's token counts (by its API name), learned from its ``usage`` and
@@ -184,7 +188,9 @@ class LLMClient:
             raise RuntimeError("LLMClient is closed")
         body: dict[str, Any] = {
             "model": model or self.config.model,
-            "messages": [m.model_dump() for m in messages],
+            # The two fields of each message as plain dicts: msgspec encodes the body
+            # (see _post) several times faster than model_dump and json.dumps would.
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
             "max_tokens": max_tokens or self.config.max_tokens,
             "temperature": self.config.temperature,
@@ -308,7 +314,10 @@ class LLMClient:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         try:
             resp = await self._session.post(
-                self.config.completions_url, json=body, headers=self._headers, timeout=self._timeout
+                self.config.completions_url,
+                data=_ENCODER.encode(body),
+                headers=self._headers,
+                timeout=self._timeout,
             )
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise request_failed(e, self._redact) from e
