@@ -13,14 +13,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from server.admission import SocketAdmission
 from server.config import ServerSettings
 from server.identity import IdentityVerifier
 from server.pools import PoolWatch
 from server.routes import chat, conversations, health, models, sessions
-from server.security import SecurityMiddleware
+from server.security import AllowedHosts, SecurityMiddleware
 from server.sockets import ChatSockets
 from storage import keys
 from storage.admission import Limiter
@@ -146,7 +145,7 @@ def _add_middleware(app: FastAPI, settings: ServerSettings) -> None:
         hidden_paths=frozenset() if metrics_here else frozenset({"/metrics"}),
     )
     # Outermost: a request for another host name (DNS rebinding) gets 400 before anything.
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.hosts(), www_redirect=False)
+    app.add_middleware(AllowedHosts, allowed_hosts=settings.hosts())
 
 
 async def _redis_unavailable(_request: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,8 @@ Two things uvicorn's own protocol leaves to chance, and one it keeps too long:
 - **A text frame that is not UTF-8.** uvicorn logs a traceback and closes with 1007.
   Here the text is decoded with ``surrogateescape``, so the app receives it with lone
   surrogates in place of the bad bytes, answers ``invalid_frame`` and keeps the socket.
-- **The handshake.** Its request and response are let go once the socket is accepted.
+- **The handshake.** Its request and response are let go once the socket is accepted,
+  and so is websockets' handshake parser, which would keep the request to the end.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol, State
 
 from server.metrics import SLOW_READERS_CLOSED
 
@@ -62,6 +64,29 @@ class ParleyWebSocketProtocol(WebSocketsSansIOProtocol):
             # request headers.
             self.request = None  # type: ignore[assignment]
             self.response = None  # type: ignore[assignment]
+            self._restart_parser()
+
+    def _restart_parser(self) -> None:
+        """Start websockets' frame parser afresh, without the handshake's generator.
+
+        ``ServerProtocol.parse`` reads the request, then parses frames for the rest of
+        the connection inside the same generator, whose frame keeps the request (its
+        headers and all, about 3 KB an idle socket) to the end. Just after the accept,
+        that generator is waiting, with nothing buffered, for the first byte of a frame;
+        only then is it replaced by the frame parser alone, in the same state. Anywhere
+        else (a client that sent frames before it saw the accept) it is left as it is.
+        """
+        conn = self.conn
+        inner = getattr(conn.parser, "gi_yieldfrom", None)  # Protocol.parse
+        waiting = getattr(inner, "gi_yieldfrom", None)  # StreamReader.at_eof
+        if (
+            conn.state is State.OPEN
+            and not conn.reader.buffer
+            and getattr(inner, "__qualname__", "") == "Protocol.parse"
+            and getattr(waiting, "__qualname__", "") == "StreamReader.at_eof"
+        ):
+            conn.parser = Protocol.parse(conn)
+            next(conn.parser)  # to its first wait, as websockets starts a parser
 
     def keepalive_timeout(self) -> None:
         """The client did not answer a ping in time: close with 1013, not 1011."""
