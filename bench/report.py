@@ -66,7 +66,7 @@ def _path(result: dict[str, Any], *parts: str) -> Any:
 def line(scenario: Scenario, result: dict[str, Any]) -> str:
     """One line to compare runs by: verdict, targets, the main figures, integrity."""
     if scenario.kind == "real-model":
-        return _real_model_line(result)
+        return _real_model_line(scenario, result)
     if scenario.kind == "stacks":
         return f"{scenario.name:<11} " + "; ".join(
             _stack_text(name, f) for name, f in result["stacks"].items()
@@ -117,12 +117,15 @@ def _stack_text(name: str, f: dict[str, Any]) -> str:
     return f"{name} {kb}/socket, {us}/echo"
 
 
-def _real_model_line(result: dict[str, Any]) -> str:
+def _real_model_line(scenario: Scenario, result: dict[str, Any]) -> str:
+    """The real-model scenario's line: PASS only if its target is met and no reply failed."""
     d, p = result["direct"], result["parley"]
     ratio = result.get("first_token_ratio")
     done = result.get("done_ratio")
+    met = all(ok for _, _, ok in verdicts(scenario, result))
+    passed = met and not (d["failures"] or p["failures"])
     return (
-        f"{'real-model':<11} {'PASS' if not (d['failures'] or p['failures']) else 'FAIL'} | "
+        f"{'real-model':<11} {'PASS' if passed else 'FAIL'} | "
         f"first token direct {ms(d['first_token_ms']['median'])} ms, "
         f"Parley {ms(p['first_token_ms']['median'])} ms, ratio {_fmt(ratio)} | "
         f"done direct {ms(d['done_ms']['median'], 0)} ms, "

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from bench import report
 from bench.analysis import _delta_delays
 from bench.cli import main
 from bench.figures import _where_baseline_keeps_up, falls_behind
-from bench.scenarios import Options
+from bench.scenarios import SCENARIOS, Options
 from bench.settings import load_overrides
 from bench.stacks import CANDIDATES
 from testkit.standin import reply_tokens
@@ -152,3 +153,24 @@ def test_event_delays_follow_the_deltas_into_coalesced_events() -> None:
     delays = _delta_delays(deltas, written, events)
     assert [at for at, _ in delays] == [0.05, 0.35, 0.35, 0.35, 0.5]
     assert [round(d) for _, d in delays] == [50, 250, 150, 50, 100]
+
+
+@pytest.mark.parametrize(
+    ("ratio", "failures", "verdict"), [(1.0, 0, "PASS"), (1.08, 0, "FAIL"), (1.0, 1, "FAIL")]
+)
+def test_the_real_model_line_passes_only_when_its_target_is_met_and_nothing_failed(
+    ratio: float, failures: int, verdict: str
+) -> None:
+    side = {
+        "first_token_ms": {"median": 200.0},
+        "done_ms": {"median": 1400.0},
+        "tokens_per_s": {"median": 26.0},
+        "failures": 0,
+    }
+    result = {
+        "direct": side,
+        "parley": {**side, "failures": failures},
+        "first_token_ratio": ratio,
+        "done_ratio": 1.0,
+    }
+    assert report.line(SCENARIOS["real-model"], result).split()[:2] == ["real-model", verdict]
