@@ -158,3 +158,15 @@ def conversations_key(owner: str) -> str:
 def channel(token: str) -> str:
     """The sharded Pub/Sub channel on which a session's events are announced to servers."""
     return f"{PREFIX}:chan:{{{partition(token)}}}:{token}"
+
+
+def queue_keys(token: str, model: str) -> list[str]:
+    """The keys of queueing a message of session ``token`` for ``model``: the session,
+    the model's message stream and waiting set in the session's partition, and the
+    session's versions (whose TTL is the session's)."""
+    return [
+        session_key(token),
+        message_stream_of(token, model),
+        waiting_key_of(token, model),
+        versions_key(token),
+    ]

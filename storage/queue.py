@@ -31,6 +31,7 @@ from storage.admission import (
     limit_key,
 )
 from storage.base import StoreBase
+from storage.batching import BatchScript
 from storage.connection import is_cluster
 from storage.models import StoredMessage
 from storage.refusals import (
@@ -88,18 +89,6 @@ _LOST = ErrorEvent(
 )
 
 
-def _queue_keys(token: str, model: str) -> list[str]:
-    """The keys of queueing a message of session ``token`` for ``model``: the session,
-    the model's message stream and waiting set in the session's partition, and the
-    session's versions (whose TTL is the session's)."""
-    return [
-        keys.session_key(token),
-        keys.message_stream_of(token, model),
-        keys.waiting_key_of(token, model),
-        keys.versions_key(token),
-    ]
-
-
 class Queue(StoreBase):
     """Messages in, lost ones out; needs ``streams`` (a part of :class:`storage.store.Store`)."""
 
@@ -108,8 +97,10 @@ class Queue(StoreBase):
         self.streams = streams
 
     @cached_property
-    def _enqueue(self) -> Script[EnqueueStatus]:
-        return Script(self.redis, "enqueue.lua", EnqueueStatus, trims=True, wait=self.wait_replicas)
+    def _enqueue(self) -> BatchScript[EnqueueStatus]:
+        return BatchScript(
+            self.redis, "enqueue.lua", EnqueueStatus, trims=True, wait=self.wait_replicas
+        )
 
     @cached_property
     def _revise(self) -> Script[ReviseStatus]:
@@ -175,7 +166,7 @@ class Queue(StoreBase):
             "content_bytes": content_bytes,
         }
         status, queued = await self._enqueue(
-            keys=[*_queue_keys(token, model), *await self._client_quota_key(limits)],
+            keys=[*keys.queue_keys(token, model), *await self._client_quota_key(limits)],
             args=[body, json.dumps(params)],
         )
         if status is not EnqueueStatus.QUEUED:
@@ -316,7 +307,7 @@ class Queue(StoreBase):
         }
         status, revised = await self._revise(
             keys=[
-                *_queue_keys(token, model),
+                *keys.queue_keys(token, model),
                 keys.events_key(token),
                 *await self._client_quota_key(limits),
             ],

@@ -21,9 +21,10 @@ from protocol.wire import MessageEntry, RestartEvent, ServerEvent
 from storage import keys
 from storage.admission import CLIENT_TOKENS, Limiter, limit_key
 from storage.base import StoreBase
+from storage.batching import BatchScript
 from storage.connection import is_cluster
 from storage.models import HistoryMessage, SessionWindow, StoredMessage, SummaryRecord
-from storage.scripts import Arg, BeginStatus, EmitBatchStatus, EmitStatus, FinishStatus, Script
+from storage.scripts import Arg, BatchStatus, BeginStatus, EmitStatus, FinishStatus, Script
 from storage.sessions import SessionExpired
 
 #: :meth:`Replies.begin` statuses, by their short names.
@@ -116,16 +117,16 @@ class Replies(StoreBase):
     """Attempts at replies (a part of :class:`storage.store.Store`)."""
 
     @cached_property
-    def _begin(self) -> Script[BeginStatus]:
-        return Script(self.redis, "begin.lua", BeginStatus)
+    def _begin(self) -> BatchScript[BeginStatus]:
+        return BatchScript(self.redis, "begin.lua", BeginStatus)
 
     @cached_property
-    def _emit_batch(self) -> Script[EmitBatchStatus]:
-        return Script(self.redis, "emit_batch.lua", EmitBatchStatus)
+    def _emit_batch(self) -> Script[BatchStatus]:
+        return Script(self.redis, "emit_batch.lua", BatchStatus)
 
     @cached_property
-    def _finish(self) -> Script[FinishStatus]:
-        return Script(self.redis, "finish.lua", FinishStatus, wait=self.wait_replicas)
+    def _finish(self) -> BatchScript[FinishStatus]:
+        return BatchScript(self.redis, "finish.lua", FinishStatus, wait=self.wait_replicas)
 
     async def begin(
         self, entry: MessageEntry, attempt: str, *, window: int = 0, entry_id: str = ""
@@ -207,7 +208,8 @@ class Replies(StoreBase):
         :meth:`emit`), in order.
 
         Args:
-            emits: the events; every token of the same partition (:func:`keys.partition`).
+            emits: the events; on a Redis Cluster, every token of the same partition
+                (:func:`keys.partition`: one slot).
 
         Returns:
             For each, its event id; None if its session no longer exists; a
@@ -217,7 +219,8 @@ class Replies(StoreBase):
         Raises:
             redis.exceptions.RedisError: the call failed (none was emitted).
         """
-        assert len({keys.partition(e.token) for e in emits}) <= 1, "one partition a call"
+        if is_cluster(self.redis):
+            assert len({keys.partition(e.token) for e in emits}) <= 1, "one partition a call"
         script_keys: list[str] = []
         args: list[Arg] = [self.settings.events_maxlen, self.settings.session_ttl_seconds * 1000]
         for e in emits:

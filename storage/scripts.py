@@ -44,6 +44,8 @@ LIBRARY: Final = source("includes/library.lua")
 #: Prepended after :data:`LIBRARY` to the scripts that trim a message stream only: each
 #: helper defined costs every call of the script (a closure made; see the README).
 TRIM: Final = source("includes/trim.lua")
+#: Prepended after :data:`LIBRARY` to batched scripts (:class:`storage.batching.BatchScript`).
+BATCH: Final = source("includes/batch.lua")
 
 
 class AdmitStatus(IntEnum):
@@ -138,9 +140,9 @@ class EmitStatus(IntEnum):
     FENCED = 2
 
 
-class EmitBatchStatus(IntEnum):
-    """``emit_batch.lua``: always batched; each session's outcome is an
-    :class:`EmitStatus` in the payload."""
+class BatchStatus(IntEnum):
+    """A batched script (``emit_batch.lua``, and every :class:`BatchScript`): always
+    batched; each call's outcome is in the payload, in order."""
 
     BATCHED = 0
 
@@ -301,6 +303,7 @@ class Script(Generic[S]):
         name: its file, e.g. ``"finish.lua"``.
         statuses: its statuses.
         trims: whether it uses ``trim.lua``'s helpers (then prepended too).
+        batched: whether it uses ``batch.lua``'s (:class:`storage.batching.BatchScript`).
         wait: replicas that must hold its writes before a call returns
             (:mod:`storage.replication`); None: none waited for.
     """
@@ -312,13 +315,15 @@ class Script(Generic[S]):
         statuses: type[S],
         *,
         trims: bool = False,
+        batched: bool = False,
         wait: WaitReplicas | None = None,
     ) -> None:
         self.name = name
         self.statuses = statuses
         self._redis = redis
         self._wait = wait
-        self._script = redis.register_script(LIBRARY + (TRIM if trims else "") + source(name))
+        text = LIBRARY + (TRIM if trims else "") + (BATCH if batched else "") + source(name)
+        self._script = redis.register_script(text)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg] = ()) -> tuple[S, Any]:
         """Run the script; its reply decoded (see :func:`decode`).

@@ -1,9 +1,9 @@
--- Publish the reply events of several sessions of one partition in one call, in order.
+-- Publish the reply events of several sessions in one call, in order.
 -- Only the attempt that the session records as generating (begin.lua) may emit; each
--- event goes to the session's event stream (for resume), then to its channel. The
--- sessions of a partition share its hash tag, so the call touches one slot on a Redis
--- Cluster too. A worker sends one call a partition for the events its replies have
--- ready at once, instead of one call an event.
+-- event goes to the session's event stream (for resume), then to its channel. On a
+-- Redis Cluster a call holds sessions of one partition, which share its hash tag, so
+-- it touches one slot. A worker sends one call for the events its replies have ready
+-- at once (one a partition on a cluster), instead of one call an event.
 -- KEYS[2i-1] session document i, KEYS[2i] its event stream
 -- ARGV[1] event stream MAXLEN (~), ARGV[2] the session's TTL (ms); then four a session:
 -- ARGV[4i-1] event JSON object without "event_id", ARGV[4i] channel, ARGV[4i+1] attempt

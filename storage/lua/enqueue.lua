@@ -18,9 +18,10 @@
 -- when due (renewal_due, library.lua: "expires_at" records when it was set to end), and its
 -- versions document's with it unless the session says it has none ("versioned": false
 -- from its creation until revise.lua writes one).
--- KEYS: the session document, the message stream, the waiting set, the session's
+-- Batched (batch.lua): a call queues one message; its KEYS: the session document, the
+-- message stream, the waiting set, the session's
 -- versions document, and (optional; not on a Redis Cluster) the client's quota key.
--- ARGV[1] the message, a JSON object without "seq"; ARGV[2] a JSON object:
+-- Its ARGV[1] the message, a JSON object without "seq"; ARGV[2] a JSON object:
 --   ttl (s), max_pending, maxlen (stream bound, entries, ~), token, message_id,
 --   max_messages, max_backlog, group, trim_mode, model (that of the stream and the
 --   waiting set), default_model (a session without one has it), max_bytes, context (the
@@ -28,7 +29,7 @@
 --   session without its own has it), content_bytes (the message's text), client (its
 --   digest; "": none), rate_limit, rate_window_ms, session_quota, client_quota, and
 --   traceparent (optional: the W3C traceparent the entry carries when tracing is on)
--- Returns {QUEUED, {seq, entry id}}, or {NO_SESSION}, {TOO_MANY_PENDING},
+-- Each call returns {QUEUED, {seq, entry id}}, or {NO_SESSION}, {TOO_MANY_PENDING},
 -- {SESSION_FULL}, {TOO_LARGE, the bytes the session holds}, {OVERLOADED},
 -- {WRONG_MODEL, the session's model} (nothing changed), {TOO_LONG, the prompt's tokens}
 -- (prompt_tokens, library.lua), {RATE_LIMITED, ms}, {SESSION_QUOTA, ms},
@@ -39,64 +40,69 @@ local REFUSALS = {
   session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA
 }
 local TRIM_EVERY = 16
-local session, stream, waiting, versions, client_quota = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local body, p = ARGV[1], cjson.decode(ARGV[2])
+-- One call (run_batch, batch.lua: its keys and arguments as KEYS and ARGV).
+local function enqueue(KEYS, ARGV)
+  local session, stream, waiting, versions, client_quota = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+  local body, p = ARGV[1], cjson.decode(ARGV[2])
 
-local read, window, payload = queueing_read(session, {
-  '$.seq', '$.replied_seq', '$.model', '$.size_bytes', '$.system_prompt', '$.rate', '$.quota',
-  '$.versioned', '$.waiting', '$.expires_at'
-}, p, client_quota)
-if not read then
-  return reply(REFUSALS[window], payload)
-end
-if p.context > 0 then
-  local own = read['$.system_prompt'][1]
-  local system = (type(own) == 'string' and #own > 0) and #own or p.system_bytes
-  local tokens = prompt_tokens(system, p.content_bytes)
-  if tokens > p.context then
-    return reply(TOO_LONG, tokens)
+  local read, window, payload = queueing_read(session, {
+    '$.seq', '$.replied_seq', '$.model', '$.size_bytes', '$.system_prompt', '$.rate', '$.quota',
+    '$.versioned', '$.waiting', '$.expires_at'
+  }, p, client_quota)
+  if not read then
+    return reply(REFUSALS[window], payload)
   end
-end
-local seq = tonumber(read['$.seq'][1])
-local replied = tonumber(read['$.replied_seq'][1])
-if seq >= p.max_messages then
-  return reply(SESSION_FULL)
-end
-local size = session_size(session, read)
-if size + #body > p.max_bytes then
-  return reply(TOO_LARGE, size)
-end
-if seq - replied >= p.max_pending then
-  return reply(TOO_MANY_PENDING)
-end
-local backlog = backlog_of(stream, p.group, p.max_backlog)
-if backlog >= p.max_backlog then
-  return reply(OVERLOADED)
+  if p.context > 0 then
+    local own = read['$.system_prompt'][1]
+    local system = (type(own) == 'string' and #own > 0) and #own or p.system_bytes
+    local tokens = prompt_tokens(system, p.content_bytes)
+    if tokens > p.context then
+      return reply(TOO_LONG, tokens)
+    end
+  end
+  local seq = tonumber(read['$.seq'][1])
+  local replied = tonumber(read['$.replied_seq'][1])
+  if seq >= p.max_messages then
+    return reply(SESSION_FULL)
+  end
+  local size = session_size(session, read)
+  if size + #body > p.max_bytes then
+    return reply(TOO_LARGE, size)
+  end
+  if seq - replied >= p.max_pending then
+    return reply(TOO_MANY_PENDING)
+  end
+  local backlog = backlog_of(stream, p.group, p.max_backlog)
+  if backlog >= p.max_backlog then
+    return reply(OVERLOADED)
+  end
+
+  seq = seq + 1
+  local id = queue_entry(stream, p, seq, p.message_id)
+  local now = id_ms(id)
+  local message = '{"seq":' .. seq .. ',"entry":"' .. id .. '",' .. string.sub(body, 2)
+  redis.call('JSON.ARRAPPEND', session, '$.messages', message)
+  local changes = {
+    session, '$.seq', seq, session, '$.size_bytes', size + #message,
+    session, '$.rate', admitted_window(window, now, p.rate_window_ms),
+    session, '$.client', cjson.encode(p.client)
+  }
+  if read['$.waiting'][1] ~= waiting then
+    redis.call('ZADD', waiting, now, p.token)
+    changes[#changes + 1], changes[#changes + 2], changes[#changes + 3] = session, '$.waiting', cjson.encode(waiting)
+  end
+  if renewal_due(read['$.expires_at'][1], now, p.ttl * 1000) then
+    redis.call('EXPIRE', session, p.ttl)
+    if read['$.versioned'][1] ~= false then  -- a session from before the flag: renewed
+      redis.call('EXPIRE', versions, p.ttl)
+    end
+    changes[#changes + 1], changes[#changes + 2], changes[#changes + 3] = session, '$.expires_at', now + p.ttl * 1000
+  end
+  redis.call('JSON.MSET', unpack(changes))
+  if now % TRIM_EVERY == 0 then
+    trim_stream(stream, p.group, p.maxlen, p.trim_mode, backlog + 1)
+  end
+  return reply(QUEUED, {seq, id})
 end
 
-seq = seq + 1
-local id = queue_entry(stream, p, seq, p.message_id)
-local now = id_ms(id)
-local message = '{"seq":' .. seq .. ',"entry":"' .. id .. '",' .. string.sub(body, 2)
-redis.call('JSON.ARRAPPEND', session, '$.messages', message)
-local changes = {
-  session, '$.seq', seq, session, '$.size_bytes', size + #message,
-  session, '$.rate', admitted_window(window, now, p.rate_window_ms),
-  session, '$.client', cjson.encode(p.client)
-}
-if read['$.waiting'][1] ~= waiting then
-  redis.call('ZADD', waiting, now, p.token)
-  changes[#changes + 1], changes[#changes + 2], changes[#changes + 3] = session, '$.waiting', cjson.encode(waiting)
-end
-if renewal_due(read['$.expires_at'][1], now, p.ttl * 1000) then
-  redis.call('EXPIRE', session, p.ttl)
-  if read['$.versioned'][1] ~= false then  -- a session from before the flag: renewed
-    redis.call('EXPIRE', versions, p.ttl)
-  end
-  changes[#changes + 1], changes[#changes + 2], changes[#changes + 3] = session, '$.expires_at', now + p.ttl * 1000
-end
-redis.call('JSON.MSET', unpack(changes))
-if now % TRIM_EVERY == 0 then
-  trim_stream(stream, p.group, p.maxlen, p.trim_mode, backlog + 1)
-end
-return reply(QUEUED, {seq, id})
+return run_batch(enqueue)

@@ -25,7 +25,7 @@ STATUSES: dict[str, type[IntEnum]] = {
     "revise.lua": scripts.ReviseStatus,
     "set_model.lua": scripts.SetModelStatus,
     "begin.lua": scripts.BeginStatus,
-    "emit_batch.lua": scripts.EmitBatchStatus,
+    "emit_batch.lua": scripts.BatchStatus,
     "finish.lua": scripts.FinishStatus,
     "lost.lua": scripts.LostStatus,
     "stop.lua": scripts.StopStatus,
