@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
+from redis._parsers.base import BaseParser
 from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
@@ -154,7 +155,8 @@ class BatchScript(Generic[S]):
         Raises:
             ScriptReplyError: the reply breaks the convention.
             redis.exceptions.ResponseError: the call failed in the script (the other
-                calls of its batch did not).
+                calls of its batch did not); the subclass redis-py gives its error
+                (e.g. :class:`redis.exceptions.OutOfMemoryError`).
             redis.exceptions.RedisError: the batch failed, or Redis is unreachable.
         """
         return await self._batcher.submit(_Call(keys, args))
@@ -171,7 +173,7 @@ class BatchScript(Generic[S]):
         if not isinstance(replies, list) or len(replies) != len(calls):
             raise ScriptReplyError(f"{self.name} answered {replies!r} for {len(calls)} calls")
         return [
-            ResponseError(reply[1]) if _failed(reply) else decode(self.name, self.statuses, reply)
+            _error(reply[1]) if _failed(reply) else decode(self.name, self.statuses, reply)
             for reply in replies
         ]
 
@@ -189,6 +191,14 @@ def _slot(key: str) -> int:
 
 def _one_group(_key: str) -> int:
     return 0
+
+
+def _error(message: str) -> ResponseError:
+    """The error redis-py raises for ``message``, an error reply's text: the class its
+    prefix names (``OOM`` an :class:`redis.exceptions.OutOfMemoryError`, ``READONLY``,
+    ``BUSY``, ...), as the call alone would have raised (redis-py's own parser)."""
+    error = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]  # untyped in redis-py
+    return error if isinstance(error, ResponseError) else ResponseError(message)
 
 
 def _failed(reply: Any) -> bool:
