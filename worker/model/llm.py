@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import aiohttp
 import msgspec
-from pydantic import BaseModel, ConfigDict
 
 from runtime.retry import retrying
 from worker.model.errors import (
@@ -50,10 +49,12 @@ _ENCODER = msgspec.json.Encoder()
 """Encodes a request body (a dict of JSON values) to JSON bytes."""
 
 
-class PromptMessage(BaseModel):
-    """One message of a prompt, as the chat completions API takes it (``role``, ``content``)."""
+class PromptMessage(msgspec.Struct, frozen=True):
+    """One message of a prompt, as the chat completions API takes it (``role``, ``content``).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    A msgspec struct: a prompt is made for every reply (one a message of its window), and
+    encoded into the request body as it is.
+    """
 
     role: Literal["system", "user", "assistant"]
     content: str
@@ -188,9 +189,9 @@ class LLMClient:
             raise RuntimeError("LLMClient is closed")
         body: dict[str, Any] = {
             "model": model or self.config.model,
-            # The two fields of each message as plain dicts: msgspec encodes the body
-            # (see _post) several times faster than model_dump and json.dumps would.
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            # Encoded by msgspec (see _post), structs as they are: several times faster
+            # than model_dump and json.dumps would.
+            "messages": list(messages),
             "stream": True,
             "max_tokens": max_tokens or self.config.max_tokens,
             "temperature": self.config.temperature,
