@@ -28,6 +28,10 @@ R = TypeVar("R")
 
 #: The most calls a batched script's call holds (a script blocks Redis while it runs).
 BATCH_LIMIT: Final = 32
+#: The most batched calls of one script a process has in flight at once: with two, a
+#: call made while one is in flight goes at once beside it, and only calls made while
+#: two are wait.
+BATCH_CONCURRENCY: Final = 2
 #: One call's status in a batch when it failed (batch.lua): ``{BATCH_FAILED, error}``.
 BATCH_FAILED: Final = -1
 
@@ -35,8 +39,13 @@ BATCH_FAILED: Final = -1
 class Batcher(Generic[T, R]):
     """Sends items in batches: one ``send`` call a group for the items waiting at once.
 
-    At most one round of calls is in flight: items submitted meanwhile wait for the next
-    round. An item whose caller was cancelled before its batch went is not sent.
+    At most ``concurrency`` sends are in flight; items submitted while that many are
+    wait, and go together in the next round, sent by a task of the batcher. An item
+    submitted while fewer are in flight goes in a round of its own, with the items
+    submitted until that task runs (those its caller's loop iteration makes), or
+    ``eager``, alone at once in its caller's own task: no hop more than the call itself
+    (but two items submitted at once then go apart). An item whose caller was cancelled
+    before its round went is not sent.
 
     Args:
         send: sends one batch (items of one group, at most ``limit``); returns one
@@ -45,6 +54,9 @@ class Batcher(Generic[T, R]):
         group: the group of an item (items of different groups never share a batch:
             e.g. the slot their keys are in on a Redis Cluster).
         limit: the most items a batch holds (a bigger round is split).
+        concurrency: the most sends in flight at once (a round split in several
+            batches counts once).
+        eager: send an item at once in its caller's task when a send may start.
     """
 
     def __init__(
@@ -52,47 +64,69 @@ class Batcher(Generic[T, R]):
         send: Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]],
         group: Callable[[T], Hashable],
         limit: int,
+        concurrency: int = 1,
+        *,
+        eager: bool = False,
     ) -> None:
         self._send = send
         self._group = group
         self._limit = limit
+        self._concurrency = concurrency
+        self._eager = eager
+        self._in_flight = 0
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._senders: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
 
     async def submit(self, item: T) -> R:
-        """Send ``item`` with the others waiting; its result.
+        """Send ``item``, alone at once or with the others waiting; its result.
 
         Raises:
             BaseException: the item's own outcome if it is an exception, or the error
                 that failed its batch's call.
         """
+        if self._eager and self._in_flight < self._concurrency and not self._waiting:
+            self._in_flight += 1
+            try:
+                (outcome,) = await self._send([item])
+            finally:
+                self._in_flight -= 1
+                self._start_round()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._run())
+        self._start_round()
         return await future
 
-    async def _run(self) -> None:
+    def _start_round(self) -> None:
+        """Send what waits in a task of its own, if a send may start now."""
+        if self._waiting and self._in_flight < self._concurrency:
+            self._in_flight += 1
+            sender = asyncio.create_task(self._round())
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
+
+    async def _round(self) -> None:
+        """Send every item waiting when it runs (items submitted until then go too)."""
+        round_, self._waiting = self._waiting, []
         try:
-            while self._waiting:
-                round_, self._waiting = self._waiting, []
-                groups: dict[Hashable, list[tuple[T, asyncio.Future[R]]]] = defaultdict(list)
-                for item, future in round_:
-                    if not future.done():  # cancelled before it went: not sent
-                        groups[self._group(item)].append((item, future))
-                batches = [
-                    items[i : i + self._limit]
-                    for items in groups.values()
-                    for i in range(0, len(items), self._limit)
-                ]
+            groups: dict[Hashable, list[tuple[T, asyncio.Future[R]]]] = defaultdict(list)
+            for item, future in round_:
+                if not future.done():  # cancelled before it went: not sent
+                    groups[self._group(item)].append((item, future))
+            batches = [
+                items[i : i + self._limit]
+                for items in groups.values()
+                for i in range(0, len(items), self._limit)
+            ]
+            if len(batches) == 1:
+                await self._send_batch(batches[0])
+            else:
                 await asyncio.gather(*(self._send_batch(batch) for batch in batches))
-        except BaseException:  # cancelled with the loop: no caller waits forever
-            for _, future in self._waiting:
-                future.cancel()
-            self._waiting = []
-            raise
         finally:
-            self._sender = None
+            self._in_flight -= 1
+            self._start_round()
 
     async def _send_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         """One batch: each future gets its outcome, or the call's error."""
@@ -146,7 +180,7 @@ class BatchScript(Generic[S]):
         self._script = Script(redis, name, BatchStatus, trims=trims, batched=True, wait=wait)
         slot = _slot if is_cluster(redis) else _one_group
         self._batcher: Batcher[_Call, tuple[S, Any]] = Batcher(
-            self._send, lambda call: slot(call.keys[0]), limit
+            self._send, lambda call: slot(call.keys[0]), limit, BATCH_CONCURRENCY, eager=True
         )
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg] = ()) -> tuple[S, Any]:

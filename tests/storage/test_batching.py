@@ -55,6 +55,41 @@ async def test_a_lone_call_goes_at_once_and_calls_meanwhile_share_the_next() -> 
     assert send.batches == [[1], [2, 3, -4, 5]]
 
 
+async def test_an_eager_lone_call_is_sent_by_its_caller_and_calls_meanwhile_wait() -> None:
+    senders: list[asyncio.Task[object] | None] = []
+    send = Sender()
+
+    async def recording(items: Sequence[int]) -> list[int | BaseException]:
+        senders.append(asyncio.current_task())
+        return await send(items)
+
+    batcher: Batcher[int, int] = Batcher(recording, lambda i: 0, limit=100, eager=True)
+    first = asyncio.create_task(batcher.submit(1))
+    await settle()
+    later = [asyncio.create_task(batcher.submit(i)) for i in (2, 3)]
+    await settle()
+    assert send.batches == [[1]] and senders == [first]
+    send.release.set()
+    assert await asyncio.gather(first, *later) == [10, 20, 30]
+    assert send.batches == [[1], [2, 3]] and senders[1] not in (first, *later)
+
+
+async def test_with_two_rounds_in_flight_a_call_goes_at_once_beside_the_first() -> None:
+    send = Sender()
+    batcher: Batcher[int, int] = Batcher(send, lambda i: 0, limit=100, concurrency=2)
+    first = asyncio.create_task(batcher.submit(1))
+    await settle()
+    second = asyncio.create_task(batcher.submit(2))
+    await settle()
+    assert send.batches == [[1], [2]]  # the second did not wait for the first
+    later = [asyncio.create_task(batcher.submit(i)) for i in (3, 4)]
+    await settle()
+    assert send.batches == [[1], [2]]  # two in flight: the others wait
+    send.release.set()
+    assert await asyncio.gather(first, second, *later) == [10, 20, 30, 40]
+    assert send.batches == [[1], [2], [3, 4]]
+
+
 async def test_batches_keep_to_their_group_and_limit_and_skip_cancelled_calls() -> None:
     send = Sender()
     batcher: Batcher[int, int] = Batcher(send, lambda i: i % 2, limit=2)
