@@ -126,7 +126,9 @@ class Batcher(Generic[T, R]):
                 await asyncio.gather(*(self._send_batch(batch) for batch in batches))
         finally:
             self._in_flight -= 1
-            self._start_round()
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():  # not when the loop winds down
+                self._start_round()
 
     async def _send_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         """One batch: each future gets its outcome, or the call's error."""
