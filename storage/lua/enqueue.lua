@@ -32,7 +32,7 @@
 -- Each call returns {QUEUED, {seq, entry id}}, or {NO_SESSION}, {TOO_MANY_PENDING},
 -- {SESSION_FULL}, {TOO_LARGE, the bytes the session holds}, {OVERLOADED},
 -- {WRONG_MODEL, the session's model} (nothing changed), {TOO_LONG, the prompt's tokens}
--- (prompt_tokens, library.lua), {RATE_LIMITED, ms}, {SESSION_QUOTA, ms},
+-- (over_context, library.lua), {RATE_LIMITED, ms}, {SESSION_QUOTA, ms},
 -- {CLIENT_QUOTA, ms} (ms until it would admit).
 local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_LONG, RATE_LIMITED, SESSION_QUOTA, CLIENT_QUOTA = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 local REFUSALS = {
@@ -52,13 +52,9 @@ local function enqueue(KEYS, ARGV)
   if not read then
     return reply(REFUSALS[window], payload)
   end
-  if p.context > 0 then
-    local own = read['$.system_prompt'][1]
-    local system = (type(own) == 'string' and #own > 0) and #own or p.system_bytes
-    local tokens = prompt_tokens(system, p.content_bytes)
-    if tokens > p.context then
-      return reply(TOO_LONG, tokens)
-    end
+  local too_long = over_context(read, p)
+  if too_long then
+    return reply(TOO_LONG, too_long)
   end
   local seq = tonumber(read['$.seq'][1])
   local replied = tonumber(read['$.replied_seq'][1])

@@ -94,13 +94,9 @@ local revisions = tonumber(user.revisions) or 0
 if revisions >= p.max_attempts then
   return reply(TOO_MANY_ATTEMPTS)
 end
-if edited and p.context > 0 then
-  local own = read['$.system_prompt'][1]
-  local system = (type(own) == 'string' and #own > 0) and #own or p.system_bytes
-  local tokens = prompt_tokens(system, p.content_bytes)
-  if tokens > p.context then
-    return reply(TOO_LONG, tokens)
-  end
+local too_long = edited and over_context(read, p)
+if too_long then
+  return reply(TOO_LONG, too_long)
 end
 -- The turn's earlier versions: those of the versions document (at `path`), then any
 -- still inside the message (older data).

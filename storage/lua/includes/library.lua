@@ -100,6 +100,20 @@ local function prompt_tokens(system, message)
   return math.ceil(system / 4) + math.ceil(message / 4) + 8
 end
 
+-- The prompt_tokens of a message of p.content_bytes with its session's system prompt
+-- (its own, from a `read` that included '$.system_prompt', else the deployment's of
+-- p.system_bytes) if they are over the model's context, p.context tokens (0: not
+-- checked); nil if they fit.
+local function over_context(read, p)
+  if p.context <= 0 then
+    return nil
+  end
+  local own = read['$.system_prompt'][1]
+  local system = (type(own) == 'string' and #own > 0) and #own or p.system_bytes
+  local tokens = prompt_tokens(system, p.content_bytes)
+  return tokens > p.context and tokens or nil
+end
+
 -- Redis's clock (ms since the epoch), read at most once a script: `clock()` calls TIME
 -- on its first use only.
 local function lazy_clock()
