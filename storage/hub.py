@@ -207,10 +207,25 @@ class _Link:
         self._tell(RESYNC)
 
     async def _listen(self) -> None:
+        """Read the link's messages for good, handing each to the hub.
+
+        What ``PubSub.get_message(timeout=None)`` does, minus the dict it builds per
+        message: a published message (``smessage``), nearly every one, goes straight
+        to its subscribers; anything else (confirmations) through redis-py's own
+        handling first, which keeps its record of the channels subscribed.
+        """
+        pubsub, hub = self.pubsub, self.hub
         while True:
-            message = await self.pubsub.get_message(timeout=None)  # type: ignore[arg-type]
+            # redis-py's reconnects and retries, as get_message has them.
+            response = await pubsub.parse_response(block=True)
+            if not response:
+                continue
+            if isinstance(response, list) and len(response) == 3 and response[0] == "smessage":
+                hub._deliver(response[1], response[2])
+                continue
+            message = await pubsub.handle_message(response)
             if message is not None:
-                self.hub._dispatch(message)
+                hub._dispatch(message)
 
 
 class Hub:
@@ -314,12 +329,15 @@ class Hub:
                     if gone is not None:
                         await gone.sunsubscribe(channel)
 
+    def _deliver(self, channel: str, payload: str) -> None:
+        for sub in self._subs.get(channel, ()):
+            sub.deliver(payload)
+
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         channel = message["channel"]
         if kind == "smessage":
-            for sub in self._subs.get(channel, ()):
-                sub.deliver(message["data"])
+            self._deliver(channel, message["data"])
         elif kind == "ssubscribe":
             confirmed = self._confirmed.get(channel, 0) + 1
             self._confirmed[channel] = confirmed
