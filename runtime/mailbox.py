@@ -48,6 +48,12 @@ class Mailbox(Generic[T]):
         """Whether no item waits."""
         return not self._items
 
+    def waiting(self) -> bool:
+        """Whether the reader is waiting in :meth:`get`, no item being there: an item it
+        is handed some other way now comes before any put later, as a put would."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
     def put_nowait(self, item: T) -> None:
         """Append ``item`` and wake the reader.
 

@@ -41,6 +41,7 @@ from server.limits import TokenBucket
 from server.pools import PoolWatch
 from server.relay import BACKOFF_MAX_S, BACKOFF_MIN_S, UNAVAILABLE_DETAIL, EventRelay
 from server.tracing import MessageTraces
+from server.websocket import SEND_NOW
 from storage import keys
 from storage.connection import REDIS_DOWN
 from storage.hub import CHECK, RESYNC, Hub, Subscription
@@ -136,7 +137,8 @@ class ChatConnection(SessionCommands):
         self.store = store
         self.hub = hub
         self.settings = settings
-        self.relay = EventRelay(websocket, token, store)
+        extensions = websocket.scope.get("extensions") or {}
+        self.relay = EventRelay(websocket, token, store, extensions.get(SEND_NOW))
         self._resumes = TokenBucket(settings.resume_rate_per_s, settings.resume_burst)
         self.pools = pools
         self.model = settings.default_model
@@ -207,12 +209,16 @@ class ChatConnection(SessionCommands):
         the check is retried with exponential backoff.
         """
         loop = asyncio.get_running_loop()
-        # Chosen once: with tracing off, events go straight to the relay.
+        # Chosen once: with tracing off, events go straight to the relay, and while
+        # this loop waits for the next message the hub's listener relays them itself
+        # (the sink), sparing this task a wake-up per event.
         deliver = (
             self.relay.deliver
             if self.traces is None
             else functools.partial(self.traces.deliver, self.relay)
         )
+        if self.traces is None:
+            sub.sink = self._relay_now
         check_at = loop.time()
         wake: asyncio.TimerHandle | None = None
         woken = True
@@ -244,8 +250,18 @@ class ChatConnection(SessionCommands):
                     await deliver(payload)
                     self.forget_answered(payload)
         finally:
+            sub.sink = None
             if wake is not None:
                 wake.cancel()
+
+    def _relay_now(self, payload: str) -> bool:
+        """The send loop's work for one of the hub's messages, done at once by the hub's
+        listener while the loop waits (:attr:`storage.hub.Subscription.sink`): whether
+        :meth:`server.relay.EventRelay.deliver_now` relayed it; the loop gets the rest."""
+        if not self.relay.deliver_now(payload):
+            return False
+        self.forget_answered(payload)
+        return True
 
     async def _check_pending(self) -> None:
         """:meth:`check_pending`, from the send loop: a Redis that cannot be read leaves

@@ -12,14 +12,21 @@ older than the oldest one kept cannot send everything after it, and says so firs
 ``gap`` event (:class:`protocol.wire.GapEvent`) naming the oldest event kept.
 
 Every send takes one lock, so a replay and live events never interleave.
+
+A live event can also be sent at once, from the hub's listener, while the socket's
+send loop waits for its next message (:meth:`EventRelay.deliver_now`): only where that
+is exactly what :meth:`EventRelay.deliver` would do, and without waiting for anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Literal
 
 from fastapi import WebSocket
+from starlette.websockets import WebSocketState
 
 from protocol.event_ids import event_id_of, stream_id_key
 from protocol.wire import ErrorCode, ErrorEvent, GapEvent
@@ -43,13 +50,43 @@ BACKOFF_MAX_S = 5.0
 _REPLAY_CHUNK = 500
 
 
+class _SendLock(asyncio.Lock):
+    """The relay's lock, first come first served, and how many tasks hold it or wait
+    for it (``claims``): a live event relayed at once must not overtake a send that
+    waits its turn, as its own turn would not have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+
+    async def acquire(self) -> Literal[True]:
+        """Wait for the lock and take it (as :meth:`asyncio.Lock.acquire`)."""
+        self.claims += 1
+        try:
+            return await super().acquire()
+        except BaseException:
+            self.claims -= 1
+            raise
+
+    def release(self) -> None:
+        """Release the lock (as :meth:`asyncio.Lock.release`)."""
+        super().release()
+        self.claims -= 1
+
+
 class EventRelay:
-    """The sending side of one accepted WebSocket of session ``token``."""
+    """The sending side of one accepted WebSocket of session ``token``.
+
+    ``send_now``: the server's way to send a text frame without an await, if it has
+    one (:data:`server.websocket.SEND_NOW`), for :meth:`deliver_now`: it sends and
+    returns True, or does nothing and returns False.
+    """
 
     __slots__ = (
         "_cursor",
         "_held_back",
         "_lock",
+        "_send_now",
         "_session",
         "_store",
         "_token",
@@ -57,17 +94,24 @@ class EventRelay:
         "_websocket",
     )
 
-    def __init__(self, websocket: WebSocket, token: str, store: Store) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        token: str,
+        store: Store,
+        send_now: Callable[[str], bool] | None = None,
+    ) -> None:
         self._websocket = websocket
         self._token = token
         self._session = fingerprint(token)  # what logs name the session by
         self._store = store
-        self._lock = asyncio.Lock()
+        self._lock = _SendLock()
         self._cursor: tuple[int, int] = (0, 0)
         self._told_unavailable = False
         # A capped replay left events unsent: live events wait (they are in the
         # stream) until a replay reaches the newest event.
         self._held_back = False
+        self._send_now = send_now
 
     @property
     def held_back(self) -> bool:
@@ -171,6 +215,43 @@ class EventRelay:
                 await self._send_live(event)
         else:
             await self._send_live(payload)
+
+    def deliver_now(self, payload: str) -> bool:
+        """Relay the hub's ``payload`` at once, without waiting, if it is a single live
+        event and that can be done exactly as :meth:`deliver` would: in order (no send
+        or replay holds the lock or waits for it) and at once (the socket's write buffer has room);
+        whether it was relayed (sent, or dropped as :meth:`deliver` drops it).
+
+        False, with nothing done, for anything else: resyncs, outages, events announced
+        together, an ``event_id`` that is not a stream id, a socket that is full,
+        closing or closed, a server that cannot send without an await; pass those to
+        :meth:`deliver`. Never raises.
+        """
+        send_now = self._send_now
+        if (
+            send_now is None
+            or self._lock.claims
+            or not payload.startswith("{")
+            or "\n" in payload
+            or self._websocket.application_state is not WebSocketState.CONNECTED
+        ):
+            return False
+        event_id = event_id_of(payload)
+        if event_id is None:
+            key = None
+        else:
+            try:
+                key = stream_id_key(event_id)
+            except ValueError:
+                return False  # deliver raises it, as it always has
+            if self._held_back or key <= self._cursor:
+                return True  # dropped, as _send_live drops it
+        if not send_now(payload):
+            return False
+        if key is not None:
+            self._cursor = key
+        EVENTS_RELAYED.inc()
+        return True
 
     def _cursor_id(self) -> str:
         return f"{self._cursor[0]}-{self._cursor[1]}" if self._cursor != (0, 0) else "0"

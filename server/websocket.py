@@ -16,6 +16,13 @@ Two things uvicorn's own protocol leaves to chance, and one it keeps too long:
   surrogates in place of the bad bytes, answers ``invalid_frame`` and keeps the socket.
 - **The handshake.** Its request and response are let go once the socket is accepted,
   and so is websockets' handshake parser, which would keep the request to the end.
+
+And one thing it lacks: a way to send a text frame without awaiting. Each event relayed
+through the ASGI ``send`` is a coroutine through Starlette's ``WebSocket``, two
+middleware wrappers and this protocol, and needs the sending task awake; the socket's
+scope offers :meth:`ParleyWebSocketProtocol.send_text_now` under :data:`SEND_NOW`
+instead, which the relay calls straight from the Pub/Sub listener
+(:meth:`server.relay.EventRelay.deliver_now`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import logging
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 from websockets.protocol import Protocol, State
 
 from server.metrics import SLOW_READERS_CLOSED
@@ -34,6 +42,11 @@ logger = logging.getLogger(__name__)
 
 #: The close code of a client that stopped reading: 1013, try again later.
 SLOW_READER_CLOSE = 1013
+#: The key, in an accepted socket's ASGI ``scope["extensions"]``, of its protocol's
+#: :meth:`ParleyWebSocketProtocol.send_text_now` (Parley's own extension: the value is
+#: the method itself, not the dict of options a published extension has, which would
+#: cost every socket a dict).
+SEND_NOW = "parley.websocket.send_now"
 
 
 class ParleyWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -65,6 +78,40 @@ class ParleyWebSocketProtocol(WebSocketsSansIOProtocol):
             self.request = None  # type: ignore[assignment]
             self.response = None  # type: ignore[assignment]
             self._restart_parser()
+
+    def handle_connect(self, event: Request) -> None:
+        """uvicorn's handshake; an accepted one's scope offers :data:`SEND_NOW`."""
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # None: the handshake was refused
+        if scope is not None and scope.get("extensions") is not None:
+            scope["extensions"][SEND_NOW] = self.send_text_now
+
+    def send_text_now(self, text: str) -> bool:
+        """Send ``text`` as one text frame at once, as :meth:`send` sends a
+        ``websocket.send`` whose write buffer has room, without its await; whether it
+        was sent.
+
+        False (nothing done) wherever :meth:`send` would do anything else: wait for
+        the buffer to drain, raise (the socket is closing or closed), or fail to encode
+        ``text``; send it that way then.
+        """
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or self.initial_response is not None
+            or not self.writable.is_set()
+            or self.transport.is_closing()
+            or self.conn.state is not State.OPEN
+        ):
+            return False
+        try:
+            data = text.encode()
+        except UnicodeEncodeError:
+            return False
+        self.conn.send_text(data)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     def _restart_parser(self) -> None:
         """Start websockets' frame parser afresh, without the handshake's generator.

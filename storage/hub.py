@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -65,20 +65,31 @@ class Subscription:
     :data:`RESYNC` or :data:`UNAVAILABLE`; one reader), and ``ready`` is set once Redis
     has confirmed the subscription.
 
+    ``sink``, when the reader sets one, takes messages at once instead: it is offered a
+    message only while the reader waits on the empty queue (so it never overtakes one
+    queued before), and returns whether it took it; one it does not take is queued as
+    usual. It runs in the hub's listener, so it must not wait, and must not raise.
+    A message it takes costs no queue slot and no wake-up of the reader's task.
+
     Lean on purpose (:mod:`runtime.mailbox`): every chat socket holds one, idle for
     most of its life.
     """
 
-    __slots__ = ("_needs", "channel", "queue", "ready")
+    __slots__ = ("_needs", "channel", "queue", "ready", "sink")
 
     def __init__(self, channel: str, queue_size: int) -> None:
         self.channel = channel
         self.queue: Mailbox[str] = Mailbox(queue_size)
         self.ready = Flag()
+        self.sink: Callable[[str], bool] | None = None
         self._needs: int = 0
 
     def deliver(self, payload: str) -> None:
-        """Queue ``payload``; if the queue is full, replace its contents with RESYNC."""
+        """Hand ``payload`` to the ``sink`` if it takes it now, else queue it; if the
+        queue is full, replace its contents with RESYNC."""
+        sink = self.sink
+        if sink is not None and self.queue.waiting() and sink(payload):
+            return
         try:
             self.queue.put_nowait(payload)
         except asyncio.QueueFull:

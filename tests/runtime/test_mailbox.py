@@ -62,6 +62,24 @@ async def test_a_second_reader_is_refused() -> None:
     assert await first == "x"
 
 
+async def test_waiting_is_true_only_while_the_reader_waits_on_the_empty_box() -> None:
+    box: Mailbox[str] = Mailbox(4)
+    assert not box.waiting()
+    reader = asyncio.create_task(box.get())
+    await asyncio.sleep(0)
+    assert box.waiting()
+    box.put_nowait("a")  # woken, not yet run: the item is still there
+    assert not box.waiting()
+    assert await reader == "a"
+    assert not box.waiting()
+    cancelled = asyncio.create_task(box.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    assert not box.waiting()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+
+
 async def test_flag_wakes_every_waiter_and_a_cancelled_one_does_not_hurt_the_others() -> None:
     flag = Flag()
     waiters = [asyncio.create_task(flag.wait()) for _ in range(3)]
