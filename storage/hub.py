@@ -39,6 +39,7 @@ from redis.asyncio.client import PubSub
 from runtime.mailbox import Flag, Mailbox
 from runtime.retry import retrying
 from storage.connection import CONNECTION_ERRORS, is_cluster, node_client
+from storage.pubsub_replies import NONE_BUFFERED, as_returned, buffered
 
 logger = logging.getLogger(__name__)
 
@@ -220,23 +221,34 @@ class _Link:
     async def _listen(self) -> None:
         """Read the link's messages for good, handing each to the hub.
 
-        What ``PubSub.get_message(timeout=None)`` does, minus the dict it builds per
-        message: a published message (``smessage``), nearly every one, goes straight
-        to its subscribers; anything else (confirmations) through redis-py's own
-        handling first, which keeps its record of the channels subscribed.
+        What ``PubSub.get_message(timeout=None)`` does, for less: ``parse_response``
+        (redis-py's reconnects and retries) waits for the next reply, and the replies
+        read with it are taken from the parser's buffer
+        (:mod:`storage.pubsub_replies`). A published message (``smessage``), nearly
+        every one, goes straight to its subscribers, without the dict redis-py builds;
+        anything else (confirmations) through redis-py's own handling first, which
+        keeps its record of the channels subscribed.
         """
-        pubsub, hub = self.pubsub, self.hub
+        pubsub, deliver = self.pubsub, self.hub._deliver
         while True:
-            # redis-py's reconnects and retries, as get_message has them.
-            response = await pubsub.parse_response(block=True)
-            if not response:
+            await self._take(await pubsub.parse_response(block=True))
+            gets = buffered(pubsub)
+            if gets is None:
                 continue
-            if isinstance(response, list) and len(response) == 3 and response[0] == "smessage":
-                hub._deliver(response[1], response[2])
-                continue
-            message = await pubsub.handle_message(response)
+            while (reply := gets()) is not NONE_BUFFERED:
+                if isinstance(reply, list) and len(reply) == 3 and reply[0] == "smessage":
+                    deliver(reply[1], reply[2])
+                else:
+                    await self._take(await as_returned(pubsub, reply))
+
+    async def _take(self, reply: Any) -> None:
+        """Hand one reply of ``parse_response`` (None: nothing) to the hub."""
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == "smessage":
+            self.hub._deliver(reply[1], reply[2])
+        elif reply:
+            message = await self.pubsub.handle_message(reply)
             if message is not None:
-                hub._dispatch(message)
+                self.hub._dispatch(message)
 
 
 class Hub:
