@@ -121,7 +121,7 @@ class EventRelay:
     async def send(self, text: str) -> None:
         """Send one text frame."""
         async with self._lock:
-            await self._websocket.send_text(text)
+            await self._send_text(text)
 
     async def send_error(self, code: ErrorCode, detail: str) -> None:
         """Send an ``error`` event that belongs to no reply (``message_id`` null)."""
@@ -199,7 +199,7 @@ class EventRelay:
                 "(GET /refresh_token) for the replies that finished meanwhile"
             ),
         )
-        await self._websocket.send_text(event.model_dump_json())
+        await self._send_text(event.model_dump_json())
 
     async def deliver(self, payload: str) -> None:
         """Relay one of the hub's messages for the session (:class:`storage.hub.Subscription`):
@@ -219,21 +219,20 @@ class EventRelay:
     def deliver_now(self, payload: str) -> bool:
         """Relay the hub's ``payload`` at once, without waiting, if it is a single live
         event and that can be done exactly as :meth:`deliver` would: in order (no send
-        or replay holds the lock or waits for it) and at once (the socket's write buffer has room);
-        whether it was relayed (sent, or dropped as :meth:`deliver` drops it).
+        or replay holds the lock or waits for it) and at once (the socket's write
+        buffer has room); whether it was relayed (sent, or dropped as :meth:`deliver`
+        drops it).
 
         False, with nothing done, for anything else: resyncs, outages, events announced
         together, an ``event_id`` that is not a stream id, a socket that is full,
         closing or closed, a server that cannot send without an await; pass those to
         :meth:`deliver`. Never raises.
         """
-        send_now = self._send_now
         if (
-            send_now is None
+            self._send_now is None
             or self._lock.claims
             or not payload.startswith("{")
             or "\n" in payload
-            or self._websocket.application_state is not WebSocketState.CONNECTED
         ):
             return False
         event_id = event_id_of(payload)
@@ -246,12 +245,27 @@ class EventRelay:
                 return False  # deliver raises it, as it always has
             if self._held_back or key <= self._cursor:
                 return True  # dropped, as _send_live drops it
-        if not send_now(payload):
+        if not self._sent_at_once(payload):
             return False
         if key is not None:
             self._cursor = key
         EVENTS_RELAYED.inc()
         return True
+
+    def _sent_at_once(self, text: str) -> bool:
+        """Send one text frame without an await if the server can (``send_now``), as
+        Starlette's ``send_text`` would send it; whether it did (False: nothing sent)."""
+        send_now = self._send_now
+        return (
+            send_now is not None
+            and self._websocket.application_state is WebSocketState.CONNECTED
+            and send_now(text)
+        )
+
+    async def _send_text(self, text: str) -> None:
+        """Send one text frame, at once when the server can; the lock is held."""
+        if not self._sent_at_once(text):
+            await self._websocket.send_text(text)
 
     def _cursor_id(self) -> str:
         return f"{self._cursor[0]}-{self._cursor[1]}" if self._cursor != (0, 0) else "0"
@@ -260,7 +274,7 @@ class EventRelay:
         """Send events read from the stream, moving the cursor; the lock is held."""
         EVENTS_RELAYED.inc(len(payloads))
         for payload in payloads:
-            await self._websocket.send_text(payload)
+            await self._send_text(payload)
             event_id = event_id_of(payload)
             if event_id is not None:
                 self._cursor = stream_id_key(event_id)
@@ -275,7 +289,7 @@ class EventRelay:
                 if key <= self._cursor:
                     return  # already sent by a replay
                 self._cursor = key
-            await self._websocket.send_text(payload)
+            await self._send_text(payload)
         EVENTS_RELAYED.inc()
 
     async def _resync(self) -> None:

@@ -94,9 +94,8 @@ async def test_relayed_now_in_order_once_and_never_past_the_lock(redis: Redis[st
     assert now == [event("5-0")]
     await relay.deliver(event("5-1"))  # the awaited path knows the cursor moved
     await relay.deliver(event("5-0"))
-    assert socket.sent == [event("5-1")]
     assert relay.deliver_now(event("5-1"))
-    assert now == [event("5-0")]
+    assert now == [event("5-0"), event("5-1")]
 
     async with relay._lock:  # a replay or another send is under way: not now
         assert not relay.deliver_now(event("6-0"))
@@ -105,9 +104,17 @@ async def test_relayed_now_in_order_once_and_never_past_the_lock(redis: Redis[st
     # Released, and the send that waited for it not yet run: its turn comes first.
     assert not relay.deliver_now(event("6-0"))
     await waiting
-    assert socket.sent == [event("5-1"), "queued"]
     assert relay.deliver_now(event("6-0"))
-    assert now == [event("5-0"), event("6-0")]
+    assert now == [event("5-0"), event("5-1"), "queued", event("6-0")]
+    assert socket.sent == []  # everything went out at once
+
+
+async def test_sends_that_cannot_go_out_at_once_are_awaited(redis: Redis[str]) -> None:
+    relay, socket = relay_with(lambda text: False, redis)  # the buffer is full, say
+    await relay.send("error")
+    await relay.deliver(event("1-0"))
+    assert socket.sent == ["error", event("1-0")]
+    assert not relay.deliver_now(event("2-0"))
 
 
 async def test_what_the_relay_would_not_simply_send_is_left_to_deliver(
