@@ -21,7 +21,8 @@ And one thing it lacks: a way to send a text frame without awaiting. Each event 
 through the ASGI ``send`` is a coroutine through Starlette's ``WebSocket``, two
 middleware wrappers and this protocol, and needs the sending task awake; the socket's
 scope offers :meth:`ParleyWebSocketProtocol.send_text_now` under :data:`SEND_NOW`
-instead, which the relay calls straight from the Pub/Sub listener
+instead, which the relay uses for every frame the socket can take at once, and calls
+straight from the Pub/Sub listener for live events
 (:meth:`server.relay.EventRelay.deliver_now`).
 """
 
