@@ -34,11 +34,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.exceptions import ResponseError
 
 from runtime.config import CommonSettings
 from runtime.logs import fingerprint
 from runtime.tasks import cancel_and_wait
 from stack.redis import EmbeddedRedis
+from storage import keys
 from storage.sessions import SessionExpired
 from storage.store import Store
 from testkit.delivery import Findings, assert_clean, show
@@ -200,8 +202,10 @@ async def jobs_done(
     models: list[StandinModel],
 ) -> tuple[dict[str, str], dict[str, dict[str, Any] | None]]:
     """The titles and summaries once every session has both, or once the models have
-    been asked nothing for :data:`QUIET_S`, or after 60 s (Redis and REST state: no
-    event to wait on)."""
+    been asked nothing for :data:`QUIET_S` and no job entry is open, or after 60 s
+    (Redis and REST state: no event to wait on). A job whose worker was killed after
+    asking the model waits to be taken over (``CLAIM_IDLE_MS``) and asked again: a
+    quiet spell is not its end."""
     deadline = time.monotonic() + 60
     asked, quiet_since = -1, time.monotonic()
     while True:
@@ -209,11 +213,30 @@ async def jobs_done(
         every = all(named.get(t) for t in tokens) and all(summed[t] for t in tokens)
         now = time.monotonic()
         total = sum(len(m.requests) for m in models)
-        if total != asked or any(m.in_flight for m in models):
+        if total != asked or any(m.in_flight for m in models) or await open_jobs(store):
             asked, quiet_since = total, now
         if every or now - quiet_since > QUIET_S or now > deadline:
             return named, summed
         await asyncio.sleep(0.5)
+
+
+async def open_jobs(store: Store) -> int:
+    """Title and summary job entries not yet acknowledged, pending or not yet read, in
+    every catalog model's job streams (``XINFO GROUPS``)."""
+    count = 0
+    for model_id in (m["id"] for m in CATALOG):
+        for stream, group in (
+            (keys.title_stream(model_id), keys.TITLE_GROUP),
+            (keys.summary_stream(model_id), keys.SUMMARY_GROUP),
+        ):
+            try:
+                groups = await store.redis.xinfo_groups(stream)
+            except ResponseError:  # no such stream: no job was ever queued on it
+                continue
+            for info in groups:
+                if info["name"] == group:
+                    count += int(info["pending"]) + int(info.get("lag") or 0)
+    return count
 
 
 def log_problems(cluster: Cluster) -> list[str]:
