@@ -10,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI, status
 from prometheus_client import start_http_server
 
+from runtime.collector import tune_collector
 from runtime.logs import setup_logging
 from runtime.tracing import setup_tracing, shutdown_tracing
 from server.app import create_app
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level, settings.log_format, "server")
     setup_tracing(settings.otel_exporter_otlp_endpoint, "parley-server")
     app = create_app(settings)
+    tune_collector()  # last: what startup built is never walked again
     if settings.metrics_enabled and settings.metrics_port:
         start_http_server(settings.metrics_port, addr=args.host)
     try:

@@ -8,6 +8,7 @@ import signal
 
 from prometheus_client import start_http_server
 
+from runtime.collector import tune_collector
 from runtime.logs import setup_logging
 from runtime.tracing import setup_tracing, shutdown_tracing
 from storage.connection import connect, disconnect
@@ -60,6 +61,7 @@ def main() -> None:
     settings = WorkerSettings()
     setup_logging(settings.log_level, settings.log_format, "worker")
     setup_tracing(settings.otel_exporter_otlp_endpoint, "parley-worker")
+    tune_collector()  # last: what startup built is never walked again
     # uvloop (installed with uvicorn[standard]) when available, as the server's uvicorn
     # does: the worker spends much of its time in socket I/O, which uvloop does in C.
     try:
