@@ -182,12 +182,14 @@ class Session(JsonModel, index=True):
     says whether that versions document may exist (``revise.lua`` sets it), so the
     scripts that renew the session's TTL renew its TTL only then.
 
-    The scripts keep six more fields, which no reader needs: the session's rate
+    The scripts keep seven more fields, which no reader needs: the session's rate
     window (``rate``), its quota of model tokens (``quota``) and its client's digest
     (``client``), see :class:`storage.admission.MessageLimits`; the waiting set it
-    is in (``waiting``, see ``enqueue.lua``); and when its key and its event stream were
+    is in (``waiting``, see ``enqueue.lua``); when its key and its event stream were
     last set to expire (``expires_at``, ``events_until``, ms since the epoch), so that
-    messages renew those TTLs only when due (``renewal_due`` in ``library.lua``).
+    messages renew those TTLs only when due (``renewal_due`` in ``library.lua``); and
+    the last message queued (``last_queued``: its id, seq and entry id), so that the
+    same ``enqueue.lua`` call sent again queues nothing more.
     """
 
     token: str = Field(primary_key=True)

@@ -9,6 +9,10 @@
 -- messages wait, or when its partition's backlog (entries the workers' group has not
 -- acknowledged: pending or not yet delivered) is at its bound.
 -- The stream entry carries the client's digest, so the worker charges its quota.
+-- The session records the last message queued ("last_queued": its id, seq and entry
+-- id): the same call sent again (redis-py retries a command whose connection broke,
+-- and Redis may have run it) returns that message as queued and changes nothing, so a
+-- message is never queued twice (queueing_read, trim.lua).
 -- trim_stream (trim.lua) trims the stream, never removing an unacknowledged entry: about
 -- one message in TRIM_EVERY looks (those queued in a millisecond that TRIM_EVERY
 -- divides), and the workers trim every stream they read now and then too.
@@ -37,7 +41,8 @@
 local QUEUED, NO_SESSION, TOO_MANY_PENDING, SESSION_FULL, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_LONG, RATE_LIMITED, SESSION_QUOTA, CLIENT_QUOTA = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 local REFUSALS = {
   no_session = NO_SESSION, wrong_model = WRONG_MODEL, rate = RATE_LIMITED,
-  session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA
+  session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA,
+  repeated = QUEUED  -- not a refusal: this very call was queued already
 }
 local TRIM_EVERY = 16
 -- One call (run_batch, batch.lua: its keys and arguments as KEYS and ARGV).
@@ -47,7 +52,7 @@ local function enqueue(KEYS, ARGV)
 
   local read, window, payload = queueing_read(session, {
     '$.seq', '$.replied_seq', '$.model', '$.size_bytes', '$.system_prompt', '$.rate', '$.quota',
-    '$.versioned', '$.waiting', '$.expires_at'
+    '$.versioned', '$.waiting', '$.expires_at', '$.last_queued'
   }, p, client_quota)
   if not read then
     return reply(REFUSALS[window], payload)
@@ -81,7 +86,8 @@ local function enqueue(KEYS, ARGV)
   local changes = {
     session, '$.seq', seq, session, '$.size_bytes', size + #message,
     session, '$.rate', admitted_window(window, now, p.rate_window_ms),
-    session, '$.client', cjson.encode(p.client)
+    session, '$.client', cjson.encode(p.client),
+    session, '$.last_queued', cjson.encode({p.message_id, seq, id})
   }
   if read['$.waiting'][1] ~= waiting then
     redis.call('ZADD', waiting, now, p.token)
