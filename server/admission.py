@@ -3,7 +3,8 @@ send messages, and how often, across every replica (counted in Redis, see
 :mod:`storage.admission`).
 
 - ``POST /token``: ``RATE_SESSIONS_PER_CLIENT`` per client address per
-  ``RATE_WINDOW_S``; past it, 429 with ``Retry-After`` (:func:`admit_session`).
+  ``RATE_WINDOW_S``; past it, 429 with ``Retry-After`` (:func:`admit_session`). A
+  request refused for another reason (400, 401, 409, 422) is not counted.
 - ``POST /owner``: ``RATE_OWNERS_PER_CLIENT`` per client address per window, likewise
   (:func:`admit_owner`).
 - ``WS /chat``: ``RATE_SOCKET_OPENS_PER_CLIENT`` opens per client address per window and
@@ -30,6 +31,7 @@ import contextlib
 import logging
 import math
 import uuid
+from collections.abc import AsyncIterator
 
 from fastapi import HTTPException, Request, WebSocket, status
 from prometheus_client import Counter
@@ -76,38 +78,63 @@ def _limiter(connection: Request | WebSocket) -> Limiter:
     return limiter
 
 
-async def admit_session(request: Request) -> None:
-    """Dependency of ``POST /token``: one more session for this client address.
+async def admit_session(request: Request) -> AsyncIterator[None]:
+    """Dependency of ``POST /token``: one more session for this client address. A
+    request refused further on (its name, owner, identity token or body: 400, 401,
+    409, 422) or failed gives its admission back: a refusal spends nothing.
 
     Raises:
         HTTPException: 429 with ``Retry-After`` (s) past ``RATE_SESSIONS_PER_CLIENT``.
     """
     settings: SecuritySettings = request.state.settings
-    await _admit_address(request, "sessions", settings.rate_sessions_per_client)
+    async with _admitted(request, "sessions", settings.rate_sessions_per_client):
+        yield
 
 
-async def admit_owner(request: Request) -> None:
+async def admit_owner(request: Request) -> AsyncIterator[None]:
     """Dependency of ``POST /owner``: one more owner for this client address, under a
-    budget of its own (an owner costs no session, and a session no owner).
+    budget of its own (an owner costs no session, and a session no owner); given back
+    as :func:`admit_session`'s is.
 
     Raises:
         HTTPException: 429 with ``Retry-After`` (s) past ``RATE_OWNERS_PER_CLIENT``.
     """
     settings: SecuritySettings = request.state.settings
-    await _admit_address(request, "owners", settings.rate_owners_per_client)
+    async with _admitted(request, "owners", settings.rate_owners_per_client):
+        yield
 
 
-async def _admit_address(request: Request, limit: str, max_count: int) -> None:
-    """One more of ``limit`` ("sessions", "owners") for the request's client address:
-    at most ``max_count`` every ``RATE_WINDOW_S``.
+@contextlib.asynccontextmanager
+async def _admitted(request: Request, limit: str, max_count: int) -> AsyncIterator[None]:
+    """One more of ``limit`` for the request's client address (:func:`_admit_address`)
+    while the request runs; given back if it raises.
+
+    Raises:
+        HTTPException: 429 with ``Retry-After`` (s) past ``max_count``.
+    """
+    settings: SecuritySettings = request.state.settings
+    address = client_key(request.scope, settings.proxies(), settings.client_ipv6_prefix)
+    admission = await _admit_address(request, address, limit, max_count)
+    try:
+        yield
+    except BaseException:
+        try:
+            await _limiter(request).give_back(limit, address, admission)
+        except REDIS_DOWN as e:
+            logger.warning("a %s admission could not be given back: %s", limit, e)
+        raise
+
+
+async def _admit_address(request: Request, address: str, limit: str, max_count: int) -> str:
+    """One more of ``limit`` ("sessions", "owners") for the client ``address``: at most
+    ``max_count`` every ``RATE_WINDOW_S``. Returns the admission (for ``give_back``).
 
     Raises:
         HTTPException: 429 with ``Retry-After`` (s) past it.
     """
     settings: SecuritySettings = request.state.settings
-    address = client_key(request.scope, settings.proxies(), settings.client_ipv6_prefix)
     try:
-        await _limiter(request).hit(limit, address, max_count, settings.rate_window_s)
+        return await _limiter(request).hit(limit, address, max_count, settings.rate_window_s)
     except Refused as e:
         REFUSALS.labels(e.limit).inc()
         wait = math.ceil(e.retry_after_s)
