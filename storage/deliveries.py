@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from runtime.config import CommonSettings
 from storage import keys
 from storage.base import StoreBase
-from storage.streams import Streams
+from storage.streams import Streams, create_group
 
 #: Bound of the dead-letter stream (entries, approximate).
 DEAD_LETTER_MAXLEN = 10_000
@@ -193,11 +192,7 @@ class Deliveries(StoreBase):
         Raises:
             redis.exceptions.ResponseError: any error but ``BUSYGROUP`` (it exists).
         """
-        try:
-            await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
-        except ResponseError as e:
-            if not str(e).startswith("BUSYGROUP"):
-                raise
+        await create_group(self.redis, stream, group)
 
     async def take_over(
         self, stream: str, group: str, consumer: str, min_idle_ms: int

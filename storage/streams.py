@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import NamedTuple
 
+from redis.asyncio import Redis
 from redis.exceptions import (  # type: ignore[attr-defined]  # stale stubs: OutOfMemoryError
     OutOfMemoryError,
     ResponseError,
@@ -51,6 +52,20 @@ class Claimed(NamedTuple):
     next_start: str
     entries: list[ClaimedEntry]
     deleted: list[str]
+
+
+async def create_group(redis: Redis[str], stream: str, group: str) -> None:
+    """Create consumer group ``group`` of ``stream`` (and the stream) if missing, from
+    the start (id 0), so entries added before any consumer ran are read.
+
+    Raises:
+        redis.exceptions.ResponseError: any error but ``BUSYGROUP`` (it exists).
+    """
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as e:
+        if not str(e).startswith("BUSYGROUP"):
+            raise
 
 
 class Streams(StoreBase):
@@ -94,12 +109,9 @@ class Streams(StoreBase):
         """
         for stream in self.streams_of(models):
             try:
-                await self.redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+                await create_group(self.redis, stream, keys.CONSUMER_GROUP)
             except OutOfMemoryError:
                 if not await self._group_of(stream):
-                    raise
-            except ResponseError as e:
-                if not str(e).startswith("BUSYGROUP"):
                     raise
         await self.trim_mode()
 
