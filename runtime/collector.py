@@ -6,9 +6,9 @@ A server or worker relaying thousands of events a second allocates that many obj
 every fraction of a millisecond, and each middle-generation collection walks every
 reply in flight; the occasional full collection also walked every module, class and
 function imported at startup. In ``make bench``'s ``streaming`` scenario with the
-defaults, each worker spent 0.44 to 0.48 s of its 5 s of CPU in the collector (CPU time
-between the collector's callbacks), with full collections of 79 to 124 ms during which
-no token moved; with :func:`tune_collector`, 0.03 to 0.05 s.
+defaults, each worker spent 0.44 to 0.48 s of its 5 s of CPU in the collector after its
+first 3 s (CPU time between the collector's callbacks, one run); with
+:func:`tune_collector`, 0.03 to 0.05 s.
 """
 
 from __future__ import annotations
