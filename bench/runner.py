@@ -269,8 +269,12 @@ async def _connections(
             await asyncio.sleep(1.0)
             rss_at_n, redis_at_n = monitor.rss_mb(process), redis_connections()
             logger.info("%s: %d sockets open in %.1f s", target.name, len(client.sockets), open_s)
-            step = max(1, len(client.sockets) // max(1, o.sessions))
-            active = client.sockets[::step][: o.sessions]
+            # Sessions of their own, spread over the sockets opened since: one that already
+            # conversed above would send twice its messages in one RATE_WINDOW_S, and be
+            # refused past RATE_MESSAGES_PER_SESSION as any session would.
+            rest = client.sockets[len(few) :]
+            step = max(1, len(rest) // max(1, o.sessions))
+            active = rest[::step][: o.sessions]
             t, u, started = await _phase(active, o, http, model_root, monitor, seed=1)
             pid = monitor.pid(process)
             peak = hwm_mb(pid) if pid is not None else None
