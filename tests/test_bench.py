@@ -73,7 +73,8 @@ def test_scenarios_run_against_parley_and_the_baseline(
             "kb_per_socket",
         }
         assert result["ratio"]["added_ttft_ms"] > 0 and result["ratio"]["token_events_per_s"] > 0
-        assert result["parley"]["own_cpu_ms_per_reply"] > 0
+        # Six replies may take less CPU than a process clock tick (10 ms): 0 is possible.
+        assert result["parley"]["own_cpu_ms_per_reply"] >= 0
     assert latency["parley"]["redis"]["connections"]["server-1"] >= 1
     # The sweep ran the load again with 1 session of 3: both loads are its points.
     for target in ("parley", "baseline"):
