@@ -81,7 +81,8 @@ def _limiter(connection: Request | WebSocket) -> Limiter:
 async def admit_session(request: Request) -> AsyncIterator[None]:
     """Dependency of ``POST /token``: one more session for this client address. A
     request refused further on (its name, owner, identity token or body: 400, 401,
-    409, 422) or failed gives its admission back: a refusal spends nothing.
+    409, 422) or failed gives its admission back: a refusal spends nothing. Use it with
+    ``scope="function"``, so that the admission is back before the answer is sent.
 
     Raises:
         HTTPException: 429 with ``Retry-After`` (s) past ``RATE_SESSIONS_PER_CLIENT``.

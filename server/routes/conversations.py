@@ -57,7 +57,9 @@ class SessionChanges(ModelChoice):
     title: str | None = Field(default=None, description="The conversation's new title.")
 
 
-@router.post("/owner", response_model=OwnerView, dependencies=[Depends(admit_owner)])
+@router.post(
+    "/owner", response_model=OwnerView, dependencies=[Depends(admit_owner, scope="function")]
+)
 async def create_owner(store: StoreDep) -> OwnerView:
     """Issue an owner token: pass it as ``owner`` to ``POST /token`` and
     ``GET /conversations``. It lives ``OWNER_UNUSED_TTL_SECONDS`` until its first

@@ -27,7 +27,9 @@ from storage.store import OwnerFull, OwnerUnknown, SessionExpired
 router = APIRouter(tags=["sessions"])
 
 
-@router.post("/token", response_model=SessionView, dependencies=[Depends(admit_session)])
+@router.post(
+    "/token", response_model=SessionView, dependencies=[Depends(admit_session, scope="function")]
+)
 async def create_token(
     name: Annotated[str, Query(description="The person's name.")],
     store: StoreDep,

@@ -571,26 +571,3 @@ async def test_every_token_can_travel_in_the_authorization_header(
         assert r.status == 204
     async with http.get(f"{url}/refresh_token", headers=bearer(token)) as r:
         assert (r.status, await r.json()) == (400, GONE)
-
-
-async def test_a_refused_request_spends_no_session_or_owner(
-    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
-) -> None:
-    async with running_parley(
-        redis_url, redis, rate_owners_per_client=1, rate_sessions_per_client=1
-    ) as parley:
-        url = parley.url
-        refused = [
-            ({"name": "  "}, None, 400),  # blank name
-            ({}, None, 422),  # no name
-            ({"name": "ada", "owner": "not-an-owner"}, None, 400),  # no such owner
-            ({"name": "ada"}, {"model": "no-such-model"}, 400),
-        ]
-        for params, body, code in refused:
-            async with http.post(f"{url}/token", params=params, json=body) as r:
-                assert r.status == code, await r.text()
-        owner = await _owner(parley, http)
-        async with http.post(f"{url}/token", params={"name": "ada", "owner": owner}) as r:
-            assert r.status == 200, await r.text()  # the one session of the window
-        async with http.post(f"{url}/token", params={"name": "ada"}) as r:
-            assert r.status == 429

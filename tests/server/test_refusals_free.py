@@ -185,3 +185,31 @@ async def test_a_message_that_cannot_fit_the_models_context_is_refused_at_admiss
             await ws.send_str("hi")
             (error,) = of_type(await read_until(ws, count("error", 1)), "error")
             assert error["code"] == "message_too_long"
+
+
+async def test_a_refused_new_session_or_owner_is_given_back(
+    redis_url: str, redis: Redis[str], http: aiohttp.ClientSession
+) -> None:
+    """A ``POST /token`` refused for its name, owner or model (400, 422) spends none of
+    the address's sessions, given back before the answer is sent."""
+    async with running_parley(
+        redis_url, redis, rate_owners_per_client=1, rate_sessions_per_client=1
+    ) as parley:
+        url = parley.url
+        refusals = [
+            ({"name": "  "}, None, 400),  # a blank name
+            ({}, None, 422),  # no name
+            ({"name": "ada", "owner": "not-an-owner"}, None, 400),
+            ({"name": "ada"}, {"model": "no-such-model"}, 400),
+        ]
+        for params, body, code in refusals:
+            async with http.post(f"{url}/token", params=params, json=body) as r:
+                assert r.status == code, await r.text()
+            assert await spent(redis, "sessions", "127.0.0.1") == 0
+        async with http.post(f"{url}/owner") as r:
+            owner = (await r.json())["owner"]
+        async with http.post(f"{url}/token", params={"name": "ada", "owner": owner}) as r:
+            assert r.status == 200, await r.text()  # the one session of the window
+        assert await spent(redis, "sessions", "127.0.0.1") == 1
+        async with http.post(f"{url}/token", params={"name": "ada"}) as r:
+            assert r.status == 429
