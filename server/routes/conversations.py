@@ -40,6 +40,10 @@ from storage.store import NotTheOwner, OwnerUnknown, SessionExpired
 
 router = APIRouter(tags=["conversations"])
 
+#: The address's admission, given back before a refusal is answered
+#: (:func:`server.admission.admit_owner`).
+_ADMITTED = Depends(admit_owner, scope="function")
+
 OWNER_GONE = "Owner expired or does not exist"
 #: The largest ``offset`` of ``GET /conversations``: far beyond any owner's list
 #: (``MAX_CONVERSATIONS_PER_OWNER``), and far from the 64-bit range Redis's indexes take.
@@ -57,9 +61,7 @@ class SessionChanges(ModelChoice):
     title: str | None = Field(default=None, description="The conversation's new title.")
 
 
-@router.post(
-    "/owner", response_model=OwnerView, dependencies=[Depends(admit_owner, scope="function")]
-)
+@router.post("/owner", response_model=OwnerView, dependencies=[_ADMITTED])
 async def create_owner(store: StoreDep) -> OwnerView:
     """Issue an owner token: pass it as ``owner`` to ``POST /token`` and
     ``GET /conversations``. It lives ``OWNER_UNUSED_TTL_SECONDS`` until its first

@@ -26,10 +26,12 @@ from storage.store import OwnerFull, OwnerUnknown, SessionExpired
 
 router = APIRouter(tags=["sessions"])
 
+#: The address's admission, given back before a refusal is answered
+#: (:func:`server.admission.admit_session`).
+_ADMITTED = Depends(admit_session, scope="function")
 
-@router.post(
-    "/token", response_model=SessionView, dependencies=[Depends(admit_session, scope="function")]
-)
+
+@router.post("/token", response_model=SessionView, dependencies=[_ADMITTED])
 async def create_token(
     name: Annotated[str, Query(description="The person's name.")],
     store: StoreDep,
