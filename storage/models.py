@@ -188,8 +188,9 @@ class Session(JsonModel, index=True):
     is in (``waiting``, see ``enqueue.lua``); when its key and its event stream were
     last set to expire (``expires_at``, ``events_until``, ms since the epoch), so that
     messages renew those TTLs only when due (``renewal_due`` in ``library.lua``); and
-    the last message queued (``last_queued``: its id, seq and entry id), so that the
-    same ``enqueue.lua`` call sent again queues nothing more.
+    the last call that queued a message (``last_queued``: the call's id and what it
+    returned), so that the same ``enqueue.lua`` or ``revise.lua`` call sent again
+    changes nothing.
     """
 
     token: str = Field(primary_key=True)

@@ -298,6 +298,7 @@ class Queue(StoreBase):
         message_id, content = edit if edit is not None else ("", None)
         params = {
             **await self._queue_params(token, model, limits, traceparent),
+            "call": uuid.uuid4().hex,  # the same call sent again changes nothing
             "message_id": message_id,
             "timestamp": utc_now(),
             "max_versions": max_versions,

@@ -27,7 +27,8 @@
 -- KEYS: the session document, the message stream, the waiting set, the session's
 -- versions document, the session's event stream, and (optional; not on a Redis
 -- Cluster) the client's quota key.
--- ARGV[1] a JSON object: message_id (of an edit; "" to regenerate), timestamp (the
+-- ARGV[1] a JSON object: call (this call's id: sent again, it returns what it returned
+-- and changes nothing, see queueing_read), message_id (of an edit; "" to regenerate), timestamp (the
 -- edit's), max_versions (earlier versions of a turn), max_attempts (regenerates and
 -- edits of one turn, failed or not: the user message counts them in "revisions"),
 -- token, ttl (s), maxlen (stream bound, entries, ~), max_backlog, group, trim_mode,
@@ -45,13 +46,14 @@
 local REVISED, NO_SESSION, NOT_LAST_MESSAGE, IN_PROGRESS, TOO_MANY_VERSIONS, OVERLOADED, WRONG_MODEL, TOO_LARGE, TOO_MANY_ATTEMPTS, TOO_LONG, RATE_LIMITED, SESSION_QUOTA, CLIENT_QUOTA = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
 local REFUSALS = {
   no_session = NO_SESSION, wrong_model = WRONG_MODEL, rate = RATE_LIMITED,
-  session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA
+  session_quota = SESSION_QUOTA, client_quota = CLIENT_QUOTA,
+  repeated = REVISED  -- not a refusal: this very call revised the turn already
 }
 local session, stream, waiting, versions, events, client_quota = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local p, content = cjson.decode(ARGV[1]), ARGV[2]
 local read, window, payload = queueing_read(session, {
   '$.seq', '$.replied_seq', '$.stop_seq', '$.model', '$.size_bytes', '$.system_prompt', '$.rate',
-  '$.quota', '$.waiting'
+  '$.quota', '$.waiting', '$.last_queued'
 }, p, client_quota)
 if not read then
   return reply(REFUSALS[window], payload)
@@ -219,4 +221,6 @@ if keep then
 end
 event = event .. ',"version_count":' .. (stored + #moving) .. '}'
 local event_id = append_event(events, p.ttl * 1000, p.events_maxlen, p.channel, event)
+-- As enqueue.lua's: the same call sent again returns this, and changes nothing.
+redis.call('JSON.SET', session, '$.last_queued', cjson.encode({p.call, seq, user.id, id, event_id}))
 return reply(REVISED, {seq, user.id, id, event_id})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -247,3 +248,25 @@ async def test_a_session_at_its_bound_of_bytes_refuses_messages_and_revisions(
     assert await revised_events(store, token) == []
     # A small message still fits.
     await store.queue.enqueue(token, "ok", max_pending=10)
+
+
+async def test_the_same_revision_sent_again_changes_nothing(
+    store: Store, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As redis-py sends a call again when its connection broke after Redis ran it: the
+    second ``revise.lua`` call returns the first's revision, and is not refused for the
+    message it left waiting."""
+    token = (await store.sessions.create_session("ada")).token
+    user = await answer(store, token, "question")
+    fixed = uuid.uuid4()
+    monkeypatch.setattr("storage.queue.uuid.uuid4", lambda: fixed)
+    edit = (user.id, "better question")
+    first = await store.queue.revise(token, max_versions=20, max_attempts=20, edit=edit)
+    again = await store.queue.revise(token, max_versions=20, max_attempts=20, edit=edit)
+    assert again == first
+    stored = await json_of(redis, keys.versions_key(token))
+    assert [v["content"] for v in stored[user.id]] == ["question"]
+    assert len(await revised_events(store, token)) == 1
+    stream = keys.message_stream(keys.partition(token))
+    entries = [i for i, f in await redis.xrange(stream) if f.get("token") == token]
+    assert entries == [user.entry, first.entry]

@@ -81,9 +81,10 @@ end
 -- against p.model (p.default_model for a session without one), and its admission
 -- (admission, library.lua). Returns the read and the rate window; or nil, the refusal
 -- ('no_session', 'wrong_model', or admission's) and its payload (the session's model;
--- the ms until it would admit). Where `paths` hold '$.last_queued' (enqueue.lua), a
--- call whose p.message_id is the last message queued returns nil, 'repeated' and that
--- message's {seq, entry id}, before any check: the same call sent again.
+-- the ms until it would admit). Where `paths` hold '$.last_queued' ({call, then what
+-- that call returned}, written by enqueue.lua and revise.lua), a call whose id (p.call,
+-- or for enqueue.lua p.message_id) is that call's returns nil, 'repeated' and what it
+-- returned, before any check: the same call sent again.
 local function queueing_read(session, paths, p, client_quota)
   local read = redis.call('JSON.GET', session, unpack(paths))
   if not read then
@@ -91,8 +92,8 @@ local function queueing_read(session, paths, p, client_quota)
   end
   read = cjson.decode(read)
   local last = read['$.last_queued'] and read['$.last_queued'][1]
-  if type(last) == 'table' and last[1] == p.message_id then
-    return nil, 'repeated', {last[2], last[3]}
+  if type(last) == 'table' and last[1] == (p.call or p.message_id) then
+    return nil, 'repeated', {unpack(last, 2)}
   end
   local model = model_of(read, p.default_model)
   if model ~= p.model then
