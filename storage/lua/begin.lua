@@ -18,7 +18,8 @@
 -- 0: all), entry (the stream entry id of this attempt's message; "": not checked):
 -- fencing by entry, see stale_entry (library.lua)
 -- Each call returns {STARTED or RESTARTED, {crashes, fields, messages}}: STARTED for a first
--- attempt, RESTARTED if a restart was emitted; crashes the attempts at this message
+-- attempt (or this attempt's call sent again: nothing more is done), RESTARTED if a
+-- restart was emitted; crashes the attempts at this message
 -- whose worker died; fields the JSON text of the session's read, an object of JSONPath
 -- matches: "$.stop_seq", "$.model", "$.system_prompt", "$.summary" (an empty array when
 -- the session lacks the field), and more; messages the JSON array of all its messages,
@@ -68,6 +69,12 @@ local function begin(KEYS, ARGV)
       crashes = tonumber(n)
     end
   end
+  local window = p.window > 0 and ('$.messages[-' .. (p.window + 1) .. ':]') or '$.messages[*]'
+  if previous == p.attempt then
+    -- This very call ran already (redis-py sent it again after a lost answer): begun,
+    -- with nothing counted or emitted again.
+    return reply(STARTED, {crashes, text, redis.call('JSON.GET', session, window)})
+  end
   if status == RESTARTED and string.sub(previous, -7) ~= ':failed' then
     crashes = crashes + 1
     redis.call(
@@ -82,7 +89,6 @@ local function begin(KEYS, ARGV)
   end
   -- The messages are read apart and passed on as they are: decoding them here would cost
   -- Redis several times the read itself (81 messages: 630 against 190 us a call).
-  local window = p.window > 0 and ('$.messages[-' .. (p.window + 1) .. ':]') or '$.messages[*]'
   return reply(status, {crashes, text, redis.call('JSON.GET', session, window)})
 end
 

@@ -1,5 +1,6 @@
-"""``enqueue.lua`` sent twice, as redis-py's retry sends a command again when its
-connection broke after Redis may have run it: the message is queued once."""
+"""Script calls sent twice, as redis-py's retry sends a command again when its
+connection broke after Redis may have run it: ``enqueue.lua`` queues the message once,
+and ``begin.lua`` begins the attempt once (``revise.lua``: ``test_versions.py``)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from urllib.parse import urlsplit
 import pytest
 from redis.asyncio import Redis
 
+from protocol.wire import MessageEntry
 from runtime.config import CommonSettings
 from storage import keys
 from storage.connection import client_for_url, is_cluster
-from storage.store import Store, TooManyPending
+from storage.store import RESTARTED, STARTED, Store, TooManyPending
 
 
 async def _store(redis: Redis[str]) -> Store:
@@ -142,3 +144,23 @@ async def test_a_message_whose_answer_was_lost_is_queued_once(
     assert [(m["content"], m["seq"]) for m in history] == [("hello", 1)]
     assert queued.seq == 1
     assert await _entries(redis, token) == [queued.entry]
+
+
+async def test_the_same_begin_again_counts_no_crash_and_emits_no_restart(
+    redis: Redis[str],
+) -> None:
+    store = await _store(redis)
+    token = (await store.sessions.create_session("ada")).token
+    queued = await store.queue.enqueue(token, "hello", max_pending=5)
+    entry = MessageEntry(token=token, seq=1, message_id=queued.id)
+    first = await store.replies.begin(entry, "1:a", entry_id=queued.entry or "")
+    again = await store.replies.begin(entry, "1:a", entry_id=queued.entry or "")
+    assert (first.status, again.status) == (STARTED, STARTED)
+    assert (first.crashes, again.crashes) == (0, 0)
+    kinds = [json.loads(f["event"])["type"] for _, f in await redis.xrange(keys.events_key(token))]
+    assert "restart" not in kinds
+    # Another attempt is a restart, as before: the first one counts as crashed.
+    other = await store.replies.begin(entry, "1:b", entry_id=queued.entry or "")
+    assert (other.status, other.crashes) == (RESTARTED, 1)
+    kinds = [json.loads(f["event"])["type"] for _, f in await redis.xrange(keys.events_key(token))]
+    assert kinds.count("restart") == 1
