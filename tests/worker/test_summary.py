@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from storage.keys import SUMMARY_GROUP, SUMMARY_STREAM
+from storage.keys import SUMMARY_GROUP, SUMMARY_STREAM, TITLE_GROUP, TITLE_STREAM
 from storage.models import Session, SummaryRecord
 from storage.scripts import SummaryStatus
 from storage.summaries import Summaries
@@ -52,12 +52,15 @@ async def chat(parley: Parley, http: aiohttp.ClientSession, token: str, *texts: 
     return events
 
 
-async def jobs_done(parley: Parley) -> None:
-    """Return once the workers have taken and finished every summary job."""
+async def jobs_done(
+    parley: Parley, stream: str = SUMMARY_STREAM, name: str = SUMMARY_GROUP
+) -> None:
+    """Return once the workers have taken and finished every job of ``stream`` (its
+    group ``name``; default: the summaries)."""
     async with asyncio.timeout(20):
         while True:
-            groups = await parley.redis.xinfo_groups(SUMMARY_STREAM)
-            group = next((g for g in groups if g["name"] == SUMMARY_GROUP), None)
+            groups = await parley.redis.xinfo_groups(stream)
+            group = next((g for g in groups if g["name"] == name), None)
             if group and group["pending"] == 0 and group["lag"] == 0:
                 return
             await asyncio.sleep(0.05)
@@ -225,6 +228,8 @@ async def test_each_servers_too_long_refusal_is_retried_once(
 ) -> None:
     token = await parley.create_session(http)
     await chat(parley, http, token, "one", "two")
+    # The title job the first reply queued is over: the failure below is for "three".
+    await jobs_done(parley, TITLE_STREAM, TITLE_GROUP)
     vllm = (
         "This model's maximum context length is 2048 tokens. However, you requested 2100 "
         "tokens (2000 in the messages, 100 in the completion). Please reduce the length "
@@ -233,8 +238,7 @@ async def test_each_servers_too_long_refusal_is_retried_once(
     parley.standin.fail_next(400, message=vllm)
     events = await chat(parley, http, token, "three")
     assert of_type(events, "done")[-1]["reply"]["content"].startswith("Reply to: three")
-    # The refused prompt and its retry: both end with "three" (a title job the first
-    # reply queued may ask the stand-in in between).
+    # The refused prompt and its retry: both end with "three".
     prompts = [r for r in parley.standin.requests if r["messages"][-1]["content"] == "three"]
     first, again = prompts[-2:]
     assert len(again["messages"]) < len(first["messages"])
