@@ -119,11 +119,17 @@ async def _admitted(request: Request, limit: str, max_count: int) -> AsyncIterat
     try:
         yield
     except BaseException:
-        try:
-            await _limiter(request).give_back(limit, address, admission)
-        except REDIS_DOWN as e:
-            logger.warning("a %s admission could not be given back: %s", limit, e)
+        await _give_back(_limiter(request), limit, address, admission)
         raise
+
+
+async def _give_back(limiter: Limiter, limit: str, address: str, admission: str) -> None:
+    """Give a refused request's ``admission`` of ``limit`` back (a refusal spends
+    nothing); with Redis unreachable it is only logged, and lapses with its window."""
+    try:
+        await limiter.give_back(limit, address, admission)
+    except REDIS_DOWN as e:
+        logger.warning("a %s admission could not be given back, Redis unavailable: %s", limit, e)
 
 
 async def _admit_address(request: Request, address: str, limit: str, max_count: int) -> str:
@@ -233,7 +239,7 @@ class SocketAdmission:
             )
         except Refused as e:
             if opened:  # refused for its open sockets: the open is given back
-                await self._give_back(limiter, address, opened)
+                await _give_back(limiter, "socket_opens", address, opened)
             detail = (
                 f"at most {s.rate_socket_opens_per_client} sockets opened every "
                 f"{s.rate_window_s:g} s from one address"
@@ -260,15 +266,7 @@ class SocketAdmission:
             with contextlib.suppress(*REDIS_DOWN):  # the lease lapses anyway
                 await limiter.release("sockets", address, holder)
             if not watched.accepted:  # the handshake was refused (a bad token, a full session)
-                await self._give_back(limiter, address, opened)
-
-    @staticmethod
-    async def _give_back(limiter: Limiter, address: str, opened: str) -> None:
-        """Give a refused socket's open back: a refusal spends nothing."""
-        try:
-            await limiter.give_back("socket_opens", address, opened)
-        except REDIS_DOWN as e:
-            logger.warning("a socket open could not be given back, Redis unavailable: %s", e)
+                await _give_back(limiter, "socket_opens", address, opened)
 
     @staticmethod
     async def _refuse(event: ErrorEvent, receive: Receive, send: Send) -> None:
