@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import report
+from bench import floor, report
 from bench.analysis import _delta_delays
 from bench.cli import main
 from bench.figures import _where_baseline_keeps_up, falls_behind
@@ -175,3 +175,16 @@ def test_the_real_model_line_passes_only_when_its_target_is_met_and_nothing_fail
         "done_ratio": 1.0,
     }
     assert report.line(SCENARIOS["real-model"], result).split()[:2] == ["real-model", verdict]
+
+
+@pytest.mark.timeout(120)
+def test_the_floor_measures_both_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bench.floor`` on a tiny size: each path answers every message (the
+    Redis one would raise if its back process published nothing)."""
+    times = floor.measure(rounds=2, messages=5, gap_ms=1.0)
+    assert sorted(times) == ["direct", "via Redis"]
+    assert all(len(values) == 10 and min(values) > 0 for values in times.values())
+    floor.main(["--rounds", "1", "--messages", "3", "--gap-ms", "1"])
+    out = capsys.readouterr().out
+    assert "direct     median" in out and "(3 messages)" in out
+    assert "via Redis minus direct, medians:" in out
