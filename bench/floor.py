@@ -33,6 +33,7 @@ import random
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -51,7 +52,29 @@ BEGIN = "return redis.call('GET', KEYS[1])"
 EMIT = (
     "redis.call('XADD', KEYS[1], '*', 'id', ARGV[1]) return redis.call('PUBLISH', KEYS[2], ARGV[1])"
 )
-STOP = "stop"
+STOP, PROBE = "stop", "probe"
+
+PATHS = ("direct", "via Redis")
+
+
+@dataclass
+class Measured:
+    """What :func:`measure` returns, per path (``direct``, ``via Redis``).
+
+    Attributes:
+        ms: each message's time from the front's send to its first delta (ms).
+        cpu_s: CPU time (s) of the processes on the path over its rounds, the stand-in
+            model's aside (it is the same for both): the front's for ``direct``; the
+            front's, the back's and Redis's for ``via Redis`` (the back and Redis also
+            idle through the direct rounds, which is not counted).
+    """
+
+    ms: dict[str, list[float]] = field(default_factory=lambda: {path: [] for path in PATHS})
+    cpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PATHS, 0.0))
+
+    def cpu_ms_per_message(self, path: str) -> float:
+        """CPU time (ms) a message of ``path``."""
+        return self.cpu_s[path] * 1000 / len(self.ms[path])
 
 
 def request_body(model_url: str) -> tuple[str, dict[str, object]]:
@@ -75,7 +98,8 @@ async def first_delta(http: aiohttp.ClientSession, url: str, body: dict[str, obj
 async def back(redis_url: str, model_url: str) -> None:
     """The worker's side: take each entry, begin it, ask the model, emit its first delta.
 
-    Returns when it takes the entry ``STOP``.
+    What it publishes is its own CPU time so far (s); the entry ``PROBE`` gets that at
+    once, with no begin and no model. Returns when it takes the entry ``STOP``.
     """
     redis: Redis[bytes] = Redis.from_url(redis_url)
     begin, emit = redis.register_script(BEGIN), redis.register_script(EMIT)
@@ -89,27 +113,30 @@ async def back(redis_url: str, model_url: str) -> None:
                     if message == STOP.encode():
                         await redis.aclose()  # type: ignore[attr-defined]  # stale stubs
                         return
-                    await begin(keys=[SESSION])
-                    await first_delta(http, url, body)
-                    await emit(keys=[EVENTS, CHANNEL], args=[message])
+                    if message != PROBE.encode():
+                        await begin(keys=[SESSION])
+                        await first_delta(http, url, body)
+                    await emit(keys=[EVENTS, CHANNEL], args=[repr(time.process_time())])
                     await redis.xack(QUEUE, GROUP, entry_id)  # type: ignore[no-untyped-call]
 
 
 async def front(
     redis_url: str, model_url: str, rounds: int, messages: int, gap_ms: float
-) -> dict[str, list[float]]:
+) -> Measured:
     """The server's side: ``rounds`` rounds of each path, alternating; each round sends
-    ``messages`` messages one at a time. Returns each path's times (ms)."""
+    ``messages`` messages one at a time."""
     redis: Redis[bytes] = Redis.from_url(redis_url)
     enqueue = redis.register_script(ENQUEUE)
     pubsub = redis.pubsub()
     await pubsub.subscribe(CHANNEL)
     url, body = request_body(model_url)
-    times: dict[str, list[float]] = {"direct": [], "via Redis": []}
+    measured = Measured()
     async with aiohttp.ClientSession() as http:
         await first_delta(http, url, body)  # the connection opened before timing
         for _ in range(rounds):
-            for path in times:
+            for path in PATHS:
+                await enqueue(keys=[QUEUE], args=[PROBE])
+                cpu = time.process_time() + await _published(pubsub) + await _redis_cpu(redis)
                 for n in range(messages):
                     await asyncio.sleep(random.uniform(0.5, 1.5) * gap_ms / 1000)
                     started = time.perf_counter()
@@ -118,23 +145,34 @@ async def front(
                     else:
                         await enqueue(keys=[QUEUE], args=[str(n)])
                         await _published(pubsub)
-                    times[path].append((time.perf_counter() - started) * 1000)
+                    measured.ms[path].append((time.perf_counter() - started) * 1000)
+                await enqueue(keys=[QUEUE], args=[PROBE])
+                cpu = time.process_time() + await _published(pubsub) + await _redis_cpu(redis) - cpu
+                measured.cpu_s[path] += cpu
         await enqueue(keys=[QUEUE], args=[STOP])
     await pubsub.aclose()  # type: ignore[attr-defined]  # stale stubs
     await redis.aclose()  # type: ignore[attr-defined]  # stale stubs
-    return times
+    return measured
 
 
-async def _published(pubsub: PubSub, timeout_s: float = 10.0) -> None:
-    """Wait for the next message on the front's Pub/Sub connection.
+async def _redis_cpu(redis: Redis[bytes]) -> float:
+    """Redis's CPU time so far (s), user and system (``INFO cpu``)."""
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def _published(pubsub: PubSub, timeout_s: float = 10.0) -> float:
+    """Wait for the next message on the front's Pub/Sub connection; return it, the back
+    process's CPU time (s).
 
     Raises:
         TimeoutError: none came within ``timeout_s`` (s): the back side is gone.
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0) is not None:
-            return
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        if message is not None:
+            return float(message["data"])
     raise TimeoutError(f"nothing published in {timeout_s:g} s: the back process is gone")
 
 
@@ -145,11 +183,12 @@ def _run_back(redis_url: str, model_url: str) -> None:
 def _run_front(
     redis_url: str, model_url: str, options: tuple[int, int, float], out: Connection
 ) -> None:
+    """Run :func:`front` and send what it measured through ``out``."""
     out.send(uvloop.run(front(redis_url, model_url, *options)))
 
 
-def measure(rounds: int, messages: int, gap_ms: float) -> dict[str, list[float]]:
-    """Start Redis, the stand-in and the two processes; return each path's times (ms).
+def measure(rounds: int, messages: int, gap_ms: float) -> Measured:
+    """Start Redis, the stand-in and the two processes; return what the front measured.
 
     Raises:
         EOFError: the front process died before sending its times.
@@ -171,12 +210,12 @@ def measure(rounds: int, messages: int, gap_ms: float) -> dict[str, list[float]]
         server.start()
         if not receive.poll(timeout=3600):
             raise RuntimeError("the front process sent no times in an hour")
-        times: dict[str, list[float]] = receive.recv()
+        measured: Measured = receive.recv()
         server.join()
         worker.join(timeout=10)
         if worker.is_alive():
             worker.kill()
-        return times
+        return measured
 
 
 async def _create_group(redis: Redis[bytes]) -> None:
@@ -195,13 +234,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--messages", type=int, default=250, help="messages a round")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="mean gap between messages")
     args = parser.parse_args(argv)
-    times = measure(args.rounds, args.messages, args.gap_ms)
-    for path, values in times.items():
-        median, p99 = statistics.median(values), _p99(values)
-        print(f"{path:10} median {median:6.3f} ms, p99 {p99:6.3f} ms ({len(values)} messages)")
-    extra = statistics.median(times["via Redis"]) - statistics.median(times["direct"])
-    ratio = statistics.median(times["via Redis"]) / statistics.median(times["direct"])
-    print(f"via Redis minus direct, medians: {extra:.3f} ms ({ratio:.2f}x)")
+    measured = measure(args.rounds, args.messages, args.gap_ms)
+    for path, values in measured.ms.items():
+        median, p99, cpu = (
+            statistics.median(values),
+            _p99(values),
+            measured.cpu_ms_per_message(path),
+        )
+        print(
+            f"{path:10} median {median:6.3f} ms, p99 {p99:6.3f} ms, CPU {cpu:6.3f} ms a message"
+            f" ({len(values)} messages)"
+        )
+    direct, via = (statistics.median(measured.ms[path]) for path in PATHS)
+    print(f"via Redis minus direct, medians: {via - direct:.3f} ms ({via / direct:.2f}x)")
+    cpu_direct, cpu_via = (measured.cpu_ms_per_message(path) for path in PATHS)
+    print(f"CPU a message, via Redis / direct: {cpu_via / cpu_direct:.2f}x")
 
 
 if __name__ == "__main__":

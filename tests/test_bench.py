@@ -181,10 +181,12 @@ def test_the_real_model_line_passes_only_when_its_target_is_met_and_nothing_fail
 def test_the_floor_measures_both_paths(capsys: pytest.CaptureFixture[str]) -> None:
     """``python -m bench.floor`` on a tiny size: each path answers every message (the
     Redis one would raise if its back process published nothing)."""
-    times = floor.measure(rounds=2, messages=5, gap_ms=1.0)
-    assert sorted(times) == ["direct", "via Redis"]
-    assert all(len(values) == 10 and min(values) > 0 for values in times.values())
+    measured = floor.measure(rounds=2, messages=5, gap_ms=1.0)
+    assert sorted(measured.ms) == ["direct", "via Redis"]
+    assert all(len(values) == 10 and min(values) > 0 for values in measured.ms.values())
+    # The Redis path's CPU counts three processes, the direct one's one.
+    assert measured.cpu_s["via Redis"] > 0 and measured.cpu_s["direct"] > 0
     floor.main(["--rounds", "1", "--messages", "3", "--gap-ms", "1"])
     out = capsys.readouterr().out
     assert "direct     median" in out and "(3 messages)" in out
-    assert "via Redis minus direct, medians:" in out
+    assert "via Redis minus direct, medians:" in out and "CPU a message" in out
