@@ -63,10 +63,9 @@ class Measured:
 
     Attributes:
         ms: each message's time from the front's send to its first delta (ms).
-        cpu_s: CPU time (s) of the processes on the path over its rounds, the stand-in
-            model's aside (it is the same for both): the front's for ``direct``; the
-            front's, the back's and Redis's for ``via Redis`` (the back and Redis also
-            idle through the direct rounds, which is not counted).
+        cpu_s: CPU time (s) of the front, the back and Redis over the path's rounds,
+            the stand-in model's aside (it is the same for both); through the direct
+            rounds the back and Redis only idle, and their idling counts on both paths.
     """
 
     ms: dict[str, list[float]] = field(default_factory=lambda: {path: [] for path in PATHS})
