@@ -43,6 +43,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from bench import procs
+from bench.stats import percentile
 from stack.redis import EmbeddedRedis
 from testkit.ports import free_port
 
@@ -222,12 +223,9 @@ async def _create_group(redis: Redis[bytes]) -> None:
     await redis.aclose()  # type: ignore[attr-defined]  # stale stubs
 
 
-def _p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100)[98]
-
-
 def main(argv: list[str] | None = None) -> None:
-    """CLI: print each path's median and p99 (ms) and the difference of the medians."""
+    """CLI: print each path's median and p99 (ms) and CPU a message (ms), then the
+    difference and ratio of the medians and the ratio of the CPU."""
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
     parser.add_argument("--rounds", type=int, default=4, help="rounds of each path")
     parser.add_argument("--messages", type=int, default=250, help="messages a round")
@@ -237,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     for path, values in measured.ms.items():
         median, p99, cpu = (
             statistics.median(values),
-            _p99(values),
+            percentile(values, 99),
             measured.cpu_ms_per_message(path),
         )
         print(
